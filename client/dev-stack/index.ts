@@ -1,0 +1,131 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { loadEnv, type Env } from '../../common/config';
+import type { Logger } from '../../common/logger';
+import { CUSTOM_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
+import { resolveTemporalServer } from '../temporal-cli';
+import { ensureDatabase, startEmbeddedPostgres } from './embedded-postgres';
+import { startTemporalDevServer, waitForTemporal } from './temporal-dev-server';
+import { Client } from 'pg';
+
+export interface DevStack {
+  databaseUrl: string;
+  /** Superuser URL of the embedded server (null when DATABASE_URL points elsewhere). */
+  adminDatabaseUrl: string | null;
+  temporalAddress: string;
+  namespace: string;
+  uiUrl: string | null;
+  stop(): Promise<void>;
+}
+
+export interface DevStackOptions {
+  env?: Env;
+  logger: Logger;
+  /** Where the SQLite file, Postgres data and pid files live (default: DHM_HOME). */
+  stateDir?: string;
+  /** Override ports (tests pass free ones); default from the environment. */
+  ports?: { postgres?: number; temporal?: number; ui?: number | null };
+  databaseName?: string;
+}
+
+/**
+ * The embedded defaults: a real Postgres and a real Temporal dev server on this machine, each replaced by an external
+ * one when DATABASE_URL / TEMPORAL_ADDRESS is set. Stops what it started, in reverse order, exactly once.
+ */
+export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
+  const env = opts.env ?? loadEnv();
+  const logger = opts.logger;
+  const stateDir = opts.stateDir ?? env.DHM_HOME;
+  fs.mkdirSync(stateDir, { recursive: true });
+  const stops: Array<() => Promise<void>> = [];
+  const stopAll = async () => {
+    for (const stop of stops.splice(0).reverse()) {
+      try {
+        await stop();
+      } catch (err) {
+        logger.error({ err }, 'error while stopping part of the dev stack');
+      }
+    }
+  };
+  try {
+    // Postgres
+    let databaseUrl: string;
+    let adminDatabaseUrl: string | null = null;
+    if (env.DATABASE_URL) {
+      databaseUrl = env.DATABASE_URL;
+      await checkDatabase(databaseUrl);
+    } else {
+      const pg = await startEmbeddedPostgres({
+        dataDir: path.join(stateDir, 'postgres'),
+        port: opts.ports?.postgres ?? env.DHM_PG_PORT,
+        logger,
+      });
+      stops.push(pg.stop);
+      const dbName = opts.databaseName ?? 'dhm';
+      await ensureDatabase(pg.adminUrl, dbName);
+      databaseUrl = pg.urlFor(dbName);
+      adminDatabaseUrl = pg.adminUrl;
+    }
+
+    // Temporal
+    const source = await resolveTemporalServer({ log: (l) => logger.info(l) });
+    let temporalAddress: string;
+    let uiUrl: string | null = null;
+    if (source.kind === 'external') {
+      temporalAddress = source.address;
+      try {
+        await waitForTemporal(temporalAddress, 10_000);
+      } catch (err) {
+        throw new Error(`TEMPORAL_ADDRESS: ${temporalAddress} does not answer (${(err as Error).message})`);
+      }
+    } else if (source.kind === 'existing-path') {
+      const uiPort = opts.ports?.ui === undefined ? env.DHM_TEMPORAL_UI_PORT : opts.ports.ui;
+      const server = await startTemporalDevServer({
+        cliPath: source.path,
+        stateDir,
+        port: opts.ports?.temporal ?? env.DHM_TEMPORAL_PORT,
+        uiPort,
+        namespace: env.TEMPORAL_NAMESPACE,
+        logger,
+      });
+      stops.push(server.stop);
+      temporalAddress = server.address;
+      uiUrl = server.uiUrl;
+    } else {
+      // No CLI and no Go: let the SDK download its dev server (machines with internet only).
+      const testEnv = await TestWorkflowEnvironment.createLocal({
+        server: {
+          executable: { type: 'cached-download' },
+          dbFilename: path.join(stateDir, 'temporal.db'),
+          ip: '127.0.0.1',
+          port: opts.ports?.temporal ?? env.DHM_TEMPORAL_PORT,
+          ui: opts.ports?.ui !== null,
+          uiPort: opts.ports?.ui ?? env.DHM_TEMPORAL_UI_PORT,
+          namespace: env.TEMPORAL_NAMESPACE,
+          searchAttributes: Object.keys(CUSTOM_SEARCH_ATTRIBUTES).map((name) => ({ name, type: 'KEYWORD' as const })) as never,
+        },
+      });
+      stops.push(() => testEnv.teardown());
+      temporalAddress = testEnv.address;
+      uiUrl = opts.ports?.ui === null ? null : `http://127.0.0.1:${opts.ports?.ui ?? env.DHM_TEMPORAL_UI_PORT}`;
+    }
+    return { databaseUrl, adminDatabaseUrl, temporalAddress, namespace: env.TEMPORAL_NAMESPACE, uiUrl, stop: stopAll };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
+
+async function checkDatabase(url: string): Promise<void> {
+  const client = new Client({ connectionString: url, connectionTimeoutMillis: 5000 });
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+  } catch (err) {
+    const safe = url.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@');
+    throw new Error(`DATABASE_URL: cannot connect to ${safe} (${(err as Error).message})`);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}

@@ -1,0 +1,31 @@
+/**
+ * A configuration or input problem that the user can fix. Entry points print `message` as one line and exit
+ * non-zero instead of a stack trace.
+ */
+export class UserFacingError extends Error {
+  constructor(
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+    this.name = 'UserFacingError';
+  }
+}
+
+/** A zod error as one line that names the offending field: `policy.maxParallel: Number must be ≥ 1`. */
+export function describeZodError(err: { issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }> }, prefix = ''): string {
+  return err.issues
+    .map((i) => {
+      const path = [prefix, ...i.path.map(String)].filter((p) => p !== '').join('.');
+      return path ? `${path}: ${i.message}` : i.message;
+    })
+    .join('; ');
+}
+
+/** The first field a zod error points at, dotted. */
+export function zodErrorField(err: { issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey> }> }, prefix = ''): string | undefined {
+  const first = err.issues[0];
+  if (!first) return undefined;
+  const path = [prefix, ...first.path.map(String)].filter((p) => p !== '').join('.');
+  return path || undefined;
+}

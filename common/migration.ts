@@ -1,0 +1,179 @@
+import { z } from 'zod';
+import { idSchema } from './fleet';
+import { resourcesSchema, type Resources } from './resources';
+
+/** Phases of one host migration, in order; the last three are terminal. */
+export const PHASES = [
+  'validating',
+  'reserving-target',
+  'provisioning-clone',
+  'migrating-vms',
+  'finalizing',
+  'completed',
+  'rolling-back',
+  'rolled-back',
+  'failed',
+] as const;
+export type MigrationPhase = (typeof PHASES)[number];
+export const TERMINAL_PHASES: ReadonlySet<MigrationPhase> = new Set(['completed', 'rolled-back', 'failed']);
+
+/**
+ * The order in which VMs leave the host. `largest-first` (the default) is longest-processing-time-first: the big
+ * transfers start while the link is fresh and the tail of the migration is made of small VMs that fill the link's
+ * last gaps, which keeps the makespan near ΣM/B. `smallest-first` empties the most VMs early; `as-listed` keeps the
+ * tenant's order.
+ */
+export const VM_ORDERS = ['largest-first', 'smallest-first', 'dirtiest-first', 'as-listed'] as const;
+
+/**
+ * What happens when one VM cannot move. There is no "skip it and finish the others": the old incarnation can only be
+ * de-provisioned once it is empty (claim 1g), and a host split across two servers would break its identity. So:
+ * `rollback` (default) brings everything back; `retry-with-auto-converge` gives a VM that did not converge a second try
+ * with auto-converge on, after the others, and rolls back only if that fails too.
+ */
+export const ON_VM_FAILURE = ['rollback', 'retry-with-auto-converge'] as const;
+
+export const migrationPolicySchema = z
+  .object({
+    maxParallel: z.number().int().min(1).max(64).default(2),
+    maxDowntimeMs: z.number().int().min(1).max(60_000).default(300),
+    /** Per-stream cap in bytes/s; omitted: the link decides. */
+    bandwidthCapBps: z.number().positive().max(1e12).optional(),
+    autoConverge: z.boolean().default(false),
+    onVmFailure: z.enum(ON_VM_FAILURE).default('rollback'),
+    order: z.enum(VM_ORDERS).default('largest-first'),
+    /** How long to wait for a matching free server before giving up (0: fail at once). */
+    waitForCapacitySeconds: z.number().int().min(0).max(7 * 24 * 3600).default(0),
+    /** State of the old server once de-provisioned. */
+    afterDeprovision: z.enum(['available', 'maintenance']).default('available'),
+    /** Continue-as-new once the history has this many events (the server's own suggestion applies too). */
+    continueAsNewAfterEvents: z.number().int().min(200).max(50_000).default(8_000),
+  })
+  .strict();
+export type MigrationPolicy = z.infer<typeof migrationPolicySchema>;
+export type MigrationPolicyInput = z.input<typeof migrationPolicySchema>;
+
+export const migrationRequestSchema = z
+  .object({
+    dedicatedHostId: idSchema,
+    targetServerId: idSchema.optional(),
+    policy: migrationPolicySchema.default(migrationPolicySchema.parse({})),
+    requestedBy: z.string().min(1).max(200).default('operator'),
+  })
+  .strict();
+export type MigrationRequest = z.infer<typeof migrationRequestSchema>;
+
+export function migrationIdFor(dedicatedHostId: string): string {
+  return `migration-${dedicatedHostId}`;
+}
+
+/** Sim-only workload knobs of a VM: how fast the guest dirties memory, and how much of it it rewrites. */
+export const workloadSchema = z
+  .object({
+    dirtyRateMiBps: z.number().min(0).max(1e6),
+    workingSetMiB: z.number().min(0).max(16 * 1024 * 1024),
+  })
+  .strict();
+
+export const vmSpecSchema = resourcesSchema.extend({ workload: workloadSchema.optional() }).strict();
+export type VmSpec = z.infer<typeof vmSpecSchema>;
+
+export const provisionVmArgsSchema = z
+  .object({
+    /** Idempotency key of the request: the same id returns the first answer. */
+    requestId: z.string().min(1).max(128),
+    /** The id the new VM will have; the API chooses it so a retried request cannot create two. */
+    vmId: idSchema,
+    tenantId: z.string().min(1).max(64).optional(),
+    name: z.string().min(1).max(128),
+    spec: vmSpecSchema,
+  })
+  .strict();
+export type ProvisionVmArgs = z.infer<typeof provisionVmArgsSchema>;
+
+export const deleteVmArgsSchema = z
+  .object({
+    requestId: z.string().min(1).max(128),
+    vmId: idSchema,
+  })
+  .strict();
+export type DeleteVmArgs = z.infer<typeof deleteVmArgsSchema>;
+
+export const VM_MIGRATION_STATES = ['pending', 'moving', 'moved', 'failed', 'deleted', 'provisioned-on-clone', 'moving-back', 'returned'] as const;
+export type VmMigrationState = (typeof VM_MIGRATION_STATES)[number];
+
+export interface MoveFigures {
+  rounds: number;
+  bytesSent: number;
+  memoryBytes: number;
+  downtimeMs: number;
+  totalTimeMs: number;
+}
+
+export interface VmMigrationStatus {
+  vmId: string;
+  name: string;
+  spec: Resources;
+  /** Sim workload: how fast the guest dirties memory (orders `dirtiest-first`). */
+  dirtyRateMiBps?: number;
+  state: VmMigrationState;
+  /** Agent job of the move in flight or last finished (live progress: the agent or the activity's heartbeat). */
+  jobId?: string;
+  attempts: number;
+  figures?: MoveFigures;
+  error?: string;
+}
+
+export interface ProvisionVmResult {
+  vmId: string;
+  name: string;
+  dedicatedHostId: string;
+  incarnationId: string;
+  spec: VmSpec;
+  state: 'provisioned-on-clone';
+}
+
+export interface DeleteVmResult {
+  vmId: string;
+  deleted: true;
+  /** Where the VM was when the request took it: still waiting to move, moving, already on the clone. */
+  wasState: VmMigrationState;
+}
+
+/** The migration object (claim 1b): what the `status` query returns and the API shows. */
+export interface MigrationStatus {
+  migrationId: string;
+  dedicatedHostId: string;
+  phase: MigrationPhase;
+  policy: MigrationPolicy;
+  requestedBy: string;
+  source?: { serverId: string; incarnationId: string };
+  target?: { serverId: string; incarnationId: string };
+  vms: VmMigrationStatus[];
+  counts: Record<VmMigrationState, number>;
+  capacity?: Resources;
+  startedAt: string;
+  updatedAt: string;
+  finishedAt?: string;
+  waitingForCapacitySince?: string;
+  lastError?: string;
+  /** How many runs this migration took (continue-as-new keeps history bounded). */
+  run: number;
+  requestsHandled: number;
+}
+
+export type MigrationResult = Pick<MigrationStatus, 'migrationId' | 'dedicatedHostId' | 'phase' | 'source' | 'target' | 'counts' | 'finishedAt' | 'lastError'>;
+
+/** Error types that activities throw and the workflow and clients branch on. */
+export const FailureTypes = {
+  NoCapacity: 'NoCapacity',
+  InsufficientCapacity: 'INSUFFICIENT_CAPACITY',
+  NotConverging: 'NotConverging',
+  AgentUnavailable: 'AgentUnavailable',
+  InvalidInput: 'INVALID_INPUT',
+  NotFound: 'NOT_FOUND',
+  WrongState: 'WRONG_STATE',
+  Conflict: 'CONFLICT',
+  MigrationEnded: 'MIGRATION_ENDED',
+  MoveFailed: 'MoveFailed',
+} as const;

@@ -1,0 +1,21 @@
+import type { Inventory } from '../inventory';
+import type { AgentDirectory } from './agent-directory';
+import { classified } from './failures';
+import { createLiveMigration } from './live-migrate';
+import { createMigrationSteps } from './migration-steps';
+
+export interface ActivityDeps {
+  inventory: Inventory;
+  agents: AgentDirectory;
+}
+
+/** Every activity of the migration workflow, built from its dependencies (the samples' factory pattern). */
+export function createActivities(deps: ActivityDeps) {
+  return classified({
+    ...createMigrationSteps(deps),
+    ...createLiveMigration(deps),
+  });
+}
+
+export type MigrationActivities = ReturnType<typeof createActivities>;
+export { createAgentDirectory, type AgentDirectory } from './agent-directory';

@@ -1,0 +1,127 @@
+import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
+import { FailureTypes, type MoveFigures } from '../common/migration';
+import type { AgentClient, MigrationJob } from '../compute/agent-client';
+import type { Inventory } from '../inventory';
+import type { AgentDirectory } from './agent-directory';
+import { orNull } from './failures';
+import type { ServerIncarnation } from './migration-steps';
+
+export interface LiveMigrateInput {
+  migrationId: string;
+  /** Chosen by the workflow, the agent's idempotency key: a retried activity finds the same job and follows it. */
+  jobId: string;
+  vmId: string;
+  from: ServerIncarnation;
+  to: ServerIncarnation;
+  maxDowntimeMs: number;
+  bandwidthCapBps?: number;
+  autoConverge: boolean;
+}
+
+export type MoveProgress = Pick<MigrationJob, 'jobId' | 'vmId' | 'state' | 'round' | 'bytesSent' | 'bytesRemaining' | 'memoryBytes' | 'dirtyRateBps' | 'throughputBps' | 'throttlePct'>;
+
+const POLL_MS = 100;
+
+function figuresOf(job: MigrationJob): MoveFigures {
+  return {
+    rounds: job.round,
+    bytesSent: job.bytesSent,
+    memoryBytes: job.memoryBytes,
+    downtimeMs: job.downtimeMs ?? 0,
+    totalTimeMs: job.totalTimeMs ?? 0,
+  };
+}
+
+function progressOf(job: MigrationJob): MoveProgress {
+  const { jobId, vmId, state, round, bytesSent, bytesRemaining, memoryBytes, dirtyRateBps, throughputBps, throttlePct } = job;
+  return { jobId, vmId, state, round, bytesSent, bytesRemaining, memoryBytes, dirtyRateBps, throughputBps, throttlePct };
+}
+
+async function pollUntilDone(agent: AgentClient, jobId: string, onProgress: (job: MigrationJob) => void, sleep: (ms: number) => Promise<void>): Promise<MigrationJob> {
+  for (;;) {
+    const job = await agent.getMigration(jobId);
+    if (!job) throw ApplicationFailure.create({ type: FailureTypes.MoveFailed, message: `agent ${agent.baseUrl} lost migration job ${jobId} (restarted?)`, nonRetryable: true });
+    onProgress(job);
+    if (job.state !== 'running') return job;
+    await sleep(POLL_MS);
+  }
+}
+
+/** One VM's live migration, driven by the source agent; the activity follows it, heartbeats progress and honours cancellation. */
+export function createLiveMigration({ inventory, agents }: { inventory: Inventory; agents: AgentDirectory }) {
+  const recordArrival = async (input: { migrationId: string; vmId: string; to: ServerIncarnation }) => {
+    await inventory.moveVmPlacement({ vmId: input.vmId, migrationId: input.migrationId, toIncarnationId: input.to.incarnationId, actor: `migration:${input.migrationId}` });
+  };
+
+  return {
+    async liveMigrateVm(input: LiveMigrateInput): Promise<MoveFigures> {
+      const ctx = Context.current();
+      const source = await agents.forServer(input.from.serverId);
+      const target = await agents.forServer(input.to.serverId);
+      // After a worker restart the job is usually still running on the agent: follow it rather than start over.
+      let job = await source.getMigration(input.jobId);
+      if (job) ctx.log.info('resuming a move the agent already has', { jobId: input.jobId, state: job.state, round: job.round });
+      job ??= await source.startMigration({
+        jobId: input.jobId,
+        vmId: input.vmId,
+        target: { agentUrl: target.baseUrl, incarnationId: input.to.incarnationId },
+        maxDowntimeMs: input.maxDowntimeMs,
+        bandwidthCapBps: input.bandwidthCapBps,
+        autoConverge: input.autoConverge,
+      });
+      const heartbeat = (j: MigrationJob) => ctx.heartbeat(progressOf(j));
+      try {
+        job = await pollUntilDone(source, input.jobId, heartbeat, (ms) => ctx.sleep(ms));
+      } catch (err) {
+        if (!(err instanceof CancelledFailure)) throw err;
+        // A worker shutting down or a lost heartbeat is not a request to stop the VM's move: leave the job running on
+        // the agent, and the next attempt (on this or another worker) follows it by its job id.
+        if (!ctx.cancellationDetails?.cancelRequested) throw err;
+        // Stop the move on the agent before acknowledging, so the workflow never sees a move that is still going.
+        try {
+          await source.cancelMigration(input.jobId);
+        } catch (cancelErr) {
+          ctx.log.info('cancel found the move already finished', { jobId: input.jobId, error: String(cancelErr) });
+        }
+        const final = await pollUntilDone(source, input.jobId, () => undefined, (ms) => new Promise((r) => setTimeout(r, ms)));
+        if (final.state === 'completed') await recordArrival(input);
+        throw err;
+      }
+      if (job.state === 'completed') {
+        await recordArrival(input);
+        return figuresOf(job);
+      }
+      const code = job.error?.code ?? job.state;
+      throw ApplicationFailure.create({
+        type: code === 'NotConverging' ? FailureTypes.NotConverging : FailureTypes.MoveFailed,
+        message: `${input.vmId}: ${job.error?.message ?? `move ${job.state}`} (round ${job.round}, ${job.bytesSent} bytes sent)`,
+        nonRetryable: true,
+        details: [progressOf(job)],
+      });
+    },
+
+    /**
+     * Where is the VM after an interrupted move? Stops the job if it still runs, then makes the inventory agree with
+     * the agents. The workflow decides what to do next from the answer.
+     */
+    async settleVm(input: { migrationId: string; vmId: string; jobId: string; from: ServerIncarnation; to: ServerIncarnation }): Promise<{ location: 'source' | 'target' | 'gone'; figures?: MoveFigures }> {
+      const vm = await orNull(inventory.getVm(input.vmId));
+      if (!vm || vm.state === 'deleted') return { location: 'gone' };
+      const source = await agents.forServer(input.from.serverId);
+      let job = await source.getMigration(input.jobId);
+      if (job?.state === 'running') {
+        try {
+          await source.cancelMigration(input.jobId);
+        } catch {
+          // finished in the meantime; the poll below tells how
+        }
+        job = await pollUntilDone(source, input.jobId, () => undefined, (ms) => new Promise((r) => setTimeout(r, ms)));
+      }
+      if (job?.state === 'completed') {
+        await recordArrival(input);
+        return { location: 'target', figures: figuresOf(job) };
+      }
+      return { location: vm.incarnationId === input.to.incarnationId ? 'target' : 'source' };
+    },
+  };
+}

@@ -1,0 +1,109 @@
+import { randomUUID } from 'node:crypto';
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowIdConflictPolicy,
+  WorkflowIdReusePolicy,
+  WorkflowUpdateFailedError,
+  type Client,
+  type WorkflowHandle,
+} from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { describeZodError, UserFacingError, zodErrorField } from '../common/errors';
+import {
+  migrationIdFor,
+  migrationRequestSchema,
+  type DeleteVmArgs,
+  type DeleteVmResult,
+  type MigrationStatus,
+  type ProvisionVmArgs,
+  type ProvisionVmResult,
+} from '../common/migration';
+import { DedicatedHostIdKey, MigrationPhaseKey } from '../common/search-attributes';
+import { deleteVmUpdate, provisionVmUpdate, statusQuery } from '../workflows/messages';
+import type { migrateDedicatedHost } from '../workflows/migrate-dedicated-host';
+
+export class MigrationAlreadyRunningError extends UserFacingError {
+  constructor(readonly dedicatedHostId: string) {
+    super(`dedicated host ${dedicatedHostId} is already migrating (workflow ${migrationIdFor(dedicatedHostId)})`, 'dedicatedHostId');
+    this.name = 'MigrationAlreadyRunningError';
+  }
+}
+
+/** A mid-migration request the workflow refused, with the reason's type (INSUFFICIENT_CAPACITY, MIGRATION_ENDED, ...). */
+export class MigrationRequestRefused extends Error {
+  constructor(
+    readonly type: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'MigrationRequestRefused';
+  }
+}
+
+/**
+ * Starts the migration workflow of one dedicated host. Its id is `migration-<hostId>` with conflict policy FAIL,
+ * so a second request for a host already migrating is refused; once that migration has ended a new one may start.
+ */
+export async function startMigration(client: Client, taskQueue: string, raw: unknown): Promise<WorkflowHandle<typeof migrateDedicatedHost>> {
+  const parsed = migrationRequestSchema.safeParse(raw);
+  if (!parsed.success) throw new UserFacingError(describeZodError(parsed.error), zodErrorField(parsed.error));
+  const request = parsed.data;
+  try {
+    return await client.workflow.start<typeof migrateDedicatedHost>('migrateDedicatedHost', {
+      taskQueue,
+      workflowId: migrationIdFor(request.dedicatedHostId),
+      workflowIdConflictPolicy: WorkflowIdConflictPolicy.FAIL,
+      workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
+      args: [request],
+      typedSearchAttributes: [
+        { key: DedicatedHostIdKey, value: request.dedicatedHostId },
+        { key: MigrationPhaseKey, value: 'validating' },
+      ],
+      staticSummary: `Live migration of dedicated host ${request.dedicatedHostId}${request.targetServerId ? ` to ${request.targetServerId}` : ''}`,
+      staticDetails: `Requested by ${request.requestedBy}. Policy: ${JSON.stringify(request.policy)}`,
+    });
+  } catch (err) {
+    if (err instanceof WorkflowExecutionAlreadyStartedError) throw new MigrationAlreadyRunningError(request.dedicatedHostId);
+    throw err;
+  }
+}
+
+export function migrationHandle(client: Client, dedicatedHostId: string) {
+  return client.workflow.getHandle<typeof migrateDedicatedHost>(migrationIdFor(dedicatedHostId));
+}
+
+export async function migrationStatus(client: Client, dedicatedHostId: string): Promise<MigrationStatus> {
+  return migrationHandle(client, dedicatedHostId).query(statusQuery);
+}
+
+function refusal(err: unknown): never {
+  if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
+    throw new MigrationRequestRefused(err.cause.type ?? 'Error', err.cause.message);
+  }
+  // A validator's rejection arrives as an update failure whose message starts with the reason's code.
+  if (err instanceof WorkflowUpdateFailedError) {
+    const m = /^(?:invalid \w+ request: )?([A-Z_]+): /.exec(err.cause?.message ?? '');
+    throw new MigrationRequestRefused(m?.[1] ?? 'INVALID_INPUT', err.cause?.message ?? err.message);
+  }
+  throw err;
+}
+
+/** Provisions a VM on the migrating host's clone through the workflow (claims 1f, 6, 7). */
+export async function provisionVmDuringMigration(client: Client, dedicatedHostId: string, args: Omit<ProvisionVmArgs, 'requestId'> & { requestId?: string }): Promise<ProvisionVmResult> {
+  const requestId = args.requestId ?? randomUUID();
+  try {
+    return await migrationHandle(client, dedicatedHostId).executeUpdate(provisionVmUpdate, { args: [{ ...args, requestId }], updateId: requestId });
+  } catch (err) {
+    return refusal(err);
+  }
+}
+
+/** Deletes a VM of the migrating host wherever it is at that moment (claim 8). */
+export async function deleteVmDuringMigration(client: Client, dedicatedHostId: string, args: Omit<DeleteVmArgs, 'requestId'> & { requestId?: string }): Promise<DeleteVmResult> {
+  const requestId = args.requestId ?? randomUUID();
+  try {
+    return await migrationHandle(client, dedicatedHostId).executeUpdate(deleteVmUpdate, { args: [{ ...args, requestId }], updateId: requestId });
+  } catch (err) {
+    return refusal(err);
+  }
+}

@@ -1,0 +1,123 @@
+import { randomBytes } from 'node:crypto';
+import type { WorkflowHandle } from '@temporalio/client';
+import type { Fleet } from '../../common/fleet';
+import { createLogger } from '../../common/logger';
+import type { MigrationPolicyInput, MigrationStatus } from '../../common/migration';
+import { createActivities, createAgentDirectory } from '../../activities';
+import { createAgentClient, type AgentClient } from '../../compute/agent-client';
+import { startFleetAgents } from '../../compute/fleet-agents';
+import { createInventory, type Inventory } from '../../inventory';
+import { startMigration } from '../../client/migrations';
+import { statusQuery } from '../../workflows/messages';
+import type { migrateDedicatedHost } from '../../workflows/migrate-dedicated-host';
+import { startScheduler, type RunningScheduler } from '../../workers/scheduler';
+import { createTestDatabase, type TestDatabase } from './database';
+import { testFleet } from './fleets';
+import { connectTestTemporal, type RunningWorker, type TestTemporal } from './temporal';
+
+export interface TestSystem {
+  db: TestDatabase;
+  inventory: Inventory;
+  temporal: TestTemporal;
+  fleet: Fleet;
+  agentUrls: Map<string, string>;
+  agent(serverId: string): AgentClient;
+  worker: RunningWorker;
+  scheduler: RunningScheduler;
+  /** A tenant with one dedicated host and `vms` VMs on it (sizes cycle through `sizes`). */
+  createHostWithVms(opts: { vms: number; memoryMiB?: number[]; dirtyRateMiBps?: number[]; zone?: string; resourceClass?: string }): Promise<{ tenantId: string; hostId: string; vmIds: string[] }>;
+  startMigration(hostId: string, policy?: MigrationPolicyInput, targetServerId?: string): Promise<WorkflowHandle<typeof migrateDedicatedHost>>;
+  status(hostId: string): Promise<MigrationStatus>;
+  stop(): Promise<void>;
+}
+
+/** The real system in one test process: a database, sim agents over HTTP, a migration worker and a scheduler. */
+export async function startTestSystem(opts: { fleet?: Fleet; timeScale?: number; withScheduler?: boolean } = {}): Promise<TestSystem> {
+  const logger = createLogger('test', process.env.DHM_TEST_LOG_LEVEL ?? 'warn');
+  const fleet = opts.fleet ?? testFleet();
+  const db = await createTestDatabase();
+  const inventory = createInventory(db.pool);
+  const fleetAgents = await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger });
+  const agentUrls = new Map<string, string>([...fleetAgents.agents].map(([id, a]) => [id, a.url]));
+  await inventory.seedFleet(fleet, agentUrls);
+  const temporal = await connectTestTemporal();
+  const agents = createAgentDirectory({
+    lookupAgentUrl: async (serverId) => {
+      const s = await inventory.getServer(serverId);
+      if (!s) throw new Error(`unknown server ${serverId}`);
+      return s.agentUrl;
+    },
+  });
+  const worker = await temporal.startWorker({
+    activities: createActivities({ inventory, agents }),
+    maxHeartbeatThrottleInterval: '500ms',
+    defaultHeartbeatThrottleInterval: '500ms',
+  });
+  const scheduler = await startScheduler({ inventory, databaseUrl: db.url, schedulerId: `sched-${randomBytes(3).toString('hex')}`, logger, sweepIntervalMs: 1000, staleClaimMs: 5000 });
+  const clients = new Map<string, AgentClient>();
+  let counter = 0;
+  return {
+    db,
+    inventory,
+    temporal,
+    fleet,
+    agentUrls,
+    agent(serverId) {
+      let c = clients.get(serverId);
+      if (!c) {
+        c = createAgentClient({ baseUrl: agentUrls.get(serverId)! });
+        clients.set(serverId, c);
+      }
+      return c;
+    },
+    worker,
+    scheduler,
+    async createHostWithVms(o) {
+      const tag = `${++counter}-${randomBytes(2).toString('hex')}`;
+      const tenant = await inventory.createTenant(`tenant-${tag}`);
+      const host = await inventory.createDedicatedHost({ tenantId: tenant.id, name: `host-${tag}`, zone: o.zone ?? 'zone-a', resourceClass: o.resourceClass ?? 'std', actor: `tenant:${tenant.id}` });
+      const incarnation = await inventory.getIncarnation(host.currentIncarnationId);
+      const server = await inventory.getServer(incarnation!.serverId);
+      await createAgentClient({ baseUrl: server!.agentUrl }).prepareIncarnation({ incarnationId: incarnation!.id, capacity: incarnation!.capacity });
+      const vmIds: string[] = [];
+      const sizes = o.memoryMiB ?? [1024, 2048, 4096, 512];
+      const dirty = o.dirtyRateMiBps ?? [0, 50, 10, 100];
+      for (let i = 0; i < o.vms; i++) {
+        const vmId = `vm-${tag}-${i}`;
+        const spec = { vcpus: 1, memoryMiB: sizes[i % sizes.length]!, diskGiB: 10, workload: { dirtyRateMiBps: dirty[i % dirty.length]!, workingSetMiB: Math.min(256, sizes[i % sizes.length]!) } };
+        await inventory.placeVm({ vmId, tenantId: tenant.id, dedicatedHostId: host.id, name: `vm-${i}`, spec, actor: `tenant:${tenant.id}` });
+        await createAgentClient({ baseUrl: server!.agentUrl }).createVm({ vmId, incarnationId: incarnation!.id, spec });
+        vmIds.push(vmId);
+      }
+      return { tenantId: tenant.id, hostId: host.id, vmIds };
+    },
+    startMigration(hostId, policy, targetServerId) {
+      return startMigration(temporal.client, temporal.taskQueue, { dedicatedHostId: hostId, policy, targetServerId, requestedBy: 'operator:test' });
+    },
+    status(hostId) {
+      return temporal.client.workflow.getHandle(`migration-${hostId}`).query(statusQuery);
+    },
+    async stop() {
+      await scheduler.stop();
+      await temporal.close();
+      await fleetAgents.stop();
+      await db.drop();
+    },
+  };
+}
+
+/** Polls until `probe` returns a truthy value, or fails with `what` after the deadline. */
+export async function eventually<T>(what: string, probe: () => Promise<T | undefined | null | false>, timeoutMs = 30_000, intervalMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await new Promise((r) => setTimeout(r, intervalMs)); // poll interval, bounded by the deadline above
+  }
+}

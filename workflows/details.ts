@@ -1,0 +1,28 @@
+import type { MigrationStatus } from '../common/migration';
+
+const MAX_ROWS = 40;
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+}
+
+/** The migration as readable markdown for the Web UI's "current details" (kept short: it is stored per task). */
+export function renderMigrationDetails(st: MigrationStatus): string {
+  const c: Record<string, number> = {};
+  for (const v of st.vms) c[v.state] = (c[v.state] ?? 0) + 1;
+  const lines = [
+    `## Migration of dedicated host \`${st.dedicatedHostId}\``,
+    `**Phase:** ${st.phase}${st.waitingForCapacitySince ? ` (waiting for a free server since ${st.waitingForCapacitySince})` : ''}`,
+    `**Source:** ${st.source ? `${st.source.serverId} (${st.source.incarnationId})` : '—'} → **clone:** ${st.target ? `${st.target.serverId} (${st.target.incarnationId})` : '—'}`,
+    `**VMs:** ${Object.entries(c).map(([k, n]) => `${n} ${k}`).join(', ') || 'none'}; requests handled: ${st.requestsHandled}`,
+  ];
+  if (st.lastError) lines.push(`**Last error:** ${st.lastError}`);
+  lines.push('', '| VM | name | memory | state | downtime | sent |', '|---|---|---|---|---|---|');
+  for (const v of st.vms.slice(0, MAX_ROWS)) {
+    lines.push(
+      `| ${v.vmId} | ${v.name} | ${v.spec.memoryMiB} MiB | ${v.state} | ${v.figures ? `${v.figures.downtimeMs.toFixed(0)} ms` : ''} | ${v.figures ? mib(v.figures.bytesSent) : ''} |`,
+    );
+  }
+  if (st.vms.length > MAX_ROWS) lines.push(`| … | ${st.vms.length - MAX_ROWS} more | | | | |`);
+  return lines.join('\n');
+}

@@ -1,0 +1,255 @@
+import { z } from 'zod';
+import { MAX_MEMORY_MIB, resourcesSchema } from '../common/resources';
+
+/**
+ * The host agent's HTTP contract: every route's path, request body and reply, as zod schemas shared by the
+ * service (which parses requests and its own replies) and the client (which parses replies).
+ *
+ * Units: `AgentInfo.nicBandwidthBps` is bits/s, as in the fleet file. Every other rate here
+ * (`bandwidthCapBps`, `dirtyRateBps`, `throughputBps`) is bytes/s, the unit of the migration model.
+ * Requests are strict (an unknown key is a 400 naming it); replies are parsed leniently so an agent may add fields.
+ */
+
+/** Ids the agent stores: safe in a URL path segment, case preserved (ids come from other services). */
+export const agentIdSchema = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, 'letters, digits, ".", "_", ":" and "-" only');
+
+/** Resource amounts that may be zero (what is used or free), unlike `resourcesSchema` (what is asked for). */
+export const amountsSchema = z.object({
+  vcpus: z.number().int().min(0),
+  memoryMiB: z.number().int().min(0),
+  diskGiB: z.number().int().min(0),
+});
+
+/** The sim's guest behaviour: dirty rate D and writable working set W (the most memory that can be dirty at once). */
+export const workloadSchema = z
+  .object({
+    dirtyRateMiBps: z.number().min(0).max(1e7),
+    workingSetMiB: z.number().min(0).max(MAX_MEMORY_MIB),
+  })
+  .strict();
+
+export const vmSpecSchema = resourcesSchema.extend({ workload: workloadSchema.optional() }).superRefine((spec, ctx) => {
+  if (spec.workload && spec.workload.workingSetMiB > spec.memoryMiB)
+    ctx.addIssue({
+      code: 'custom',
+      path: ['workload', 'workingSetMiB'],
+      message: `cannot exceed memoryMiB (${spec.memoryMiB})`,
+    });
+});
+export type VmSpec = z.infer<typeof vmSpecSchema>;
+
+export const backendKindSchema = z.enum(['sim', 'qemu']);
+export type BackendKind = z.infer<typeof backendKindSchema>;
+
+// ---- errors ---------------------------------------------------------------------------------------------------
+
+export const errorBodySchema = z.object({
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+    field: z.string().optional(),
+    /** With `VM_MOVED` (and on a 404 for a VM that left): the agent URL the VM went to. */
+    movedTo: z.string().optional(),
+  }),
+});
+export type ErrorBody = z.infer<typeof errorBodySchema>;
+
+// ---- info ------------------------------------------------------------------------------------------------------
+
+export const agentInfoSchema = z.object({
+  serverId: z.string(),
+  /** Fresh per start: a different value means the agent restarted and lost its VMs. */
+  bootId: z.string(),
+  backend: backendKindSchema,
+  capacity: resourcesSchema,
+  /** Bits per second, as in the fleet file. */
+  nicBandwidthBps: z.number().positive(),
+  incarnations: z.array(z.string()),
+});
+export type AgentInfo = z.infer<typeof agentInfoSchema>;
+
+// ---- incarnations ----------------------------------------------------------------------------------------------
+
+export const prepareIncarnationBodySchema = z.object({ capacity: resourcesSchema }).strict();
+
+export const incarnationViewSchema = z.object({
+  incarnationId: z.string(),
+  serverId: z.string(),
+  capacity: resourcesSchema,
+  /** VMs placed here plus capacity reserved for incoming migrations. */
+  used: amountsSchema,
+  free: amountsSchema,
+  vmIds: z.array(z.string()),
+});
+export type IncarnationView = z.infer<typeof incarnationViewSchema>;
+
+// ---- VMs -------------------------------------------------------------------------------------------------------
+
+export const createVmBodySchema = z.object({ incarnationId: agentIdSchema, spec: vmSpecSchema }).strict();
+
+export const vmStateSchema = z.enum(['running', 'migrating', 'paused-for-switchover']);
+export type VmState = z.infer<typeof vmStateSchema>;
+
+export const vmViewSchema = z.object({
+  vmId: z.string(),
+  incarnationId: z.string(),
+  serverId: z.string(),
+  spec: vmSpecSchema,
+  state: vmStateSchema,
+  counter: z.number().int().min(0),
+});
+export type VmView = z.infer<typeof vmViewSchema>;
+
+// ---- guest operations ------------------------------------------------------------------------------------------
+
+export const guestOpSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('increment') }).strict(),
+  z.object({ kind: z.literal('read') }).strict(),
+]);
+export type GuestOp = z.infer<typeof guestOpSchema>;
+
+export const guestOpResultSchema = z.object({
+  vmId: z.string(),
+  counter: z.number().int().min(0),
+  /** The server whose agent served the operation (where the VM runs). */
+  servedBy: z.string(),
+});
+export type GuestOpResult = z.infer<typeof guestOpResultSchema>;
+
+// ---- migrations ------------------------------------------------------------------------------------------------
+
+export const migrationTargetSchema = z
+  .object({ agentUrl: z.url({ protocol: /^https?$/ }), incarnationId: agentIdSchema })
+  .strict();
+
+export const startMigrationBodySchema = z
+  .object({
+    vmId: agentIdSchema,
+    target: migrationTargetSchema,
+    maxDowntimeMs: z.number().positive().max(3_600_000),
+    /** Bytes/s; caps this one stream below its fair share of the NIC. */
+    bandwidthCapBps: z.number().positive().max(1e13).optional(),
+    autoConverge: z.boolean(),
+    maxRounds: z.number().int().min(1).max(1000).optional(),
+  })
+  .strict();
+export type StartMigrationBody = z.infer<typeof startMigrationBodySchema>;
+export type StartMigrationInput = StartMigrationBody & { jobId: string };
+
+export const migrationStateSchema = z.enum(['running', 'completed', 'failed', 'cancelled']);
+export type MigrationState = z.infer<typeof migrationStateSchema>;
+
+export const migrationJobSchema = z.object({
+  jobId: z.string(),
+  vmId: z.string(),
+  target: z.object({ agentUrl: z.string(), incarnationId: z.string() }),
+  state: migrationStateSchema,
+  /** 0-based index of the current (or last) pre-copy round; the stop-and-copy is not counted as a round. */
+  round: z.number().int().min(0),
+  bytesSent: z.number().min(0),
+  /** Left in the current round plus what has been dirtied since it began (at most W): what still has to go. */
+  bytesRemaining: z.number().min(0),
+  memoryBytes: z.number().min(0),
+  /** Bytes/s, after auto-converge throttling. */
+  dirtyRateBps: z.number().min(0),
+  /** Bytes/s: while running, this stream's current share of the NIC; once finished, its average over the job. */
+  throughputBps: z.number().min(0),
+  throttlePct: z.number().min(0).max(100),
+  /** Simulated milliseconds the VM was paused for the switchover. */
+  downtimeMs: z.number().min(0).optional(),
+  /** Simulated milliseconds from the first byte to the VM running on the target (or to the failure). */
+  totalTimeMs: z.number().min(0).optional(),
+  startedAt: z.string(),
+  finishedAt: z.string().optional(),
+  /** code: 'NotConverging' | 'TargetUnavailable' | 'InjectedFault' | 'Cancelled' (| 'AgentStopped' on shutdown). */
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+});
+export type MigrationJob = z.infer<typeof migrationJobSchema>;
+
+// ---- agent-to-agent: receiving a migration ---------------------------------------------------------------------
+
+/** The source asks the target to reserve room for a VM before it sends a byte. */
+export const acceptIncomingBodySchema = z
+  .object({
+    vmId: agentIdSchema,
+    incarnationId: agentIdSchema,
+    spec: vmSpecSchema,
+    sourceServerId: z.string().min(1),
+  })
+  .strict();
+export type AcceptIncomingBody = z.infer<typeof acceptIncomingBodySchema>;
+
+export const incomingViewSchema = z.object({
+  jobId: z.string(),
+  vmId: z.string(),
+  incarnationId: z.string(),
+  serverId: z.string(),
+  bootId: z.string(),
+  state: z.enum(['reserved', 'committed']),
+});
+export type IncomingView = z.infer<typeof incomingViewSchema>;
+
+/** At switchover the source hands over the VM's state; the target starts it. */
+export const commitIncomingBodySchema = z
+  .object({ vmId: agentIdSchema, spec: vmSpecSchema, counter: z.number().int().min(0) })
+  .strict();
+export type CommitIncomingBody = z.infer<typeof commitIncomingBodySchema>;
+
+// ---- faults ----------------------------------------------------------------------------------------------------
+
+/** Test-only. Keys left out keep their value; `failMigrationAtRound: null` clears a pending failure. */
+export const faultsSchema = z
+  .object({
+    /** The next outbound migration fails with `InjectedFault` when it reaches this pre-copy round. */
+    failMigrationAtRound: z.number().int().min(0).nullable().optional(),
+    /** Every route but the faults route answers 503 `AGENT_UNAVAILABLE`. */
+    unreachable: z.boolean().optional(),
+    /** Divides the NIC bandwidth (1 = normal). */
+    linkSlowdown: z.number().min(1).max(1e6).optional(),
+  })
+  .strict();
+export type Faults = z.infer<typeof faultsSchema>;
+
+export const faultsStateSchema = z.object({
+  failMigrationAtRound: z.number().int().nullable(),
+  unreachable: z.boolean(),
+  linkSlowdown: z.number(),
+});
+export type FaultsState = z.infer<typeof faultsStateSchema>;
+
+// ---- routes ----------------------------------------------------------------------------------------------------
+
+/** Route templates, as the service registers them. */
+export const routes = {
+  healthz: '/healthz',
+  info: '/v1/info',
+  incarnation: '/v1/incarnations/:incarnationId',
+  vm: '/v1/vms/:vmId',
+  guestOps: '/v1/vms/:vmId/guest-ops',
+  migration: '/v1/migrations/:jobId',
+  cancelMigration: '/v1/migrations/:jobId/cancel',
+  incoming: '/v1/incoming-migrations/:jobId',
+  commitIncoming: '/v1/incoming-migrations/:jobId/commit',
+  faults: '/v1/faults',
+} as const;
+
+/** A template with its one parameter filled in, URL-encoded. */
+const fill = (template: string) => (id: string) => template.replace(/:[A-Za-z]+/, encodeURIComponent(id));
+
+/** Concrete paths, as the client calls them. */
+export const paths = {
+  healthz: routes.healthz,
+  info: routes.info,
+  incarnation: fill(routes.incarnation),
+  vm: fill(routes.vm),
+  guestOps: fill(routes.guestOps),
+  migration: fill(routes.migration),
+  cancelMigration: fill(routes.cancelMigration),
+  incoming: fill(routes.incoming),
+  commitIncoming: fill(routes.commitIncoming),
+  faults: routes.faults,
+};

@@ -1,0 +1,125 @@
+import type { Resources } from '../common/resources';
+import {
+  agentInfoSchema,
+  faultsStateSchema,
+  guestOpResultSchema,
+  incarnationViewSchema,
+  migrationJobSchema,
+  paths,
+  vmViewSchema,
+  type AgentInfo,
+  type Faults,
+  type GuestOp,
+  type GuestOpResult,
+  type IncarnationView,
+  type MigrationJob,
+  type StartMigrationInput,
+  type VmSpec,
+  type VmView,
+} from './agent-api';
+import { AgentError, callAgent, type CallTarget } from './agent-http';
+
+export { AgentError } from './agent-http';
+export type {
+  AgentInfo,
+  Faults,
+  GuestOp,
+  GuestOpResult,
+  IncarnationView,
+  MigrationJob,
+  StartMigrationInput,
+  VmSpec,
+  VmView,
+} from './agent-api';
+
+export interface AgentClientOptions {
+  baseUrl: string;
+  secret?: string;
+  /** Per request. Default 10 s. */
+  timeoutMs?: number;
+}
+
+/**
+ * The only way the rest of dhm talks to a host agent. Every reply is checked against the agent API's zod schemas;
+ * every failure is an `AgentError` (with `retryable` for unreachable agents, timeouts and 5xx).
+ */
+export interface AgentClient {
+  readonly baseUrl: string;
+  info(): Promise<AgentInfo>;
+  /** Idempotent: the same id and capacity give the same incarnation. */
+  prepareIncarnation(input: { incarnationId: string; capacity: Resources }): Promise<IncarnationView>;
+  /** Null when the agent has no such incarnation. */
+  getIncarnation(incarnationId: string): Promise<IncarnationView | null>;
+  /** Idempotent; deletes the incarnation's VMs (cancelling their migrations). */
+  teardownIncarnation(incarnationId: string): Promise<void>;
+  /** Idempotent by vmId (same spec and incarnation). */
+  createVm(input: { vmId: string; incarnationId: string; spec: VmSpec }): Promise<VmView>;
+  /** The VM as this agent has it; null if it is not here (never was, deleted, or migrated away). */
+  getVm(vmId: string): Promise<VmView | null>;
+  /**
+   * Deletes the VM wherever it is: a VM mid-migration has its migration cancelled first; a VM that migrated away
+   * is followed to its new agent. Already gone is fine.
+   */
+  deleteVm(vmId: string): Promise<void>;
+  /** Idempotent by jobId: the same jobId returns the existing job. */
+  startMigration(input: StartMigrationInput): Promise<MigrationJob>;
+  getMigration(jobId: string): Promise<MigrationJob | null>;
+  /** Before switchover: the VM stays on the source ('cancelled'). After completion: AgentError 409 MIGRATION_COMPLETED. */
+  cancelMigration(jobId: string): Promise<MigrationJob>;
+  /** Served wherever the VM runs now: a `VM_MOVED` answer is followed (a few hops at most). */
+  guestOp(vmId: string, op: GuestOp): Promise<GuestOpResult>;
+  /** Test-only fault injection; keys left out keep their value. */
+  setFaults(f: Faults): Promise<void>;
+}
+
+/** How many `VM_MOVED` redirects one call follows: a VM can move on while a request chases it, but not forever. */
+export const MAX_MOVED_HOPS = 5;
+
+export function createAgentClient(opts: AgentClientOptions): AgentClient {
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const at = (baseUrl: string): CallTarget => ({ baseUrl, secret: opts.secret, timeoutMs });
+  const home = at(opts.baseUrl);
+
+  /** Runs `call` against this agent, then against wherever `VM_MOVED` points. */
+  async function followingMoves<T>(call: (target: CallTarget) => Promise<T>): Promise<T> {
+    let target = home;
+    for (let hop = 0; ; hop++) {
+      try {
+        return await call(target);
+      } catch (err) {
+        if (!(err instanceof AgentError && err.code === 'VM_MOVED' && err.movedTo) || hop >= MAX_MOVED_HOPS) throw err;
+        target = at(err.movedTo);
+      }
+    }
+  }
+
+  const nullIfNotFound = async <T>(p: Promise<T>): Promise<T | null> => {
+    try {
+      return await p;
+    } catch (err) {
+      if (err instanceof AgentError && err.status === 404 && err.code === 'NOT_FOUND') return null;
+      throw err;
+    }
+  };
+
+  return {
+    baseUrl: opts.baseUrl,
+    info: () => callAgent(home, 'GET', paths.info, undefined, agentInfoSchema),
+    prepareIncarnation: ({ incarnationId, capacity }) =>
+      callAgent(home, 'PUT', paths.incarnation(incarnationId), { capacity }, incarnationViewSchema),
+    getIncarnation: (incarnationId) =>
+      nullIfNotFound(callAgent(home, 'GET', paths.incarnation(incarnationId), undefined, incarnationViewSchema)),
+    teardownIncarnation: (incarnationId) => callAgent(home, 'DELETE', paths.incarnation(incarnationId), undefined, null),
+    createVm: ({ vmId, incarnationId, spec }) =>
+      callAgent(home, 'PUT', paths.vm(vmId), { incarnationId, spec }, vmViewSchema),
+    getVm: (vmId) => nullIfNotFound(callAgent(home, 'GET', paths.vm(vmId), undefined, vmViewSchema)),
+    deleteVm: (vmId) => followingMoves((t) => callAgent(t, 'DELETE', paths.vm(vmId), undefined, null)),
+    startMigration: ({ jobId, ...body }) => callAgent(home, 'PUT', paths.migration(jobId), body, migrationJobSchema),
+    getMigration: (jobId) => nullIfNotFound(callAgent(home, 'GET', paths.migration(jobId), undefined, migrationJobSchema)),
+    cancelMigration: (jobId) => callAgent(home, 'POST', paths.cancelMigration(jobId), undefined, migrationJobSchema),
+    guestOp: (vmId, op) => followingMoves((t) => callAgent(t, 'POST', paths.guestOps(vmId), op, guestOpResultSchema)),
+    setFaults: async (f) => {
+      await callAgent(home, 'PUT', paths.faults, f, faultsStateSchema);
+    },
+  };
+}

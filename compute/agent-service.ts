@@ -1,0 +1,140 @@
+import { randomUUID } from 'node:crypto';
+import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { resourcesSchema, type Resources } from '../common/resources';
+import { paths } from './agent-api';
+import { errorBody, parseOr400, registerAgentRoutes } from './agent-routes';
+import { bearerMatches } from './auth';
+import { AgentFailure } from './errors';
+import { createPeerClient } from './peer-client';
+import { SimBackend } from './sim/sim-backend';
+import { bitsToBytesPerSec } from './units';
+
+export interface StartAgentOptions {
+  serverId: string;
+  capacity: Resources;
+  /** NIC bandwidth in bits/s, as in the fleet file. */
+  nicBandwidthBps: number;
+  /** Per-stream cap S as a fraction of the NIC bandwidth (one stream cannot fill a fast link). Default 0.4. */
+  streamCapFraction?: number;
+  /** Simulated time runs this many times faster than real time. Default 1. */
+  timeScale?: number;
+  host?: string;
+  /** 0 lets the OS choose. */
+  port?: number;
+  /** When set, every request but /healthz must carry `Authorization: Bearer <secret>`; agents use it with each other too. */
+  secret?: string;
+  backend?: 'sim';
+  logger: Logger;
+}
+
+export interface RunningAgent {
+  url: string;
+  serverId: string;
+  bootId: string;
+  stop(): Promise<void>;
+}
+
+export const DEFAULT_STREAM_CAP_FRACTION = 0.4;
+
+const startAgentOptionsSchema = z.object({
+  serverId: z.string().min(1),
+  capacity: resourcesSchema,
+  nicBandwidthBps: z.number().positive().max(1e13),
+  streamCapFraction: z.number().gt(0).max(1).default(DEFAULT_STREAM_CAP_FRACTION),
+  timeScale: z.number().positive().max(1e7).default(1),
+  host: z.string().min(1).default('127.0.0.1'),
+  port: z.number().int().min(0).max(65535).default(0),
+  secret: z.string().min(1).optional(),
+  backend: z.literal('sim').default('sim'),
+});
+
+/** Starts one host agent (one physical server) on its own port. Several may run in one process. */
+export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
+  const { logger: parentLogger, ...config } = options;
+  const opts = parseConfig(config);
+  const bootId = randomUUID();
+  const logger = parentLogger.child({ component: 'agent', serverId: opts.serverId, bootId });
+  let url = '';
+
+  const backend = new SimBackend({
+    serverId: opts.serverId,
+    bootId,
+    capacity: opts.capacity,
+    nicBytesPerSec: bitsToBytesPerSec(opts.nicBandwidthBps),
+    streamCapFraction: opts.streamCapFraction,
+    timeScale: opts.timeScale,
+    peer: createPeerClient({ secret: opts.secret }),
+    logger,
+    selfUrl: () => url,
+  });
+
+  const app = Fastify({ loggerInstance: logger as FastifyBaseLogger, forceCloseConnections: true });
+
+  app.addHook('onRequest', async (req, reply) => {
+    const path = req.url.split('?')[0];
+    // An "unreachable" agent still takes the faults route, so a test can make it reachable again.
+    if (backend.faults().unreachable && path !== paths.faults)
+      return reply.code(503).send(errorBody('AGENT_UNAVAILABLE', `agent ${opts.serverId} is unreachable (injected fault)`));
+    if (opts.secret !== undefined && path !== paths.healthz && !bearerMatches(req.headers.authorization, opts.secret))
+      return reply.code(401).send(errorBody('UNAUTHORIZED', 'missing or wrong bearer secret'));
+  });
+
+  app.setErrorHandler((err: FastifyError | AgentFailure | Error, req, reply) => {
+    if (err instanceof AgentFailure) {
+      if (err.status >= 500) req.log.warn({ code: err.code }, err.message);
+      return reply.code(err.status).send(errorBody(err.code, err.message, err.field, err.movedTo));
+    }
+    const status = (err as FastifyError).statusCode;
+    if (status !== undefined && status >= 400 && status < 500)
+      return reply.code(status).send(errorBody('INVALID_INPUT', `body: ${err.message}`, 'body'));
+    req.log.error({ err }, 'unexpected error');
+    return reply.code(500).send(errorBody('INTERNAL', err.message));
+  });
+  app.setNotFoundHandler((req, reply) =>
+    reply.code(404).send(errorBody('NO_SUCH_ROUTE', `no route ${req.method} ${req.url.split('?')[0]}`)),
+  );
+
+  registerAgentRoutes(app, backend, {
+    serverId: opts.serverId,
+    bootId,
+    capacity: opts.capacity,
+    nicBandwidthBps: opts.nicBandwidthBps,
+  });
+
+  await app.listen({ host: opts.host, port: opts.port });
+  const address = app.server.address();
+  if (address === null || typeof address === 'string') throw new Error('agent did not bind a TCP port');
+  url = `http://${urlHost(opts.host)}:${address.port}`;
+  logger.info({ url, timeScale: opts.timeScale, nicBandwidthBps: opts.nicBandwidthBps }, 'host agent started');
+
+  let stopping: Promise<void> | undefined;
+  return {
+    url,
+    serverId: opts.serverId,
+    bootId,
+    stop: () =>
+      (stopping ??= (async () => {
+        // Backend first: parked guest operations are answered before the server waits for open requests.
+        await backend.close();
+        await app.close();
+        logger.info('host agent stopped');
+      })()),
+  };
+}
+
+function parseConfig(config: Omit<StartAgentOptions, 'logger'>) {
+  try {
+    return parseOr400(startAgentOptionsSchema, config);
+  } catch (err) {
+    throw new Error(`invalid host agent options: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/** Where clients should connect: a wildcard bind is reached on loopback; IPv6 literals need brackets. */
+function urlHost(host: string): string {
+  if (host === '0.0.0.0') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
+}

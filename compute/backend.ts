@@ -1,0 +1,59 @@
+import type { Resources } from '../common/resources';
+import type {
+  AcceptIncomingBody,
+  BackendKind,
+  CommitIncomingBody,
+  Faults,
+  FaultsState,
+  GuestOp,
+  GuestOpResult,
+  IncarnationView,
+  IncomingView,
+  MigrationJob,
+  StartMigrationInput,
+  VmSpec,
+  VmView,
+} from './agent-api';
+
+/**
+ * What the host agent's HTTP service needs from whatever actually runs VMs: the `sim` backend (compute/sim/) or,
+ * later, a `qemu` backend driving QMP. Inputs arrive already validated by zod; expected refusals are thrown as
+ * `AgentFailure` (compute/errors.ts) and become 4xx replies. The service owns HTTP, auth and fault routing only.
+ */
+export interface ComputeBackend {
+  readonly kind: BackendKind;
+
+  /** Incarnation ids live on this server. */
+  incarnationIds(): string[];
+
+  // Incarnations: a slice of this server given to one dedicated host.
+  prepareIncarnation(incarnationId: string, capacity: Resources): IncarnationView;
+  getIncarnation(incarnationId: string): IncarnationView | null;
+  /** Deletes the incarnation's VMs (cancelling their migrations) and drops incoming reservations for it. */
+  teardownIncarnation(incarnationId: string): Promise<void>;
+
+  // VMs.
+  createVm(input: { vmId: string; incarnationId: string; spec: VmSpec }): VmView;
+  /** A VM here; else `movedTo` if it migrated away (a tombstone); else null. */
+  getVm(vmId: string): { vm: VmView } | { movedTo: string } | null;
+  /** Cancels its migration first if one runs. Throws `VM_MOVED` for a VM that migrated away. */
+  deleteVm(vmId: string): Promise<void>;
+  /** Waits while the VM is paused for switchover; throws `VM_MOVED` if it has left. */
+  guestOp(vmId: string, op: GuestOp): Promise<GuestOpResult>;
+
+  // Outbound migrations (this server is the source).
+  startMigration(input: StartMigrationInput): Promise<MigrationJob>;
+  getMigration(jobId: string): MigrationJob | null;
+  cancelMigration(jobId: string): Promise<MigrationJob>;
+
+  // Inbound migrations (this server is the target), called by the source's agent.
+  acceptIncoming(jobId: string, input: AcceptIncomingBody): IncomingView;
+  commitIncoming(jobId: string, input: CommitIncomingBody): VmView;
+  releaseIncoming(jobId: string): void;
+
+  setFaults(faults: Faults): FaultsState;
+  faults(): FaultsState;
+
+  /** Stops timers and in-flight work; waiting guest operations are answered 503. */
+  close(): Promise<void>;
+}

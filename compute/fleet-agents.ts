@@ -1,0 +1,53 @@
+import type { Logger } from 'pino';
+import type { Fleet, FleetServer } from '../common/fleet';
+import { startAgent, type RunningAgent } from './agent-service';
+
+export interface FleetAgentsOptions {
+  timeScale: number;
+  secret?: string;
+  logger: Logger;
+  /** Which servers get an agent here. Default: those whose backend is `sim` (the only one this starts). */
+  backendFilter?: (server: FleetServer) => boolean;
+  streamCapFraction?: number;
+}
+
+export interface FleetAgents {
+  agents: Map<string, Pick<RunningAgent, 'url' | 'stop' | 'bootId' | 'serverId'>>;
+  stop(): Promise<void>;
+}
+
+/** Starts one host agent (sim backend) per fleet server, each on the server's `agentPort` (0 = any free port). */
+export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): Promise<FleetAgents> {
+  const filter = opts.backendFilter ?? ((s: FleetServer) => s.backend === 'sim');
+  const agents = new Map<string, RunningAgent>();
+  const stop = async () => {
+    await Promise.all([...agents.values()].map((a) => a.stop()));
+  };
+  try {
+    for (const server of fleet.servers) {
+      if (!filter(server)) {
+        opts.logger.info({ serverId: server.id, backend: server.backend }, 'no agent started here for this server');
+        continue;
+      }
+      if (server.backend !== 'sim') throw new Error(`server ${server.id}: backend ${server.backend} is not available yet`);
+      agents.set(
+        server.id,
+        await startAgent({
+          serverId: server.id,
+          capacity: server.capacity,
+          nicBandwidthBps: server.nicBandwidthBps,
+          streamCapFraction: opts.streamCapFraction,
+          timeScale: opts.timeScale,
+          port: server.agentPort,
+          secret: opts.secret,
+          backend: 'sim',
+          logger: opts.logger,
+        }),
+      );
+    }
+  } catch (err) {
+    await stop(); // no half-started fleet left listening
+    throw err;
+  }
+  return { agents, stop };
+}

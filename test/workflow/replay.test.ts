@@ -1,0 +1,23 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { temporal } from '@temporalio/proto';
+import { Worker } from '@temporalio/worker';
+
+const DIR = path.join(__dirname, '..', 'fixtures', 'histories');
+
+/**
+ * Every history recorded from the end-to-end tests replays against today's workflow code without a determinism
+ * error. A change to the workflow that would break running migrations fails here; guard it with `patched()`.
+ */
+describe('replay of recorded migration histories', () => {
+  const files = (fs.existsSync(DIR) ? fs.readdirSync(DIR) : []).filter((f) => f.endsWith('.json')).sort();
+
+  it('has recorded histories to replay (completed, cancelled, retried)', () => {
+    expect(files).toEqual(expect.arrayContaining(['completed-with-requests.json', 'cancelled.json', 'retry-auto-converge.json']));
+  });
+
+  it.each(files)('%s replays deterministically', async (file) => {
+    const history = temporal.api.history.v1.History.fromObject(JSON.parse(fs.readFileSync(path.join(DIR, file), 'utf8')));
+    await Worker.runReplayHistory({ workflowBundle: { codePath: process.env.DHM_TEST_WORKFLOW_BUNDLE! } }, history, file);
+  });
+});

@@ -77,13 +77,10 @@ export async function migrationStatus(client: Client, dedicatedHostId: string): 
 }
 
 function refusal(err: unknown): never {
-  if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
-    throw new MigrationRequestRefused(err.cause.type ?? 'Error', err.cause.message);
-  }
-  // A validator's rejection arrives as an update failure whose message starts with the reason's code.
   if (err instanceof WorkflowUpdateFailedError) {
-    const m = /^(?:invalid \w+ request: )?([A-Z_]+): /.exec(err.cause?.message ?? '');
-    throw new MigrationRequestRefused(m?.[1] ?? 'INVALID_INPUT', err.cause?.message ?? err.message);
+    const cause = err.cause;
+    const type = cause instanceof ApplicationFailure && cause.type ? cause.type : 'INVALID_INPUT';
+    throw new MigrationRequestRefused(type, cause?.message ?? err.message);
   }
   throw err;
 }

@@ -15,6 +15,7 @@ import {
   ActivityCancellationType,
   ActivityFailure,
   CancelledFailure,
+  ContinueAsNew,
   type RetryPolicy,
 } from '@temporalio/workflow';
 import type { MigrationActivities } from '../activities';
@@ -238,17 +239,20 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
     return { vmId: vm.vmId, deleted: true, wasState };
   };
 
+  // Validators refuse before anything is recorded in history; the failure's type is the reason's code.
+  const refuse = (type: string, message: string) => ApplicationFailure.create({ type, message, nonRetryable: true });
   const validateProvision = (args: ProvisionVmArgs) => {
     const r = provisionVmArgsSchema.safeParse(args);
-    if (!r.success) throw new Error(`invalid provisionVm request: ${describeZodError(r.error)}`);
-    if (!outcomes.has(args.requestId) && !acceptsRequests()) throw new Error(`MIGRATION_ENDED: the migration is ${st.phase}; use the normal path`);
+    if (!r.success) throw refuse(FailureTypes.InvalidInput, `invalid provisionVm request: ${describeZodError(r.error)}`);
+    if (!outcomes.has(args.requestId) && !acceptsRequests()) throw endedError();
   };
   const validateDelete = (args: DeleteVmArgs) => {
     const r = deleteVmArgsSchema.safeParse(args);
-    if (!r.success) throw new Error(`invalid deleteVm request: ${describeZodError(r.error)}`);
+    if (!r.success) throw refuse(FailureTypes.InvalidInput, `invalid deleteVm request: ${describeZodError(r.error)}`);
     if (outcomes.has(args.requestId)) return;
-    if (!vmById(args.vmId)) throw new Error(`NOT_FOUND: VM ${args.vmId} is not on dedicated host ${st.dedicatedHostId}`);
-    if (!acceptsRequests() && vmById(args.vmId)!.state !== 'deleted') throw new Error(`MIGRATION_ENDED: the migration is ${st.phase}; use the normal path`);
+    const vm = vmById(args.vmId);
+    if (!vm) throw refuse(FailureTypes.NotFound, `VM ${args.vmId} is not on dedicated host ${st.dedicatedHostId}`);
+    if (!acceptsRequests() && vm.state !== 'deleted') throw endedError();
   };
 
   setHandler(provisionVmUpdate, async (args) => unwrap<ProvisionVmResult>(await once(args.requestId, () => provisionVm(args))), {
@@ -519,6 +523,7 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
     await condition(allHandlersFinished);
     return result();
   } catch (err) {
+    if (err instanceof ContinueAsNew) throw err; // not a failure: this run hands over to the next
     if (st.phase === 'completed' || st.phase === 'rolled-back' || st.phase === 'failed') throw err;
     if (st.phase === 'validating') {
       const cause = err instanceof ApplicationFailure ? err : (err as { cause?: ApplicationFailure }).cause;

@@ -3,7 +3,7 @@ import type { WorkflowHandle } from '@temporalio/client';
 import type { Fleet } from '../../common/fleet';
 import { createLogger } from '../../common/logger';
 import type { MigrationPolicyInput, MigrationStatus } from '../../common/migration';
-import { createActivities, createAgentDirectory } from '../../activities';
+import { createActivities, createAgentDirectory, type AgentDirectory } from '../../activities';
 import { createAgentClient, type AgentClient } from '../../compute/agent-client';
 import { startFleetAgents } from '../../compute/fleet-agents';
 import { createInventory, type Inventory } from '../../inventory';
@@ -22,6 +22,7 @@ export interface TestSystem {
   fleet: Fleet;
   agentUrls: Map<string, string>;
   agent(serverId: string): AgentClient;
+  agents: AgentDirectory;
   worker: RunningWorker;
   scheduler: RunningScheduler;
   /** A tenant with one dedicated host and `vms` VMs on it (sizes cycle through `sizes`). */
@@ -32,7 +33,7 @@ export interface TestSystem {
 }
 
 /** The real system in one test process: a database, sim agents over HTTP, a migration worker and a scheduler. */
-export async function startTestSystem(opts: { fleet?: Fleet; timeScale?: number; withScheduler?: boolean } = {}): Promise<TestSystem> {
+export async function startTestSystem(opts: { fleet?: Fleet; timeScale?: number } = {}): Promise<TestSystem> {
   const logger = createLogger('test', process.env.DHM_TEST_LOG_LEVEL ?? 'warn');
   const fleet = opts.fleet ?? testFleet();
   const db = await createTestDatabase();
@@ -70,6 +71,7 @@ export async function startTestSystem(opts: { fleet?: Fleet; timeScale?: number;
       }
       return c;
     },
+    agents,
     worker,
     scheduler,
     async createHostWithVms(o) {
@@ -97,8 +99,8 @@ export async function startTestSystem(opts: { fleet?: Fleet; timeScale?: number;
     status(hostId) {
       return temporal.client.workflow.getHandle(`migration-${hostId}`).query(statusQuery);
     },
-    async stop() {
-      await scheduler.stop();
+    async stop(this: TestSystem) {
+      await this.scheduler.stop();
       await temporal.close();
       await fleetAgents.stop();
       await db.drop();

@@ -1,0 +1,156 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { UserFacingError } from '../../common/errors';
+import { type ApiContext, type ApiDeps, type Principal } from './context';
+import { ApiError, internalError, toErrorResponse } from './errors';
+import { createIdempotencyStore } from './idempotency';
+import { buildOpenApiDocument } from './openapi';
+import { registerHealthRoutes } from './routes/health';
+import { registerHostRoutes } from './routes/hosts';
+import { registerMigrationRoutes } from './routes/migrations';
+import { register } from './routes/register';
+import { registerServerRoutes } from './routes/servers';
+import { registerTenantRoutes } from './routes/tenants';
+import { registerVmRoutes } from './routes/vms';
+import { routes } from './schemas';
+
+export type { ApiDeps } from './context';
+
+export const DEFAULT_BODY_LIMIT_BYTES = 64 * 1024;
+/** Deeper JSON than this is refused before it is parsed: no request of this API nests more than 3 levels. */
+export const MAX_JSON_DEPTH = 32;
+const MAX_TOKEN_LENGTH = 512;
+
+const sha256 = (s: string) => createHash('sha256').update(s, 'utf8').digest();
+
+/**
+ * A request body: empty means absent; otherwise JSON no deeper than MAX_JSON_DEPTH (checked by a linear scan before
+ * JSON.parse, so a hostile body cannot make anything recurse deeply). Bad JSON is a 400 naming `body`.
+ */
+export function parseJsonBody(text: string): unknown {
+  if (text.trim() === '') return undefined;
+  let depth = 0;
+  let inString = false;
+  let escaped = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (c === 0x5c) escaped = true;
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > MAX_JSON_DEPTH) throw new ApiError(400, 'INVALID_INPUT', `body: JSON nested deeper than ${MAX_JSON_DEPTH} levels`, 'body');
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new ApiError(400, 'INVALID_INPUT', 'body: malformed JSON', 'body');
+  }
+}
+
+/**
+ * The HTTP API (routes in routes/*.ts, schemas in schemas.ts, the OpenAPI document at /openapi.json).
+ *
+ * Auth: `Authorization: Bearer <token>`. The operator token is compared in constant time (timingSafeEqual over
+ * sha256 digests, so lengths do not leak either); tenant tokens are looked up by their sha256 (they are stored only
+ * as hashes). No or a bad token: 401. A tenant on an operator-only route: 403, decided from the route alone before
+ * any id is read, so it says nothing about whether an object exists; on shared routes another tenant's object
+ * answers 404 exactly like a missing one. The authorization header is redacted from every log line.
+ */
+export function buildApiServer(deps: ApiDeps): FastifyInstance {
+  if (typeof deps.operatorToken !== 'string' || deps.operatorToken.length < 16)
+    throw new UserFacingError('DHM_OPERATOR_TOKEN: the operator token must have at least 16 characters', 'DHM_OPERATOR_TOKEN');
+  const logger = deps.logger.child(
+    { component: 'api' },
+    { redact: { paths: ['req.headers.authorization', 'headers.authorization', 'authorization', 'token', '*.token'], censor: '[redacted]' } },
+  );
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    bodyLimit: deps.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
+    routerOptions: { maxParamLength: 200 },
+    return503OnClosing: true,
+  });
+  const ctx: ApiContext = { ...deps, logger, idempotency: createIdempotencyStore(deps.pool, deps.operatorToken) };
+  const operatorDigest = sha256(deps.operatorToken);
+
+  const authenticate = async (header: string | undefined): Promise<Principal | null> => {
+    if (typeof header !== 'string' || header.length > MAX_TOKEN_LENGTH + 7) return null;
+    const m = /^Bearer ([\x21-\x7e]+)$/i.exec(header);
+    if (!m) return null;
+    const token = m[1]!;
+    if (timingSafeEqual(sha256(token), operatorDigest)) return { kind: 'operator' };
+    const tenant = await deps.inventory.findTenantByToken(token);
+    return tenant ? { kind: 'tenant', tenant } : null;
+  };
+
+  app.decorateRequest('principal', null);
+  app.addHook('onRequest', async (req) => {
+    const access = req.routeOptions.config?.access ?? 'public';
+    if (access === 'public') return;
+    const principal = await authenticate(req.headers.authorization);
+    if (!principal) throw new ApiError(401, 'UNAUTHORIZED', 'missing or invalid bearer token (Authorization: Bearer <token>)');
+    if (access === 'operator' && principal.kind !== 'operator') throw new ApiError(403, 'FORBIDDEN', 'operators only');
+    req.principal = principal;
+  });
+
+  // JSON only; everything else is 415. Fastify enforces bodyLimit (413) before this runs.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    try {
+      done(null, parseJsonBody(body as string));
+    } catch (err) {
+      done(err as Error, undefined);
+    }
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const mapped = toErrorResponse(err);
+    if (mapped) {
+      if (mapped.status >= 500) req.log.error({ err }, 'a backing service is unavailable');
+      if (mapped.status === 401) void reply.header('www-authenticate', 'Bearer');
+      return reply.code(mapped.status).send(mapped.body);
+    }
+    req.log.error({ err, route: req.routeOptions.url }, 'unexpected error');
+    const internal = internalError();
+    return reply.code(internal.status).send(internal.body);
+  });
+  app.setNotFoundHandler((req, reply) =>
+    reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}` } }),
+  );
+
+  const openapi = buildOpenApiDocument();
+  register(app, routes.openapi, async (_req, reply) => reply.send(openapi));
+  registerHealthRoutes(app, ctx);
+  registerTenantRoutes(app, ctx);
+  registerServerRoutes(app, ctx);
+  registerHostRoutes(app, ctx);
+  registerVmRoutes(app, ctx);
+  registerMigrationRoutes(app, ctx);
+  return app;
+}
+
+export interface RunningApiServer {
+  url: string;
+  app: FastifyInstance;
+  stop(): Promise<void>;
+}
+
+/** Builds the API and listens (default 127.0.0.1; port 0 picks a free one). */
+export async function startApiServer(deps: ApiDeps & { host?: string; port: number }): Promise<RunningApiServer> {
+  const app = buildApiServer(deps);
+  const host = deps.host ?? '127.0.0.1';
+  await app.listen({ host, port: deps.port });
+  const { port } = app.server.address() as AddressInfo;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  app.log.info({ url }, 'API listening');
+  return {
+    url,
+    app,
+    stop: async () => {
+      await app.close();
+    },
+  };
+}

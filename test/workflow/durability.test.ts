@@ -1,0 +1,131 @@
+import { randomUUID } from 'node:crypto';
+import { createActivities } from '../../activities';
+import { deleteVmDuringMigration, provisionVmDuringMigration, MigrationRequestRefused } from '../../client/migrations';
+import { createLogger } from '../../common/logger';
+import { startScheduler } from '../../workers/scheduler';
+import { testFleet } from '../support/fleets';
+import { eventually, startTestSystem, type TestSystem } from '../support/system';
+
+describe('durability of a migration', () => {
+  let sys: TestSystem;
+  beforeAll(async () => {
+    sys = await startTestSystem({ fleet: testFleet({ servers: 6 }), timeScale: 20 });
+  });
+  afterAll(async () => {
+    await sys?.stop();
+  });
+
+  it('a worker that stops mid-move hands the move over: the next worker follows the same agent job instead of starting again', async () => {
+    const { hostId } = await sys.createHostWithVms({ vms: 1, memoryMiB: [8192], dirtyRateMiBps: [0] });
+    const handle = await sys.startMigration(hostId, { bandwidthCapBps: 150e6 });
+    const moving = await eventually('move under way', async () => {
+      const st = await sys.status(hostId);
+      const vm = st.vms.find((v) => v.state === 'moving');
+      if (!vm?.jobId) return null;
+      const job = await sys.agent(st.source!.serverId).getMigration(vm.jobId);
+      return job && job.bytesSent > 0 ? { st, vm, job } : null;
+    });
+    await sys.worker.stop();
+    // The agent keeps moving the VM while no worker is there.
+    const later = await eventually('agent progress without a worker', async () => {
+      const job = await sys.agent(moving.st.source!.serverId).getMigration(moving.vm.jobId!);
+      return job && job.bytesSent > moving.job.bytesSent ? job : null;
+    });
+    expect(later.state === 'running' || later.state === 'completed').toBe(true);
+    const replacement = await sys.temporal.startWorker({
+      activities: createActivities({ inventory: sys.inventory, agents: sys.agents }),
+      maxHeartbeatThrottleInterval: '500ms',
+      defaultHeartbeatThrottleInterval: '500ms',
+    });
+    sys.worker = replacement;
+    const result = await handle.result();
+    expect(result.phase).toBe('completed');
+    const st = await sys.status(hostId);
+    // Same job, first attempt: the move was resumed, not restarted.
+    expect(st.vms[0]!.jobId).toBe(moving.vm.jobId);
+    expect(st.vms[0]!.attempts).toBe(1);
+    expect(st.vms[0]!.figures!.bytesSent).toBeLessThan(2 * 8192 * 2 ** 20);
+  });
+
+  it('the scheduler de-provisions a server whose incarnation was deleted while no scheduler ran, once one starts', async () => {
+    await sys.scheduler.stop();
+    const { hostId } = await sys.createHostWithVms({ vms: 1 });
+    const host = (await sys.inventory.getHost(hostId))!;
+    const oldIncarnation = host.currentIncarnationId;
+    const oldServer = (await sys.inventory.getIncarnation(oldIncarnation))!.serverId;
+    expect((await (await sys.startMigration(hostId)).result()).phase).toBe('completed');
+    expect((await sys.inventory.getServer(oldServer)).state).toBe('deprovisioning');
+    const logger = createLogger('test', 'warn');
+    // Two schedulers start together: the row is done exactly once.
+    const [a, b] = await Promise.all(
+      ['sched-a', 'sched-b'].map((schedulerId) => startScheduler({ inventory: sys.inventory, databaseUrl: sys.db.url, schedulerId, logger, sweepIntervalMs: 500 })),
+    );
+    sys.scheduler = a!;
+    try {
+      await eventually('server back in the pool', async () => (await sys.inventory.getServer(oldServer)).state === 'available', 20_000);
+      const done = (await sys.inventory.listDeprovisionJobs({ state: 'done' })).filter((j) => j.incarnationId === oldIncarnation);
+      expect(done).toHaveLength(1);
+      expect(done[0]!.attempts).toBe(1);
+      const teardowns = (await sys.inventory.listEvents({ dedicatedHostId: hostId })).filter((e) => e.action.startsWith('deprovision'));
+      expect(teardowns.filter((e) => e.action === 'deprovision.completed').length).toBeLessThanOrEqual(1);
+    } finally {
+      await b!.stop();
+    }
+  });
+
+  it('a host of 200 VMs with 500 tenant requests during the migration completes with history bounded by continue-as-new', async () => {
+    const { hostId, vmIds } = await sys.createHostWithVms({ vms: 200, resourceClass: 'large', memoryMiB: [64, 128, 96, 32], dirtyRateMiBps: [0, 1, 0, 2] });
+    const handle = await sys.startMigration(hostId, { maxParallel: 8, bandwidthCapBps: 5e6, continueAsNewAfterEvents: 1500 });
+    await eventually('migrating', async () => (await sys.status(hostId)).phase === 'migrating-vms');
+    const answers = { ok: 0, refused: new Map<string, number>(), lost: [] as string[] };
+    const created: string[] = [];
+    let next = 0;
+    const victims = [...vmIds].reverse();
+    // Eight clients (Temporal allows at most ten updates in flight per workflow) share 500 requests.
+    const client = async (c: number) => {
+      for (;;) {
+        const i = next++;
+        if (i >= 500) return;
+        const requestId = `req-${c}-${i}-${randomUUID().slice(0, 8)}`;
+        try {
+          if (i % 2 === 0) {
+            const vmId = `vm-can-${i}-${hostId.slice(-6)}`;
+            await provisionVmDuringMigration(sys.temporal.client, hostId, { requestId, vmId, name: `n${i}`, spec: { vcpus: 1, memoryMiB: 16, diskGiB: 1 } });
+            created.push(vmId);
+          } else {
+            const vmId = victims.pop() ?? created.shift()!;
+            await deleteVmDuringMigration(sys.temporal.client, hostId, { requestId, vmId });
+          }
+          answers.ok++;
+        } catch (err) {
+          if (err instanceof MigrationRequestRefused) {
+            answers.refused.set(err.type, (answers.refused.get(err.type) ?? 0) + 1);
+            if (err.type !== 'MIGRATION_ENDED') answers.lost.push(`${requestId}: ${err.type} ${err.message}`);
+          }
+          else answers.lost.push(`${requestId}: ${String(err)}`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, (_, c) => client(c)));
+    const result = await handle.result();
+    expect(result.phase).toBe('completed');
+    expect(answers.lost).toEqual([]);
+    // Every request got a definite answer; only the migration's end may refuse (then the normal path takes over).
+    expect(answers.ok + [...answers.refused.values()].reduce((a, b) => a + b, 0)).toBe(500);
+    expect([...answers.refused.keys()].filter((t) => t !== 'MIGRATION_ENDED')).toEqual([]);
+    // The requests really ran during the migration, not after it.
+    expect(answers.ok).toBeGreaterThan(450);
+    const st = await sys.status(hostId);
+    expect({ run: st.run, requestsHandled: st.requestsHandled }).toEqual({ run: expect.any(Number), requestsHandled: expect.any(Number) });
+    expect(st.run).toBeGreaterThan(1);
+    // History of every run stays far below the 51,200-event limit.
+    const desc = await handle.describe();
+    expect(desc.historyLength).toBeLessThan(10_240);
+    // The inventory agrees with the answers: provisioned VMs exist on the clone, no duplicates.
+    const live = (await sys.inventory.listVms({ dedicatedHostId: hostId })).filter((v) => v.state === 'running');
+    expect(new Set(live.map((v) => v.id)).size).toBe(live.length);
+    for (const id of created) expect(live.some((v) => v.id === id)).toBe(true);
+    const host = (await sys.inventory.getHost(hostId))!;
+    expect(live.every((v) => v.incarnationId === host.currentIncarnationId)).toBe(true);
+  }, 300_000);
+});

@@ -32,6 +32,17 @@ export const envSchema = z.object({
   DHM_TEMPORAL_PORT: port.default(7233),
   DHM_TEMPORAL_UI_PORT: port.default(8233),
   DHM_API_PORT: port.default(7780),
+  DHM_API_HOST: z.string().min(1).default('127.0.0.1'),
+  /** The API's operator token; `dhm up` generates one when unset and writes it to .dhm/credentials.json. */
+  DHM_OPERATOR_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
+  /** Shared secret every agent request must carry; generated per run when unset. */
+  DHM_AGENT_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
+  DHM_FLEET_FILE: z.string().min(1).optional(),
+  /** The sim's speed-up over real time (100 = a simulated 100 s take 1 s). */
+  DHM_TIME_SCALE: z.coerce.number().positive().max(100_000).default(50),
+  /** Where the CLI finds the API (default: what `dhm up` wrote to .dhm/credentials.json). */
+  DHM_API_URL: urlWithScheme(['http', 'https']).optional(),
+  DHM_TOKEN: z.string().min(1).optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 export type Env = z.infer<typeof envSchema>;
@@ -53,7 +64,14 @@ export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const name = String(issue.path[0]);
-    throw new UserFacingError(`${name}: ${issue.message} (got ${JSON.stringify(picked[name])})`, name);
+    throw new UserFacingError(`${name}: ${issue.message} (got ${JSON.stringify(redact(name, picked[name]))})`, name);
   }
   return parsed.data;
+}
+
+/** Config errors quote the bad value, but never a secret or a password inside a URL. */
+function redact(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return value;
+  if (/TOKEN|SECRET|PASSWORD|API_KEY/.test(name)) return '***';
+  return value.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@');
 }

@@ -23,7 +23,7 @@ export async function createMigrationWorker(opts: MigrationWorkerOptions): Promi
     taskQueue: opts.taskQueue,
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
     activities: createActivities({ inventory: opts.inventory, agents: opts.agents }),
-    identity: opts.identity,
+    ...(opts.identity ? { identity: opts.identity } : {}),
     // Moves mostly wait on agents; many fit in one worker.
     maxConcurrentActivityTaskExecutions: 200,
     // Cancellation reaches an activity only through a heartbeat reply: keep that latency low.

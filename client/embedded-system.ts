@@ -1,0 +1,150 @@
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
+import { Pool } from 'pg';
+import { createAgentDirectory } from '../activities/agent-directory';
+import type { Env } from '../common/config';
+import type { Fleet } from '../common/fleet';
+import type { Logger } from '../common/logger';
+import { installTemporalRuntime } from '../common/temporal-runtime';
+import { createAgentClient } from '../compute/agent-client';
+import { startFleetAgents } from '../compute/fleet-agents';
+import { createInventory, type Inventory } from '../inventory';
+import { loadFleetFile } from '../inventory/fleet-file';
+import { migrateDatabase } from '../inventory/migrate';
+import { createMigrationWorker } from '../workers/migration-worker';
+import { startScheduler } from '../workers/scheduler';
+import { startApiServer } from './api/server';
+import { startDevStack, type DevStack } from './dev-stack';
+import { createHostService, type HostService } from './host-service';
+
+export interface Credentials {
+  apiUrl: string;
+  operatorToken: string;
+  temporalAddress: string;
+  temporalUiUrl: string | null;
+}
+
+export interface EmbeddedSystem {
+  stack: DevStack;
+  inventory: Inventory;
+  hostService: HostService;
+  temporal: { client: Client; taskQueue: string; namespace: string };
+  fleet: Fleet;
+  credentials: Credentials;
+  credentialsFile: string;
+  stop(): Promise<void>;
+}
+
+export function credentialsPath(env: Env): string {
+  return path.join(env.DHM_HOME, 'credentials.json');
+}
+
+/**
+ * Everything `dhm up` runs in one foreground process: Postgres and the Temporal dev server (or external ones), one
+ * sim host agent per server of the fleet file, a migration worker, the scheduler and the HTTP API.
+ */
+export async function startEmbeddedSystem(opts: { env: Env; logger: Logger; fleet?: Fleet; timeScale?: number; stateDir?: string; apiPort?: number }): Promise<EmbeddedSystem> {
+  const { env, logger } = opts;
+  installTemporalRuntime(logger);
+  const stops: Array<() => Promise<void>> = [];
+  const stopAll = async () => {
+    for (const stop of stops.splice(0).reverse()) {
+      try {
+        await stop();
+      } catch (err) {
+        logger.error({ err }, 'error while stopping');
+      }
+    }
+  };
+  try {
+    const stack = await startDevStack({ env, logger, stateDir: opts.stateDir });
+    stops.push(stack.stop);
+    const pool = new Pool({ connectionString: stack.databaseUrl, max: env.DATABASE_POOL_SIZE });
+    pool.on('error', (err) => logger.warn({ err }, 'idle Postgres connection failed'));
+    stops.push(() => pool.end());
+    await migrateDatabase(pool);
+    const inventory = createInventory(pool);
+
+    const fleet = opts.fleet ?? loadFleetFile(env.DHM_FLEET_FILE);
+    const agentSecret = env.DHM_AGENT_SECRET ?? randomBytes(24).toString('base64url');
+    const fleetAgents = await startFleetAgents(fleet, { timeScale: opts.timeScale ?? env.DHM_TIME_SCALE, secret: agentSecret, logger: logger.child({ component: 'agent' }) });
+    stops.push(() => fleetAgents.stop());
+    const agentUrls = new Map([...fleetAgents.agents].map(([id, a]) => [id, a.url]));
+    await inventory.seedFleet(fleet, agentUrls, { actor: 'dhm-up' });
+    await restoreSimulatedVms(inventory, agentUrls, agentSecret, logger);
+    const agents = createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, secret: agentSecret });
+
+    const nativeConnection = await NativeConnection.connect({ address: stack.temporalAddress });
+    stops.push(() => nativeConnection.close());
+    const connection = await Connection.connect({ address: stack.temporalAddress });
+    stops.push(() => connection.close());
+    const client = new Client({ connection, namespace: stack.namespace });
+    const taskQueue = env.TEMPORAL_TASK_QUEUE;
+
+    const worker = await createMigrationWorker({ connection: nativeConnection, namespace: stack.namespace, taskQueue, inventory, agents });
+    const running = worker.run();
+    stops.push(async () => {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+      await running;
+    });
+    const scheduler = await startScheduler({ inventory, databaseUrl: stack.databaseUrl, schedulerId: `scheduler-${process.pid}`, logger: logger.child({ component: 'scheduler' }), agentSecret });
+    stops.push(() => scheduler.stop());
+
+    const hostService = createHostService({ inventory, agents, temporal: { client, taskQueue }, logger: logger.child({ component: 'host-service' }) });
+    const operatorToken = env.DHM_OPERATOR_TOKEN ?? randomBytes(24).toString('base64url');
+    const api = await startApiServer({
+      inventory,
+      hostService,
+      temporal: { client, taskQueue },
+      pool,
+      operatorToken,
+      logger: logger.child({ component: 'api' }),
+      host: env.DHM_API_HOST,
+      port: opts.apiPort ?? env.DHM_API_PORT,
+    });
+    stops.push(() => api.stop());
+
+    const credentials: Credentials = { apiUrl: api.url, operatorToken, temporalAddress: stack.temporalAddress, temporalUiUrl: stack.uiUrl };
+    const credentialsFile = path.join(opts.stateDir ?? env.DHM_HOME, 'credentials.json');
+    fs.writeFileSync(credentialsFile, `${JSON.stringify(credentials, null, 2)}\n`, { mode: 0o600 });
+    fs.chmodSync(credentialsFile, 0o600);
+    stops.push(async () => fs.rmSync(credentialsFile, { force: true }));
+
+    return { stack, inventory, hostService, temporal: { client, taskQueue, namespace: stack.namespace }, fleet, credentials, credentialsFile, stop: stopAll };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
+
+/**
+ * Sim agents keep VMs in memory, so after a restart of `dhm up` they are empty while the inventory still lists the
+ * tenants' VMs. Recreate them from the inventory so the embedded fleet matches what tenants were told.
+ */
+async function restoreSimulatedVms(inventory: Inventory, agentUrls: Map<string, string>, secret: string, logger: Logger): Promise<void> {
+  let restored = 0;
+  for (const host of await inventory.listHosts()) {
+    for (const incarnation of await inventory.listIncarnations({ dedicatedHostId: host.id })) {
+      const url = agentUrls.get(incarnation.serverId);
+      if (!url) continue;
+      const agent = createAgentClient({ baseUrl: url, secret });
+      await agent.prepareIncarnation({ incarnationId: incarnation.id, capacity: incarnation.capacity });
+      for (const vm of await inventory.listVms({ dedicatedHostId: host.id })) {
+        if (vm.incarnationId !== incarnation.id) continue;
+        const workload = vm.workload as { dirtyRateMiBps?: number; workingSetMiB?: number };
+        const spec = {
+          ...vm.spec,
+          ...(typeof workload.dirtyRateMiBps === 'number' && typeof workload.workingSetMiB === 'number'
+            ? { workload: { dirtyRateMiBps: workload.dirtyRateMiBps, workingSetMiB: workload.workingSetMiB } }
+            : {}),
+        };
+        await agent.createVm({ vmId: vm.id, incarnationId: incarnation.id, spec });
+        restored++;
+      }
+    }
+  }
+  if (restored) logger.info({ restored }, 'recreated simulated VMs from the inventory');
+}

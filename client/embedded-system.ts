@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { Pool } from 'pg';
-import { createAgentDirectory } from '../activities/agent-directory';
+import { createAgentDirectory, type AgentDirectory } from '../activities/agent-directory';
 import type { Env } from '../common/config';
 import type { Fleet } from '../common/fleet';
 import type { Logger } from '../common/logger';
@@ -30,6 +30,7 @@ export interface Credentials {
 export interface EmbeddedSystem {
   stack: DevStack;
   inventory: Inventory;
+  agents: AgentDirectory;
   hostService: HostService;
   temporal: { client: Client; taskQueue: string; namespace: string };
   fleet: Fleet;
@@ -113,7 +114,7 @@ export async function startEmbeddedSystem(opts: { env: Env; logger: Logger; flee
     fs.chmodSync(credentialsFile, 0o600);
     stops.push(async () => fs.rmSync(credentialsFile, { force: true }));
 
-    return { stack, inventory, hostService, temporal: { client, taskQueue, namespace: stack.namespace }, fleet, credentials, credentialsFile, stop: stopAll };
+    return { stack, inventory, agents, hostService, temporal: { client, taskQueue, namespace: stack.namespace }, fleet, credentials, credentialsFile, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

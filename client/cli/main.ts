@@ -1,5 +1,8 @@
 import { Command, CommanderError } from 'commander';
 import { UserFacingError } from '../../common/errors';
+import { ApiRequestError } from './api-client';
+import { registerApiCommands } from './commands';
+import { registerDemoCommand } from './demo';
 import { registerUpCommand } from './up';
 
 /** Entry point of the `dhm` command. Problems the user can fix end with one line on stderr and exit code 2. */
@@ -9,8 +12,14 @@ export function main(argv: string[]): void {
     .showHelpAfterError()
     .exitOverride();
   registerUpCommand(program);
+  registerDemoCommand(program);
+  registerApiCommands(program);
   program.parseAsync(argv, { from: 'user' }).catch((err: unknown) => {
     if (err instanceof CommanderError) process.exit(err.exitCode);
+    if (err instanceof ApiRequestError) {
+      process.stderr.write(`dhm: ${err.code}: ${err.message}\n`);
+      process.exit(1);
+    }
     if (err instanceof UserFacingError) {
       process.stderr.write(`dhm: ${err.message}\n`);
       process.exit(2);

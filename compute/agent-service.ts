@@ -6,8 +6,10 @@ import { resourcesSchema, type Resources } from '../common/resources';
 import { paths } from './agent-api';
 import { errorBody, parseOr400, registerAgentRoutes } from './agent-routes';
 import { bearerMatches } from './auth';
+import type { ComputeBackend } from './backend';
 import { AgentFailure } from './errors';
 import { createPeerClient } from './peer-client';
+import { createQemuBackend, qemuAgentOptionsSchema, type QemuAgentOptions } from './qemu/create';
 import { SimBackend } from './sim/sim-backend';
 import { bitsToBytesPerSec } from './units';
 
@@ -25,7 +27,10 @@ export interface StartAgentOptions {
   port?: number;
   /** When set, every request but /healthz must carry `Authorization: Bearer <secret>`; agents use it with each other too. */
   secret?: string;
-  backend?: 'sim';
+  /** `sim` (default) models VMs; `qemu` runs each VM as a QEMU process (needs scripts/qemu/setup.sh to have run). */
+  backend?: 'sim' | 'qemu';
+  /** Options of the `qemu` backend; ignored by `sim`. */
+  qemu?: QemuAgentOptions;
   logger: Logger;
 }
 
@@ -47,7 +52,8 @@ const startAgentOptionsSchema = z.object({
   host: z.string().min(1).default('127.0.0.1'),
   port: z.number().int().min(0).max(65535).default(0),
   secret: z.string().min(1).optional(),
-  backend: z.literal('sim').default('sim'),
+  backend: z.enum(['sim', 'qemu']).default('sim'),
+  qemu: qemuAgentOptionsSchema.optional(),
 });
 
 /** Starts one host agent (one physical server) on its own port. Several may run in one process. */
@@ -58,17 +64,29 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   const logger = parentLogger.child({ component: 'agent', serverId: opts.serverId, bootId });
   let url = '';
 
-  const backend = new SimBackend({
-    serverId: opts.serverId,
-    bootId,
-    capacity: opts.capacity,
-    nicBytesPerSec: bitsToBytesPerSec(opts.nicBandwidthBps),
-    streamCapFraction: opts.streamCapFraction,
-    timeScale: opts.timeScale,
-    peer: createPeerClient({ secret: opts.secret }),
-    logger,
-    selfUrl: () => url,
-  });
+  const backend: ComputeBackend =
+    opts.backend === 'qemu'
+      ? createQemuBackend({
+          serverId: opts.serverId,
+          bootId,
+          capacity: opts.capacity,
+          nicBytesPerSec: bitsToBytesPerSec(opts.nicBandwidthBps),
+          peer: createPeerClient({ secret: opts.secret }),
+          logger,
+          selfUrl: () => url,
+          options: opts.qemu,
+        })
+      : new SimBackend({
+          serverId: opts.serverId,
+          bootId,
+          capacity: opts.capacity,
+          nicBytesPerSec: bitsToBytesPerSec(opts.nicBandwidthBps),
+          streamCapFraction: opts.streamCapFraction,
+          timeScale: opts.timeScale,
+          peer: createPeerClient({ secret: opts.secret }),
+          logger,
+          selfUrl: () => url,
+        });
 
   const app = Fastify({ loggerInstance: logger as FastifyBaseLogger, forceCloseConnections: true });
 
@@ -103,7 +121,12 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     nicBandwidthBps: opts.nicBandwidthBps,
   });
 
-  await app.listen({ host: opts.host, port: opts.port });
+  try {
+    await app.listen({ host: opts.host, port: opts.port });
+  } catch (err) {
+    await backend.close(); // a qemu backend has made its state folder already
+    throw err;
+  }
   const address = app.server.address();
   if (address === null || typeof address === 'string') throw new Error('agent did not bind a TCP port');
   url = `http://${urlHost(opts.host)}:${address.port}`;

@@ -1,14 +1,17 @@
 import type { Logger } from 'pino';
 import type { Fleet, FleetServer } from '../common/fleet';
 import { startAgent, type RunningAgent } from './agent-service';
+import type { QemuAgentOptions } from './qemu/create';
 
 export interface FleetAgentsOptions {
   timeScale: number;
   secret?: string;
   logger: Logger;
-  /** Which servers get an agent here. Default: those whose backend is `sim` (the only one this starts). */
+  /** Which servers get an agent here. Default: those whose backend is `sim` (`qemu` ones start real VMs: opt in). */
   backendFilter?: (server: FleetServer) => boolean;
   streamCapFraction?: number;
+  /** Options for the agents of `qemu` servers. */
+  qemu?: QemuAgentOptions;
 }
 
 export interface FleetAgents {
@@ -16,7 +19,7 @@ export interface FleetAgents {
   stop(): Promise<void>;
 }
 
-/** Starts one host agent (sim backend) per fleet server, each on the server's `agentPort` (0 = any free port). */
+/** Starts one host agent (the server's backend) per fleet server, each on the server's `agentPort` (0 = any free port). */
 export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): Promise<FleetAgents> {
   const filter = opts.backendFilter ?? ((s: FleetServer) => s.backend === 'sim');
   const agents = new Map<string, RunningAgent>();
@@ -29,7 +32,6 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
         opts.logger.info({ serverId: server.id, backend: server.backend }, 'no agent started here for this server');
         continue;
       }
-      if (server.backend !== 'sim') throw new Error(`server ${server.id}: backend ${server.backend} is not available yet`);
       agents.set(
         server.id,
         await startAgent({
@@ -40,7 +42,8 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
           timeScale: opts.timeScale,
           port: server.agentPort,
           secret: opts.secret,
-          backend: 'sim',
+          backend: server.backend,
+          qemu: server.backend === 'qemu' ? opts.qemu : undefined,
           logger: opts.logger,
         }),
       );

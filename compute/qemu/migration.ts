@@ -1,0 +1,385 @@
+import * as fs from 'node:fs';
+import type { Logger } from 'pino';
+import type { IncomingView, MigrationJob, MigrationState, StartMigrationInput } from '../agent-api';
+import { AgentError } from '../agent-http';
+import { conflict } from '../errors';
+import type { PeerClient } from '../peer-client';
+import { mibToBytes } from '../units';
+import { describeExit } from './qemu-process';
+import type { QemuVm } from './qemu-vm';
+import { QmpError, type QmpClient } from './qmp';
+import { queryMigrateSchema, type QueryMigrate } from './query-migrate';
+
+/**
+ * When a pre-copy that does not converge is given up (`NotConverging`); QEMU itself would iterate forever.
+ * Without auto-converge, Xen's rules as in the sim: `maxRounds` rounds done (QEMU's dirty-sync-count − 1) or more
+ * than 3× the guest's RAM sent. With auto-converge QEMU throttles the guest instead, so only the round limit below
+ * and the wall-clock limit (`maxMigrationMs`, both cases) apply.
+ */
+export const DEFAULT_MAX_ROUNDS = 30;
+export const MAX_SENT_FACTOR = 3;
+export const AUTO_CONVERGE_ROUND_LIMIT = 1000;
+/** QEMU caps downtime-limit at 2000 s. */
+const QEMU_MAX_DOWNTIME_MS = 2_000_000;
+
+export interface QemuMigrationSettings {
+  pollIntervalMs: number;
+  /** Bytes/s when the policy sets no cap (QEMU's own default, 128 MiB/s, is too low). */
+  defaultMaxBandwidthBps: number;
+  /** Auto-converge's first throttle step and increment, percent (QEMU's defaults: 20 and 10). */
+  throttleInitialPct: number;
+  throttleStepPct: number;
+  maxMigrationMs: number;
+  /** How long to wait for the target's destination to listen. */
+  listenWaitMs: number;
+}
+
+/** What a migration needs from the agent that runs it. */
+export interface QemuMigrationHost {
+  readonly peer: PeerClient;
+  readonly logger: Logger;
+  readonly settings: QemuMigrationSettings;
+  /** Where the target's destination listens; both agents derive it from the target's boot id and the job id. */
+  migrationSocketPath(targetBootId: string, jobId: string): string;
+  /** Divides the bandwidth (fault injection). */
+  linkSlowdown(): number;
+  /** The target runs the VM now: quit the source process (never resume it) and leave a tombstone. */
+  vmMoved(vm: QemuVm, agentUrl: string): Promise<void>;
+}
+
+type Stop = { state: 'failed' | 'cancelled'; code: string; message: string };
+
+const COMMIT_WINDOW_MS = 5_000;
+const COMMIT_RETRY_MS = 50;
+
+/**
+ * One outbound live migration of a QEMU VM, driven by the source agent over QMP: the target agent has started a
+ * destination with identical arguments and `-incoming defer`, listening on a UNIX socket; this side sets the policy
+ * (max-bandwidth, downtime-limit, auto-converge), runs `migrate` and polls `query-migrate`. QEMU decides the
+ * switchover; its measured downtime and total time are what the job reports. Until QEMU says `completed` the source
+ * is authoritative: a cancel, a give-up, or a failure leaves the VM running here and the destination exits.
+ */
+export class QemuMigration {
+  state: MigrationState = 'running';
+  private round = 0;
+  private bytesSent = 0;
+  private bytesRemaining: number;
+  private memoryBytes: number;
+  private dirtyRateBps = 0;
+  private throughputBps = 0;
+  private throttlePct = 0;
+  private downtimeMs: number | undefined;
+  private totalTimeMs: number | undefined;
+  private readonly startedAt = new Date().toISOString();
+  private finishedAt: string | undefined;
+  private error: { code: string; message: string } | undefined;
+  /** Set when this side decided to end the migration (cancel, give-up, fault) before sending migrate_cancel. */
+  private stop: Stop | null = null;
+  private migrateSent = false;
+  private committing = false;
+  private qmp: QmpClient | null = null;
+  private readonly abort = new AbortController();
+  private released: Promise<void> = Promise.resolve();
+  private settle!: () => void;
+  readonly settled = new Promise<void>((resolve) => (this.settle = resolve));
+  private readonly log: Logger;
+
+  constructor(
+    private readonly host: QemuMigrationHost,
+    private readonly vm: QemuVm,
+    readonly input: StartMigrationInput,
+    private readonly failAtRound: number | null,
+  ) {
+    this.log = host.logger.child({ jobId: input.jobId, vmId: input.vmId });
+    this.memoryBytes = mibToBytes(vm.spec.memoryMiB);
+    this.bytesRemaining = this.memoryBytes;
+  }
+
+  get jobId(): string {
+    return this.input.jobId;
+  }
+
+  /** A job that never started because the target could not be reached: it exists so a retry with its id sees why. */
+  failBeforeStart(code: string, message: string): void {
+    this.vm.migrationJobId = null;
+    this.finish('failed', { code, message });
+  }
+
+  /** The target has accepted and is starting its destination: run the migration in the background. */
+  begin(incoming: IncomingView): void {
+    this.vm.state = 'migrating';
+    void this.run(incoming);
+  }
+
+  /** Before QEMU has completed: stop it, and the VM stays here. After: throws MIGRATION_COMPLETED. */
+  async cancel(): Promise<MigrationJob> {
+    if (this.committing) await this.settled;
+    if (this.state === 'completed')
+      throw conflict('MIGRATION_COMPLETED', 'jobId', `migration ${this.jobId} has completed; the VM runs on the target`);
+    if (this.state !== 'running') return this.snapshot();
+    this.stop ??= { state: 'cancelled', code: 'Cancelled', message: 'cancelled before switchover' };
+    if (this.migrateSent) await this.qmp?.execute('migrate_cancel').catch(() => undefined);
+    await this.settled;
+    if (this.snapshot().state === 'completed')
+      throw conflict('MIGRATION_COMPLETED', 'jobId', `migration ${this.jobId} completed before the cancel reached QEMU`);
+    await this.released; // so the caller sees the target's capacity free again when cancel returns
+    return this.snapshot();
+  }
+
+  /** The agent is stopping (its QEMU processes are being killed): drop everything without telling anyone. */
+  halt(): void {
+    this.abort.abort(new Error('agent stopping'));
+    if (this.state === 'running') this.finish('failed', { code: 'AgentStopped', message: 'the source agent stopped' });
+  }
+
+  /** Applies a changed bandwidth (fault injection) to a migration in flight. */
+  async updateBandwidth(): Promise<void> {
+    if (this.state !== 'running' || !this.qmp) return;
+    await this.qmp.execute('migrate-set-parameters', { 'max-bandwidth': this.maxBandwidth() }).catch(() => undefined);
+  }
+
+  snapshot(): MigrationJob {
+    return {
+      jobId: this.jobId,
+      vmId: this.input.vmId,
+      target: { agentUrl: this.input.target.agentUrl, incarnationId: this.input.target.incarnationId },
+      state: this.state,
+      round: this.round,
+      bytesSent: this.bytesSent,
+      bytesRemaining: this.bytesRemaining,
+      memoryBytes: this.memoryBytes,
+      dirtyRateBps: this.dirtyRateBps,
+      throughputBps: this.throughputBps,
+      throttlePct: this.throttlePct,
+      downtimeMs: this.downtimeMs,
+      totalTimeMs: this.totalTimeMs,
+      startedAt: this.startedAt,
+      finishedAt: this.finishedAt,
+      error: this.error,
+    };
+  }
+
+  // ---- the run ------------------------------------------------------------------------------------------------
+
+  private async run(incoming: IncomingView): Promise<void> {
+    const s = this.host.settings;
+    const started = Date.now();
+    try {
+      const qmp = await this.vm.proc.qmp();
+      this.qmp = qmp;
+      const socketPath = this.host.migrationSocketPath(incoming.bootId, this.jobId);
+      await this.waitForListener(socketPath, s.listenWaitMs);
+      if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'events', state: true },
+          { capability: 'auto-converge', state: this.input.autoConverge },
+        ],
+      });
+      await qmp.execute('migrate-set-parameters', {
+        'max-bandwidth': this.maxBandwidth(),
+        'downtime-limit': Math.max(1, Math.min(QEMU_MAX_DOWNTIME_MS, Math.round(this.input.maxDowntimeMs))),
+        'cpu-throttle-initial': s.throttleInitialPct,
+        'cpu-throttle-increment': s.throttleStepPct,
+      });
+      if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      this.migrateSent = true; // set before the write, so a cancel from now on sends migrate_cancel after it
+      await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+      this.log.info(
+        { target: this.input.target, maxBandwidthBps: this.maxBandwidth(), maxDowntimeMs: this.input.maxDowntimeMs, autoConverge: this.input.autoConverge },
+        'migration started',
+      );
+      await this.poll(qmp, started);
+    } catch (err) {
+      if (this.abort.signal.aborted || this.state !== 'running') return;
+      const message = err instanceof Error ? err.message : String(err);
+      const exit = this.vm.proc.exitInfo;
+      if (exit) return this.endHere({ state: 'failed', code: 'VmFailed', message: `the VM's QEMU process exited (${describeExit(exit)})` });
+      // QEMU is alive but we lost track: make sure no migration goes on behind our back before the VM counts as here.
+      if (this.migrateSent) await this.qmp?.execute('migrate_cancel').catch(() => undefined);
+      this.endHere({ state: 'failed', code: err instanceof StepError ? err.code : 'MigrationFailed', message });
+    }
+  }
+
+  private async poll(qmp: QmpClient, started: number): Promise<void> {
+    const s = this.host.settings;
+    for (;;) {
+      if (this.abort.signal.aborted) return;
+      let q: QueryMigrate;
+      try {
+        q = queryMigrateSchema.parse(await qmp.execute('query-migrate', undefined, { timeoutMs: 5_000 }));
+      } catch (err) {
+        // A busy QEMU may answer late; keep asking until the time limit. A closed socket is final.
+        if (!(err instanceof QmpError && err.code === 'TIMEOUT')) throw err;
+        q = {};
+      }
+      this.update(q);
+      switch (q.status) {
+        case 'completed':
+          // "completed" can show before total-time and downtime are filled in.
+          if ((q['total-time'] ?? 0) > 0) return this.completed(q);
+          break;
+        case 'failed':
+          return this.endHere(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: q['error-desc'] ?? 'QEMU reported the migration failed' });
+        case 'cancelled':
+          return this.endHere(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
+        case 'device':
+        case 'pre-switchover':
+          this.vm.state = 'paused-for-switchover';
+          break;
+        default:
+          if (!this.stop) {
+            const stop = this.giveUpReason(q, Date.now() - started);
+            if (stop) {
+              this.stop = stop;
+              this.log.warn({ round: this.round, bytesSent: this.bytesSent, reason: stop.message }, 'giving up the migration');
+              await qmp.execute('migrate_cancel').catch(() => undefined);
+            }
+          }
+      }
+      await sleep(s.pollIntervalMs, this.abort.signal);
+    }
+  }
+
+  private update(q: QueryMigrate): void {
+    const ram = q.ram;
+    if (!ram) return;
+    const syncs = ram['dirty-sync-count'] ?? 1;
+    // QEMU syncs the dirty bitmap once before the first pass and once per pass after it: round i runs after sync i + 1.
+    this.round = Math.max(0, syncs - 1);
+    this.bytesSent = ram.transferred;
+    this.bytesRemaining = ram.remaining;
+    this.memoryBytes = ram.total;
+    this.dirtyRateBps = (ram['dirty-pages-rate'] ?? 0) * (ram['page-size'] ?? 4096);
+    this.throughputBps = ((ram.mbps ?? 0) * 1e6) / 8;
+    this.throttlePct = Math.min(100, q['cpu-throttle-percentage'] ?? 0);
+  }
+
+  private giveUpReason(q: QueryMigrate, elapsedMs: number): Stop | null {
+    const s = this.host.settings;
+    const rounds = this.round; // completed pre-copy rounds
+    if (this.failAtRound !== null && rounds >= this.failAtRound)
+      return { state: 'failed', code: 'InjectedFault', message: `injected failure at round ${this.failAtRound}` };
+    if (elapsedMs > s.maxMigrationMs)
+      return { state: 'failed', code: 'NotConverging', message: `not converged within ${s.maxMigrationMs} ms (round ${rounds})` };
+    if (this.input.autoConverge) {
+      if (rounds >= AUTO_CONVERGE_ROUND_LIMIT)
+        return { state: 'failed', code: 'NotConverging', message: `not converging after ${rounds} rounds even with auto-converge` };
+      return null;
+    }
+    const maxRounds = this.input.maxRounds ?? DEFAULT_MAX_ROUNDS;
+    if (rounds >= maxRounds)
+      return { state: 'failed', code: 'NotConverging', message: `not converging after ${rounds} rounds (maxRounds ${maxRounds})` };
+    const memory = q.ram?.total ?? this.memoryBytes;
+    if (this.bytesSent > MAX_SENT_FACTOR * memory)
+      return { state: 'failed', code: 'NotConverging', message: `sent ${this.bytesSent} bytes, more than ${MAX_SENT_FACTOR}× the VM's memory` };
+    return null;
+  }
+
+  private async completed(q: QueryMigrate): Promise<void> {
+    this.committing = true;
+    this.vm.state = 'paused-for-switchover'; // postmigrate: stopped for good
+    const syncs = q.ram?.['dirty-sync-count'] ?? 1;
+    this.round = Math.max(0, syncs - 2); // the last sync was the stop-and-copy's, which is not a round
+    this.bytesRemaining = 0;
+    this.downtimeMs = q.downtime ?? 0;
+    this.totalTimeMs = q['total-time'];
+    // The guest is stopped, so its serial log is final: the target's first line will be this + 1.
+    const counter = this.vm.counter();
+    try {
+      await this.commitToTarget(counter);
+      await this.host.vmMoved(this.vm, this.input.target.agentUrl);
+    } finally {
+      if (this.state === 'running') this.finish('completed');
+    }
+    this.log.info(
+      { downtimeMs: this.downtimeMs, totalTimeMs: this.totalTimeMs, setupTimeMs: q['setup-time'], bytesSent: this.bytesSent, rounds: this.round + 1, lastCounter: counter },
+      'migration completed',
+    );
+  }
+
+  /**
+   * Tells the target agent the VM is its own now. QEMU has already switched over (the destination runs), so this
+   * cannot undo anything: if the target does not answer the source still never resumes, and the target finds its
+   * running destination by itself.
+   */
+  private async commitToTarget(counter: number): Promise<void> {
+    const deadline = Date.now() + COMMIT_WINDOW_MS;
+    for (;;) {
+      try {
+        await this.host.peer.commit(this.input.target.agentUrl, this.jobId, { vmId: this.vm.vmId, spec: this.vm.spec, counter });
+        return;
+      } catch (err) {
+        const retry = err instanceof AgentError && (err.retryable || err.code === 'INCOMING_NOT_READY');
+        if (!retry || Date.now() > deadline || this.abort.signal.aborted) {
+          this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'target did not confirm the switchover; the VM runs there all the same');
+          return;
+        }
+        await sleep(COMMIT_RETRY_MS, this.abort.signal);
+      }
+    }
+  }
+
+  /** Ends the job with the VM still running here, and has the target drop its (exited) destination. */
+  private endHere(stop: Stop | null): void {
+    if (this.state !== 'running') return;
+    const s = stop ?? { state: 'cancelled', code: 'Cancelled', message: 'cancelled before the migration started' };
+    this.vm.migrationJobId = null;
+    if (this.vm.state !== 'running' && !this.vm.failure) this.vm.state = 'running';
+    this.finish(s.state, { code: s.code, message: s.message });
+    (s.state === 'failed' ? this.log.warn : this.log.info).call(this.log, { error: this.error, round: this.round, bytesSent: this.bytesSent }, `migration ${s.state}`);
+    this.released = this.host.peer.release(this.input.target.agentUrl, this.jobId).catch((err: unknown) => {
+      this.log.debug({ err: err instanceof Error ? err.message : err }, 'could not release the target reservation');
+    });
+  }
+
+  private finish(state: MigrationState, error?: { code: string; message: string }): void {
+    this.state = state;
+    this.error = error;
+    this.finishedAt = new Date().toISOString();
+    // QEMU's total-time for a completed move; otherwise wall time from the request to the end.
+    this.totalTimeMs ??= Date.parse(this.finishedAt) - Date.parse(this.startedAt);
+    // Like the sim: once finished, the average over the job.
+    this.throughputBps = this.totalTimeMs > 0 ? this.bytesSent / (this.totalTimeMs / 1000) : 0;
+    this.settle();
+  }
+
+  private maxBandwidth(): number {
+    const bps = this.input.bandwidthCapBps ?? this.host.settings.defaultMaxBandwidthBps;
+    return Math.max(1, Math.round(bps / this.host.linkSlowdown()));
+  }
+
+  /** The destination listens once the target has run migrate-incoming; the socket file appears then. */
+  private async waitForListener(socketPath: string, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!fs.existsSync(socketPath)) {
+      if (this.stop || this.abort.signal.aborted) return;
+      if (!this.vm.proc.running) throw new Error('the VM exited');
+      if (Date.now() > deadline)
+        throw new StepError('TargetUnavailable', `the target's destination did not listen on ${socketPath} within ${timeoutMs} ms`);
+      await sleep(20, this.abort.signal);
+    }
+  }
+}
+
+class StepError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,180 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import { QmpClient } from './qmp';
+import type { QemuTools } from './tools';
+
+/** What decides a VM's QEMU command line. Both ends of a migration derive their arguments from the same value. */
+export interface MachineSpec {
+  memoryMiB: number;
+  vcpus: number;
+  /** Size of the guest's continuously rewritten tmpfs buffer (0 = no dirtier). */
+  dirtyMiB: number;
+  /** At most this many MiB/s (0 = as fast as the vCPU can). */
+  dirtyRateMiBps: number;
+}
+
+/** Machine arguments, identical on source and destination (a mismatch makes the destination exit). */
+export function machineArgs(tools: QemuTools, m: MachineSpec): string[] {
+  // init_on_free: pages the guest frees are zero, which QEMU sends as a flag (a 128 MiB guest: ~50 MB instead of ~90).
+  const append = ['console=ttyS0', 'quiet', 'panic=-1', 'init_on_free=1'];
+  if (m.dirtyMiB > 0) append.push(`dhm.dirty_mib=${m.dirtyMiB}`, `dhm.dirty_rate_mibps=${m.dirtyRateMiBps}`);
+  return [
+    ...tools.dataDirs.flatMap((d) => ['-L', d]),
+    // TCG always: /dev/kvm may exist on these machines without being usable.
+    '-machine', 'q35,accel=tcg',
+    '-m', String(m.memoryMiB),
+    '-smp', String(m.vcpus),
+    '-nodefaults', '-no-user-config', '-display', 'none',
+    // A guest that panics or reboots makes QEMU exit (the VM is reported failed) instead of restarting its counter.
+    '-no-reboot',
+    '-kernel', tools.kernel,
+    '-initrd', tools.initrd,
+    '-append', append.join(' '),
+  ];
+}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** The last lines QEMU wrote to stderr, for the failure message. */
+  stderr: string;
+}
+
+/** `setpriv --pdeathsig` kills QEMU if the agent's process dies without stopping it (a crash, SIGKILL). */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p));
+const STDERR_KEEP = 4096;
+
+/**
+ * One QEMU process: a VM, or the destination of an incoming migration (`incoming`). Its QMP socket and serial
+ * log live in `dir`. The caller tracks it and must `stop()` it; `exited` resolves however it ends.
+ */
+export class QemuProcess {
+  readonly qmpPath: string;
+  readonly serialPath: string;
+  readonly pid: number;
+  readonly exited: Promise<ExitInfo>;
+  exitInfo: ExitInfo | null = null;
+  private readonly child: ChildProcess;
+  private stderr = '';
+  private qmpPromise: Promise<QmpClient> | null = null;
+  private readonly exitAbort = new AbortController();
+  private readonly log: Logger;
+
+  constructor(opts: { tools: QemuTools; dir: string; machine: MachineSpec; incoming: boolean; logger: Logger; name: string }) {
+    fs.mkdirSync(opts.dir, { recursive: true });
+    this.qmpPath = path.join(opts.dir, 'qmp.sock');
+    this.serialPath = path.join(opts.dir, 'serial.log');
+    for (const f of [this.qmpPath, this.serialPath]) fs.rmSync(f, { force: true });
+    const args = [
+      ...machineArgs(opts.tools, opts.machine),
+      '-name', opts.name,
+      '-qmp', `unix:${this.qmpPath},server=on,wait=off`,
+      '-serial', `file:${this.serialPath}`,
+      ...(opts.incoming ? ['-incoming', 'defer'] : []),
+    ];
+    const [cmd, ...argv] = SETPRIV
+      ? [SETPRIV, '--pdeathsig', 'KILL', '--', opts.tools.qemuBinary, ...args]
+      : [opts.tools.qemuBinary, ...args];
+    this.child = spawn(cmd!, argv, {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: {
+        ...process.env,
+        LD_LIBRARY_PATH: [...opts.tools.libraryPath, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
+        QEMU_MODULE_DIR: opts.tools.moduleDir,
+      },
+    });
+    this.pid = this.child.pid ?? -1;
+    this.log = opts.logger.child({ pid: this.pid, qemu: opts.name });
+    this.child.stderr!.setEncoding('utf8');
+    this.child.stderr!.on('data', (s: string) => {
+      this.stderr = (this.stderr + s).slice(-STDERR_KEEP);
+    });
+    this.exited = new Promise<ExitInfo>((resolve) => {
+      const done = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (this.exitInfo) return;
+        this.exitInfo = { code, signal, stderr: this.stderr.trim() };
+        this.exitAbort.abort(new Error(`QEMU exited (${describeExit(this.exitInfo)})`));
+        resolve(this.exitInfo);
+      };
+      // 'close' (not 'exit'): stderr has been read to the end, so the failure message is complete.
+      this.child.on('close', done);
+      this.child.on('error', (err) => {
+        this.stderr += `\n${err.message}`;
+        done(null, null);
+      });
+    });
+    this.log.debug({ incoming: opts.incoming, machine: opts.machine }, 'QEMU started');
+  }
+
+  get running(): boolean {
+    return this.exitInfo === null;
+  }
+
+  /** The QMP connection, made once; waits while the socket appears and fails at once if QEMU exits meanwhile. */
+  qmp(): Promise<QmpClient> {
+    this.qmpPromise ??= QmpClient.connect({
+      socketPath: this.qmpPath,
+      connectTimeoutMs: 15_000,
+      signal: this.exitAbort.signal,
+      logger: this.log,
+    }).then((client) => {
+      if (!this.running) client.close();
+      return client;
+    });
+    return this.qmpPromise;
+  }
+
+  /** Stops the process and waits for it: `quit` over QMP if connected, SIGKILL after `graceMs` (or at once if 0). */
+  async stop(graceMs = 2_000): Promise<ExitInfo> {
+    if (this.exitInfo) return this.exitInfo;
+    if (graceMs > 0) {
+      const client = this.qmpPromise ? await this.qmpPromise.catch(() => null) : null;
+      if (client && !client.closed) await client.execute('quit', undefined, { timeoutMs: graceMs }).catch(() => undefined);
+      else this.child.kill('SIGTERM');
+      const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+      try {
+        return await this.exited;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    this.child.kill('SIGKILL');
+    return this.exited;
+  }
+
+  /** The last complete counter line in the serial log, or null before the guest printed one. */
+  readCounter(): number | null {
+    return lastCounter(this.serialPath);
+  }
+}
+
+export function describeExit(e: ExitInfo): string {
+  const how = e.signal ? `signal ${e.signal}` : `code ${e.code}`;
+  return e.stderr ? `${how}: ${e.stderr.split('\n').slice(-3).join(' | ')}` : how;
+}
+
+const TAIL_BYTES = 4096;
+const COUNTER_LINE = /dhm-counter (\d+)\r?\n/g;
+
+/** Reads only the tail of the log: it grows by ~30 bytes a second for as long as the VM runs. */
+export function lastCounter(serialPath: string): number | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(serialPath, 'r');
+  } catch {
+    return null;
+  }
+  try {
+    const size = fs.fstatSync(fd).size;
+    const len = Math.min(size, TAIL_BYTES);
+    const buf = Buffer.alloc(len);
+    fs.readSync(fd, buf, 0, len, size - len);
+    let last: number | null = null;
+    for (const m of buf.toString('latin1').matchAll(COUNTER_LINE)) last = Number(m[1]);
+    return last;
+  } finally {
+    fs.closeSync(fd);
+  }
+}

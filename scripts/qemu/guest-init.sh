@@ -1,0 +1,61 @@
+#!/bin/busybox sh
+# /init of dhm's test guest (PID 1 in the initramfs built by scripts/qemu/setup.sh). It prints
+# "dhm-counter N" to ttyS0 every 0.5 s; N lives in this shell's memory, so after a live migration the
+# destination's serial log goes on at the source's last N + 1, while a reboot would start again at 1.
+# With dhm.dirty_mib=W on the kernel command line it also keeps rewriting a W MiB tmpfs buffer (dirtying guest
+# memory for pre-copy to chase); dhm.dirty_rate_mibps=D (0 = as fast as the vCPU can) slows it down.
+/bin/busybox mkdir -p /proc /sys /dev /tmp /dirty
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec </dev/null >/dev/ttyS0 2>&1
+
+dirty_mib=0
+dirty_rate=0
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    dhm.dirty_mib=*) dirty_mib=${arg#dhm.dirty_mib=} ;;
+    dhm.dirty_rate_mibps=*) dirty_rate=${arg#dhm.dirty_rate_mibps=} ;;
+  esac
+done
+case "$dirty_mib" in '' | *[!0-9]*) dirty_mib=0 ;; esac
+case "$dirty_rate" in '' | *[!0-9]*) dirty_rate=0 ;; esac
+
+# More than 1/8 of the guest's RAM in tmpfs starves a small guest: cap it rather than crash.
+mem_mib=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)
+cap=$((mem_mib / 8))
+if [ "$dirty_mib" -gt "$cap" ]; then
+  echo "dhm-dirty capped from ${dirty_mib} to ${cap} MiB"
+  dirty_mib=$cap
+fi
+
+if [ "$dirty_mib" -gt 0 ]; then
+  mount -t tmpfs -o size=$((dirty_mib + 2))m tmpfs /dirty
+  # Random, not zero, bytes: QEMU sends zero pages as a flag, so zeros would not load the migration stream.
+  dd if=/dev/urandom of=/dirty/pattern bs=65536 count=16 2>/dev/null
+  pause=""
+  [ "$dirty_rate" -gt 0 ] && pause=$(awk -v w="$dirty_mib" -v d="$dirty_rate" 'BEGIN { printf "%.3f", w / d }')
+  # One cat per pass (forks are slow under TCG); `1<>` rewrites the same pages instead of truncating.
+  files=""
+  i=0
+  while [ "$i" -lt "$dirty_mib" ]; do
+    files="$files /dirty/pattern"
+    i=$((i + 1))
+  done
+  (
+    while :; do
+      cat $files 1<>/dirty/buf
+      [ -n "$pause" ] && sleep "$pause"
+    done
+  ) &
+fi
+
+echo "dhm-ready mem_mib=${mem_mib} dirty_mib=${dirty_mib} dirty_rate_mibps=${dirty_rate}"
+n=0
+while :; do
+  n=$((n + 1))
+  echo "dhm-counter $n"
+  sleep 0.5
+done

@@ -10,7 +10,7 @@ import type { Fleet } from '../common/fleet';
 import type { Logger } from '../common/logger';
 import { installTemporalRuntime } from '../common/temporal-runtime';
 import { createAgentClient } from '../compute/agent-client';
-import { startFleetAgents } from '../compute/fleet-agents';
+import { startFleetAgents, type FleetAgentsOptions } from '../compute/fleet-agents';
 import { createInventory, type Inventory } from '../inventory';
 import { loadFleetFile } from '../inventory/fleet-file';
 import { migrateDatabase } from '../inventory/migrate';
@@ -45,9 +45,21 @@ export function credentialsPath(env: Env): string {
 
 /**
  * Everything `dhm up` runs in one foreground process: Postgres and the Temporal dev server (or external ones), one
- * sim host agent per server of the fleet file, a migration worker, the scheduler and the HTTP API.
+ * host agent per server of the fleet file (sim ones unless `backendFilter` lets others run), a migration worker, the
+ * scheduler and the HTTP API.
  */
-export async function startEmbeddedSystem(opts: { env: Env; logger: Logger; fleet?: Fleet; timeScale?: number; stateDir?: string; apiPort?: number }): Promise<EmbeddedSystem> {
+export async function startEmbeddedSystem(opts: {
+  env: Env;
+  logger: Logger;
+  fleet?: Fleet;
+  timeScale?: number;
+  stateDir?: string;
+  apiPort?: number;
+  /** Which fleet servers get an agent here (default: the `sim` ones; `qemu` servers run real VMs: opt in). */
+  backendFilter?: FleetAgentsOptions['backendFilter'];
+  /** Options of the `qemu` agents. */
+  qemu?: FleetAgentsOptions['qemu'];
+}): Promise<EmbeddedSystem> {
   const { env, logger } = opts;
   installTemporalRuntime(logger);
   const stops: Array<() => Promise<void>> = [];
@@ -71,7 +83,13 @@ export async function startEmbeddedSystem(opts: { env: Env; logger: Logger; flee
 
     const fleet = opts.fleet ?? loadFleetFile(env.DHM_FLEET_FILE);
     const agentSecret = env.DHM_AGENT_SECRET ?? randomBytes(24).toString('base64url');
-    const fleetAgents = await startFleetAgents(fleet, { timeScale: opts.timeScale ?? env.DHM_TIME_SCALE, secret: agentSecret, logger: logger.child({ component: 'agent' }) });
+    const fleetAgents = await startFleetAgents(fleet, {
+      timeScale: opts.timeScale ?? env.DHM_TIME_SCALE,
+      secret: agentSecret,
+      logger: logger.child({ component: 'agent' }),
+      backendFilter: opts.backendFilter,
+      qemu: opts.qemu,
+    });
     stops.push(() => fleetAgents.stop());
     const agentUrls = new Map([...fleetAgents.agents].map(([id, a]) => [id, a.url]));
     await inventory.seedFleet(fleet, agentUrls, { actor: 'dhm-up' });

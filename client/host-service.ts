@@ -64,6 +64,8 @@ export function createHostService(deps: HostServiceDeps) {
             return { vm: await inventory.getVm(input.vmId), via: 'migration' };
           }
           const vm = await inventory.placeVm({ vmId: input.vmId, tenantId: input.tenantId, dedicatedHostId: host.id, name: input.name, spec: input.spec, actor: input.actor });
+          // A repeated creation of a VM that was deleted since must not start it again behind the inventory's back.
+          if (vm.state === 'deleted') throw new InventoryError('CONFLICT', `vmId: VM ${vm.id} was deleted; a new VM needs a new id`, 'vmId');
           const incarnation = await inventory.getIncarnation(vm.incarnationId);
           try {
             await (await agents.forServer(incarnation.serverId)).createVm({ vmId: vm.id, incarnationId: incarnation.id, spec: input.spec });

@@ -64,14 +64,14 @@ export const vmsQuery = z.object({ includeDeleted: queryBool.optional() }).stric
 export const eventsQuery = z
   .object({
     afterId: queryInt(0, Number.MAX_SAFE_INTEGER).optional().describe('only events with a larger id (paging)'),
-    limit: queryInt(1, 1000).optional().describe('at most this many events are read (default 200)'),
+    limit: queryInt(1, 1000).optional().describe('at most this many events are read: 1 to 1000, default 200'),
   })
   .strict();
 export const migrationsQuery = z
   .object({
     dedicatedHostId: idSchema.optional(),
     phase: phaseSchema.optional(),
-    limit: queryInt(1, 1000).optional().describe('default 100'),
+    limit: queryInt(1, 1000).optional().describe('1 to 1000, default 100'),
   })
   .strict();
 export const emptyQuery = z.object({}).strict();

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import { UserFacingError } from '../../common/errors';
 import { type ApiContext, type ApiDeps, type Principal } from './context';
 import { ApiError, internalError, toErrorResponse } from './errors';
@@ -72,6 +72,11 @@ export function buildApiServer(deps: ApiDeps): FastifyInstance {
     bodyLimit: deps.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
+    // A path that is not valid percent-encoded UTF-8 is bad input like any other, in the same error format.
+    frameworkErrors: (err, _req, reply) => {
+      const message = `url: ${err.code === 'FST_ERR_BAD_URL' ? 'not a valid URL (bad percent-encoding)' : 'bad request'}`;
+      void (reply as unknown as FastifyReply).code(400).send({ error: { code: 'INVALID_INPUT', message, field: 'url' } });
+    },
   });
   const ctx: ApiContext = { ...deps, logger, idempotency: createIdempotencyStore(deps.pool, deps.operatorToken) };
   const operatorDigest = sha256(deps.operatorToken);

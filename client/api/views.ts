@@ -1,4 +1,3 @@
-import type { z } from 'zod';
 import { migrationIdFor, PHASES, type MigrationPhase } from '../../common/migration';
 import { MigrationPhaseKey } from '../../common/search-attributes';
 import { tenantEventView as tenantEventOf, type AuditEvent, type HostView, type Vm } from '../../inventory';
@@ -42,7 +41,7 @@ export async function hostViews(ctx: ApiContext, p: Principal, hosts: HostView[]
         migration,
         createdAt: h.createdAt,
       };
-      if (p.kind === 'tenant') return tenantHostView.parse(base) as z.output<typeof operatorHostView> | z.output<typeof tenantHostView>;
+      if (p.kind === 'tenant') return tenantHostView.parse(base);
       return operatorHostView.parse({ ...base, tenantId: h.tenantId, physicalServerId: h.serverId });
     }),
   );
@@ -71,7 +70,7 @@ export async function vmViews(ctx: ApiContext, p: Principal, vms: Vm[]) {
       createdAt: v.createdAt,
       deletedAt: v.deletedAt,
     };
-    if (p.kind === 'tenant') return tenantVmView.parse(base) as z.output<typeof operatorVmView> | z.output<typeof tenantVmView>;
+    if (p.kind === 'tenant') return tenantVmView.parse(base);
     return operatorVmView.parse({ ...base, tenantId: v.tenantId, incarnationId: v.incarnationId, physicalServerId: servers.get(v.incarnationId) ?? null });
   });
 }

@@ -1,8 +1,12 @@
 import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import { loadEnv } from '../../common/config';
 import { createLogger } from '../../common/logger';
 import { TERMINAL_PHASES } from '../../common/migration';
+import { runQemuSetup } from '../../compute/qemu/tools';
+import { defaultFleetPath, loadFleetFile } from '../../inventory/fleet-file';
 import { startEmbeddedSystem, type EmbeddedSystem } from '../embedded-system';
 import { createApiClient, type ApiClient } from './api-client';
 import { fetchMigration, summaryTable, watchMigration } from './watch';
@@ -18,6 +22,19 @@ const DEMO_VMS = [
   { name: 'batch', vcpus: 4, memGiB: 12, dirty: 10 },
   { name: 'bastion', vcpus: 1, memGiB: 2, dirty: 0 },
 ];
+
+/**
+ * `--backend qemu`: every VM is a real QEMU guest under TCG, so fewer and smaller ones (one rewriting 16 MiB of its
+ * memory at 24 MiB/s), on the small qemu fleet (`inventory/fleets/qemu.json`). Sizes in MiB.
+ */
+const QEMU_DEMO_VMS = [
+  { name: 'db', vcpus: 1, memMiB: 256, dirty: 24, workingSetMiB: 16 },
+  { name: 'app', vcpus: 1, memMiB: 192, dirty: 0, workingSetMiB: 0 },
+  { name: 'bastion', vcpus: 1, memMiB: 128, dirty: 0, workingSetMiB: 0 },
+];
+const QEMU_CLASS = 'qemu-small';
+
+export type DemoBackend = 'sim' | 'qemu';
 
 type VmView = { id: string; name: string; dedicatedHostId: string };
 
@@ -66,55 +83,105 @@ async function waitUntil<T>(what: string, probe: () => Promise<T | null | undefi
   }
 }
 
-export async function runDemo(opts: { timeScale: number; out?: NodeJS.WriteStream }): Promise<number> {
+/** Real guests take seconds to boot under TCG: wait until each has printed its first counter. */
+async function guestsBooted(system: EmbeddedSystem, vmIds: string[]): Promise<void> {
+  for (const vmId of vmIds) {
+    await waitUntil(
+      `VM ${vmId}'s guest to boot`,
+      async () => {
+        const vm = await system.inventory.getVm(vmId);
+        const agent = await system.agents.forServer((await system.inventory.getIncarnation(vm.incarnationId)).serverId);
+        return (await agent.guestOp(vmId, { kind: 'read' })).counter >= 1;
+      },
+      120_000,
+    );
+  }
+}
+
+export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; out?: NodeJS.WriteStream }): Promise<number> {
   const out = opts.out ?? process.stdout;
   const say = (line: string) => out.write(`${line}\n`);
   const env = loadEnv();
   const logger = createLogger('dhm-demo', process.env.LOG_LEVEL ?? 'warn');
   const began = Date.now();
-  say('Starting the embedded system (Postgres, Temporal dev server, 16 sim servers, worker, scheduler, API)...');
-  const system = await startEmbeddedSystem({ env, logger, timeScale: opts.timeScale });
+  const qemu = opts.backend === 'qemu';
+  let system: EmbeddedSystem;
+  let qemuStateDir: string | null = null;
+  if (qemu) {
+    say('Setting up QEMU and the guest image (scripts/qemu/setup.sh; cached after the first run)...');
+    await runQemuSetup();
+    const fleet = loadFleetFile(path.join(path.dirname(defaultFleetPath()), 'qemu.json'));
+    // A throwaway stack: the qemu fleet and its demo host never end up in the inventory of DHM_HOME.
+    fs.mkdirSync(env.DHM_HOME, { recursive: true });
+    qemuStateDir = fs.mkdtempSync(path.join(env.DHM_HOME, 'demo-qemu-'));
+    fs.chmodSync(qemuStateDir, 0o755); // the postgres system user must reach its data folder
+    say(`Starting the embedded system (Postgres, Temporal dev server, ${fleet.servers.length} qemu servers, worker, scheduler, API)...`);
+    try {
+      system = await startEmbeddedSystem({ env, logger, fleet, stateDir: qemuStateDir, backendFilter: (s) => s.backend === 'qemu' });
+    } catch (err) {
+      fs.rmSync(qemuStateDir, { recursive: true, force: true });
+      throw err;
+    }
+  } else {
+    say('Starting the embedded system (Postgres, Temporal dev server, 16 sim servers, worker, scheduler, API)...');
+    system = await startEmbeddedSystem({ env, logger, timeScale: opts.timeScale });
+  }
   let traffic: ReturnType<typeof guestTraffic> | null = null;
   try {
     const operator = createApiClient(system.credentials.apiUrl, system.credentials.operatorToken);
     const key = () => ({ 'idempotency-key': randomUUID() });
     const tenant = await operator.request<{ id: string; token: string }>('POST', '/v1/tenants', { name: `demo-tenant-${Date.now()}` }, key());
     const tenantApi: ApiClient = createApiClient(system.credentials.apiUrl, tenant.token);
-    const host = await tenantApi.request<{ id: string }>('POST', '/v1/dedicated-hosts', { name: 'demo-host', zone: 'zone-a', resourceClass: 'std-64' }, key());
-    say(`Tenant ${tenant.id} has dedicated host ${host.id}; creating ${DEMO_VMS.length} VMs...`);
+    const host = await tenantApi.request<{ id: string }>('POST', '/v1/dedicated-hosts', { name: 'demo-host', zone: 'zone-a', resourceClass: qemu ? QEMU_CLASS : 'std-64' }, key());
+    const vmBodies = qemu
+      ? QEMU_DEMO_VMS.map((v) => ({ name: v.name, vcpus: v.vcpus, memoryMiB: v.memMiB, diskGiB: 2, workload: { dirtyRateMiBps: v.dirty, workingSetMiB: v.workingSetMiB } }))
+      : DEMO_VMS.map((v) => ({ name: v.name, vcpus: v.vcpus, memoryMiB: v.memGiB * 1024, diskGiB: 20, workload: { dirtyRateMiBps: v.dirty, workingSetMiB: Math.min(v.memGiB * 1024, 2048) } }));
+    say(`Tenant ${tenant.id} has dedicated host ${host.id}; creating ${vmBodies.length} VMs...`);
     const vms: VmView[] = [];
-    for (const v of DEMO_VMS) {
-      vms.push(
-        await tenantApi.request<VmView>(
-          'POST',
-          `/v1/dedicated-hosts/${host.id}/vms`,
-          { name: v.name, vcpus: v.vcpus, memoryMiB: v.memGiB * 1024, diskGiB: 20, workload: { dirtyRateMiBps: v.dirty, workingSetMiB: Math.min(v.memGiB * 1024, 2048) } },
-          key(),
-        ),
-      );
+    for (const body of vmBodies) {
+      vms.push(await tenantApi.request<VmView>('POST', `/v1/dedicated-hosts/${host.id}/vms`, body, key()));
+    }
+    if (qemu) {
+      say(`Waiting for the ${vms.length} guests to boot (QEMU under TCG)...`);
+      await guestsBooted(system, vms.map((v) => v.id));
     }
     const live = new Set(vms.map((v) => v.id));
     traffic = guestTraffic(system, () => [...live]);
     const before = await operator.request<{ physicalServerId?: string }>('GET', `/v1/dedicated-hosts/${host.id}`);
 
     say(`Migrating ${host.id} off ${before.physicalServerId} while guests keep working...`);
-    const started = await operator.request<{ id: string }>('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { policy: { maxParallel: 3, autoConverge: true } }, key());
+    // qemu: at most two guests move at once (each move is a second QEMU process on this machine).
+    const started = await operator.request<{ id: string }>('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { policy: { maxParallel: qemu ? 2 : 3, autoConverge: true } }, key());
     const migStart = Date.now();
 
     // Mid-way, the tenant keeps working: two new VMs (they land on the clone) and one deletion.
+    const tenantRequests = { provisioned: 0, deleted: 0 };
     const tenantWork = (async () => {
       await waitUntil('the first VM to move', async () => (await fetchMigration(operator, started.id)).vms.some((v) => v.state === 'moved') || null, 600_000);
+      const booting: string[] = [];
       for (const name of ['web-new-1', 'web-new-2']) {
-        const v = await tenantApi.request<VmView>('POST', `/v1/dedicated-hosts/${host.id}/vms`, { name, vcpus: 2, memoryMiB: 4096, diskGiB: 10 }, key());
-        live.add(v.id);
+        const v = await tenantApi.request<VmView>(
+          'POST',
+          `/v1/dedicated-hosts/${host.id}/vms`,
+          qemu ? { name, vcpus: 1, memoryMiB: 128, diskGiB: 2 } : { name, vcpus: 2, memoryMiB: 4096, diskGiB: 10 },
+          key(),
+        );
+        tenantRequests.provisioned++;
+        if (qemu) booting.push(v.id);
+        else live.add(v.id);
       }
       const st = await fetchMigration(operator, started.id);
       const pending = st.vms.find((v) => v.state === 'pending');
       if (pending && !TERMINAL_PHASES.has(st.phase)) {
         await tenantApi.request('DELETE', `/v1/vms/${pending.vmId}`);
         live.delete(pending.vmId);
+        tenantRequests.deleted++;
       }
+      // A real guest answers once it has booted; its traffic starts then.
+      await guestsBooted(system, booting);
+      for (const id of booting) live.add(id);
     })();
+    tenantWork.catch(() => undefined); // awaited below; until then a refusal must not crash the process past its clean-up
     const final = await watchMigration(operator, started.id, { out });
     await tenantWork;
     const wallS = (Date.now() - migStart) / 1000;
@@ -130,11 +197,12 @@ export async function runDemo(opts: { timeScale: number; out?: NodeJS.WriteStrea
     say(summaryTable(final));
     say('');
     say(`Result: ${final.phase}. Host ${after.id} kept its id; it now runs on ${after.physicalServerId} (was ${before.physicalServerId}).`);
-    say(`Total time: ${simulatedS.toFixed(0)} s simulated (${wallS.toFixed(1)} s at ${opts.timeScale}x), bandwidth lower bound ΣM/B = ${lowerBoundS.toFixed(0)} s → ${(simulatedS / lowerBoundS).toFixed(2)}x`);
-    say(`Downtime per VM: max ${Math.max(...downtimes).toFixed(1)} ms, mean ${(downtimes.reduce((a, b) => a + b, 0) / downtimes.length).toFixed(1)} ms`);
+    if (qemu) say(`Total time: ${wallS.toFixed(1)} s of real time (real VMs: QEMU live migrations under TCG, no time scale)`);
+    else say(`Total time: ${simulatedS.toFixed(0)} s simulated (${wallS.toFixed(1)} s at ${opts.timeScale}x), bandwidth lower bound ΣM/B = ${lowerBoundS.toFixed(0)} s → ${(simulatedS / lowerBoundS).toFixed(2)}x`);
+    say(`Downtime per VM${qemu ? ' (as QEMU measured it)' : ''}: max ${Math.max(...downtimes).toFixed(1)} ms, mean ${(downtimes.reduce((a, b) => a + b, 0) / downtimes.length).toFixed(1)} ms`);
     say(`Guest operations during the migration: ${traffic.stats.ops} done, ${traffic.stats.failed} failed${traffic.stats.failed ? ` (${traffic.stats.lastError})` : ''}`);
-    say(`Tenant requests during the migration: 2 VMs provisioned on the clone, 1 VM deleted`);
-    if (system.credentials.temporalUiUrl) {
+    say(`Tenant requests during the migration: ${tenantRequests.provisioned} VMs provisioned on the clone, ${tenantRequests.deleted} VM deleted`);
+    if (system.credentials.temporalUiUrl && !qemu) {
       say(`Web UI: ${system.credentials.temporalUiUrl}/namespaces/${system.temporal.namespace}/workflows/${encodeURIComponent(started.id)}  (run \`dhm up\` to browse it after the demo)`);
     }
     say(`Demo finished in ${((Date.now() - began) / 1000).toFixed(0)} s.`);
@@ -142,6 +210,7 @@ export async function runDemo(opts: { timeScale: number; out?: NodeJS.WriteStrea
   } finally {
     await traffic?.stop();
     await system.stop();
+    if (qemuStateDir) fs.rmSync(qemuStateDir, { recursive: true, force: true });
   }
 }
 
@@ -150,8 +219,10 @@ export function registerDemoCommand(program: Command): void {
     .command('demo')
     .description('run the whole story on the embedded system: a tenant host with 8 busy VMs migrates while the tenant works')
     .option('--time-scale <n>', 'simulated seconds per wall-clock second', (v) => Number(v), 4)
-    .action(async (o: { timeScale: number }) => {
+    .option('--backend <sim|qemu>', 'sim: modelled VMs; qemu: 3 small real QEMU guests on a 3-server qemu fleet', 'sim')
+    .action(async (o: { timeScale: number; backend: string }) => {
       if (!Number.isFinite(o.timeScale) || o.timeScale <= 0) throw new Error('--time-scale must be a number > 0');
-      process.exit(await runDemo({ timeScale: o.timeScale }));
+      if (o.backend !== 'sim' && o.backend !== 'qemu') throw new Error(`--backend must be sim or qemu (got ${o.backend})`);
+      process.exit(await runDemo({ timeScale: o.timeScale, backend: o.backend }));
     });
 }

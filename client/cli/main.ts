@@ -3,6 +3,7 @@ import { UserFacingError } from '../../common/errors';
 import { ApiRequestError } from './api-client';
 import { registerApiCommands } from './commands';
 import { registerDemoCommand } from './demo';
+import { registerServiceCommands } from './services';
 import { registerUpCommand } from './up';
 
 /** Entry point of the `dhm` command. Problems the user can fix end with one line on stderr and exit code 2. */
@@ -14,6 +15,7 @@ export function main(argv: string[]): void {
   registerUpCommand(program);
   registerDemoCommand(program);
   registerApiCommands(program);
+  registerServiceCommands(program);
   program.parseAsync(argv, { from: 'user' }).catch((err: unknown) => {
     if (err instanceof CommanderError) process.exit(err.exitCode);
     if (err instanceof ApiRequestError) {

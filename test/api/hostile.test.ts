@@ -1,0 +1,306 @@
+import * as http from 'node:http';
+import fc from 'fast-check';
+import { testFleet } from '../support/fleets';
+import { startApiTestSystem, type ApiTestSystem, type CallOptions } from './helpers';
+
+/**
+ * Hostile input against the real API: SQL injection strings in every text field (stored and returned verbatim,
+ * since SQL only ever gets parameters), oversized and deeply nested JSON, a seeded fast-check fuzz of every route
+ * (never a 5xx; a 4xx changes nothing), 1,000 concurrent requests, and logs that never carry a token.
+ */
+
+const SEED = 20_251_125;
+
+/** Classic injection payloads; every one is a legal name and must come back exactly as sent. */
+const INJECTIONS = [
+  "'; DROP TABLE vms; --",
+  "Robert'); DROP TABLE tenants;--",
+  '" OR "1"="1',
+  "' OR '1'='1' --",
+  '1; SELECT pg_sleep(5)',
+  '$1 $2 $$ $$; --',
+  "\\'; DELETE FROM audit_events; --",
+  "%' UNION SELECT token_hash FROM tenants --",
+  "x' AND (SELECT count(*) FROM api_idempotency_keys) > 0 --",
+  '<script>alert(1)</script>',
+  '{{7*7}} ${7*7} #{7*7}',
+  '../../etc/passwd',
+  '名前 🚀 émoji ‮evil',
+  'null',
+  'a'.repeat(128),
+];
+
+/** Bytes as %XX: any string (lone surrogates included) or raw bytes (invalid UTF-8) become a valid URL path or query. */
+const pct = (s: string | Uint8Array) =>
+  Array.from(typeof s === 'string' ? Buffer.from(s, 'utf8') : s)
+    .map((b) => `%${b.toString(16).padStart(2, '0')}`)
+    .join('');
+
+describe('hostile input', () => {
+  let t: ApiTestSystem;
+  let op: string;
+  let a: { id: string; token: string };
+  let b: { id: string; token: string };
+  let hostA: any;
+  let hostB: any;
+  let smallHost: any;
+  let vmA: any;
+  const BAD_TOKEN = 'hunter2-not-a-real-token-0123456789';
+
+  beforeAll(async () => {
+    t = await startApiTestSystem({ fleet: testFleet({ servers: 24 }), timeScale: 200, logLevel: 'info' });
+    op = t.operatorToken;
+    a = await t.tenant('fuzz A');
+    b = await t.tenant('fuzz B');
+    hostA = await t.host(a.token, { name: 'A' });
+    hostB = await t.host(b.token, { name: 'B' });
+    // The only small server: migrating this host has nowhere to go, so fuzzed migration bodies never start one.
+    smallHost = await t.host(a.token, { name: 'small', resourceClass: 'small' });
+    vmA = await t.vm(a.token, hostA.id, { name: 'fuzz target' });
+  });
+  afterAll(async () => {
+    await t?.stop();
+  });
+
+  it('injection strings in every text field are stored and returned verbatim (SQL gets parameters only)', async () => {
+    for (const [i, s] of INJECTIONS.entries()) {
+      const tenant = await t.call('POST', '/v1/tenants', { token: op, body: { name: s }, idempotencyKey: `inj-${i}` });
+      expect([s, tenant.status, tenant.body.name]).toEqual([s, 201, s]);
+      const { rows } = await t.sys.db.pool.query('SELECT name FROM tenants WHERE id = $1', [tenant.body.id]);
+      expect(rows[0].name).toBe(s);
+      const host = await t.call('POST', '/v1/dedicated-hosts', { token: tenant.body.token, body: { name: s, zone: 'zone-a', resourceClass: 'std' } });
+      expect([s, host.status, host.body.name]).toEqual([s, 201, s]);
+      expect((await t.call('GET', `/v1/dedicated-hosts/${host.body.id}`, { token: tenant.body.token })).body.name).toBe(s);
+      const vm = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, { token: a.token, body: { name: s, vcpus: 1, memoryMiB: 64, diskGiB: 1 } });
+      expect([s, vm.status, vm.body.name]).toEqual([s, 201, s]);
+      expect((await t.call('GET', `/v1/vms/${vm.body.id}`, { token: a.token })).body.name).toBe(s);
+      // In id positions they are bad input, or ids of nothing.
+      for (const path of [`/v1/dedicated-hosts/${pct(s)}`, `/v1/vms/${pct(s)}`, `/v1/migrations/${pct(s)}`]) {
+        const r = await t.call('GET', path, { token: op });
+        expect([path, r.status === 400 || r.status === 404]).toEqual([path, true]);
+      }
+      const filtered = await t.call('GET', `/v1/physical-servers?zone=${pct(s)}`, { token: op });
+      expect([s, filtered.status === 400 || (filtered.status === 200 && filtered.body.servers.length === 0)]).toEqual([s, true]);
+    }
+    const names = await t.call('GET', `/v1/dedicated-hosts/${hostA.id}/vms`, { token: a.token });
+    expect(names.body.vms.map((v: any) => v.name)).toEqual(expect.arrayContaining(INJECTIONS));
+    // The tables are all still there and consistent.
+    const { rows } = await t.sys.db.pool.query(`SELECT to_regclass('vms') AS vms, to_regclass('tenants') AS tenants, to_regclass('audit_events') AS audit`);
+    expect(rows[0]).toEqual({ vms: 'vms', tenants: 'tenants', audit: 'audit_events' });
+    expect((await t.call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('oversized bodies → 413, deeply nested JSON → 400, prototype keys → 400; nothing changes', async () => {
+    const before = await t.counts();
+    const post = (rawBody: string, path = '/v1/tenants') => t.call('POST', path, { token: op, rawBody });
+    expect((await post(JSON.stringify({ name: 'x'.repeat(1024 * 1024) }))).status).toBe(413);
+    expect((await post(`{"name":"${'y'.repeat(10 * 1024 * 1024)}"}`)).status).toBe(413);
+    for (const deep of [
+      `${'['.repeat(20_000)}${']'.repeat(20_000)}`,
+      `{"name":${'['.repeat(5_000)}1${']'.repeat(5_000)}}`,
+      `${'{"a":'.repeat(5_000)}1${'}'.repeat(5_000)}`,
+      `{"name":"x","workload":${'{"w":'.repeat(40)}1${'}'.repeat(40)}}`,
+    ]) {
+      const r = await post(deep);
+      expect([r.status, r.body.error.code, r.body.error.field]).toEqual([400, 'INVALID_INPUT', 'body']);
+    }
+    const vmDeep = await post(`{"name":"v","vcpus":1,"memoryMiB":1,"diskGiB":1,"workload":${'['.repeat(100)}${']'.repeat(100)}}`, `/v1/dedicated-hosts/${hostA.id}/vms`);
+    expect(vmDeep.status).toBe(400);
+    for (const [raw, field] of [
+      ['{"name":"x","__proto__":{"admin":true}}', '__proto__'],
+      ['{"name":"x","constructor":{"prototype":{"admin":true}}}', 'constructor'],
+    ]) {
+      const r = await post(raw);
+      expect([r.status, r.body.error.field]).toEqual([400, field]);
+    }
+    // Over the limit without a Content-Length (chunked): still 413, the server reads no further.
+    const chunked = await new Promise<number>((resolve, reject) => {
+      const req = http.request(`${t.api.url}/v1/tenants`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${op}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.write('{"name":"');
+      for (let i = 0; i < 40; i++) req.write('z'.repeat(4096));
+      req.end('"}');
+    });
+    expect(chunked).toBe(413);
+    // Brackets inside strings are not nesting.
+    const bracketName = '['.repeat(150);
+    const ok = await post(JSON.stringify({ name: bracketName }));
+    expect([ok.status, ok.body.name]).toEqual([201, bracketName]);
+    const after = await t.counts();
+    expect({ ...after, tenants: before.tenants, audit_events: before.audit_events }).toEqual(before);
+    expect(Number(after.tenants)).toBe(Number(before.tenants) + 1);
+  });
+
+  it('fast-check: generated requests at every route never get a 5xx, and a 4xx changes nothing', async () => {
+    // Mostly principals that get past authentication, so the fuzz reaches validation and the handlers.
+    const principal = fc.oneof(
+      { weight: 3, arbitrary: fc.constant(() => op) },
+      { weight: 3, arbitrary: fc.constant(() => a.token) },
+      { weight: 1, arbitrary: fc.constant(() => b.token) },
+      { weight: 1, arbitrary: fc.constant(() => null) },
+      { weight: 1, arbitrary: fc.constant(() => BAD_TOKEN) },
+    );
+    const json = fc.jsonValue({ maxDepth: 4 });
+    const text = fc.oneof(fc.string({ unit: 'binary', maxLength: 80 }), fc.constantFrom(...INJECTIONS), fc.string({ maxLength: 300 }));
+    const num = fc.oneof(fc.integer(), fc.double(), fc.constantFrom(0, -1, 1, 1e12, 2 ** 53, 1.5, 64, 512));
+    const anyValue = fc.oneof(text, num, fc.boolean(), fc.constant(null), json);
+    /** undefined three times in four. */
+    const sometimes = <T>(arb: fc.Arbitrary<T>) => fc.oneof({ weight: 3, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: arb });
+    const field = <T>(valid: fc.Arbitrary<T>) => fc.oneof({ weight: 4, arbitrary: valid }, { weight: 1, arbitrary: anyValue });
+    const extra = fc.dictionary(text, json, { minKeys: 1, maxKeys: 2 });
+    /** Every field present and mostly valid; sometimes one dropped, sometimes unknown ones added. */
+    const nearValid = (shape: Record<string, fc.Arbitrary<unknown>>) =>
+      fc
+        .tuple(
+          fc.record(shape),
+          sometimes(fc.constantFrom(...Object.keys(shape))),
+          sometimes(extra),
+        )
+        .map(([o, drop, e]) => {
+          const out: Record<string, unknown> = { ...(e ?? {}), ...o };
+          if (drop !== undefined) delete out[drop];
+          return out;
+        });
+    const bodyOf = (shape: Record<string, fc.Arbitrary<unknown>>): fc.Arbitrary<Pick<CallOptions, 'body' | 'rawBody' | 'contentType'>> =>
+      fc.oneof(
+        { weight: 5, arbitrary: nearValid(shape).map((body) => ({ body })) },
+        { weight: 2, arbitrary: json.map((body) => ({ body })) },
+        { weight: 1, arbitrary: text.map((rawBody) => ({ rawBody })) },
+        { weight: 1, arbitrary: fc.tuple(text, fc.constantFrom('text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=latin1')).map(([rawBody, contentType]) => ({ rawBody, contentType })) },
+        { weight: 1, arbitrary: fc.constant({}) },
+      );
+    const segment = (real: string[]) =>
+      fc.oneof(
+        { weight: 4, arbitrary: fc.constantFrom(...real) },
+        { weight: 2, arbitrary: text.map(pct) },
+        { weight: 1, arbitrary: fc.uint8Array({ minLength: 1, maxLength: 20 }).map(pct) },
+      );
+    const query = fc.oneof(
+      { weight: 8, arbitrary: fc.constant('') },
+      { weight: 2, arbitrary: fc.array(fc.tuple(text, text), { maxLength: 3 }).map((kv) => `?${kv.map(([k, v]) => `${pct(k)}=${pct(v)}`).join('&')}`) },
+      { weight: 1, arbitrary: fc.constantFrom('?limit=5', '?afterId=1', '?includeDeleted=true', '?state=available', '?phase=completed', '?limit=-3', '?limit=1e3') },
+    );
+    // Header values fetch can send: Latin-1 without controls (DEL included).
+    const headerChar = fc.oneof(fc.integer({ min: 0x20, max: 0x7e }), fc.integer({ min: 0x80, max: 0xff })).map((c) => String.fromCharCode(c));
+    const idemKey = sometimes(fc.oneof(fc.string({ unit: headerChar, maxLength: 220 }), fc.uuid()));
+    const hostIds = [hostA.id, hostB.id, smallHost.id, 'dh-missing'];
+    const vmIds = [vmA.id, 'vm-missing'];
+    const migrationIds = [`migration-${hostA.id}`, `migration-${smallHost.id}`, 'migration-dh-missing'];
+    const vmShape = {
+      name: field(fc.string({ minLength: 1, maxLength: 20 })),
+      vcpus: field(fc.integer({ min: 1, max: 2 })),
+      memoryMiB: field(fc.integer({ min: 1, max: 256 })),
+      diskGiB: field(fc.integer({ min: 1, max: 5 })),
+      workload: field(fc.record({ dirtyRateMiBps: field(fc.integer({ min: 0, max: 10 })), workingSetMiB: field(fc.integer({ min: 0, max: 10 })) })),
+    };
+    const policyShape = fc.record(
+      {
+        maxParallel: field(fc.integer({ min: 1, max: 4 })),
+        order: field(fc.constantFrom('largest-first', 'as-listed')),
+        maxDowntimeMs: field(fc.integer({ min: 1, max: 1000 })),
+        autoConverge: field(fc.boolean()),
+      },
+      { requiredKeys: [] },
+    );
+
+    type Req = { method: string; path: string; opts: CallOptions };
+    const route = (method: string, path: fc.Arbitrary<string>, body?: fc.Arbitrary<Pick<CallOptions, 'body' | 'rawBody' | 'contentType'>>) =>
+      fc.record({ path, q: query, body: body ?? fc.constant({}), who: principal, key: idemKey }).map(
+        ({ path: p, q, body: bd, who, key }): Req => ({ method, path: `${p}${q}`, opts: { ...bd, token: who(), ...(key !== undefined ? { idempotencyKey: key } : {}) } }),
+      );
+    const requests = fc.oneof(
+      route('GET', fc.constant('/healthz')),
+      route('GET', fc.constant('/openapi.json')),
+      route('POST', fc.constant('/v1/tenants'), bodyOf({ name: field(fc.string({ minLength: 1, maxLength: 30 })) })),
+      route('GET', fc.constant('/v1/physical-servers')),
+      route('POST', fc.constant('/v1/dedicated-hosts'), bodyOf({ name: field(fc.string({ minLength: 1, maxLength: 30 })), zone: field(fc.constantFrom('zone-a', 'zone-b')), resourceClass: field(fc.constantFrom('std', 'small')), tenantId: field(fc.constantFrom(a.id, b.id)) })),
+      route('GET', fc.constant('/v1/dedicated-hosts')),
+      route('GET', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}`)),
+      route('GET', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/vms`)),
+      route('POST', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/vms`), bodyOf(vmShape)),
+      route('GET', segment(vmIds).map((v) => `/v1/vms/${v}`)),
+      route('DELETE', segment(vmIds.slice(1)).map((v) => `/v1/vms/${v}`)),
+      route('GET', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/events`)),
+      // Migrations: the small host has no free server to go to, the others are not real hosts or get bad bodies.
+      route('POST', segment([smallHost.id, 'dh-missing']).map((h) => `/v1/dedicated-hosts/${h}/migrations`), bodyOf({ targetServerId: field(fc.constantFrom('zone-a-small-1', 'zone-a-std-1')), policy: field(policyShape) })),
+      route('GET', fc.constant('/v1/migrations')),
+      route('GET', segment(migrationIds).map((m) => `/v1/migrations/${m}`)),
+      route('POST', segment(migrationIds).map((m) => `/v1/migrations/${m}/cancel`), bodyOf({ force: field(fc.boolean()) })),
+    );
+
+    const statuses = new Map<number, number>();
+    await fc.assert(
+      fc.asyncProperty(requests, async (req) => {
+        const before = await t.counts();
+        const r = await t.call(req.method, req.path, req.opts);
+        statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+        if (r.status >= 500) throw new Error(`${req.method} ${req.path} → ${r.status} ${r.text}`);
+        if (r.status >= 400) {
+          expect(r.body?.error?.code).toEqual(expect.any(String));
+          expect(await t.counts()).toEqual(before);
+        }
+      }),
+      { seed: SEED, numRuns: 700 },
+    );
+    // The fuzz reached past validation: successes, refusals of every kind.
+    for (const s of [200, 201, 400, 401, 403, 404]) expect([s, statuses.get(s) ?? 0]).toEqual([s, expect.any(Number)]);
+    expect([...statuses.keys()].every((s) => s < 500)).toBe(true);
+    expect(statuses.get(201) ?? 0).toBeGreaterThan(0);
+    expect(statuses.get(400) ?? 0).toBeGreaterThan(50);
+  });
+
+  it('1,000 concurrent requests (reads and bad writes): no 5xx, each gets its answer, nothing changes, the service answers afterwards', async () => {
+    const before = await t.counts();
+    const kinds: Array<[number, () => ReturnType<ApiTestSystem['call']>]> = [
+      [200, () => t.call('GET', '/healthz')],
+      [200, () => t.call('GET', '/openapi.json')],
+      [200, () => t.call('GET', '/v1/dedicated-hosts', { token: a.token })],
+      [200, () => t.call('GET', `/v1/dedicated-hosts/${hostA.id}`, { token: a.token })],
+      [200, () => t.call('GET', `/v1/dedicated-hosts/${hostA.id}/vms`, { token: a.token })],
+      [200, () => t.call('GET', `/v1/vms/${vmA.id}`, { token: a.token })],
+      [200, () => t.call('GET', `/v1/dedicated-hosts/${hostA.id}/events?limit=50`, { token: a.token })],
+      [200, () => t.call('GET', '/v1/physical-servers', { token: op })],
+      [200, () => t.call('GET', '/v1/migrations?limit=5', { token: op })],
+      [400, () => t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, { token: a.token, body: { name: 'x', vcpus: -1, memoryMiB: 1e12, diskGiB: 1 } })],
+      [400, () => t.call('POST', '/v1/tenants', { token: op, rawBody: '{"name":' })],
+      [400, () => t.call('POST', '/v1/dedicated-hosts', { token: b.token, body: { name: 'x', zone: 'zone-a', resourceClass: 'std', extra: 1 } })],
+      [401, () => t.call('GET', '/v1/dedicated-hosts', { token: BAD_TOKEN })],
+      [403, () => t.call('POST', '/v1/tenants', { token: a.token, body: { name: 'x' } })],
+      [403, () => t.call('POST', `/v1/dedicated-hosts/${hostA.id}/migrations`, { token: a.token, body: {} })],
+      [404, () => t.call('GET', `/v1/dedicated-hosts/${hostB.id}`, { token: a.token })],
+      [404, () => t.call('DELETE', '/v1/vms/vm-missing', { token: b.token })],
+      [413, () => t.call('POST', '/v1/tenants', { token: op, body: { name: 'x'.repeat(100_000) } })],
+    ];
+    const started = Date.now();
+    const results = await Promise.all(
+      Array.from({ length: 1000 }, async (_, i) => {
+        const [expected, send] = kinds[i % kinds.length]!;
+        const r = await send();
+        return { expected, status: r.status };
+      }),
+    );
+    const elapsedMs = Date.now() - started;
+    expect(results.filter((r) => r.status >= 500)).toEqual([]);
+    expect(results.filter((r) => r.status !== r.expected)).toEqual([]);
+    expect(elapsedMs).toBeLessThan(60_000);
+    expect(await t.counts()).toEqual(before);
+    expect((await t.call('GET', '/healthz')).status).toBe(200);
+    const vm = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, { token: a.token, body: { name: 'after the storm', vcpus: 1, memoryMiB: 64, diskGiB: 1 } });
+    expect(vm.status).toBe(201);
+  });
+
+  it('logs never carry a token (valid, wrong or operator), though every request was logged', () => {
+    const all = t.logs.join('\n');
+    expect(t.logs.length).toBeGreaterThan(1000);
+    expect(all).toContain('incoming request');
+    for (const secret of [op, a.token, b.token, BAD_TOKEN]) expect(all).not.toContain(secret);
+    expect(all.toLowerCase()).not.toContain('bearer');
+  });
+});

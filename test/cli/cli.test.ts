@@ -1,15 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { freePort } from '../../client/dev-stack/ports';
+import { DHM_BIN, isolatedDhmEnv, spawnDhm, waitForOutput } from '../support/dhm-process';
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const DHM = path.join(ROOT, 'bin', 'dhm.js');
 
 function run(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [DHM, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [DHM_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -28,28 +24,10 @@ describe('the dhm CLI', () => {
   let up: ChildProcess;
 
   beforeAll(async () => {
-    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-cli-'));
-    fs.chmodSync(stateDir, 0o755);
-    env = {
-      DHM_HOME: stateDir,
-      DHM_PG_PORT: String(await freePort()),
-      DHM_TEMPORAL_PORT: String(await freePort()),
-      DHM_TEMPORAL_UI_PORT: String(await freePort()),
-      DHM_API_PORT: String(await freePort()),
-      DHM_TIME_SCALE: '400',
-      LOG_LEVEL: 'warn',
-      DATABASE_URL: '',
-      TEMPORAL_ADDRESS: '',
-    };
-    up = spawn(process.execPath, [DHM, 'up'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    up.stdout!.on('data', (d) => (out += d));
-    up.stderr!.on('data', (d) => (out += d));
-    const deadline = Date.now() + 120_000;
-    while (!out.includes('Press Ctrl-C')) {
-      if (up.exitCode !== null || Date.now() > deadline) throw new Error(`dhm up did not come up: ${out.slice(-2000)}`);
-      await new Promise((r) => setTimeout(r, 100)); // poll interval within the deadline
-    }
+    ({ stateDir, env } = await isolatedDhmEnv('dhm-cli-', { DHM_TIME_SCALE: '400' }));
+    const run = spawnDhm(['up'], env);
+    up = run.child;
+    await waitForOutput(run, /Press Ctrl-C/, 120_000);
   });
   afterAll(async () => {
     if (up && up.exitCode === null) {

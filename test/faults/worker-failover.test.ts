@@ -1,6 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import * as path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { startMigration } from '../../client/migrations';
 import { createLogger } from '../../common/logger';
@@ -9,24 +7,13 @@ import { startFleetAgents, type FleetAgents } from '../../compute/fleet-agents';
 import { createInventory, type Inventory } from '../../inventory';
 import { statusQuery } from '../../workflows/messages';
 import { createTestDatabase, type TestDatabase } from '../support/database';
+import { spawnDhm, type DhmRun } from '../support/dhm-process';
 import { testFleet } from '../support/fleets';
 import { eventually } from '../support/system';
 
-const DHM = path.resolve(__dirname, '..', '..', 'bin', 'dhm.js');
 
-interface Service {
-  child: ChildProcess;
-  output(): string;
-  exited: Promise<number | null>;
-}
-
-function service(role: string, env: NodeJS.ProcessEnv): Service {
-  const child = spawn(process.execPath, [DHM, role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  return { child, output: () => out, exited: new Promise((r) => child.on('exit', (code) => r(code))) };
-}
+type Service = DhmRun;
+const service = (role: string, env: NodeJS.ProcessEnv): Service => spawnDhm([role], env);
 
 /**
  * Horizontal scale and failover with real processes: two `dhm worker` processes and one `dhm scheduler` share a

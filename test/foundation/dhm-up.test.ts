@@ -1,38 +1,10 @@
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { freePort } from '../../client/dev-stack/ports';
 import { isAlive } from '../../client/dev-stack/pidfile';
 import { cachedCliPath } from '../../client/temporal-cli';
-
-const ROOT = path.resolve(__dirname, '..', '..');
-const DHM = path.join(ROOT, 'bin', 'dhm.js');
-
-interface Run {
-  child: ChildProcess;
-  output(): string;
-  exited: Promise<number | null>;
-}
-
-function dhm(args: string[], env: NodeJS.ProcessEnv): Run {
-  const child = spawn(process.execPath, [DHM, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, output: () => out, exited };
-}
-
-async function waitForOutput(run: Run, pattern: RegExp, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pattern.test(run.output())) {
-    if (run.child.exitCode !== null) throw new Error(`dhm exited (${run.child.exitCode}) before ${pattern}: ${run.output().slice(-2000)}`);
-    if (Date.now() > deadline) throw new Error(`no ${pattern} within ${timeoutMs} ms: ${run.output().slice(-2000)}`);
-    await new Promise((r) => setTimeout(r, 100)); // poll interval within the deadline
-  }
-}
+import { isolatedDhmEnv, spawnDhm, waitForOutput } from '../support/dhm-process';
 
 function pidsOf(stateDir: string): number[] {
   const pids: number[] = [];
@@ -61,18 +33,7 @@ describe('dhm up: the embedded stack as a user runs it', () => {
   let env: NodeJS.ProcessEnv;
 
   beforeAll(async () => {
-    stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-up-'));
-    fs.chmodSync(stateDir, 0o755);
-    env = {
-      DHM_HOME: stateDir,
-      DHM_PG_PORT: String(await freePort()),
-      DHM_TEMPORAL_PORT: String(await freePort()),
-      DHM_TEMPORAL_UI_PORT: String(await freePort()),
-      DHM_API_PORT: String(await freePort()),
-      LOG_LEVEL: 'warn',
-      DATABASE_URL: '',
-      TEMPORAL_ADDRESS: '',
-    };
+    ({ stateDir, env } = await isolatedDhmEnv('dhm-up-'));
   });
   afterAll(() => {
     fs.rmSync(stateDir, { recursive: true, force: true });
@@ -80,7 +41,7 @@ describe('dhm up: the embedded stack as a user runs it', () => {
 
   it('comes up, answers `temporal workflow list`, stops on SIGTERM leaving no process, and starts again', async () => {
     for (let round = 1; round <= 2; round++) {
-      const run = dhm(['up'], env);
+      const run = spawnDhm(['up'], env);
       await waitForOutput(run, /Press Ctrl-C to stop/, 90_000);
       expect(run.output()).toMatch(/Postgres: +postgres:\/\/dhm:\*\*\*@127\.0\.0\.1:\d+\/dhm/);
       expect(run.output()).toMatch(new RegExp(`Temporal: +127\\.0\\.0\\.1:${env.DHM_TEMPORAL_PORT}`));
@@ -101,16 +62,16 @@ describe('dhm up: the embedded stack as a user runs it', () => {
   });
 
   it('after a SIGKILL the next start stops the leftovers and comes up; a second stack on the same folder is refused', async () => {
-    const first = dhm(['up'], env);
+    const first = spawnDhm(['up'], env);
     await waitForOutput(first, /Press Ctrl-C to stop/, 90_000);
-    const second = dhm(['up'], env);
+    const second = spawnDhm(['up'], env);
     expect(await second.exited).toBe(2);
     expect(second.output()).toMatch(/^dhm: DHM_HOME: .* is in use by another dhm stack/m);
     const leftovers = pidsOf(stateDir);
     first.child.kill('SIGKILL');
     await first.exited;
     expect(leftovers.every(isAlive)).toBe(true);
-    const again = dhm(['up'], env);
+    const again = spawnDhm(['up'], env);
     await waitForOutput(again, /Press Ctrl-C to stop/, 90_000);
     for (const pid of leftovers) expect(isAlive(pid)).toBe(false);
     again.child.kill('SIGINT');
@@ -125,7 +86,7 @@ describe('dhm up: the embedded stack as a user runs it', () => {
     ['DHM_PG_PORT', { DHM_PG_PORT: '99999' }, /^dhm: DHM_PG_PORT: /m],
     ['DHM_TYPO', { DHM_TYPO: '1' }, /^dhm: DHM_TYPO: unknown setting/m],
   ])('bad configuration (%s) ends with one line naming the variable and a non-zero exit', async (_name, bad, pattern) => {
-    const run = dhm(['up'], { ...env, ...bad });
+    const run = spawnDhm(['up'], { ...env, ...bad });
     const code = await run.exited;
     expect(code).not.toBe(0);
     expect(run.output()).toMatch(pattern);
@@ -135,13 +96,13 @@ describe('dhm up: the embedded stack as a user runs it', () => {
   });
 
   it('an unreachable TEMPORAL_ADDRESS and a port in use are named, without a hang', async () => {
-    const unreachable = dhm(['up'], { ...env, TEMPORAL_ADDRESS: '127.0.0.1:1' });
+    const unreachable = spawnDhm(['up'], { ...env, TEMPORAL_ADDRESS: '127.0.0.1:1' });
     expect(await unreachable.exited).not.toBe(0);
     expect(unreachable.output()).toMatch(/^dhm: TEMPORAL_ADDRESS: 127\.0\.0\.1:1 does not answer/m);
     const blocker = net.createServer().listen(Number(env.DHM_PG_PORT), '127.0.0.1');
     await new Promise((r) => blocker.once('listening', r));
     try {
-      const busy = dhm(['up'], env);
+      const busy = spawnDhm(['up'], env);
       expect(await busy.exited).not.toBe(0);
       expect(busy.output()).toMatch(new RegExp(`^dhm: DHM_PG_PORT: port ${env.DHM_PG_PORT} is already in use`, 'm'));
     } finally {

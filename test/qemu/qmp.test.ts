@@ -108,7 +108,7 @@ test('retries the first connect while the socket file does not exist yet', async
   const socketPath = path.join(dir, 'late.sock');
   const started = Date.now();
   const connecting = QmpClient.connect({ socketPath, connectTimeoutMs: 5_000, retryIntervalMs: 10 });
-  await new Promise((r) => setTimeout(r, 300));
+  await new Promise((r) => setTimeout(r, 300)); // the scenario itself: the socket appears late (not a stand-in for a condition)
   fake = await startFake(socketPath);
   const qmp = track(await connecting);
   expect(Date.now() - started).toBeGreaterThanOrEqual(300);

@@ -225,7 +225,10 @@ test('the same guest and cap with auto-converge: QEMU throttles the guest and th
     const x = continuity(serialLogs(dirs.b, 'in-').at(-1)!, serialLogs(dirs.a, 'in-').at(-1)!);
     return x.targetFirst !== undefined && x;
   }, 10_000, 50);
-  expect(c.targetFirst).toBe(c.sourceLast! + 1);
+  // Throttled to 99 %, the guest can be stopped after bumping its counter but before the UART has put the whole line
+  // into the source's log: one number may be missing there. A reboot would start again at 1, far from this.
+  expect(c.targetFirst! - c.sourceLast!).toBeGreaterThanOrEqual(1);
+  expect(c.targetFirst! - c.sourceLast!).toBeLessThanOrEqual(2);
   await counterAdvances(a);
 });
 

@@ -1,13 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
-import { NativeConnection } from '@temporalio/worker';
+import { Client } from '@temporalio/client';
 import { Pool } from 'pg';
 import { createAgentDirectory, type AgentDirectory } from '../activities/agent-directory';
 import type { Env } from '../common/config';
 import type { Fleet } from '../common/fleet';
 import type { Logger } from '../common/logger';
+import { connectTemporalClient, connectTemporalWorker } from '../common/temporal-connection';
 import { installTemporalRuntime } from '../common/temporal-runtime';
 import { createAgentClient } from '../compute/agent-client';
 import { startFleetAgents, type FleetAgentsOptions } from '../compute/fleet-agents';
@@ -96,9 +96,10 @@ export async function startEmbeddedSystem(opts: {
     await restoreSimulatedVms(inventory, agentUrls, agentSecret, logger);
     const agents = createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, secret: agentSecret });
 
-    const nativeConnection = await NativeConnection.connect({ address: stack.temporalAddress });
+    // TLS / API key settings apply when the stack uses the configured TEMPORAL_ADDRESS, not its own dev server.
+    const nativeConnection = await connectTemporalWorker(env, stack.temporalAddress);
     stops.push(() => nativeConnection.close());
-    const connection = await Connection.connect({ address: stack.temporalAddress });
+    const connection = await connectTemporalClient(env, stack.temporalAddress);
     stops.push(() => connection.close());
     const client = new Client({ connection, namespace: stack.namespace });
     const taskQueue = env.TEMPORAL_TASK_QUEUE;

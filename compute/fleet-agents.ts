@@ -1,5 +1,7 @@
+import * as path from 'node:path';
 import type { Logger } from 'pino';
 import type { Fleet, FleetServer } from '../common/fleet';
+import type { Metrics } from '../common/metrics';
 import { startAgent, type RunningAgent } from './agent-service';
 import type { QemuAgentOptions } from './qemu/create';
 
@@ -10,7 +12,14 @@ export interface FleetAgentsOptions {
   /** Which servers get an agent here. Default: those whose backend is `sim` (`qemu` ones start real VMs: opt in). */
   backendFilter?: (server: FleetServer) => boolean;
   streamCapFraction?: number;
-  /** Options for the agents of `qemu` servers. */
+  /** Address the agents bind (default loopback; `0.0.0.0` in a container) and the host name others reach them by. */
+  host?: string;
+  advertiseHost?: string;
+  metrics?: Metrics;
+  /**
+   * Options for the agents of `qemu` servers. `stateDir` is a root here: each server's agent gets `<stateDir>/<serverId>`
+   * (one folder per agent: an agent removes its own folder when it stops).
+   */
   qemu?: QemuAgentOptions;
 }
 
@@ -41,9 +50,12 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
           streamCapFraction: opts.streamCapFraction,
           timeScale: opts.timeScale,
           port: server.agentPort,
+          ...(opts.host ? { host: opts.host } : {}),
+          ...(opts.advertiseHost ? { advertiseHost: opts.advertiseHost } : {}),
+          ...(opts.metrics ? { metrics: opts.metrics } : {}),
           secret: opts.secret,
           backend: server.backend,
-          qemu: server.backend === 'qemu' ? opts.qemu : undefined,
+          qemu: server.backend === 'qemu' ? qemuOptionsFor(server, opts.qemu) : undefined,
           logger: opts.logger,
         }),
       );
@@ -53,4 +65,9 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
     throw err;
   }
   return { agents, stop };
+}
+
+function qemuOptionsFor(server: FleetServer, qemu: QemuAgentOptions | undefined): QemuAgentOptions | undefined {
+  if (!qemu?.stateDir) return qemu;
+  return { ...qemu, stateDir: path.join(qemu.stateDir, server.id) };
 }

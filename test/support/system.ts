@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import type { WorkflowHandle } from '@temporalio/client';
-import type { Fleet } from '../../common/fleet';
+import type { Fleet, FleetServer } from '../../common/fleet';
 import { createLogger } from '../../common/logger';
-import type { MigrationPolicyInput, MigrationStatus } from '../../common/migration';
+import type { MigrationPolicyInput, MigrationStatus, VmSpec } from '../../common/migration';
 import { createActivities, createAgentDirectory, type AgentDirectory } from '../../activities';
 import { createAgentClient, type AgentClient } from '../../compute/agent-client';
-import { startFleetAgents } from '../../compute/fleet-agents';
+import { startFleetAgents, type FleetAgentsOptions } from '../../compute/fleet-agents';
 import { createInventory, type Inventory } from '../../inventory';
 import { startMigration } from '../../client/migrations';
 import { statusQuery } from '../../workflows/messages';
@@ -25,20 +25,32 @@ export interface TestSystem {
   agents: AgentDirectory;
   worker: RunningWorker;
   scheduler: RunningScheduler;
-  /** A tenant with one dedicated host and `vms` VMs on it (sizes cycle through `sizes`). */
-  createHostWithVms(opts: { vms: number; memoryMiB?: number[]; dirtyRateMiBps?: number[]; zone?: string; resourceClass?: string }): Promise<{ tenantId: string; hostId: string; vmIds: string[] }>;
+  /**
+   * A tenant with one dedicated host and `vms` VMs on it (sizes cycle through `memoryMiB`, dirty rates through
+   * `dirtyRateMiBps`; or whole specs cycle through `specs` when given).
+   */
+  createHostWithVms(opts: { vms: number; memoryMiB?: number[]; dirtyRateMiBps?: number[]; specs?: VmSpec[]; zone?: string; resourceClass?: string }): Promise<{ tenantId: string; hostId: string; vmIds: string[] }>;
   startMigration(hostId: string, policy?: MigrationPolicyInput, targetServerId?: string): Promise<WorkflowHandle<typeof migrateDedicatedHost>>;
   status(hostId: string): Promise<MigrationStatus>;
   stop(): Promise<void>;
 }
 
-/** The real system in one test process: a database, sim agents over HTTP, a migration worker and a scheduler. */
-export async function startTestSystem(opts: { fleet?: Fleet; timeScale?: number } = {}): Promise<TestSystem> {
+export interface TestSystemOptions {
+  fleet?: Fleet;
+  timeScale?: number;
+  /** Which fleet servers get an agent (default: the `sim` ones); e.g. `(s) => s.backend === 'qemu'` for real VMs. */
+  backendFilter?: (server: FleetServer) => boolean;
+  /** Options of the `qemu` agents (`stateDir` is a root: one folder per server under it). */
+  qemu?: FleetAgentsOptions['qemu'];
+}
+
+/** The real system in one test process: a database, host agents over HTTP (sim by default), a migration worker and a scheduler. */
+export async function startTestSystem(opts: TestSystemOptions = {}): Promise<TestSystem> {
   const logger = createLogger('test', process.env.DHM_TEST_LOG_LEVEL ?? 'warn');
   const fleet = opts.fleet ?? testFleet();
   const db = await createTestDatabase();
   const inventory = createInventory(db.pool);
-  const fleetAgents = await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger });
+  const fleetAgents = await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger, backendFilter: opts.backendFilter, qemu: opts.qemu });
   const agentUrls = new Map<string, string>([...fleetAgents.agents].map(([id, a]) => [id, a.url]));
   await inventory.seedFleet(fleet, agentUrls);
   const temporal = await connectTestTemporal();
@@ -86,7 +98,7 @@ export async function startTestSystem(opts: { fleet?: Fleet; timeScale?: number 
       const dirty = o.dirtyRateMiBps ?? [0, 50, 10, 100];
       for (let i = 0; i < o.vms; i++) {
         const vmId = `vm-${tag}-${i}`;
-        const spec = { vcpus: 1, memoryMiB: sizes[i % sizes.length]!, diskGiB: 10, workload: { dirtyRateMiBps: dirty[i % dirty.length]!, workingSetMiB: Math.min(256, sizes[i % sizes.length]!) } };
+        const spec: VmSpec = o.specs?.[i % o.specs.length] ?? { vcpus: 1, memoryMiB: sizes[i % sizes.length]!, diskGiB: 10, workload: { dirtyRateMiBps: dirty[i % dirty.length]!, workingSetMiB: Math.min(256, sizes[i % sizes.length]!) } };
         await inventory.placeVm({ vmId, tenantId: tenant.id, dedicatedHostId: host.id, name: `vm-${i}`, spec, actor: `tenant:${tenant.id}` });
         await createAgentClient({ baseUrl: server!.agentUrl }).createVm({ vmId, incarnationId: incarnation!.id, spec });
         vmIds.push(vmId);

@@ -1,0 +1,89 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { freePort } from '../../client/dev-stack/ports';
+import { runQemuSetup } from '../../compute/qemu/tools';
+import { eventually } from '../support/system';
+import { processesMatching, qemuUnder } from './helpers';
+
+/**
+ * `dhm demo --backend qemu` as a user runs it: its own DHM_HOME and ports, a whole embedded system (Postgres, Temporal
+ * dev server, 3 qemu agents, worker, scheduler, API) in one process, 3 real guests moved while they work. Its TMPDIR
+ * is ours, so every QEMU process it starts can be found under it (the agents' state folders default to <tmp>/dhm-qemu).
+ */
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const DHM = path.join(ROOT, 'bin', 'dhm.js');
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-qemu-demo-'));
+const home = path.join(root, 'home');
+const tmp = path.join(root, 'tmp');
+let child: ChildProcess | null = null;
+
+beforeAll(async () => {
+  await runQemuSetup(); // cached; the demo runs it too, but a first run's downloads should not count against its time
+  for (const d of [root, home, tmp]) {
+    fs.mkdirSync(d, { recursive: true });
+    fs.chmodSync(d, 0o755); // the postgres system user must reach its data folder
+  }
+}, 600_000);
+
+afterAll(async () => {
+  // Only if the test failed half-way: the demo's process group (it, Postgres, Temporal, QEMU) gets a Ctrl-C, then SIGKILL.
+  if (child && child.exitCode === null && child.signalCode === null) {
+    const gone = new Promise((r) => child!.once('exit', r));
+    process.kill(-child.pid!, 'SIGINT');
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 10_000).unref())]);
+    if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
+  }
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('dhm demo --backend qemu: three real guests move while they work; exit 0 and the summary with QEMU downtime', async () => {
+  const env = {
+    ...process.env,
+    DHM_HOME: home,
+    TMPDIR: tmp,
+    DHM_PG_PORT: String(await freePort()),
+    DHM_TEMPORAL_PORT: String(await freePort()),
+    DHM_TEMPORAL_UI_PORT: String(await freePort()),
+    DHM_API_PORT: String(await freePort()),
+    LOG_LEVEL: 'error',
+    DATABASE_URL: '',
+    TEMPORAL_ADDRESS: '',
+  };
+  const t0 = Date.now();
+  const proc = spawn(process.execPath, [DHM, 'demo', '--backend', 'qemu'], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  child = proc;
+  let stdout = '';
+  let stderr = '';
+  proc.stdout!.on('data', (d) => (stdout += d));
+  proc.stderr!.on('data', (d) => (stderr += d));
+  const code = await new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c)));
+  const seconds = (Date.now() - t0) / 1000;
+  process.stderr.write(`\n[dhm demo --backend qemu] exit ${code} after ${seconds.toFixed(1)} s\n${stdout}\n${stderr ? `stderr:\n${stderr.slice(-3000)}\n` : ''}`);
+  expect(code).toBe(0);
+
+  expect(stdout).toMatch(/Starting the embedded system \(Postgres, Temporal dev server, 3 qemu servers/);
+  const result = /Result: completed\. Host (\S+) kept its id; it now runs on (\S+) \(was (\S+)\)\./.exec(stdout);
+  expect(result).not.toBeNull();
+  expect(result![2]).not.toBe(result![3]);
+  // The summary table: the three guests moved, each with QEMU's downtime.
+  for (const name of ['db', 'app', 'bastion']) {
+    const row = new RegExp(`^\\S+\\s+${name}\\s+\\d+ MiB\\s+moved\\s+\\d+\\s+\\d+ MiB\\s+(\\d+\\.\\d) ms`, 'm').exec(stdout);
+    expect(row).not.toBeNull();
+    expect(Number(row![1])).toBeGreaterThan(0);
+  }
+  const downtime = /Downtime per VM \(as QEMU measured it\): max (\d+\.\d) ms, mean (\d+\.\d) ms/.exec(stdout);
+  expect(downtime).not.toBeNull();
+  expect(Number(downtime![2])).toBeGreaterThan(0);
+  expect(Number(downtime![1])).toBeLessThan(5_000);
+  expect(stdout).toMatch(/Total time: \d+\.\d s of real time/);
+  expect(stdout).toMatch(/Guest operations during the migration: [1-9]\d* done, 0 failed/);
+  expect(stdout).toMatch(/Tenant requests during the migration: 2 VMs provisioned on the clone/);
+
+  // Nothing left behind: no QEMU, no Postgres or Temporal of the demo, no throwaway state folder in DHM_HOME.
+  expect(qemuUnder(tmp)).toEqual([]);
+  await eventually('the demo stack to be gone', async () => processesMatching(home).length === 0, 10_000, 100);
+  expect(fs.readdirSync(home).filter((f) => f.startsWith('demo-qemu-'))).toEqual([]);
+}, 120_000);

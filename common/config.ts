@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { UserFacingError } from './errors';
@@ -15,6 +16,17 @@ const urlWithScheme = (schemes: string[]) =>
     }
   }, `must be a URL starting with ${schemes.map((s) => `${s}://`).join(' or ')}`);
 
+/** A file the process must be able to read at start (certificates, keys). */
+const readableFile = z.string().min(1).refine((p) => {
+  try {
+    fs.accessSync(p, fs.constants.R_OK);
+    return fs.statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}, 'must be a readable file');
+const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
+
 /** Every environment variable dhm reads, in one place, validated at start. */
 export const envSchema = z.object({
   DATABASE_URL: urlWithScheme(['postgres', 'postgresql']).optional(),
@@ -26,6 +38,17 @@ export const envSchema = z.object({
   TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
   TEMPORAL_CLI: z.string().min(1).optional(),
   TEMPORAL_TASK_QUEUE: z.string().min(1).default('dh-migrations'),
+  /** TLS to the Temporal frontend; implied by any of the TLS files, the server name or an API key. */
+  TEMPORAL_TLS: bool.optional(),
+  /** mTLS client certificate and its key (PEM files; both or neither). */
+  TEMPORAL_TLS_CERT: readableFile.optional(),
+  TEMPORAL_TLS_KEY: readableFile.optional(),
+  /** CA that signed the frontend's certificate (PEM); default: the system's roots. */
+  TEMPORAL_TLS_CA: readableFile.optional(),
+  /** Name checked against the frontend's certificate, when it differs from TEMPORAL_ADDRESS's host. */
+  TEMPORAL_TLS_SERVER_NAME: z.string().min(1).max(253).optional(),
+  /** Temporal Cloud API key (sent as a bearer token; turns TLS on). */
+  TEMPORAL_API_KEY: z.string().min(1).optional(),
   DHM_HOME: z.string().min(1).default(path.join(PROJECT_ROOT, '.dhm')),
   DHM_TOOLS_DIR: z.string().min(1).default(path.join(PROJECT_ROOT, '.tools')),
   DHM_PG_PORT: port.default(54329),
@@ -38,12 +61,31 @@ export const envSchema = z.object({
   /** Shared secret every agent request must carry; generated per run when unset. */
   DHM_AGENT_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   DHM_FLEET_FILE: z.string().min(1).optional(),
+  /** `dhm agents`: the address agents bind (0.0.0.0 in a container) and the host name others reach them by. */
+  DHM_AGENT_HOST: z.string().min(1).default('127.0.0.1'),
+  DHM_AGENT_ADVERTISE_HOST: z
+    .string()
+    .regex(/^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$/, 'must be a host name or an address')
+    .optional(),
+  /** worker, scheduler, agents: the ops HTTP server (/healthz, /readyz, /metrics); unset = none. The API serves them on its own port. */
+  DHM_METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+  DHM_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
+  /** worker: the Temporal SDK's own Prometheus exporter (worker slots, polls, task latencies); unset = off. */
+  DHM_TEMPORAL_METRICS_PORT: port.optional(),
   /** The sim's speed-up over real time (100 = a simulated 100 s take 1 s). */
   DHM_TIME_SCALE: z.coerce.number().positive().max(100_000).default(50),
   /** Where the CLI finds the API (default: what `dhm up` wrote to .dhm/credentials.json). */
   DHM_API_URL: urlWithScheme(['http', 'https']).optional(),
   DHM_TOKEN: z.string().min(1).optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+}).superRefine((env, ctx) => {
+  // The pairs and combinations that only make sense together, each reported under the variable to fix.
+  if (env.TEMPORAL_TLS_CERT && !env.TEMPORAL_TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TEMPORAL_TLS_KEY'], message: 'required with TEMPORAL_TLS_CERT' });
+  if (env.TEMPORAL_TLS_KEY && !env.TEMPORAL_TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TEMPORAL_TLS_CERT'], message: 'required with TEMPORAL_TLS_KEY' });
+  if (env.TEMPORAL_TLS === false && (env.TEMPORAL_TLS_CERT || env.TEMPORAL_TLS_CA || env.TEMPORAL_TLS_SERVER_NAME || env.TEMPORAL_API_KEY))
+    ctx.addIssue({ code: 'custom', path: ['TEMPORAL_TLS'], message: 'is false, but TLS settings or TEMPORAL_API_KEY are set (they need TLS)' });
+  if (env.DHM_METRICS_PORT !== undefined && env.DHM_METRICS_PORT !== 0 && env.DHM_METRICS_PORT === env.DHM_TEMPORAL_METRICS_PORT)
+    ctx.addIssue({ code: 'custom', path: ['DHM_TEMPORAL_METRICS_PORT'], message: 'must differ from DHM_METRICS_PORT' });
 });
 export type Env = z.infer<typeof envSchema>;
 
@@ -64,7 +106,8 @@ export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const name = String(issue.path[0]);
-    throw new UserFacingError(`${name}: ${issue.message} (got ${JSON.stringify(redact(name, picked[name]))})`, name);
+    const got = picked[name] === undefined ? 'not set' : `got ${JSON.stringify(redact(name, picked[name]))}`;
+    throw new UserFacingError(`${name}: ${issue.message} (${got})`, name);
   }
   return parsed.data;
 }

@@ -40,6 +40,8 @@ export const migrationPolicySchema = z
     /** Per-stream cap in bytes/s; omitted: the link decides. */
     bandwidthCapBps: z.number().positive().max(1e12).optional(),
     autoConverge: z.boolean().default(false),
+    /** Auto-converge only for the VMs whose dirty rate reaches this (MiB/s); `autoConverge: true` still means every VM. */
+    autoConvergeAboveDirtyRateMiBps: z.number().min(0).max(1e6).optional(),
     onVmFailure: z.enum(ON_VM_FAILURE).default('rollback'),
     order: z.enum(VM_ORDERS).default('largest-first'),
     /** How long to wait for a matching free server before giving up (0: fail at once). */

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { observeHttp, type Metrics } from '../common/metrics';
 import { resourcesSchema, type Resources } from '../common/resources';
 import { paths } from './agent-api';
 import { errorBody, parseOr400, registerAgentRoutes } from './agent-routes';
@@ -23,6 +24,8 @@ export interface StartAgentOptions {
   /** Simulated time runs this many times faster than real time. Default 1. */
   timeScale?: number;
   host?: string;
+  /** The host name other processes reach this agent by (its URL); default: `host`, or loopback for a wildcard bind. */
+  advertiseHost?: string;
   /** 0 lets the OS choose. */
   port?: number;
   /** When set, every request but /healthz must carry `Authorization: Bearer <secret>`; agents use it with each other too. */
@@ -31,6 +34,8 @@ export interface StartAgentOptions {
   backend?: 'sim' | 'qemu';
   /** Options of the `qemu` backend; ignored by `sim`. */
   qemu?: QemuAgentOptions;
+  /** HTTP requests served are counted here when given (`service="agent"`). */
+  metrics?: Metrics;
   logger: Logger;
 }
 
@@ -42,6 +47,8 @@ export interface RunningAgent {
 }
 
 export const DEFAULT_STREAM_CAP_FRACTION = 0.4;
+/** Readiness, like /healthz public (no secret): probes carry none. */
+const READYZ = '/readyz';
 
 const startAgentOptionsSchema = z.object({
   serverId: z.string().min(1),
@@ -50,6 +57,7 @@ const startAgentOptionsSchema = z.object({
   streamCapFraction: z.number().gt(0).max(1).default(DEFAULT_STREAM_CAP_FRACTION),
   timeScale: z.number().positive().max(1e7).default(1),
   host: z.string().min(1).default('127.0.0.1'),
+  advertiseHost: z.string().min(1).optional(),
   port: z.number().int().min(0).max(65535).default(0),
   secret: z.string().min(1).optional(),
   backend: z.enum(['sim', 'qemu']).default('sim'),
@@ -58,7 +66,7 @@ const startAgentOptionsSchema = z.object({
 
 /** Starts one host agent (one physical server) on its own port. Several may run in one process. */
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
-  const { logger: parentLogger, ...config } = options;
+  const { logger: parentLogger, metrics, ...config } = options;
   const opts = parseConfig(config);
   const bootId = randomUUID();
   const logger = parentLogger.child({ component: 'agent', serverId: opts.serverId, bootId });
@@ -95,7 +103,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     // An "unreachable" agent still takes the faults route, so a test can make it reachable again.
     if (backend.faults().unreachable && path !== paths.faults)
       return reply.code(503).send(errorBody('AGENT_UNAVAILABLE', `agent ${opts.serverId} is unreachable (injected fault)`));
-    if (opts.secret !== undefined && path !== paths.healthz && !bearerMatches(req.headers.authorization, opts.secret))
+    if (opts.secret !== undefined && path !== paths.healthz && path !== READYZ && !bearerMatches(req.headers.authorization, opts.secret))
       return reply.code(401).send(errorBody('UNAUTHORIZED', 'missing or wrong bearer secret'));
   });
 
@@ -114,6 +122,11 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     reply.code(404).send(errorBody('NO_SUCH_ROUTE', `no route ${req.method} ${req.url.split('?')[0]}`)),
   );
 
+  if (metrics) app.addHook('onResponse', async (req, reply) => observeHttp(metrics, 'agent', req, reply.statusCode, reply.elapsedTime / 1000));
+  // Ready: listening and not stopping (the backend keeps its VMs in this process; it has no other dependency).
+  let closing = false;
+  app.get(READYZ, { logLevel: 'warn' }, async (_req, reply) => (closing ? reply.code(503).send({ ok: false, status: 'stopping' }) : { ok: true, serverId: opts.serverId, bootId }));
+
   registerAgentRoutes(app, backend, {
     serverId: opts.serverId,
     bootId,
@@ -129,7 +142,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   }
   const address = app.server.address();
   if (address === null || typeof address === 'string') throw new Error('agent did not bind a TCP port');
-  url = `http://${urlHost(opts.host)}:${address.port}`;
+  url = `http://${opts.advertiseHost ? urlHost(opts.advertiseHost) : urlHost(opts.host)}:${address.port}`;
   logger.info({ url, timeScale: opts.timeScale, nicBandwidthBps: opts.nicBandwidthBps }, 'host agent started');
 
   let stopping: Promise<void> | undefined;
@@ -139,6 +152,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     bootId,
     stop: () =>
       (stopping ??= (async () => {
+        closing = true;
         // Backend first: parked guest operations are answered before the server waits for open requests.
         await backend.close();
         await app.close();

@@ -1,5 +1,6 @@
 import { Client, type Pool } from 'pg';
 import type { Logger } from '../common/logger';
+import type { Metrics } from '../common/metrics';
 import { createAgentClient } from '../compute/agent-client';
 import type { Inventory } from '../inventory';
 
@@ -14,11 +15,15 @@ export interface SchedulerOptions {
   sweepIntervalMs?: number;
   /** A claim older than this is taken to belong to a dead scheduler and may be claimed again. */
   staleClaimMs?: number;
+  /** De-provisionings done and failed are counted here when given. */
+  metrics?: Metrics;
 }
 
 export interface RunningScheduler {
   /** Handles whatever is pending now; resolves with how many jobs it completed. */
   drain(): Promise<number>;
+  /** Whether the LISTEN connection is up (readiness; without it the scheduler still works from the sweep, late). */
+  listening(): boolean;
   stop(): Promise<void>;
 }
 
@@ -47,9 +52,11 @@ export async function startScheduler(opts: SchedulerOptions): Promise<RunningSch
           await agent.teardownIncarnation(job.incarnationId);
           await inventory.completeDeprovisionJob({ jobId: job.id, schedulerId });
           done++;
+          opts.metrics?.deprovisions.inc({ outcome: 'done' });
           logger.info({ jobId: job.id, serverId: job.serverId, incarnationId: job.incarnationId, afterState: job.afterState }, 'de-provisioned server');
         } catch (err) {
           // Left claimed: once the claim goes stale a sweep (here or in another scheduler) tries again.
+          opts.metrics?.deprovisions.inc({ outcome: 'failed' });
           logger.warn({ err, jobId: job.id, serverId: job.serverId }, 'de-provisioning failed; will retry');
         }
       }
@@ -101,6 +108,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<RunningSch
   void wake(); // rows written while no scheduler was running
 
   return {
+    listening: () => listener !== null,
     drain: async () => {
       let total = 0;
       for (;;) {

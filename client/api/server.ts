@@ -2,6 +2,9 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import { UserFacingError } from '../../common/errors';
+import { createMetrics, observeHttp, type Metrics } from '../../common/metrics';
+import { runReadiness } from '../../common/ops-server';
+import type { HostService } from '../host-service';
 import { type ApiContext, type ApiDeps, type Principal } from './context';
 import { ApiError, internalError, toErrorResponse } from './errors';
 import { createIdempotencyStore } from './idempotency';
@@ -60,7 +63,7 @@ export function parseJsonBody(text: string): unknown {
  * any id is read, so it says nothing about whether an object exists; on shared routes another tenant's object
  * answers 404 exactly like a missing one. The authorization header is redacted from every log line.
  */
-export function buildApiServer(deps: ApiDeps): FastifyInstance {
+export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyInstance {
   if (typeof deps.operatorToken !== 'string' || deps.operatorToken.length < 16)
     throw new UserFacingError('DHM_OPERATOR_TOKEN: the operator token must have at least 16 characters', 'DHM_OPERATOR_TOKEN');
   const logger = deps.logger.child(
@@ -78,7 +81,9 @@ export function buildApiServer(deps: ApiDeps): FastifyInstance {
       void (reply as unknown as FastifyReply).code(400).send({ error: { code: 'INVALID_INPUT', message, field: 'url' } });
     },
   });
-  const ctx: ApiContext = { ...deps, logger, idempotency: createIdempotencyStore(deps.pool, deps.operatorToken) };
+  // Without a registry of its own (tests, `dhm up`), the counters still work; process metrics are left to services.
+  const metrics = deps.metrics ?? createMetrics({ role: 'api', defaultMetrics: false });
+  const ctx: ApiContext = { ...deps, hostService: timedHostService(deps.hostService, metrics), logger, idempotency: createIdempotencyStore(deps.pool, deps.operatorToken) };
   const operatorDigest = sha256(deps.operatorToken);
 
   const authenticate = async (header: string | undefined): Promise<Principal | null> => {
@@ -126,6 +131,27 @@ export function buildApiServer(deps: ApiDeps): FastifyInstance {
     reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}` } }),
   );
 
+  // Operations: request counts and latencies by route pattern; migrations started and cancels accepted (202, not an
+  // idempotent replay); /readyz (Postgres and Temporal answer) and /metrics, public like /healthz.
+  app.addHook('onResponse', async (req, reply) => {
+    observeHttp(metrics, 'api', req, reply.statusCode, reply.elapsedTime / 1000);
+    if (reply.statusCode !== 202 || reply.getHeader('idempotent-replayed')) return;
+    if (req.routeOptions.url === routes.startMigration.url) metrics.migrationsStarted.inc();
+    else if (req.routeOptions.url === routes.cancelMigration.url) metrics.migrationCancelsRequested.inc();
+  });
+  app.get('/readyz', { logLevel: 'warn' }, async (_req, reply) => {
+    const { client } = deps.temporal;
+    const { ok, checks } = await runReadiness({
+      postgres: async () => void (await deps.pool.query('SELECT 1')),
+      temporal: async () => void (await client.withDeadline(Date.now() + 2_000, () => client.workflowService.getSystemInfo({}))),
+    });
+    if (!ok) reply.log.warn({ checks }, 'not ready');
+    return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'unavailable', checks });
+  });
+  app.get('/metrics', { logLevel: 'warn' }, async (_req, reply) =>
+    reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
+  );
+
   const openapi = buildOpenApiDocument();
   register(app, routes.openapi, async (_req, reply) => reply.send(openapi));
   registerHealthRoutes(app, ctx);
@@ -144,10 +170,11 @@ export interface RunningApiServer {
 }
 
 /** Builds the API and listens (default 127.0.0.1; port 0 picks a free one). */
-export async function startApiServer(deps: ApiDeps & { host?: string; port: number }): Promise<RunningApiServer> {
+export async function startApiServer(deps: ApiDeps & { host?: string; port: number; metrics?: Metrics }): Promise<RunningApiServer> {
   const app = buildApiServer(deps);
   const host = deps.host ?? '127.0.0.1';
-  await app.listen({ host, port: deps.port });
+  // A burst of clients (1,000 at once in the hostile-input test) must queue, not be reset: Node's default is 511.
+  await app.listen({ host, port: deps.port, backlog: 4096 });
   const { port } = app.server.address() as AddressInfo;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
   app.log.info({ url }, 'API listening');
@@ -158,4 +185,25 @@ export async function startApiServer(deps: ApiDeps & { host?: string; port: numb
       await app.close();
     },
   };
+}
+
+/**
+ * Tenant VM requests timed by the path they took: `migration` is the workflow Update on a migrating host (the update
+ * latency), `normal` the inventory and the agent. A failed request is `outcome="error"`, `path="unknown"`.
+ */
+function timedHostService(hostService: HostService, metrics: Metrics): HostService {
+  const timed =
+    <A, R extends { via: string }>(operation: string, fn: (a: A) => Promise<R>) =>
+    async (a: A): Promise<R> => {
+      const end = metrics.tenantRequestDuration.startTimer({ operation });
+      try {
+        const r = await fn(a);
+        end({ path: r.via, outcome: 'ok' });
+        return r;
+      } catch (err) {
+        end({ path: 'unknown', outcome: 'error' });
+        throw err;
+      }
+    };
+  return { ...hostService, createVm: timed('create_vm', hostService.createVm), deleteVm: timed('delete_vm', hostService.deleteVm) };
 }

@@ -1,11 +1,13 @@
-import { Connection, Client } from '@temporalio/client';
-import { NativeConnection } from '@temporalio/worker';
+import { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { Pool } from 'pg';
 import { createAgentDirectory } from '../../activities/agent-directory';
 import { loadEnv, type Env } from '../../common/config';
 import { UserFacingError } from '../../common/errors';
 import { createLogger, type Logger } from '../../common/logger';
+import { createMetrics, type Metrics } from '../../common/metrics';
+import { startOpsServer, type ReadinessCheck } from '../../common/ops-server';
+import { connectTemporalClient, connectTemporalWorker } from '../../common/temporal-connection';
 import { installTemporalRuntime } from '../../common/temporal-runtime';
 import { startFleetAgents } from '../../compute/fleet-agents';
 import { createInventory } from '../../inventory';
@@ -40,6 +42,18 @@ function agentDirectory(env: Env, inventory: ReturnType<typeof createInventory>)
   return createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, secret: env.DHM_AGENT_SECRET });
 }
 
+/**
+ * The ops endpoints (/healthz, /readyz, /metrics) of a role without an HTTP API, on DHM_METRICS_PORT when set.
+ * Returns its stop function (a no-op when the port is unset).
+ */
+async function opsEndpoints(env: Env, logger: Logger, metrics: Metrics, readiness: Record<string, ReadinessCheck>): Promise<() => Promise<void>> {
+  if (env.DHM_METRICS_PORT === undefined) return async () => undefined;
+  const ops = await startOpsServer({ host: env.DHM_METRICS_HOST, port: env.DHM_METRICS_PORT, metrics, readiness, logger });
+  return ops.stop;
+}
+
+const postgresAnswers = (pool: Pool): ReadinessCheck => async () => void (await pool.query('SELECT 1'));
+
 /** Runs `body` until SIGTERM/SIGINT, then its stop function; exits 0 after a clean stop. */
 async function serve(name: string, body: (env: Env, logger: Logger) => Promise<() => Promise<void>>): Promise<void> {
   const env = loadEnv();
@@ -59,14 +73,24 @@ export function registerServiceCommands(program: Command): void {
     .description('run a migration worker (workflows + activities) on TEMPORAL_TASK_QUEUE; SIGTERM hands moves over')
     .action(() =>
       serve('migration-worker', async (env, logger) => {
-        installTemporalRuntime(logger);
+        const sdkMetrics = env.DHM_TEMPORAL_METRICS_PORT;
+        installTemporalRuntime(logger, sdkMetrics === undefined ? {} : { metricsBindAddress: `${bindHost(env.DHM_METRICS_HOST)}:${sdkMetrics}` });
         const { pool, inventory } = await openInventory(env, logger);
-        const connection = await NativeConnection.connect({ address: required(env, 'TEMPORAL_ADDRESS') });
-        const worker = await createMigrationWorker({ connection, namespace: env.TEMPORAL_NAMESPACE, taskQueue: env.TEMPORAL_TASK_QUEUE, inventory, agents: agentDirectory(env, inventory) });
+        const connection = await connectTemporalWorker(env);
+        const metrics = createMetrics({ role: 'worker' });
+        const worker = await createMigrationWorker({ connection, namespace: env.TEMPORAL_NAMESPACE, taskQueue: env.TEMPORAL_TASK_QUEUE, inventory, agents: agentDirectory(env, inventory), metrics });
         const running = worker.run();
+        const stopOps = await opsEndpoints(env, logger, metrics, {
+          postgres: postgresAnswers(pool),
+          temporal: async () => void (await connection.withDeadline(Date.now() + 2_000, () => connection.workflowService.getSystemInfo({}))),
+          worker: async () => {
+            if (worker.getState() !== 'RUNNING') throw new Error(`worker is ${worker.getState()}`);
+          },
+        });
         return async () => {
           if (worker.getState() === 'RUNNING') worker.shutdown();
           await running;
+          await stopOps();
           await connection.close();
           await pool.end();
         };
@@ -79,8 +103,16 @@ export function registerServiceCommands(program: Command): void {
     .action(() =>
       serve('scheduler', async (env, logger) => {
         const { pool, inventory } = await openInventory(env, logger);
-        const scheduler = await startScheduler({ inventory, databaseUrl: required(env, 'DATABASE_URL'), schedulerId: `scheduler-${process.pid}`, logger, agentSecret: env.DHM_AGENT_SECRET });
+        const metrics = createMetrics({ role: 'scheduler' });
+        const scheduler = await startScheduler({ inventory, databaseUrl: required(env, 'DATABASE_URL'), schedulerId: `scheduler-${process.pid}`, logger, agentSecret: env.DHM_AGENT_SECRET, metrics });
+        const stopOps = await opsEndpoints(env, logger, metrics, {
+          postgres: postgresAnswers(pool),
+          listen: async () => {
+            if (!scheduler.listening()) throw new Error('LISTEN connection down (sweeping only)');
+          },
+        });
         return async () => {
+          await stopOps();
           await scheduler.stop();
           await pool.end();
         };
@@ -94,11 +126,11 @@ export function registerServiceCommands(program: Command): void {
       serve('api', async (env, logger) => {
         if (!env.DHM_OPERATOR_TOKEN) throw new UserFacingError('DHM_OPERATOR_TOKEN: required for the API service', 'DHM_OPERATOR_TOKEN');
         const { pool, inventory } = await openInventory(env, logger);
-        const connection = await Connection.connect({ address: required(env, 'TEMPORAL_ADDRESS') });
+        const connection = await connectTemporalClient(env);
         const client = new Client({ connection, namespace: env.TEMPORAL_NAMESPACE });
         const temporal = { client, taskQueue: env.TEMPORAL_TASK_QUEUE };
         const hostService = createHostService({ inventory, agents: agentDirectory(env, inventory), temporal, logger });
-        const api = await startApiServer({ inventory, hostService, temporal, pool, operatorToken: env.DHM_OPERATOR_TOKEN, logger, host: env.DHM_API_HOST, port: env.DHM_API_PORT });
+        const api = await startApiServer({ inventory, hostService, temporal, pool, operatorToken: env.DHM_OPERATOR_TOKEN, logger, host: env.DHM_API_HOST, port: env.DHM_API_PORT, metrics: createMetrics({ role: 'api' }) });
         return async () => {
           await api.stop();
           await connection.close();
@@ -115,12 +147,35 @@ export function registerServiceCommands(program: Command): void {
       serve('agents', async (env, logger) => {
         const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
         const { pool, inventory } = await openInventory(env, logger);
-        const agents = await startFleetAgents(fleet, { timeScale: env.DHM_TIME_SCALE, secret: env.DHM_AGENT_SECRET, logger });
+        const metrics = createMetrics({ role: 'agents' });
+        const agents = await startFleetAgents(fleet, {
+          timeScale: env.DHM_TIME_SCALE,
+          secret: env.DHM_AGENT_SECRET,
+          logger,
+          host: env.DHM_AGENT_HOST,
+          ...(env.DHM_AGENT_ADVERTISE_HOST ? { advertiseHost: env.DHM_AGENT_ADVERTISE_HOST } : {}),
+          metrics,
+        });
         await inventory.seedFleet(fleet, new Map([...agents.agents].map(([id, a]) => [id, a.url])), { actor: 'agents' });
+        const stopOps = await opsEndpoints(env, logger, metrics, {
+          postgres: postgresAnswers(pool),
+          ...Object.fromEntries(
+            [...agents.agents.values()].map((a) => [a.serverId, async () => {
+              const r = await fetch(`${a.url}/readyz`, { signal: AbortSignal.timeout(2_000) });
+              if (!r.ok) throw new Error(`agent answers ${r.status}`);
+            }]),
+          ),
+        });
         return async () => {
+          await stopOps();
           await agents.stop();
           await pool.end();
         };
       }),
     );
+}
+
+/** The SDK's exporter takes `host:port`; an IPv6 literal needs brackets. */
+function bindHost(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
 }

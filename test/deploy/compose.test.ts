@@ -1,0 +1,164 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import { parse } from 'yaml';
+import { registerServiceCommands } from '../../client/cli/services';
+import { envSchema, loadEnv } from '../../common/config';
+import { CUSTOM_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
+import { loadFleetFile } from '../../inventory/fleet-file';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const SECRETS = { DHM_OPERATOR_TOKEN: 'compose-test-operator-token', DHM_AGENT_SECRET: 'compose-test-agent-secret' };
+
+/** Compose's variable interpolation (`${X}`, `${X:-default}`, `${X:?error}`, `$$`), enough for this file. */
+function interpolate(text: string, vars: Record<string, string>): string {
+  return text.replace(/\$\$|\$\{([A-Z0-9_]+)(?::([-?])([^}]*))?\}/g, (all, name: string | undefined, op: string | undefined, arg: string | undefined) => {
+    if (all === '$$') return '$';
+    const v = vars[name!];
+    if (v !== undefined && v !== '') return v;
+    if (op === '-') return arg ?? '';
+    throw new Error(`compose variable ${name} is required: ${arg ?? ''}`);
+  });
+}
+
+type Service = {
+  image?: string;
+  build?: unknown;
+  command?: string[];
+  entrypoint?: string[];
+  environment?: Record<string, string>;
+  ports?: string[];
+  expose?: string[];
+  depends_on?: Record<string, { condition: string }>;
+  healthcheck?: { test: string[] };
+  restart?: string;
+};
+
+function loadCompose(vars: Record<string, string>): { services: Record<string, Service> } {
+  const text = fs.readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8');
+  return parse(interpolate(text, vars), { merge: true });
+}
+
+/** The port a `/readyz` health check probes (`fetch('http://127.0.0.1:PORT/readyz')`). */
+const probedPort = (s: Service) => Number(/127\.0\.0\.1:(\d+)\/readyz/.exec(s.healthcheck?.test.join(' ') ?? '')?.[1]);
+
+describe('docker-compose.yml against the code', () => {
+  const compose = loadCompose(SECRETS);
+  const services = compose.services;
+  const dhm = Object.entries(services).filter(([, s]) => s.build !== undefined || s.image?.startsWith('dhm:'));
+  const program = new Command('dhm');
+  registerServiceCommands(program);
+  const roles = new Map(program.commands.map((c) => [c.name(), c]));
+  const roleOf = (s: Service) => s.command![0]!;
+  const byRole = (role: string) => dhm.filter(([, s]) => roleOf(s) === role);
+
+  test('the secrets must be given: compose refuses to start without them', () => {
+    expect(() => loadCompose({})).toThrow(/DHM_AGENT_SECRET|DHM_OPERATOR_TOKEN/);
+  });
+
+  test('the dhm roles: an api, two workers, a scheduler and the agents, all from the one image', () => {
+    expect(dhm.map(([, s]) => roleOf(s)).sort()).toEqual(['agents', 'api', 'scheduler', 'worker', 'worker']);
+    expect(new Set(dhm.map(([, s]) => s.image)).size).toBe(1);
+  });
+
+  test.each(dhm.map(([name]) => name))('%s runs a real dhm subcommand with options it knows', (name) => {
+    const [role, ...args] = services[name]!.command!;
+    const cmd = roles.get(role!);
+    expect(cmd).toBeDefined();
+    const known = new Set(cmd!.options.map((o) => o.long));
+    for (const a of args.filter((x) => x.startsWith('--'))) expect(known).toContain(a);
+  });
+
+  test.each(dhm.map(([name]) => name))('%s: every variable it sets is one the config accepts, with a valid value', (name) => {
+    const env = services[name]!.environment!;
+    const keys = Object.keys(envSchema.shape);
+    for (const k of Object.keys(env)) expect(keys).toContain(k);
+    const parsed = loadEnv(env);
+    // Both databases are separate: dhm's own Postgres, never Temporal's.
+    expect(new URL(parsed.DATABASE_URL!).hostname).toBe('dhm-postgres');
+    expect(parsed.TEMPORAL_ADDRESS).toBe('temporal:7233');
+    expect(parsed.DHM_AGENT_SECRET).toBe(SECRETS.DHM_AGENT_SECRET);
+  });
+
+  test('ports: the API listens where it is published and probed; ops endpoints where probed', () => {
+    const [[, api]] = byRole('api') as [[string, Service]];
+    const env = loadEnv(api.environment);
+    expect(env.DHM_API_HOST).toBe('0.0.0.0');
+    expect(api.ports!.map((p) => Number(p.split(':').pop()))).toEqual([env.DHM_API_PORT]);
+    expect(probedPort(api)).toBe(env.DHM_API_PORT);
+    for (const [name, s] of [...byRole('worker'), ...byRole('scheduler'), ...byRole('agents')]) {
+      const e = loadEnv(s.environment);
+      expect({ name, host: e.DHM_METRICS_HOST }).toEqual({ name, host: '0.0.0.0' });
+      expect({ name, port: probedPort(s) }).toEqual({ name, port: e.DHM_METRICS_PORT });
+      expect(s.expose).toContain(String(e.DHM_METRICS_PORT));
+      if (roleOf(s) === 'worker') expect(s.expose).toContain(String(e.DHM_TEMPORAL_METRICS_PORT));
+    }
+    const db = services['dhm-postgres']!.environment!;
+    const url = new URL(loadEnv(api.environment).DATABASE_URL!);
+    expect([url.username, url.password, url.pathname.slice(1)]).toEqual([db.POSTGRES_USER, db.POSTGRES_PASSWORD, db.POSTGRES_DB]);
+  });
+
+  test('agents: the fleet file exists, its agent ports are exposed, agents bind 0.0.0.0 and advertise the service name', () => {
+    const [[name, agents]] = byRole('agents') as [[string, Service]];
+    const fleetArg = agents.command![agents.command!.indexOf('--fleet') + 1]!;
+    const fleet = loadFleetFile(path.join(ROOT, fleetArg));
+    expect(fleet.servers.length).toBeGreaterThanOrEqual(3);
+    const ports = fleet.servers.map((s) => s.agentPort);
+    expect(ports.every((p) => p > 0)).toBe(true);
+    expect(new Set(ports).size).toBe(ports.length);
+    for (const p of ports) expect(agents.expose).toContain(String(p));
+    const env = loadEnv(agents.environment);
+    expect(env.DHM_AGENT_HOST).toBe('0.0.0.0');
+    expect(env.DHM_AGENT_ADVERTISE_HOST).toBe(name);
+    expect(ports).not.toContain(env.DHM_METRICS_PORT);
+    // The image carries the file (Dockerfile COPY).
+    expect(fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8')).toContain(`COPY ${fleetArg} ./${fleetArg}`);
+  });
+
+  test('depends_on: each role waits for what it needs, and every awaited service can report it', () => {
+    const needs: Record<string, string[]> = {
+      api: ['dhm-postgres', 'temporal-setup', 'agents'],
+      worker: ['dhm-postgres', 'temporal-setup', 'agents'],
+      scheduler: ['dhm-postgres', 'agents'],
+      agents: ['dhm-postgres'],
+    };
+    for (const [name, s] of dhm) {
+      for (const dep of needs[roleOf(s)]!) expect({ name, dep, has: s.depends_on?.[dep] !== undefined }).toEqual({ name, dep, has: true });
+    }
+    for (const [name, s] of Object.entries(services)) {
+      for (const [dep, { condition }] of Object.entries(s.depends_on ?? {})) {
+        expect(services[dep]).toBeDefined();
+        if (condition === 'service_healthy') expect({ name, dep, healthcheck: services[dep]!.healthcheck !== undefined }).toEqual({ name, dep, healthcheck: true });
+        else expect({ name, dep, condition, restart: services[dep]!.restart }).toEqual({ name, dep, condition: 'service_completed_successfully', restart: 'no' });
+      }
+    }
+    // Temporal: persistence in its own Postgres, the schema job before the server, the set-up job after it.
+    expect(services.temporal!.depends_on).toMatchObject({ 'temporal-postgres': { condition: 'service_healthy' }, 'temporal-schema': { condition: 'service_completed_successfully' } });
+    expect(services.temporal!.environment).toMatchObject({ DB: 'postgres12', POSTGRES_SEEDS: 'temporal-postgres' });
+    expect(services['temporal-setup']!.depends_on).toMatchObject({ temporal: { condition: 'service_healthy' } });
+    expect(services['temporal-ui']).toBeDefined();
+  });
+
+  test('the custom search attributes are registered at start, as Keyword', () => {
+    const script = services['temporal-setup']!.command!.join('\n');
+    for (const name of Object.keys(CUSTOM_SEARCH_ATTRIBUTES)) expect(script).toContain(name);
+    expect(new Set(Object.values(CUSTOM_SEARCH_ATTRIBUTES))).toEqual(new Set(['Keyword']));
+    expect(script).toContain('--type Keyword');
+  });
+
+  test('the Dockerfile: multi-stage, production dependencies, non-root, dhm as the entry point, the run-time files', () => {
+    const df = fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+    expect(df.match(/^FROM /gm)!.length).toBeGreaterThanOrEqual(2);
+    expect(df).toContain('RUN npm run build');
+    expect(df).toContain('npm ci --omit=dev');
+    expect(df).toMatch(/^USER (?!root)\S+/m);
+    expect(df).toContain('ENTRYPOINT ["node", "bin/dhm.js"]');
+    for (const p of ['inventory/migrations', 'inventory/fleets']) expect(df).toContain(`COPY ${p} ./${p}`);
+  });
+
+  const composeCli = spawnSync('docker-compose', ['version', '--short'], { encoding: 'utf8' });
+  (composeCli.status === 0 ? test : test.skip)('docker-compose itself accepts the file', () => {
+    execFileSync('docker-compose', ['-f', path.join(ROOT, 'docker-compose.yml'), 'config', '-q'], { env: { ...process.env, ...SECRETS }, stdio: 'pipe' });
+  });
+});

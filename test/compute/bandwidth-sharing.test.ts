@@ -25,7 +25,12 @@ describe('two concurrent migrations from one server share its NIC', () => {
 
     const before = performance.now();
     await Promise.all([start('a'), start('b')]);
-    // δ: how much later (simulated) the second stream joined. It cannot exceed the wall time both requests took.
+    // A job is accepted before its stream joins the link (the target agent is asked first): wait until both stream.
+    await waitFor('both streams sending', async () => {
+      const [a, b] = await Promise.all([source.client.getMigration('job-a'), source.client.getMigration('job-b')]);
+      return a!.bytesSent > 0 && b!.bytesSent > 0 ? true : undefined;
+    });
+    // δ: how much later (simulated) the second stream joined. It cannot exceed the wall time until both were streaming.
     const deltaBoundMs = (performance.now() - before) * timeScale;
 
     // Mid-run, far from either end, both report half the NIC.

@@ -12,6 +12,7 @@ import {
   upsertSearchAttributes,
   workflowInfo,
   allHandlersFinished,
+  patched,
   ActivityCancellationType,
   ActivityFailure,
   CancelledFailure,
@@ -41,7 +42,7 @@ import {
 import { describeZodError } from '../common/errors';
 import { DedicatedHostIdKey, MigrationPhaseKey, SourceServerIdKey, TargetServerIdKey } from '../common/search-attributes';
 import { renderMigrationDetails } from './details';
-import { orderVms } from './vm-order';
+import { autoConvergeFor, orderVms } from './vm-order';
 import {
   deleteVmSignal,
   deleteVmUpdate,
@@ -65,8 +66,12 @@ const NON_RETRYABLE = [
 
 const retry: RetryPolicy = { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '20s', nonRetryableErrorTypes: NON_RETRYABLE };
 
-/** Short inventory/agent steps. Retried until they succeed unless the error says a retry cannot help. */
-const steps = proxyActivities<MigrationActivities>({ startToCloseTimeout: '2 minutes', retry });
+/**
+ * Short inventory/agent steps. Retried until they succeed unless the error says a retry cannot help. They do not
+ * heartbeat, so the timeout is what notices a worker that died mid-step: keep it short (fault tests saw 2 minutes lost
+ * per kill with a 2-minute timeout); every step is idempotent, so a retry after a slow success is harmless.
+ */
+const steps = proxyActivities<MigrationActivities>({ startToCloseTimeout: '30 seconds', retry });
 
 /**
  * One VM's live migration: long, heartbeating (so a lost worker is noticed in seconds and the move resumes on another
@@ -294,6 +299,7 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
     vm.jobId = jobIdFor(vm, 'out');
     vm.error = undefined;
     changed();
+    const autoConverge = autoConvergeFor(policy, vm, forceAutoConverge.has(vm.vmId));
     const scope = new CancellationScope();
     cancelMove.set(vm.vmId, () => scope.cancel());
     try {
@@ -307,7 +313,7 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
             to: target,
             maxDowntimeMs: policy.maxDowntimeMs,
             bandwidthCapBps: policy.bandwidthCapBps,
-            autoConverge: policy.autoConverge || forceAutoConverge.has(vm.vmId),
+            autoConverge,
           },
         ]),
       );
@@ -329,7 +335,7 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
         const cause = (err as { cause?: ApplicationFailure }).cause;
         const type = cause?.type ?? 'Error';
         vm.error = `${type}: ${cause?.message ?? (err as Error).message}`;
-        if (type === FailureTypes.NotConverging && policy.onVmFailure === 'retry-with-auto-converge' && !forceAutoConverge.has(vm.vmId) && !policy.autoConverge) {
+        if (type === FailureTypes.NotConverging && policy.onVmFailure === 'retry-with-auto-converge' && !autoConverge) {
           forceAutoConverge.add(vm.vmId);
           vm.state = 'pending';
           log.warn('VM did not converge; it will be retried with auto-converge', { vmId: vm.vmId });
@@ -367,7 +373,11 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
         if (failure !== undefined) return 'done';
         if (!nextToMove()) {
           // Requests in flight may still change the set of VMs (a delete cancelling a move puts it back first).
-          await condition(allHandlersFinished);
+          // Only those already in flight: with nothing left to move, a later request can only touch the clone, and
+          // waiting for *all* handlers would never end while tenants keep sending requests (found by
+          // test/faults/races.test.ts: the migration never reached finalize under continuous load).
+          if (patched('moves-done-waits-for-earlier-requests-only')) await Promise.allSettled([...inFlightRequests.values()]);
+          else await condition(allHandlersFinished);
           if (!nextToMove() && !st.vms.some((v) => v.state === 'moving')) return 'done';
           continue;
         }

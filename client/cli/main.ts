@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { UserFacingError } from '../../common/errors';
 import { ApiRequestError } from './api-client';
+import { registerCheckCommand } from './check';
 import { registerApiCommands } from './commands';
 import { registerDemoCommand } from './demo';
 import { registerServiceCommands } from './services';
@@ -16,6 +17,7 @@ export function main(argv: string[]): void {
   registerDemoCommand(program);
   registerApiCommands(program);
   registerServiceCommands(program);
+  registerCheckCommand(program);
   program.parseAsync(argv, { from: 'user' }).catch((err: unknown) => {
     if (err instanceof CommanderError) process.exit(err.exitCode);
     if (err instanceof ApiRequestError) {

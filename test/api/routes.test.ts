@@ -647,7 +647,8 @@ describe('HTTP API routes', () => {
         'migration completed',
         async () => {
           const r = await t.call('GET', `/v1/migrations/${start.body.id}`, { token: op });
-          return r.status === 200 && r.body.phase === 'completed' ? r : null;
+          // The phase says completed a moment before the workflow execution itself closes: wait for both.
+          return r.status === 200 && r.body.phase === 'completed' && r.body.workflowStatus === 'COMPLETED' ? r : null;
         },
         60_000,
         100,

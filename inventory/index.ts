@@ -2,7 +2,8 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { Pool, PoolClient } from 'pg';
 import { z } from 'zod';
 import { fleetSchema, idSchema, type Fleet } from '../common/fleet';
-import { fits, resourcesSchema, shortfall, subtractResources, type Resources } from '../common/resources';
+import { resourcesSchema, shortfall, subtractResources, type Resources } from '../common/resources';
+import { targetMismatch } from '../common/target-match';
 import {
   audit,
   pgConstraint,
@@ -854,20 +855,11 @@ export function createInventory(pool: Pool): Inventory {
           target = await serverRow(c, p.targetServerId, true);
           if (!target) throw notFound('physical server', p.targetServerId, 'targetServerId');
           const why =
-            target.id === m.source_server_id
-              ? 'is the source server of this migration'
-              : target.zone !== host.zone
-                ? `is in zone ${target.zone}, the host is in zone ${host.zone}`
-                : target.resource_class !== host.resource_class
-                  ? `is of resource class ${target.resource_class}, the host is ${host.resource_class}`
-                  : !fits(need, resOf(target))
-                    ? (() => {
-                        const k = shortfall(need, resOf(target!))!;
-                        return `is too small: ${k} ${resOf(target!)[k]} < the host's ${need[k]}`;
-                      })()
-                    : target.state !== 'available'
-                      ? `is not available (it is ${target.state})`
-                      : null;
+            targetMismatch(
+              { zone: host.zone, resourceClass: host.resource_class, capacity: need },
+              { id: target.id, zone: target.zone, resourceClass: target.resource_class, capacity: resOf(target) },
+              m.source_server_id,
+            ) ?? (target.state !== 'available' ? `is not available (it is ${target.state})` : null);
           if (why)
             throw new InventoryError('INVALID_INPUT', `targetServerId: server ${target.id} ${why}`, 'targetServerId');
         } else {

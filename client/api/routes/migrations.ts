@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { z } from 'zod';
 import { migrationIdFor, TERMINAL_PHASES } from '../../../common/migration';
 import { fits } from '../../../common/resources';
+import { targetMismatch } from '../../../common/target-match';
 import { DedicatedHostIdKey, MigrationPhaseKey } from '../../../common/search-attributes';
 import { isInventoryError, type HostView } from '../../../inventory';
 import { statusQuery } from '../../../workflows/messages';
@@ -46,16 +47,7 @@ export function registerMigrationRoutes(app: FastifyInstance, ctx: ApiContext): 
         if (isInventoryError(err, 'NOT_FOUND')) throw new ApiError(400, 'INVALID_INPUT', `targetServerId: no physical server ${targetServerId}`, 'targetServerId');
         throw err;
       });
-      const why =
-        srv.id === host.serverId
-          ? 'is the host’s current server'
-          : srv.zone !== host.zone
-            ? `is in zone ${srv.zone}, the host is in zone ${host.zone}`
-            : srv.resourceClass !== host.resourceClass
-              ? `is of resource class ${srv.resourceClass}, the host is ${host.resourceClass}`
-              : !fits(host.capacity, srv.capacity)
-                ? 'is smaller than the host'
-                : null;
+      const why = targetMismatch(host, srv, host.serverId);
       if (why) throw new ApiError(400, 'INVALID_INPUT', `targetServerId: server ${srv.id} ${why}`, 'targetServerId');
       if (srv.state !== 'available') throw new ApiError(409, 'WRONG_STATE', `targetServerId: server ${srv.id} is ${srv.state}, not available`, 'targetServerId');
       return;

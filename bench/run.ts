@@ -1,0 +1,400 @@
+/**
+ * dhm's benchmarks: `npm run bench` (full) or `npm run bench -- --quick` (CI, a few minutes).
+ *
+ *   1. Host evacuation makespan on the sim's pre-copy model, dhm's schedule against the reference systems' schedules.
+ *   2. Orchestration overhead on the real dev stack: ms and history events per VM.
+ *   3. Tenant request latency during a 100-VM migration against the normal path.
+ *   4. Fleet throughput: N hosts × 10 VMs at once, until errors; where it saturates and why.
+ *   5. The qemu backend (real VMs), when its tools are set up.
+ *
+ * Prints a table, writes bench/results/<date>.json (quick: <date>.quick.json; --out PATH overrides) and the chart
+ * next to it (.svg). Exits non-zero only if a figure could not be computed — never because a target was missed.
+ * Options: --quick, --out PATH, --only 1,2,3 (a subset, for development), --seed N.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { makespanChart } from './report/chart';
+import { fmt, markdownTable, textTable, type Cell } from './report/format';
+import { DEFAULT_LINK, LOWER_BOUND_TARGET, runEvacuationBench, type EvacuationBenchResult } from './sim/benchmark';
+import { SCHEDULE_NAMES } from './sim/schedules';
+import { benchFleetThroughput, type FleetThroughputFigures } from './system/fleet-throughput';
+import { benchOverhead, type OverheadFigures } from './system/overhead';
+import { benchQemu, qemuAvailability, type QemuFigures } from './system/qemu';
+import { startBenchStack, type BenchStack } from './system/stack';
+import { benchTenantLatency, type TenantLatencyFigures } from './system/tenant-latency';
+
+interface Args {
+  quick: boolean;
+  out?: string;
+  only: Set<number>;
+  seed: number;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { quick: false, only: new Set([1, 2, 3, 4, 5]), seed: 1 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (a === '--quick') args.quick = true;
+    else if (a === '--out') args.out = value();
+    else if (a === '--only') args.only = new Set(value().split(',').map(Number));
+    else if (a === '--seed') args.seed = Number(value());
+    else if (a === '--help' || a === '-h') {
+      console.log('usage: npm run bench -- [--quick] [--out results.json] [--only 1,2,3,4,5] [--seed N]');
+      process.exit(0);
+    } else throw new Error(`unknown option ${a} (try --help)`);
+  }
+  if (!Number.isInteger(args.seed) || args.seed < 0) throw new Error('--seed must be a non-negative integer');
+  return args;
+}
+
+/** What each mode runs. Quick keeps CI to a few minutes; the full run adds the 500-VM host and a longer sweep. */
+function plan(quick: boolean) {
+  return {
+    evacuationSizes: [8, 32, 128],
+    robustnessSeeds: 20,
+    overheadSizes: quick ? [10, 100] : [10, 100, 500],
+    latency: { vms: 100, ratePerSecond: 2, timeScale: quick ? 4 : 1 },
+    fleetSweep: quick ? [1, 4, 8] : [1, 2, 4, 8, 16, 32, 64],
+    fleetStepLimitMs: quick ? 120_000 : 300_000,
+    workers: 2,
+  };
+}
+
+function machine() {
+  const cpus = os.cpus();
+  return {
+    cpu: cpus[0]?.model ?? 'unknown',
+    cores: cpus.length,
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+  };
+}
+
+const today = () => new Date().toISOString().slice(0, 10);
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const p = plan(args.quick);
+  const startedAt = new Date();
+  const t0 = performance.now();
+  const loadStart = os.loadavg();
+  const problems: string[] = [];
+  const durationsMs: Record<string, number> = {};
+  const timed = async <T>(name: string, fn: () => Promise<T> | T): Promise<T | undefined> => {
+    const s = performance.now();
+    try {
+      return await fn();
+    } catch (err) {
+      problems.push(`${name}: ${err instanceof Error ? err.message : String(err)}`);
+      console.error(`\n${name} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      return undefined;
+    } finally {
+      durationsMs[name] = Math.round(performance.now() - s);
+    }
+  };
+  const m = machine();
+  console.log(`dhm benchmarks (${args.quick ? 'quick' : 'full'}) — ${startedAt.toISOString()}`);
+  console.log(`machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}; load average ${loadStart.map((l) => l.toFixed(2)).join(' ')}\n`);
+
+  let b1: EvacuationBenchResult | undefined;
+  if (args.only.has(1)) {
+    b1 = await timed('bench1', () => runEvacuationBench({ sizes: p.evacuationSizes, seed: args.seed, link: DEFAULT_LINK, robustnessSeeds: p.robustnessSeeds }));
+    if (b1) console.log(renderBench1(b1, 'text'));
+  }
+
+  let b2: OverheadFigures[] | undefined;
+  let b3: TenantLatencyFigures | undefined;
+  let b4: FleetThroughputFigures | undefined;
+  let b5: QemuFigures | { skipped: string } | undefined;
+  // Benchmark 5 boots real VMs: only in the full run, and only where the qemu backend and its tools exist.
+  const qemu = args.quick ? { ok: false as const, reason: 'not run with --quick (it boots real VMs)' } : await qemuAvailability();
+  if (args.only.has(5) && !qemu.ok) b5 = { skipped: qemu.reason };
+  const needStack = [2, 3, 4].some((n) => args.only.has(n)) || (args.only.has(5) && qemu.ok);
+  let stack: BenchStack | undefined;
+  if (needStack) {
+    console.log('\nstarting Postgres, the Temporal dev server and the workers …');
+    stack = await timed('stack', async () => {
+      const s = await startBenchStack();
+      await s.setWorkers(p.workers);
+      return s;
+    });
+  }
+  try {
+    if (stack && args.only.has(2)) {
+      console.log(`\n2. Orchestration overhead (real dev server, ${p.workers} workers, moves of ~0 s)`);
+      b2 = await timed('bench2', () => benchOverhead(stack!, p.overheadSizes, console.log));
+    }
+    if (stack && args.only.has(3)) {
+      console.log(`\n3. Tenant request latency during a ${p.latency.vms}-VM migration`);
+      b3 = await timed('bench3', () => benchTenantLatency(stack!, p.latency, console.log));
+    }
+    if (stack && args.only.has(4)) {
+      console.log(`\n4. Fleet throughput (N hosts × 10 VMs at once, one dev server, ${p.workers} workers)`);
+      b4 = await timed('bench4', () => benchFleetThroughput(stack!, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log));
+    }
+    if (stack && args.only.has(5) && qemu.ok) {
+      console.log('\n5. qemu backend (a real 3-VM host)');
+      // A qemu backend that is there but does not work is reported as such, not as a failed run.
+      const s5 = performance.now();
+      b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({ skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}` }));
+      durationsMs.bench5 = Math.round(performance.now() - s5);
+    }
+  } finally {
+    if (stack) await timed('stack-stop', () => stack!.stop());
+  }
+  if (b5 && 'skipped' in b5) console.log(`\n5. qemu backend: skipped: ${b5.skipped}`);
+
+  durationsMs.total = Math.round(performance.now() - t0);
+  validate({ b1, b2, b3, b4, b5 }, args.only, problems);
+  const result = {
+    version: 1,
+    date: startedAt.toISOString(),
+    mode: args.quick ? 'quick' : 'full',
+    seed: args.seed,
+    machine: { ...m, loadAverageStart: loadStart, loadAverageEnd: os.loadavg() },
+    durationsMs,
+    bench1: b1,
+    bench2: b2,
+    bench3: b3,
+    bench4: b4,
+    bench5: b5,
+    problems,
+  };
+  const out = path.resolve(args.out ?? path.join(__dirname, 'results', `${today()}${args.quick ? '.quick' : ''}.json`));
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  const chartPath = out.replace(/\.json$/, '') + '.svg';
+  if (b1) fs.writeFileSync(chartPath, chart(b1));
+  fs.writeFileSync(out.replace(/\.json$/, '') + '.md', renderMarkdown(result));
+
+  console.log('\n' + renderSummary({ b1, b2, b3, b4, b5 }));
+  console.log(`\nwrote ${path.relative(process.cwd(), out)}${b1 ? ` and ${path.relative(process.cwd(), chartPath)}` : ''} in ${(durationsMs.total / 1000).toFixed(0)} s`);
+  if (problems.length) {
+    console.error(`\nfigures that could not be computed:\n  ${problems.join('\n  ')}`);
+    return 1;
+  }
+  return 0;
+}
+
+// ---- figures that must exist ------------------------------------------------------------------------------------
+
+function validate(r: { b1?: EvacuationBenchResult; b2?: OverheadFigures[]; b3?: TenantLatencyFigures; b4?: FleetThroughputFigures; b5?: unknown }, only: Set<number>, problems: string[]): void {
+  const need = (name: string, v: number) => {
+    if (!Number.isFinite(v)) problems.push(`${name} is ${v}`);
+  };
+  if (only.has(1) && r.b1)
+    for (const h of r.b1.hosts)
+      for (const s of SCHEDULE_NAMES) {
+        const f = h.schedules[s];
+        for (const k of ['makespanS', 'lowerBoundS', 'ratio', 'maxDowntimeMs', 'p95DowntimeMs', 'bytesSent'] as const) need(`bench1 ${h.vms} VMs ${s} ${k}`, f[k]);
+      }
+  if (only.has(2) && r.b2) for (const o of r.b2) (['msPerVm', 'eventsPerVm'] as const).forEach((k) => need(`bench2 ${o.vms} VMs ${k}`, o[k]));
+  if (only.has(3) && r.b3)
+    for (const path of ['migrating', 'normal'] as const) (['p50Ms', 'p95Ms', 'p99Ms'] as const).forEach((k) => need(`bench3 ${path} ${k}`, r.b3![path][k]));
+  if (only.has(5) && r.b5 && !('skipped' in (r.b5 as object)))
+    for (const v of (r.b5 as QemuFigures).vms) need(`bench5 ${v.vmId} downtime`, v.downtimeMs);
+  if (only.has(4) && r.b4) {
+    if (r.b4.largestCleanN < 1) problems.push('bench4: not even one host migrated without errors');
+    need('bench4 best hosts/min', r.b4.bestHostsPerMinute);
+  }
+}
+
+// ---- rendering ---------------------------------------------------------------------------------------------------
+
+const yesNo = (b: boolean) => (b ? 'yes' : 'NO');
+
+function bench1Rows(b1: EvacuationBenchResult): Cell[][] {
+  return b1.hosts.flatMap((h) =>
+    SCHEDULE_NAMES.map((name, i) => {
+      const f = h.schedules[name];
+      return [
+        i === 0 ? String(h.vms) : '',
+        i === 0 ? fmt(h.memoryGiB, 0) : '',
+        i === 0 ? fmt(h.lowerBoundS, 1) : '',
+        name,
+        fmt(f.makespanS, 1),
+        fmt(f.ratio, 3),
+        fmt(f.ratioToStreamBound, 3),
+        fmt(f.maxDowntimeMs, 0),
+        fmt(f.p95DowntimeMs, 0),
+        fmt(f.bytesRatio, 3),
+        String(f.nonConverged),
+        String(f.throttled),
+        fmt(100 * f.linkUtilisation, 0),
+      ];
+    }),
+  );
+}
+const BENCH1_HEADER = ['VMs', 'ΣM GiB', 'ΣM/B s', 'schedule', 'makespan s', '×ΣM/B', '×bound*', 'max dt ms', 'p95 dt ms', 'sent ×ΣM', 'not conv.', 'throttled', 'link %'];
+
+function renderBench1(b1: EvacuationBenchResult, kind: 'text' | 'md'): string {
+  const table = kind === 'text' ? textTable : markdownTable;
+  const l = b1.options.link;
+  const lines: string[] = [];
+  if (kind === 'text')
+    lines.push(
+      `1. Host evacuation makespan (sim pre-copy model driven in-process, seed ${b1.options.seed}, NIC ${l.nicBandwidthBps / 1e9} Gbit/s, stream cap ${l.streamCapFraction}·B, downtime limit ${l.downtimeLimitMs} ms)`,
+    );
+  lines.push(table(BENCH1_HEADER, bench1Rows(b1), 4));
+  lines.push('');
+  lines.push(`${kind === 'md' ? '\\' : ''}*bound = max(ΣM/B, largest M / S): no VM moves faster than one stream. "not conv." = first attempts that did not converge (retried with auto-converge).`);
+  for (const h of b1.hosts)
+    lines.push(
+      `${kind === 'md' ? '- ' : '  '}${h.vms} VMs: dhm within ${LOWER_BOUND_TARGET}× ΣM/B: ${yesNo(h.targets.withinLowerBound)} (${fmt(h.schedules.dhm.ratio, 3)}); no slower than the best baseline (${h.bestBaseline}, ${fmt(h.schedules[h.bestBaseline].ratio, 3)}): ${yesNo(h.targets.noWorseThanBestBaseline)}; lower p95 downtime than it (${fmt(h.schedules.dhm.p95DowntimeMs, 0)} vs ${fmt(h.schedules[h.bestBaseline].p95DowntimeMs, 0)} ms): ${yesNo(h.targets.betterP95ThanBestBaseline)}`,
+    );
+  lines.push('');
+  lines.push(kind === 'text' ? '  What each of dhm\'s choices buys (one undone at a time):' : 'What each of dhm\'s choices buys (one undone at a time):\n');
+  const abHeader = ['variant', ...b1.ablations.flatMap((a) => [`${a.vms}: ×ΣM/B`, `${a.vms}: p95 ms`, `${a.vms}: n.c./thr.`])];
+  const names = b1.ablations[0]?.rows.map((r) => r.schedule) ?? [];
+  lines.push(
+    table(
+      abHeader,
+      names.map((n, i) => [n, ...b1.ablations.flatMap((a) => [fmt(a.rows[i]!.ratio, 3), fmt(a.rows[i]!.p95DowntimeMs, 0), `${a.rows[i]!.nonConverged}/${a.rows[i]!.throttled}`])]),
+    ),
+  );
+  if (b1.robustness.length) {
+    lines.push('');
+    lines.push(kind === 'text' ? `  The same on ${b1.robustness[0]!.hosts} other seeds per size:` : `The same on ${b1.robustness[0]!.hosts} other seeds per size:\n`);
+    lines.push(
+      table(
+        ['VMs', 'dhm mean ×ΣM/B', 'dhm worst', 'worst ×bound*', 'sent ×ΣM mean/worst', `≤${LOWER_BOUND_TARGET}× ΣM/B`, `≤${LOWER_BOUND_TARGET}× bound*`, 'beats best baseline', 'best baseline mean'],
+        b1.robustness.map((r) => [
+          r.vms,
+          fmt(r.dhmMeanRatio, 3),
+          fmt(r.dhmWorstRatio, 3),
+          fmt(r.dhmWorstRatioToStreamBound, 3),
+          `${fmt(r.dhmMeanBytesRatio, 3)}/${fmt(r.dhmWorstBytesRatio, 3)}`,
+          `${fmt(100 * r.withinLowerBound, 0)} %`,
+          `${fmt(100 * r.withinStreamBound, 0)} %`,
+          `${fmt(100 * r.beatsBestBaseline, 0)} %`,
+          fmt(r.bestBaselineMeanRatio, 3),
+        ]),
+      ),
+    );
+  }
+  return lines.join('\n');
+}
+
+function renderBench2(b2: OverheadFigures[], kind: 'text' | 'md'): string {
+  const table = kind === 'text' ? textTable : markdownTable;
+  return table(
+    ['VMs', 'wall ms', 'ms/VM', 'events/VM', 'activities', 'wf tasks', 'act. wait p50/p95 ms', 'move p50/p95 ms', 'wf task p50 ms', 'SQLite call ms', 'pg place ms', 'CPU % temporal/workers/pg/agents', 'machine %'],
+    b2.map((o) => [
+      o.vms,
+      fmt(o.wallMs, 0),
+      fmt(o.msPerVm, 1),
+      fmt(o.eventsPerVm, 1),
+      o.history.activities,
+      o.history.workflowTasks,
+      `${fmt(o.history.activityScheduleToStartMs.p50, 0)}/${fmt(o.history.activityScheduleToStartMs.p95, 0)}`,
+      `${fmt(o.history.activityStartToCloseMs.p50, 0)}/${fmt(o.history.activityStartToCloseMs.p95, 0)}`,
+      fmt(o.history.workflowTaskMs.p50, 0),
+      fmt(o.temporalPersistence.meanMs, 1),
+      fmt(o.calls['inventory.moveVmPlacement']?.meanMs ?? NaN, 0),
+      `${fmt(o.cpu.temporal, 0)}/${fmt(o.cpu.workers, 0)}/${fmt(o.cpu.postgres, 0)}/${fmt(o.cpu.agentsAndBench, 0)}`,
+      `${fmt(o.cpu.machine, 0)}/${100 * o.cpu.cores}`,
+    ]),
+  );
+}
+
+function renderBench3(b3: TenantLatencyFigures, kind: 'text' | 'md'): string {
+  const table = kind === 'text' ? textTable : markdownTable;
+  const row = (name: string, s: TenantLatencyFigures['normal']) => [name, s.requests, s.errors, fmt(s.p50Ms, 0), fmt(s.p95Ms, 0), fmt(s.p99Ms, 0), fmt(s.maxMs, 0), Object.entries(s.via).map(([k, v]) => `${k} ${v}`).join(', ')];
+  return [
+    table(['path', 'requests', 'errors', 'p50 ms', 'p95 ms', 'p99 ms', 'max ms', 'served by'], [row(`host migrating (${b3.vms} VMs)`, b3.migrating), row('host not migrating', b3.normal)]),
+    `${kind === 'md' ? '\n' : '  '}${b3.ratePerSecond} requests/s on each path for the ${fmt(b3.migrationWallMs / 1000, 1)} s of the migration; p99 migrating / normal = ${fmt(b3.p99Ratio, 2)}. Machine CPU ${fmt(b3.cpu.machine, 0)} % of ${100 * b3.cpu.cores} % (dhm's processes ${fmt(b3.cpu.temporal + b3.cpu.workers + b3.cpu.postgres + b3.cpu.agentsAndBench, 0)} %).`,
+  ].join('\n');
+}
+
+function renderBench4(b4: FleetThroughputFigures, kind: 'text' | 'md'): string {
+  const table = kind === 'text' ? textTable : markdownTable;
+  return [
+    table(
+      ['N hosts', 'done', 'wall s', 'hosts/min', 'host p50 s', 'act. wait ms', 'move ms', 'wf task ms', 'SQLite call ms', 'SQLite write time %', 'pg place ms', 'CPU % temporal/workers/pg/agents', 'machine %', 'errors'],
+      b4.steps.map((s) => [
+        s.hosts,
+        `${s.completed}/${s.hosts}`,
+        fmt(s.wallMs / 1000, 1),
+        fmt(s.hostsPerMinute, 1),
+        fmt(s.hostDurationMs.p50 / 1000, 1),
+        fmt(s.activityScheduleToStartMs, 0),
+        fmt(s.activityStartToCloseMs, 0),
+        fmt(s.workflowTaskMs, 0),
+        fmt(s.temporalPersistence.meanMs, 1),
+        fmt(s.temporalPersistence.writeBusyPct, 0),
+        fmt(s.moveVmPlacementMs, 1),
+        `${fmt(s.cpu.temporal, 0)}/${fmt(s.cpu.workers, 0)}/${fmt(s.cpu.postgres, 0)}/${fmt(s.cpu.agentsAndBench, 0)}`,
+        `${fmt(s.cpu.machine, 0)}/${100 * s.cpu.cores}`,
+        s.errors.join('; ') || '—',
+      ]),
+    ),
+    `${kind === 'md' ? '\n' : '  '}Largest N without errors: ${b4.largestCleanN}; best ${fmt(b4.bestHostsPerMinute, 1)} hosts/min. ${b4.why}`,
+  ].join('\n');
+}
+
+function renderBench5(b5: QemuFigures | { skipped: string }, kind: 'text' | 'md'): string {
+  if ('skipped' in b5) return `skipped: ${b5.skipped}`;
+  const table = kind === 'text' ? textTable : markdownTable;
+  return [
+    table(
+      ['VM', 'ram.total MiB', 'downtime ms (QEMU)', 'move ms', 'Mbit/s (QEMU)', 'sent ×RAM', 'rounds'],
+      b5.vms.map((v) => [v.vmId, fmt(v.ramMiB, 0), fmt(v.downtimeMs, 0), fmt(v.totalTimeMs, 0), fmt(v.mbps, 0), fmt(v.bytesSent / (v.ramMiB * 2 ** 20), 2), v.rounds]),
+    ),
+    `${kind === 'md' ? '\n' : '  '}Host of ${b5.vms.length} VMs, one stream at a time: wall ${fmt(b5.wallMs / 1000, 1)} s (first move's start to last move's end) vs Σ ram.total / ${fmt(b5.measuredMbps, 0)} Mbit/s measured = ${fmt(b5.boundMs / 1000, 1)} s (${fmt(b5.wallMs / b5.boundMs, 2)}×).`,
+  ].join('\n');
+}
+
+function renderSummary(r: { b1?: EvacuationBenchResult; b2?: OverheadFigures[]; b3?: TenantLatencyFigures; b4?: FleetThroughputFigures; b5?: QemuFigures | { skipped: string } }): string {
+  const lines = ['Summary'];
+  if (r.b2) lines.push('\n2. Orchestration overhead\n' + renderBench2(r.b2, 'text'));
+  if (r.b3) lines.push('\n3. Tenant request latency\n' + renderBench3(r.b3, 'text'));
+  if (r.b4) lines.push('\n4. Fleet throughput\n' + renderBench4(r.b4, 'text'));
+  if (r.b5) lines.push('\n5. qemu backend\n' + renderBench5(r.b5, 'text'));
+  return lines.join('\n');
+}
+
+function renderMarkdown(result: {
+  date: string;
+  mode: string;
+  machine: ReturnType<typeof machine> & { loadAverageStart: number[]; loadAverageEnd: number[] };
+  durationsMs: Record<string, number>;
+  bench1?: EvacuationBenchResult;
+  bench2?: OverheadFigures[];
+  bench3?: TenantLatencyFigures;
+  bench4?: FleetThroughputFigures;
+  bench5?: QemuFigures | { skipped: string };
+}): string {
+  const m = result.machine;
+  const out = [
+    `<!-- generated by npm run bench (${result.mode}) at ${result.date} -->`,
+    `Run: ${result.mode}, ${result.date}, ${(result.durationsMs.total! / 1000).toFixed(0)} s. Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}; load average ${m.loadAverageStart.map((l) => l.toFixed(1)).join(' ')} at the start, ${m.loadAverageEnd.map((l) => l.toFixed(1)).join(' ')} at the end.`,
+  ];
+  if (result.bench1) out.push('\n### 1. Host evacuation makespan\n', renderBench1(result.bench1, 'md'));
+  if (result.bench2) out.push('\n### 2. Orchestration overhead\n', renderBench2(result.bench2, 'md'));
+  if (result.bench3) out.push('\n### 3. Tenant request latency during a migration\n', renderBench3(result.bench3, 'md'));
+  if (result.bench4) out.push('\n### 4. Fleet throughput\n', renderBench4(result.bench4, 'md'));
+  if (result.bench5) out.push('\n### 5. qemu backend\n', renderBench5(result.bench5, 'md'));
+  return `${out.join('\n')}\n`;
+}
+
+function chart(b1: EvacuationBenchResult): string {
+  return makespanChart(
+    b1.hosts.map((h) => ({ label: `${h.vms} VMs (ΣM ${fmt(h.memoryGiB, 0)} GiB)`, bars: SCHEDULE_NAMES.map((n) => ({ name: n, value: h.schedules[n].ratio })) })),
+    { title: `Host evacuation makespan ÷ ΣM/B (sim, seed ${b1.options.seed}, 10 Gbit/s, S = 0.4·B)`, target: LOWER_BOUND_TARGET },
+  );
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
+    process.exit(1);
+  },
+);

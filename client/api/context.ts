@@ -19,6 +19,32 @@ export interface ApiDeps {
   logger: Logger;
   /** Largest accepted request body (default 64 KiB); larger ones get 413. */
   bodyLimitBytes?: number;
+  /** Slow-client limits; each unset one takes its default (DEFAULT_API_LIMITS in server.ts). */
+  limits?: Partial<ApiLimits>;
+}
+
+/**
+ * How long a client may take, and how many may be connected: what keeps slow clients (slowloris: headers or a body
+ * dribbled a byte at a time, a response never read) from holding the server's sockets for ever.
+ */
+export interface ApiLimits {
+  /** The request line and all headers must have arrived within this long of the request's first byte (else 408 and closed). */
+  headersTimeoutMs: number;
+  /** The whole request, body included, must have arrived within this long (else 408 and closed). At least headersTimeoutMs. */
+  requestTimeoutMs: number;
+  /**
+   * A socket with no bytes moving either way for this long is closed: a client that stops reading its answers (Node
+   * lets a write that is still pending survive one expiry, so such a socket goes within twice this). It also bounds a
+   * request's handling time, so it must stay above the longest handler (a VM request waits up to 60 s for a migration
+   * to settle).
+   */
+  idleTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this long, plus Node's own 1 s (above a load balancer's usual 60 s). */
+  keepAliveTimeoutMs: number;
+  /** How often the two request deadlines are checked: a slow client is closed at most this long after its deadline. */
+  timeoutCheckIntervalMs: number;
+  /** Connections beyond this many at once are closed as soon as they are accepted. */
+  maxConnections: number;
 }
 
 export type Principal = { kind: 'operator' } | { kind: 'tenant'; tenant: Tenant };

@@ -5,7 +5,7 @@ import { UserFacingError } from '../../common/errors';
 import { createMetrics, observeHttp, type Metrics } from '../../common/metrics';
 import { runReadiness } from '../../common/ops-server';
 import type { HostService } from '../host-service';
-import { type ApiContext, type ApiDeps, type Principal } from './context';
+import { type ApiContext, type ApiDeps, type ApiLimits, type Principal } from './context';
 import { ApiError, internalError, toErrorResponse } from './errors';
 import { createIdempotencyStore } from './idempotency';
 import { buildOpenApiDocument } from './openapi';
@@ -18,12 +18,43 @@ import { registerTenantRoutes } from './routes/tenants';
 import { registerVmRoutes } from './routes/vms';
 import { routes } from './schemas';
 
-export type { ApiDeps } from './context';
+export type { ApiDeps, ApiLimits } from './context';
 
 export const DEFAULT_BODY_LIMIT_BYTES = 64 * 1024;
 /** Deeper JSON than this is refused before it is parsed: no request of this API nests more than 3 levels. */
 export const MAX_JSON_DEPTH = 32;
 const MAX_TOKEN_LENGTH = 512;
+
+/**
+ * Slow-client defaults: headers within 10 s of a request's first byte, the whole request within 30 s (checked every
+ * second), 120 s without a byte moving closes a socket, 4,096 connections at once (the listen backlog's size). Without
+ * them Node allows 60 s for headers, checked only every 30 s, and Fastify sets no request or idle timeout at all.
+ */
+export const DEFAULT_API_LIMITS: Readonly<ApiLimits> = {
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  idleTimeoutMs: 120_000,
+  keepAliveTimeoutMs: 72_000,
+  timeoutCheckIntervalMs: 1_000,
+  maxConnections: 4096,
+};
+
+/** The defaults with `overrides` applied; a value that is not a positive integer, or headers allowed longer than the request, throws naming it. */
+export function apiLimits(overrides: Partial<ApiLimits> = {}): ApiLimits {
+  const limits: ApiLimits = { ...DEFAULT_API_LIMITS };
+  for (const [key, value] of Object.entries(overrides) as Array<[keyof ApiLimits, number | undefined]>) {
+    if (value === undefined) continue;
+    if (!(key in DEFAULT_API_LIMITS)) throw new UserFacingError(`limits.${key}: unknown API limit`, `limits.${key}`);
+    if (!Number.isSafeInteger(value) || value <= 0) throw new UserFacingError(`limits.${key}: must be a positive integer (got ${String(value)})`, `limits.${key}`);
+    limits[key] = value;
+  }
+  if (limits.headersTimeoutMs > limits.requestTimeoutMs)
+    throw new UserFacingError(
+      `limits.headersTimeoutMs: must not exceed limits.requestTimeoutMs (${limits.headersTimeoutMs} > ${limits.requestTimeoutMs})`,
+      'limits.headersTimeoutMs',
+    );
+  return limits;
+}
 
 const sha256 = (s: string) => createHash('sha256').update(s, 'utf8').digest();
 
@@ -70,9 +101,16 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
     { component: 'api' },
     { redact: { paths: ['req.headers.authorization', 'headers.authorization', 'authorization', 'token', '*.token'], censor: '[redacted]' } },
   );
+  const limits = apiLimits(deps.limits);
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     bodyLimit: deps.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
+    // Slow clients (DEFAULT_API_LIMITS). Node enforces the headers and request deadlines (408, then closes the
+    // socket) every `connectionsCheckingInterval`, which can only be set when the server is created.
+    http: { headersTimeout: limits.headersTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.timeoutCheckIntervalMs },
+    requestTimeout: limits.requestTimeoutMs,
+    connectionTimeout: limits.idleTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
     // A path that is not valid percent-encoded UTF-8 is bad input like any other, in the same error format.
@@ -81,6 +119,7 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
       void (reply as unknown as FastifyReply).code(400).send({ error: { code: 'INVALID_INPUT', message, field: 'url' } });
     },
   });
+  app.server.maxConnections = limits.maxConnections;
   // Without a registry of its own (tests, `dhm up`), the counters still work; process metrics are left to services.
   const metrics = deps.metrics ?? createMetrics({ role: 'api', defaultMetrics: false });
   const ctx: ApiContext = { ...deps, hostService: timedHostService(deps.hostService, metrics), logger, idempotency: createIdempotencyStore(deps.pool, deps.operatorToken) };
@@ -117,6 +156,14 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
   });
 
   app.setErrorHandler((err, req, reply) => {
+    // The client went away before its whole request arrived (it hung up mid-body, or a slow body hit the request
+    // deadline and Node closed the socket): the body stream fails with ECONNRESET "aborted", which is not a backing
+    // service being down (a 503 and an error line each, before). Nobody reads this answer; it is logged at info.
+    if (!req.raw.complete && req.raw.socket.destroyed) {
+      const e = err as { message?: unknown; code?: unknown };
+      req.log.info({ err: { message: e.message, code: e.code } }, 'client closed the connection before the whole request arrived');
+      return reply.code(400).send({ error: { code: 'INVALID_INPUT', message: 'body: the connection closed before the whole request arrived', field: 'body' } });
+    }
     const mapped = toErrorResponse(err);
     if (mapped) {
       if (mapped.status >= 500) req.log.error({ err }, 'a backing service is unavailable');

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
 import { createAgentDirectory } from '../../activities/agent-directory';
-import { startApiServer, type RunningApiServer } from '../../client/api/server';
+import { startApiServer, type ApiLimits, type RunningApiServer } from '../../client/api/server';
 import { createHostService, type HostService } from '../../client/host-service';
 import type { Fleet } from '../../common/fleet';
 import { startTestSystem, type TestSystem } from '../support/system';
@@ -42,7 +42,9 @@ export interface ApiTestSystem {
 }
 
 /** The real system (Postgres, Temporal worker, sim agents, scheduler) plus the API on a free loopback port. */
-export async function startApiTestSystem(opts: { fleet?: Fleet; timeScale?: number; logLevel?: string; bodyLimitBytes?: number } = {}): Promise<ApiTestSystem> {
+export async function startApiTestSystem(
+  opts: { fleet?: Fleet; timeScale?: number; logLevel?: string; bodyLimitBytes?: number; limits?: Partial<ApiLimits> } = {},
+): Promise<ApiTestSystem> {
   const sys = await startTestSystem({ fleet: opts.fleet, timeScale: opts.timeScale });
   sys.db.pool.on('error', () => undefined); // the database is dropped at the end while idle clients may still close
   const logs: string[] = [];
@@ -60,6 +62,7 @@ export async function startApiTestSystem(opts: { fleet?: Fleet; timeScale?: numb
     logger,
     port: 0,
     ...(opts.bodyLimitBytes ? { bodyLimitBytes: opts.bodyLimitBytes } : {}),
+    ...(opts.limits ? { limits: opts.limits } : {}),
   });
 
   const call = async (method: string, path: string, o: CallOptions = {}): Promise<ApiResponse> => {

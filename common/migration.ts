@@ -39,6 +39,13 @@ export const migrationPolicySchema = z
     maxDowntimeMs: z.number().int().min(1).max(60_000).default(300),
     /** Per-stream cap in bytes/s; omitted: the link decides. */
     bandwidthCapBps: z.number().positive().max(1e12).optional(),
+    /**
+     * The source server's NIC bandwidth B, bytes/s. With `streamCapBytesPerSec`, lets the workflow give a critical-path
+     * VM a whole stream and cap the moves around it (`bandwidthCapFor` in workflows/vm-order.ts); omitted: no such caps.
+     */
+    linkBytesPerSec: z.number().positive().max(1e12).optional(),
+    /** The most one migration stream can use on that NIC (the agent's per-stream cap S), bytes/s. */
+    streamCapBytesPerSec: z.number().positive().max(1e12).optional(),
     autoConverge: z.boolean().default(false),
     /** Auto-converge only for the VMs whose dirty rate reaches this (MiB/s); `autoConverge: true` still means every VM. */
     autoConvergeAboveDirtyRateMiBps: z.number().min(0).max(1e6).optional(),

@@ -40,17 +40,68 @@ export function autoConvergeFor(
 export const AUTO_CONVERGE_SHARE = 0.8;
 
 /**
- * Estimated makespan (s) of `streams` equal streams, largest VM first, in a fluid model without dirty pages: the
- * largest VM holds one stream and the others stream through the rest; once they are done it runs alone at S.
+ * How much shorter a VM's transfer at S may be than the rest of the host's at B − S and still count as the critical
+ * path in `bandwidthCapFor` (1: the fluid model's exact break-even). Pre-copy resends make both sides longer than
+ * their memory, so a little slack catches the hosts at the break-even; more starts capping hosts whose largest VM is
+ * not the critical path, and those end later. 1.1 was best over 300 8-VM hosts in benchmark 1.
  */
-function fluidMakespanS(memoryBytes: number[], streams: number, linkBytesPerSec: number, streamBytesPerSec: number): number {
-  const total = memoryBytes.reduce((s, m) => s + m, 0);
-  const largest = Math.max(0, ...memoryBytes);
-  const share = Math.min(streamBytesPerSec, linkBytesPerSec / streams);
-  if (streams === 1 || memoryBytes.length <= 1) return total / share;
-  const othersDoneS = (total - largest) / ((streams - 1) * share);
-  if (largest <= share * othersDoneS) return total / Math.min(linkBytesPerSec, streams * share);
-  return othersDoneS + (largest - share * othersDoneS) / streamBytesPerSec;
+export const CRITICAL_PATH_SLACK = 1.1;
+
+/** The VMs a move runs among, as the workflow keeps them: their memory and where they are. */
+type HostVm = Pick<VmMigrationStatus, 'vmId' | 'spec' | 'state'>;
+
+/**
+ * The host's critical-path VM, if it has one: its largest VM (ties broken on the VM id, as `orderVms` does) when,
+ * at a whole stream S, it takes at least as long as the rest of the host on what is left of the link, B − S, shared
+ * by the other `streams` − 1 streams: M·(B − S) ≥ S·(ΣM − M), and no other VM alone needs longer than it at its share
+ * (B − S)/(streams − 1). Both up to `CRITICAL_PATH_SLACK`. Sizes in MiB, rates in bytes/s: compared as products.
+ */
+function criticalVm(host: readonly HostVm[], streams: number, linkBytesPerSec: number, streamBytesPerSec: number): string | undefined {
+  if (host.length < 2) return undefined;
+  const [first, second] = [...host].sort((a, b) => b.spec.memoryMiB - a.spec.memoryMiB || (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0));
+  const total = host.reduce((s, v) => s + v.spec.memoryMiB, 0);
+  const largest = first!.spec.memoryMiB * CRITICAL_PATH_SLACK * (linkBytesPerSec - streamBytesPerSec);
+  const restFits = largest >= streamBytesPerSec * (total - first!.spec.memoryMiB);
+  const secondFits = largest >= streamBytesPerSec * (streams - 1) * second!.spec.memoryMiB;
+  return restFits && secondFits ? first!.vmId : undefined;
+}
+
+/**
+ * The bandwidth cap (bytes/s, for the move's `bandwidthCapBps`; undefined: none) of the move of `vm` that is about
+ * to start, given the host's VMs `vms` in their current states (`moving`: the moves in flight; `pending`: still to
+ * go; `moved`: already on the target). `vm` itself is recognised by its id whatever its state in `vms`, so this may
+ * be called before or after the move marks the VM `moving`, with or without `vm` in `vms`.
+ *
+ * The agents share the NIC (B bytes/s) max-min fairly between the streams on it, each capped at S, so with
+ * `maxParallel` = ⌈B/S⌉ equal streams every move gets B/⌈B/S⌉ < S. When one VM is the host's critical path (see
+ * `criticalVm`: at S it outlasts the rest of the host at B − S), the host can only end near ΣM/B if that VM has a
+ * whole stream S from start to finish while the others share the rest. So that VM's move runs uncapped, and every
+ * other move started while it is in flight is capped at (B − S)/(maxParallel − 1); max-min sharing then gives the
+ * critical move its S. Moves started before it, or after it has ended, are not capped.
+ *
+ * The critical VM is judged on the whole host (VMs pending, moving and moved — not deleted ones), so the answer does
+ * not drift as the host empties. Without the policy's link figures (`linkBytesPerSec`, `streamCapBytesPerSec`), with
+ * one stream, or when no critical VM is in flight, this is the policy's own `bandwidthCapBps`, and it never returns
+ * more than that. Pure and deterministic (whole bytes/s): a replay computes the same cap.
+ */
+export function bandwidthCapFor(
+  policy: Pick<MigrationPolicy, 'maxParallel' | 'bandwidthCapBps' | 'linkBytesPerSec' | 'streamCapBytesPerSec'>,
+  vm: Pick<VmMigrationStatus, 'vmId' | 'spec'>,
+  vms: readonly HostVm[],
+): number | undefined {
+  const base = policy.bandwidthCapBps;
+  const link = policy.linkBytesPerSec;
+  const streams = policy.maxParallel;
+  if (link === undefined || policy.streamCapBytesPerSec === undefined || !(streams > 1)) return base;
+  const stream = Math.min(link, policy.streamCapBytesPerSec);
+  if (stream >= link) return base;
+  const others = vms.filter((v) => v.vmId !== vm.vmId);
+  const host: HostVm[] = [{ vmId: vm.vmId, spec: vm.spec, state: 'moving' }, ...others.filter((v) => v.state === 'pending' || v.state === 'moving' || v.state === 'moved')];
+  const critical = criticalVm(host, streams, link, stream);
+  if (critical === undefined || critical === vm.vmId || !others.some((v) => v.vmId === critical && v.state === 'moving')) return base;
+  const share = Math.floor((link - stream) / (streams - 1));
+  if (share >= stream) return base;
+  return base === undefined ? share : Math.min(base, share);
 }
 
 /**
@@ -59,9 +110,11 @@ function fluidMakespanS(memoryBytes: number[], streams: number, linkBytesPerSec:
  *
  * - **Streams**: ⌈B/S⌉ in parallel — the fewest that fill the link (3 for S = 0.4·B). Fewer leave bandwidth unused
  *   (2 streams use 80 % of it); more only split the same bandwidth thinner, so each VM's dirty pages pile up faster
- *   relative to its stream and more of them are sent again. One exception, when the host's VM sizes are given: if
- *   one VM is so large that it is the critical path (its transfer at full speed outlasts everything else), ⌊B/S⌋
- *   streams are used instead, so that VM always has a whole stream's bandwidth S instead of a 1/⌈B/S⌉ share.
+ *   relative to its stream and more of them are sent again.
+ * - **Link figures** B and S (`linkBytesPerSec`, `streamCapBytesPerSec`), so the workflow can give a critical-path
+ *   VM (one that at S outlasts the rest of the host at B − S) a whole stream S instead of a 1/⌈B/S⌉ share, by
+ *   capping the moves around it at (B − S)/(streams − 1) (`bandwidthCapFor`). This replaced running ⌊B/S⌋ streams on
+ *   such hosts: the caps keep the link full where 2 streams left 20 % of it idle.
  * - **Order**: largest first (longest-processing-time first): the long transfers start at once, and the end of the
  *   migration is made of small VMs that keep the link full until the last moment.
  * - **Auto-converge only where needed**: each stream gets min(S, B/streams); a guest that dirties memory at 80 % of
@@ -73,17 +126,20 @@ function fluidMakespanS(memoryBytes: number[], streams: number, linkBytesPerSec:
  * - A VM that still does not converge is retried with auto-converge after the others rather than rolling the whole
  *   host back.
  *
- * Pure and deterministic: the client calls it with the source server's NIC (and, optionally, the host's VM sizes)
- * from the inventory and passes the result as the migration's policy; any field may still be overridden.
+ * Pure and deterministic: the client calls it with the source server's NIC from the inventory and passes the result
+ * as the migration's policy; any field may still be overridden. `host` (the VM sizes) is accepted but no longer
+ * needed: the workflow finds the critical-path VM itself, from the VMs it moves.
  * docs/benchmarks.md shows what each choice buys.
  */
 export function autoSchedulePolicy(
   link: { nicBandwidthBps: number; streamCapFraction: number; downtimeLimitMs?: number },
-  host?: { vmMemoryMiB: number[] },
+  _host?: { vmMemoryMiB: number[] },
 ): MigrationPolicyInput & {
   maxParallel: number;
   autoConvergeAboveDirtyRateMiBps: number;
   maxDowntimeMs: number;
+  linkBytesPerSec: number;
+  streamCapBytesPerSec: number;
 } {
   if (!(link.nicBandwidthBps > 0) || !(link.streamCapFraction > 0)) throw new RangeError('nicBandwidthBps and streamCapFraction must be positive');
   const fraction = Math.min(1, link.streamCapFraction);
@@ -91,12 +147,7 @@ export function autoSchedulePolicy(
   const streamBytesPerSec = fraction * linkBytesPerSec;
   // Float slack: 1 / 0.4 is 2.5000000000000004 in binary; it must still round up to 3, and 1 / 0.5 to exactly 2.
   const fill = Math.min(64, Math.max(1, Math.ceil(1 / fraction - 1e-9)));
-  let streams = fill;
-  const sizes = (host?.vmMemoryMiB ?? []).filter((m) => m > 0).map((m) => m * 2 ** 20);
-  if (fill > 1 && sizes.length > 1) {
-    const fewer = Math.max(1, Math.floor(1 / fraction + 1e-9));
-    if (fewer < fill && fluidMakespanS(sizes, fewer, linkBytesPerSec, streamBytesPerSec) < fluidMakespanS(sizes, fill, linkBytesPerSec, streamBytesPerSec)) streams = fewer;
-  }
+  const streams = fill;
   const perStreamMiBps = Math.min(streamBytesPerSec, linkBytesPerSec / streams) / 2 ** 20;
   const limit = link.downtimeLimitMs ?? 300;
   return {
@@ -106,5 +157,7 @@ export function autoSchedulePolicy(
     autoConvergeAboveDirtyRateMiBps: Math.round(AUTO_CONVERGE_SHARE * perStreamMiBps),
     maxDowntimeMs: Math.max(1, Math.round(limit / 3)),
     onVmFailure: 'retry-with-auto-converge',
+    linkBytesPerSec,
+    streamCapBytesPerSec: streamBytesPerSec,
   };
 }

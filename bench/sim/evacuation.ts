@@ -8,7 +8,8 @@ import type { BenchVm } from './host-mix';
  * fair sharing recomputed at every event, per-stream cap S), driven in-process on a virtual clock that jumps from
  * event to event instead of following the wall clock — no agents, no HTTP — so a 128-VM host that takes half an hour
  * of simulated time runs in milliseconds. Every schedule goes through this one function; schedules differ only in
- * how many streams they run, in what order, and which VMs get auto-converge — the knobs of the workflow's policy.
+ * how many streams they run, in what order, which VMs get auto-converge and each move's bandwidth cap — the knobs of
+ * the workflow's policy.
  *
  * Like the workflow, a slot frees when a move has ended (switchover included) and the next VM in the schedule's order
  * starts at once; a VM that does not converge is either retried with auto-converge after every other VM (the policy's
@@ -39,8 +40,11 @@ export interface Schedule {
   autoConverge(vm: BenchVm): boolean;
   /** The downtime the agent aims for (the policy's `maxDowntimeMs`). */
   maxDowntimeMs: number;
-  /** Per-migration bandwidth cap, bytes/s (the policy's `bandwidthCapBps`). */
-  bandwidthCapBps?: number;
+  /**
+   * The bandwidth cap (bytes/s; undefined: none) of `vm`'s move as it starts, given where the host's other VMs are
+   * (the workflow's `bandwidthCapFor` on the policy; without a critical-path VM, its `bandwidthCapBps`).
+   */
+  bandwidthCapBps(vm: BenchVm, host: { moving: BenchVm[]; waiting: BenchVm[]; moved: BenchVm[] }): number | undefined;
   /** `retry-with-auto-converge`: a VM that did not converge goes again after every other VM, with auto-converge on. */
   onNotConverging: 'retry-with-auto-converge' | 'give-up';
 }
@@ -66,6 +70,8 @@ export interface VmOutcome {
   rounds: number;
   /** Auto-converge throttle the guest ended with, %. */
   throttlePct: number;
+  /** The last attempt's own stream cap, bytes/s: min(S, the move's bandwidth cap). */
+  capBps: number;
 }
 
 export interface EvacuationResult {
@@ -90,6 +96,8 @@ export interface EvacuationResult {
   stayed: number;
   /** VMs whose guest auto-converge slowed down (throttle > 0). */
   throttled: number;
+  /** VMs whose (last) move ran with a bandwidth cap below one stream's cap S. */
+  capped: number;
   /** How full the link was on average until the makespan. */
   linkUtilisation: number;
   perVm: VmOutcome[];
@@ -133,6 +141,7 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
   if (queue.length !== vmsIn.length || new Set(queue.map((q) => q.vm.vmId)).size !== vmsIn.length) throw new Error(`schedule ${schedule.name} lost or repeated VMs`);
   const streamCap = link.streamCapFraction * link.bytesPerSec;
   const running: Attempt[] = [];
+  const moved: BenchVm[] = [];
   const attempts = new Map<string, Attempt[]>();
   let busyIntegral = 0; // ∫ used bandwidth dt, bytes
 
@@ -141,6 +150,8 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       const { vm, retry } = queue.shift()!;
       const autoConverge = retry || schedule.autoConverge(vm);
       const a = { vm, autoConverge, startMs: clock.t } as Attempt;
+      // The moves in flight (those started just before in this same loop included) and the VMs still to go.
+      const cap = schedule.bandwidthCapBps(vm, { moving: running.map((r) => r.vm), waiting: queue.map((q) => q.vm), moved: [...moved] });
       a.flow = new PrecopyFlow(
         {
           memoryBytes: vm.memoryBytes,
@@ -150,7 +161,7 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
           autoConverge,
           maxRounds: DEFAULT_MAX_ROUNDS,
           // As the sim backend computes it: min(S, the migration's bandwidthCapBps).
-          capBps: Math.min(streamCap, schedule.bandwidthCapBps ?? Infinity),
+          capBps: Math.min(streamCap, cap ?? Infinity),
           failAtRound: null,
         },
         {
@@ -192,6 +203,7 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
         const a = running[i]!;
         if (a.releaseAt === undefined || a.releaseAt > clock.t) continue;
         running.splice(i, 1);
+        if (a.copiedAt !== undefined) moved.push(a.vm);
         if (a.copiedAt === undefined && !a.autoConverge && schedule.onNotConverging === 'retry-with-auto-converge') queue.push({ vm: a.vm, retry: true });
       }
       launch();
@@ -214,6 +226,7 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       bytesSent: tries.reduce((s, a) => s + a.flow.bytesSent, 0),
       rounds: tries.reduce((s, a) => s + a.flow.round + 1, 0),
       throttlePct: last.flow.throttlePct,
+      capBps: last.flow.capBps,
     };
   });
   perVm.sort((a, b) => (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0));
@@ -239,6 +252,7 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
     nonConverged: perVm.filter((v) => !v.firstTryConverged).length,
     stayed: perVm.filter((v) => v.outcome === 'stayed').length,
     throttled: perVm.filter((v) => v.throttlePct > 0).length,
+    capped: perVm.filter((v) => v.capBps < streamCap).length,
     linkUtilisation: makespanMs > 0 ? busyIntegral / ((link.bytesPerSec * makespanMs) / 1000) : NaN,
     perVm,
   };

@@ -1,29 +1,30 @@
 import type { MigrationPolicyInput, VmMigrationStatus } from '../../common/migration';
 import { MIB } from '../../compute/units';
-import { autoConvergeFor, autoSchedulePolicy, orderVms } from '../../workflows/vm-order';
+import { autoConvergeFor, autoSchedulePolicy, bandwidthCapFor, orderVms } from '../../workflows/vm-order';
 import type { Schedule } from './evacuation';
 import type { BenchVm } from './host-mix';
 
 /**
  * The schedules benchmark 1 compares, each written as the migration policy that would produce it, and turned into a
- * simulator schedule with the workflow's own code: `orderVms` picks the order and `autoConvergeFor` decides each VM's
- * auto-converge, exactly as `migrateDedicatedHost` does.
+ * simulator schedule with the workflow's own code: `orderVms` picks the order, `autoConvergeFor` decides each VM's
+ * auto-converge and `bandwidthCapFor` each move's bandwidth cap from the moves in flight, exactly as
+ * `migrateDedicatedHost` does.
  */
 
-/** The workflow's view of a VM (what `orderVms` and `autoConvergeFor` see). */
-export function statusOf(vm: BenchVm): VmMigrationStatus {
+/** The workflow's view of a VM (what `orderVms`, `autoConvergeFor` and `bandwidthCapFor` see). */
+export function statusOf(vm: BenchVm, state: VmMigrationStatus['state'] = 'pending'): VmMigrationStatus {
   return {
     vmId: vm.vmId,
     name: vm.vmId,
     spec: { vcpus: 1, memoryMiB: Math.round(vm.memoryBytes / MIB), diskGiB: 10 },
     dirtyRateMiBps: vm.dirtyRateBps / MIB,
-    state: 'pending',
+    state,
     attempts: 0,
   };
 }
 
 type PolicyLike = Required<Pick<MigrationPolicyInput, 'order' | 'autoConverge' | 'maxDowntimeMs' | 'onVmFailure'>> &
-  Pick<MigrationPolicyInput, 'autoConvergeAboveDirtyRateMiBps' | 'bandwidthCapBps'> & {
+  Pick<MigrationPolicyInput, 'autoConvergeAboveDirtyRateMiBps' | 'bandwidthCapBps' | 'linkBytesPerSec' | 'streamCapBytesPerSec'> & {
     /** Infinity (all at once) is not a valid policy value (at most 64) but is a valid schedule. */
     maxParallel: number;
   };
@@ -34,11 +35,22 @@ export function scheduleFromPolicy(name: string, policy: PolicyLike): Schedule {
     maxParallel: policy.maxParallel,
     order: (vms) => {
       const byId = new Map(vms.map((v) => [v.vmId, v]));
-      return orderVms(vms.map(statusOf), policy.order).map((s) => byId.get(s.vmId)!);
+      return orderVms(vms.map((v) => statusOf(v)), policy.order).map((s) => byId.get(s.vmId)!);
     },
     autoConverge: (vm) => autoConvergeFor({ autoConverge: policy.autoConverge, autoConvergeAboveDirtyRateMiBps: policy.autoConvergeAboveDirtyRateMiBps }, statusOf(vm), false),
     maxDowntimeMs: policy.maxDowntimeMs,
-    bandwidthCapBps: policy.bandwidthCapBps,
+    bandwidthCapBps: (vm, host) =>
+      bandwidthCapFor(
+        {
+          // All at once (Infinity) has no stream count to share the link by; bandwidthCapFor never caps it anyway.
+          maxParallel: Math.min(policy.maxParallel, 1e9),
+          bandwidthCapBps: policy.bandwidthCapBps,
+          linkBytesPerSec: policy.linkBytesPerSec,
+          streamCapBytesPerSec: policy.streamCapBytesPerSec,
+        },
+        statusOf(vm, 'pending'),
+        [...host.moving.map((v) => statusOf(v, 'moving')), ...host.waiting.map((v) => statusOf(v, 'pending')), ...host.moved.map((v) => statusOf(v, 'moved'))],
+      ),
     onNotConverging: policy.onVmFailure === 'retry-with-auto-converge' ? 'retry-with-auto-converge' : 'give-up',
   };
 }
@@ -94,7 +106,7 @@ export function ablationsFor(link: BenchLink, vms: BenchVm[]): Schedule[] {
     scheduleFromPolicy('dhm, auto-converge only on retry', { ...dhm, autoConvergeAboveDirtyRateMiBps: undefined }),
     scheduleFromPolicy('dhm, as-listed order', { ...dhm, order: 'as-listed' }),
     scheduleFromPolicy('dhm, dirtiest-first order', { ...dhm, order: 'dirtiest-first' }),
-    scheduleFromPolicy(`dhm, always ${fill} streams`, { ...dhm, maxParallel: fill }),
+    scheduleFromPolicy('dhm, no critical-path caps', { ...dhm, linkBytesPerSec: undefined, streamCapBytesPerSec: undefined }),
     scheduleFromPolicy(`dhm, ${fill - 1} streams`, { ...dhm, maxParallel: fill - 1 }),
     scheduleFromPolicy(`dhm, ${fill + 1} streams`, { ...dhm, maxParallel: fill + 1 }),
     scheduleFromPolicy('fixed-2 at dhm target', { ...baseline(2, link), maxDowntimeMs: dhm.maxDowntimeMs }),

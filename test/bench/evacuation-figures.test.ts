@@ -77,12 +77,19 @@ describe("dhm's schedule policy", () => {
     expect(migrationPolicySchema.parse(p)).toMatchObject({ maxParallel: 3, order: 'largest-first', onVmFailure: 'retry-with-auto-converge' });
   });
 
-  it('gives a host whose largest VM is the critical path whole streams instead of a third of the link each', () => {
+  it('keeps ⌈B/S⌉ streams on a host whose largest VM is the critical path and passes the link figures instead', () => {
     const link = { nicBandwidthBps: 10e9, streamCapFraction: 0.4 };
-    expect(autoSchedulePolicy(link, { vmMemoryMiB: Array.from({ length: 8 }, () => 8192) }).maxParallel).toBe(3);
     const skewed = autoSchedulePolicy(link, { vmMemoryMiB: [65536, 4096, 2048, 1024] });
-    expect(skewed.maxParallel).toBe(2);
-    expect(skewed.autoConvergeAboveDirtyRateMiBps).toBe(Math.round((0.8 * 0.4 * 1.25e9) / 2 ** 20)); // each stream gets S
+    expect(skewed.maxParallel).toBe(3); // the critical VM gets its whole stream from bandwidthCapFor's caps
+    expect(skewed.linkBytesPerSec).toBe(1.25e9);
+    expect(skewed.streamCapBytesPerSec).toBe(0.5e9);
+    expect(migrationPolicySchema.parse(skewed)).toMatchObject({ linkBytesPerSec: 1.25e9, streamCapBytesPerSec: 0.5e9 });
+  });
+
+  it('accepts the link figures as optional positive numbers in the policy', () => {
+    expect(migrationPolicySchema.parse({}).linkBytesPerSec).toBeUndefined();
+    expect(migrationPolicySchema.safeParse({ linkBytesPerSec: 0 }).success).toBe(false);
+    expect(migrationPolicySchema.safeParse({ streamCapBytesPerSec: -1 }).success).toBe(false);
   });
 
   it('turns auto-converge on only for the VMs that need it', () => {

@@ -3,6 +3,7 @@ import type { AgentDirectory } from './agent-directory';
 import { classified } from './failures';
 import { createLiveMigration } from './live-migrate';
 import { createMigrationSteps } from './migration-steps';
+import { createVmCensus } from './vm-census';
 
 export interface ActivityDeps {
   inventory: Inventory;
@@ -14,6 +15,7 @@ export function createActivities(deps: ActivityDeps) {
   return classified({
     ...createMigrationSteps(deps),
     ...createLiveMigration(deps),
+    ...createVmCensus(deps),
   });
 }
 

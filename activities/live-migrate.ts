@@ -104,7 +104,7 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
      * Where is the VM after an interrupted move? Stops the job if it still runs, then makes the inventory agree with
      * the agents. The workflow decides what to do next from the answer.
      */
-    async settleVm(input: { migrationId: string; vmId: string; jobId: string; from: ServerIncarnation; to: ServerIncarnation }): Promise<{ location: 'source' | 'target' | 'gone'; figures?: MoveFigures }> {
+    async settleVm(input: { migrationId: string; vmId: string; jobId: string; from: ServerIncarnation; to: ServerIncarnation }): Promise<{ location: 'source' | 'target' | 'gone' | 'lost'; figures?: MoveFigures }> {
       const vm = await orNull(inventory.getVm(input.vmId));
       if (!vm || vm.state === 'deleted') return { location: 'gone' };
       const source = await agents.forServer(input.from.serverId);
@@ -121,7 +121,16 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
         await recordArrival(input);
         return { location: 'target', figures: figuresOf(job) };
       }
-      return { location: vm.incarnationId === input.to.incarnationId ? 'target' : 'source' };
+      // No finished job to go by (the agent lost it, or never started it): ask both agents, not the inventory — an
+      // agent that restarted took its VMs with it, and the inventory cannot know.
+      const target = await agents.forServer(input.to.serverId);
+      const [onSource, onTarget] = await Promise.all([source.getVm(input.vmId), target.getVm(input.vmId)]);
+      if (onTarget?.incarnationId === input.to.incarnationId) {
+        await recordArrival(input);
+        return { location: 'target' };
+      }
+      if (onSource?.incarnationId === input.from.incarnationId) return { location: 'source' };
+      return { location: 'lost' };
     },
   };
 }

@@ -153,7 +153,7 @@ async function restoreSimulatedVms(inventory: Inventory, agentUrls: Map<string, 
       const agent = createAgentClient({ baseUrl: url, secret });
       await agent.prepareIncarnation({ incarnationId: incarnation.id, capacity: incarnation.capacity });
       for (const vm of await inventory.listVms({ dedicatedHostId: host.id })) {
-        if (vm.incarnationId !== incarnation.id) continue;
+        if (vm.incarnationId !== incarnation.id || vm.state !== 'running') continue;
         const workload = vm.workload as { dirtyRateMiBps?: number; workingSetMiB?: number };
         const spec = {
           ...vm.spec,

@@ -23,6 +23,11 @@ export interface InvariantCheckInput {
 export interface InvariantReport {
   ok: boolean;
   violations: string[];
+  /**
+   * VMs the inventory records as lost (a migration found them on no agent after a server failed): not violations —
+   * the record is true — but an operator must see them until the tenant deletes them.
+   */
+  lostVms: Array<{ vmId: string; dedicatedHostId: string; reason: string | null }>;
   /** What was looked at, for reports. */
   checked: { hosts: number; vms: number; servers: number; incarnations: number; agents: number };
 }
@@ -107,12 +112,15 @@ export async function checkInvariants(input: InvariantCheckInput): Promise<Invar
   const liveIncarnations = new Map<string, HostIncarnation>();
   const knownIncarnations = new Set<string>();
   const runningVmIds = new Set<string>();
+  const lostVms: InvariantReport['lostVms'] = [];
   let vmCount = 0;
   let incarnationCount = 0;
   for (const host of hosts) {
     const incs = await inventory.listIncarnations({ dedicatedHostId: host.id, includeDeleted: true });
     incarnationCount += incs.length;
-    const vms = await inventory.listVms({ dedicatedHostId: host.id });
+    const listed = await inventory.listVms({ dedicatedHostId: host.id });
+    const vms = listed.filter((vm) => vm.state === 'running');
+    for (const vm of listed) if (vm.state === 'lost') lostVms.push({ vmId: vm.id, dedicatedHostId: host.id, reason: vm.lostReason ?? null });
     vmCount += vms.length;
     for (const inc of incs) {
       knownIncarnations.add(inc.id);
@@ -202,6 +210,7 @@ export async function checkInvariants(input: InvariantCheckInput): Promise<Invar
   return {
     ok: violations.length === 0,
     violations,
+    lostVms,
     checked: { hosts: hosts.length, vms: vmCount, servers: servers.length, incarnations: incarnationCount, agents: agentsAsked },
   };
 }

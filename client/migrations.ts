@@ -3,6 +3,7 @@ import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowIdConflictPolicy,
   WorkflowIdReusePolicy,
+  WorkflowNotFoundError,
   WorkflowUpdateFailedError,
   type Client,
   type WorkflowHandle,
@@ -10,6 +11,7 @@ import {
 import { ApplicationFailure } from '@temporalio/common';
 import { describeZodError, UserFacingError, zodErrorField } from '../common/errors';
 import {
+  FailureTypes,
   migrationIdFor,
   migrationRequestSchema,
   type DeleteVmArgs,
@@ -77,6 +79,9 @@ export async function migrationStatus(client: Client, dedicatedHostId: string): 
 }
 
 function refusal(err: unknown): never {
+  // The migration closed between the caller seeing the host migrating and the update reaching it: the request was
+  // not taken, and the host is (or is about to be) back on the normal path — the same answer as a late request gets.
+  if (err instanceof WorkflowNotFoundError) throw new MigrationRequestRefused(FailureTypes.MigrationEnded, `the migration is over (${err.message}); send the request through the normal path`);
   if (err instanceof WorkflowUpdateFailedError) {
     const cause = err.cause;
     const type = cause instanceof ApplicationFailure && cause.type ? cause.type : 'INVALID_INPUT';
@@ -85,22 +90,34 @@ function refusal(err: unknown): never {
   throw err;
 }
 
+/** How long a request keeps trying while a migration hands over to its next run (continue-as-new takes a moment). */
+const HAND_OVER_PATIENCE_MS = 30_000;
+
+/** Sends one update; a refusal because the run is handing over is sent again (same request id) to the next run. */
+async function sendUpdate<T>(send: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + HAND_OVER_PATIENCE_MS;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await send();
+    } catch (err) {
+      try {
+        return refusal(err);
+      } catch (refused) {
+        if (!(refused instanceof MigrationRequestRefused && refused.type === FailureTypes.MigrationContinuing) || Date.now() > deadline) throw refused;
+        await new Promise((r) => setTimeout(r, Math.min(1000, 25 * attempt)));
+      }
+    }
+  }
+}
+
 /** Provisions a VM on the migrating host's clone through the workflow (claims 1f, 6, 7). */
 export async function provisionVmDuringMigration(client: Client, dedicatedHostId: string, args: Omit<ProvisionVmArgs, 'requestId'> & { requestId?: string }): Promise<ProvisionVmResult> {
   const requestId = args.requestId ?? randomUUID();
-  try {
-    return await migrationHandle(client, dedicatedHostId).executeUpdate(provisionVmUpdate, { args: [{ ...args, requestId }], updateId: requestId });
-  } catch (err) {
-    return refusal(err);
-  }
+  return sendUpdate(() => migrationHandle(client, dedicatedHostId).executeUpdate(provisionVmUpdate, { args: [{ ...args, requestId }], updateId: requestId }));
 }
 
 /** Deletes a VM of the migrating host wherever it is at that moment (claim 8). */
 export async function deleteVmDuringMigration(client: Client, dedicatedHostId: string, args: Omit<DeleteVmArgs, 'requestId'> & { requestId?: string }): Promise<DeleteVmResult> {
   const requestId = args.requestId ?? randomUUID();
-  try {
-    return await migrationHandle(client, dedicatedHostId).executeUpdate(deleteVmUpdate, { args: [{ ...args, requestId }], updateId: requestId });
-  } catch (err) {
-    return refusal(err);
-  }
+  return sendUpdate(() => migrationHandle(client, dedicatedHostId).executeUpdate(deleteVmUpdate, { args: [{ ...args, requestId }], updateId: requestId }));
 }

@@ -108,7 +108,8 @@ export const deleteVmArgsSchema = z
   .strict();
 export type DeleteVmArgs = z.infer<typeof deleteVmArgsSchema>;
 
-export const VM_MIGRATION_STATES = ['pending', 'moving', 'moved', 'failed', 'deleted', 'provisioned-on-clone', 'moving-back', 'returned'] as const;
+/** `lost`: found running on neither side after its server failed (recorded in the inventory; the migration ends `failed`). */
+export const VM_MIGRATION_STATES = ['pending', 'moving', 'moved', 'failed', 'deleted', 'provisioned-on-clone', 'moving-back', 'returned', 'lost'] as const;
 export type VmMigrationState = (typeof VM_MIGRATION_STATES)[number];
 
 export interface MoveFigures {
@@ -171,7 +172,10 @@ export interface MigrationStatus {
   requestsHandled: number;
 }
 
-export type MigrationResult = Pick<MigrationStatus, 'migrationId' | 'dedicatedHostId' | 'phase' | 'source' | 'target' | 'counts' | 'finishedAt' | 'lastError'>;
+export type MigrationResult = Pick<MigrationStatus, 'migrationId' | 'dedicatedHostId' | 'phase' | 'source' | 'target' | 'counts' | 'finishedAt' | 'lastError'> & {
+  /** VMs no agent ran any more when the migration looked (their server failed); recorded `lost` in the inventory. */
+  lostVms?: string[];
+};
 
 /** Error types that activities throw and the workflow and clients branch on. */
 export const FailureTypes = {
@@ -184,5 +188,9 @@ export const FailureTypes = {
   WrongState: 'WRONG_STATE',
   Conflict: 'CONFLICT',
   MigrationEnded: 'MIGRATION_ENDED',
+  /** The migration is continuing as new: the request was not taken; the same request sent again reaches the next run. */
+  MigrationContinuing: 'MIGRATION_CONTINUING',
   MoveFailed: 'MoveFailed',
+  /** The migration ended with VMs that no server runs any more (see `MigrationResult.lostVms`). */
+  VmsLost: 'VmsLost',
 } as const;

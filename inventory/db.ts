@@ -125,6 +125,8 @@ export interface VmRow {
   created_at: Date;
   updated_at: Date;
   deleted_at: Date | null;
+  lost_at: Date | null;
+  lost_reason: string | null;
 }
 
 export interface MigrationRow {
@@ -232,6 +234,7 @@ export const toVm = (r: VmRow): Vm => ({
   createdAt: isoNN(r.created_at),
   updatedAt: isoNN(r.updated_at),
   deletedAt: iso(r.deleted_at),
+  ...(r.state === 'lost' ? { lostAt: iso(r.lost_at), lostReason: r.lost_reason } : {}),
 });
 
 export const toMigration = (r: MigrationRow): HostMigrationRecord => ({

@@ -80,8 +80,13 @@ export interface Inventory {
   createDedicatedHost(input: CreateHostInput): Promise<HostView>;
   /** Places a VM on an incarnation (default: the host's current one) after a capacity check. Idempotent by vmId. */
   placeVm(input: PlaceVmInput): Promise<Vm>;
-  /** Marks a VM deleted and frees its allocation. Idempotent. */
+  /** Marks a VM deleted and frees its allocation (a lost VM's was freed when it was found lost). Idempotent. */
   deleteVm(input: DeleteVmInput): Promise<Vm>;
+  /**
+   * Records that no agent runs the VM any more (found by its host's migration, which must be the one running):
+   * state `lost`, allocation freed, audit `vm.lost` with the reason. Idempotent; a deleted VM stays deleted.
+   */
+  markVmLost(input: { vmId: string; migrationId: string; reason: string } & Actor): Promise<Vm>;
 
   /** Host active → migrating under migrationId; returns what the migration starts from. Idempotent. */
   beginMigration(input: { dedicatedHostId: string; migrationId: string } & Actor): Promise<MigrationSnapshot>;
@@ -231,6 +236,7 @@ const deleteVmInput = z.object({
   migrationId: migrationIdSchema.optional(),
   actor: actorSchema,
 });
+const markLostInput = z.object({ vmId: idSchema, migrationId: migrationIdSchema, reason: z.string().min(1).max(2000), actor: actorSchema });
 const hostMigrationInput = z.object({ dedicatedHostId: idSchema, migrationId: migrationIdSchema, actor: actorSchema });
 const reserveInput = hostMigrationInput.extend({ targetServerId: idSchema.optional() });
 const cloneInput = hostMigrationInput.extend({ serverId: idSchema, incarnationId: idSchema.optional() });
@@ -342,6 +348,15 @@ async function migrationRow(c: PoolClient, id: string): Promise<MigrationRow | u
 async function vmRow(c: PoolClient, id: string, lock: boolean): Promise<VmRow | undefined> {
   const { rows } = await c.query<VmRow>(`SELECT * FROM vms WHERE id = $1${lock ? ' FOR NO KEY UPDATE' : ''}`, [id]);
   return rows[0];
+}
+
+/** Gives a running VM's resources back to its incarnation (the caller holds the incarnation row). */
+async function freeAllocation(c: PoolClient, vm: VmRow): Promise<void> {
+  await c.query(
+    `UPDATE host_incarnations SET allocated_vcpus = allocated_vcpus - $2, allocated_memory_mib = allocated_memory_mib - $3,
+            allocated_disk_gib = allocated_disk_gib - $4 WHERE id = $1`,
+    [vm.incarnation_id, vm.vcpus, vm.memory_mib, vm.disk_gib],
+  );
 }
 
 async function runningVmsOn(c: PoolClient, incarnationId: string): Promise<string[]> {
@@ -764,15 +779,12 @@ export function createInventory(pool: Pool): Inventory {
         const host = await lockHost(c, first.dedicated_host_id);
         const vm = (await vmRow(c, p.vmId, true))!;
         if (vm.state === 'deleted') return toVm(vm);
-        checkMigrationGate(host, p.migrationId);
+        // A lost VM is gone already: the tenant deleting it only closes the record, on any host state.
+        if (vm.state !== 'lost') checkMigrationGate(host, p.migrationId);
         const { rows: incs } = await c.query<IncarnationRow>('SELECT * FROM host_incarnations WHERE id = $1 FOR NO KEY UPDATE', [
           vm.incarnation_id,
         ]);
-        await c.query(
-          `UPDATE host_incarnations SET allocated_vcpus = allocated_vcpus - $2, allocated_memory_mib = allocated_memory_mib - $3,
-                  allocated_disk_gib = allocated_disk_gib - $4 WHERE id = $1`,
-          [vm.incarnation_id, vm.vcpus, vm.memory_mib, vm.disk_gib],
-        );
+        if (vm.state === 'running') await freeAllocation(c, vm);
         const { rows } = await c.query<VmRow>(
           `UPDATE vms SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING *`,
           [vm.id],
@@ -785,6 +797,37 @@ export function createInventory(pool: Pool): Inventory {
           dedicatedHostId: host.id,
           migrationId: p.migrationId,
           details: { name: vm.name },
+          physical: { incarnationId: vm.incarnation_id, serverId: incs[0]?.server_id },
+        });
+        return toVm(rows[0]!);
+      });
+    },
+
+    async markVmLost(input) {
+      const p = parse(markLostInput, input);
+      return tx(async (c) => {
+        const first = await vmRow(c, p.vmId, false);
+        if (!first) throw notFound('VM', p.vmId, 'vmId');
+        const host = await lockHost(c, first.dedicated_host_id);
+        const vm = (await vmRow(c, p.vmId, true))!;
+        if (vm.state !== 'running') return toVm(vm);
+        checkMigrationGate(host, p.migrationId);
+        const { rows: incs } = await c.query<IncarnationRow>('SELECT * FROM host_incarnations WHERE id = $1 FOR NO KEY UPDATE', [
+          vm.incarnation_id,
+        ]);
+        await freeAllocation(c, vm);
+        const { rows } = await c.query<VmRow>(
+          `UPDATE vms SET state = 'lost', lost_at = now(), lost_reason = $2, updated_at = now() WHERE id = $1 RETURNING *`,
+          [vm.id, p.reason],
+        );
+        await audit(c, {
+          actor: p.actor,
+          action: 'vm.lost',
+          entityType: 'vm',
+          entityId: vm.id,
+          dedicatedHostId: host.id,
+          migrationId: p.migrationId,
+          details: { name: vm.name, reason: p.reason },
           physical: { incarnationId: vm.incarnation_id, serverId: incs[0]?.server_id },
         });
         return toVm(rows[0]!);
@@ -1283,7 +1326,7 @@ export function createInventory(pool: Pool): Inventory {
       return read(async (c) => {
         await hostRow(c, p.dedicatedHostId, p.tenantId);
         const { rows } = await c.query<VmRow>(
-          `SELECT * FROM vms WHERE dedicated_host_id = $1 AND ($2 OR state = 'running') ORDER BY created_at, id`,
+          `SELECT * FROM vms WHERE dedicated_host_id = $1 AND ($2 OR state <> 'deleted') ORDER BY created_at, id`,
           [p.dedicatedHostId, p.includeDeleted],
         );
         return rows.map(toVm);

@@ -10,7 +10,8 @@ export type ServerState = (typeof SERVER_STATES)[number];
 export type HostState = 'active' | 'migrating';
 export type IncarnationRole = 'primary' | 'clone';
 export type IncarnationState = 'live' | 'deleted';
-export type VmState = 'running' | 'deleted';
+/** `lost`: no agent runs it any more (its server rebooted mid-migration); recorded by the migration that found it. */
+export type VmState = 'running' | 'deleted' | 'lost';
 export type MigrationRecordState = 'running' | 'finalized' | 'rolled_back';
 export type DeprovisionAfterState = 'available' | 'maintenance';
 
@@ -99,6 +100,9 @@ export interface Vm {
   createdAt: string;
   updatedAt: string;
   deletedAt: string | null;
+  /** Set when the VM was found lost, with why. */
+  lostAt?: string | null;
+  lostReason?: string | null;
 }
 
 /** The inventory's ledger of one migration's placements (the migration object is the Temporal workflow). */

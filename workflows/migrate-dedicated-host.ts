@@ -6,6 +6,7 @@ import {
   isCancellation,
   log,
   proxyActivities,
+  proxyLocalActivities,
   setCurrentDetails,
   setHandler,
   sleep,
@@ -42,7 +43,7 @@ import {
 import { describeZodError } from '../common/errors';
 import { DedicatedHostIdKey, MigrationPhaseKey, SourceServerIdKey, TargetServerIdKey } from '../common/search-attributes';
 import { renderMigrationDetails } from './details';
-import { autoConvergeFor, orderVms } from './vm-order';
+import { autoConvergeFor, bandwidthCapFor, orderVms } from './vm-order';
 import {
   deleteVmSignal,
   deleteVmUpdate,
@@ -74,6 +75,13 @@ const retry: RetryPolicy = { initialInterval: '500ms', backoffCoefficient: 2, ma
 const steps = proxyActivities<MigrationActivities>({ startToCloseTimeout: '30 seconds', retry });
 
 /**
+ * A tenant's request runs its one short step as a local activity: it executes inside the workflow task that accepted
+ * the request, so the answer needs one workflow task instead of an activity task plus a second workflow task — the
+ * difference a tenant waits for while the host migrates (benchmark 3). Same timeout and retries as `steps`.
+ */
+const requestSteps = proxyLocalActivities<MigrationActivities>({ startToCloseTimeout: '30 seconds', retry });
+
+/**
  * One VM's live migration: long, heartbeating (so a lost worker is noticed in seconds and the move resumes on another
  * worker from the agent's job), and cancellable: the workflow waits until the agent has really stopped the move.
  */
@@ -91,7 +99,11 @@ export interface CarriedState {
   deleteRequested: string[];
   forceAutoConverge: string[];
   failure?: string;
+  /** Requests signalled while this run handed over: the next run carries them out. */
+  deferred?: DeferredRequest[];
 }
+
+type DeferredRequest = { kind: 'provision'; args: ProvisionVmArgs } | { kind: 'delete'; args: DeleteVmArgs };
 
 export type MigrateDedicatedHostInput = Omit<MigrationRequest, 'policy'> & {
   policy?: MigrationRequest['policy'] | Record<string, unknown>;
@@ -136,6 +148,11 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
   const deleteRequested = new Set(rawInput.carried?.deleteRequested ?? []);
   const forceAutoConverge = new Set(rawInput.carried?.forceAutoConverge ?? []);
   let failure: string | undefined = rawInput.carried?.failure;
+  // Set while this run waits for its requests to finish before continuing as new: new requests go to the next run
+  // (updates are refused with MIGRATION_CONTINUING and retried by the client; signals are carried over), so a steady
+  // stream of requests cannot keep the hand-over waiting for ever.
+  let handingOver = false;
+  const deferred: DeferredRequest[] = [];
   let tick = 0; // bumped whenever something the scheduling loop waits on changes
   const cancelMove = new Map<string, () => void>();
   const movesInFlight = new Map<string, Promise<void>>();
@@ -154,6 +171,37 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
     upsertSearchAttributes([{ key: MigrationPhaseKey, value: phase }]);
     log.info('migration phase', { migrationId, phase });
     changed();
+  };
+
+  // ---- VMs that died with their server ----------------------------------------------------------------------
+  // An agent restart in the sim (a server reboot with real VMs) takes its VMs with it; a move's failure does not say
+  // so and the inventory cannot know. Before the two points of no return (finalize, and the end of a rollback) the
+  // migration asks both agents where its VMs run, and a VM that runs nowhere is reported lost instead of being
+  // declared moved or rolled back.
+  const where = () => `neither on ${st.source?.serverId ?? '?'} nor on ${st.target?.serverId ?? '?'} (its server restarted or failed)`;
+  const markLost = (vm: VmMigrationStatus) => {
+    vm.state = 'lost';
+    vm.error = `running ${where()}`;
+    changed();
+  };
+  const lostVms = () => st.vms.filter((v) => v.state === 'lost');
+  /** Asks the agents about `vms` and marks the ones running nowhere lost; returns them. */
+  const findLost = async (vms: VmMigrationStatus[]): Promise<VmMigrationStatus[]> => {
+    if (vms.length === 0 || !st.source) return [];
+    const at = await steps.locateVms.executeWithOptions({ summary: `where do ${vms.length} VM(s) run?` } as never, [
+      { vmIds: vms.map((v) => v.vmId), source: st.source, target: st.target },
+    ]);
+    const lost = vms.filter((v) => at[v.vmId] === 'none');
+    for (const vm of lost) markLost(vm);
+    if (lost.length) log.error('VMs run on no server', { migrationId, vmIds: lost.map((v) => v.vmId) });
+    return lost;
+  };
+  const recordLost = async () => {
+    const lost = lostVms();
+    if (lost.length === 0) return;
+    await steps.recordLostVms.executeWithOptions({ summary: `record ${lost.length} lost VM(s)` } as never, [
+      { migrationId, vmIds: lost.map((v) => v.vmId), reason: `migration ${migrationId} found it running ${where()}` },
+    ]);
   };
 
   // ---- Tenant requests during the migration (claims 1f, 6, 7, 8) ---------------------------------------------
@@ -215,8 +263,9 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
       throw ApplicationFailure.create({ type: FailureTypes.Conflict, message: `VM ${args.vmId} already exists`, nonRetryable: true });
     }
     const target = st.target;
+    const via = patched('tenant-requests-as-local-activities') ? requestSteps : steps;
     const result = await CancellationScope.nonCancellable(() =>
-      steps.provisionVmOnClone.executeWithOptions({ summary: `provision ${args.name} on clone ${target.incarnationId}` } as never, [
+      via.provisionVmOnClone.executeWithOptions({ summary: `provision ${args.name} on clone ${target.incarnationId}` } as never, [
         { migrationId, dedicatedHostId: st.dedicatedHostId, target, vmId: args.vmId, name: args.name, spec: args.spec, tenantId: args.tenantId },
       ]),
     );
@@ -236,8 +285,9 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
       cancelMove.get(vm.vmId)?.();
       await condition(() => vm.state !== 'moving');
     }
+    const via = patched('tenant-requests-as-local-activities') ? requestSteps : steps;
     await CancellationScope.nonCancellable(() =>
-      steps.deleteVm.executeWithOptions({ summary: `delete ${vm.name} (${vm.vmId}), was ${wasState}` } as never, [{ migrationId, vmId: vm.vmId }]),
+      via.deleteVm.executeWithOptions({ summary: `delete ${vm.name} (${vm.vmId}), was ${wasState}` } as never, [{ migrationId, vmId: vm.vmId }]),
     );
     vm.state = 'deleted';
     changed();
@@ -246,15 +296,19 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
 
   // Validators refuse before anything is recorded in history; the failure's type is the reason's code.
   const refuse = (type: string, message: string) => ApplicationFailure.create({ type, message, nonRetryable: true });
+  const continuingError = () =>
+    refuse(FailureTypes.MigrationContinuing, `the migration of ${st.dedicatedHostId} is handing over to its next run; send the request again`);
   const validateProvision = (args: ProvisionVmArgs) => {
     const r = provisionVmArgsSchema.safeParse(args);
     if (!r.success) throw refuse(FailureTypes.InvalidInput, `invalid provisionVm request: ${describeZodError(r.error)}`);
     if (!outcomes.has(args.requestId) && !acceptsRequests()) throw endedError();
+    if (!outcomes.has(args.requestId) && !inFlightRequests.has(args.requestId) && handingOver) throw continuingError();
   };
   const validateDelete = (args: DeleteVmArgs) => {
     const r = deleteVmArgsSchema.safeParse(args);
     if (!r.success) throw refuse(FailureTypes.InvalidInput, `invalid deleteVm request: ${describeZodError(r.error)}`);
     if (outcomes.has(args.requestId)) return;
+    if (!inFlightRequests.has(args.requestId) && handingOver) throw continuingError();
     const vm = vmById(args.vmId);
     if (!vm) throw refuse(FailureTypes.NotFound, `VM ${args.vmId} is not on dedicated host ${st.dedicatedHostId}`);
     if (!acceptsRequests() && vm.state !== 'deleted') throw endedError();
@@ -266,25 +320,23 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
   setHandler(deleteVmUpdate, async (args) => unwrap<DeleteVmResult>(await once(args.requestId, () => deleteVm(args))), {
     validator: validateDelete,
   });
-  // Signals cannot be refused, so a bad one is recorded as a failed outcome instead of failing the workflow task.
-  setHandler(provisionVmSignal, async (args) => {
+  // Signals cannot be refused: a bad one is recorded as a failed outcome instead of failing the workflow task, and
+  // one that arrives during a hand-over is carried to the next run.
+  const signalled = async (req: DeferredRequest, validate: () => void) => {
     try {
-      validateProvision(args);
+      validate();
     } catch (err) {
-      if (typeof args?.requestId === 'string') remember({ requestId: args.requestId, ok: false, error: { type: FailureTypes.InvalidInput, message: (err as Error).message } });
+      const type = (err as ApplicationFailure).type;
+      if (type === FailureTypes.MigrationContinuing) deferred.push(req);
+      else if (typeof req.args?.requestId === 'string') remember({ requestId: req.args.requestId, ok: false, error: { type: FailureTypes.InvalidInput, message: (err as Error).message } });
       return;
     }
-    await once(args.requestId, () => provisionVm(args));
-  });
-  setHandler(deleteVmSignal, async (args) => {
-    try {
-      validateDelete(args);
-    } catch (err) {
-      if (typeof args?.requestId === 'string') remember({ requestId: args.requestId, ok: false, error: { type: FailureTypes.InvalidInput, message: (err as Error).message } });
-      return;
-    }
-    await once(args.requestId, () => deleteVm(args));
-  });
+    await (req.kind === 'provision' ? once(req.args.requestId, () => provisionVm(req.args)) : once(req.args.requestId, () => deleteVm(req.args)));
+  };
+  setHandler(provisionVmSignal, (args) => signalled({ kind: 'provision', args }, () => validateProvision(args)));
+  setHandler(deleteVmSignal, (args) => signalled({ kind: 'delete', args }, () => validateDelete(args)));
+  // Requests a previous run received while it handed over.
+  for (const req of rawInput.carried?.deferred ?? []) void signalled(req, () => (req.kind === 'provision' ? validateProvision(req.args) : validateDelete(req.args)));
   setHandler(statusQuery, () => ({ ...st, counts: countStates(st.vms) }));
   setHandler(requestOutcomeQuery, (requestId) => outcomes.get(requestId) ?? null);
 
@@ -300,6 +352,8 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
     vm.error = undefined;
     changed();
     const autoConverge = autoConvergeFor(policy, vm, forceAutoConverge.has(vm.vmId));
+    // A critical-path VM gets a whole stream and the moves around it share the rest (only when the policy knows the link).
+    const bandwidthCapBps = bandwidthCapFor(policy, vm, st.vms);
     const scope = new CancellationScope();
     cancelMove.set(vm.vmId, () => scope.cancel());
     try {
@@ -312,7 +366,7 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
             from: source,
             to: target,
             maxDowntimeMs: policy.maxDowntimeMs,
-            bandwidthCapBps: policy.bandwidthCapBps,
+            bandwidthCapBps,
             autoConverge,
           },
         ]),
@@ -329,6 +383,9 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
       if (where.location === 'target') {
         vm.state = 'moved';
         vm.figures = where.figures;
+      } else if (where.location === 'lost') {
+        markLost(vm);
+        failure ??= `VM ${vm.vmId} was lost: ${vm.error}`;
       } else if (isCancellation(err)) {
         vm.state = 'pending';
       } else {
@@ -395,6 +452,15 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
       for (const cancel of cancelMove.values()) cancel();
       await Promise.allSettled(movesInFlight.values());
       await condition(allHandlersFinished);
+      const reportsLost = patched('report-lost-vms');
+      if (reportsLost && st.target && st.source) {
+        // Only VMs that still run somewhere can be brought home, and the host stays on the source: a source agent
+        // that restarted (a rebooted server) needs its incarnation back.
+        await findLost(st.vms.filter((v) => v.state !== 'deleted' && v.state !== 'lost'));
+        await steps.ensureIncarnationOnAgent.executeWithOptions({ summary: `make sure ${st.source.incarnationId} exists on ${st.source.serverId}` } as never, [
+          { server: st.source, capacity: st.capacity! },
+        ]);
+      }
       if (st.target && st.source) {
         const back = st.vms.filter((v) => v.state === 'moved' || v.state === 'provisioned-on-clone');
         const source = st.source;
@@ -421,6 +487,7 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
         };
         await Promise.all(Array.from({ length: Math.min(policy.maxParallel, queue.length) }, worker));
         const stranded = st.vms.filter((v) => v.state === 'failed' && v.error?.startsWith('could not move back'));
+        if (reportsLost) await recordLost();
         if (stranded.length) {
           // The clone still runs VMs: deleting it would lose them. Leave it for an operator, say so loudly.
           st.lastError = `${reason}; rollback incomplete: ${stranded.length} VM(s) remain on the clone (${stranded.map((v) => v.vmId).join(', ')})`;
@@ -430,12 +497,23 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
         }
       }
       for (const vm of st.vms) if (vm.state === 'returned' || vm.state === 'moving') vm.state = 'pending';
+      if (reportsLost) await recordLost(); // before the inventory's rollback, which refuses a clone that still has VMs
       await steps.rollbackMigration.executeWithOptions({ summary: `roll back: delete clone, release target` } as never, [
         { migrationId, dedicatedHostId: st.dedicatedHostId, target: st.target },
       ]);
       st.finishedAt = now();
+      const lost = lostVms();
+      if (lost.length) {
+        // Rolled back, but not to where it started: say what is missing instead of "rolled back".
+        st.lastError = `${reason}; rolled back, but ${lost.length} VM(s) were lost with their server: ${lost.map((v) => v.vmId).join(', ')}`;
+        setPhase('failed');
+        return;
+      }
       setPhase('rolled-back');
     });
+    if (st.phase === 'failed' && lostVms().length && !st.vms.some((v) => v.error?.startsWith('could not move back'))) {
+      throw ApplicationFailure.create({ type: FailureTypes.VmsLost, message: st.lastError ?? reason, nonRetryable: true, details: [result()] });
+    }
     if (st.phase === 'failed') {
       throw ApplicationFailure.create({ type: 'RollbackIncomplete', message: st.lastError ?? reason, nonRetryable: true, details: [result()] });
     }
@@ -452,6 +530,7 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
     counts: countStates(st.vms),
     finishedAt: st.finishedAt,
     lastError: st.lastError,
+    ...(lostVms().length ? { lostVms: lostVms().map((v) => v.vmId) } : {}),
   });
 
   upsertSearchAttributes([
@@ -505,6 +584,8 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
     if (st.phase === 'migrating-vms') {
       const outcome = await moveAll();
       if (outcome === 'continue-as-new') {
+        // Requests already accepted finish here; new ones go to the next run (see `handingOver`).
+        handingOver = patched('hand-over-requests-on-continue-as-new');
         await condition(allHandlersFinished);
         const carried: CarriedState = {
           status: st,
@@ -512,8 +593,14 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
           deleteRequested: [...deleteRequested],
           forceAutoConverge: [...forceAutoConverge],
           failure,
+          ...(deferred.length ? { deferred } : {}),
         };
         return await continueAsNew<typeof migrateDedicatedHost>({ ...request, carried });
+      }
+      if (failure === undefined && patched('report-lost-vms')) {
+        // Everything on the clone must really run there before the clone becomes the host.
+        const lost = await findLost(st.vms.filter((v) => v.state === 'moved' || v.state === 'provisioned-on-clone'));
+        if (lost.length) failure = `${lost.length} VM(s) lost before finalize: ${lost.map((v) => v.vmId).join(', ')}`;
       }
       if (failure !== undefined) return await rollBack(failure, false);
       setPhase('finalizing');

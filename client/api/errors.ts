@@ -65,6 +65,8 @@ const REFUSAL_STATUS: Record<string, { status: number; code: string }> = {
   CONFLICT: { status: 409, code: 'CONFLICT' },
   WRONG_STATE: { status: 409, code: 'WRONG_STATE' },
   MIGRATION_ENDED: { status: 409, code: 'WRONG_STATE' },
+  // Only after the client's own retries ran out: the migration did not come back from its hand-over in time.
+  MIGRATION_CONTINUING: { status: 503, code: 'UNAVAILABLE' },
 };
 
 /** Connection-level failures of Postgres or Temporal: the service is degraded, not the request wrong. */

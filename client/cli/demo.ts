@@ -151,7 +151,7 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
 
     say(`Migrating ${host.id} off ${before.physicalServerId} while guests keep working...`);
     // qemu: at most two guests move at once (each move is a second QEMU process on this machine).
-    const started = await operator.request<{ id: string }>('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { policy: { maxParallel: qemu ? 2 : 3, autoConverge: true } }, key());
+    const started = await operator.request<{ id: string }>('POST', `/v1/dedicated-hosts/${host.id}/migrations`, qemu ? { policy: { maxParallel: 2, autoConverge: true } } : {}, key());
     const migStart = Date.now();
 
     // Mid-way, the tenant keeps working: two new VMs (they land on the clone) and one deletion.

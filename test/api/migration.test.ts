@@ -157,4 +157,34 @@ describe('a migration through the HTTP API', () => {
     const later = await t.vm(tenant.token, host.id, { name: 'after' });
     expect((await t.call('GET', `/v1/vms/${later.id}`, { token: op })).body.physicalServerId).toBe(target.serverId);
   });
+  it("without a policy the migration runs dhm's own schedule for the host's link; fields the operator gives win", async () => {
+    const op = t.operatorToken;
+    const tenant = await t.tenant('scheduled customer');
+    const start = async (body: unknown) => {
+      const host = await t.host(tenant.token, { name: `h-${Math.random().toString(36).slice(2, 8)}` });
+      await t.vm(tenant.token, host.id, { name: 'a', memoryMiB: 1024 });
+      const r = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body });
+      expect(r.status).toBe(202);
+      const m = await eventually('migration done', async () => {
+        const g = await t.call('GET', `/v1/migrations/${r.body.id}`, { token: op });
+        return ['completed', 'rolled-back', 'failed'].includes(g.body?.phase) ? g.body : null;
+      }, 60_000, 100);
+      expect(m.phase).toBe('completed');
+      return m.policy as Record<string, unknown>;
+    };
+    const server = (await t.call('GET', '/v1/physical-servers', { token: op })).body.servers[0];
+    const linkBytesPerSec = server.nicBandwidthBps / 8;
+    // The test fleet's sim agents cap a stream at 40 % of the NIC: 3 streams fill it.
+    expect(await start({})).toMatchObject({
+      maxParallel: 3,
+      order: 'largest-first',
+      maxDowntimeMs: 100,
+      onVmFailure: 'retry-with-auto-converge',
+      linkBytesPerSec,
+      streamCapBytesPerSec: 0.4 * linkBytesPerSec,
+      autoConvergeAboveDirtyRateMiBps: expect.any(Number),
+    });
+    const mixed = await start({ policy: { maxParallel: 1, maxDowntimeMs: 250 } });
+    expect(mixed).toMatchObject({ maxParallel: 1, maxDowntimeMs: 250, order: 'largest-first', linkBytesPerSec });
+  });
 });

@@ -7,6 +7,7 @@ import { targetMismatch } from '../../../common/target-match';
 import { DedicatedHostIdKey, MigrationPhaseKey } from '../../../common/search-attributes';
 import { isInventoryError, type HostView } from '../../../inventory';
 import { statusQuery } from '../../../workflows/messages';
+import { explicitFields, policyForHost } from '../../default-policy';
 import { startMigration } from '../../migrations';
 import { idempotent, parseOptionalBody, parseWith, send, type ApiContext } from '../context';
 import { ApiError } from '../errors';
@@ -66,10 +67,12 @@ export function registerMigrationRoutes(app: FastifyInstance, ctx: ApiContext): 
       if (host.state === 'migrating')
         throw new ApiError(409, 'ALREADY_MIGRATING', `dedicated host ${id} is already migrating (${migrationIdFor(id)})`, 'id');
       await precheckTarget(host, body.targetServerId, (body.policy?.waitForCapacitySeconds ?? 0) > 0);
+      // dhm's own schedule for this host, with every field the operator set kept as set.
+      const policy = await policyForHost(ctx.inventory, id, explicitFields(body.policy, (req.body as { policy?: unknown } | undefined)?.policy));
       const handle = await startMigration(client, taskQueue, {
         dedicatedHostId: id,
         ...(body.targetServerId ? { targetServerId: body.targetServerId } : {}),
-        ...(body.policy ? { policy: body.policy } : {}),
+        policy,
         requestedBy: 'operator',
       });
       return { status: 202, schema: migrationAcceptedReply, body: { id: handle.workflowId, dedicatedHostId: id, phase: 'validating' } };

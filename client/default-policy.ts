@@ -1,0 +1,31 @@
+import type { MigrationPolicy, MigrationPolicyInput } from '../common/migration';
+import { DEFAULT_STREAM_CAP_FRACTION } from '../compute/agent-service';
+import type { Inventory } from '../inventory';
+import { autoSchedulePolicy } from '../workflows/vm-order';
+
+/**
+ * The policy a migration runs with when the operator does not say otherwise: dhm's own schedule
+ * (`autoSchedulePolicy`: streams from the link and the per-stream cap, largest first, auto-converge only for the
+ * guests that need it, a downtime target a third of the limit, critical-path caps), computed from the source
+ * server's NIC; the workflow finds the critical-path VM itself from the VMs it moves. Every field the operator gave wins as given.
+ *
+ * The per-stream cap S is the agents' (`DEFAULT_STREAM_CAP_FRACTION` of the NIC for sim agents); a QEMU migration
+ * stream has no cap of its own beyond the link.
+ */
+export async function policyForHost(inventory: Inventory, dedicatedHostId: string, explicit: Partial<MigrationPolicy> = {}): Promise<MigrationPolicyInput> {
+  const host = await inventory.getHost(dedicatedHostId);
+  const server = await inventory.getServer(host.serverId);
+  const auto = autoSchedulePolicy({
+    nicBandwidthBps: server.nicBandwidthBps,
+    streamCapFraction: server.backend === 'qemu' ? 1 : DEFAULT_STREAM_CAP_FRACTION,
+    ...(explicit.maxDowntimeMs !== undefined ? { downtimeLimitMs: explicit.maxDowntimeMs } : {}),
+  });
+  return { ...auto, ...explicit };
+}
+
+/** The fields of a parsed policy that the request really carried (zod fills defaults for the rest). */
+export function explicitFields(parsed: MigrationPolicy | undefined, raw: unknown): Partial<MigrationPolicy> {
+  if (!parsed || !raw || typeof raw !== 'object') return {};
+  const given = new Set(Object.keys(raw));
+  return Object.fromEntries(Object.entries(parsed).filter(([k]) => given.has(k))) as Partial<MigrationPolicy>;
+}

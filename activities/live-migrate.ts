@@ -37,13 +37,33 @@ function progressOf(job: MigrationJob): MoveProgress {
   return { jobId, vmId, state, round, bytesSent, bytesRemaining, memoryBytes, dirtyRateBps, throughputBps, throttlePct };
 }
 
-async function pollUntilDone(agent: AgentClient, jobId: string, onProgress: (job: MigrationJob) => void, sleep: (ms: number) => Promise<void>): Promise<MigrationJob> {
+/**
+ * How long one long-poll of the agent (`GET migration?waitMs=`) may wait for the job to end: the agent answers the
+ * moment the job leaves `running`, else after this long with its progress, which is heartbeated. So it is also the
+ * most time between heartbeats of a running move (the heartbeat timeout is 15 s).
+ */
+const WAIT_MS = 1_000;
+
+/**
+ * Follows the job until it leaves `running`, by long-polling the agent. An agent that ignores `waitMs` answers at
+ * once: the loop then sleeps out the rest of POLL_MS, the old polling. `cancelled` (the activity's) ends the wait early.
+ */
+async function pollUntilDone(
+  agent: AgentClient,
+  jobId: string,
+  onProgress: (job: MigrationJob) => void,
+  sleep: (ms: number) => Promise<void>,
+  cancelled?: Promise<never>,
+): Promise<MigrationJob> {
   for (;;) {
-    const job = await agent.getMigration(jobId);
+    const asked = Date.now();
+    const reply = agent.getMigration(jobId, { waitMs: WAIT_MS });
+    const job = await (cancelled ? Promise.race([reply, cancelled]) : reply);
     if (!job) throw ApplicationFailure.create({ type: FailureTypes.MoveFailed, message: `agent ${agent.baseUrl} lost migration job ${jobId} (restarted?)`, nonRetryable: true });
-    onProgress(job);
     if (job.state !== 'running') return job;
-    await sleep(POLL_MS);
+    onProgress(job);
+    const early = POLL_MS - (Date.now() - asked);
+    if (early > 0) await sleep(early);
   }
 }
 
@@ -71,7 +91,7 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
       });
       const heartbeat = (j: MigrationJob) => ctx.heartbeat(progressOf(j));
       try {
-        job = await pollUntilDone(source, input.jobId, heartbeat, (ms) => ctx.sleep(ms));
+        job = await pollUntilDone(source, input.jobId, heartbeat, (ms) => ctx.sleep(ms), ctx.cancelled);
       } catch (err) {
         if (!(err instanceof CancelledFailure)) throw err;
         // A worker shutting down or a lost heartbeat is not a request to stop the VM's move: leave the job running on

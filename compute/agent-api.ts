@@ -170,6 +170,23 @@ export const migrationJobSchema = z.object({
 });
 export type MigrationJob = z.infer<typeof migrationJobSchema>;
 
+/** The longest a `GET migration` long-poll may hold its request. */
+export const MAX_MIGRATION_WAIT_MS = 30_000;
+
+/**
+ * Query of `GET /v1/migrations/:jobId`. With `waitMs` the agent holds the request until the job leaves `while`
+ * (only `running` can be left; the default) or `waitMs` has passed, then answers the job as it is: a follower learns
+ * of the end at once instead of at its next poll. Without it the agent answers at once. An agent that predates the
+ * parameter ignores it and answers at once, so a client must not assume it waited.
+ */
+export const migrationWaitQuerySchema = z
+  .object({
+    waitMs: z.coerce.number().int().min(0).max(MAX_MIGRATION_WAIT_MS).optional(),
+    while: z.literal('running').optional(),
+  })
+  .strict();
+export type MigrationWaitQuery = z.infer<typeof migrationWaitQuerySchema>;
+
 // ---- agent-to-agent: receiving a migration ---------------------------------------------------------------------
 
 /** The source asks the target to reserve room for a VM before it sends a byte. */

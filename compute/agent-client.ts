@@ -4,6 +4,7 @@ import {
   faultsStateSchema,
   guestOpResultSchema,
   incarnationViewSchema,
+  MAX_MIGRATION_WAIT_MS,
   migrationJobSchema,
   paths,
   vmViewSchema,
@@ -63,7 +64,11 @@ export interface AgentClient {
   deleteVm(vmId: string): Promise<void>;
   /** Idempotent by jobId: the same jobId returns the existing job. */
   startMigration(input: StartMigrationInput): Promise<MigrationJob>;
-  getMigration(jobId: string): Promise<MigrationJob | null>;
+  /**
+   * With `waitMs`, a long-poll: the agent answers once the job has left `running` or `waitMs` has passed (the request
+   * timeout is extended by `waitMs`). An older agent ignores it and answers at once: callers must not rely on the wait.
+   */
+  getMigration(jobId: string, opts?: { waitMs?: number }): Promise<MigrationJob | null>;
   /** Before switchover: the VM stays on the source ('cancelled'). After completion: AgentError 409 MIGRATION_COMPLETED. */
   cancelMigration(jobId: string): Promise<MigrationJob>;
   /** Served wherever the VM runs now: a `VM_MOVED` answer is followed (a few hops at most). */
@@ -115,7 +120,12 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
     getVm: (vmId) => nullIfNotFound(callAgent(home, 'GET', paths.vm(vmId), undefined, vmViewSchema)),
     deleteVm: (vmId) => followingMoves((t) => callAgent(t, 'DELETE', paths.vm(vmId), undefined, null)),
     startMigration: ({ jobId, ...body }) => callAgent(home, 'PUT', paths.migration(jobId), body, migrationJobSchema),
-    getMigration: (jobId) => nullIfNotFound(callAgent(home, 'GET', paths.migration(jobId), undefined, migrationJobSchema)),
+    getMigration: (jobId, o) => {
+      const waitMs = Math.min(Math.max(0, Math.floor(o?.waitMs ?? 0)), MAX_MIGRATION_WAIT_MS);
+      if (!waitMs) return nullIfNotFound(callAgent(home, 'GET', paths.migration(jobId), undefined, migrationJobSchema));
+      const target = { ...home, timeoutMs: timeoutMs + waitMs };
+      return nullIfNotFound(callAgent(target, 'GET', `${paths.migration(jobId)}?waitMs=${waitMs}&while=running`, undefined, migrationJobSchema));
+    },
     cancelMigration: (jobId) => callAgent(home, 'POST', paths.cancelMigration(jobId), undefined, migrationJobSchema),
     guestOp: (vmId, op) => followingMoves((t) => callAgent(t, 'POST', paths.guestOps(vmId), op, guestOpResultSchema)),
     setFaults: async (f) => {

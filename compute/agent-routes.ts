@@ -14,6 +14,7 @@ import {
   incarnationViewSchema,
   incomingViewSchema,
   migrationJobSchema,
+  migrationWaitQuerySchema,
   routes,
   prepareIncarnationBodySchema,
   startMigrationBodySchema,
@@ -116,7 +117,8 @@ export function registerAgentRoutes(app: FastifyInstance, backend: ComputeBacken
   });
   app.get(routes.migration, quiet, async (req, reply) => {
     const jobId = id(req.params, 'jobId');
-    const job = backend.getMigration(jobId);
+    const { waitMs } = parseOr400(migrationWaitQuerySchema, req.query);
+    const job = waitMs ? await backend.waitForMigration(jobId, waitMs) : backend.getMigration(jobId);
     if (!job) throw notFound('jobId', `no migration ${jobId} here`);
     return send(reply, migrationJobSchema, job);
   });

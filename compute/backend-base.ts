@@ -30,6 +30,8 @@ export interface BackendVm {
 /** An outbound migration as the shared bookkeeping sees it. */
 export interface BackendJob {
   readonly input: StartMigrationInput;
+  /** Resolves once the job has left `running` (completed, failed, cancelled, or halted). */
+  readonly settled: Promise<void>;
   snapshot(): MigrationJob;
   /** Throws `MIGRATION_COMPLETED` once the VM has moved. */
   cancel(): Promise<MigrationJob>;
@@ -236,6 +238,25 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
 
   getMigration(jobId: string): MigrationJob | null {
     return this.jobs.get(jobId)?.snapshot() ?? null;
+  }
+
+  /**
+   * The job once it has left `running`, or as it is after `waitMs` (the long-poll behind `GET migration?waitMs=`).
+   * A job still being started (the target's answer pending) is waited for as well; null if there is no such job.
+   */
+  async waitForMigration(jobId: string, waitMs: number): Promise<MigrationJob | null> {
+    if (waitMs <= 0) return this.getMigration(jobId);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)));
+    try {
+      const pending = this.starting.get(jobId);
+      if (pending) await Promise.race([pending.promise.catch(() => undefined), timeout]);
+      const job = this.jobs.get(jobId);
+      if (job && !this.closed && job.snapshot().state === 'running') await Promise.race([job.settled, timeout]);
+      return this.getMigration(jobId);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async cancelMigration(jobId: string): Promise<MigrationJob> {

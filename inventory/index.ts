@@ -463,6 +463,68 @@ async function jobRows(c: PoolClient, ids: string[]): Promise<Array<OutboxRow & 
   return rows;
 }
 
+/** Errors of the one-statement move that the step-by-step transaction retries (it retries them itself too). */
+const RETRY_STEP_BY_STEP = new Set(['40P01' /* deadlock_detected */, '40001' /* serialization_failure */]);
+
+/**
+ * A VM's arrival, recorded in one statement (its own transaction) when everything is as expected: the VM runs on a
+ * live incarnation of its host, the migration is the host's running one, and the target incarnation (live, same host)
+ * has room. Null when any of that does not hold — the caller then runs the step-by-step transaction, which names
+ * the problem or returns the VM already moved.
+ *
+ * Why one statement: every arrival of a host updates the same two incarnation rows, so arrivals queue on those row
+ * locks; a transaction of eight round trips held them (and the host row) for eight round trips of a busy worker.
+ * Here the locks are held for one statement and its commit. Locks are taken in the order every other writer takes
+ * them — host, VM, incarnations by id — but the host row only FOR SHARE: arrivals of one host do not exclude each
+ * other (the incarnation rows serialize their allocation changes), while finalize, rollback, placements and
+ * deletes, which lock the host row FOR NO KEY UPDATE, still exclude them. The rows read after a lock wait are their
+ * newest versions (READ COMMITTED re-reads locked rows), so the checks see what the updates will change; the
+ * deferred triggers check allocations against the running VMs at commit, and the capacity CHECK at the update.
+ */
+async function movePlacementAtOnce(
+  pool: Pool,
+  p: { vmId: string; migrationId: string; toIncarnationId: string; actor: string },
+): Promise<VmRow | null> {
+  const { rows } = await pool.query<VmRow>(
+    `WITH vm0 AS MATERIALIZED (
+       SELECT dedicated_host_id FROM vms WHERE id = $1
+     ), host AS MATERIALIZED (
+       SELECT h.id, h.migration_id FROM dedicated_hosts h JOIN vm0 ON h.id = vm0.dedicated_host_id FOR SHARE OF h
+     ), vm AS MATERIALIZED (
+       SELECT v.* FROM vms v JOIN host ON v.dedicated_host_id = host.id WHERE v.id = $1 FOR NO KEY UPDATE OF v
+     ), inc AS MATERIALIZED (
+       SELECT i.* FROM host_incarnations i JOIN vm ON i.dedicated_host_id = vm.dedicated_host_id
+        WHERE i.id IN (vm.incarnation_id, $3) AND vm.state = 'running' AND vm.incarnation_id <> $3
+        ORDER BY i.id FOR NO KEY UPDATE OF i
+     ), go AS MATERIALIZED (
+       SELECT vm.id AS vm_id, vm.name, vm.vcpus, vm.memory_mib, vm.disk_gib, host.id AS host_id,
+              f.id AS from_id, f.server_id AS from_server, t.id AS to_id, t.server_id AS to_server
+         FROM vm, host, host_migrations m, inc f, inc t
+        WHERE host.migration_id = $2 AND m.id = $2 AND m.dedicated_host_id = host.id AND m.state = 'running'
+          AND f.id = vm.incarnation_id AND f.state = 'live' AND t.id = $3 AND t.state = 'live'
+          AND t.allocated_vcpus + vm.vcpus <= t.vcpus AND t.allocated_memory_mib + vm.memory_mib <= t.memory_mib
+          AND t.allocated_disk_gib + vm.disk_gib <= t.disk_gib
+     ), moved_inc AS (
+       UPDATE host_incarnations i
+          SET allocated_vcpus = allocated_vcpus + CASE WHEN i.id = go.to_id THEN go.vcpus ELSE -go.vcpus END,
+              allocated_memory_mib = allocated_memory_mib + CASE WHEN i.id = go.to_id THEN go.memory_mib ELSE -go.memory_mib END,
+              allocated_disk_gib = allocated_disk_gib + CASE WHEN i.id = go.to_id THEN go.disk_gib ELSE -go.disk_gib END
+         FROM go WHERE i.id IN (go.from_id, go.to_id)
+     ), moved_vm AS (
+       UPDATE vms v SET incarnation_id = go.to_id, updated_at = now() FROM go WHERE v.id = go.vm_id RETURNING v.*
+     ), audited AS (
+       INSERT INTO audit_events (actor, action, entity_type, entity_id, dedicated_host_id, migration_id, details, physical)
+       SELECT $4, 'vm.moved', 'vm', go.vm_id, go.host_id, $2, jsonb_build_object('name', go.name),
+              jsonb_build_object('fromIncarnationId', go.from_id, 'fromServerId', go.from_server,
+                                 'toIncarnationId', go.to_id, 'toServerId', go.to_server)
+         FROM go
+     )
+     SELECT * FROM moved_vm`,
+    [p.vmId, p.migrationId, p.toIncarnationId, p.actor],
+  );
+  return rows[0] ?? null;
+}
+
 /* ---------------------------------------------------------------- the inventory */
 
 export function createInventory(pool: Pool): Inventory {
@@ -1012,13 +1074,20 @@ export function createInventory(pool: Pool): Inventory {
 
     async moveVmPlacement(input) {
       const p = parse(moveInput, input);
+      // The common case in one statement; anything else (an error to explain, a retry of a move already recorded, a
+      // lock conflict) takes the step-by-step transaction below, which answers exactly as before.
+      const moved = await movePlacementAtOnce(pool, p).catch((err: unknown) => {
+        if (RETRY_STEP_BY_STEP.has(pgErrorCode(err) ?? '')) return null;
+        throw err;
+      });
+      if (moved) return toVm(moved);
       return tx(async (c) => {
         const first = await vmRow(c, p.vmId, false);
         if (!first) throw notFound('VM', p.vmId, 'vmId');
         const host = await lockHost(c, first.dedicated_host_id);
         await requireRunningMigration(c, host, p.migrationId);
         const vm = (await vmRow(c, p.vmId, true))!;
-        if (vm.state === 'deleted') throw new InventoryError('WRONG_STATE', `vmId: VM ${vm.id} is deleted`, 'vmId');
+        if (vm.state !== 'running') throw new InventoryError('WRONG_STATE', `vmId: VM ${vm.id} is ${vm.state}`, 'vmId');
         if (vm.incarnation_id === p.toIncarnationId) return toVm(vm);
         const live = await liveIncarnations(c, host.id, true);
         const to = live.find((i) => i.id === p.toIncarnationId);

@@ -78,10 +78,9 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
       const ctx = Context.current();
       const source = await agents.forServer(input.from.serverId);
       const target = await agents.forServer(input.to.serverId);
-      // After a worker restart the job is usually still running on the agent: follow it rather than start over.
-      let job = await source.getMigration(input.jobId);
-      if (job) ctx.log.info('resuming a move the agent already has', { jobId: input.jobId, state: job.state, round: job.round });
-      job ??= await source.startMigration({
+      // Idempotent by job id: after a worker restart the agent answers with the job it already has (usually still
+      // running), and the activity follows it rather than start over — one round trip either way.
+      let job = await source.startMigration({
         jobId: input.jobId,
         vmId: input.vmId,
         target: { agentUrl: target.baseUrl, incarnationId: input.to.incarnationId },

@@ -350,13 +350,42 @@ async function vmRow(c: PoolClient, id: string, lock: boolean): Promise<VmRow | 
   return rows[0];
 }
 
-/** Gives a running VM's resources back to its incarnation (the caller holds the incarnation row). */
-async function freeAllocation(c: PoolClient, vm: VmRow): Promise<void> {
-  await c.query(
-    `UPDATE host_incarnations SET allocated_vcpus = allocated_vcpus - $2, allocated_memory_mib = allocated_memory_mib - $3,
-            allocated_disk_gib = allocated_disk_gib - $4 WHERE id = $1`,
-    [vm.incarnation_id, vm.vcpus, vm.memory_mib, vm.disk_gib],
+/**
+ * A VM leaves the running set: deleted (by its tenant or its migration) or lost (its migration found it running
+ * nowhere). A running VM gives its resources back to its incarnation; a lost one did so when it was found lost. The
+ * caller holds the host and VM rows.
+ */
+async function endVm(
+  c: PoolClient,
+  dedicatedHostId: string,
+  vm: VmRow,
+  end: { state: 'deleted' | 'lost'; actor: string; migrationId?: string; reason?: string },
+): Promise<VmRow> {
+  const { rows: incs } = await c.query<IncarnationRow>('SELECT * FROM host_incarnations WHERE id = $1 FOR NO KEY UPDATE', [vm.incarnation_id]);
+  if (vm.state === 'running') {
+    await c.query(
+      `UPDATE host_incarnations SET allocated_vcpus = allocated_vcpus - $2, allocated_memory_mib = allocated_memory_mib - $3,
+              allocated_disk_gib = allocated_disk_gib - $4 WHERE id = $1`,
+      [vm.incarnation_id, vm.vcpus, vm.memory_mib, vm.disk_gib],
+    );
+  }
+  const { rows } = await c.query<VmRow>(
+    end.state === 'deleted'
+      ? `UPDATE vms SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING *`
+      : `UPDATE vms SET state = 'lost', lost_at = now(), lost_reason = $2, updated_at = now() WHERE id = $1 RETURNING *`,
+    end.state === 'deleted' ? [vm.id] : [vm.id, end.reason ?? null],
   );
+  await audit(c, {
+    actor: end.actor,
+    action: end.state === 'deleted' ? 'vm.deleted' : 'vm.lost',
+    entityType: 'vm',
+    entityId: vm.id,
+    dedicatedHostId,
+    migrationId: end.migrationId,
+    details: end.reason ? { name: vm.name, reason: end.reason } : { name: vm.name },
+    physical: { incarnationId: vm.incarnation_id, serverId: incs[0]?.server_id },
+  });
+  return rows[0]!;
 }
 
 async function runningVmsOn(c: PoolClient, incarnationId: string): Promise<string[]> {
@@ -843,25 +872,7 @@ export function createInventory(pool: Pool): Inventory {
         if (vm.state === 'deleted') return toVm(vm);
         // A lost VM is gone already: the tenant deleting it only closes the record, on any host state.
         if (vm.state !== 'lost') checkMigrationGate(host, p.migrationId);
-        const { rows: incs } = await c.query<IncarnationRow>('SELECT * FROM host_incarnations WHERE id = $1 FOR NO KEY UPDATE', [
-          vm.incarnation_id,
-        ]);
-        if (vm.state === 'running') await freeAllocation(c, vm);
-        const { rows } = await c.query<VmRow>(
-          `UPDATE vms SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING *`,
-          [vm.id],
-        );
-        await audit(c, {
-          actor: p.actor,
-          action: 'vm.deleted',
-          entityType: 'vm',
-          entityId: vm.id,
-          dedicatedHostId: host.id,
-          migrationId: p.migrationId,
-          details: { name: vm.name },
-          physical: { incarnationId: vm.incarnation_id, serverId: incs[0]?.server_id },
-        });
-        return toVm(rows[0]!);
+        return toVm(await endVm(c, host.id, vm, { state: 'deleted', actor: p.actor, migrationId: p.migrationId }));
       });
     },
 
@@ -874,25 +885,7 @@ export function createInventory(pool: Pool): Inventory {
         const vm = (await vmRow(c, p.vmId, true))!;
         if (vm.state !== 'running') return toVm(vm);
         checkMigrationGate(host, p.migrationId);
-        const { rows: incs } = await c.query<IncarnationRow>('SELECT * FROM host_incarnations WHERE id = $1 FOR NO KEY UPDATE', [
-          vm.incarnation_id,
-        ]);
-        await freeAllocation(c, vm);
-        const { rows } = await c.query<VmRow>(
-          `UPDATE vms SET state = 'lost', lost_at = now(), lost_reason = $2, updated_at = now() WHERE id = $1 RETURNING *`,
-          [vm.id, p.reason],
-        );
-        await audit(c, {
-          actor: p.actor,
-          action: 'vm.lost',
-          entityType: 'vm',
-          entityId: vm.id,
-          dedicatedHostId: host.id,
-          migrationId: p.migrationId,
-          details: { name: vm.name, reason: p.reason },
-          physical: { incarnationId: vm.incarnation_id, serverId: incs[0]?.server_id },
-        });
-        return toVm(rows[0]!);
+        return toVm(await endVm(c, host.id, vm, { state: 'lost', actor: p.actor, migrationId: p.migrationId, reason: p.reason }));
       });
     },
 

@@ -598,8 +598,9 @@ export async function migrateDedicatedHost(rawInput: MigrateDedicatedHostInput):
         return await continueAsNew<typeof migrateDedicatedHost>({ ...request, carried });
       }
       if (failure === undefined && patched('report-lost-vms')) {
-        // Everything on the clone must really run there before the clone becomes the host.
-        const lost = await findLost(st.vms.filter((v) => v.state === 'moved' || v.state === 'provisioned-on-clone'));
+        // Everything on the clone must really run there before the clone becomes the host. Taken in turn with the
+        // tenants' requests: a delete half done (gone from the agent, not yet from the status) is not a lost VM.
+        const lost = await serialized(() => findLost(st.vms.filter((v) => v.state === 'moved' || v.state === 'provisioned-on-clone')));
         if (lost.length) failure = `${lost.length} VM(s) lost before finalize: ${lost.map((v) => v.vmId).join(', ')}`;
       }
       if (failure !== undefined) return await rollBack(failure, false);

@@ -41,11 +41,11 @@ function guestLoad(sys: TestSystem, firstServerId: string, vmIds: string[]) {
 }
 
 /**
- * Records a history for the replay test when asked (DHM_RECORD_HISTORIES=1). Recorded histories are committed and
+ * Records a history for the replay test when asked (DHM_TEST_RECORD_HISTORIES=1). Recorded histories are committed and
  * replayed by later code, so a run must not overwrite them with histories of the code under test.
  */
 async function saveHistory(sys: TestSystem, hostId: string, name: string) {
-  if (!process.env.DHM_RECORD_HISTORIES) return;
+  if (!process.env.DHM_TEST_RECORD_HISTORIES) return;
   const history = await sys.temporal.client.workflow.getHandle(`migration-${hostId}`).fetchHistory();
   fs.mkdirSync(FIXTURES, { recursive: true });
   const json = temporal.api.history.v1.History.toObject(history as temporal.api.history.v1.History, { longs: String, enums: String, bytes: String, defaults: false });

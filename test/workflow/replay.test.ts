@@ -12,8 +12,9 @@ const DIR = path.join(__dirname, '..', 'fixtures', 'histories');
 describe('replay of recorded migration histories', () => {
   const files = (fs.existsSync(DIR) ? fs.readdirSync(DIR) : []).filter((f) => f.endsWith('.json')).sort();
 
-  it('has recorded histories to replay (completed, cancelled, retried)', () => {
-    expect(files).toEqual(expect.arrayContaining(['completed-with-requests.json', 'cancelled.json', 'retry-auto-converge.json']));
+  it('has recorded histories to replay (completed, cancelled, retried; before and after the hand-over, lost-VM and local-activity patches)', () => {
+    const names = ['completed-with-requests', 'cancelled', 'retry-auto-converge'];
+    expect(files).toEqual(expect.arrayContaining([...names.map((n) => `${n}.json`), ...names.map((n) => `${n}.v2.json`)]));
   });
 
   it.each(files)('%s replays deterministically', async (file) => {

@@ -1,17 +1,14 @@
 import { Client } from 'pg';
 import type { TestDatabase } from '../support/database';
-import { DEPROVISION_CHANNEL, createInventory, type DeprovisionJob, type Inventory } from '../../inventory';
-import { OP, countEvents, expectInventoryError, freshZone, migrateToClone, tenantWithHost, openTestDatabase } from './helpers';
+import { DEPROVISION_CHANNEL, type DeprovisionJob, type Inventory } from '../../inventory';
+import { OP, countEvents, expectInventoryError, freshZone, migrateToClone, tenantWithHost, inventoryPerFile } from './helpers';
 
 let db: TestDatabase;
 let inv: Inventory;
 
-beforeAll(async () => {
-  db = await openTestDatabase();
-  inv = createInventory(db.pool);
-});
-afterAll(async () => {
-  await db?.drop();
+inventoryPerFile((d, i) => {
+  db = d;
+  inv = i;
 });
 
 /** A finalized migration: its old server waits in the outbox. */

@@ -1,17 +1,14 @@
 import type { PoolClient } from 'pg';
 import type { TestDatabase } from '../support/database';
-import { createInventory, type Inventory } from '../../inventory';
-import { OP, dbState, expectInventoryError, freshZone, migrateToClone, migrationId, placeVms, tenantWithHost, openTestDatabase } from './helpers';
+import type { Inventory } from '../../inventory';
+import { OP, dbState, expectInventoryError, freshZone, migrateToClone, migrationId, placeVms, tenantWithHost, inventoryPerFile } from './helpers';
 
 let db: TestDatabase;
 let inv: Inventory;
 
-beforeAll(async () => {
-  db = await openTestDatabase();
-  inv = createInventory(db.pool);
-});
-afterAll(async () => {
-  await db?.drop();
+inventoryPerFile((d, i) => {
+  db = d;
+  inv = i;
 });
 
 /** Polls until a backend waits on a lock while running a statement that starts with `prefix`; returns its pid. */

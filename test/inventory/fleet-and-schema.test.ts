@@ -3,21 +3,18 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Pool } from 'pg';
 import type { TestDatabase } from '../support/database';
-import { createInventory, type Inventory } from '../../inventory';
+import type { Inventory } from '../../inventory';
 import { defaultFleetPath, loadFleetFile, parseFleet } from '../../inventory/fleet-file';
 import { loadMigrations, migrateDatabase } from '../../inventory/migrate';
 import { InventoryError } from '../../inventory/errors';
-import { STD, agentUrls, expectInventoryError, migrateToClone, tenantWithHost, zoneFleet, openTestDatabase } from './helpers';
+import { STD, agentUrls, expectInventoryError, migrateToClone, tenantWithHost, zoneFleet, inventoryPerFile } from './helpers';
 
 let db: TestDatabase;
 let inv: Inventory;
 
-beforeAll(async () => {
-  db = await openTestDatabase();
-  inv = createInventory(db.pool);
-});
-afterAll(async () => {
-  await db?.drop();
+inventoryPerFile((d, i) => {
+  db = d;
+  inv = i;
 });
 
 describe('schema migrations', () => {

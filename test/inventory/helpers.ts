@@ -3,7 +3,7 @@ import { createTestDatabase, type TestDatabase } from '../support/database';
 import type { Fleet } from '../../common/fleet';
 import type { Resources } from '../../common/resources';
 import { InventoryError, type InventoryErrorCode } from '../../inventory/errors';
-import type { HostView, Inventory, Vm } from '../../inventory';
+import { createInventory, type HostView, type Inventory, type Vm } from '../../inventory';
 
 export const STD: Resources = { vcpus: 64, memoryMiB: 262_144, diskGiB: 2000 };
 export const MEM: Resources = { vcpus: 32, memoryMiB: 524_288, diskGiB: 1000 };
@@ -135,4 +135,16 @@ export async function dbState(pool: Pool): Promise<Record<string, unknown[]>> {
 
 export async function countEvents(pool: Pool): Promise<number> {
   return Number((await pool.query('SELECT count(*) AS n FROM audit_events')).rows[0].n);
+}
+
+/** One fresh database and inventory for the whole test file, dropped after it. */
+export function inventoryPerFile(use: (db: TestDatabase, inv: Inventory) => void): void {
+  let db: TestDatabase | undefined;
+  beforeAll(async () => {
+    db = await openTestDatabase();
+    use(db, createInventory(db.pool));
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
 }

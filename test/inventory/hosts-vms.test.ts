@@ -1,16 +1,13 @@
 import type { TestDatabase } from '../support/database';
-import { createInventory, tenantEventView, type Inventory } from '../../inventory';
-import { OP, STD, countEvents, dbState, expectInventoryError, freshZone, placeVms, tenantWithHost, vmId, openTestDatabase } from './helpers';
+import { tenantEventView, type Inventory } from '../../inventory';
+import { OP, STD, countEvents, dbState, expectInventoryError, freshZone, placeVms, tenantWithHost, vmId, inventoryPerFile } from './helpers';
 
 let db: TestDatabase;
 let inv: Inventory;
 
-beforeAll(async () => {
-  db = await openTestDatabase();
-  inv = createInventory(db.pool);
-});
-afterAll(async () => {
-  await db?.drop();
+inventoryPerFile((d, i) => {
+  db = d;
+  inv = i;
 });
 
 describe('tenants', () => {

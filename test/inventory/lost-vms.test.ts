@@ -1,20 +1,14 @@
-import type { TestDatabase } from '../support/database';
-import { createInventory, type Inventory } from '../../inventory';
-import { expectInventoryError, freshZone, migrationId, openTestDatabase, placeVms, tenantWithHost } from './helpers';
+import type { Inventory } from '../../inventory';
+import { expectInventoryError, freshZone, migrationId, inventoryPerFile, placeVms, tenantWithHost } from './helpers';
 
 /**
  * A VM its migration found running nowhere (its server rebooted) is recorded `lost`: out of its incarnation's
  * allocation, audited with the reason, visible to its tenant, and deletable by the tenant afterwards.
  */
-let db: TestDatabase;
 let inv: Inventory;
 
-beforeAll(async () => {
-  db = await openTestDatabase();
-  inv = createInventory(db.pool);
-});
-afterAll(async () => {
-  await db?.drop();
+inventoryPerFile((_db, i) => {
+  inv = i;
 });
 
 const small = { vcpus: 2, memoryMiB: 2048, diskGiB: 20 };

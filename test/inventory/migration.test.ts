@@ -1,5 +1,5 @@
 import type { TestDatabase } from '../support/database';
-import { createInventory, type Inventory } from '../../inventory';
+import type { Inventory } from '../../inventory';
 import {
   OP,
   STD,
@@ -12,18 +12,15 @@ import {
   placeVms,
   tenantWithHost,
   vmId,
-  openTestDatabase,
+  inventoryPerFile,
 } from './helpers';
 
 let db: TestDatabase;
 let inv: Inventory;
 
-beforeAll(async () => {
-  db = await openTestDatabase();
-  inv = createInventory(db.pool);
-});
-afterAll(async () => {
-  await db?.drop();
+inventoryPerFile((d, i) => {
+  db = d;
+  inv = i;
 });
 
 const small = { vcpus: 4, memoryMiB: 8192, diskGiB: 100 };

@@ -1,6 +1,6 @@
 import type { TestDatabase } from '../support/database';
-import { createInventory, type Inventory } from '../../inventory';
-import { expectInventoryError, freshZone, migrationId, openTestDatabase, placeVms, tenantWithHost } from './helpers';
+import type { Inventory } from '../../inventory';
+import { expectInventoryError, freshZone, migrationId, inventoryPerFile, placeVms, tenantWithHost } from './helpers';
 
 /**
  * moveVmPlacement records an arrival in one statement when all is as expected (so a host's arrivals hold its
@@ -10,12 +10,9 @@ import { expectInventoryError, freshZone, migrationId, openTestDatabase, placeVm
 let db: TestDatabase;
 let inv: Inventory;
 
-beforeAll(async () => {
-  db = await openTestDatabase();
-  inv = createInventory(db.pool);
-});
-afterAll(async () => {
-  await db?.drop();
+inventoryPerFile((d, i) => {
+  db = d;
+  inv = i;
 });
 
 const tiny = { vcpus: 1, memoryMiB: 1024, diskGiB: 10 };

@@ -43,6 +43,11 @@ export interface RunningAgent {
   url: string;
   serverId: string;
   bootId: string;
+  /**
+   * Fault injection: the agent daemon restarts while the server keeps running — unreachable for `downMs`, then back
+   * with its migration jobs aborted and forgotten and its VMs untouched (the boot id, the server's, stays).
+   */
+  restartDaemon(downMs?: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -150,6 +155,13 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     url,
     serverId: opts.serverId,
     bootId,
+    async restartDaemon(downMs = 0) {
+      // Down (every request answered 503, as when nothing listens), then back with the jobs forgotten.
+      backend.setFaults({ unreachable: true });
+      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs)); // the simulated outage itself
+      await backend.restartDaemon();
+      backend.setFaults({ unreachable: false });
+    },
     stop: () =>
       (stopping ??= (async () => {
         closing = true;

@@ -267,6 +267,27 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     return job.cancel();
   }
 
+  /**
+   * Fault injection: the agent daemon restarted while the server and its hypervisor kept running. VMs and
+   * incarnations stay; every migration job is forgotten — one still in flight is aborted first, as a restarted
+   * daemon cancels the moves it finds orphaned, so its VM keeps running here — and incoming reservations not yet
+   * committed are dropped. A committed incoming VM runs here and stays.
+   */
+  async restartDaemon(): Promise<void> {
+    for (const pending of [...this.starting.values()]) await pending.promise.catch(() => undefined);
+    for (const job of [...this.jobs.values()]) {
+      if (job.snapshot().state !== 'running') continue;
+      try {
+        await job.cancel();
+      } catch (err) {
+        if (!(err instanceof AgentFailure && err.code === 'MIGRATION_COMPLETED')) throw err;
+      }
+    }
+    this.jobs.clear();
+    for (const r of [...this.incoming.values()]) if (!this.incomingCommitted(r)) await this.dropIncoming(r);
+    this.logger.warn('agent daemon restarted: migration jobs forgotten, VMs kept');
+  }
+
   // ---- inbound migrations ------------------------------------------------------------------------------------
 
   acceptIncoming(jobId: string, input: AcceptIncomingBody): IncomingView {

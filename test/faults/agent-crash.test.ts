@@ -130,6 +130,35 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     }
   }, 60_000 + FAULT_TRIALS * 60_000);
 
+  it('an agent daemon restarts mid-move (source or target) while its server keeps running: no VM is lost, the policy decides the rest', async () => {
+    // The daemon, not the server: unreachable for a while, then back with its migration jobs aborted and forgotten.
+    // One host, migrated back and forth: each trial starts from where the previous one left it.
+    const { hostId, vmIds } = await createHost(`d${randomBytes(2).toString('hex')}`, 3);
+    for (let trial = 0; trial < Math.max(2, Math.ceil(FAULT_TRIALS / 2)); trial++) {
+      const side = trial % 2 === 0 ? 'source' : 'target';
+      const sourceServerId = (await inventory.getHost(hostId)).serverId;
+      const handle = await startMigration(temporal.client, temporal.taskQueue, { dedicatedHostId: hostId, policy: { maxParallel: rnd.int(1, 2), bandwidthCapBps: 100e6 } });
+      const st = await eventually('a VM moving', async () => {
+        const x: MigrationStatus = await handle.query(statusQuery);
+        return x.vms.some((v) => v.state === 'moving') && x.target ? x : null;
+      }, 60_000, 10);
+      const serverId = side === 'source' ? sourceServerId : st.target!.serverId;
+      await agents.get(serverId)!.restartDaemon(rnd.int(0, 1500));
+      count(fig.faults, `${side} agent daemon restarted`);
+      const r = await outcome(handle);
+      count(fig.migrations, `${r.phase} (${side} daemon restarted)`);
+      expect(['completed', 'rolled-back']).toContain(r.phase);
+      expect(r.vms.filter((v) => v.state === 'lost')).toEqual([]);
+      const host = await inventory.getHost(hostId);
+      if (r.phase === 'rolled-back') expect(host.serverId).toBe(sourceServerId);
+      const at = await whereRunning(vmIds);
+      for (const vmId of vmIds) expect(at.get(vmId)).toEqual([host.serverId]); // once, where the inventory says
+      await settled();
+      await invariants(`after a ${side} daemon restart`);
+      fig.trials++;
+    }
+  }, 120_000 + FAULT_TRIALS * 40_000);
+
   /**
    * A server "reboots" (its agent restarts: the sim keeps VMs in the agent's memory, so they die with it) after one VM
    * switched over and while the next one moves. dhm cannot bring the dead VMs back; what it owes is the truth: the

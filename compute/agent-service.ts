@@ -48,6 +48,8 @@ export interface RunningAgent {
    * with its migration jobs aborted and forgotten and its VMs untouched (the boot id, the server's, stays).
    */
   restartDaemon(downMs?: number): Promise<void>;
+  /** Long-polls of migration jobs the agent holds right now (for tests and diagnostics). */
+  pollsWaiting(): number;
   stop(): Promise<void>;
 }
 
@@ -155,6 +157,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     url,
     serverId: opts.serverId,
     bootId,
+    pollsWaiting: () => backend.pollsWaiting(),
     async restartDaemon(downMs = 0) {
       // Down (every request answered 503, as when nothing listens), then back with the jobs forgotten.
       backend.setFaults({ unreachable: true });

@@ -74,6 +74,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   protected readonly incoming = new Map<string, R>();
   protected faultState: FaultsState = { failMigrationAtRound: null, unreachable: false, linkSlowdown: 1 };
   protected closed = false;
+  private pollsHeld = 0;
   private readonly ledger: IncarnationLedger;
   /** Starts waiting for the target's answer, so a concurrent retry of the same job id joins instead of racing. */
   private readonly starting = new Map<string, { input: StartMigrationInput; promise: Promise<MigrationJob> }>();
@@ -248,6 +249,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     if (waitMs <= 0) return this.getMigration(jobId);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)));
+    this.pollsHeld++;
     try {
       const pending = this.starting.get(jobId);
       if (pending) await Promise.race([pending.promise.catch(() => undefined), timeout]);
@@ -255,8 +257,14 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
       if (job && !this.closed && job.snapshot().state === 'running') await Promise.race([job.settled, timeout]);
       return this.getMigration(jobId);
     } finally {
+      this.pollsHeld--;
       clearTimeout(timer);
     }
+  }
+
+  /** Long-polls being held right now (`waitForMigration` calls not yet answered). */
+  pollsWaiting(): number {
+    return this.pollsHeld;
   }
 
   async cancelMigration(jobId: string): Promise<MigrationJob> {

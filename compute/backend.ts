@@ -44,6 +44,8 @@ export interface ComputeBackend {
   // Outbound migrations (this server is the source).
   startMigration(input: StartMigrationInput): Promise<MigrationJob>;
   getMigration(jobId: string): MigrationJob | null;
+  /** Long-polls being held right now. */
+  pollsWaiting(): number;
   /** Fault injection: the daemon restarts, the VMs keep running; migration jobs are aborted and forgotten. */
   restartDaemon(): Promise<void>;
   /** The job as soon as it leaves `running`, or as it is after `waitMs` (the long-poll behind `GET migration?waitMs`). */

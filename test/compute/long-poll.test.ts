@@ -1,5 +1,5 @@
 import { paths } from '../../compute/agent-api';
-import { Agents, spec, startPair } from './helpers';
+import { Agents, spec, startPair, waitFor } from './helpers';
 
 /** `GET migration?waitMs=`: the agent holds the request until the job leaves `running`, or until waitMs has passed. */
 describe('following a migration by long-poll', () => {
@@ -47,9 +47,11 @@ describe('following a migration by long-poll', () => {
     await source.client.setFaults({ linkSlowdown: 1000 });
     const asked = performance.now();
     const following = source.client.getMigration('lp-3', { waitMs: 20_000 });
-    await new Promise((r) => setTimeout(r, 50));
+    // The cancel must meet a poll the agent is holding, not one that has not arrived yet.
+    await waitFor('the agent to hold the long-poll', () => source.agent.pollsWaiting() === 1);
     await source.client.cancelMigration('lp-3');
     expect(await following).toMatchObject({ state: 'cancelled', error: { code: 'Cancelled' } });
+    expect(source.agent.pollsWaiting()).toBe(0);
     expect(performance.now() - asked).toBeLessThan(5_000);
   });
 

@@ -79,7 +79,8 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
       const source = await agents.forServer(input.from.serverId);
       const target = await agents.forServer(input.to.serverId);
       // Idempotent by job id: after a worker restart the agent answers with the job it already has (usually still
-      // running), and the activity follows it rather than start over — one round trip either way.
+      // running), and the activity follows it rather than start over. The start waits like a long-poll, so a move that
+      // ends within WAIT_MS costs this one round trip.
       let job = await source.startMigration({
         jobId: input.jobId,
         vmId: input.vmId,
@@ -87,10 +88,13 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
         maxDowntimeMs: input.maxDowntimeMs,
         bandwidthCapBps: input.bandwidthCapBps,
         autoConverge: input.autoConverge,
-      });
+      }, { waitMs: WAIT_MS });
       const heartbeat = (j: MigrationJob) => ctx.heartbeat(progressOf(j));
       try {
-        job = await pollUntilDone(source, input.jobId, heartbeat, (ms) => ctx.sleep(ms), ctx.cancelled);
+        if (job.state === 'running') {
+          heartbeat(job);
+          job = await pollUntilDone(source, input.jobId, heartbeat, (ms) => ctx.sleep(ms), ctx.cancelled);
+        }
       } catch (err) {
         if (!(err instanceof CancelledFailure)) throw err;
         // A worker shutting down or a lost heartbeat is not a request to stop the VM's move: leave the job running on

@@ -170,7 +170,7 @@ export const migrationJobSchema = z.object({
 });
 export type MigrationJob = z.infer<typeof migrationJobSchema>;
 
-/** The longest a `GET migration` long-poll may hold its request. */
+/** The longest a `GET migration` (or `PUT migration`) long-poll may hold its request. */
 export const MAX_MIGRATION_WAIT_MS = 30_000;
 
 /**

@@ -62,8 +62,11 @@ export interface AgentClient {
    * is followed to its new agent. Already gone is fine.
    */
   deleteVm(vmId: string): Promise<void>;
-  /** Idempotent by jobId: the same jobId returns the existing job. */
-  startMigration(input: StartMigrationInput): Promise<MigrationJob>;
+  /**
+   * Idempotent by jobId: the same jobId returns the existing job. With `waitMs` the agent then holds the answer as
+   * `getMigration` does (one round trip for a short move); an older agent answers at once.
+   */
+  startMigration(input: StartMigrationInput, opts?: { waitMs?: number }): Promise<MigrationJob>;
   /**
    * With `waitMs`, a long-poll: the agent answers once the job has left `running` or `waitMs` has passed (the request
    * timeout is extended by `waitMs`). An older agent ignores it and answers at once: callers must not rely on the wait.
@@ -76,6 +79,8 @@ export interface AgentClient {
   /** Test-only fault injection; keys left out keep their value. */
   setFaults(f: Faults): Promise<void>;
 }
+
+const clampWait = (waitMs: number | undefined) => Math.min(Math.max(0, Math.floor(waitMs ?? 0)), MAX_MIGRATION_WAIT_MS);
 
 /** How many `VM_MOVED` redirects one call follows: a VM can move on while a request chases it, but not forever. */
 export const MAX_MOVED_HOPS = 5;
@@ -119,9 +124,13 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
       callAgent(home, 'PUT', paths.vm(vmId), { incarnationId, spec }, vmViewSchema),
     getVm: (vmId) => nullIfNotFound(callAgent(home, 'GET', paths.vm(vmId), undefined, vmViewSchema)),
     deleteVm: (vmId) => followingMoves((t) => callAgent(t, 'DELETE', paths.vm(vmId), undefined, null)),
-    startMigration: ({ jobId, ...body }) => callAgent(home, 'PUT', paths.migration(jobId), body, migrationJobSchema),
+    startMigration: ({ jobId, ...body }, o) => {
+      const waitMs = clampWait(o?.waitMs);
+      if (!waitMs) return callAgent(home, 'PUT', paths.migration(jobId), body, migrationJobSchema);
+      return callAgent({ ...home, timeoutMs: timeoutMs + waitMs }, 'PUT', `${paths.migration(jobId)}?waitMs=${waitMs}`, body, migrationJobSchema);
+    },
     getMigration: (jobId, o) => {
-      const waitMs = Math.min(Math.max(0, Math.floor(o?.waitMs ?? 0)), MAX_MIGRATION_WAIT_MS);
+      const waitMs = clampWait(o?.waitMs);
       if (!waitMs) return nullIfNotFound(callAgent(home, 'GET', paths.migration(jobId), undefined, migrationJobSchema));
       const target = { ...home, timeoutMs: timeoutMs + waitMs };
       return nullIfNotFound(callAgent(target, 'GET', `${paths.migration(jobId)}?waitMs=${waitMs}&while=running`, undefined, migrationJobSchema));

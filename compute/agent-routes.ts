@@ -113,7 +113,11 @@ export function registerAgentRoutes(app: FastifyInstance, backend: ComputeBacken
   app.put(routes.migration, async (req, reply) => {
     const jobId = id(req.params, 'jobId');
     const body = parseOr400(startMigrationBodySchema, req.body);
-    return send(reply, migrationJobSchema, await backend.startMigration({ jobId, ...body }));
+    const { waitMs } = parseOr400(migrationWaitQuerySchema, req.query);
+    const started = await backend.startMigration({ jobId, ...body });
+    // Start and follow in one round trip: a short move is answered finished, without a second request.
+    const job = waitMs && started.state === 'running' ? ((await backend.waitForMigration(jobId, waitMs)) ?? started) : started;
+    return send(reply, migrationJobSchema, job);
   });
   app.get(routes.migration, quiet, async (req, reply) => {
     const jobId = id(req.params, 'jobId');

@@ -72,4 +72,32 @@ describe('following a migration by long-poll', () => {
       expect(await res.json()).toMatchObject({ error: { code: 'INVALID_INPUT', field } });
     }
   });
+
+  test('PUT migration?waitMs= starts the job and answers it finished, in one request; repeated, the same job', async () => {
+    const { source, target } = await setup(1000);
+    const body = { vmId: 'vm', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false };
+    const job = await source.client.startMigration({ jobId: 'lp-5', ...body }, { waitMs: 20_000 });
+    expect(job).toMatchObject({ jobId: 'lp-5', state: 'completed' });
+    expect(await target.client.getVm('vm')).toMatchObject({ incarnationId: 'dst' });
+    // Idempotent by job id: the repeat is the same finished job, not a second move.
+    expect(await source.client.startMigration({ jobId: 'lp-5', ...body }, { waitMs: 20_000 })).toEqual(job);
+    // A bad waitMs changes nothing: no job is started.
+    const res = await fetch(`${source.url}${paths.migration('lp-6')}?waitMs=soon`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ error: { code: 'INVALID_INPUT', field: 'waitMs' } });
+    expect(await source.client.getMigration('lp-6')).toBeNull();
+  });
+
+  test('PUT migration?waitMs= answers a job still running once waitMs has passed', async () => {
+    const { source, target } = await setup(1);
+    await source.client.setFaults({ linkSlowdown: 1000 });
+    const asked = performance.now();
+    const job = await source.client.startMigration(
+      { jobId: 'lp-7', vmId: 'vm', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false },
+      { waitMs: 300 },
+    );
+    expect(job).toMatchObject({ jobId: 'lp-7', state: 'running' });
+    expect(performance.now() - asked).toBeGreaterThanOrEqual(250);
+    await source.client.cancelMigration('lp-7');
+  });
 });

@@ -20,23 +20,36 @@ async function runsOn(agent: AgentClient, vmId: string, incarnationId: string): 
  */
 export function createVmCensus({ inventory, agents }: { inventory: Inventory; agents: AgentDirectory }) {
   return {
-    /** Where each VM runs now, asked of the source's and the target's agents. */
+    /**
+     * Where each VM runs now, asked of the source's and the target's agents: one listing of each incarnation (two
+     * requests for the whole host), then a VM found in neither is asked about by id — a lost verdict rests on the
+     * agents' answer for that very VM, not on a list read a moment earlier.
+     */
     async locateVms(input: { vmIds: string[]; source: ServerIncarnation; target?: ServerIncarnation }): Promise<Record<string, VmWhereabouts>> {
       const source = await agents.forServer(input.source.serverId);
       const target = input.target ? await agents.forServer(input.target.serverId) : undefined;
+      const listed = async (agent: AgentClient | undefined, incarnationId: string | undefined) =>
+        new Set(agent && incarnationId ? ((await agent.getIncarnation(incarnationId))?.vmIds ?? []) : []);
+      const [onSource, onTarget] = await Promise.all([listed(source, input.source.incarnationId), listed(target, input.target?.incarnationId)]);
       const out: Record<string, VmWhereabouts> = {};
-      // A few at a time: a host may have hundreds of VMs and the agents serve guests too.
-      const queue = [...input.vmIds];
+      const unseen: string[] = [];
+      for (const vmId of input.vmIds) {
+        const s = onSource.has(vmId);
+        const t = onTarget.has(vmId);
+        if (s || t) out[vmId] = s && t ? 'both' : s ? 'source' : 'target';
+        else unseen.push(vmId);
+      }
+      // A few at a time: normally none or a handful (a VM that just moved, or really lost).
       const worker = async () => {
-        for (let vmId = queue.shift(); vmId; vmId = queue.shift()) {
-          const [onSource, onTarget] = await Promise.all([
+        for (let vmId = unseen.shift(); vmId; vmId = unseen.shift()) {
+          const [s, t] = await Promise.all([
             runsOn(source, vmId, input.source.incarnationId),
             target && input.target ? runsOn(target, vmId, input.target.incarnationId) : Promise.resolve(false),
           ]);
-          out[vmId] = onSource && onTarget ? 'both' : onSource ? 'source' : onTarget ? 'target' : 'none';
+          out[vmId] = s && t ? 'both' : s ? 'source' : t ? 'target' : 'none';
         }
       };
-      await Promise.all(Array.from({ length: Math.min(8, queue.length) }, worker));
+      await Promise.all(Array.from({ length: Math.min(8, unseen.length) }, worker));
       return out;
     },
 

@@ -164,7 +164,7 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
       async setWorkers(count) {
         await stopWorkers();
         const started = Array.from({ length: count }, () =>
-          spawn(process.execPath, ['-r', '@swc-node/register', path.join(__dirname, 'worker-main.ts')], {
+          spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '-r', '@swc-node/register', path.join(__dirname, 'worker-main.ts')], {
             cwd: path.resolve(__dirname, '..', '..'),
             env: {
               ...process.env,

@@ -586,15 +586,17 @@ export function createInventory(pool: Pool): Inventory {
   async function placeTx(
     c: PoolClient,
     p: z.output<typeof placeVmInput> & { onClone: boolean },
-  ): Promise<{ vm: VmRow; host: HostRow }> {
-    const host = await lockHost(c, p.dedicatedHostId, p.tenantId);
+    // A caller that has locked the host and looked the VM up already passes them: one round trip each saved.
+    known?: { host: HostRow; existing: VmRow | undefined },
+  ): Promise<{ vm: VmRow; host: HostRow; live: IncarnationRow[] }> {
+    const host = known?.host ?? (await lockHost(c, p.dedicatedHostId, p.tenantId));
     const vmId = p.vmId ?? newId('vm');
     const spec: Resources = { vcpus: p.spec.vcpus, memoryMiB: p.spec.memoryMiB, diskGiB: p.spec.diskGiB };
-    const existing = await vmRow(c, vmId, false);
+    const existing = known ? known.existing : await vmRow(c, vmId, false);
     if (existing) {
       // Same id, same request: the first answer. Same id for something else: a caller bug worth stopping.
       if (existing.dedicated_host_id === host.id && existing.name === p.name && sameSpec(resOf(existing), spec))
-        return { vm: existing, host };
+        return { vm: existing, host, live: await liveIncarnations(c, host.id, false) };
       throw new InventoryError('CONFLICT', `vmId: ${vmId} already names a different VM`, 'vmId');
     }
     checkMigrationGate(host, p.migrationId);
@@ -645,7 +647,14 @@ export function createInventory(pool: Pool): Inventory {
       details: { name: p.name, spec },
       physical: { incarnationId: target.id, serverId: target.server_id },
     });
-    return { vm, host };
+    // The live incarnations as they are now (the rows were read under lock; only the target's allocation changed).
+    const placedOn = target;
+    const after = live.map((i) =>
+      i.id === placedOn.id
+        ? { ...i, allocated_vcpus: i.allocated_vcpus + spec.vcpus, allocated_memory_mib: i.allocated_memory_mib + spec.memoryMiB, allocated_disk_gib: i.allocated_disk_gib + spec.diskGiB }
+        : i,
+    );
+    return { vm, host, live: after };
   }
 
   async function finalizeResult(c: PoolClient, m: MigrationRow): Promise<FinalizeResult> {
@@ -1059,9 +1068,8 @@ export function createInventory(pool: Pool): Inventory {
         // A retry after the VM was placed gets the first answer even if the migration has moved on since.
         const existing = await vmRow(c, p.vmId, false);
         if (!existing || existing.created_by_migration !== p.migrationId) await requireRunningMigration(c, host, p.migrationId);
-        const { vm } = await placeTx(c, { ...p, onClone: true });
-        const after = await hostRow(c, host.id);
-        return { ...toVm(vm), capacity: capacityFrom(after, await liveIncarnations(c, host.id, false)) };
+        const { vm, live } = await placeTx(c, { ...p, onClone: true }, { host, existing });
+        return { ...toVm(vm), capacity: capacityFrom(host, live) };
       });
     },
 

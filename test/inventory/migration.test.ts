@@ -240,6 +240,8 @@ describe('while a host migrates', () => {
     expect(ok.capacity.clone!.allocated.vcpus).toBe(40);
     expect(ok.capacity.clone!.available.vcpus).toBe(24);
     expect(ok.capacity.aggregateAvailable.vcpus).toBe(0);
+    // The reply's capacity is computed from the rows read under lock: it must be what the inventory now says.
+    expect(ok.capacity).toEqual(await inv.capacityView(host.id));
     expect((await inv.listVms({ dedicatedHostId: host.id })).filter((v) => v.incarnationId === clone.id).map((v) => v.id)).toContain(ok.id);
     // The last VM still moves: the host was never over-committed.
     await inv.moveVmPlacement({ vmId: vms[1]!.id, migrationId: mig, toIncarnationId: clone.id, actor });

@@ -32,7 +32,9 @@ export function createHostService(deps: HostServiceDeps) {
       const host = await inventory.getHost(dedicatedHostId);
       if (host.state === 'active') return host;
       if (Date.now() > deadline) throw new InventoryError('WRONG_STATE', `host ${dedicatedHostId} is still migrating; try again later`, 'dedicatedHostId');
-      await new Promise((r) => setTimeout(r, 100));
+      // A short wait: the host turns active the moment the migration's last transaction commits, and the tenant is
+      // waiting (100 ms here was the worst part of a request that met a migration's end).
+      await new Promise((r) => setTimeout(r, 20));
     }
   };
 

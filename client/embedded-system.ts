@@ -19,6 +19,7 @@ import { startScheduler } from '../workers/scheduler';
 import { startApiServer } from './api/server';
 import { startDevStack, type DevStack } from './dev-stack';
 import { createHostService, type HostService } from './host-service';
+import { stopInReverse } from '../common/stop-in-reverse';
 
 export interface Credentials {
   apiUrl: string;
@@ -63,15 +64,7 @@ export async function startEmbeddedSystem(opts: {
   const { env, logger } = opts;
   installTemporalRuntime(logger);
   const stops: Array<() => Promise<void>> = [];
-  const stopAll = async () => {
-    for (const stop of stops.splice(0).reverse()) {
-      try {
-        await stop();
-      } catch (err) {
-        logger.error({ err }, 'error while stopping');
-      }
-    }
-  };
+  const stopAll = () => stopInReverse(stops, logger, 'the embedded system');
   try {
     const stack = await startDevStack({ env, logger, stateDir: opts.stateDir });
     stops.push(stack.stop);

@@ -19,6 +19,7 @@ import { startFleetAgents, type FleetAgents, type FleetAgentsOptions } from '../
 import { createInventory, type Inventory } from '../../inventory';
 import { migrateDatabase } from '../../inventory/migrate';
 import { mergeStats, type CallStats } from './stopwatch';
+import { stopInReverse } from '../../common/stop-in-reverse';
 
 /**
  * The real system for benchmarks 2–4, started by the bench itself the way the jest global setup does it: a real
@@ -62,15 +63,7 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-bench-'));
   fs.chmodSync(stateDir, 0o755); // the postgres system user must reach its data folder when running as root
   const stops: Array<() => Promise<void>> = [async () => fs.rmSync(stateDir, { recursive: true, force: true })];
-  const stopAll = async () => {
-    for (const stop of stops.splice(0).reverse()) {
-      try {
-        await stop();
-      } catch (err) {
-        logger.error({ err }, 'error while stopping the bench stack');
-      }
-    }
-  };
+  const stopAll = () => stopInReverse(stops, logger, 'the bench stack');
   try {
     const env = { ...process.env };
     delete env.DATABASE_URL;

@@ -10,6 +10,7 @@ import { startTemporalDevServer, waitForTemporal } from './temporal-dev-server';
 import { Client } from 'pg';
 import { UserFacingError } from '../../common/errors';
 import { isAlive } from './pidfile';
+import { stopInReverse } from '../../common/stop-in-reverse';
 
 export interface DevStack {
   databaseUrl: string;
@@ -42,15 +43,7 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
   fs.mkdirSync(stateDir, { recursive: true });
   claimStateDir(stateDir);
   const stops: Array<() => Promise<void>> = [async () => fs.rmSync(path.join(stateDir, 'stack.pid'), { force: true })];
-  const stopAll = async () => {
-    for (const stop of stops.splice(0).reverse()) {
-      try {
-        await stop();
-      } catch (err) {
-        logger.error({ err }, 'error while stopping part of the dev stack');
-      }
-    }
-  };
+  const stopAll = () => stopInReverse(stops, logger, 'part of the dev stack');
   try {
     // Postgres
     let databaseUrl: string;

@@ -4,6 +4,7 @@ import type {
   Actor,
   AuditEvent,
   CapacityView,
+  DeleteHostResult,
   DeprovisionAfterState,
   DeprovisionJob,
   FinalizeResult,
@@ -44,6 +45,12 @@ export interface Inventory {
 
   /** A logical host on a free server of the zone and class, with the class's amounts. Idempotent if `dedicatedHostId` is given. */
   createDedicatedHost(input: CreateHostInput): Promise<HostView>;
+  /**
+   * Deletes a host with no VMs (running or lost) that is not migrating: the host and its current incarnation are
+   * deleted, the server goes to the scheduler through the de-provisioning outbox as after a finalize (claim 5).
+   * Refuses NOT_FOUND (unknown, another tenant's, already deleted: a repeat changes nothing), HOST_MIGRATING, HOST_HAS_VMS.
+   */
+  deleteDedicatedHost(input: DeleteHostInput): Promise<DeleteHostResult>;
   /** Places a VM on an incarnation (default: the host's current one) after a capacity check. Idempotent by vmId. */
   placeVm(input: PlaceVmInput): Promise<Vm>;
   /** Marks a VM deleted and frees its allocation (a lost VM's was freed when it was found lost). Idempotent. */
@@ -102,6 +109,14 @@ export interface CreateHostInput extends Actor {
   resourceClass: string;
   /** Optional caller-chosen id: a retry with the same id returns the same host. */
   dedicatedHostId?: string;
+}
+
+export interface DeleteHostInput extends Actor {
+  dedicatedHostId: string;
+  /** When given, must own the host (else NOT_FOUND). */
+  tenantId?: string;
+  /** State of the server once the scheduler has torn the host down; default `available`. */
+  afterState?: DeprovisionAfterState;
 }
 
 export interface PlaceVmInput extends Actor {

@@ -8,8 +8,8 @@ import type { DeprovisionAfterState, DeprovisionJob } from './types';
 /**
  * The de-provisioning outbox (table `deprovision_outbox`), claim 5: deleting an incarnation writes a row here in the
  * same transaction, and the scheduler service (workers/scheduler.ts) tears the incarnation down on its server's agent
- * and gives the server its after-state. Whatever deletes an incarnation enqueues through `enqueueDeprovision`
- * (today a migration's finalize), so the scheduler has one path.
+ * and gives the server its after-state. A migration's finalize and the deletion of a host both enqueue through
+ * `enqueueDeprovision`, so the scheduler has one path for both.
  */
 
 /**

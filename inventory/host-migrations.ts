@@ -221,7 +221,7 @@ async function endMigration(c: PoolClient, id: string, state: 'finalized' | 'rol
 }
 
 async function finalizeResult(c: PoolClient, m: MigrationRow): Promise<FinalizeResult> {
-  const host = await findHost(c, m.dedicated_host_id);
+  const host = await findHost(c, m.dedicated_host_id, { includeDeleted: true });
   return {
     migration: toMigration(m),
     host: toHost(host),
@@ -272,7 +272,7 @@ export async function finalizeMigration(
 }
 
 async function rollbackResult(c: PoolClient, m: MigrationRow): Promise<RollbackResult> {
-  const host = await findHost(c, m.dedicated_host_id);
+  const host = await findHost(c, m.dedicated_host_id, { includeDeleted: true });
   const clone = m.clone_incarnation_id ? await incarnationRow(c, m.clone_incarnation_id) : undefined;
   const srv = m.target_server_id ? await serverRow(c, m.target_server_id, false) : undefined;
   return {

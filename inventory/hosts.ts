@@ -3,11 +3,12 @@ import { subtractResources, type Resources } from '../common/resources';
 import { audit } from './audit';
 import { allocatedOf, capacityFrom, pickFreeServer } from './capacity';
 import { forUpdate, iso, isoNN, newId, resOf } from './db';
+import { enqueueDeprovision } from './deprovision-outbox';
 import { InventoryError, notFound } from './errors';
-import { updateServer } from './servers';
+import { lockServers, updateServer } from './servers';
 import { visibleTo } from './tenant-visibility';
 import { getTenant } from './tenants';
-import type { CapacityView, DedicatedHost, HostIncarnation, HostView } from './types';
+import type { CapacityView, DedicatedHost, DeleteHostResult, DeprovisionAfterState, HostIncarnation, HostView } from './types';
 
 /**
  * Dedicated hosts (table `dedicated_hosts`, the logical host a tenant sees) and their incarnations (table
@@ -32,6 +33,7 @@ export interface HostRow {
   migration_id: string | null;
   created_at: Date;
   updated_at: Date;
+  deleted_at: Date | null;
 }
 
 export interface IncarnationRow {
@@ -63,6 +65,7 @@ export const toHost = (r: HostRow): DedicatedHost => ({
   migrationId: r.migration_id,
   createdAt: isoNN(r.created_at),
   updatedAt: isoNN(r.updated_at),
+  ...(r.state === 'deleted' ? { deletedAt: iso(r.deleted_at) } : {}),
 });
 
 export const toIncarnation = (r: IncarnationRow): HostIncarnation => ({
@@ -79,11 +82,19 @@ export const toIncarnation = (r: IncarnationRow): HostIncarnation => ({
   deletedAt: iso(r.deleted_at),
 });
 
-/** The host row, locked when asked. Another tenant's (tenant-visibility.ts) answers NOT_FOUND exactly like a missing one. */
-export async function findHost(c: PoolClient, id: string, opts: { tenantId?: string; lock?: boolean } = {}): Promise<HostRow> {
+/**
+ * The host row, locked when asked. A deleted host, and another tenant's (tenant-visibility.ts), answer NOT_FOUND
+ * exactly like a missing one; `includeDeleted` is for records that outlive their host (a deleted VM's).
+ */
+export async function findHost(
+  c: PoolClient,
+  id: string,
+  opts: { tenantId?: string; lock?: boolean; includeDeleted?: boolean } = {},
+): Promise<HostRow> {
   const { rows } = await c.query<HostRow>(`SELECT * FROM dedicated_hosts WHERE id = $1${forUpdate(opts.lock ?? false)}`, [id]);
   const host = rows[0];
-  if (!visibleTo(host, opts.tenantId)) throw notFound('dedicated host', id, 'dedicatedHostId');
+  if (!visibleTo(host, opts.tenantId) || (host.state === 'deleted' && !opts.includeDeleted))
+    throw notFound('dedicated host', id, 'dedicatedHostId');
   return host;
 }
 
@@ -162,7 +173,8 @@ const HOST_VIEW_SQL = `
     JOIN host_incarnations ci ON ci.id = h.current_incarnation_id
     LEFT JOIN LATERAL (
       SELECT sum(vcpus) AS vcpus, sum(memory_mib) AS memory_mib, sum(disk_gib) AS disk_gib, count(*) AS n
-        FROM vms WHERE dedicated_host_id = h.id AND state = 'running') v ON true`;
+        FROM vms WHERE dedicated_host_id = h.id AND state = 'running') v ON true
+   WHERE h.state <> 'deleted'`;
 
 type HostViewRow = HostRow & { view_server_id: string; used_vcpus: number; used_memory_mib: number; used_disk_gib: number; vm_count: number };
 
@@ -179,13 +191,13 @@ function toHostView(r: HostViewRow): HostView {
 }
 
 export async function getHost(c: PoolClient, id: string, tenantId?: string): Promise<HostView> {
-  const { rows } = await c.query<HostViewRow>(`${HOST_VIEW_SQL} WHERE h.id = $1`, [id]);
+  const { rows } = await c.query<HostViewRow>(`${HOST_VIEW_SQL} AND h.id = $1`, [id]);
   if (!visibleTo(rows[0], tenantId)) throw notFound('dedicated host', id, 'dedicatedHostId');
   return toHostView(rows[0]);
 }
 
 export async function listHosts(c: PoolClient, tenantId: string | null): Promise<HostView[]> {
-  const { rows } = await c.query<HostViewRow>(`${HOST_VIEW_SQL} WHERE ($1::text IS NULL OR h.tenant_id = $1) ORDER BY h.created_at, h.id`, [tenantId]);
+  const { rows } = await c.query<HostViewRow>(`${HOST_VIEW_SQL} AND ($1::text IS NULL OR h.tenant_id = $1) ORDER BY h.created_at, h.id`, [tenantId]);
   return rows.map(toHostView);
 }
 
@@ -217,7 +229,7 @@ export async function createDedicatedHost(
     const { rows } = await c.query<HostRow>('SELECT * FROM dedicated_hosts WHERE id = $1', [p.dedicatedHostId]);
     const prev = rows[0];
     if (prev) {
-      if (prev.tenant_id === p.tenantId && prev.name === p.name && prev.zone === p.zone && prev.resource_class === p.resourceClass)
+      if (prev.state !== 'deleted' && prev.tenant_id === p.tenantId && prev.name === p.name && prev.zone === p.zone && prev.resource_class === p.resourceClass)
         return getHost(c, prev.id);
       throw new InventoryError('CONFLICT', `dedicatedHostId: ${p.dedicatedHostId} already names another host`, 'dedicatedHostId');
     }
@@ -257,4 +269,42 @@ export async function createDedicatedHost(
   await audit(c, { ...base, action: 'incarnation.created', entityType: 'host_incarnation', entityId: incId, physical: { serverId: server.id, role: 'primary' } });
   await audit(c, { ...base, action: 'server.allocated', entityType: 'physical_server', entityId: server.id, physical: { incarnationId: incId } });
   return getHost(c, hostId);
+}
+
+/**
+ * Deletes a host that has no VMs (running or lost: a lost VM's record is the tenant's to close first) and is not
+ * migrating: the host and its current incarnation are marked deleted, and its server goes to the scheduler through
+ * the de-provisioning outbox, as after a finalized migration (claim 5). Refusals: NOT_FOUND (no such host, another
+ * tenant's, or already deleted: so a repeated delete changes nothing), HOST_MIGRATING, HOST_HAS_VMS.
+ */
+export async function deleteDedicatedHost(
+  c: PoolClient,
+  p: { dedicatedHostId: string; tenantId?: string; afterState: DeprovisionAfterState; actor: string },
+): Promise<DeleteHostResult> {
+  const host = await lockHost(c, p.dedicatedHostId, p.tenantId);
+  if (host.migration_id)
+    throw new InventoryError('HOST_MIGRATING', `dedicatedHostId: host ${host.id} is migrating; it can be deleted once the migration ends`, 'dedicatedHostId', {
+      migrationId: host.migration_id,
+    });
+  const { rows: vms } = await c.query<{ id: string }>(`SELECT id FROM vms WHERE dedicated_host_id = $1 AND state <> 'deleted' ORDER BY id`, [host.id]);
+  if (vms.length > 0)
+    throw new InventoryError(
+      'HOST_HAS_VMS',
+      `dedicatedHostId: host ${host.id} still has ${vms.length} VM(s) (${vms.slice(0, 5).map((v) => v.id).join(', ')}${vms.length > 5 ? ', …' : ''}); delete them first`,
+      'dedicatedHostId',
+      { vmIds: vms.map((v) => v.id) },
+    );
+  const inc = (await liveIncarnations(c, host.id, true)).find((i) => i.id === host.current_incarnation_id);
+  if (!inc) throw new Error(`inventory invariant broken: host ${host.id} has no live current incarnation`);
+  await lockServers(c, [inc.server_id]);
+  const deleted = await deleteIncarnation(c, inc.id);
+  const { rows } = await c.query<HostRow>(
+    `UPDATE dedicated_hosts SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING *`,
+    [host.id],
+  );
+  const base = { actor: p.actor, dedicatedHostId: host.id };
+  await audit(c, { ...base, action: 'host.deleted', entityType: 'dedicated_host', entityId: host.id, details: { name: host.name }, physical: { incarnationId: inc.id, serverId: inc.server_id } });
+  await audit(c, { ...base, action: 'incarnation.deleted', entityType: 'host_incarnation', entityId: inc.id, physical: { serverId: inc.server_id } });
+  const deprovisionJob = await enqueueDeprovision(c, { ...base, incarnationId: inc.id, serverId: inc.server_id, afterState: p.afterState, migrationId: null });
+  return { host: toHost(rows[0]!), deletedIncarnation: toIncarnation(deleted), deprovisionJob };
 }

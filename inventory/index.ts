@@ -55,6 +55,10 @@ export function createInventory(pool: Pool): Inventory {
       const p = parse(input.createHostInput, i);
       return tx((c) => hosts.createDedicatedHost(c, p));
     },
+    deleteDedicatedHost: async (i) => {
+      const p = parse(input.deleteHostInput, i);
+      return tx((c) => hosts.deleteDedicatedHost(c, p));
+    },
     placeVm: async (i) => {
       const p = parse(input.placeVmInput, i);
       return tx(async (c) => vms.toVm((await vms.placeOn(c, { ...p, onClone: false })).vm));

@@ -38,6 +38,12 @@ export const createHostInput = z.object({
   dedicatedHostId: idSchema.optional(),
   actor: actorSchema,
 });
+export const deleteHostInput = z.object({
+  dedicatedHostId: idSchema,
+  tenantId: idSchema.optional(),
+  afterState: afterDeprovisionSchema.default('available'),
+  actor: actorSchema,
+});
 export const placeVmInput = z.object({
   vmId: idSchema.optional(),
   tenantId: idSchema.optional(),

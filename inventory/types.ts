@@ -11,7 +11,8 @@ export const SERVER_STATES = ['available', 'reserved', 'allocated', 'deprovision
 export type ServerState = (typeof SERVER_STATES)[number];
 /** Servers no host or migration uses: only these change state by hand, or change hardware on a re-seed. */
 export const IDLE_SERVER_STATES = ['available', 'maintenance', 'failed'] as const satisfies readonly ServerState[];
-export type HostState = 'active' | 'migrating';
+/** `deleted`: the tenant deleted it; it answers NOT_FOUND from then on, its row stays for the audit trail. */
+export type HostState = 'active' | 'migrating' | 'deleted';
 export type IncarnationRole = 'primary' | 'clone';
 export type IncarnationState = 'live' | 'deleted';
 /** `lost`: no agent runs it any more (its server rebooted mid-migration); recorded by the migration that found it. */
@@ -61,6 +62,8 @@ export interface DedicatedHost {
   migrationId: string | null;
   createdAt: string;
   updatedAt: string;
+  /** Set once the host is deleted (only results of deleteDedicatedHost show a deleted host). */
+  deletedAt?: string | null;
 }
 
 /** A host as the API shows it. `serverId` is physical: the API must drop it for tenants. */
@@ -212,6 +215,15 @@ export interface RollbackResult {
   deletedClone: HostIncarnation | null;
   /** The target server it released, if one had been reserved. */
   releasedServer: PhysicalServer | null;
+}
+
+export interface DeleteHostResult {
+  /** The host as it is now: state `deleted`. */
+  host: DedicatedHost;
+  /** Its last incarnation, deleted with it. */
+  deletedIncarnation: HostIncarnation;
+  /** The outbox row that hands the server to the scheduler, as a finalized migration's does (claim 5). */
+  deprovisionJob: DeprovisionJob;
 }
 
 export interface SeedResult {

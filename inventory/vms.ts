@@ -185,7 +185,8 @@ async function endVm(
 async function lockVm(c: PoolClient, vmId: string, tenantId?: string): Promise<{ host: HostRow; vm: VmRow }> {
   const first = await vmRow(c, vmId, false);
   if (!visibleTo(first, tenantId)) throw notFound('VM', vmId, 'vmId');
-  const host = await findHost(c, first.dedicated_host_id, { lock: true });
+  // A deleted VM outlives its host: the repeated delete still answers with the record.
+  const host = await findHost(c, first.dedicated_host_id, { lock: true, includeDeleted: first.state === 'deleted' });
   return { host, vm: (await vmRow(c, vmId, true))! };
 }
 

@@ -191,10 +191,10 @@ export async function releaseDeprovisionJob(
   return toJob(await jobById(c, job.id));
 }
 
-export async function listDeprovisionJobs(c: PoolClient, state: 'pending' | 'done' | null): Promise<DeprovisionJob[]> {
+export async function listDeprovisionJobs(c: PoolClient, state: 'pending' | 'done' | undefined): Promise<DeprovisionJob[]> {
   const { rows } = await c.query<{ id: string }>(
     'SELECT id FROM deprovision_outbox WHERE ($1::deprovision_state IS NULL OR state = $1) ORDER BY id',
-    [state],
+    [state ?? null],
   );
   return (await jobRows(c, { ids: rows.map((r) => r.id) })).map(toJob);
 }

@@ -196,8 +196,10 @@ export async function getHost(c: PoolClient, id: string, tenantId?: string): Pro
   return toHostView(rows[0]);
 }
 
-export async function listHosts(c: PoolClient, tenantId: string | null): Promise<HostView[]> {
-  const { rows } = await c.query<HostViewRow>(`${HOST_VIEW_SQL} AND ($1::text IS NULL OR h.tenant_id = $1) ORDER BY h.created_at, h.id`, [tenantId]);
+export async function listHosts(c: PoolClient, tenantId: string | undefined): Promise<HostView[]> {
+  const { rows } = await c.query<HostViewRow>(`${HOST_VIEW_SQL} AND ($1::text IS NULL OR h.tenant_id = $1) ORDER BY h.created_at, h.id`, [
+    tenantId ?? null,
+  ]);
   return rows.map(toHostView);
 }
 

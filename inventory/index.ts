@@ -1,4 +1,5 @@
 import type { Pool, PoolClient } from 'pg';
+import type { z } from 'zod';
 import { fleetSchema } from '../common/fleet';
 import * as audit from './audit';
 import type { Inventory } from './contract';
@@ -32,6 +33,20 @@ const { parse } = input;
 export function createInventory(pool: Pool): Inventory {
   const tx = <T>(fn: (c: PoolClient) => Promise<T>) => withTransaction(pool, fn);
   const read = <T>(fn: (c: PoolClient) => Promise<T>) => withClient(pool, fn);
+  /** An operation: its input validated before anything runs, then `op` in one transaction. */
+  const inTx =
+    <S extends z.ZodType, R>(schema: S, op: (c: PoolClient, p: z.output<S>) => Promise<R>) =>
+    async (i: unknown): Promise<R> => {
+      const p = parse(schema, i);
+      return tx((c) => op(c, p));
+    };
+  /** A read: validated input, then `op` on one connection outside a transaction. */
+  const inRead =
+    <S extends z.ZodType, R>(schema: S, op: (c: PoolClient, p: z.output<S>) => Promise<R>) =>
+    async (i: unknown): Promise<R> => {
+      const p = parse(schema, i);
+      return read((c) => op(c, p));
+    };
 
   return {
     async seedFleet(fleetInput, agentUrls = new Map(), opts = {}) {
@@ -41,135 +56,53 @@ export function createInventory(pool: Pool): Inventory {
       return tx((c) => seed.seedFleet(c, fleet, urls, actor));
     },
 
-    async createTenant(name, opts = {}) {
-      const p = parse(input.tenantInput, { name, actor: opts.actor ?? 'operator' });
-      return tx((c) => tenants.createTenant(c, p));
-    },
+    createTenant: (name, opts = {}) => inTx(input.tenantInput, tenants.createTenant)({ name, actor: opts.actor ?? 'operator' }),
     async findTenantByToken(token) {
       if (typeof token !== 'string' || token.length === 0 || token.length > 512) return null;
       return read((c) => tenants.findTenantByToken(c, token));
     },
-    getTenant: async (id) => read((c) => tenants.getTenant(c, parse(input.idSchema, id))),
+    getTenant: inRead(input.idSchema, tenants.getTenant),
 
-    createDedicatedHost: async (i) => {
-      const p = parse(input.createHostInput, i);
-      return tx((c) => hosts.createDedicatedHost(c, p));
-    },
-    deleteDedicatedHost: async (i) => {
-      const p = parse(input.deleteHostInput, i);
-      return tx((c) => hosts.deleteDedicatedHost(c, p));
-    },
-    placeVm: async (i) => {
-      const p = parse(input.placeVmInput, i);
-      return tx(async (c) => vms.toVm((await vms.placeOn(c, { ...p, onClone: false })).vm));
-    },
-    deleteVm: async (i) => {
-      const p = parse(input.deleteVmInput, i);
-      return tx((c) => vms.deleteVm(c, p));
-    },
-    markVmLost: async (i) => {
-      const p = parse(input.markLostInput, i);
-      return tx((c) => vms.markVmLost(c, p));
-    },
+    createDedicatedHost: inTx(input.createHostInput, hosts.createDedicatedHost),
+    deleteDedicatedHost: inTx(input.deleteHostInput, hosts.deleteDedicatedHost),
+    placeVm: inTx(input.placeVmInput, async (c, p) => vms.toVm((await vms.placeOn(c, { ...p, onClone: false })).vm)),
+    deleteVm: inTx(input.deleteVmInput, vms.deleteVm),
+    markVmLost: inTx(input.markLostInput, vms.markVmLost),
 
-    beginMigration: async (i) => {
-      const p = parse(input.hostMigrationInput, i);
-      return tx((c) => migrations.beginMigration(c, p));
-    },
-    reserveTargetServer: async (i) => {
-      const p = parse(input.reserveInput, i);
-      return tx((c) => migrations.reserveTargetServer(c, p));
-    },
-    createCloneIncarnation: async (i) => {
-      const p = parse(input.cloneInput, i);
-      return tx((c) => migrations.createCloneIncarnation(c, p));
-    },
-    capacityView: async (id) => {
-      const hostId = parse(input.idSchema, id);
-      return read((c) => hosts.capacityView(c, hostId));
-    },
-    provisionVmOnClone: async (i) => {
-      const p = parse(input.provisionInput, i);
-      return tx((c) => placements.provisionVmOnClone(c, p));
-    },
-    moveVmPlacement: async (i) => {
+    beginMigration: inTx(input.hostMigrationInput, migrations.beginMigration),
+    reserveTargetServer: inTx(input.reserveInput, migrations.reserveTargetServer),
+    createCloneIncarnation: inTx(input.cloneInput, migrations.createCloneIncarnation),
+    capacityView: inRead(input.idSchema, hosts.capacityView),
+    provisionVmOnClone: inTx(input.provisionInput, placements.provisionVmOnClone),
+    async moveVmPlacement(i) {
       const p = parse(input.moveInput, i);
       // The common case in one statement; anything else (an error to explain, a retry of a move already recorded, a
       // lock conflict) takes the step-by-step transaction, which answers exactly as a single path would.
       return (await placements.movePlacementAtOnce(pool, p)) ?? tx((c) => placements.movePlacementStepByStep(c, p));
     },
-    finalizeMigration: async (i) => {
-      const p = parse(input.finalizeInput, i);
-      return tx((c) => migrations.finalizeMigration(c, p));
-    },
-    rollbackMigration: async (i) => {
-      const p = parse(input.hostMigrationInput, i);
-      return tx((c) => migrations.rollbackMigration(c, p));
-    },
-    getMigration: async (id) => {
-      const migrationId = parse(input.migrationIdSchema, id);
-      return read((c) => migrations.getMigration(c, migrationId));
-    },
+    finalizeMigration: inTx(input.finalizeInput, migrations.finalizeMigration),
+    rollbackMigration: inTx(input.hostMigrationInput, migrations.rollbackMigration),
+    getMigration: inRead(input.migrationIdSchema, migrations.getMigration),
 
-    claimDeprovisionJobs: async (i) => {
-      const p = parse(input.claimInput, i);
-      return tx((c) => outbox.claimDeprovisionJobs(c, p));
-    },
-    completeDeprovisionJob: async (i) => {
-      const p = parse(input.jobInput, i);
-      return tx((c) => outbox.completeDeprovisionJob(c, p));
-    },
-    releaseDeprovisionJob: async (i) => {
-      const p = parse(input.releaseJobInput, i);
-      return tx((c) => outbox.releaseDeprovisionJob(c, p));
-    },
-    listDeprovisionJobs: async (i = {}) => {
-      const state = i.state ? parse(input.jobStateInput, i.state) : null;
-      return read((c) => outbox.listDeprovisionJobs(c, state));
-    },
+    claimDeprovisionJobs: inTx(input.claimInput, outbox.claimDeprovisionJobs),
+    completeDeprovisionJob: inTx(input.jobInput, outbox.completeDeprovisionJob),
+    releaseDeprovisionJob: inTx(input.releaseJobInput, outbox.releaseDeprovisionJob),
+    listDeprovisionJobs: (i = {}) => inRead(input.jobStateInput.optional(), outbox.listDeprovisionJobs)(i.state),
 
-    setServerState: async (i) => {
-      const p = parse(input.serverStateInput, i);
-      return tx((c) => servers.setServerState(c, p));
-    },
-    getServer: async (id) => {
-      const serverId = parse(input.idSchema, id);
-      return read((c) => servers.getServer(c, serverId));
-    },
-    listServers: async (opts = {}) => {
-      const p = parse(input.listServersInput, opts);
-      return read((c) => servers.listServers(c, p));
-    },
+    setServerState: inTx(input.serverStateInput, servers.setServerState),
+    getServer: inRead(input.idSchema, servers.getServer),
+    listServers: (opts = {}) => inRead(input.listServersInput, servers.listServers)(opts),
 
-    getHost: async (id, opts = {}) => {
+    async getHost(id, opts = {}) {
       const hostId = parse(input.idSchema, id);
       const tenantId = opts.tenantId === undefined ? undefined : parse(input.idSchema, opts.tenantId);
       return read((c) => hosts.getHost(c, hostId, tenantId));
     },
-    listHosts: async (opts = {}) => {
-      const tenantId = opts.tenantId === undefined ? null : parse(input.idSchema, opts.tenantId);
-      return read((c) => hosts.listHosts(c, tenantId));
-    },
-    getIncarnation: async (id) => {
-      const incarnationId = parse(input.idSchema, id);
-      return read((c) => hosts.getIncarnation(c, incarnationId));
-    },
-    listIncarnations: async (i) => {
-      const p = parse(input.listIncarnationsInput, i);
-      return read((c) => hosts.listIncarnations(c, p));
-    },
-    listVms: async (i) => {
-      const p = parse(input.listVmsInput, i);
-      return read((c) => vms.listVms(c, p));
-    },
-    getVm: async (id, opts = {}) => {
-      const vmId = parse(input.idSchema, id);
-      return read((c) => vms.getVm(c, vmId, opts.tenantId));
-    },
-    listEvents: async (i) => {
-      const p = parse(input.eventsInput, i);
-      return read((c) => audit.listEvents(c, p));
-    },
+    listHosts: (opts = {}) => inRead(input.idSchema.optional(), hosts.listHosts)(opts.tenantId),
+    getIncarnation: inRead(input.idSchema, hosts.getIncarnation),
+    listIncarnations: inRead(input.listIncarnationsInput, hosts.listIncarnations),
+    listVms: inRead(input.listVmsInput, vms.listVms),
+    getVm: (id, opts = {}) => inRead(input.idSchema, (c, vmId) => vms.getVm(c, vmId, opts.tenantId))(id),
+    listEvents: inRead(input.eventsInput, audit.listEvents),
   };
 }
-

@@ -1,7 +1,7 @@
 import type { PoolClient } from 'pg';
 import type { Resources } from '../common/resources';
-import type { VmSpec } from '../common/vm-spec';
 import { audit } from './audit';
+import type { PlaceVmInput } from './contract';
 import { capacityFrom, changeAllocation, incarnationCapacity, insufficient, minResources, negate, sameResources } from './capacity';
 import { forUpdate, iso, isoNN, newId, pgConstraint, pgErrorCode, resOf } from './db';
 import { InventoryError, notFound } from './errors';
@@ -67,18 +67,9 @@ export async function runningVmIdsOn(c: PoolClient, incarnationId: string): Prom
   return rows.map((r) => r.id);
 }
 
-export interface PlaceInput {
-  vmId?: string;
-  tenantId?: string;
-  dedicatedHostId: string;
-  name: string;
-  spec: VmSpec;
-  incarnationId?: string;
-  migrationId?: string;
-  actor: string;
-  /** On the host's clone (a VM a migration provisions, claim 1f), else on `incarnationId` or the current incarnation. */
-  onClone: boolean;
-}
+/** What placeVm takes (contract.ts), and where: on the host's clone (a VM a migration provisions, claim 1f), else on
+ * `incarnationId` or the current incarnation. */
+export type PlaceInput = PlaceVmInput & { onClone: boolean };
 
 /**
  * The one path by which a VM gets placed: gate, idempotency, capacity under locks, insert, allocation, audit.

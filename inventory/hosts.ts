@@ -82,6 +82,12 @@ export const toIncarnation = (r: IncarnationRow): HostIncarnation => ({
   deletedAt: iso(r.deleted_at),
 });
 
+/** The row, deleted or not, or undefined. */
+async function hostRow(c: PoolClient, id: string, lock: boolean): Promise<HostRow | undefined> {
+  const { rows } = await c.query<HostRow>(`SELECT * FROM dedicated_hosts WHERE id = $1${forUpdate(lock)}`, [id]);
+  return rows[0];
+}
+
 /**
  * The host row, locked when asked. A deleted host, and another tenant's (tenant-visibility.ts), answer NOT_FOUND
  * exactly like a missing one; `includeDeleted` is for records that outlive their host (a deleted VM's).
@@ -91,8 +97,7 @@ export async function findHost(
   id: string,
   opts: { tenantId?: string; lock?: boolean; includeDeleted?: boolean } = {},
 ): Promise<HostRow> {
-  const { rows } = await c.query<HostRow>(`SELECT * FROM dedicated_hosts WHERE id = $1${forUpdate(opts.lock ?? false)}`, [id]);
-  const host = rows[0];
+  const host = await hostRow(c, id, opts.lock ?? false);
   if (!visibleTo(host, opts.tenantId) || (host.state === 'deleted' && !opts.includeDeleted))
     throw notFound('dedicated host', id, 'dedicatedHostId');
   return host;
@@ -228,8 +233,7 @@ export async function createDedicatedHost(
   if (p.dedicatedHostId) {
     // Serialize concurrent retries of one request on the id (the host row does not exist yet to lock).
     await c.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`dedicated_host:${p.dedicatedHostId}`]);
-    const { rows } = await c.query<HostRow>('SELECT * FROM dedicated_hosts WHERE id = $1', [p.dedicatedHostId]);
-    const prev = rows[0];
+    const prev = await hostRow(c, p.dedicatedHostId, false);
     if (prev) {
       if (prev.state !== 'deleted' && prev.tenant_id === p.tenantId && prev.name === p.name && prev.zone === p.zone && prev.resource_class === p.resourceClass)
         return getHost(c, prev.id);

@@ -1,7 +1,7 @@
 import { Client } from 'pg';
 import type { TestDatabase } from '../support/database';
-import { DEPROVISION_CHANNEL, type DeprovisionJob, type Inventory } from '../../inventory';
-import { OP, dbState, expectInventoryError, freshZone, migrationId, inventoryPerFile, placeVms, tenantWithHost } from './helpers';
+import { DEPROVISION_CHANNEL, type Inventory } from '../../inventory';
+import { OP, claimJob, dbState, expectInventoryError, freshZone, migrationId, inventoryPerFile, placeVms, tenantWithHost } from './helpers';
 
 /**
  * deleteDedicatedHost: an empty host that is not migrating is deleted with its incarnation, and its server goes to
@@ -18,12 +18,7 @@ inventoryPerFile((d, i) => {
 
 const small = { vcpus: 2, memoryMiB: 2048, diskGiB: 20 };
 
-/** Claims until this job shows up (other tests' jobs may be pending too); gives the others back. */
-async function claim(schedulerId: string, jobId: number): Promise<DeprovisionJob | undefined> {
-  const jobs = await inv.claimDeprovisionJobs({ schedulerId, limit: 1000 });
-  for (const j of jobs) if (j.id !== jobId) await inv.releaseDeprovisionJob({ jobId: j.id, schedulerId, error: 'not this test' });
-  return jobs.find((j) => j.id === jobId);
-}
+const claim = (schedulerId: string, jobId: number) => claimJob(inv, schedulerId, jobId);
 
 test('an empty host is deleted with its incarnation; its server goes through the outbox to the scheduler and back to the pool', async () => {
   const { zone, std } = await freshZone(inv, { std: 1 });

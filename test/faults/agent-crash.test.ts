@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createActivities, createAgentDirectory } from '../../activities';
 import { startMigration } from '../../client/migrations';
 import { createLogger } from '../../common/logger';
-import type { MigrationStatus } from '../../common/migration';
+import { FailureTypes, type MigrationStatus } from '../../common/migration';
 import { createAgentClient, type AgentClient } from '../../compute/agent-client';
 import { startAgent, type RunningAgent } from '../../compute/agent-service';
 import { createInventory, type Inventory } from '../../inventory';
@@ -185,7 +185,7 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     // A reboot of either side kills at least the VM that had switched over (target) or the ones still waiting (source).
     expect(lost.length).toBeGreaterThan(0);
     expect(r.phase).toBe('failed');
-    expect(failure?.cause?.type).toBe('VmsLost');
+    expect(failure?.cause?.type).toBe(FailureTypes.VmsLost);
     expect(r.vms.filter((v) => v.state === 'lost').map((v) => v.vmId).sort()).toEqual(lost);
     for (const vmId of lost) expect(r.lastError).toContain(vmId);
     // The survivors run once, on the source, where the inventory says; the host is active there again.

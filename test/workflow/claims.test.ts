@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { MigrationAlreadyRunningError, MigrationRequestRefused, deleteVmDuringMigration, provisionVmDuringMigration } from '../../client/migrations';
-import type { MigrationStatus } from '../../common/migration';
+import { FailureTypes, type MigrationStatus } from '../../common/migration';
 import { eventually, startTestSystem, type TestSystem } from '../support/system';
 import { testFleet } from '../support/fleets';
 
@@ -237,8 +237,8 @@ describe('migrating a dedicated host (claims.md, one test per row)', () => {
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const st = await sys.status(hostId);
     expect(st.phase).toBe('rolled-back');
-    expect(st.lastError).toMatch(/NotConverging/);
-    expect(st.vms.some((v) => v.state === 'failed' && /NotConverging/.test(v.error ?? ''))).toBe(true);
+    expect(st.lastError).toContain(FailureTypes.NotConverging);
+    expect(st.vms.some((v) => v.state === 'failed' && (v.error ?? '').includes(FailureTypes.NotConverging))).toBe(true);
     expect((await sys.inventory.getHost(hostId))!.state).toBe('active');
 
     const retry = await sys.startMigration(hostId, { bandwidthCapBps: 100e6, autoConverge: false, onVmFailure: 'retry-with-auto-converge' });

@@ -333,4 +333,35 @@ describe('migrating a dedicated host (claims.md, one test per row)', () => {
     await expect(sys.inventory.getVm('vm-bad')).rejects.toThrow(/no VM/);
     expect((await run.result()).phase).toBe('completed');
   });
+
+  // Last in this file: it leaves a clone (and its server) behind on purpose, for an operator.
+  it('a rollback that cannot move a VM back ends failed: the VM is stranded on the clone, which is kept', async () => {
+    const { hostId } = await sys.createHostWithVms({ vms: 2, memoryMiB: [2048], dirtyRateMiBps: [0] });
+    const handle = await sys.startMigration(hostId, { maxParallel: 1, bandwidthCapBps: 200e6 });
+    const st = await eventually('one VM moved and one moving', async () => {
+      const s = await sys.status(hostId);
+      return s.vms.some((v) => v.state === 'moved') && s.vms.some((v) => v.state === 'moving') ? s : null;
+    });
+    const moved = st.vms.find((v) => v.state === 'moved')!;
+    const target = st.target!;
+    // The next move out of the clone's server (the move back) fails at its first round.
+    await sys.agent(target.serverId).setFaults({ failMigrationAtRound: 0 });
+    try {
+      await handle.cancel();
+      const err = await handle.result().catch((e) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      expect((err as WorkflowFailedError).cause).toMatchObject({ type: FailureTypes.RollbackIncomplete });
+      const final = await sys.status(hostId);
+      expect(final.phase).toBe('failed');
+      expect(final.lastError).toContain(`1 VM(s) remain on the clone (${moved.vmId})`);
+      expect(final.vms.filter((v) => v.state === 'stranded').map((v) => v.vmId)).toEqual([moved.vmId]);
+      expect(final.vms.find((v) => v.vmId === moved.vmId)!.error).toMatch(/^could not move back: /);
+      expect(final.counts.stranded).toBe(1);
+      // The clone is kept with the VM running on it: deleting it would lose the VM.
+      expect((await sys.inventory.getIncarnation(target.incarnationId))!.state).not.toBe('deleted');
+      expect((await sys.agent(target.serverId).getVm(moved.vmId))?.state).toBe('running');
+    } finally {
+      await sys.agent(target.serverId).setFaults({ failMigrationAtRound: null });
+    }
+  });
 });

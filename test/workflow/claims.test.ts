@@ -360,6 +360,7 @@ describe('migrating a dedicated host (claims.md, one test per row)', () => {
       // The clone is kept with the VM running on it: deleting it would lose the VM.
       expect((await sys.inventory.getIncarnation(target.incarnationId))!.state).not.toBe('deleted');
       expect((await sys.agent(target.serverId).getVm(moved.vmId))?.state).toBe('running');
+      await saveHistory(sys, hostId, 'rollback-incomplete');
     } finally {
       await sys.agent(target.serverId).setFaults({ failMigrationAtRound: null });
     }

@@ -11,7 +11,7 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import { FailureTypes, migrationIdFor, migrationRequestSchema, type MigrationRequest, type MigrationResult } from '../common/migration';
+import { FailureTypes, TERMINAL_PHASES, migrationIdFor, migrationRequestSchema, type MigrationRequest, type MigrationResult } from '../common/migration';
 import { describeZodError } from '../common/errors';
 import { DedicatedHostIdKey, MigrationPhaseKey } from '../common/search-attributes';
 import { call, steps } from './activity-calls';
@@ -124,7 +124,7 @@ export async function migrateDedicatedHost(input: MigrateDedicatedHostInput): Pr
   } catch (err) {
     // ---- how a run that did not complete ends ----------------------------------------------------------------
     if (err instanceof ContinueAsNew) throw err; // not a failure: this run hands over to the next
-    if (state.phase === 'completed' || state.phase === 'rolled-back' || state.phase === 'failed') throw err;
+    if (TERMINAL_PHASES.has(state.phase)) throw err; // it ended already (the rollback's own failure, or a cancel after completing)
     if (state.phase === 'validating') {
       state.finish('failed', reasonOf(err));
       throw err;

@@ -20,7 +20,7 @@ export function logFormat(env: NodeJS.ProcessEnv = process.env, isTty = Boolean(
  * One structured logger per process; child loggers carry the component name. The pretty stream is synchronous, so a
  * line logged just before exit is not lost (pino's transport would put it on a worker thread).
  */
-export function createLogger(component: string, level = process.env.LOG_LEVEL ?? 'info', format: LogFormat = logFormat()): Logger {
+export function createLogger(component: string, level = process.env.LOG_LEVEL || 'info', format: LogFormat = logFormat()): Logger {
   const options = { name: 'dhm', level, base: { component, pid: process.pid } };
   if (format === 'json') return pino(options);
   return pino(options, pretty({ sync: true, colorize: Boolean(process.stdout.isTTY), ignore: 'pid,hostname,name', messageKey: 'msg', translateTime: 'SYS:HH:MM:ss.l' }));

@@ -113,10 +113,13 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
   }
 }
 
-/** DHM_HOME must be a folder this user can write; made private (0700) when dhm creates it. */
+/**
+ * DHM_HOME must be a folder this user can write. dhm creates it private: 0700, or as root 0711, so that the `postgres`
+ * user the embedded Postgres runs as can pass through to its own data folder inside without listing the rest.
+ */
 function ensureStateDir(stateDir: string): void {
   try {
-    fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    fs.mkdirSync(stateDir, { recursive: true, mode: process.getuid?.() === 0 ? 0o711 : 0o700 });
     fs.accessSync(stateDir, fs.constants.W_OK | fs.constants.X_OK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'error';

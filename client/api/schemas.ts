@@ -42,7 +42,7 @@ export const resourcesView = z.object({ vcpus: intAmount, memoryMiB: intAmount, 
 const queryInt = (min: number, max: number) =>
   z
     .string()
-    .regex(/^\d{1,15}$/, 'must be a non-negative integer')
+    .regex(/^\d{1,16}$/, 'must be a non-negative integer')
     .transform(Number)
     .pipe(z.number().int().min(min).max(max));
 /** A boolean query parameter; the route reads it as `=== 'true'` (a transform would hide the enum from the document). */

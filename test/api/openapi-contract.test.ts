@@ -119,6 +119,7 @@ describe('the OpenAPI document is the truth', () => {
     const failures: string[] = [];
     const perOperation = new Map<string, number>();
     const statuses = new Map<number, number>();
+    const succeeded = new Set<string>();
     let sent = 0;
     for (let round = 0; round < PER_OPERATION; round++) {
       for (const [k, o] of ops.entries()) {
@@ -130,6 +131,7 @@ describe('the OpenAPI document is the truth', () => {
         const name = `${o.method} ${o.path}`;
         perOperation.set(name, (perOperation.get(name) ?? 0) + 1);
         statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+        if (r.status < 300) succeeded.add(name);
         const where = `${o.method} ${req.url} as ${req.principal} (seed ${seed}) body ${JSON.stringify(req.body)?.slice(0, 300)}`;
         const declared = o.op.responses[String(r.status)];
         if (r.status === 400) failures.push(`${where}: 400 for a request the document allows: ${r.text.slice(0, 300)}`);
@@ -149,9 +151,10 @@ describe('the OpenAPI document is the truth', () => {
     expect(failures.slice(0, 20)).toEqual([]);
     expect(sent).toBeGreaterThanOrEqual(500);
     for (const o of ops) expect([`${o.method} ${o.path}`, perOperation.get(`${o.method} ${o.path}`)]).toEqual([`${o.method} ${o.path}`, PER_OPERATION]);
-    // The generated requests reached the routes' real work, not only their refusals.
-    for (const s of [200, 201, 202, 404]) expect([s, (statuses.get(s) ?? 0) > 0]).toEqual([s, true]);
-    process.stderr.write(`[openapi contract] ${sent} requests over ${ops.length} routes; statuses ${JSON.stringify(Object.fromEntries(statuses))}\n`);
+    // The generated requests reached the routes' real work, not only their refusals: most routes answered a success.
+    process.stderr.write(`[openapi contract] ${sent} requests over ${ops.length} routes; statuses ${JSON.stringify(Object.fromEntries(statuses))}; a success on ${succeeded.size}: ${[...succeeded].join(', ')}\n`);
+    expect(succeeded.size).toBeGreaterThanOrEqual(Math.ceil((ops.length * 2) / 3));
+    expect(statuses.get(404) ?? 0).toBeGreaterThan(0);
   });
 
   it('a method a path does not serve answers 405 with the Allow header it does serve; an unknown path stays 404', async () => {

@@ -28,6 +28,8 @@ export const qemuAgentOptionsSchema = z
     throttleStepPct: z.number().int().min(1).max(99).default(10),
     /** A migration still not converged after this long is given up (NotConverging). */
     maxMigrationMs: z.number().int().positive().default(600_000),
+    /** A migration that sends no byte for this long (a partition) is given up and cancelled: the VM stays here. */
+    stallTimeoutMs: z.number().int().min(1_000).default(20_000),
     /**
      * This server's migration address (its fabric IP): destinations listen there over TCP, and it must be an address
      * of this host. Unset: UNIX sockets in `migrationDir` (agents on one host only).
@@ -99,6 +101,7 @@ export function createQemuBackend(input: {
       throttleStepPct: o.throttleStepPct,
       maxMigrationMs: o.maxMigrationMs,
       listenWaitMs: 15_000,
+      stallTimeoutMs: o.stallTimeoutMs,
       transport: o.transport,
       ...(o.tlsDir ? { tlsDir: o.tlsDir } : {}),
     },

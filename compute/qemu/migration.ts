@@ -32,6 +32,8 @@ export interface QemuMigrationSettings {
   maxMigrationMs: number;
   /** How long to wait for the target's destination to listen. */
   listenWaitMs: number;
+  /** A stream that sends nothing for this long (while QEMU says active) is given up: `MigrationStalled`. */
+  stallTimeoutMs: number;
   /**
    * `tls`: migrations over TCP are encrypted (QEMU tls-creds-x509 from `tlsDir`, the target's name checked);
    * `insecure`: plaintext, only when the fleet says so. UNIX-socket migrations (both ends on one host) use neither.
@@ -84,6 +86,9 @@ export class QemuMigration {
   /** Set when this side decided to end the migration (cancel, give-up, fault) before sending migrate_cancel. */
   private stop: Stop | null = null;
   private migrateSent = false;
+  /** The stream's progress: the last byte count seen rising, and when. */
+  private progressBytes = 0;
+  private progressAt = Date.now();
   private committing = false;
   private qmp: QmpClient | null = null;
   private readonly abort = new AbortController();
@@ -194,6 +199,7 @@ export class QemuMigration {
       });
       if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
       this.migrateSent = true; // set before the write, so a cancel from now on sends migrate_cancel after it
+      this.progressAt = Date.now();
       await qmp.execute('migrate', { uri });
       this.log.info(
         { target: this.input.target, uri, tls: 'tls-creds' in tls && tls['tls-creds'] !== '', maxBandwidthBps: this.maxBandwidth(), maxDowntimeMs: this.input.maxDowntimeMs, autoConverge: this.input.autoConverge },
@@ -272,6 +278,14 @@ export class QemuMigration {
       return { state: 'failed', code: 'InjectedFault', message: `injected failure at round ${this.failAtRound}` };
     if (elapsedMs > s.maxMigrationMs)
       return { state: 'failed', code: 'NotConverging', message: `not converged within ${s.maxMigrationMs} ms (round ${rounds})` };
+    // A network that drops the stream (a partition) leaves QEMU waiting on TCP retransmits for many minutes.
+    const now = Date.now();
+    if (this.bytesSent > this.progressBytes) {
+      this.progressBytes = this.bytesSent;
+      this.progressAt = now;
+    } else if (q.status === 'active' && now - this.progressAt > s.stallTimeoutMs) {
+      return { state: 'failed', code: 'MigrationStalled', message: `no byte sent for ${now - this.progressAt} ms (the network to the target is down?)` };
+    }
     if (this.input.autoConverge) {
       if (rounds >= AUTO_CONVERGE_ROUND_LIMIT)
         return { state: 'failed', code: 'NotConverging', message: `not converging after ${rounds} rounds even with auto-converge` };

@@ -57,6 +57,8 @@ export const testbedOptionsSchema = z
     /** Agents die with this process (tests); `dhm testbed up` leaves them running until `down`. */
     attached: z.boolean().default(true),
     logLevel: z.string().default('warn'),
+    /** The agents give a migration up after this long without a byte sent (a partition). */
+    stallTimeoutMs: z.number().int().min(1_000).default(8_000),
   })
   .strict();
 export type TestbedOptions = z.input<typeof testbedOptionsSchema>;
@@ -276,6 +278,7 @@ async function startAgentIn(st: TestbedState, s: TestbedServer, peers: string[],
         ...(o.transport === 'tls' ? { tlsDir: s.credsDir, fleetCaCert: st.caCert } : {}),
         tenantBridge: TENANT_BRIDGE,
         peers,
+        stallTimeoutMs: o.stallTimeoutMs,
       },
     },
   };

@@ -359,6 +359,15 @@ export async function downTestbed(dir: string, logger: Logger, name?: string): P
   return { removed };
 }
 
+/** What of a testbed is still on this machine (namespaces, the root veth, processes, its folder): [] after `down`. */
+export async function testbedLeftovers(st: Pick<TestbedState, 'name' | 'rootVeth' | 'dir'>): Promise<string[]> {
+  const left = (await listNamespaces()).filter((n) => n.startsWith(nsName(st.name, ''))).map((n) => `namespace ${n}`);
+  if (await linkExists(st.rootVeth)) left.push(`veth ${st.rootVeth}`);
+  left.push(...processesUnder(st.dir).map((p) => `process ${p}`));
+  if (fs.existsSync(st.dir)) left.push(`folder ${st.dir}`);
+  return left;
+}
+
 /** Kills `pid` only if its command line still holds `match` (a pid the kernel reused is someone else's). */
 async function killIfOurs(pid: number, match: string): Promise<boolean> {
   const cmd = cmdline(pid);

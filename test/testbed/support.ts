@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { bridgeIn, run } from '../../compute/testbed/net';
-import { processesUnder, type TestbedServer, type TestbedState } from '../../compute/testbed/testbed';
+import { processesUnder, testbedLeftovers, type TestbedServer } from '../../compute/testbed/testbed';
 
 /** QEMU processes running from a testbed server's folder. */
 export function qemuOn(server: TestbedServer): number[] {
@@ -73,12 +73,4 @@ export async function partition(server: TestbedServer, peerIp: string): Promise<
 }
 
 /** Everything of the testbed still on this machine: for the "leaves nothing" assertions. */
-export async function leftoversOf(st: TestbedState): Promise<string[]> {
-  const left: string[] = [];
-  const ns = (await run('ip', ['netns', 'list'])).split('\n').map((l) => l.split(' ')[0]!).filter((n) => n.startsWith(`dhmtb-${st.name}-`));
-  left.push(...ns.map((n) => `namespace ${n}`));
-  if (await run('ip', ['link', 'show', 'dev', st.rootVeth]).then(() => true, () => false)) left.push(`veth ${st.rootVeth}`);
-  left.push(...processesUnder(st.dir).map((p) => `process ${p}`));
-  if (fs.existsSync(st.dir)) left.push(`folder ${st.dir}`);
-  return left;
-}
+export const leftoversOf = testbedLeftovers;

@@ -108,12 +108,13 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
 
     const perVm = (vmId: string, extra: { name: string; state: string; downtimeMs: number | null; answeredFromTenant?: boolean }) => {
       const x: VmTraffic | undefined = traffic.get(vmId);
-      return { vmId, ...extra, clientMaxStallMs: x?.clientMaxStallMs ?? null, requestsDone: x?.requestsDone ?? 0, requestsFailed: x?.requestsFailed ?? 0, reconnects: x?.reconnects ?? 0, counterContinued: x?.counterContinued ?? null };
+      return { vmId, ...extra, clientMaxStallMs: x?.clientMaxStallMs ?? null, requestsDone: x?.requestsDone ?? 0, requestsFailed: x?.requestsFailed ?? 0, reconnects: x?.reconnects ?? 0, counterContinued: x?.counterContinued ?? null, ...(x?.backwards.length ? { backwards: x.backwards } : {}) };
     };
-    const vmReports = [
-      ...final.vms.map((v) => perVm(v.vmId, { name: vms.find((x) => x.id === v.vmId)?.name ?? v.vmId, state: v.state, downtimeMs: v.figures?.downtimeMs ?? null })),
-      ...(midway.provisioned ? [perVm(midway.provisioned, { name: NEW_VM.name, state: 'provisioned-on-clone', downtimeMs: null, answeredFromTenant: midway.provisionedAnswered })] : []),
-    ];
+    const vmReports = final.vms.map((v) =>
+      v.vmId === midway.provisioned
+        ? perVm(v.vmId, { name: NEW_VM.name, state: v.state, downtimeMs: null, answeredFromTenant: midway.provisionedAnswered })
+        : perVm(v.vmId, { name: vms.find((x) => x.id === v.vmId)?.name ?? v.vmId, state: v.state, downtimeMs: v.figures?.downtimeMs ?? null }),
+    );
     Object.assign(report, {
       result: final.phase,
       tls: st.transport === 'tls',

@@ -49,6 +49,13 @@ export const qemuAgentOptionsSchema = z
   .strict();
 export type QemuAgentOptions = z.input<typeof qemuAgentOptionsSchema>;
 
+/**
+ * What one QEMU migration stream carries at most when the NIC does not limit it: the destination's core is the
+ * limit, ~2.1 Gbit/s in plaintext and ~1.2 Gbit/s with TLS on this class of machine (shared/notes/qemu-multiserver.md).
+ * The workflow's schedule uses it as the per-stream cap S of qemu servers (the sim's is a fraction of the NIC).
+ */
+export const QEMU_STREAM_BITS_PER_SEC = 1.2e9;
+
 /** QEMU's max-bandwidth over TCP, as a multiple of the NIC's: the NIC is the limit, not QEMU's rate limiter. */
 const TCP_BANDWIDTH_HEADROOM = 4;
 

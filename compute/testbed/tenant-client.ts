@@ -28,6 +28,8 @@ export interface VmTraffic {
   connected: boolean;
   /** Requests answered out of order (TCP would never do this; a second copy answering would). */
   outOfOrder: number;
+  /** The first few times the counter went backwards ("<before> -> <after>"): empty while counterContinued. */
+  backwards: string[];
   errors: string[];
 }
 
@@ -47,7 +49,7 @@ class VmConnection {
   private everConnected = false;
 
   constructor(vmId: string, ip: string) {
-    this.t = { vmId, ip, requestsDone: 0, requestsFailed: 0, reconnects: 0, clientMaxStallMs: 0, counterContinued: true, firstCounter: null, lastCounter: null, connected: false, outOfOrder: 0, errors: [] };
+    this.t = { vmId, ip, requestsDone: 0, requestsFailed: 0, reconnects: 0, clientMaxStallMs: 0, counterContinued: true, firstCounter: null, lastCounter: null, connected: false, outOfOrder: 0, backwards: [], errors: [] };
     this.connect();
     this.timer = setInterval(() => this.tick(), INTERVAL_MS);
   }
@@ -112,16 +114,23 @@ class VmConnection {
       this.t.clientMaxStallMs = Math.max(this.t.clientMaxStallMs, now - this.lastAnswerAt);
       this.lastAnswerAt = now;
       this.t.requestsDone++;
-      if (this.t.lastCounter !== null && counter < this.t.lastCounter) this.t.counterContinued = false;
+      if (this.t.lastCounter !== null && counter < this.t.lastCounter) {
+        this.t.counterContinued = false;
+        if (this.t.backwards.length < 5) this.t.backwards.push(`${this.t.lastCounter} -> ${counter} (${line})`);
+      }
       this.t.firstCounter ??= counter;
       this.t.lastCounter = counter;
     }
   }
 
+  /** The tenant stops using the VM: what is still outstanding is abandoned, not failed. */
   stop(): void {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    this.sock?.destroy();
+    const sock = this.sock;
+    this.sock = null;
+    this.outstanding.clear();
+    sock?.destroy();
   }
 }
 

@@ -90,6 +90,8 @@ n=0
 while :; do
   n=$((n + 1))
   echo "dhm-counter $n"
-  echo "$n" >/run/counter
+  # Written aside and renamed: the service's `read` goes byte by byte, so an in-place rewrite could mix two values.
+  echo "$n" >/run/counter.new
+  mv /run/counter.new /run/counter
   sleep 0.5
 done

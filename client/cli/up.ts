@@ -18,7 +18,8 @@ export function registerUpCommand(program: Command): void {
     .option('--fleet <file>', 'fleet file (JSON) to seed and run agents for', undefined)
     .action(async (opts: { fleet?: string }) => {
       const env = loadEnv(opts.fleet ? { ...process.env, DHM_FLEET_FILE: opts.fleet } : process.env);
-      const logger = createLogger('dhm-up', env.LOG_LEVEL);
+      // On a terminal the banner is what a person reads: after it, only warnings and errors unless LOG_LEVEL says more.
+      const logger = createLogger('dhm-up', env.LOG_LEVEL ?? (process.stdout.isTTY ? 'warn' : 'info'));
       const signal = untilSignal();
       const system = await startEmbeddedSystem({ env, logger });
       try {

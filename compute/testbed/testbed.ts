@@ -110,6 +110,15 @@ export function checkTestbedSize(servers: number): void {
     throw new UserFacingError(`servers: this machine has ${freeMiB} MiB free, room for ${fits} servers at ${PER_SERVER_MIB} MiB each, got ${servers}`, 'servers');
 }
 
+/** Root and the commands the testbed runs, checked before anything is made. */
+function checkHostTools(): void {
+  if (process.getuid?.() !== 0) throw new UserFacingError('testbed: needs root (it makes network namespaces, veths, bridges and qdiscs)', 'testbed');
+  const dirs = (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin', '/usr/bin', '/bin']);
+  for (const cmd of ['ip', 'tc', 'bridge', 'setpriv', 'openssl'])
+    if (!dirs.some((d) => fs.existsSync(path.join(d, cmd))))
+      throw new UserFacingError(`testbed: the \`${cmd}\` command is missing (Debian: apt-get install iproute2 util-linux openssl)`, 'testbed');
+}
+
 /** The fleet the testbed runs: one zone, one class, every server a qemu server with the shaped NIC. */
 export function testbedFleet(o: { servers: number; nicBandwidthBps: number; capacity: FleetServer['capacity']; transport: 'tls' | 'insecure' }): Fleet {
   return {
@@ -137,6 +146,7 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
   }
   const o = parsed.data;
   checkTestbedSize(o.servers);
+  checkHostTools();
   const dir = testbedDir(o.root, o.name);
   await downTestbed(dir, logger, o.name); // a crash left it behind: start clean
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });

@@ -365,6 +365,11 @@ export async function downTestbed(dir: string, logger: Logger, name?: string): P
     fs.rmSync(dir, { recursive: true, force: true });
     removed.push(`folder ${dir}`);
   }
+  try {
+    fs.rmdirSync(path.dirname(dir)); // the testbeds' folder, once the last one is gone
+  } catch {
+    // not empty, or not there
+  }
   if (removed.length) logger.info({ testbed: tbName, removed }, 'testbed removed');
   return { removed };
 }

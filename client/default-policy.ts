@@ -1,5 +1,6 @@
 import type { MigrationPolicy, MigrationPolicyInput } from '../common/migration';
 import { DEFAULT_STREAM_CAP_FRACTION } from '../compute/agent-service';
+import { QEMU_STREAM_BITS_PER_SEC } from '../compute/qemu/create';
 import type { Inventory } from '../inventory';
 import { autoSchedulePolicy } from '../workflows/vm-order';
 
@@ -10,14 +11,14 @@ import { autoSchedulePolicy } from '../workflows/vm-order';
  * server's NIC; the workflow finds the critical-path VM itself from the VMs it moves. Every field the operator gave wins as given.
  *
  * The per-stream cap S is the agents' (`DEFAULT_STREAM_CAP_FRACTION` of the NIC for sim agents); a QEMU migration
- * stream has no cap of its own beyond the link.
+ * stream is capped by the destination's CPU (`QEMU_STREAM_BITS_PER_SEC`) or by the link, whichever is lower.
  */
 export async function policyForHost(inventory: Inventory, dedicatedHostId: string, explicit: Partial<MigrationPolicy> = {}): Promise<MigrationPolicyInput> {
   const host = await inventory.getHost(dedicatedHostId);
   const server = await inventory.getServer(host.serverId);
   const auto = autoSchedulePolicy({
     nicBandwidthBps: server.nicBandwidthBps,
-    streamCapFraction: server.backend === 'qemu' ? 1 : DEFAULT_STREAM_CAP_FRACTION,
+    streamCapFraction: server.backend === 'qemu' ? Math.min(1, QEMU_STREAM_BITS_PER_SEC / server.nicBandwidthBps) : DEFAULT_STREAM_CAP_FRACTION,
     ...(explicit.maxDowntimeMs !== undefined ? { downtimeLimitMs: explicit.maxDowntimeMs } : {}),
   });
   return { ...auto, ...explicit };

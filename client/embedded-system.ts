@@ -60,6 +60,11 @@ export async function startEmbeddedSystem(opts: {
   backendFilter?: FleetAgentsOptions['backendFilter'];
   /** Options of the `qemu` agents. */
   qemu?: FleetAgentsOptions['qemu'];
+  /**
+   * Agents already running elsewhere (a testbed's, inside their namespaces), by server id: none is started here, and
+   * no bearer secret is sent to them (it would cross their network in plaintext; they take none).
+   */
+  externalAgents?: ReadonlyMap<string, string>;
 }): Promise<EmbeddedSystem> {
   const { env, logger } = opts;
   installTemporalRuntime(logger);
@@ -75,18 +80,21 @@ export async function startEmbeddedSystem(opts: {
     const inventory = createInventory(pool);
 
     const fleet = opts.fleet ?? loadFleetFile(env.DHM_FLEET_FILE);
-    const agentSecret = env.DHM_AGENT_SECRET ?? randomBytes(24).toString('base64url');
-    const fleetAgents = await startFleetAgents(fleet, {
-      timeScale: opts.timeScale ?? env.DHM_TIME_SCALE,
-      secret: agentSecret,
-      logger: logger.child({ component: 'agent' }),
-      backendFilter: opts.backendFilter,
-      qemu: opts.qemu,
-    });
+    const external = opts.externalAgents;
+    const agentSecret = external ? undefined : (env.DHM_AGENT_SECRET ?? randomBytes(24).toString('base64url'));
+    const fleetAgents = external
+      ? { agents: new Map<string, { url: string }>(), stop: async () => undefined }
+      : await startFleetAgents(fleet, {
+          timeScale: opts.timeScale ?? env.DHM_TIME_SCALE,
+          secret: agentSecret,
+          logger: logger.child({ component: 'agent' }),
+          backendFilter: opts.backendFilter,
+          qemu: opts.qemu,
+        });
     stops.push(() => fleetAgents.stop());
-    const agentUrls = new Map([...fleetAgents.agents].map(([id, a]) => [id, a.url]));
+    const agentUrls = new Map(external ?? [...fleetAgents.agents].map(([id, a]) => [id, a.url]));
     await inventory.seedFleet(fleet, agentUrls, { actor: 'dhm-up' });
-    await restoreSimulatedVms(inventory, agentUrls, agentSecret, logger);
+    if (agentSecret) await restoreSimulatedVms(inventory, agentUrls, agentSecret, logger);
     const agents = createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, secret: agentSecret });
 
     // TLS / API key settings apply when the stack uses the configured TEMPORAL_ADDRESS, not its own dev server.

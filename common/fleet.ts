@@ -26,11 +26,20 @@ export const fleetServerSchema = z
   .strict();
 export type FleetServer = z.infer<typeof fleetServerSchema>;
 
+/**
+ * How VM memory crosses the network between servers. `tls` (the default): QEMU's TLS with the fleet's CA (a
+ * certificate per server, made by dhm). `insecure` (as Proxmox's `migration: insecure`): plaintext, only when the
+ * fleet says so explicitly; dhm warns at start. Migrations between agents of one host use a UNIX socket either way.
+ */
+export const fleetMigrationSchema = z.object({ transport: z.enum(['tls', 'insecure']).default('tls') }).strict();
+export type FleetMigration = z.infer<typeof fleetMigrationSchema>;
+
 export const fleetSchema = z
   .object({
     zones: z.array(idSchema).min(1),
     resourceClasses: z.record(idSchema, resourcesSchema),
     servers: z.array(fleetServerSchema).min(1),
+    migration: fleetMigrationSchema.optional(),
   })
   .strict()
   .superRefine((fleet, ctx) => {

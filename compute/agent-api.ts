@@ -193,6 +193,13 @@ export const incomingViewSchema = z.object({
   serverId: z.string(),
   bootId: z.string(),
   state: z.enum(['reserved', 'committed']),
+  /**
+   * Where the destination listens once it does (qemu): `tcp:<target's migration address>:<port>` between servers,
+   * `unix:<path>` between agents of one host. The source migrates there; until it is set the source asks again.
+   */
+  migrationUri: z.string().optional(),
+  /** The destination requires TLS (the fleet's CA, the source server's certificate). */
+  tls: z.boolean().optional(),
 });
 export type IncomingView = z.infer<typeof incomingViewSchema>;
 

@@ -139,7 +139,7 @@ export function registerAgentRoutes(app: FastifyInstance, backend: ComputeBacken
   app.post(routes.commitIncoming, async (req, reply) => {
     const jobId = id(req.params, 'jobId');
     const body = parseOr400(commitIncomingBodySchema, req.body);
-    return send(reply, vmViewSchema, backend.commitIncoming(jobId, body));
+    return send(reply, vmViewSchema, await backend.commitIncoming(jobId, body));
   });
   app.delete(routes.incoming, async (req, reply) => {
     backend.releaseIncoming(id(req.params, 'jobId'));

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { isIP } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -10,7 +11,8 @@ import { bearerMatches } from './auth';
 import type { ComputeBackend } from './backend';
 import { AgentFailure } from './errors';
 import { createPeerClient } from './peer-client';
-import { createQemuBackend, qemuAgentOptionsSchema, type QemuAgentOptions } from './qemu/create';
+import { UserFacingError } from '../common/errors';
+import { createQemuBackend, localAddresses, qemuAgentOptionsSchema, type QemuAgentOptions } from './qemu/create';
 import { SimBackend } from './sim/sim-backend';
 import { bitsToBytesPerSec } from './units';
 
@@ -75,6 +77,9 @@ const startAgentOptionsSchema = z.object({
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
   const { logger: parentLogger, metrics, ...config } = options;
   const opts = parseConfig(config);
+  // An address no interface has cannot be bound; say which setting is wrong before anything starts.
+  if (isIP(opts.host) !== 0 && opts.host !== '0.0.0.0' && opts.host !== '::' && !localAddresses().has(opts.host))
+    throw new UserFacingError(`host: ${opts.host} is not an address of any interface here (DHM_AGENT_HOST)`, 'host');
   const bootId = randomUUID();
   const logger = parentLogger.child({ component: 'agent', serverId: opts.serverId, bootId });
   let url = '';

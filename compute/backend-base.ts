@@ -128,6 +128,10 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   }
   /** Applies a new link slowdown (fault injection) to what is running. */
   protected applyLinkSlowdown(_slowdown: number): void {}
+  /** Fields a backend adds to an incoming view (where its destination listens). */
+  protected incomingExtras(_r: R): Partial<IncomingView> {
+    return {};
+  }
   protected noSuchJob(jobId: string): AgentFailure {
     return notFound('jobId', `no migration ${jobId} on server ${this.opts.serverId}`);
   }
@@ -394,7 +398,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   }
 
   protected incomingView(r: R): IncomingView {
-    return { jobId: r.jobId, vmId: r.vmId, incarnationId: r.incarnationId, serverId: this.opts.serverId, bootId: this.opts.bootId, state: r.state };
+    return { jobId: r.jobId, vmId: r.vmId, incarnationId: r.incarnationId, serverId: this.opts.serverId, bootId: this.opts.bootId, state: r.state, ...this.incomingExtras(r) };
   }
 
   protected viewOf(vm: V): VmView {

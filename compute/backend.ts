@@ -54,7 +54,8 @@ export interface ComputeBackend {
 
   // Inbound migrations (this server is the target), called by the source's agent.
   acceptIncoming(jobId: string, input: AcceptIncomingBody): IncomingView;
-  commitIncoming(jobId: string, input: CommitIncomingBody): VmView;
+  /** May wait (qemu: until the VM answers on its NIC here). */
+  commitIncoming(jobId: string, input: CommitIncomingBody): VmView | Promise<VmView>;
   releaseIncoming(jobId: string): void;
 
   setFaults(faults: Faults): FaultsState;

@@ -9,6 +9,7 @@ import { runQemuSetup } from '../../compute/qemu/tools';
 import { defaultFleetPath, loadFleetFile } from '../../inventory/fleet-file';
 import { startEmbeddedSystem, type EmbeddedSystem } from '../embedded-system';
 import { createApiClient, type ApiClient } from './api-client';
+import { runTestbedDemo } from './demo-testbed';
 import { fetchMigration, summaryTable, watchMigration } from './watch';
 
 /** The demo host: mixed sizes and dirty rates, like a real tenant's (sizes in GiB, dirty rates in MiB/s). */
@@ -253,9 +254,14 @@ export function registerDemoCommand(program: Command): void {
     .description('run the whole story on the embedded system: a tenant host with 8 busy VMs migrates while the tenant works')
     .option('--time-scale <n>', 'simulated seconds per wall-clock second', (v) => Number(v), 4)
     .option('--backend <sim|qemu>', 'sim: modelled VMs; qemu: 3 small real QEMU guests on a 3-server qemu fleet', 'sim')
-    .action(async (o: { timeScale: number; backend: string }) => {
+    .option('--testbed', 'with --backend qemu: on a testbed of namespaced servers (TCP+TLS migration, guest NICs, a tenant holding TCP connections)')
+    .option('--json', 'with --testbed: print the result as one JSON object (progress on stderr)')
+    .action(async (o: { timeScale: number; backend: string; testbed?: boolean; json?: boolean }) => {
       if (!Number.isFinite(o.timeScale) || o.timeScale <= 0) throw new Error('--time-scale must be a number > 0');
       if (o.backend !== 'sim' && o.backend !== 'qemu') throw new Error(`--backend must be sim or qemu (got ${o.backend})`);
+      if (o.testbed && o.backend !== 'qemu') throw new Error('--testbed: needs --backend qemu');
+      if (o.json && !o.testbed) throw new Error('--json: only with --testbed');
+      if (o.testbed) process.exit(await runTestbedDemo({ json: Boolean(o.json) }));
       process.exit(await runDemo({ timeScale: o.timeScale, backend: o.backend }));
     });
 }

@@ -5,6 +5,7 @@ import { registerCheckCommand } from './check';
 import { registerApiCommands } from './commands';
 import { registerDemoCommand } from './demo';
 import { registerServiceCommands } from './services';
+import { registerTestbedCommand } from './testbed';
 import { registerUpCommand } from './up';
 
 /** Entry point of the `dhm` command. Problems the user can fix end with one line on stderr and exit code 2. */
@@ -18,6 +19,7 @@ export function main(argv: string[]): void {
   registerApiCommands(program);
   registerServiceCommands(program);
   registerCheckCommand(program);
+  registerTestbedCommand(program);
   program.parseAsync(argv, { from: 'user' }).catch((err: unknown) => {
     if (err instanceof CommanderError) process.exit(err.exitCode);
     if (err instanceof ApiRequestError) {

@@ -4,6 +4,8 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Resources } from '../../common/resources';
 import type { PeerClient } from '../peer-client';
+import { UserFacingError } from '../../common/errors';
+import { checkServerCreds } from '../fleet-ca';
 import { QemuBackend } from './qemu-backend';
 import { loadQemuTools } from './tools';
 
@@ -26,9 +28,41 @@ export const qemuAgentOptionsSchema = z
     throttleStepPct: z.number().int().min(1).max(99).default(10),
     /** A migration still not converged after this long is given up (NotConverging). */
     maxMigrationMs: z.number().int().positive().default(600_000),
+    /** A migration that sends no byte for this long (a partition) is given up and cancelled: the VM stays here. */
+    stallTimeoutMs: z.number().int().min(1_000).default(20_000),
+    /**
+     * This server's migration address (its fabric IP): destinations listen there over TCP, and it must be an address
+     * of this host. Unset: UNIX sockets in `migrationDir` (agents on one host only).
+     */
+    migrationHost: z.string().min(1).optional(),
+    /** `tls` (default) encrypts migrations over TCP; `insecure` only where the fleet file says so. */
+    transport: z.enum(['tls', 'insecure']).default('tls'),
+    /** This server's credentials (compute/fleet-ca.ts); required with `migrationHost` and `tls`. */
+    tlsDir: z.string().min(1).optional(),
+    /** The fleet CA's certificate: `tlsDir` must hold certificates it issued to this server. */
+    fleetCaCert: z.string().min(1).optional(),
+    /** The tenant bridge of this server: VMs get a NIC on it. */
+    tenantBridge: z.string().min(1).max(15).optional(),
+    /** The fleet's server ids: migrations from any other source are refused. */
+    peers: z.array(z.string().min(1)).optional(),
   })
   .strict();
 export type QemuAgentOptions = z.input<typeof qemuAgentOptionsSchema>;
+
+/**
+ * What one QEMU migration stream carries at most when the NIC does not limit it: the destination's core is the
+ * limit, ~2.1 Gbit/s in plaintext and ~1.2 Gbit/s with TLS on this class of machine (shared/notes/qemu-multiserver.md).
+ * The workflow's schedule uses it as the per-stream cap S of qemu servers (the sim's is a fraction of the NIC).
+ */
+export const QEMU_STREAM_BITS_PER_SEC = 1.2e9;
+
+/** QEMU's max-bandwidth over TCP, as a multiple of the NIC's: the NIC is the limit, not QEMU's rate limiter. */
+const TCP_BANDWIDTH_HEADROOM = 4;
+
+/** Every address of an interface of this host (in this network namespace). */
+export function localAddresses(): Set<string> {
+  return new Set(Object.values(os.networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address)));
+}
 
 export function createQemuBackend(input: {
   serverId: string;
@@ -41,6 +75,17 @@ export function createQemuBackend(input: {
   options?: QemuAgentOptions;
 }): QemuBackend {
   const o = qemuAgentOptionsSchema.parse(input.options ?? {});
+  if (o.migrationHost) {
+    if (!localAddresses().has(o.migrationHost))
+      throw new UserFacingError(`qemu.migrationHost: ${o.migrationHost} is not an address of any interface here`, 'qemu.migrationHost');
+    if (o.transport === 'tls') {
+      if (!o.tlsDir) throw new UserFacingError('qemu.tlsDir: required for TLS migrations (migration.transport is tls)', 'qemu.tlsDir');
+      if (!o.fleetCaCert) throw new UserFacingError('qemu.fleetCaCert: required to check qemu.tlsDir', 'qemu.fleetCaCert');
+      checkServerCreds(o.tlsDir, input.serverId, o.fleetCaCert, 'qemu.tlsDir');
+    } else {
+      input.logger.warn({ serverId: input.serverId }, 'migration.transport is insecure: VM memory crosses the network in plaintext');
+    }
+  }
   const base = path.join(os.tmpdir(), 'dhm-qemu');
   const safeId = input.serverId.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 32);
   return new QemuBackend({
@@ -57,11 +102,18 @@ export function createQemuBackend(input: {
     maxVmVcpus: o.maxVmVcpus,
     settings: {
       pollIntervalMs: o.pollIntervalMs,
-      defaultMaxBandwidthBps: o.defaultMaxBandwidthBps ?? input.nicBytesPerSec,
+      // Over TCP the NIC (shaped or not) limits the stream; QEMU's own limit only has to stay out of its way.
+      defaultMaxBandwidthBps: o.defaultMaxBandwidthBps ?? input.nicBytesPerSec * (o.migrationHost ? TCP_BANDWIDTH_HEADROOM : 1),
       throttleInitialPct: o.throttleInitialPct,
       throttleStepPct: o.throttleStepPct,
       maxMigrationMs: o.maxMigrationMs,
       listenWaitMs: 15_000,
+      stallTimeoutMs: o.stallTimeoutMs,
+      transport: o.transport,
+      ...(o.tlsDir ? { tlsDir: o.tlsDir } : {}),
     },
+    ...(o.migrationHost ? { migrationHost: o.migrationHost } : {}),
+    ...(o.tenantBridge ? { tenantBridge: o.tenantBridge } : {}),
+    ...(o.peers ? { peers: o.peers } : {}),
   });
 }

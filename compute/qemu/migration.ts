@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { IncomingView, MigrationJob, MigrationState, StartMigrationInput } from '../agent-api';
 import { AgentError } from '../agent-http';
@@ -32,6 +32,15 @@ export interface QemuMigrationSettings {
   maxMigrationMs: number;
   /** How long to wait for the target's destination to listen. */
   listenWaitMs: number;
+  /** A stream that sends nothing for this long (while QEMU says active) is given up: `MigrationStalled`. */
+  stallTimeoutMs: number;
+  /**
+   * `tls`: migrations over TCP are encrypted (QEMU tls-creds-x509 from `tlsDir`, the target's name checked);
+   * `insecure`: plaintext, only when the fleet says so. UNIX-socket migrations (both ends on one host) use neither.
+   */
+  transport: 'tls' | 'insecure';
+  /** This server's credential folder (QEMU's file names; see compute/fleet-ca.ts). */
+  tlsDir?: string;
 }
 
 /** What a migration needs from the agent that runs it. */
@@ -39,8 +48,9 @@ export interface QemuMigrationHost {
   readonly peer: PeerClient;
   readonly logger: Logger;
   readonly settings: QemuMigrationSettings;
-  /** Where the target's destination listens; both agents derive it from the target's boot id and the job id. */
-  migrationSocketPath(targetBootId: string, jobId: string): string;
+  readonly serverId: string;
+  /** Asks the target again (accept is idempotent) for where its destination listens, once it does. */
+  pollIncoming(job: StartMigrationInput, vm: QemuVm): Promise<IncomingView>;
   /** Divides the bandwidth (fault injection). */
   linkSlowdown(): number;
   /** The target runs the VM now: quit the source process (never resume it) and leave a tombstone. */
@@ -76,6 +86,9 @@ export class QemuMigration {
   /** Set when this side decided to end the migration (cancel, give-up, fault) before sending migrate_cancel. */
   private stop: Stop | null = null;
   private migrateSent = false;
+  /** The stream's progress: the last byte count seen rising, and when. */
+  private progressBytes = 0;
+  private progressAt = Date.now();
   private committing = false;
   private qmp: QmpClient | null = null;
   private readonly abort = new AbortController();
@@ -167,9 +180,10 @@ export class QemuMigration {
     try {
       const qmp = await this.vm.proc.qmp();
       this.qmp = qmp;
-      const socketPath = this.host.migrationSocketPath(incoming.bootId, this.jobId);
-      await this.waitForListener(socketPath, s.listenWaitMs);
-      if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      const target = await this.waitForListener(incoming, s.listenWaitMs);
+      if (!target || this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      const uri = target.migrationUri!;
+      const tls = await this.secureChannel(qmp, uri, target);
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'events', state: true },
@@ -181,12 +195,14 @@ export class QemuMigration {
         'downtime-limit': Math.max(1, Math.min(QEMU_MAX_DOWNTIME_MS, Math.round(this.input.maxDowntimeMs))),
         'cpu-throttle-initial': s.throttleInitialPct,
         'cpu-throttle-increment': s.throttleStepPct,
+        ...tls,
       });
       if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
       this.migrateSent = true; // set before the write, so a cancel from now on sends migrate_cancel after it
-      await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+      this.progressAt = Date.now();
+      await qmp.execute('migrate', { uri });
       this.log.info(
-        { target: this.input.target, maxBandwidthBps: this.maxBandwidth(), maxDowntimeMs: this.input.maxDowntimeMs, autoConverge: this.input.autoConverge },
+        { target: this.input.target, uri, tls: 'tls-creds' in tls && tls['tls-creds'] !== '', maxBandwidthBps: this.maxBandwidth(), maxDowntimeMs: this.input.maxDowntimeMs, autoConverge: this.input.autoConverge },
         'migration started',
       );
       await this.poll(qmp, started);
@@ -262,6 +278,14 @@ export class QemuMigration {
       return { state: 'failed', code: 'InjectedFault', message: `injected failure at round ${this.failAtRound}` };
     if (elapsedMs > s.maxMigrationMs)
       return { state: 'failed', code: 'NotConverging', message: `not converged within ${s.maxMigrationMs} ms (round ${rounds})` };
+    // A network that drops the stream (a partition) leaves QEMU waiting on TCP retransmits for many minutes.
+    const now = Date.now();
+    if (this.bytesSent > this.progressBytes) {
+      this.progressBytes = this.bytesSent;
+      this.progressAt = now;
+    } else if (q.status === 'active' && now - this.progressAt > s.stallTimeoutMs) {
+      return { state: 'failed', code: 'MigrationStalled', message: `no byte sent for ${now - this.progressAt} ms (the network to the target is down?)` };
+    }
     if (this.input.autoConverge) {
       if (rounds >= AUTO_CONVERGE_ROUND_LIMIT)
         return { state: 'failed', code: 'NotConverging', message: `not converging after ${rounds} rounds even with auto-converge` };
@@ -349,16 +373,41 @@ export class QemuMigration {
     return Math.max(1, Math.round(bps / this.host.linkSlowdown()));
   }
 
-  /** The destination listens once the target has run migrate-incoming; the socket file appears then. */
-  private async waitForListener(socketPath: string, timeoutMs: number): Promise<void> {
+  /**
+   * The TLS parameters for `migrate-set-parameters`: over TCP with `tls`, client credentials (added once per job)
+   * and the target's server id as the name its certificate must carry. Both ends must agree on the transport: a
+   * target that listens in plaintext while this side wants TLS (or the reverse) is refused before a byte is sent.
+   */
+  private async secureChannel(qmp: QmpClient, uri: string, target: IncomingView): Promise<Record<string, string>> {
+    const s = this.host.settings;
+    if (!uri.startsWith('tcp:')) return { 'tls-creds': '' };
+    const wantTls = s.transport === 'tls';
+    if (target.tls !== wantTls)
+      throw new StepError('TransportMismatch', `the target listens ${target.tls ? 'with TLS' : 'in plaintext'} but this server's migration.transport is ${s.transport}`);
+    if (!wantTls) return { 'tls-creds': '' };
+    const id = `tls-${createHash('sha256').update(this.jobId).digest('hex').slice(0, 12)}`;
+    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir: s.tlsDir!, endpoint: 'client', 'verify-peer': true }).catch((err: unknown) => {
+      if (!(err instanceof QmpError && /duplicate|already/i.test(err.message))) throw err; // a retry of this job added it already
+    });
+    return { 'tls-creds': id, 'tls-hostname': target.serverId };
+  }
+
+  /** The destination listens once the target has run migrate-incoming; the target then reports where. */
+  private async waitForListener(incoming: IncomingView, timeoutMs: number): Promise<IncomingView | null> {
     const deadline = Date.now() + timeoutMs;
-    while (!fs.existsSync(socketPath)) {
-      if (this.stop || this.abort.signal.aborted) return;
+    let view = incoming;
+    while (!view.migrationUri) {
+      if (this.stop || this.abort.signal.aborted) return null;
       if (!this.vm.proc.running) throw new Error('the VM exited');
       if (Date.now() > deadline)
-        throw new StepError('TargetUnavailable', `the target's destination did not listen on ${socketPath} within ${timeoutMs} ms`);
-      await sleep(20, this.abort.signal);
+        throw new StepError('TargetUnavailable', `the target's destination did not listen within ${timeoutMs} ms`);
+      await sleep(50, this.abort.signal);
+      view = await this.host.pollIncoming(this.input, this.vm).catch((err: unknown) => {
+        if (err instanceof AgentError && !err.retryable) throw new StepError('TargetUnavailable', `the target dropped the incoming migration: ${err.message}`);
+        return view;
+      });
     }
+    return view;
   }
 }
 

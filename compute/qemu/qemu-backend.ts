@@ -2,11 +2,15 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AcceptIncomingBody, CommitIncomingBody, GuestOp, GuestOpResult, IncomingView, StartMigrationInput, VmSpec, VmView } from '../agent-api';
+import { tlsIdentity } from '../fleet-ca';
 import type { ComputeBackend } from '../backend';
 import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
 import { AgentFailure, conflict, invalidInput, notFound } from '../errors';
+import { createTap, deleteTap, guestMarker, guestNic, probeGuest } from './guest-nic';
 import { QemuMigration, type QemuMigrationHost, type QemuMigrationSettings } from './migration';
 import { describeExit, QemuProcess, type MachineSpec } from './qemu-process';
+import type { QmpClient } from './qmp';
+import { queryMigrateSchema } from './query-migrate';
 import { QemuVm } from './qemu-vm';
 import type { QemuTools } from './tools';
 
@@ -23,6 +27,15 @@ export interface QemuBackendOptions extends BackendBaseOptions {
   maxVmMemoryMiB: number;
   maxVmVcpus: number;
   settings: QemuMigrationSettings;
+  /**
+   * Where destinations listen for migrations over TCP (this server's fabric address). Unset: UNIX sockets in
+   * `migrationDir`, which only agents on one host share.
+   */
+  migrationHost?: string;
+  /** This server's tenant bridge: VMs get a virtio-net NIC on a tap in it (none when unset). */
+  tenantBridge?: string;
+  /** The fleet's server ids: an incoming migration from any other server is refused. Unset: any source. */
+  peers?: string[];
 }
 
 /** Below this the guest kernel and its initramfs do not fit. */
@@ -34,12 +47,17 @@ const GUEST_POLL_MS = 25;
 const STOP_GRACE_MS = 2_000;
 /** A destination nobody has started sending to after this long is stopped and its reservation freed. */
 const IDLE_DESTINATION_MS = 60_000;
+/** How long a VM that migrated in may take to answer on its NIC here before the commit is answered "not ready". */
+const GUEST_PROBE_MS = 1_500;
 
 /** A destination QEMU for a VM migrating in; `committed` once it runs the guest and is a VM here. */
 interface Incoming extends BackendIncoming {
   machine: MachineSpec;
   proc: QemuProcess;
   socketPath: string;
+  /** Where the destination listens, once it does (`unix:` or `tcp:`): what the source migrates to. */
+  uri: string | null;
+  tls: boolean;
   /** QEMU resumed the guest here (the migration completed). */
   resumed: boolean;
   /** Why the destination is gone, if it is (cancel, failure: QEMU exits then). */
@@ -61,6 +79,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   /** Every QEMU process started and not yet reaped: what `close()` kills. */
   private readonly procs = new Set<QemuProcess>();
   private seq = 0;
+  /** Which server each incoming migration comes from (the identity its TLS client certificate must carry). */
+  private readonly incomingSource = new Map<string, string>();
 
   constructor(protected override readonly opts: QemuBackendOptions) {
     super(opts);
@@ -102,7 +122,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
   // ---- inbound migrations ------------------------------------------------------------------------------------
 
-  commitIncoming(jobId: string, input: CommitIncomingBody): VmView {
+  async commitIncoming(jobId: string, input: CommitIncomingBody): Promise<VmView> {
     const r = this.incomingFor(jobId, input.vmId);
     if (r.state === 'reserved') {
       if (r.ended) throw conflict('INCOMING_FAILED', 'jobId', `the destination for ${jobId} is gone: ${r.ended}`);
@@ -113,6 +133,16 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     const vm = this.vms.get(r.vmId);
     if (!vm) throw conflict('INCOMING_COMMITTED', 'jobId', `incoming migration ${jobId} was committed; the VM is no longer here`);
     vm.handedOverCounter ??= input.counter; // promoted on RESUME, before the source's commit arrived
+    if (vm.machine.nic && !vm.answered) {
+      // The move is done when the VM answers here on its NIC (QEMU's self-announce has moved its MAC), not before.
+      try {
+        const counter = await probeGuest(vm.machine.nic.ip, GUEST_PROBE_MS);
+        vm.answered = true;
+        this.logger.info({ jobId, vmId: vm.vmId, ip: vm.machine.nic.ip, counter }, 'VM answers on its NIC here');
+      } catch (err) {
+        throw new AgentFailure(503, 'GUEST_UNRESPONSIVE', `VM ${vm.vmId} does not answer on ${vm.machine.nic.ip} yet: ${(err as Error).message}`, 'vmId');
+      }
+    }
     return this.viewOf(vm);
   }
 
@@ -126,15 +156,29 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     const procs = [...this.procs];
     await Promise.all(procs.map((p) => p.stop(0)));
     for (const r of this.incoming.values()) fs.rmSync(r.socketPath, { force: true });
+    for (const m of [...this.vms.values(), ...this.incoming.values()]) if (m.machine.nic) deleteTap(m.machine.nic.tap);
     fs.rmSync(this.opts.stateDir, { recursive: true, force: true });
     this.logger.info({ killed: procs.length }, 'qemu backend closed');
   }
 
   // ---- QemuMigrationHost -------------------------------------------------------------------------------------
 
+  get serverId(): string {
+    return this.opts.serverId;
+  }
+
   migrationSocketPath(targetBootId: string, jobId: string): string {
     const h = createHash('sha256').update(`${targetBootId}\0${jobId}`).digest('hex').slice(0, 24);
     return path.join(this.opts.migrationDir, `${h}.sock`);
+  }
+
+  pollIncoming(job: StartMigrationInput, vm: QemuVm): Promise<IncomingView> {
+    return this.peer.accept(job.target.agentUrl, job.jobId, {
+      vmId: vm.vmId,
+      incarnationId: job.target.incarnationId,
+      spec: vm.spec,
+      sourceServerId: this.opts.serverId,
+    });
   }
 
   linkSlowdown(): number {
@@ -157,7 +201,17 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
   /** Refused before any process starts: a spec QEMU cannot honour here (checked before capacity). */
   protected override checkSpec(spec: VmSpec): void {
-    this.machineFor(spec, 'spec');
+    this.machineFor('check', spec, 'spec');
+  }
+
+  /** Only the fleet's servers may send a VM here (the TLS layer checks the same identity again). */
+  protected override checkSource(input: AcceptIncomingBody): void {
+    if (this.opts.peers && !this.opts.peers.includes(input.sourceServerId))
+      throw new AgentFailure(403, 'SOURCE_NOT_IN_FLEET', `sourceServerId: ${input.sourceServerId} is not a server of this fleet`, 'sourceServerId');
+  }
+
+  protected override incomingExtras(r: Incoming): Partial<IncomingView> {
+    return r.uri ? { migrationUri: r.uri, tls: r.tls } : {};
   }
 
   protected override checkUsable(vm: QemuVm): void {
@@ -165,7 +219,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   }
 
   protected override newVm(input: { vmId: string; incarnationId: string; spec: VmSpec }): QemuVm {
-    const machine = this.machineFor(input.spec, 'spec');
+    const machine = this.machineFor(input.vmId, input.spec, 'spec');
     const proc = this.spawn(`vm-${++this.seq}`, input.vmId, machine, false);
     return new QemuVm(input.vmId, input.incarnationId, input.spec, machine, proc);
   }
@@ -193,6 +247,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     vm.stopping = true;
     this.forgetVm(vm);
     await vm.proc.stop(STOP_GRACE_MS);
+    if (vm.machine.nic) deleteTap(vm.machine.nic.tap);
   }
 
   protected override newJob(vm: QemuVm, input: StartMigrationInput, failAt: number | null): QemuMigration {
@@ -214,17 +269,18 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
   /** Starts the destination QEMU (`-incoming defer`); `incomingAccepted` has it listen for the source. */
   protected override newIncoming(jobId: string, input: AcceptIncomingBody): Incoming {
-    const machine = this.machineFor(input.spec, 'spec');
+    const machine = this.machineFor(input.vmId, input.spec, 'spec');
     const socketPath = this.migrationSocketPath(this.opts.bootId, jobId);
     fs.rmSync(socketPath, { force: true });
     const proc = this.spawn(`in-${++this.seq}`, input.vmId, machine, true);
     return {
       jobId, vmId: input.vmId, incarnationId: input.incarnationId, spec: input.spec, machine, proc, socketPath,
-      state: 'reserved', resumed: false, ended: null,
+      uri: null, tls: false, state: 'reserved', resumed: false, ended: null,
     };
   }
 
   protected override incomingAccepted(r: Incoming, input: AcceptIncomingBody): void {
+    this.incomingSource.set(r.jobId, input.sourceServerId);
     void this.listen(r);
     this.logger.info({ jobId: r.jobId, vmId: r.vmId, from: input.sourceServerId, pid: r.proc.pid }, 'incoming VM accepted; destination starting');
   }
@@ -236,9 +292,11 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
   protected override async dropIncoming(r: Incoming): Promise<void> {
     if (!this.forgetIncoming(r)) return;
+    this.incomingSource.delete(r.jobId);
     r.ended ??= 'released';
     await r.proc.stop(0);
     fs.rmSync(r.socketPath, { force: true });
+    if (r.machine.nic) deleteTap(r.machine.nic.tap);
     this.logger.info({ jobId: r.jobId, vmId: r.vmId, exit: r.proc.exitInfo }, 'incoming migration dropped; destination reaped');
   }
 
@@ -264,8 +322,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
         if (e.event === 'MIGRATION' && e.data.status !== 'setup') connected = true;
       });
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-      await qmp.execute('migrate-incoming', { uri: `unix:${r.socketPath}` });
-      log.debug({ socketPath: r.socketPath }, 'destination listening');
+      r.uri = await this.startListening(qmp, r);
+      log.info({ uri: r.uri, tls: r.tls }, 'destination listening');
       // A source that never connects (it died, or gave up before sending) must not leave a QEMU waiting here forever.
       setTimeout(() => {
         if (connected || r.state !== 'reserved' || this.incoming.get(r.jobId) !== r) return;
@@ -280,6 +338,33 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     }
   }
 
+  /**
+   * migrate-incoming on this server's migration address (TCP port chosen by the kernel, read back from QEMU), or on
+   * a UNIX socket when agents share the host. With TLS: server credentials that require the peer's certificate
+   * (verify-peer) and admit only the source server's identity (tls-authz).
+   */
+  private async startListening(qmp: QmpClient, r: Incoming): Promise<string> {
+    const host = this.opts.migrationHost;
+    if (!host) {
+      await qmp.execute('migrate-incoming', { uri: `unix:${r.socketPath}` });
+      return `unix:${r.socketPath}`;
+    }
+    const s = this.settings;
+    if (s.transport === 'tls') {
+      const source = this.incomingSource.get(r.jobId)!;
+      await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: s.tlsDir!, endpoint: 'server', 'verify-peer': true });
+      await qmp.execute('object-add', { 'qom-type': 'authz-simple', id: 'authz0', identity: tlsIdentity(source) });
+      await qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-authz': 'authz0' });
+      r.tls = true;
+    }
+    const hostPart = host.includes(':') ? `[${host}]` : host;
+    await qmp.execute('migrate-incoming', { uri: `tcp:${hostPart}:0` });
+    const q = queryMigrateSchema.parse(await qmp.execute('query-migrate'));
+    const port = q['socket-address']?.[0]?.port;
+    if (port === undefined) throw new Error('QEMU did not report the port it listens on');
+    return `tcp:${hostPart}:${String(port)}`;
+  }
+
   /** The incoming becomes a VM here. */
   private promote(r: Incoming, handedOverCounter: number | null): void {
     if (r.state === 'committed') return;
@@ -292,6 +377,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   }
 
   private spawn(dirName: string, vmId: string, machine: MachineSpec, incoming: boolean): QemuProcess {
+    if (machine.nic) createTap(machine.nic.tap, this.opts.tenantBridge!);
     const proc = new QemuProcess({
       tools: this.opts.tools,
       dir: path.join(this.opts.stateDir, dirName),
@@ -311,7 +397,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   }
 
   /** What QEMU will run for this spec, or a 400 naming the field it cannot honour. */
-  private machineFor(spec: VmSpec, prefix: string): MachineSpec {
+  private machineFor(vmId: string, spec: VmSpec, prefix: string): MachineSpec {
     if (spec.vcpus < 1) throw invalidInput(`${prefix}.vcpus`, `${prefix}.vcpus: a VM needs at least 1 vCPU`);
     if (spec.vcpus > this.opts.maxVmVcpus)
       throw invalidInput(`${prefix}.vcpus`, `${prefix}.vcpus: ${spec.vcpus} is above this agent's limit of ${this.opts.maxVmVcpus} per VM`);
@@ -327,7 +413,9 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
         `${prefix}.workload.workingSetMiB`,
         `${prefix}.workload.workingSetMiB: at most 1/8 of memoryMiB (${Math.floor(spec.memoryMiB / 8)}) for a qemu guest`,
       );
-    return { memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, dirtyMiB, dirtyRateMiBps: dirtyMiB > 0 ? Math.ceil(w!.dirtyRateMiBps) : 0 };
+    const machine: MachineSpec = { memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, dirtyMiB, dirtyRateMiBps: dirtyMiB > 0 ? Math.ceil(w!.dirtyRateMiBps) : 0 };
+    if (this.opts.tenantBridge) Object.assign(machine, { nic: guestNic(vmId), marker: guestMarker(vmId) });
+    return machine;
   }
 }
 

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
+import { nicArgs, TENANT_PREFIX_LENGTH, type GuestNic } from './guest-nic';
 import { QmpClient } from './qmp';
 import type { QemuTools } from './tools';
 
@@ -13,6 +14,10 @@ export interface MachineSpec {
   dirtyMiB: number;
   /** At most this many MiB/s (0 = as fast as the vCPU can). */
   dirtyRateMiBps: number;
+  /** A virtio-net NIC on the tenant network (agents with a tenant bridge); none otherwise. */
+  nic?: GuestNic;
+  /** Written into guest memory by its /init (wire-capture tests look for it). */
+  marker?: string;
 }
 
 /** Machine arguments, identical on source and destination (a mismatch makes the destination exit). */
@@ -20,6 +25,8 @@ export function machineArgs(tools: QemuTools, m: MachineSpec): string[] {
   // init_on_free: pages the guest frees are zero, which QEMU sends as a flag (a 128 MiB guest: ~50 MB instead of ~90).
   const append = ['console=ttyS0', 'quiet', 'panic=-1', 'init_on_free=1'];
   if (m.dirtyMiB > 0) append.push(`dhm.dirty_mib=${m.dirtyMiB}`, `dhm.dirty_rate_mibps=${m.dirtyRateMiBps}`);
+  if (m.nic) append.push(`dhm.ip=${m.nic.ip}/${TENANT_PREFIX_LENGTH}`);
+  if (m.marker) append.push(`dhm.marker=${m.marker}`);
   return [
     ...tools.dataDirs.flatMap((d) => ['-L', d]),
     // TCG always: /dev/kvm may exist on these machines without being usable.
@@ -32,6 +39,7 @@ export function machineArgs(tools: QemuTools, m: MachineSpec): string[] {
     '-kernel', tools.kernel,
     '-initrd', tools.initrd,
     '-append', append.join(' '),
+    ...(m.nic ? nicArgs(m.nic) : []),
   ];
 }
 

@@ -13,6 +13,8 @@ export class QemuVm {
   failure: { code: string; message: string } | null = null;
   /** The agent stops this process on purpose (delete, after migrating away, shutdown): its exit is not a failure. */
   stopping = false;
+  /** A VM that migrated in has answered on its NIC here (checked once, before the move is confirmed). */
+  answered = false;
 
   constructor(
     readonly vmId: string,

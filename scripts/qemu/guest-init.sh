@@ -4,6 +4,9 @@
 # destination's serial log goes on at the source's last N + 1, while a reboot would start again at 1.
 # With dhm.dirty_mib=W on the kernel command line it also keeps rewriting a W MiB tmpfs buffer (dirtying guest
 # memory for pre-copy to chase); dhm.dirty_rate_mibps=D (0 = as fast as the vCPU can) slows it down.
+# With dhm.ip=A/P (a VM with a NIC) it loads the virtio modules, brings eth0 up with that address (MTU 1450: the
+# tenant network is VXLAN) and serves the counter on TCP port 7000 (each request line is answered "<line> <N>").
+# dhm.marker=M writes M many times into guest memory (tests look for it on the wire).
 /bin/busybox mkdir -p /proc /sys /dev /tmp /dirty
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -14,12 +17,42 @@ exec </dev/null >/dev/ttyS0 2>&1
 
 dirty_mib=0
 dirty_rate=0
+ip_addr=""
+marker=""
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     dhm.dirty_mib=*) dirty_mib=${arg#dhm.dirty_mib=} ;;
     dhm.dirty_rate_mibps=*) dirty_rate=${arg#dhm.dirty_rate_mibps=} ;;
+    dhm.ip=*) ip_addr=${arg#dhm.ip=} ;;
+    dhm.marker=*) marker=${arg#dhm.marker=} ;;
   esac
 done
+mkdir -p /run
+echo 0 >/run/counter
+
+if [ -n "$marker" ]; then
+  mkdir -p /marker
+  mount -t tmpfs -o size=1m tmpfs /marker
+  i=0
+  line=""
+  while [ "$i" -lt 64 ]; do line="$line$marker "; i=$((i + 1)); done
+  i=0
+  while [ "$i" -lt 64 ]; do echo "$line"; i=$((i + 1)); done >/marker/m
+fi
+
+if [ -n "$ip_addr" ]; then
+  # The .deb ships no modules.dep: load the virtio stack in dependency order.
+  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do
+    insmod /lib/modules/dhm/$m.ko 2>/dev/null
+  done
+  n=0
+  while [ ! -e /sys/class/net/eth0 ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  ip link set lo up
+  ip link set eth0 mtu 1450 up
+  ip addr add "$ip_addr" dev eth0
+  nc -ll -p 7000 -e /bin/dhm-counter-service &
+  echo "dhm-net ip=${ip_addr} eth0=$([ -e /sys/class/net/eth0 ] && echo up || echo missing)"
+fi
 case "$dirty_mib" in '' | *[!0-9]*) dirty_mib=0 ;; esac
 case "$dirty_rate" in '' | *[!0-9]*) dirty_rate=0 ;; esac
 
@@ -57,5 +90,8 @@ n=0
 while :; do
   n=$((n + 1))
   echo "dhm-counter $n"
+  # Written aside and renamed: the service's `read` goes byte by byte, so an in-place rewrite could mix two values.
+  echo "$n" >/run/counter.new
+  mv /run/counter.new /run/counter
   sleep 0.5
 done

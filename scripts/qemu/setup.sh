@@ -15,7 +15,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 project=$(cd "$here/../.." && pwd)
 tools=${DHM_TOOLS_DIR:-$project/.tools}
 dest=$tools/qemu
-key=$(cat "$here/setup.sh" "$here/guest-init.sh" | sha256sum | cut -c1-16)
+key=$(cat "$here/setup.sh" "$here/guest-init.sh" "$here/guest-counter-service.sh" | sha256sum | cut -c1-16)
 
 cached() { [ -f "$dest/stamp" ] && [ "$(cat "$dest/stamp")" = "$key" ] && [ -f "$dest/manifest.json" ]; }
 if cached; then
@@ -89,7 +89,10 @@ t=$(date +%s%N)
 for deb in "$work"/debs/*.deb; do
   case "$(basename "$deb")" in
     busybox-static_*) dpkg-deb -x "$deb" "$work/busybox" ;;
-    linux-image-*) dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/kernel" --wildcards './boot/vmlinuz-*' ;;
+    # vmlinuz, and the virtio NIC's modules (the cloud kernel has them as modules; guest-init.sh loads them).
+    linux-image-*) dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/kernel" --wildcards './boot/vmlinuz-*' \
+      './lib/modules/*/kernel/drivers/virtio/virtio*.ko' './lib/modules/*/kernel/drivers/net/*failover.ko' \
+      './lib/modules/*/kernel/drivers/net/virtio_net.ko' './lib/modules/*/kernel/net/core/failover.ko' ;;
     *) dpkg-deb -x "$deb" "$work/out/root" ;;
   esac
 done
@@ -102,7 +105,10 @@ ir=$work/initramfs
 mkdir -p "$ir/bin" "$ir/dev" "$ir/proc" "$ir/sys" "$ir/tmp" "$ir/dirty"
 cp "$work/busybox/bin/busybox" "$ir/bin/busybox"
 cp "$here/guest-init.sh" "$ir/init"
-chmod 755 "$ir/init" "$ir/bin/busybox"
+cp "$here/guest-counter-service.sh" "$ir/bin/dhm-counter-service"
+mkdir -p "$ir/lib/modules/dhm"
+find "$work/kernel/lib/modules" -name '*.ko' -exec cp {} "$ir/lib/modules/dhm/" \;
+chmod 755 "$ir/init" "$ir/bin/busybox" "$ir/bin/dhm-counter-service"
 (cd "$ir" && find . | LC_ALL=C sort | "$ir/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -9n >"$work/out/guest/initrd.gz")
 step "initramfs $(du -k "$work/out/guest/initrd.gz" | cut -f1) KiB $(ms_since "$t") ms"
 

@@ -42,6 +42,8 @@ export interface TestSystemOptions {
   backendFilter?: (server: FleetServer) => boolean;
   /** Options of the `qemu` agents (`stateDir` is a root: one folder per server under it). */
   qemu?: FleetAgentsOptions['qemu'];
+  /** Agents already running elsewhere (a testbed's, in their namespaces), by server id: none is started here. */
+  externalAgents?: ReadonlyMap<string, string>;
 }
 
 /** The real system in one test process: a database, host agents over HTTP (sim by default), a migration worker and a scheduler. */
@@ -50,8 +52,10 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
   const fleet = opts.fleet ?? testFleet();
   const db = await createTestDatabase();
   const inventory = createInventory(db.pool);
-  const fleetAgents = await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger, backendFilter: opts.backendFilter, qemu: opts.qemu });
-  const agentUrls = new Map<string, string>([...fleetAgents.agents].map(([id, a]) => [id, a.url]));
+  const fleetAgents = opts.externalAgents
+    ? { agents: new Map<string, { url: string }>(), stop: async () => undefined }
+    : await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger, backendFilter: opts.backendFilter, qemu: opts.qemu });
+  const agentUrls = new Map<string, string>(opts.externalAgents ?? [...fleetAgents.agents].map(([id, a]) => [id, a.url]));
   await inventory.seedFleet(fleet, agentUrls);
   const temporal = await connectTestTemporal();
   const agents = createAgentDirectory({

@@ -1,0 +1,127 @@
+import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { UserFacingError } from '../common/errors';
+
+/**
+ * The fleet's certificate authority and the certificates it issues to servers, made with the `openssl` command (no
+ * key ever passes through argv or the environment: openssl writes keys to files, created 0600).
+ *
+ * A CA folder holds `ca-key.pem` (0600, never leaves it) and `ca-cert.pem`. A server's folder has QEMU's fixed file
+ * names for `tls-creds-x509`: `ca-cert.pem`, `server-cert.pem`/`server-key.pem` (serverAuth, SAN with its name and
+ * address) and `client-cert.pem`/`client-key.pem` (clientAuth); both certificates' subject is `CN=<serverId>`, which
+ * is the identity a target's `tls-authz` checks. The same CA is meant for agent mTLS later.
+ */
+
+export interface FleetCa {
+  dir: string;
+  certPath: string;
+  keyPath: string;
+}
+
+export interface ServerCreds {
+  /** The folder QEMU's `tls-creds-x509` reads (`dir=`). */
+  dir: string;
+  serverId: string;
+}
+
+const CA_DAYS = 3650;
+const CERT_DAYS = 825;
+
+function openssl(args: string[], cwd?: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile('openssl', args, { cwd, timeout: 30_000 }, (err, _stdout, stderr) => {
+      if (err) reject(new Error(`openssl ${args[0]} failed: ${stderr.trim() || err.message}`));
+      else resolve();
+    });
+  });
+}
+
+/** A new P-256 key in `file`, created 0600 before openssl writes into it. */
+async function newKey(file: string): Promise<void> {
+  fs.rmSync(file, { force: true });
+  fs.closeSync(fs.openSync(file, 'wx', 0o600));
+  await openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', file]);
+  fs.chmodSync(file, 0o600);
+}
+
+/** The CA in `dir`, made once (an existing one is reused: the fleet keeps one CA). */
+export async function ensureFleetCa(dir: string, name = 'dhm fleet CA'): Promise<FleetCa> {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const ca: FleetCa = { dir, certPath: path.join(dir, 'ca-cert.pem'), keyPath: path.join(dir, 'ca-key.pem') };
+  if (fs.existsSync(ca.certPath) && fs.existsSync(ca.keyPath)) return ca;
+  await newKey(ca.keyPath);
+  await openssl([
+    'req', '-x509', '-new', '-key', ca.keyPath, '-out', ca.certPath, '-days', String(CA_DAYS), '-subj', `/CN=${name}`,
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  return ca;
+}
+
+/**
+ * Issues `serverId`'s server and client certificates into `outDir` (QEMU's file names), with the CA's certificate.
+ * `addresses` go into the SAN as IPs, the server id as a DNS name (what a source's `tls-hostname` checks).
+ */
+export async function issueServerCreds(ca: FleetCa, serverId: string, addresses: string[], outDir: string): Promise<ServerCreds> {
+  fs.mkdirSync(outDir, { recursive: true, mode: 0o700 });
+  fs.copyFileSync(ca.certPath, path.join(outDir, 'ca-cert.pem'));
+  const san = [`DNS:${serverId}`, ...addresses.map((a) => `IP:${a}`)].join(',');
+  for (const role of ['server', 'client'] as const) {
+    const key = path.join(outDir, `${role}-key.pem`);
+    const csr = path.join(outDir, `${role}.csr`);
+    const ext = path.join(outDir, `${role}.ext`);
+    await newKey(key);
+    await openssl(['req', '-new', '-key', key, '-out', csr, '-subj', `/CN=${serverId}`]);
+    fs.writeFileSync(
+      ext,
+      [
+        'basicConstraints=critical,CA:FALSE',
+        'keyUsage=critical,digitalSignature,keyEncipherment',
+        `extendedKeyUsage=${role === 'server' ? 'serverAuth' : 'clientAuth'}`,
+        `subjectAltName=${san}`,
+      ].join('\n'),
+    );
+    await openssl([
+      'x509', '-req', '-in', csr, '-CA', ca.certPath, '-CAkey', ca.keyPath, '-CAcreateserial', '-out', path.join(outDir, `${role}-cert.pem`),
+      '-days', String(CERT_DAYS), '-extfile', ext,
+    ]);
+    fs.rmSync(csr, { force: true });
+    fs.rmSync(ext, { force: true });
+  }
+  fs.rmSync(path.join(path.dirname(ca.certPath), 'ca-cert.srl'), { force: true });
+  return { dir: outDir, serverId };
+}
+
+const CRED_FILES = ['ca-cert.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem'] as const;
+
+/**
+ * Checks a server's credential folder before an agent uses it: every file present, keys not readable by others, the
+ * CA the fleet's (same certificate as `fleetCaCert`), both certificates issued by it to `CN=<serverId>`. Throws one
+ * line naming `field` otherwise.
+ */
+export function checkServerCreds(dir: string, serverId: string, fleetCaCert: string, field: string): void {
+  const fail = (why: string): never => {
+    throw new UserFacingError(`${field}: ${why}`, field);
+  };
+  for (const f of CRED_FILES) if (!fs.existsSync(path.join(dir, f))) fail(`${path.join(dir, f)} is missing`);
+  for (const f of ['server-key.pem', 'client-key.pem'])
+    if ((fs.statSync(path.join(dir, f)).mode & 0o077) !== 0) fail(`${path.join(dir, f)} is readable by others (must be 0600)`);
+  let fleetCa: X509Certificate;
+  try {
+    fleetCa = new X509Certificate(fs.readFileSync(fleetCaCert));
+  } catch (err) {
+    return fail(`the fleet CA certificate ${fleetCaCert} cannot be read: ${(err as Error).message}`);
+  }
+  const ca = new X509Certificate(fs.readFileSync(path.join(dir, 'ca-cert.pem')));
+  if (ca.fingerprint256 !== fleetCa.fingerprint256) fail(`${path.join(dir, 'ca-cert.pem')} is not the fleet's CA`);
+  for (const f of ['server-cert.pem', 'client-cert.pem']) {
+    const cert = new X509Certificate(fs.readFileSync(path.join(dir, f)));
+    if (!cert.checkIssued(fleetCa) || !cert.verify(fleetCa.publicKey)) fail(`${path.join(dir, f)} is not issued by the fleet's CA`);
+    if (!cert.subject.split('\n').includes(`CN=${serverId}`)) fail(`${path.join(dir, f)} is for ${cert.subject.replace(/\n/g, ',')}, not CN=${serverId}`);
+    if (Date.parse(cert.validTo) < Date.now()) fail(`${path.join(dir, f)} expired on ${cert.validTo}`);
+  }
+}
+
+/** The identity a target's `tls-authz` admits: the subject of the source's client certificate (GnuTLS's DN form). */
+export const tlsIdentity = (serverId: string) => `CN=${serverId}`;

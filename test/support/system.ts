@@ -42,6 +42,8 @@ export interface TestSystemOptions {
   backendFilter?: (server: FleetServer) => boolean;
   /** Options of the `qemu` agents (`stateDir` is a root: one folder per server under it). */
   qemu?: FleetAgentsOptions['qemu'];
+  /** Another Temporal frontend than the suite's (the cluster tests). */
+  temporalAddress?: string;
 }
 
 /** The real system in one test process: a database, host agents over HTTP (sim by default), a migration worker and a scheduler. */
@@ -53,7 +55,7 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
   const fleetAgents = await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger, backendFilter: opts.backendFilter, qemu: opts.qemu });
   const agentUrls = new Map<string, string>([...fleetAgents.agents].map(([id, a]) => [id, a.url]));
   await inventory.seedFleet(fleet, agentUrls);
-  const temporal = await connectTestTemporal();
+  const temporal = await connectTestTemporal(opts.temporalAddress);
   const agents = createAgentDirectory({
     lookupAgentUrl: async (serverId) => {
       const s = await inventory.getServer(serverId);

@@ -1,0 +1,80 @@
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Client } from 'pg';
+import { loadEnv } from '../../common/config';
+import { createLogger } from '../../common/logger';
+import { freePort } from '../../client/dev-stack/ports';
+import { startTemporalCluster, type TemporalClusterHandle, type TemporalClusterOptions } from '../../client/dev-stack/temporal-cluster';
+import { visibilityDatabaseName, type TemporalDatabases } from '../../client/dev-stack/temporal-schema';
+import { ensureClusterTools, type ClusterTools } from '../../client/temporal-server-tools';
+
+/**
+ * The cluster tests' own Temporal cluster: the real server processes (built by `npm run tools -- --cluster`) on the
+ * suite's Postgres, in databases of their own, on free ports; dropped afterwards.
+ */
+export interface TestCluster {
+  cluster: TemporalClusterHandle;
+  db: TemporalDatabases;
+  stateDir: string;
+  stop(): Promise<void>;
+}
+
+export function clusterTools(): Promise<ClusterTools> {
+  // Never a 7-minute build inside a test: CI builds the tools first (.ci/run: npm run tools -- --cluster).
+  return ensureClusterTools({ toolsDir: loadEnv().DHM_TOOLS_DIR, log: () => undefined, build: false });
+}
+
+/** The suite's Postgres server, as the cluster's database settings, with a fresh database name. */
+export function testDatabases(name = `tc_${randomBytes(4).toString('hex')}`): TemporalDatabases & { anyDatabase: string } {
+  const url = new URL(process.env.DHM_TEST_DATABASE_URL!);
+  return { host: url.hostname, port: Number(url.port), user: decodeURIComponent(url.username), password: decodeURIComponent(url.password), name, anyDatabase: url.pathname.slice(1) };
+}
+
+export async function dropDatabases(db: TemporalDatabases & { anyDatabase: string }): Promise<void> {
+  const admin = new Client({ host: db.host, port: db.port, user: db.user, password: db.password, database: db.anyDatabase });
+  await admin.connect();
+  try {
+    for (const name of [db.name, visibilityDatabaseName(db.name)]) await admin.query(`DROP DATABASE IF EXISTS ${admin.escapeIdentifier(name)} WITH (FORCE)`);
+  } finally {
+    await admin.end();
+  }
+}
+
+export async function startTestCluster(opts: Partial<Pick<TemporalClusterOptions, 'shards' | 'historyProcesses' | 'readyTimeoutMs'>> & { ui?: boolean } = {}): Promise<TestCluster> {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-cluster-'));
+  const db = testDatabases();
+  const { anyDatabase } = db;
+  const cluster = await startTemporalCluster({
+    tools: await clusterTools(),
+    stateDir,
+    db,
+    anyDatabase,
+    port: await freePort(),
+    uiPort: opts.ui === false ? null : await freePort(),
+    shards: opts.shards ?? 8,
+    historyProcesses: opts.historyProcesses ?? 2,
+    namespace: 'default',
+    readyTimeoutMs: opts.readyTimeoutMs,
+    logger: createLogger('test-cluster', process.env.DHM_TEST_LOG_LEVEL ?? 'warn'),
+  }).catch(async (err) => {
+    await dropDatabases(db);
+    throw err;
+  });
+  return {
+    cluster,
+    db,
+    stateDir,
+    async stop() {
+      await cluster.stop();
+      await dropDatabases(db);
+      if (!process.env.DHM_TEST_KEEP_STATE) fs.rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One grep-able line per measurement, for docs/operations.md. */
+export function printFigure(name: string, figures: Record<string, unknown>): void {
+  process.stdout.write(`CLUSTER-FIGURES ${JSON.stringify({ name, ...figures })}\n`);
+}

@@ -7,7 +7,7 @@ import type { Logger } from '../../common/logger';
 import { UserFacingError } from '../../common/errors';
 import type { ClusterTools } from '../temporal-server-tools';
 import { TEMPORAL_SERVER_VERSION } from '../temporal-server-tools';
-import { freePort, portInUse, waitFor } from './ports';
+import { freePort, freePortInRange, portInUse, waitFor } from './ports';
 import { isAlive, stopStaleProcess, writePidFile } from './pidfile';
 import { prepareTemporalDatabases, visibilityDatabaseName, type TemporalDatabases } from './temporal-schema';
 import { ensureNamespace, ensureSearchAttributes } from './temporal-namespace';
@@ -20,6 +20,9 @@ export interface ClusterProcess {
   /** `frontend`, `history-1`, `history-2`, `matching`, `worker`, `ui`. */
   name: string;
   service: ClusterService | 'ui';
+  /** Its gRPC and membership ports (the UI server: its HTTP port, no membership). */
+  grpcPort: number;
+  membershipPort?: number;
   pid(): number | undefined;
   logFile: string;
   alive(): boolean;
@@ -84,7 +87,7 @@ export function temporalDeployDir(): string {
   }
 }
 
-/** The last lines of a log that look like an error, for a one-line reason. */
+/** The reason a server process gave for exiting, from its log: the innermost cause of its last error, one line. */
 function lastError(logFile: string): string {
   let text = '';
   try {
@@ -92,14 +95,16 @@ function lastError(logFile: string): string {
   } catch {
     return 'no log';
   }
-  const lines = text.split('\n').filter((l) => l.trim());
-  const bad = lines.filter((l) => /"level":"(error|fatal|dpanic|panic)"|Unable to start|error|panic/i.test(l)).pop() ?? lines.pop() ?? '';
+  const lines = text.split('\n').filter((l) => l.trim() && !l.startsWith('--- '));
+  let line = lines.filter((l) => /"level":"(error|fatal|dpanic|panic)"|Unable to|panic:/i.test(l)).pop() ?? lines.pop() ?? '';
   try {
-    const j = JSON.parse(bad) as { msg?: string; error?: string };
-    return [j.msg, j.error].filter(Boolean).join(': ').slice(0, 400);
+    const j = JSON.parse(line) as { msg?: string; error?: string };
+    line = j.error ?? j.msg ?? line;
   } catch {
-    return bad.slice(0, 400);
+    // not JSON: the line as it is
   }
+  // fx wraps the cause in "could not build arguments for function X (file:line): ..." layers.
+  return line.split(/\): /).pop()!.replace(/\.+$/, '').slice(0, 300);
 }
 
 /**
@@ -126,6 +131,13 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
   await prepareTemporalDatabases({ sqlTool: opts.tools.sqlTool, db: opts.db, anyDatabase: opts.anyDatabase, upgrade: opts.upgradeSchema ?? false, logger });
 
   const deployDir = temporalDeployDir();
+  // Membership ports land in a smallint column: keep them below the ephemeral range.
+  const taken = new Set<number>();
+  const membershipPort = async () => {
+    const p = await freePortInRange(20000, 32767, taken);
+    taken.add(p);
+    return p;
+  };
   const address = `127.0.0.1:${opts.port}`;
   const common: NodeJS.ProcessEnv = {
     PATH: process.env.PATH ?? '/usr/bin:/bin',
@@ -143,27 +155,28 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
     TEMPORAL_FRONTEND_ADDRESS: address,
     TEMPORAL_DYNAMIC_CONFIG_FILE: path.join(deployDir, 'dynamicconfig', 'dhm.yaml'),
     TEMPORAL_FRONTEND_PORT: String(opts.port),
-    TEMPORAL_FRONTEND_MEMBERSHIP_PORT: String(await freePort()),
+    TEMPORAL_FRONTEND_MEMBERSHIP_PORT: String(await membershipPort()),
     TEMPORAL_FRONTEND_HTTP_PORT: String(await freePort()),
     TEMPORAL_MATCHING_PORT: String(await freePort()),
-    TEMPORAL_MATCHING_MEMBERSHIP_PORT: String(await freePort()),
+    TEMPORAL_MATCHING_MEMBERSHIP_PORT: String(await membershipPort()),
     TEMPORAL_WORKER_PORT: String(await freePort()),
-    TEMPORAL_WORKER_MEMBERSHIP_PORT: String(await freePort()),
+    TEMPORAL_WORKER_MEMBERSHIP_PORT: String(await membershipPort()),
   };
   // History first (it owns the shards), then matching, the frontend and the worker service (it needs the frontend).
-  const specs: Array<{ name: string; service: ClusterService | 'ui'; env: NodeJS.ProcessEnv; membershipPort?: number }> = [];
+  const specs: Array<{ name: string; service: ClusterService | 'ui'; env: NodeJS.ProcessEnv; grpcPort: number; membershipPort?: number }> = [];
   for (let i = 1; i <= opts.historyProcesses; i++) {
-    const [grpc, membership] = [await freePort(), await freePort()];
-    specs.push({ name: `history-${i}`, service: 'history', env: { ...common, TEMPORAL_HISTORY_PORT: String(grpc), TEMPORAL_HISTORY_MEMBERSHIP_PORT: String(membership) }, membershipPort: membership });
+    const [grpc, membership] = [await freePort(), await membershipPort()];
+    specs.push({ name: `history-${i}`, service: 'history', env: { ...common, TEMPORAL_HISTORY_PORT: String(grpc), TEMPORAL_HISTORY_MEMBERSHIP_PORT: String(membership) }, grpcPort: grpc, membershipPort: membership });
   }
   const base = specs[0]!.env;
-  specs.push({ name: 'matching', service: 'matching', env: base, membershipPort: Number(common.TEMPORAL_MATCHING_MEMBERSHIP_PORT) });
-  specs.push({ name: 'frontend', service: 'frontend', env: base, membershipPort: Number(common.TEMPORAL_FRONTEND_MEMBERSHIP_PORT) });
-  specs.push({ name: 'worker', service: 'worker', env: base, membershipPort: Number(common.TEMPORAL_WORKER_MEMBERSHIP_PORT) });
+  specs.push({ name: 'matching', service: 'matching', env: base, grpcPort: Number(common.TEMPORAL_MATCHING_PORT), membershipPort: Number(common.TEMPORAL_MATCHING_MEMBERSHIP_PORT) });
+  specs.push({ name: 'frontend', service: 'frontend', env: base, grpcPort: opts.port, membershipPort: Number(common.TEMPORAL_FRONTEND_MEMBERSHIP_PORT) });
+  specs.push({ name: 'worker', service: 'worker', env: base, grpcPort: Number(common.TEMPORAL_WORKER_PORT), membershipPort: Number(common.TEMPORAL_WORKER_MEMBERSHIP_PORT) });
   if (opts.uiPort !== null) {
     specs.push({
       name: 'ui',
       service: 'ui',
+      grpcPort: opts.uiPort,
       env: { PATH: common.PATH, HOME: common.HOME, TEMPORAL_UI_TEMPORAL_ADDRESS: address, TEMPORAL_UI_HOST: '127.0.0.1', TEMPORAL_UI_PORT: String(opts.uiPort), TEMPORAL_UI_NAMESPACE: opts.namespace },
     });
   }
@@ -180,6 +193,7 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
             ['--root', deployDir, '--config', 'config', '--allow-no-auth', 'start', '--service', s.service],
         s.env,
         dir,
+        s.grpcPort,
         s.membershipPort,
       ),
   );
@@ -190,7 +204,10 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
   const started = Date.now();
   let connection: Connection | undefined;
   try {
-    for (const p of processes.filter((x) => x.service !== 'ui')) await p.start();
+    // One process first: every process writes the cluster metadata at start, and concurrent first writes conflict
+    // (the loser exits). Once it has joined, the rest start together.
+    const servers = processes.filter((x) => x.service !== 'ui');
+    await servers[0]!.start();
     const failed = () => processes.find((p) => p.service !== 'ui' && p.exitedAtStart());
     const deadline = opts.readyTimeoutMs ?? 90_000;
     const ready = async <T>(what: string, probe: () => Promise<T>, timeoutMs = deadline): Promise<T> =>
@@ -209,6 +226,10 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
         throw new UserFacingError(`Temporal cluster: not serving after ${Math.round(deadline / 1000)} s (${what}: ${err.message.replace(/^.*?: /, '')}); see the logs in ${dir}`, 'DHM_TEMPORAL_MODE');
       });
 
+    await ready(`${servers[0]!.name} in the membership table`, async () => {
+      if (!(await readMembers(opts.db, [servers[0]!])).size) throw new Error('not joined yet');
+    });
+    for (const p of servers.slice(1)) await p.start();
     const conn: Connection = await ready(`the frontend at ${address}`, async () => {
       const c = await Connection.connect({ address, connectTimeout: 2000 });
       try {
@@ -326,6 +347,7 @@ class ManagedProcess implements ClusterProcess {
     private readonly args: string[],
     private readonly env: NodeJS.ProcessEnv,
     dir: string,
+    readonly grpcPort: number,
     readonly membershipPort?: number,
   ) {
     this.logFile = path.join(dir, `${name}.log`);

@@ -60,13 +60,16 @@ describe(`a Temporal ${TEMPORAL_SERVER_VERSION} cluster of separate processes on
   }, 120_000);
 
   it('SIGKILL of one history process mid-migration: the other takes its shards, the migration completes, every tenant request is answered', async () => {
-    const out = await killDuringMigration(tc.cluster, 'history-1');
+    const out = await killDuringMigration(tc, 'shard owner');
     expect(out.phase).toBe('completed');
+    // The shard moved to the surviving history process.
+    expect(out.shard!.ownerAfter).not.toBe(out.victim);
+    expect(tc.cluster.process(out.shard!.ownerAfter).alive()).toBe(true);
     expect(out.guestFailures).toEqual([]);
     expect(out.guestOps).toBeGreaterThan(20);
     expect(out.violations).toEqual([]);
     // Started again, it joins back (a new membership session).
-    const p = tc.cluster.process('history-1');
+    const p = tc.cluster.process(out.victim);
     await p.start();
     await eventually('history-1 back in the membership', async () => (await tc.cluster.members()).history === 2 && p.alive(), 60_000, 500);
   }, 240_000);

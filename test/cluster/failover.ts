@@ -1,10 +1,9 @@
 import { checkInvariants } from '../../client/invariants';
 import { deleteVmDuringMigration, provisionVmDuringMigration } from '../../client/migrations';
-import type { TemporalClusterHandle } from '../../client/dev-stack/temporal-cluster';
 import { statusQuery } from '../../workflows/messages';
 import { testFleet } from '../support/fleets';
 import { eventually, startTestSystem } from '../support/system';
-import { printFigure } from './support';
+import { printFigure, shardOwner, type TestCluster } from './support';
 
 export interface FailoverOutcome {
   phase: string;
@@ -15,6 +14,9 @@ export interface FailoverOutcome {
   guestFailures: string[];
   provisionAnsweredMs: number;
   violations: string[];
+  /** The process killed, and for a history process the shard and who owns it afterwards. */
+  victim: string;
+  shard?: { id: number; ownerAfter: string };
 }
 
 /**
@@ -23,7 +25,8 @@ export interface FailoverOutcome {
  * moves one cluster process is SIGKILLed (and, for `restartAfterMs`, started again as a deployment would). The
  * migration must complete, every tenant request get its answer, no VM be lost and the invariants hold.
  */
-export async function killDuringMigration(cluster: TemporalClusterHandle, victim: string, opts: { restartAfterMs?: number } = {}): Promise<FailoverOutcome> {
+export async function killDuringMigration(tc: TestCluster, victimName: string | 'shard owner', opts: { restartAfterMs?: number } = {}): Promise<FailoverOutcome> {
+  const { cluster } = tc;
   const sys = await startTestSystem({ temporalAddress: cluster.address, fleet: testFleet({ servers: 4 }), timeScale: 20 });
   try {
     const { hostId, vmIds } = await sys.createHostWithVms({ vms: 4, memoryMiB: [1024], dirtyRateMiBps: [0, 10, 20, 5] });
@@ -71,6 +74,9 @@ export async function killDuringMigration(cluster: TemporalClusterHandle, victim
       }
     })();
 
+    // 'shard owner': the history process that owns this migration's shard, so its shard must move.
+    const owner = victimName === 'shard owner' ? await shardOwner(tc, handle.workflowId) : null;
+    const victim = owner?.process ?? victimName;
     const p = cluster.process(victim);
     const killedPid = p.pid();
     await p.kill('SIGKILL');
@@ -108,7 +114,18 @@ export async function killDuringMigration(cluster: TemporalClusterHandle, victim
     await eventually('old server de-provisioned', async () => (await sys.inventory.getServer(source))!.state === 'available', 30_000, 100);
     const inv = await checkInvariants({ inventory: sys.inventory, temporal: sys.temporal.client });
     violations.push(...inv.violations);
-    const outcome: FailoverOutcome = { phase: result.phase, stallMs, migrationMs, guestOps: guest.ops, guestFailures: guest.failures, provisionAnsweredMs: prov.ms, violations };
+    const after = owner ? await shardOwner(tc, handle.workflowId) : null;
+    const outcome: FailoverOutcome = {
+      phase: result.phase,
+      stallMs,
+      migrationMs,
+      guestOps: guest.ops,
+      guestFailures: guest.failures,
+      provisionAnsweredMs: prov.ms,
+      violations,
+      victim,
+      ...(owner && after ? { shard: { id: owner.shardId, ownerAfter: after.process } } : {}),
+    };
     printFigure(`SIGKILL ${victim}${opts.restartAfterMs === undefined ? '' : `, restarted after ${opts.restartAfterMs} ms`}`, { killedPid, ...outcome, vms: st.vms.length });
     return outcome;
   } finally {

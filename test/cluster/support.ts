@@ -78,3 +78,24 @@ export async function startTestCluster(opts: Partial<Pick<TemporalClusterOptions
 export function printFigure(name: string, figures: Record<string, unknown>): void {
   process.stdout.write(`CLUSTER-FIGURES ${JSON.stringify({ name, ...figures })}\n`);
 }
+
+/**
+ * The history process that owns a workflow's shard: `executions` names the shard, the shard's record names its
+ * owner's address (inside its serialized ShardInfo).
+ */
+export async function shardOwner(tc: TestCluster, workflowId: string): Promise<{ shardId: number; process: string }> {
+  const c = new Client({ host: tc.db.host, port: tc.db.port, user: tc.db.user, password: tc.db.password, database: tc.db.name });
+  await c.connect();
+  try {
+    const ex = await c.query<{ shard_id: number }>('SELECT shard_id FROM executions WHERE workflow_id = $1 LIMIT 1', [workflowId]);
+    if (!ex.rowCount) throw new Error(`no execution row for ${workflowId}`);
+    const shardId = Number(ex.rows[0]!.shard_id);
+    const sh = await c.query<{ data: Buffer }>('SELECT data FROM shards WHERE shard_id = $1', [shardId]);
+    const blob = sh.rows[0]!.data.toString('latin1');
+    const owner = tc.cluster.processes.find((p) => p.service === 'history' && (blob.includes(`:${p.grpcPort}`) || blob.includes(`:${p.membershipPort}`)));
+    if (!owner) throw new Error(`shard ${shardId}'s owner is none of the history processes`);
+    return { shardId, process: owner.name };
+  } finally {
+    await c.end();
+  }
+}

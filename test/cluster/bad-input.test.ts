@@ -64,6 +64,7 @@ async function refusedStart(db: ReturnType<typeof testDatabases>, extra: Partial
     );
     expect(err).toBeInstanceOf(UserFacingError);
     expect(err.message).not.toMatch(/\n/);
+    process.stdout.write(`refused: ${err.message}\n`);
     expect(serverProcessesFor(db.name)).toEqual([]);
     const left = fs.existsSync(path.join(stateDir, 'temporal-cluster')) ? fs.readdirSync(path.join(stateDir, 'temporal-cluster')).filter((f) => f.endsWith('.pid')) : [];
     expect(left).toEqual([]);

@@ -1,3 +1,7 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { temporal } from '@temporalio/proto';
 import { checkInvariants } from '../../client/invariants';
 import { deleteVmDuringMigration, provisionVmDuringMigration } from '../../client/migrations';
 import { statusQuery } from '../../workflows/messages';
@@ -20,16 +24,17 @@ export interface FailoverOutcome {
 }
 
 /**
- * A host of 4 busy VMs migrates on the cluster while tenants keep using their VMs (guest operations through the
+ * A host of 5 busy VMs migrates on the cluster while tenants keep using their VMs (guest operations through the
  * agents) and ask the migration for things (an Update to provision a VM, one to delete a VM); in the middle of the
  * moves one cluster process is SIGKILLed (and, for `restartAfterMs`, started again as a deployment would). The
  * migration must complete, every tenant request get its answer, no VM be lost and the invariants hold.
  */
 export async function killDuringMigration(tc: TestCluster, victimName: string | 'shard owner', opts: { restartAfterMs?: number } = {}): Promise<FailoverOutcome> {
   const { cluster } = tc;
-  const sys = await startTestSystem({ temporalAddress: cluster.address, fleet: testFleet({ servers: 4 }), timeScale: 20 });
+  // Slow enough that the moves outlast the stall (~5-10 s): the requests sent after the kill must find it running.
+  const sys = await startTestSystem({ temporalAddress: cluster.address, fleet: testFleet({ servers: 4 }), timeScale: 10 });
   try {
-    const { hostId, vmIds } = await sys.createHostWithVms({ vms: 4, memoryMiB: [1024], dirtyRateMiBps: [0, 10, 20, 5] });
+    const { hostId, vmIds } = await sys.createHostWithVms({ vms: 5, memoryMiB: [1024], dirtyRateMiBps: [0, 10, 20, 5] });
     const source = (await sys.inventory.getIncarnation((await sys.inventory.getHost(hostId))!.currentIncarnationId))!.serverId;
 
     // Tenants' guest operations, served wherever each VM runs; none may fail.
@@ -50,11 +55,8 @@ export async function killDuringMigration(tc: TestCluster, victimName: string | 
     });
 
     const started = Date.now();
-    const handle = await sys.startMigration(hostId, { maxParallel: 1, bandwidthCapBps: 60e6 });
-    await eventually('one VM moved, the next moving', async () => {
-      const st = await sys.status(hostId);
-      return st.vms.some((v) => v.state === 'moved') && st.vms.some((v) => v.state === 'moving');
-    }, 60_000, 100);
+    const handle = await sys.startMigration(hostId, { maxParallel: 1, bandwidthCapBps: 40e6 });
+    await eventually('the first VM moving', async () => (await sys.status(hostId)).vms.some((v) => v.state === 'moving'), 60_000, 100);
 
     // The status query needs the shard's history process, matching and a worker: its gaps are the stall.
     let lastAnswer = Date.now();
@@ -98,7 +100,13 @@ export async function killDuringMigration(tc: TestCluster, victimName: string | 
     await Promise.all(loops);
     const migrationMs = Date.now() - started;
 
-    const st = await sys.status(hostId);
+    const st = await sys.status(hostId).catch(async (err: Error) => {
+      // A query replays the whole history on a worker without it cached: keep the history of a replay failure.
+      const file = path.join(os.tmpdir(), `dhm-cluster-history-${handle.workflowId}.json`);
+      const history = await handle.fetchHistory();
+      fs.writeFileSync(file, JSON.stringify(temporal.api.history.v1.History.toObject(history as temporal.api.history.v1.History, { longs: String, enums: String, bytes: String })));
+      throw new Error(`${err.message} (history kept in ${file})`);
+    });
     const host = (await sys.inventory.getHost(hostId))!;
     const live = (await sys.inventory.listVms({ dedicatedHostId: hostId })).filter((v) => v.state === 'running');
     const expected = [...vmIds.filter((id) => id !== pending?.vmId), prov.r.vmId].sort();

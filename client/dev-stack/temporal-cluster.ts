@@ -119,10 +119,15 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
   const dir = path.join(opts.stateDir, 'temporal-cluster');
   fs.mkdirSync(dir, { recursive: true });
   // Leftovers of a stack killed with SIGKILL: each pid file names a process whose command line must match.
-  for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.pid'))) {
-    const stale = await stopStaleProcess(path.join(dir, f), f.startsWith('ui') ? 'temporal-ui-server' : 'temporal-server');
-    if (stale) logger.warn({ pid: stale, process: f.replace(/\.pid$/, '') }, 'stopped a Temporal cluster process left running by an earlier stack');
-  }
+  await Promise.all(
+    fs
+      .readdirSync(dir)
+      .filter((n) => n.endsWith('.pid'))
+      .map(async (f) => {
+        const stale = await stopStaleProcess(path.join(dir, f), f.startsWith('ui') ? 'temporal-ui-server' : 'temporal-server');
+        if (stale) logger.warn({ pid: stale, process: f.replace(/\.pid$/, '') }, 'stopped a Temporal cluster process left running by an earlier stack');
+      }),
+  );
   if (await portInUse(opts.port)) throw new UserFacingError(`DHM_TEMPORAL_PORT: port ${opts.port} is already in use by another process`, 'DHM_TEMPORAL_PORT');
   if (opts.uiPort !== null && (await portInUse(opts.uiPort))) {
     throw new UserFacingError(`DHM_TEMPORAL_UI_PORT: port ${opts.uiPort} is already in use by another process`, 'DHM_TEMPORAL_UI_PORT');

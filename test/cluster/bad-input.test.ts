@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { Client } from 'pg';
+import pino from 'pino';
 import { UserFacingError } from '../../common/errors';
 import { createLogger } from '../../common/logger';
 import { CUSTOM_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
@@ -152,6 +153,38 @@ describe('the cluster refuses bad databases and a cluster that does not serve, w
         await connection.close();
       }
     });
+
+    test('a stack killed with SIGKILL leaves its processes: the next start on that folder stops them first', async () => {
+      const before = tc.cluster.processes.map((p) => p.pid()!);
+      expect(before.every((pid) => fs.existsSync(`/proc/${pid}`))).toBe(true);
+      const warnings: string[] = [];
+      const again = await startTemporalCluster({
+        tools: await clusterTools(),
+        stateDir: tc.stateDir,
+        db: tc.db,
+        anyDatabase: testDatabases().anyDatabase,
+        port: await freePort(),
+        uiPort: null,
+        shards: 4,
+        historyProcesses: 2,
+        namespace: 'default',
+        logger: pino({ level: 'warn' }, { write: (line: string) => void warnings.push((JSON.parse(line) as { process?: string }).process ?? '?') }),
+      });
+      try {
+        expect(warnings.sort()).toEqual(['frontend', 'history-1', 'history-2', 'matching', 'worker']);
+        const running = (pid: number) => {
+          try {
+            return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z';
+          } catch {
+            return false;
+          }
+        };
+        for (const pid of before) expect({ pid, running: running(pid) }).toEqual({ pid, running: false });
+        expect(await again.members()).toEqual({ frontend: 1, history: 2, matching: 1, worker: 1 });
+      } finally {
+        await again.stop();
+      }
+    }, 120_000);
 
     test('a cluster that cannot serve its database (another shard count): one line, every process stopped', async () => {
       // Same databases, other shard count: the server refuses to run on them.

@@ -86,7 +86,10 @@ export const envSchema = z.object({
   /** Where the CLI finds the API (default: what `dhm up` wrote to .dhm/credentials.json). */
   DHM_API_URL: urlWithScheme(['http', 'https']).optional(),
   DHM_TOKEN: z.string().min(1).optional(),
-  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Unset: `info`, except `dhm up` on a terminal, which shows only warnings and errors after its banner. */
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
+  /** `json` or `pretty` (human-readable lines); unset: pretty on a terminal, JSON otherwise. */
+  LOG_FORMAT: z.enum(['json', 'pretty']).optional(),
 }).superRefine((env, ctx) => {
   // The pairs and combinations that only make sense together, each reported under the variable to fix.
   if (env.TEMPORAL_TLS_CERT && !env.TEMPORAL_TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TEMPORAL_TLS_KEY'], message: 'required with TEMPORAL_TLS_CERT' });

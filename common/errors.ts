@@ -29,3 +29,22 @@ export function zodErrorField(err: { issues: ReadonlyArray<{ path: ReadonlyArray
   const path = [prefix, ...first.path.map(String)].filter((p) => p !== '').join('.');
   return path || undefined;
 }
+
+/**
+ * Why a request was refused: one casing (SCREAMING_SNAKE), one list. The inventory throws these, the activities pass
+ * them on as failure types (`FailureTypes` in common/migration.ts), the API puts them in its error bodies.
+ */
+export const REFUSAL_CODES = [
+  'NOT_FOUND',
+  'INSUFFICIENT_CAPACITY',
+  'NO_MATCHING_SERVER',
+  'CONFLICT',
+  'WRONG_STATE',
+  'INVALID_INPUT',
+  /** A dedicated host still has VMs (running or lost), so it cannot be deleted. */
+  'HOST_HAS_VMS',
+  /** A dedicated host is migrating, so it cannot be deleted. */
+  'HOST_MIGRATING',
+] as const;
+export type RefusalCode = (typeof REFUSAL_CODES)[number];
+export const Refusal = Object.freeze(Object.fromEntries(REFUSAL_CODES.map((c) => [c, c]))) as { readonly [C in RefusalCode]: C };

@@ -1,6 +1,8 @@
 import { z } from 'zod';
+import { Refusal } from './errors';
 import { idSchema } from './fleet';
-import { resourcesSchema, type Resources } from './resources';
+import type { Resources } from './resources';
+import { vmSpecSchema, type VmSpec } from './vm-spec';
 
 /** Phases of one host migration, in order; the last three are terminal. */
 export const PHASES = [
@@ -33,6 +35,10 @@ export const VM_ORDERS = ['largest-first', 'smallest-first', 'dirtiest-first', '
  */
 export const ON_VM_FAILURE = ['rollback', 'retry-with-auto-converge'] as const;
 
+/** What a de-provisioned server becomes: back in the pool, or set aside for an operator. */
+export const afterDeprovisionSchema = z.enum(['available', 'maintenance']);
+export type AfterDeprovision = z.infer<typeof afterDeprovisionSchema>;
+
 export const migrationPolicySchema = z
   .object({
     maxParallel: z.number().int().min(1).max(64).default(2),
@@ -54,7 +60,7 @@ export const migrationPolicySchema = z
     /** How long to wait for a matching free server before giving up (0: fail at once). */
     waitForCapacitySeconds: z.number().int().min(0).max(7 * 24 * 3600).default(0),
     /** State of the old server once de-provisioned. */
-    afterDeprovision: z.enum(['available', 'maintenance']).default('available'),
+    afterDeprovision: afterDeprovisionSchema.default('available'),
     /** Continue-as-new once the history has this many events (the server's own suggestion applies too). */
     continueAsNewAfterEvents: z.number().int().min(200).max(50_000).default(8_000),
   })
@@ -76,16 +82,8 @@ export function migrationIdFor(dedicatedHostId: string): string {
   return `migration-${dedicatedHostId}`;
 }
 
-/** Sim-only workload knobs of a VM: how fast the guest dirties memory, and how much of it it rewrites. */
-export const workloadSchema = z
-  .object({
-    dirtyRateMiBps: z.number().min(0).max(1e6),
-    workingSetMiB: z.number().min(0).max(16 * 1024 * 1024),
-  })
-  .strict();
-
-export const vmSpecSchema = resourcesSchema.extend({ workload: workloadSchema.optional() }).strict();
-export type VmSpec = z.infer<typeof vmSpecSchema>;
+// The VM spec is defined in common/vm-spec.ts; re-exported here for the migration's messages that carry it.
+export { vmSpecSchema, workloadSchema, type VmSpec } from './vm-spec';
 
 export const provisionVmArgsSchema = z
   .object({
@@ -177,16 +175,20 @@ export type MigrationResult = Pick<MigrationStatus, 'migrationId' | 'dedicatedHo
   lostVms?: string[];
 };
 
-/** Error types that activities throw and the workflow and clients branch on. */
+/**
+ * Error types that activities throw and the workflow and clients branch on. The inventory's refusals keep their code
+ * (common/errors.ts); the PascalCase types are the workflow's own and are recorded in histories, so they keep their
+ * spelling.
+ */
 export const FailureTypes = {
   NoCapacity: 'NoCapacity',
-  InsufficientCapacity: 'INSUFFICIENT_CAPACITY',
+  InsufficientCapacity: Refusal.INSUFFICIENT_CAPACITY,
   NotConverging: 'NotConverging',
   AgentUnavailable: 'AgentUnavailable',
-  InvalidInput: 'INVALID_INPUT',
-  NotFound: 'NOT_FOUND',
-  WrongState: 'WRONG_STATE',
-  Conflict: 'CONFLICT',
+  InvalidInput: Refusal.INVALID_INPUT,
+  NotFound: Refusal.NOT_FOUND,
+  WrongState: Refusal.WRONG_STATE,
+  Conflict: Refusal.CONFLICT,
   MigrationEnded: 'MIGRATION_ENDED',
   /** The migration is continuing as new: the request was not taken; the same request sent again reaches the next run. */
   MigrationContinuing: 'MIGRATION_CONTINUING',

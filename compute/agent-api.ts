@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { MAX_MEMORY_MIB, resourcesSchema } from '../common/resources';
+import { resourcesSchema } from '../common/resources';
+import { vmSpecSchema } from '../common/vm-spec';
 
 /**
  * The host agent's HTTP contract: every route's path, request body and reply, as zod schemas shared by the
@@ -24,23 +25,8 @@ export const amountsSchema = z.object({
   diskGiB: z.number().int().min(0),
 });
 
-/** The sim's guest behaviour: dirty rate D and writable working set W (the most memory that can be dirty at once). */
-export const workloadSchema = z
-  .object({
-    dirtyRateMiBps: z.number().min(0).max(1e7),
-    workingSetMiB: z.number().min(0).max(MAX_MEMORY_MIB),
-  })
-  .strict();
-
-export const vmSpecSchema = resourcesSchema.extend({ workload: workloadSchema.optional() }).superRefine((spec, ctx) => {
-  if (spec.workload && spec.workload.workingSetMiB > spec.memoryMiB)
-    ctx.addIssue({
-      code: 'custom',
-      path: ['workload', 'workingSetMiB'],
-      message: `cannot exceed memoryMiB (${spec.memoryMiB})`,
-    });
-});
-export type VmSpec = z.infer<typeof vmSpecSchema>;
+/** The VM spec (resources and the sim's workload) is the one of common/vm-spec.ts: the API, the inventory and the agents accept the same specs. */
+export { vmSpecSchema, workloadSchema, type VmSpec } from '../common/vm-spec';
 
 export const backendKindSchema = z.enum(['sim', 'qemu']);
 export type BackendKind = z.infer<typeof backendKindSchema>;

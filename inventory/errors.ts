@@ -1,14 +1,8 @@
-import { UserFacingError, describeZodError, zodErrorField } from '../common/errors';
+import { REFUSAL_CODES, UserFacingError, describeZodError, zodErrorField, type RefusalCode } from '../common/errors';
 
-export const INVENTORY_ERROR_CODES = [
-  'NOT_FOUND',
-  'INSUFFICIENT_CAPACITY',
-  'NO_MATCHING_SERVER',
-  'CONFLICT',
-  'WRONG_STATE',
-  'INVALID_INPUT',
-] as const;
-export type InventoryErrorCode = (typeof INVENTORY_ERROR_CODES)[number];
+/** The inventory refuses with the codes of common/errors.ts (one list for the inventory, the workflow and the API). */
+export const INVENTORY_ERROR_CODES = REFUSAL_CODES;
+export type InventoryErrorCode = RefusalCode;
 
 /**
  * Every refusal of the inventory. `field` names the input field at fault, as a dotted path into the method's
@@ -47,4 +41,9 @@ export function invalidInput(err: {
   issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }>;
 }): InventoryError {
   return new InventoryError('INVALID_INPUT', describeZodError(err), zodErrorField(err));
+}
+
+/** An unknown id (or another tenant's: see tenant-visibility.ts), naming the input field that carried it. */
+export function notFound(what: string, id: string, field: string): InventoryError {
+  return new InventoryError('NOT_FOUND', `${field}: no ${what} ${id}`, field);
 }

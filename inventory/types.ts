@@ -1,4 +1,6 @@
+import type { AfterDeprovision } from '../common/migration';
 import type { Resources } from '../common/resources';
+import type { VmSpec, Workload } from '../common/vm-spec';
 
 /**
  * What the inventory returns. Plain JSON-safe data (timestamps are ISO strings) because these values cross
@@ -7,22 +9,24 @@ import type { Resources } from '../common/resources';
 
 export const SERVER_STATES = ['available', 'reserved', 'allocated', 'deprovisioning', 'maintenance', 'failed'] as const;
 export type ServerState = (typeof SERVER_STATES)[number];
-export type HostState = 'active' | 'migrating';
+/** Servers no host or migration uses: only these change state by hand, or change hardware on a re-seed. */
+export const IDLE_SERVER_STATES = ['available', 'maintenance', 'failed'] as const satisfies readonly ServerState[];
+/** `deleted`: the tenant deleted it; it answers NOT_FOUND from then on, its row stays for the audit trail. */
+export type HostState = 'active' | 'migrating' | 'deleted';
 export type IncarnationRole = 'primary' | 'clone';
 export type IncarnationState = 'live' | 'deleted';
 /** `lost`: no agent runs it any more (its server rebooted mid-migration); recorded by the migration that found it. */
 export type VmState = 'running' | 'deleted' | 'lost';
 export type MigrationRecordState = 'running' | 'finalized' | 'rolled_back';
-export type DeprovisionAfterState = 'available' | 'maintenance';
+export type DeprovisionAfterState = AfterDeprovision;
 
 /** Who did it, written to the audit log: 'operator', 'tenant:<id>', 'migration:<id>', 'scheduler:<id>'. */
 export interface Actor {
   actor: string;
 }
 
-/** Opaque to the inventory; the `sim` backend reads its dirty rate and working set from here. */
-export type Workload = Record<string, unknown>;
-export type VmSpec = Resources & { workload?: Workload };
+/** The VM spec and its workload are common/vm-spec.ts's (the API and the agents validate with the same schema). */
+export type { VmSpec, Workload };
 
 export interface Tenant {
   id: string;
@@ -58,6 +62,8 @@ export interface DedicatedHost {
   migrationId: string | null;
   createdAt: string;
   updatedAt: string;
+  /** Set once the host is deleted (only results of deleteDedicatedHost show a deleted host). */
+  deletedAt?: string | null;
 }
 
 /** A host as the API shows it. `serverId` is physical: the API must drop it for tenants. */
@@ -94,7 +100,8 @@ export interface Vm {
   incarnationId: string;
   name: string;
   spec: Resources;
-  workload: Workload;
+  /** The spec's workload as recorded; `{}` when the VM was created without one. */
+  workload: Workload | Record<string, never>;
   state: VmState;
   createdByMigration: string | null;
   createdAt: string;
@@ -208,6 +215,15 @@ export interface RollbackResult {
   deletedClone: HostIncarnation | null;
   /** The target server it released, if one had been reserved. */
   releasedServer: PhysicalServer | null;
+}
+
+export interface DeleteHostResult {
+  /** The host as it is now: state `deleted`. */
+  host: DedicatedHost;
+  /** Its last incarnation, deleted with it. */
+  deletedIncarnation: HostIncarnation;
+  /** The outbox row that hands the server to the scheduler, as a finalized migration's does (claim 5). */
+  deprovisionJob: DeprovisionJob;
 }
 
 export interface SeedResult {

@@ -2,7 +2,7 @@ import { Client, type Pool } from 'pg';
 import type { Logger } from '../common/logger';
 import type { Metrics } from '../common/metrics';
 import { createAgentClient } from '../compute/agent-client';
-import type { Inventory } from '../inventory';
+import { DEPROVISION_CHANNEL, type Inventory } from '../inventory';
 
 export interface SchedulerOptions {
   inventory: Inventory;
@@ -26,8 +26,6 @@ export interface RunningScheduler {
   listening(): boolean;
   stop(): Promise<void>;
 }
-
-export const DEPROVISION_CHANNEL = 'dhm_deprovision';
 
 /**
  * The scheduler microservice of claim 5: when a migration deletes the old host incarnation, it tears the incarnation

@@ -55,6 +55,9 @@ const INVENTORY_STATUS: Record<InventoryError['code'], number> = {
   INSUFFICIENT_CAPACITY: 409,
   WRONG_STATE: 409,
   NO_MATCHING_SERVER: 409,
+  // Refusals of deleting a dedicated host: the code in the body names the reason.
+  HOST_HAS_VMS: 409,
+  HOST_MIGRATING: 409,
 };
 
 /** Refusals of the migration workflow's updates, by their failure type. */

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { idSchema } from '../../common/fleet';
 import { migrationPolicySchema, PHASES, VM_MIGRATION_STATES, workloadSchema } from '../../common/migration';
 import { resourcesSchema } from '../../common/resources';
+import { checkWorkingSet } from '../../common/vm-spec';
 import { SERVER_STATES } from '../../inventory/types';
 
 /**
@@ -96,7 +97,9 @@ export const createVmBody = z
     ...resourcesSchema.shape,
     workload: workloadSchema.optional().describe('sim backend: how the guest dirties memory'),
   })
-  .strict();
+  .strict()
+  // The spec rules of common/vm-spec.ts, which the inventory and the agents apply too.
+  .superRefine(checkWorkingSet);
 
 export const startMigrationBody = z
   .object({

@@ -41,7 +41,8 @@ export function registerUpCommand(program: Command): void {
         ...(opts.fleet ? { DHM_FLEET_FILE: opts.fleet } : {}),
         ...(opts.temporal !== undefined ? { DHM_TEMPORAL_MODE: opts.temporal } : {}),
       });
-      const logger = createLogger('dhm-up', env.LOG_LEVEL);
+      // On a terminal the banner is what a person reads: after it, only warnings and errors unless LOG_LEVEL says more.
+      const logger = createLogger('dhm-up', env.LOG_LEVEL ?? (process.stdout.isTTY ? 'warn' : 'info'));
       const signal = untilSignal();
       const system = await startEmbeddedSystem({ env, logger, cluster: { upgradeSchema: opts.upgradeTemporalSchema } });
       try {

@@ -50,7 +50,7 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
   const env = opts.env ?? loadEnv();
   const logger = opts.logger;
   const stateDir = opts.stateDir ?? env.DHM_HOME;
-  fs.mkdirSync(stateDir, { recursive: true });
+  ensureStateDir(stateDir);
   claimStateDir(stateDir);
   const stops: Array<() => Promise<void>> = [async () => fs.rmSync(path.join(stateDir, 'stack.pid'), { force: true })];
   const stopAll = () => stopInReverse(stops, logger, 'part of the dev stack');
@@ -152,6 +152,21 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
   } catch (err) {
     await stopAll();
     throw err;
+  }
+}
+
+/**
+ * DHM_HOME must be a folder this user can write. dhm creates it private: 0700, or as root 0711, so that the `postgres`
+ * user the embedded Postgres runs as can pass through to its own data folder inside without listing the rest.
+ */
+function ensureStateDir(stateDir: string): void {
+  try {
+    fs.mkdirSync(stateDir, { recursive: true, mode: process.getuid?.() === 0 ? 0o711 : 0o700 });
+    fs.accessSync(stateDir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'ENOSPC' ? 'no space left on the disk' : code === 'ENOTDIR' || code === 'EEXIST' ? 'not a folder' : (err as Error).message;
+    throw new UserFacingError(`DHM_HOME: cannot use ${path.resolve(stateDir)} (${why}); set DHM_HOME to a folder you can write to`, 'DHM_HOME');
   }
 }
 

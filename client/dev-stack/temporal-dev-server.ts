@@ -96,7 +96,7 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     ]);
   } catch (err) {
     child.kill('SIGKILL');
-    throw err;
+    throw diskFull(stateDir) ?? err;
   }
   logger.info({ address, pid: child.pid }, 'Temporal dev server is up');
   return {
@@ -113,4 +113,16 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
       fs.rmSync(pidFile, { force: true });
     },
   };
+}
+
+/** A dev server that could not start because its SQLite file's disk is full says so in its log: name the folder and the fix. */
+function diskFull(stateDir: string): UserFacingError | null {
+  let log = '';
+  try {
+    log = fs.readFileSync(path.join(stateDir, 'temporal.log'), 'utf8').slice(-20_000);
+  } catch {
+    return null;
+  }
+  if (!/database or disk is full|no space left on device/i.test(log)) return null;
+  return new UserFacingError(`DHM_HOME: no space left on the disk of ${stateDir} (the Temporal dev server's database); free some space or set DHM_HOME to a folder on another disk`, 'DHM_HOME');
 }

@@ -157,8 +157,11 @@ test('one running migration per host, and the audit log is append-only', async (
       [other.id, m.snap.source.incarnation.id, m.snap.source.server.id],
     ]),
   ).rejects.toMatchObject({ code: '23505', constraint: 'host_migrations_one_running' });
+  const log = async () => (await db.pool.query('SELECT * FROM audit_events ORDER BY id')).rows;
+  const before = await log();
+  expect(before.length).toBeGreaterThan(0); // there is something to tamper with
   await expect(sql([`UPDATE audit_events SET actor = 'someone-else'`])).rejects.toMatchObject({ code: '42501' });
   await expect(sql([`DELETE FROM audit_events`])).rejects.toMatchObject({ code: '42501' });
   await expect(sql([`TRUNCATE audit_events`])).rejects.toMatchObject({ code: '42501' });
-  expect(Number((await db.pool.query('SELECT count(*) FROM audit_events')).rows[0].count)).toBeGreaterThan(0);
+  expect(await log()).toEqual(before);
 });

@@ -1,7 +1,7 @@
 import { Client } from 'pg';
 import type { TestDatabase } from '../support/database';
-import { DEPROVISION_CHANNEL, type DeprovisionJob, type Inventory } from '../../inventory';
-import { OP, countEvents, expectInventoryError, freshZone, migrateToClone, tenantWithHost, inventoryPerFile } from './helpers';
+import { DEPROVISION_CHANNEL, type Inventory } from '../../inventory';
+import { OP, claimJob, countEvents, expectInventoryError, freshZone, migrateToClone, tenantWithHost, inventoryPerFile } from './helpers';
 
 let db: TestDatabase;
 let inv: Inventory;
@@ -20,12 +20,7 @@ async function finalized(afterState: 'available' | 'maintenance' = 'available') 
   return { host, oldServer: std[0]!, job: fin.deprovisionJob, migrationId: m.migrationId };
 }
 
-/** Claims until this job shows up (other tests' jobs may be pending too); gives the others back. */
-async function claim(schedulerId: string, jobId: number, staleAfterMs = 60_000): Promise<DeprovisionJob | undefined> {
-  const jobs = await inv.claimDeprovisionJobs({ schedulerId, limit: 1000, staleAfterMs });
-  for (const j of jobs) if (j.id !== jobId) await inv.releaseDeprovisionJob({ jobId: j.id, schedulerId, error: 'not this test' });
-  return jobs.find((j) => j.id === jobId);
-}
+const claim = (schedulerId: string, jobId: number, staleAfterMs?: number) => claimJob(inv, schedulerId, jobId, staleAfterMs);
 
 test('finalize notifies the scheduler at commit (LISTEN/NOTIFY) with the job id', async () => {
   const listener = new Client({ connectionString: db.url });

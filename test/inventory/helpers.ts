@@ -3,7 +3,7 @@ import { createTestDatabase, type TestDatabase } from '../support/database';
 import type { Fleet } from '../../common/fleet';
 import type { Resources } from '../../common/resources';
 import { InventoryError, type InventoryErrorCode } from '../../inventory/errors';
-import { createInventory, type HostView, type Inventory, type Vm } from '../../inventory';
+import { createInventory, type DeprovisionJob, type HostView, type Inventory, type Vm } from '../../inventory';
 
 export const STD: Resources = { vcpus: 64, memoryMiB: 262_144, diskGiB: 2000 };
 export const MEM: Resources = { vcpus: 32, memoryMiB: 524_288, diskGiB: 1000 };
@@ -147,4 +147,11 @@ export function inventoryPerFile(use: (db: TestDatabase, inv: Inventory) => void
   afterAll(async () => {
     await db?.drop();
   });
+}
+
+/** Claims as a scheduler until this job shows up (other tests' jobs may be pending too); gives the others back. */
+export async function claimJob(inv: Inventory, schedulerId: string, jobId: number, staleAfterMs = 60_000): Promise<DeprovisionJob | undefined> {
+  const jobs = await inv.claimDeprovisionJobs({ schedulerId, limit: 1000, staleAfterMs });
+  for (const j of jobs) if (j.id !== jobId) await inv.releaseDeprovisionJob({ jobId: j.id, schedulerId, error: 'not this test' });
+  return jobs.find((j) => j.id === jobId);
 }

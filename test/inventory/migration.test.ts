@@ -242,11 +242,19 @@ describe('while a host migrates', () => {
     expect(ok.capacity.aggregateAvailable.vcpus).toBe(0);
     // The reply's capacity is computed from the rows read under lock: it must be what the inventory now says.
     expect(ok.capacity).toEqual(await inv.capacityView(host.id));
-    expect((await inv.listVms({ dedicatedHostId: host.id })).filter((v) => v.incarnationId === clone.id).map((v) => v.id)).toContain(ok.id);
+    // Every VM of the host with where it runs: the moved one and the new one on the clone, the other still on the primary.
+    expect((await inv.listVms({ dedicatedHostId: host.id })).map((v) => [v.id, v.incarnationId]).sort()).toEqual(
+      [
+        [vms[0]!.id, clone.id],
+        [vms[1]!.id, host.currentIncarnationId],
+        [ok.id, clone.id],
+      ].sort(),
+    );
     // The last VM still moves: the host was never over-committed.
     await inv.moveVmPlacement({ vmId: vms[1]!.id, migrationId: mig, toIncarnationId: clone.id, actor });
     expect((await inv.capacityView(host.id)).clone!.available.vcpus).toBe(0);
-    expect((await inv.listEvents({ dedicatedHostId: host.id })).some((e) => e.action === 'vm.provisioned_on_clone' && e.entityId === ok.id)).toBe(true);
+    const provisioned = (await inv.listEvents({ dedicatedHostId: host.id })).filter((e) => e.action === 'vm.provisioned_on_clone');
+    expect(provisioned.map((e) => [e.entityId, e.migrationId, e.physical.incarnationId])).toEqual([[ok.id, mig, clone.id]]);
   });
 
   test('parallel mid-migration provisions, moves and deletes never overshoot the clone', async () => {

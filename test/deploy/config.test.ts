@@ -43,6 +43,7 @@ const BAD: Record<string, string> = {
   DHM_TIME_SCALE: '-5',
   DHM_API_URL: 'ftp://127.0.0.1:7780',
   LOG_LEVEL: 'loud',
+  LOG_FORMAT: 'fancy',
 };
 /** Any non-empty text is valid for these (names, paths, opaque secrets); empty means unset. */
 const FREE_FORM = [

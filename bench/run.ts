@@ -195,7 +195,8 @@ async function main(): Promise<number> {
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   const chartPath = out.replace(/\.json$/, '') + '.svg';
   if (b1) fs.writeFileSync(chartPath, chart(b1));
-  fs.writeFileSync(out.replace(/\.json$/, '') + '.md', renderMarkdown(result));
+  const sideBySide = Object.keys(byTemporal).length > 1 ? `\n\n## Benchmarks 2 and 4, side by side\n\n\`\`\`\n${renderSideBySide(byTemporal)}\n\`\`\`\n` : '';
+  fs.writeFileSync(out.replace(/\.json$/, '') + '.md', renderMarkdown(result) + sideBySide);
 
   console.log('\n' + renderSummary({ b1, b2, b3, b4, b5 }));
   console.log(`\nwrote ${path.relative(process.cwd(), out)}${b1 ? ` and ${path.relative(process.cwd(), chartPath)}` : ''} in ${(durationsMs.total / 1000).toFixed(0)} s`);

@@ -1,16 +1,7 @@
 import { ApplicationFailure } from '@temporalio/activity';
-import { FailureTypes } from '../common/migration';
+import { FailureTypes, type FailureType } from '../common/migration';
 import { AgentError } from '../compute/agent-client';
 import { InventoryError } from '../inventory/errors';
-
-const INVENTORY_TYPES: Record<string, string> = {
-  NO_MATCHING_SERVER: FailureTypes.NoCapacity,
-  INSUFFICIENT_CAPACITY: FailureTypes.InsufficientCapacity,
-  NOT_FOUND: FailureTypes.NotFound,
-  INVALID_INPUT: FailureTypes.InvalidInput,
-  CONFLICT: FailureTypes.Conflict,
-  WRONG_STATE: FailureTypes.WrongState,
-};
 
 /**
  * Turns what the inventory and the agents throw into failures the workflow branches on. A refusal that a retry
@@ -18,13 +9,15 @@ const INVENTORY_TYPES: Record<string, string> = {
  */
 export function asActivityFailure(err: unknown): unknown {
   if (err instanceof InventoryError) {
-    const type = INVENTORY_TYPES[err.code] ?? err.code;
+    // The inventory's codes are failure types as they are (NO_MATCHING_SERVER, INSUFFICIENT_CAPACITY, ...): the
+    // assignment fails to compile if the inventory ever gets a code that is not one.
+    const type: FailureType = err.code;
     return ApplicationFailure.create({ type, message: err.message, nonRetryable: true, details: [{ code: err.code, field: err.field }] });
   }
   if (err instanceof AgentError) {
     const e: AgentError = err;
     if (e.retryable) return ApplicationFailure.create({ type: FailureTypes.AgentUnavailable, message: e.message, nonRetryable: false });
-    return ApplicationFailure.create({ type: `Agent:${e.code}`, message: e.message, nonRetryable: true, details: [{ code: e.code, field: e.field }] });
+    return ApplicationFailure.create({ type: FailureTypes.AgentRefused, message: `${e.code}: ${e.message}`, nonRetryable: true, details: [{ code: e.code, field: e.field }] });
   }
   return err;
 }

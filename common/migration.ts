@@ -106,8 +106,12 @@ export const deleteVmArgsSchema = z
   .strict();
 export type DeleteVmArgs = z.infer<typeof deleteVmArgsSchema>;
 
-/** `lost`: found running on neither side after its server failed (recorded in the inventory; the migration ends `failed`). */
-export const VM_MIGRATION_STATES = ['pending', 'moving', 'moved', 'failed', 'deleted', 'provisioned-on-clone', 'moving-back', 'returned', 'lost'] as const;
+/**
+ * One VM's state in a migration (transitions: workflows/migration-state.ts). `lost`: found running on neither side after
+ * its server failed (recorded in the inventory; the migration ends `failed`). `stranded`: a rollback could not move it
+ * back to the source; it stays on the clone, which is kept (the migration ends `failed`).
+ */
+export const VM_MIGRATION_STATES = ['pending', 'moving', 'moved', 'failed', 'deleted', 'provisioned-on-clone', 'moving-back', 'returned', 'stranded', 'lost'] as const;
 export type VmMigrationState = (typeof VM_MIGRATION_STATES)[number];
 
 export interface MoveFigures {
@@ -176,23 +180,56 @@ export type MigrationResult = Pick<MigrationStatus, 'migrationId' | 'dedicatedHo
 };
 
 /**
- * Error types that activities throw and the workflow and clients branch on. The inventory's refusals keep their code
- * (common/errors.ts); the PascalCase types are the workflow's own and are recorded in histories, so they keep their
- * spelling.
+ * Failure types: what activities and the workflow throw, and what the workflow, the clients and the API branch on.
+ * One casing, the API's error codes'; the inventory's refusals are the very codes of common/errors.ts.
  */
 export const FailureTypes = {
-  NoCapacity: 'NoCapacity',
+  /** No free server of the host's zone and class with enough capacity (or the named target does not match). */
+  NoMatchingServer: Refusal.NO_MATCHING_SERVER,
   InsufficientCapacity: Refusal.INSUFFICIENT_CAPACITY,
-  NotConverging: 'NotConverging',
-  AgentUnavailable: 'AgentUnavailable',
+  NotConverging: 'NOT_CONVERGING',
+  /** An agent did not answer; retried. */
+  AgentUnavailable: 'AGENT_UNAVAILABLE',
+  /** An agent answered with a refusal (its own code is in the message and the details); not retried. */
+  AgentRefused: 'AGENT_REFUSED',
   InvalidInput: Refusal.INVALID_INPUT,
   NotFound: Refusal.NOT_FOUND,
   WrongState: Refusal.WRONG_STATE,
   Conflict: Refusal.CONFLICT,
+  /** Deleting a host: it still has VMs / it is migrating (the inventory's refusals; no activity deletes hosts today). */
+  HostHasVms: Refusal.HOST_HAS_VMS,
+  HostMigrating: Refusal.HOST_MIGRATING,
   MigrationEnded: 'MIGRATION_ENDED',
   /** The migration is continuing as new: the request was not taken; the same request sent again reaches the next run. */
   MigrationContinuing: 'MIGRATION_CONTINUING',
-  MoveFailed: 'MoveFailed',
+  MoveFailed: 'MOVE_FAILED',
   /** The migration ended with VMs that no server runs any more (see `MigrationResult.lostVms`). */
-  VmsLost: 'VmsLost',
+  VmsLost: 'VMS_LOST',
+  /** A rollback left VMs on the clone (state `stranded`): the clone is kept for an operator. */
+  RollbackIncomplete: 'ROLLBACK_INCOMPLETE',
+  /** Rolled back because an operator cancelled the migration. */
+  MigrationCancelled: 'MIGRATION_CANCELLED',
+  /** Rolled back because something failed (the reason is the message). */
+  MigrationRolledBack: 'MIGRATION_ROLLED_BACK',
 } as const;
+export type FailureType = (typeof FailureTypes)[keyof typeof FailureTypes];
+
+/**
+ * Spellings from before failure types took one casing. Recorded histories and migrations that ran across the change
+ * carry them, and the workflow must branch on them as it did then (test/workflow/replay.test.ts).
+ */
+const FORMER_FAILURE_TYPES: Readonly<Record<string, FailureType>> = {
+  NoCapacity: FailureTypes.NoMatchingServer,
+  NotConverging: FailureTypes.NotConverging,
+  AgentUnavailable: FailureTypes.AgentUnavailable,
+  MoveFailed: FailureTypes.MoveFailed,
+  VmsLost: FailureTypes.VmsLost,
+  RollbackIncomplete: FailureTypes.RollbackIncomplete,
+  MigrationCancelled: FailureTypes.MigrationCancelled,
+  MigrationRolledBack: FailureTypes.MigrationRolledBack,
+};
+
+/** A failure's type in today's spelling (a former spelling is mapped; anything else is returned as it is). */
+export function currentFailureType(type: string): string {
+  return FORMER_FAILURE_TYPES[type] ?? type;
+}

@@ -241,12 +241,13 @@ export async function createDedicatedHost(
     }
   }
   const zone = await c.query('SELECT 1 FROM zones WHERE id = $1', [p.zone]);
-  if (!zone.rowCount) throw new InventoryError('INVALID_INPUT', `zone: unknown zone ${p.zone}`, 'zone');
+  // A well-formed name the fleet does not have is a missing object (404), not bad input: the API document cannot know the fleet.
+  if (!zone.rowCount) throw new InventoryError('NOT_FOUND', `zone: unknown zone ${p.zone}`, 'zone');
   const { rows: classes } = await c.query<{ vcpus: number; memory_mib: number; disk_gib: number }>(
     'SELECT vcpus, memory_mib, disk_gib FROM resource_classes WHERE id = $1',
     [p.resourceClass],
   );
-  if (!classes[0]) throw new InventoryError('INVALID_INPUT', `resourceClass: unknown resource class ${p.resourceClass}`, 'resourceClass');
+  if (!classes[0]) throw new InventoryError('NOT_FOUND', `resourceClass: unknown resource class ${p.resourceClass}`, 'resourceClass');
   const amounts = resOf(classes[0]);
   const server = await pickFreeServer(c, { zone: p.zone, resourceClass: p.resourceClass, need: amounts });
   if (!server)

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { IDEMPOTENCY_HEADER, RETENTION_HOURS } from './idempotency';
-import { errorReply, routes, type RouteSpec } from './schemas';
+import { errorReply, routes, standardReplies, type RouteSpec } from './schemas';
 
 type Json = Record<string, unknown>;
 
@@ -18,11 +18,11 @@ const STATUS_TEXT: Record<number, string> = {
   401: 'No or bad bearer token (UNAUTHORIZED)',
   403: 'Operators only (FORBIDDEN)',
   404: 'Unknown, or another tenant’s (NOT_FOUND)',
-  409: 'Conflict: CONFLICT, ALREADY_MIGRATING, INSUFFICIENT_CAPACITY, WRONG_STATE, NO_MATCHING_SERVER, IDEMPOTENCY_KEY_IN_USE',
+  409: 'Conflict: CONFLICT, ALREADY_MIGRATING, INSUFFICIENT_CAPACITY, WRONG_STATE, NO_MATCHING_SERVER, TARGET_MISMATCH, HOST_HAS_VMS, HOST_MIGRATING, IDEMPOTENCY_KEY_IN_USE',
   413: 'Body larger than the limit (PAYLOAD_TOO_LARGE)',
   415: 'Body is not application/json (UNSUPPORTED_MEDIA_TYPE)',
   422: 'Idempotency-Key already used for another request (IDEMPOTENCY_KEY_REUSED)',
-  503: 'A backing service does not answer',
+  503: 'A backing service does not answer (UNAVAILABLE); try again',
 };
 
 const ACCESS_TEXT: Record<RouteSpec['access'], string> = {
@@ -42,7 +42,8 @@ export function buildOpenApiDocument(): Json {
       ['query', spec.query],
     ] as const) {
       if (!schema) continue;
-      const obj = jsonSchema(schema, 'input') as { properties?: Record<string, Json>; required?: string[] };
+      // Parameters as the server reads them: `limit` is an integer from 1 to 1000, not "a string of digits".
+      const obj = jsonSchema(schema, 'output') as { properties?: Record<string, Json>; required?: string[] };
       for (const [pname, pschema] of Object.entries(obj.properties ?? {}))
         parameters.push({ name: pname, in: where, required: where === 'path' || (obj.required ?? []).includes(pname), schema: pschema });
     }
@@ -55,21 +56,23 @@ export function buildOpenApiDocument(): Json {
         schema: { type: 'string', minLength: 1, maxLength: 200, pattern: '^[\\x21-\\x7e]+$' },
       });
     const responses: Record<string, Json> = {};
-    for (const [status, schema] of Object.entries(spec.replies)) {
+    for (const [status, schema] of Object.entries(standardReplies(spec))) {
+      const type = schema === errorReply ? 'application/json' : (spec.contentType ?? 'application/json');
       responses[status] = {
         description: STATUS_TEXT[Number(status)] ?? 'Answer',
-        content: { 'application/json': { schema: schema === errorReply ? { $ref: '#/components/schemas/Error' } : jsonSchema(schema, 'output') } },
+        content: { [type]: { schema: schema === errorReply ? { $ref: '#/components/schemas/Error' } : jsonSchema(schema, 'output') } },
       };
     }
     const operation: Json = {
       operationId: name,
       summary: spec.summary,
-      description: ACCESS_TEXT[spec.access],
+      description: [ACCESS_TEXT[spec.access], ...(spec.rules ?? []).map((r) => `\`${r.field}\`: ${r.message}.`)].join(' '),
+      ...(spec.rules ? { 'x-dhm-rules': spec.rules } : {}),
       ...(parameters.length ? { parameters } : {}),
       ...(spec.body
         ? {
             requestBody: {
-              required: spec !== routes.startMigration && spec !== routes.cancelMigration,
+              required: !spec.bodyOptional,
               content: { 'application/json': { schema: jsonSchema(spec.body, 'input') } },
             },
           }
@@ -86,7 +89,8 @@ export function buildOpenApiDocument(): Json {
       version: '1',
       description:
         'Live migration of dedicated hosts. Errors are `{"error": {"code", "message", "field"?}}`; bad input never changes anything. ' +
-        `POST and DELETE accept the \`${IDEMPOTENCY_HEADER}\` header.`,
+        `POST and DELETE accept the \`${IDEMPOTENCY_HEADER}\` header. A method a path does not serve answers 405 with an \`Allow\` header. ` +
+        'Rules that relate fields or depend on who asks, which JSON Schema cannot state, are listed as `x-dhm-rules` (on a schema or an operation) and in the descriptions.',
     },
     servers: [{ url: 'http://127.0.0.1:7780' }],
     paths,

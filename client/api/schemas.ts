@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { idSchema } from '../../common/fleet';
-import { migrationPolicySchema, PHASES, VM_MIGRATION_STATES, workloadSchema } from '../../common/migration';
+import { migrationPolicySchema, PHASES, VM_MIGRATION_STATES } from '../../common/migration';
 import { resourcesSchema } from '../../common/resources';
-import { checkWorkingSet } from '../../common/vm-spec';
+import { withVmSpecRules, workloadSchema } from '../../common/vm-spec';
 import { SERVER_STATES } from '../../inventory/types';
 
 /**
@@ -15,18 +15,13 @@ import { SERVER_STATES } from '../../inventory/types';
 /* ---------------------------------------------------------------- building blocks */
 
 // C0/C1 control characters (terminal escapes in a CLI listing, NUL that Postgres cannot store) and lone surrogates
-// (not representable in UTF-8) are refused; everything else, quotes and SQL included, is stored verbatim.
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
-const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+// (not representable in UTF-8) are refused; everything else, quotes and SQL included, is stored verbatim. A pattern
+// rather than a refinement, so the API document states the rule (a `u`-mode pattern: a lone surrogate is one unit).
+const PRINTABLE_TEXT = /^[^\u0000-\u001f\u007f-\u009f\uD800-\uDFFF]*$/u;
 
 /** Free text typed by people (names): 1..max characters, no control characters, well-formed Unicode. */
 export const textSchema = (max: number) =>
-  z
-    .string()
-    .min(1)
-    .max(max)
-    .refine((s) => !CONTROL.test(s), 'must not contain control characters')
-    .refine((s) => !LONE_SURROGATE.test(s), 'must be well-formed Unicode (no lone surrogates)');
+  z.string().min(1).max(max).regex(PRINTABLE_TEXT, 'must not contain control characters or lone surrogates');
 
 export { idSchema };
 
@@ -47,10 +42,11 @@ export const resourcesView = z.object({ vcpus: intAmount, memoryMiB: intAmount, 
 const queryInt = (min: number, max: number) =>
   z
     .string()
-    .regex(/^\d{1,15}$/, 'must be a non-negative integer')
+    .regex(/^\d{1,16}$/, 'must be a non-negative integer')
     .transform(Number)
     .pipe(z.number().int().min(min).max(max));
-const queryBool = z.enum(['true', 'false']).transform((v) => v === 'true');
+/** A boolean query parameter; the route reads it as `=== 'true'` (a transform would hide the enum from the document). */
+const queryBool = z.enum(['true', 'false']);
 
 /* ---------------------------------------------------------------- params and queries */
 
@@ -90,16 +86,16 @@ export const createHostBody = z
   })
   .strict();
 
-export const createVmBody = z
-  .object({
-    // 128: the migration workflow's limit, so a request is valid whether or not the host is migrating.
-    name: textSchema(128),
-    ...resourcesSchema.shape,
-    workload: workloadSchema.optional().describe('sim backend: how the guest dirties memory'),
-  })
-  .strict()
-  // The spec rules of common/vm-spec.ts, which the inventory and the agents apply too.
-  .superRefine(checkWorkingSet);
+export const createVmBody = withVmSpecRules(
+  z
+    .object({
+      // 128: the migration workflow's limit, so a request is valid whether or not the host is migrating.
+      name: textSchema(128),
+      ...resourcesSchema.shape,
+      workload: workloadSchema.optional().describe('sim backend: how the guest dirties memory'),
+    })
+    .strict(),
+);
 
 export const startMigrationBody = z
   .object({
@@ -127,6 +123,17 @@ export const healthReply = z.object({
   status: z.enum(['ok', 'unavailable']),
   postgres: z.enum(['ok', 'unavailable']),
   temporal: z.enum(['ok', 'unavailable']),
+});
+
+export const readyReply = z.object({
+  status: z.enum(['ok', 'unavailable']),
+  checks: z.record(z.string(), z.unknown()),
+});
+
+export const hostDeletedReply = z.object({
+  id: z.string(),
+  deleted: z.literal(true),
+  deletedAt: isoTime,
 });
 
 export const tenantCreatedReply = z.object({
@@ -316,9 +323,44 @@ export interface RouteSpec {
   params?: z.ZodType;
   query?: z.ZodType;
   body?: z.ZodType;
+  /** The body may be left out (it then means `{}`). */
+  bodyOptional?: boolean;
   /** Accepts an Idempotency-Key header. */
   idempotent?: boolean;
+  /** Rules that depend on who asks, which no JSON Schema can state; the route enforces them and the document lists them. */
+  rules?: ReadonlyArray<PrincipalRule>;
+  /** The route's own answers (success, and conflicts); `standardReplies` adds the ones every route of its kind has. */
   replies: Record<number, z.ZodType>;
+  /** Not JSON (the Prometheus text format). */
+  contentType?: string;
+}
+
+/** `tenantId` must be given by an operator and must not be given by a tenant (who acts for itself). */
+export interface PrincipalRule {
+  rule: 'requiredFor' | 'forbiddenFor';
+  principal: 'operator' | 'tenant';
+  field: string;
+  message: string;
+}
+
+/**
+ * Every status a route can answer beyond its own: 400 when it reads input, 401/403 by its access rule, 404 when it
+ * names an object, 413/415 when it reads a body, 422 with an Idempotency-Key, 503 when a backing service is down.
+ * The server and the document both derive from this, so the document lists what the server can send.
+ */
+export function standardReplies(spec: RouteSpec): Record<number, z.ZodType> {
+  const r: Record<number, z.ZodType> = {};
+  if (spec.params || spec.query || spec.body || spec.idempotent) r[400] = errorReply;
+  if (spec.access !== 'public') r[401] = errorReply;
+  if (spec.access === 'operator') r[403] = errorReply;
+  if (spec.params) r[404] = errorReply;
+  if (spec.body) {
+    r[413] = errorReply;
+    r[415] = errorReply;
+  }
+  if (spec.idempotent) r[422] = errorReply;
+  if (spec.access !== 'public') r[503] = errorReply;
+  return { ...r, ...spec.replies };
 }
 
 const E = errorReply;
@@ -330,6 +372,21 @@ export const routes = {
     summary: '200 when Postgres and Temporal answer, 503 otherwise',
     access: 'public',
     replies: { 200: healthReply, 503: healthReply },
+  },
+  readyz: {
+    method: 'GET',
+    url: '/readyz',
+    summary: '200 when Postgres and Temporal answer (for load balancers), 503 otherwise',
+    access: 'public',
+    replies: { 200: readyReply, 503: readyReply },
+  },
+  metrics: {
+    method: 'GET',
+    url: '/metrics',
+    summary: 'Prometheus metrics (text format)',
+    access: 'public',
+    contentType: 'text/plain',
+    replies: { 200: z.string() },
   },
   openapi: {
     method: 'GET',
@@ -345,7 +402,7 @@ export const routes = {
     access: 'operator',
     body: createTenantBody,
     idempotent: true,
-    replies: { 201: tenantCreatedReply, 400: E, 401: E, 403: E, 409: E, 413: E, 415: E, 422: E },
+    replies: { 201: tenantCreatedReply, 409: E },
   },
   listServers: {
     method: 'GET',
@@ -353,7 +410,7 @@ export const routes = {
     summary: 'The fleet: every physical server, its state and the host incarnation it runs',
     access: 'operator',
     query: serversQuery,
-    replies: { 200: serverListReply, 400: E, 401: E, 403: E },
+    replies: { 200: serverListReply },
   },
   createHost: {
     method: 'POST',
@@ -362,7 +419,11 @@ export const routes = {
     access: 'any',
     body: createHostBody,
     idempotent: true,
-    replies: { 201: hostViewDoc, 400: E, 401: E, 404: E, 409: E, 413: E, 415: E, 422: E },
+    rules: [
+      { rule: 'requiredFor', principal: 'operator', field: 'tenantId', message: 'required when an operator creates a host' },
+      { rule: 'forbiddenFor', principal: 'tenant', field: 'tenantId', message: 'a tenant creates hosts for itself; only operators name the tenant' },
+    ],
+    replies: { 201: hostViewDoc, 404: E, 409: E },
   },
   listHosts: {
     method: 'GET',
@@ -370,7 +431,7 @@ export const routes = {
     summary: 'Dedicated hosts (tenants: their own)',
     access: 'any',
     query: emptyQuery,
-    replies: { 200: hostListReply, 400: E, 401: E },
+    replies: { 200: hostListReply },
   },
   getHost: {
     method: 'GET',
@@ -379,7 +440,17 @@ export const routes = {
     access: 'any',
     params: hostParams,
     query: emptyQuery,
-    replies: { 200: hostViewDoc, 400: E, 401: E, 404: E },
+    replies: { 200: hostViewDoc },
+  },
+  deleteHost: {
+    method: 'DELETE',
+    url: '/v1/dedicated-hosts/:id',
+    summary: 'Delete an empty dedicated host that is not migrating; its server goes to the scheduler to be de-provisioned',
+    access: 'any',
+    params: hostParams,
+    query: emptyQuery,
+    idempotent: true,
+    replies: { 200: hostDeletedReply, 409: E },
   },
   listVms: {
     method: 'GET',
@@ -388,7 +459,7 @@ export const routes = {
     access: 'any',
     params: hostParams,
     query: vmsQuery,
-    replies: { 200: vmListReply, 400: E, 401: E, 404: E },
+    replies: { 200: vmListReply, 404: E },
   },
   createVm: {
     method: 'POST',
@@ -398,7 +469,7 @@ export const routes = {
     params: hostParams,
     body: createVmBody,
     idempotent: true,
-    replies: { 201: vmViewDoc, 400: E, 401: E, 404: E, 409: E, 413: E, 415: E, 422: E },
+    replies: { 201: vmViewDoc, 404: E, 409: E },
   },
   getVm: {
     method: 'GET',
@@ -407,7 +478,7 @@ export const routes = {
     access: 'any',
     params: vmParams,
     query: emptyQuery,
-    replies: { 200: vmViewDoc, 400: E, 401: E, 404: E },
+    replies: { 200: vmViewDoc, 404: E },
   },
   deleteVm: {
     method: 'DELETE',
@@ -417,7 +488,7 @@ export const routes = {
     params: vmParams,
     query: emptyQuery,
     idempotent: true,
-    replies: { 200: vmViewDoc, 400: E, 401: E, 404: E, 409: E, 422: E },
+    replies: { 200: vmViewDoc, 404: E, 409: E },
   },
   listEvents: {
     method: 'GET',
@@ -426,7 +497,7 @@ export const routes = {
     access: 'any',
     params: hostParams,
     query: eventsQuery,
-    replies: { 200: eventListReply, 400: E, 401: E, 404: E },
+    replies: { 200: eventListReply, 404: E },
   },
   startMigration: {
     method: 'POST',
@@ -435,8 +506,9 @@ export const routes = {
     access: 'operator',
     params: hostParams,
     body: startMigrationBody,
+    bodyOptional: true,
     idempotent: true,
-    replies: { 202: migrationAcceptedReply, 400: E, 401: E, 403: E, 404: E, 409: E, 413: E, 415: E, 422: E },
+    replies: { 202: migrationAcceptedReply, 404: E, 409: E },
   },
   listMigrations: {
     method: 'GET',
@@ -444,7 +516,7 @@ export const routes = {
     summary: 'Migrations, newest first, from Temporal visibility (phase from the MigrationPhase search attribute)',
     access: 'operator',
     query: migrationsQuery,
-    replies: { 200: migrationListReply, 400: E, 401: E, 403: E },
+    replies: { 200: migrationListReply },
   },
   getMigration: {
     method: 'GET',
@@ -453,7 +525,7 @@ export const routes = {
     access: 'operator',
     params: migrationParams,
     query: emptyQuery,
-    replies: { 200: migrationView, 400: E, 401: E, 403: E, 404: E },
+    replies: { 200: migrationView, 404: E },
   },
   cancelMigration: {
     method: 'POST',
@@ -462,8 +534,9 @@ export const routes = {
     access: 'operator',
     params: migrationParams,
     body: cancelMigrationBody,
+    bodyOptional: true,
     idempotent: true,
-    replies: { 202: migrationCancelReply, 400: E, 401: E, 403: E, 404: E, 409: E, 422: E },
+    replies: { 202: migrationCancelReply, 404: E, 409: E },
   },
 } satisfies Record<string, RouteSpec>;
 

@@ -12,7 +12,7 @@ import { buildOpenApiDocument } from './openapi';
 import { registerHealthRoutes } from './routes/health';
 import { registerHostRoutes } from './routes/hosts';
 import { registerMigrationRoutes } from './routes/migrations';
-import { register } from './routes/register';
+import { allowedMethods, register } from './routes/register';
 import { registerServerRoutes } from './routes/servers';
 import { registerTenantRoutes } from './routes/tenants';
 import { registerVmRoutes } from './routes/vms';
@@ -174,9 +174,17 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
     const internal = internalError();
     return reply.code(internal.status).send(internal.body);
   });
-  app.setNotFoundHandler((req, reply) =>
-    reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}` } }),
-  );
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split('?')[0]!;
+    const allow = allowedMethods(path);
+    // A path that exists but not with this method: 405 with the methods it does serve (RFC 9110 15.5.6).
+    if (allow)
+      return reply
+        .code(405)
+        .header('allow', allow.join(', '))
+        .send({ error: { code: 'METHOD_NOT_ALLOWED', message: `${req.method.slice(0, 20)} is not served on ${path.slice(0, 200)}; allowed: ${allow.join(', ')}`, field: 'method' } });
+    return reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method.slice(0, 20)} ${path.slice(0, 200)}` } });
+  });
 
   // Operations: request counts and latencies by route pattern; migrations started and cancels accepted (202, not an
   // idempotent replay); /readyz (Postgres and Temporal answer) and /metrics, public like /healthz.
@@ -186,18 +194,21 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
     if (req.routeOptions.url === routes.startMigration.url) metrics.migrationsStarted.inc();
     else if (req.routeOptions.url === routes.cancelMigration.url) metrics.migrationCancelsRequested.inc();
   });
-  app.get('/readyz', { logLevel: 'warn' }, async (_req, reply) => {
-    const { client } = deps.temporal;
-    const { ok, checks } = await runReadiness({
-      postgres: async () => void (await deps.pool.query('SELECT 1')),
-      temporal: async () => void (await client.withDeadline(Date.now() + 2_000, () => client.workflowService.getSystemInfo({}))),
-    });
-    if (!ok) reply.log.warn({ checks }, 'not ready');
-    return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'unavailable', checks });
-  });
-  app.get('/metrics', { logLevel: 'warn' }, async (_req, reply) =>
-    reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
+  register(
+    app,
+    routes.readyz,
+    async (_req, reply) => {
+      const { client } = deps.temporal;
+      const { ok, checks } = await runReadiness({
+        postgres: async () => void (await deps.pool.query('SELECT 1')),
+        temporal: async () => void (await client.withDeadline(Date.now() + 2_000, () => client.workflowService.getSystemInfo({}))),
+      });
+      if (!ok) reply.log.warn({ checks }, 'not ready');
+      return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'unavailable', checks });
+    },
+    { logLevel: 'warn' },
   );
+  register(app, routes.metrics, async (_req, reply) => reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()), { logLevel: 'warn' });
 
   const openapi = buildOpenApiDocument();
   register(app, routes.openapi, async (_req, reply) => reply.send(openapi));

@@ -71,6 +71,16 @@ export function registerApiCommands(program: Command): void {
       print(Boolean(o.json), h, () => `dedicated host ${h.id} (${h.name}) in ${h.zone}, ${h.resourceClass}`);
     });
 
+  const host = program.command('host').description('delete a dedicated host');
+  host
+    .command('delete <host>')
+    .description('delete an empty dedicated host that is not migrating; its server is de-provisioned and returns to the pool')
+    .option('--json', 'print JSON')
+    .action(async function (this: Command, id: string, o: { json?: boolean }) {
+      const r = await api(this).request<{ id: string; deletedAt: string }>('DELETE', `/v1/dedicated-hosts/${encodeURIComponent(id)}`, undefined, { 'idempotency-key': randomUUID() });
+      print(Boolean(o.json), r, () => `dedicated host ${r.id} deleted; its server goes to the scheduler to be de-provisioned`);
+    });
+
   program
     .command('vms <host>')
     .description('list the VMs of a dedicated host')

@@ -127,12 +127,16 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
     system = await startEmbeddedSystem({ env, logger, timeScale: opts.timeScale });
   }
   let traffic: ReturnType<typeof guestTraffic> | null = null;
+  const operator = createApiClient(system.credentials.apiUrl, system.credentials.operatorToken);
+  const key = () => ({ 'idempotency-key': randomUUID() });
+  let made: { tenantApi: ApiClient; hostId: string; freeBefore: number } | null = null;
+  let code = 1;
   try {
-    const operator = createApiClient(system.credentials.apiUrl, system.credentials.operatorToken);
-    const key = () => ({ 'idempotency-key': randomUUID() });
+    const freeBefore = await availableServers(operator);
     const tenant = await operator.request<{ id: string; token: string }>('POST', '/v1/tenants', { name: `demo-tenant-${Date.now()}` }, key());
     const tenantApi: ApiClient = createApiClient(system.credentials.apiUrl, tenant.token);
     const host = await tenantApi.request<{ id: string }>('POST', '/v1/dedicated-hosts', { name: 'demo-host', zone: 'zone-a', resourceClass: qemu ? QEMU_CLASS : 'std-64' }, key());
+    made = { tenantApi, hostId: host.id, freeBefore };
     const vmBodies = qemu
       ? QEMU_DEMO_VMS.map((v) => ({ name: v.name, vcpus: v.vcpus, memoryMiB: v.memMiB, diskGiB: 2, workload: { dirtyRateMiBps: v.dirty, workingSetMiB: v.workingSetMiB } }))
       : DEMO_VMS.map((v) => ({ name: v.name, vcpus: v.vcpus, memoryMiB: v.memGiB * 1024, diskGiB: 20, workload: { dirtyRateMiBps: v.dirty, workingSetMiB: Math.min(v.memGiB * 1024, 2048) } }));
@@ -202,13 +206,45 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
     if (system.credentials.temporalUiUrl && !qemu) {
       say(`Web UI: ${system.credentials.temporalUiUrl}/namespaces/${system.temporal.namespace}/workflows/${encodeURIComponent(started.id)}  (run \`dhm up\` to browse it after the demo)`);
     }
-    say(`Demo finished in ${((Date.now() - began) / 1000).toFixed(0)} s.`);
-    return final.phase === 'completed' && traffic.stats.failed === 0 ? 0 : 1;
+    code = final.phase === 'completed' && traffic.stats.failed === 0 ? 0 : 1;
   } finally {
     await traffic?.stop();
+    // Whatever happened, the demo leaves the fleet as it found it, so it can run any number of times on one DHM_HOME.
+    if (made) {
+      try {
+        await cleanUp(operator, made.tenantApi, made.hostId, made.freeBefore, say);
+      } catch (err) {
+        say(`Clean-up failed: ${(err as Error).message}`);
+        code = 1;
+      }
+    }
     await system.stop();
     if (qemuStateDir) fs.rmSync(qemuStateDir, { recursive: true, force: true });
   }
+  say(`Demo finished in ${((Date.now() - began) / 1000).toFixed(0)} s.`);
+  return code;
+}
+
+async function availableServers(operator: ApiClient): Promise<number> {
+  const { servers } = await operator.request<{ servers: Array<{ state: string }> }>('GET', '/v1/physical-servers?state=available');
+  return servers.length;
+}
+
+/**
+ * Undoes what the demo made, as a tenant would: a migration still running is cancelled (it rolls back), the VMs are
+ * deleted, then the host; the scheduler de-provisions its server. Waits until as many servers are free as before.
+ */
+async function cleanUp(operator: ApiClient, tenantApi: ApiClient, hostId: string, freeBefore: number, say: (l: string) => void): Promise<void> {
+  const host = await tenantApi.request<{ migration: { id: string } | null }>('GET', `/v1/dedicated-hosts/${hostId}`);
+  if (host.migration) {
+    await operator.request('POST', `/v1/migrations/${host.migration.id}/cancel`, {}, { 'idempotency-key': randomUUID() }).catch(() => undefined);
+    await waitUntil('the migration to end', async () => !(await tenantApi.request<{ migration: unknown }>('GET', `/v1/dedicated-hosts/${hostId}`)).migration, 300_000);
+  }
+  const { vms } = await tenantApi.request<{ vms: Array<{ id: string; state: string }> }>('GET', `/v1/dedicated-hosts/${hostId}/vms`);
+  for (const vm of vms) await tenantApi.request('DELETE', `/v1/vms/${vm.id}`, undefined, { 'idempotency-key': randomUUID() });
+  await tenantApi.request('DELETE', `/v1/dedicated-hosts/${hostId}`, undefined, { 'idempotency-key': randomUUID() });
+  await waitUntil('the scheduler to return the servers to the pool', async () => (await availableServers(operator)) >= freeBefore, 120_000);
+  say(`Cleaned up: ${vms.length} VMs and dedicated host ${hostId} deleted; ${freeBefore} servers free again.`);
 }
 
 export function registerDemoCommand(program: Command): void {

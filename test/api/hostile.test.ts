@@ -250,7 +250,8 @@ describe('hostile input', () => {
       { seed: SEED, numRuns: 700 },
     );
     // The fuzz reached past validation: successes, refusals of every kind.
-    for (const s of [200, 201, 400, 401, 403, 404]) expect([s, statuses.get(s) ?? 0]).toEqual([s, expect.any(Number)]);
+    // Each of these answers came back at least once (the list names any that never did).
+    expect([200, 201, 400, 401, 403, 404].filter((s) => !((statuses.get(s) ?? 0) > 0))).toEqual([]);
     expect([...statuses.keys()].every((s) => s < 500)).toBe(true);
     expect(statuses.get(201) ?? 0).toBeGreaterThan(0);
     expect(statuses.get(400) ?? 0).toBeGreaterThan(50);

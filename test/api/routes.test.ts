@@ -357,11 +357,16 @@ describe('HTTP API routes', () => {
       expect(await t.counts()).toEqual(before);
     });
 
-    it('400 for bad zone, class and fields; 409 NO_MATCHING_SERVER when no free server matches; nothing changes', async () => {
+    it('400 for malformed fields, 404 for a zone or class the fleet does not have; 409 NO_MATCHING_SERVER when no free server matches; nothing changes', async () => {
       const before = await t.counts();
-      const cases: Array<[unknown, string]> = [
+      for (const [body, field] of [
         [{ name: 'h', zone: 'zone-zz', resourceClass: 'std' }, 'zone'],
         [{ name: 'h', zone: 'zone-a', resourceClass: 'huge' }, 'resourceClass'],
+      ] as const) {
+        const r = await t.call('POST', '/v1/dedicated-hosts', { token: a.token, body });
+        expect([body, r.status, r.body.error.code, r.body.error.field]).toEqual([body, 404, 'NOT_FOUND', field]);
+      }
+      const cases: Array<[unknown, string]> = [
         [{ name: 'h', zone: 'Zone A', resourceClass: 'std' }, 'zone'],
         [{ zone: 'zone-a', resourceClass: 'std' }, 'name'],
         [{ name: 'h', zone: 'zone-a', resourceClass: 'std', vcpus: 4 }, 'vcpus'],
@@ -599,7 +604,7 @@ describe('HTTP API routes', () => {
   });
 
   describe('migrations (operators)', () => {
-    it('POST …/migrations: 404 unknown host, 400 bad body or target, 409 target not available / no matching server; nothing starts', async () => {
+    it('POST …/migrations: 404 unknown host or target, 400 bad body, 409 target that does not match / not available / no matching server; nothing starts', async () => {
       const before = await t.counts();
       const unknown = await t.call('POST', `/v1/dedicated-hosts/${missingHost}/migrations`, { token: op, body: {} });
       expect(unknown.status).toBe(404);
@@ -609,14 +614,18 @@ describe('HTTP API routes', () => {
         [{ policy: { order: 'random' } }, 'policy.order'],
         [{ policy: { nope: 1 } }, 'policy.nope'],
         [{ target: 'x' }, 'target'],
-        [{ targetServerId: 'no-such-server' }, 'targetServerId'],
-        [{ targetServerId: 'zone-a-small-1' }, 'targetServerId'],
         [{ targetServerId: 'Bad Id' }, 'targetServerId'],
       ];
       for (const [body, field] of cases) {
         const r = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/migrations`, { token: op, body });
         expect([body, r.status, r.body.error.code, r.body.error.field]).toEqual([body, 400, 'INVALID_INPUT', field]);
       }
+      // Well-formed ids the fleet refuses: no such server (404), a server of another class (409): the document states
+      // neither as a schema rule, so neither may be a 400.
+      const noServer = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/migrations`, { token: op, body: { targetServerId: 'no-such-server' } });
+      expect([noServer.status, noServer.body.error.code, noServer.body.error.field]).toEqual([404, 'NOT_FOUND', 'targetServerId']);
+      const mismatch = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/migrations`, { token: op, body: { targetServerId: 'zone-a-small-1' } });
+      expect([mismatch.status, mismatch.body.error.code, mismatch.body.error.field]).toEqual([409, 'TARGET_MISMATCH', 'targetServerId']);
       const hostBOp = await t.call('GET', `/v1/dedicated-hosts/${hostB.id}`, { token: op });
       const busyTarget = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/migrations`, { token: op, body: { targetServerId: hostBOp.body.physicalServerId } });
       expect(busyTarget.status).toBe(409);

@@ -78,6 +78,18 @@ describe('the dhm CLI', () => {
     const del = await run(['--token', token, 'vm', 'delete', vmId], env);
     expect(del.code).toBe(0);
     expect(JSON.parse((await run(['--token', token, 'vms', hostId, '--json'], env)).stdout)).toHaveLength(2);
+
+    // A host with VMs cannot be deleted (409 naming why); once empty it can, and it is gone from the listing.
+    const busy = await run(['--token', token, 'host', 'delete', hostId], env);
+    expect(busy.code).not.toBe(0);
+    expect(busy.stderr).toMatch(/^dhm: HOST_HAS_VMS: /m);
+    for (const v of JSON.parse((await run(['--token', token, 'vms', hostId, '--json'], env)).stdout)) expect((await run(['--token', token, 'vm', 'delete', v.id], env)).code).toBe(0);
+    const gone = await run(['--token', token, 'host', 'delete', hostId, '--json'], env);
+    expect(gone.code).toBe(0);
+    expect(JSON.parse(gone.stdout)).toMatchObject({ id: hostId, deleted: true });
+    expect(JSON.parse((await run(['--token', token, 'hosts', '--json'], env)).stdout).map((h: { id: string }) => h.id)).not.toContain(hostId);
+    const again = await run(['--token', token, 'host', 'delete', hostId], env);
+    expect(again.stderr).toMatch(/^dhm: NOT_FOUND: /m);
   });
 
   it('bad arguments name the option and change nothing', async () => {

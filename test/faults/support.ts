@@ -152,7 +152,7 @@ export async function faultMoment(ms: number, stop: () => boolean | Promise<bool
 
 /**
  * How a migration ended: its status once the workflow closed. A rollback ends the workflow failed
- * (`MigrationRolledBack`), so the result alone is not enough.
+ * (`MIGRATION_ROLLED_BACK`), so the result alone is not enough.
  */
 export async function outcome(handle: WorkflowHandle<typeof migrateDedicatedHost>): Promise<MigrationStatus> {
   await handle.result().catch(() => undefined);

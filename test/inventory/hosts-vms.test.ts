@@ -70,8 +70,8 @@ describe('dedicated hosts', () => {
     const before = await dbState(db.pool);
     await expectInventoryError(inv.createDedicatedHost({ tenantId, name: 'x', zone, resourceClass: 'std-64', ...OP }), 'NO_MATCHING_SERVER');
     await expectInventoryError(inv.createDedicatedHost({ tenantId, name: 'x', zone, resourceClass: 'mem-32', ...OP }), 'NO_MATCHING_SERVER');
-    await expectInventoryError(inv.createDedicatedHost({ tenantId, name: 'x', zone: 'nowhere', resourceClass: 'std-64', ...OP }), 'INVALID_INPUT', 'zone');
-    await expectInventoryError(inv.createDedicatedHost({ tenantId, name: 'x', zone, resourceClass: 'gpu-8', ...OP }), 'INVALID_INPUT', 'resourceClass');
+    await expectInventoryError(inv.createDedicatedHost({ tenantId, name: 'x', zone: 'nowhere', resourceClass: 'std-64', ...OP }), 'NOT_FOUND', 'zone');
+    await expectInventoryError(inv.createDedicatedHost({ tenantId, name: 'x', zone, resourceClass: 'gpu-8', ...OP }), 'NOT_FOUND', 'resourceClass');
     await expectInventoryError(inv.createDedicatedHost({ tenantId: 'tn-nobody', name: 'x', zone, resourceClass: 'std-64', ...OP }), 'NOT_FOUND', 'tenantId');
     await expectInventoryError(inv.createDedicatedHost({ tenantId, name: '', zone, resourceClass: 'std-64', ...OP }), 'INVALID_INPUT', 'name');
     await expectInventoryError(inv.createDedicatedHost({ tenantId: 'Bad Id!', name: 'x', zone, resourceClass: 'std-64', ...OP }), 'INVALID_INPUT', 'tenantId');

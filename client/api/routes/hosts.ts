@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { ApiError } from '../errors';
 import { actorOf, idempotent, parseWith, principalOf, send, tenantScope, type ApiContext } from '../context';
-import { eventListReply, hostListReply, operatorHostView, operatorVmView, routes, tenantHostView, tenantVmView, vmListReply } from '../schemas';
+import { eventListReply, hostDeletedReply, hostListReply, operatorHostView, operatorVmView, routes, tenantHostView, tenantVmView, vmListReply } from '../schemas';
 import { eventViews, hostView, hostViews, vmView, vmViews } from '../views';
 import { register } from './register';
 
@@ -44,11 +44,23 @@ export function registerHostRoutes(app: FastifyInstance, ctx: ApiContext): void 
     return send(reply, 200, p.kind === 'tenant' ? tenantHostView : operatorHostView, await hostView(ctx, p, host));
   });
 
+  register(app, routes.deleteHost, async (req, reply) => {
+    const p = principalOf(req);
+    const { id } = parseWith(routes.deleteHost.params, req.params, 'params');
+    parseWith(routes.deleteHost.query, req.query, 'query');
+    return idempotent(ctx, req, reply, async () => {
+      // One transaction: the host and its incarnation go, and the server is queued for de-provisioning through the same
+      // outbox a finished migration uses (claim 5); a host with VMs or a migration is refused naming why.
+      const { host } = await ctx.inventory.deleteDedicatedHost({ dedicatedHostId: id, tenantId: tenantScope(p), actor: actorOf(p) });
+      return { status: 200, schema: hostDeletedReply, body: { id, deleted: true as const, deletedAt: host.deletedAt ?? new Date().toISOString() } };
+    });
+  });
+
   register(app, routes.listVms, async (req, reply) => {
     const p = principalOf(req);
     const { id } = parseWith(routes.listVms.params, req.params, 'params');
     const q = parseWith(routes.listVms.query, req.query, 'query');
-    const vms = await ctx.inventory.listVms({ dedicatedHostId: id, tenantId: tenantScope(p), includeDeleted: q.includeDeleted ?? false });
+    const vms = await ctx.inventory.listVms({ dedicatedHostId: id, tenantId: tenantScope(p), includeDeleted: q.includeDeleted === 'true' });
     return send(reply, 200, vmListReply, { vms: await vmViews(ctx, p, vms) });
   });
 

@@ -45,11 +45,12 @@ export function registerMigrationRoutes(app: FastifyInstance, ctx: ApiContext): 
   const precheckTarget = async (host: HostView, targetServerId: string | undefined, waitsForCapacity: boolean) => {
     if (targetServerId !== undefined) {
       const srv = await ctx.inventory.getServer(targetServerId).catch((err: unknown) => {
-        if (isInventoryError(err, 'NOT_FOUND')) throw new ApiError(400, 'INVALID_INPUT', `targetServerId: no physical server ${targetServerId}`, 'targetServerId');
+        if (isInventoryError(err, 'NOT_FOUND')) throw new ApiError(404, 'NOT_FOUND', `targetServerId: no physical server ${targetServerId}`, 'targetServerId');
         throw err;
       });
       const why = targetMismatch(host, srv, host.serverId);
-      if (why) throw new ApiError(400, 'INVALID_INPUT', `targetServerId: server ${srv.id} ${why}`, 'targetServerId');
+      // Well-formed, but this server cannot take this host: a conflict with the fleet's state, not bad input.
+      if (why) throw new ApiError(409, 'TARGET_MISMATCH', `targetServerId: server ${srv.id} ${why}`, 'targetServerId');
       if (srv.state !== 'available') throw new ApiError(409, 'WRONG_STATE', `targetServerId: server ${srv.id} is ${srv.state}, not available`, 'targetServerId');
       return;
     }

@@ -1,0 +1,127 @@
+import { CancellationScope, allHandlersFinished, condition, isCancellation, patched, workflowInfo } from '@temporalio/workflow';
+import type { VmMigrationStatus } from '../common/migration';
+import { call, moveSteps, steps } from './activity-calls';
+import { failureOf } from './failures';
+import type { MigrationState } from './migration-state';
+import { autoConvergeFor, bandwidthCapFor, orderVms } from './vm-order';
+
+/**
+ * The VMs' moves out to the clone (claim 1e): up to `maxParallel` at once, in the policy's order, each cancellable.
+ * A move that breaks is settled with the agents before anything is decided about its VM.
+ */
+export class Moves {
+  private readonly cancels = new Map<string, () => void>();
+  private readonly inFlight = new Map<string, Promise<void>>();
+
+  constructor(
+    private readonly state: MigrationState,
+    /** Tenant requests already accepted (a delete cancelling a move puts its VM back first). */
+    private readonly requestsInFlight: () => Promise<unknown>[],
+  ) {}
+
+  /** Moves every VM that waits, until none is left ('done'), or hands over to the next run ('continue-as-new'). */
+  async moveAll(): Promise<'done' | 'continue-as-new'> {
+    const { state } = this;
+    const policy = state.policy;
+    for (;;) {
+      const stopLaunching = state.failure !== undefined || shouldContinueAsNew(state);
+      while (!stopLaunching && this.inFlight.size < policy.maxParallel) {
+        const vm = this.nextToMove();
+        if (!vm) break;
+        const p = this.moveOut(vm).finally(() => {
+          this.inFlight.delete(vm.vmId);
+          state.changed();
+        });
+        this.inFlight.set(vm.vmId, p);
+      }
+      if (this.inFlight.size === 0) {
+        if (state.failure !== undefined) return 'done';
+        if (!this.nextToMove()) {
+          // Requests in flight may still change the set of VMs (a delete cancelling a move puts it back first).
+          // Only those already in flight: with nothing left to move, a later request can only touch the clone, and
+          // waiting for *all* handlers would never end while tenants keep sending requests (found by
+          // test/faults/races.test.ts: the migration never reached finalize under continuous load).
+          if (patched('moves-done-waits-for-earlier-requests-only')) await Promise.allSettled(this.requestsInFlight());
+          else await condition(allHandlersFinished);
+          if (!this.nextToMove() && !state.vms.some((v) => v.state === 'moving')) return 'done';
+          continue;
+        }
+        if (shouldContinueAsNew(state)) return 'continue-as-new';
+      }
+      const seen = state.version;
+      await condition(() => state.version !== seen);
+    }
+  }
+
+  /** Stops the move of one VM (a tenant deletes it); the VM goes back to pending or turns out to have arrived. */
+  cancel(vmId: string): void {
+    this.cancels.get(vmId)?.();
+  }
+
+  /** Stops every move in flight; resolves once each has settled (the rollback's first step). */
+  cancelAll(): Promise<unknown> {
+    for (const cancel of this.cancels.values()) cancel();
+    return Promise.allSettled(this.inFlight.values());
+  }
+
+  private nextToMove(): VmMigrationStatus | undefined {
+    const waiting = this.state.vms.filter((v) => v.state === 'pending' && !this.state.deleteRequested.has(v.vmId));
+    // VMs that already failed once go last, after everything that can move on the first try.
+    const fresh = waiting.filter((v) => !this.state.forceAutoConverge.has(v.vmId));
+    return orderVms(fresh.length ? fresh : waiting, this.state.policy.order)[0];
+  }
+
+  private async moveOut(vm: VmMigrationStatus): Promise<void> {
+    const { state } = this;
+    const policy = state.policy;
+    const source = state.source!;
+    const target = state.target!;
+    state.moving(vm);
+    const autoConverge = autoConvergeFor(policy, vm, state.forceAutoConverge.has(vm.vmId));
+    // A critical-path VM gets a whole stream and the moves around it share the rest (only when the policy knows the link).
+    const bandwidthCapBps = bandwidthCapFor(policy, vm, state.vms);
+    const scope = new CancellationScope();
+    this.cancels.set(vm.vmId, () => scope.cancel());
+    try {
+      const figures = await scope.run(() =>
+        call(moveSteps.liveMigrateVm, `live-migrate ${vm.name} (${vm.vmId}) ${source.serverId} → ${target.serverId}`, {
+          migrationId: state.migrationId,
+          jobId: vm.jobId!,
+          vmId: vm.vmId,
+          from: source,
+          to: target,
+          maxDowntimeMs: policy.maxDowntimeMs,
+          bandwidthCapBps,
+          autoConverge,
+        }),
+      );
+      state.moved(vm, figures);
+    } catch (err) {
+      // Whatever stopped the move, ask the agents where the VM really is before deciding anything.
+      const where = await CancellationScope.nonCancellable(() =>
+        call(steps.settleVm, `settle ${vm.vmId} after an interrupted move`, { migrationId: state.migrationId, vmId: vm.vmId, jobId: vm.jobId!, from: source, to: target }),
+      );
+      if (where.location === 'target') {
+        state.moved(vm, where.figures);
+      } else if (where.location === 'lost') {
+        state.lost(vm);
+        state.fail(`VM ${vm.vmId} was lost: ${vm.error}`);
+      } else if (isCancellation(err)) {
+        state.requeued(vm);
+      } else {
+        const failure = failureOf(err);
+        const error = `${failure.type}: ${failure.message}`;
+        if (failure.is('NotConverging') && policy.onVmFailure === 'retry-with-auto-converge' && !autoConverge) state.retryWithAutoConverge(vm, error);
+        else state.moveFailed(vm, error);
+      }
+    } finally {
+      this.cancels.delete(vm.vmId);
+      state.changed();
+    }
+  }
+}
+
+/** Long migrations of big hosts continue as new when the server suggests it or the history passes the policy's mark. */
+export function shouldContinueAsNew(state: MigrationState): boolean {
+  return workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > state.policy.continueAsNewAfterEvents;
+}

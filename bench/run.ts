@@ -9,7 +9,9 @@
  *
  * Prints a table, writes bench/results/<date>.json (quick: <date>.quick.json; --out PATH overrides) and the chart
  * next to it (.svg). Exits non-zero only if a figure could not be computed — never because a target was missed.
- * Options: --quick, --out PATH, --only 1,2,3 (a subset, for development), --seed N.
+ * Options: --quick, --out PATH, --only 1,2,3 (a subset, for development), --seed N,
+ * --temporal dev|cluster|both (default: DHM_TEMPORAL_MODE or dev): benchmarks 2 and 4 on the dev server, on the
+ * multi-process cluster, or on both in one run, printed side by side (3 and 5 run on the first).
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -21,7 +23,7 @@ import { SCHEDULE_NAMES } from './sim/schedules';
 import { benchFleetThroughput, type FleetThroughputFigures } from './system/fleet-throughput';
 import { benchOverhead, type OverheadFigures } from './system/overhead';
 import { benchQemu, qemuAvailability, type QemuFigures } from './system/qemu';
-import { startBenchStack, type BenchStack } from './system/stack';
+import { cpuBetween, startBenchStack, treeCpu, type BenchStack } from './system/stack';
 import { benchTenantLatency, type TenantLatencyFigures } from './system/tenant-latency';
 
 interface Args {
@@ -29,10 +31,13 @@ interface Args {
   out?: string;
   only: Set<number>;
   seed: number;
+  temporal: TemporalMode[];
 }
+type TemporalMode = 'dev' | 'cluster';
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, only: new Set([1, 2, 3, 4, 5]), seed: 1 };
+  const envMode = process.env.DHM_TEMPORAL_MODE === 'cluster' ? 'cluster' : 'dev';
+  const args: Args = { quick: false, only: new Set([1, 2, 3, 4, 5]), seed: 1, temporal: [envMode] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = () => {
@@ -44,8 +49,13 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--out') args.out = value();
     else if (a === '--only') args.only = new Set(value().split(',').map(Number));
     else if (a === '--seed') args.seed = Number(value());
+    else if (a === '--temporal') {
+      const v = value();
+      if (!['dev', 'cluster', 'both'].includes(v)) throw new Error(`--temporal must be dev, cluster or both (got ${v})`);
+      args.temporal = v === 'both' ? ['dev', 'cluster'] : [v as TemporalMode];
+    }
     else if (a === '--help' || a === '-h') {
-      console.log('usage: npm run bench -- [--quick] [--out results.json] [--only 1,2,3,4,5] [--seed N]');
+      console.log('usage: npm run bench -- [--quick] [--out results.json] [--only 1,2,3,4,5] [--seed N] [--temporal dev|cluster|both]');
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
@@ -117,38 +127,49 @@ async function main(): Promise<number> {
   const qemu = args.quick ? { ok: false as const, reason: 'not run with --quick (it boots real VMs)' } : await qemuAvailability();
   if (args.only.has(5) && !qemu.ok) b5 = { skipped: qemu.reason };
   const needStack = [2, 3, 4].some((n) => args.only.has(n)) || (args.only.has(5) && qemu.ok);
-  let stack: BenchStack | undefined;
-  if (needStack) {
-    console.log('\nstarting Postgres, the Temporal dev server and the workers …');
-    stack = await timed('stack', async () => {
+  const byTemporal: Partial<Record<TemporalMode, { bench2?: OverheadFigures[]; bench4?: FleetThroughputFigures; bench4CpuPerProcess?: Record<string, number> }>> = {};
+  for (const [modeIndex, mode] of (needStack ? args.temporal : []).entries()) {
+    const first = modeIndex === 0;
+    const label = mode === 'cluster' ? 'the Temporal cluster (frontend, 2× history, matching, worker on Postgres)' : 'the Temporal dev server (SQLite)';
+    process.env.DHM_TEMPORAL_MODE = mode;
+    console.log(`\nstarting Postgres, ${label} and the workers …`);
+    const stack = await timed(`stack-${mode}`, async () => {
       const s = await startBenchStack();
       await s.setWorkers(p.workers);
       return s;
     });
+    const figures: NonNullable<(typeof byTemporal)[TemporalMode]> = {};
+    byTemporal[mode] = figures;
+    try {
+      if (stack && args.only.has(2)) {
+        console.log(`\n2. Orchestration overhead (${label}, ${p.workers} workers, moves of ~0 s)`);
+        figures.bench2 = await timed(`bench2-${mode}`, () => benchOverhead(stack, p.overheadSizes, console.log));
+        if (first) b2 = figures.bench2;
+      }
+      if (stack && first && args.only.has(3)) {
+        console.log(`\n3. Tenant request latency during a ${p.latency.vms}-VM migration (${label})`);
+        b3 = await timed('bench3', () => benchTenantLatency(stack, p.latency, console.log));
+      }
+      if (stack && args.only.has(4)) {
+        console.log(`\n4. Fleet throughput (N hosts × 10 VMs at once, ${label}, ${p.workers} workers)`);
+        const perProcess = processCpuMeter(stack);
+        figures.bench4 = await timed(`bench4-${mode}`, () => benchFleetThroughput(stack, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log));
+        figures.bench4CpuPerProcess = perProcess();
+        console.log(`  CPU % per process over the sweep: ${Object.entries(figures.bench4CpuPerProcess).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')}`);
+        if (first) b4 = figures.bench4;
+      }
+      if (stack && first && args.only.has(5) && qemu.ok) {
+        console.log('\n5. qemu backend (a real 3-VM host)');
+        // A qemu backend that is there but does not work is reported as such, not as a failed run.
+        const s5 = performance.now();
+        b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({ skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}` }));
+        durationsMs.bench5 = Math.round(performance.now() - s5);
+      }
+    } finally {
+      if (stack) await timed(`stack-stop-${mode}`, () => stack.stop());
+    }
   }
-  try {
-    if (stack && args.only.has(2)) {
-      console.log(`\n2. Orchestration overhead (real dev server, ${p.workers} workers, moves of ~0 s)`);
-      b2 = await timed('bench2', () => benchOverhead(stack!, p.overheadSizes, console.log));
-    }
-    if (stack && args.only.has(3)) {
-      console.log(`\n3. Tenant request latency during a ${p.latency.vms}-VM migration`);
-      b3 = await timed('bench3', () => benchTenantLatency(stack!, p.latency, console.log));
-    }
-    if (stack && args.only.has(4)) {
-      console.log(`\n4. Fleet throughput (N hosts × 10 VMs at once, one dev server, ${p.workers} workers)`);
-      b4 = await timed('bench4', () => benchFleetThroughput(stack!, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log));
-    }
-    if (stack && args.only.has(5) && qemu.ok) {
-      console.log('\n5. qemu backend (a real 3-VM host)');
-      // A qemu backend that is there but does not work is reported as such, not as a failed run.
-      const s5 = performance.now();
-      b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({ skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}` }));
-      durationsMs.bench5 = Math.round(performance.now() - s5);
-    }
-  } finally {
-    if (stack) await timed('stack-stop', () => stack!.stop());
-  }
+  if (Object.keys(byTemporal).length > 1) console.log(`\n${renderSideBySide(byTemporal)}`);
   if (b5 && 'skipped' in b5) console.log(`\n5. qemu backend: skipped: ${b5.skipped}`);
 
   durationsMs.total = Math.round(performance.now() - t0);
@@ -165,6 +186,8 @@ async function main(): Promise<number> {
     bench3: b3,
     bench4: b4,
     bench5: b5,
+    temporal: args.temporal,
+    byTemporal,
     problems,
   };
   const out = path.resolve(args.out ?? path.join(__dirname, 'results', `${today()}${args.quick ? '.quick' : ''}.json`));
@@ -172,7 +195,8 @@ async function main(): Promise<number> {
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   const chartPath = out.replace(/\.json$/, '') + '.svg';
   if (b1) fs.writeFileSync(chartPath, chart(b1));
-  fs.writeFileSync(out.replace(/\.json$/, '') + '.md', renderMarkdown(result));
+  const sideBySide = Object.keys(byTemporal).length > 1 ? `\n\n## Benchmarks 2 and 4, side by side\n\n\`\`\`\n${renderSideBySide(byTemporal)}\n\`\`\`\n` : '';
+  fs.writeFileSync(out.replace(/\.json$/, '') + '.md', renderMarkdown(result) + sideBySide);
 
   console.log('\n' + renderSummary({ b1, b2, b3, b4, b5 }));
   console.log(`\nwrote ${path.relative(process.cwd(), out)}${b1 ? ` and ${path.relative(process.cwd(), chartPath)}` : ''} in ${(durationsMs.total / 1000).toFixed(0)} s`);
@@ -181,6 +205,43 @@ async function main(): Promise<number> {
     return 1;
   }
   return 0;
+}
+
+/** CPU of each Temporal server process (the cluster's, by service) and of the workers and Postgres, in % of a core. */
+function processCpuMeter(stack: BenchStack): () => Record<string, number> {
+  const parts: Record<string, number[]> = {};
+  if (stack.dev.cluster) for (const p of stack.dev.cluster.processes.filter((x) => x.service !== 'ui' && x.alive())) parts[p.name] = [p.pid()!];
+  else parts['dev server'] = stack.serverPids().temporal;
+  parts.postgres = stack.serverPids().postgres;
+  parts.workers = stack.workerPids();
+  const start = performance.now();
+  const before = Object.fromEntries(Object.entries(parts).map(([k, pids]) => [k, treeCpu(pids)]));
+  return () => {
+    const wallS = (performance.now() - start) / 1000;
+    return Object.fromEntries(Object.entries(parts).map(([k, pids]) => [k, (100 * cpuBetween(before[k]!, treeCpu(pids))) / wallS]));
+  };
+}
+
+/** Benchmarks 2 and 4 on each Temporal, one row per measurement. */
+function renderSideBySide(by: Partial<Record<TemporalMode, { bench2?: OverheadFigures[]; bench4?: FleetThroughputFigures; bench4CpuPerProcess?: Record<string, number> }>>): string {
+  const modes = Object.keys(by) as TemporalMode[];
+  const rows: Cell[][] = [];
+  const sizes = [...new Set(modes.flatMap((m) => (by[m]?.bench2 ?? []).map((o) => o.vms)))];
+  for (const n of sizes) {
+    const o = (m: TemporalMode) => by[m]?.bench2?.find((x) => x.vms === n);
+    rows.push([`2. ms per VM at ${n} VMs`, ...modes.map((m) => fmt(o(m)?.msPerVm ?? NaN, 1))]);
+  }
+  const steps = [...new Set(modes.flatMap((m) => (by[m]?.bench4?.steps ?? []).map((s) => s.hosts)))];
+  for (const n of steps) {
+    const st = (m: TemporalMode) => by[m]?.bench4?.steps.find((x) => x.hosts === n);
+    rows.push([`4. hosts/min at N=${n}`, ...modes.map((m) => fmt(st(m)?.hostsPerMinute ?? NaN, 1))]);
+    rows.push([`4. workflow task ms at N=${n}`, ...modes.map((m) => fmt(st(m)?.workflowTaskMs ?? NaN, 0))]);
+    rows.push([`4. CPU % Temporal/workers/pg at N=${n}`, ...modes.map((m) => (st(m) ? `${fmt(st(m)!.cpu.temporal, 0)}/${fmt(st(m)!.cpu.workers, 0)}/${fmt(st(m)!.cpu.postgres, 0)}` : '—'))]);
+  }
+  rows.push(['4. best hosts/min', ...modes.map((m) => fmt(by[m]?.bench4?.bestHostsPerMinute ?? NaN, 1))]);
+  rows.push(['4. saturates at N', ...modes.map((m) => String(by[m]?.bench4?.saturatesAtN ?? '—'))]);
+  rows.push(['4. CPU % per process (sweep)', ...modes.map((m) => Object.entries(by[m]?.bench4CpuPerProcess ?? {}).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', '))]);
+  return `Side by side: ${modes.join(' vs ')}\n${textTable(['', ...modes], rows)}`;
 }
 
 // ---- figures that must exist ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import { migrateDatabase } from '../inventory/migrate';
 import { createMigrationWorker } from '../workers/migration-worker';
 import { startScheduler } from '../workers/scheduler';
 import { startApiServer } from './api/server';
-import { startDevStack, type DevStack } from './dev-stack';
+import { startDevStack, type DevStack, type DevStackOptions } from './dev-stack';
 import { createHostService, type HostService } from './host-service';
 import { stopInReverse } from '../common/stop-in-reverse';
 
@@ -65,13 +65,15 @@ export async function startEmbeddedSystem(opts: {
    * no bearer secret is sent to them (it would cross their network in plaintext; they take none).
    */
   externalAgents?: ReadonlyMap<string, string>;
+  /** Cluster mode (DHM_TEMPORAL_MODE=cluster): schema upgrade, readiness deadline. */
+  cluster?: DevStackOptions['cluster'];
 }): Promise<EmbeddedSystem> {
   const { env, logger } = opts;
   installTemporalRuntime(logger);
   const stops: Array<() => Promise<void>> = [];
   const stopAll = () => stopInReverse(stops, logger, 'the embedded system');
   try {
-    const stack = await startDevStack({ env, logger, stateDir: opts.stateDir });
+    const stack = await startDevStack({ env, logger, stateDir: opts.stateDir, cluster: opts.cluster });
     stops.push(stack.stop);
     const pool = new Pool({ connectionString: stack.databaseUrl, max: env.DATABASE_POOL_SIZE });
     pool.on('error', (err) => logger.warn({ err }, 'idle Postgres connection failed'));

@@ -55,6 +55,15 @@ export const envSchema = z.object({
   DHM_TEMPORAL_PORT: port.default(7233),
   DHM_TEMPORAL_UI_PORT: port.default(8233),
   DHM_API_PORT: port.default(7780),
+  /** Which Temporal the embedded stack runs: the CLI's dev server (one process, SQLite) or a multi-process cluster on Postgres. */
+  DHM_TEMPORAL_MODE: z.enum(['dev', 'cluster']).default('dev'),
+  /** Cluster mode: history shards (fixed for the life of its database), history processes, and its database (+ `_visibility`). */
+  DHM_TEMPORAL_SHARDS: z.coerce.number().int().min(1).max(16384).default(16),
+  DHM_TEMPORAL_HISTORY_PROCESSES: z.coerce.number().int().min(1).max(8).default(2),
+  DHM_TEMPORAL_DATABASE: z
+    .string()
+    .regex(/^[a-z_][a-z0-9_]{0,40}$/, 'must be a lower-case SQL name (letters, digits, _; at most 41 characters)')
+    .default('temporal'),
   DHM_API_HOST: z.string().min(1).default('127.0.0.1'),
   /** The API's operator token; `dhm up` generates one when unset and writes it to .dhm/credentials.json. */
   DHM_OPERATOR_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),

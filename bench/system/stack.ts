@@ -145,7 +145,11 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
       taskQueue,
       hostService,
       logger,
-      serverPids: () => ({ temporal: findPids(/temporal|start-dev/), postgres: findPids(/postgres/) }),
+      // The cluster's server processes (DHM_TEMPORAL_MODE=cluster) do not name the state folder: the launcher knows them.
+      serverPids: () => ({
+        temporal: dev.cluster ? dev.cluster.processes.filter((p) => p.service !== 'ui' && p.alive()).map((p) => p.pid()!) : findPids(/temporal|start-dev/),
+        postgres: findPids(/postgres/),
+      }),
       workerPids: () => workers.map((w) => w.pid!).filter(Boolean),
       async addFleet(fleet, timeScale, o = {}) {
         // `qemu` servers get an agent too when qemu options are given (the qemu backend is optional on a machine).

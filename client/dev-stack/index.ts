@@ -11,6 +11,11 @@ import { Client } from 'pg';
 import { UserFacingError } from '../../common/errors';
 import { isAlive } from './pidfile';
 import { stopInReverse } from '../../common/stop-in-reverse';
+import { connectTemporalClient } from '../../common/temporal-connection';
+import { ensureClusterTools } from '../temporal-server-tools';
+import { startTemporalCluster, type TemporalClusterHandle } from './temporal-cluster';
+import { ensureSearchAttributes } from './temporal-namespace';
+import type { TemporalDatabases } from './temporal-schema';
 
 export interface DevStack {
   databaseUrl: string;
@@ -19,6 +24,9 @@ export interface DevStack {
   temporalAddress: string;
   namespace: string;
   uiUrl: string | null;
+  /** Which Temporal runs: the dev server, the cluster (its processes in `cluster`), or an external one. */
+  temporalMode: 'dev' | 'cluster' | 'external';
+  cluster?: TemporalClusterHandle;
   stop(): Promise<void>;
 }
 
@@ -30,6 +38,8 @@ export interface DevStackOptions {
   /** Override ports (tests pass free ones); default from the environment. */
   ports?: { postgres?: number; temporal?: number; ui?: number | null };
   databaseName?: string;
+  /** Cluster mode only: upgrade an older Temporal schema (`dhm up --upgrade-temporal-schema`); readiness deadline. */
+  cluster?: { upgradeSchema?: boolean; readyTimeoutMs?: number };
 }
 
 /**
@@ -65,6 +75,29 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
     }
 
     // Temporal
+    if (env.DHM_TEMPORAL_MODE === 'cluster') {
+      if (env.TEMPORAL_ADDRESS) {
+        throw new UserFacingError('DHM_TEMPORAL_MODE: cluster starts its own Temporal, but TEMPORAL_ADDRESS is set; unset one of them', 'DHM_TEMPORAL_MODE');
+      }
+      const tools = await ensureClusterTools({ toolsDir: env.DHM_TOOLS_DIR, log: (l) => logger.info(l) });
+      const uiPort = opts.ports?.ui === undefined ? env.DHM_TEMPORAL_UI_PORT : opts.ports.ui;
+      const cluster = await startTemporalCluster({
+        tools,
+        stateDir,
+        db: { ...serverOf(adminDatabaseUrl ?? databaseUrl), name: env.DHM_TEMPORAL_DATABASE },
+        anyDatabase: new URL(adminDatabaseUrl ?? databaseUrl).pathname.slice(1) || 'postgres',
+        port: opts.ports?.temporal ?? env.DHM_TEMPORAL_PORT,
+        uiPort,
+        shards: env.DHM_TEMPORAL_SHARDS,
+        historyProcesses: env.DHM_TEMPORAL_HISTORY_PROCESSES,
+        namespace: env.TEMPORAL_NAMESPACE,
+        upgradeSchema: opts.cluster?.upgradeSchema,
+        readyTimeoutMs: opts.cluster?.readyTimeoutMs,
+        logger,
+      });
+      stops.push(cluster.stop);
+      return { databaseUrl, adminDatabaseUrl, temporalAddress: cluster.address, namespace: env.TEMPORAL_NAMESPACE, uiUrl: cluster.uiUrl, temporalMode: 'cluster', cluster, stop: stopAll };
+    }
     const source = await resolveTemporalServer({ log: (l) => logger.info(l) });
     let temporalAddress: string;
     let uiUrl: string | null = null;
@@ -74,6 +107,14 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
         await waitForTemporal(temporalAddress, 10_000);
       } catch (err) {
         throw new Error(`TEMPORAL_ADDRESS: ${temporalAddress} does not answer (${(err as Error).message})`);
+      }
+      // Workflows cannot start without dhm's search attributes: add the missing ones, or say who must.
+      const connection = await connectTemporalClient(env);
+      try {
+        const added = await ensureSearchAttributes(connection, env.TEMPORAL_NAMESPACE);
+        if (added.length) logger.info({ added, namespace: env.TEMPORAL_NAMESPACE }, 'registered dhm search attributes');
+      } finally {
+        await connection.close();
       }
     } else if (source.kind === 'existing-path') {
       const uiPort = opts.ports?.ui === undefined ? env.DHM_TEMPORAL_UI_PORT : opts.ports.ui;
@@ -106,7 +147,8 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
       temporalAddress = testEnv.address;
       uiUrl = opts.ports?.ui === null ? null : `http://127.0.0.1:${opts.ports?.ui ?? env.DHM_TEMPORAL_UI_PORT}`;
     }
-    return { databaseUrl, adminDatabaseUrl, temporalAddress, namespace: env.TEMPORAL_NAMESPACE, uiUrl, stop: stopAll };
+    const temporalMode = source.kind === 'external' ? 'external' : 'dev';
+    return { databaseUrl, adminDatabaseUrl, temporalAddress, namespace: env.TEMPORAL_NAMESPACE, uiUrl, temporalMode, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;
@@ -143,6 +185,12 @@ function claimStateDir(stateDir: string): void {
     if (err instanceof UserFacingError) throw err;
   }
   fs.writeFileSync(lock, `${process.pid}\n`);
+}
+
+/** Host, port and credentials of the Postgres server a URL points at (the cluster's databases go on the same server). */
+function serverOf(url: string): Omit<TemporalDatabases, 'name'> {
+  const u = new URL(url);
+  return { host: u.hostname || '127.0.0.1', port: Number(u.port || 5432), user: decodeURIComponent(u.username), password: decodeURIComponent(u.password) };
 }
 
 async function checkDatabase(url: string): Promise<void> {

@@ -40,3 +40,15 @@ export async function waitFor<T>(what: string, probe: () => Promise<T>, timeoutM
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
+
+/**
+ * A free loopback port in [min, max] (the OS's ephemeral range starts at 32768). Temporal stores membership ports
+ * in a smallint column, so they must stay below 32768.
+ */
+export async function freePortInRange(min: number, max: number, taken: ReadonlySet<number> = new Set()): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = min + Math.floor(Math.random() * (max - min + 1));
+    if (!taken.has(port) && !(await portInUse(port))) return port;
+  }
+  throw new Error(`no free port in ${min}-${max}`);
+}

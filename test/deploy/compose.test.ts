@@ -7,6 +7,11 @@ import { registerServiceCommands } from '../../client/cli/services';
 import { envSchema, loadEnv } from '../../common/config';
 import { CUSTOM_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import { loadFleetFile } from '../../inventory/fleet-file';
+import { temporalDeployDir } from '../../client/dev-stack/temporal-cluster';
+import { TEMPORAL_SERVER_VERSION, TEMPORAL_UI_SERVER_VERSION } from '../../client/temporal-server-tools';
+import { clusterTools } from '../cluster/support';
+
+const TEMPORAL_SERVICES = ['temporal-frontend', 'temporal-history-1', 'temporal-history-2', 'temporal-matching', 'temporal-worker'];
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const SECRETS = { DHM_OPERATOR_TOKEN: 'compose-test-operator-token', DHM_AGENT_SECRET: 'compose-test-agent-secret' };
@@ -24,6 +29,7 @@ function interpolate(text: string, vars: Record<string, string>): string {
 
 type Service = {
   image?: string;
+  volumes?: string[];
   build?: unknown;
   command?: string[];
   entrypoint?: string[];
@@ -77,7 +83,7 @@ describe('docker-compose.yml against the code', () => {
     const parsed = loadEnv(env);
     // Both databases are separate: dhm's own Postgres, never Temporal's.
     expect(new URL(parsed.DATABASE_URL!).hostname).toBe('dhm-postgres');
-    expect(parsed.TEMPORAL_ADDRESS).toBe('temporal:7233');
+    expect(parsed.TEMPORAL_ADDRESS).toBe('temporal-frontend:7233');
     expect(parsed.DHM_AGENT_SECRET).toBe(SECRETS.DHM_AGENT_SECRET);
   });
 
@@ -133,11 +139,66 @@ describe('docker-compose.yml against the code', () => {
         else expect({ name, dep, condition, restart: services[dep]!.restart }).toEqual({ name, dep, condition: 'service_completed_successfully', restart: 'no' });
       }
     }
-    // Temporal: persistence in its own Postgres, the schema job before the server, the set-up job after it.
-    expect(services.temporal!.depends_on).toMatchObject({ 'temporal-postgres': { condition: 'service_healthy' }, 'temporal-schema': { condition: 'service_completed_successfully' } });
-    expect(services.temporal!.environment).toMatchObject({ DB: 'postgres12', POSTGRES_SEEDS: 'temporal-postgres' });
-    expect(services['temporal-setup']!.depends_on).toMatchObject({ temporal: { condition: 'service_healthy' } });
+    // Temporal: persistence in its own Postgres, the schema job before the servers, the set-up job after the frontend.
+    for (const name of TEMPORAL_SERVICES) {
+      expect(services[name]!.depends_on).toMatchObject({ 'temporal-postgres': { condition: 'service_healthy' }, 'temporal-schema': { condition: 'service_completed_successfully' } });
+    }
+    expect(services['temporal-setup']!.depends_on).toMatchObject({ 'temporal-frontend': { condition: 'service_healthy' } });
     expect(services['temporal-ui']).toBeDefined();
+  });
+
+  describe('Temporal as `dhm up --temporal cluster` runs it', () => {
+    const template = fs.readFileSync(path.join(ROOT, 'deploy', 'temporal', 'config', 'base.yaml'), 'utf8');
+    const read = new Set([...template.matchAll(/env "([A-Z0-9_]+)"/g)].map((m) => m[1]!));
+    const withoutDefault = new Set([...template.matchAll(/env "([A-Z0-9_]+)" \|(?! default)/g)].map((m) => m[1]!));
+    const server = (name: string) => services[name]!;
+
+    test('one container per service, frontend, two history, matching and worker, on the server version dhm builds', () => {
+      expect(TEMPORAL_SERVICES.map((n) => server(n).environment!.TEMPORAL_SERVICE).sort()).toEqual(['frontend', 'history', 'history', 'matching', 'worker']);
+      const version = TEMPORAL_SERVER_VERSION.replace(/^v/, '');
+      for (const n of TEMPORAL_SERVICES) expect({ n, image: server(n).image }).toEqual({ n, image: `temporalio/server:${version}` });
+      for (const n of ['temporal-schema', 'temporal-setup']) expect(server(n).image).toBe(`temporalio/admin-tools:${version}`);
+      expect(server('temporal-ui').image).toBe(`temporalio/ui:${TEMPORAL_UI_SERVER_VERSION.replace(/^v/, '')}`);
+    });
+
+    test('the same configuration: deploy/temporal mounted, the server started on it as the launcher starts it', () => {
+      expect(temporalDeployDir()).toBe(path.join(ROOT, 'deploy', 'temporal'));
+      for (const n of TEMPORAL_SERVICES) {
+        const s = server(n) as Service & { volumes?: string[] };
+        expect(s.volumes).toEqual(['./deploy/temporal:/etc/temporal/dhm:ro']);
+        const script = s.command!.join('\n');
+        expect(script).toContain('exec temporal-server --root /etc/temporal/dhm --config config --allow-no-auth start --service "$TEMPORAL_SERVICE"');
+        const env = s.environment!;
+        expect(env.TEMPORAL_DYNAMIC_CONFIG_FILE).toBe('/etc/temporal/dhm/dynamicconfig/dhm.yaml');
+        expect(fs.existsSync(path.join(ROOT, 'deploy', 'temporal', 'dynamicconfig', 'dhm.yaml'))).toBe(true);
+        // Every variable set is one the template reads, and every one it reads without a default is set.
+        for (const k of Object.keys(env).filter((k) => k !== 'TEMPORAL_SERVICE')) expect({ n, k, read: read.has(k) }).toEqual({ n, k, read: true });
+        for (const k of withoutDefault) expect({ n, k, set: env[k] !== undefined }).toEqual({ n, k, set: true });
+        expect(env.TEMPORAL_FRONTEND_ADDRESS).toBe('temporal-frontend:7233');
+      }
+      // Five servers open up to ~30 connections each.
+      const pgCmd = server('temporal-postgres').command!.join(' ');
+      expect(Number(/max_connections=(\d+)/.exec(pgCmd)?.[1])).toBeGreaterThanOrEqual(150);
+    });
+
+    test('the server itself renders that configuration from a container\'s environment, and accepts the dynamic config', async () => {
+      const tools = await clusterTools();
+      const dir = path.join(ROOT, 'deploy', 'temporal');
+      const env = server('temporal-history-1').environment!;
+      // render-config reads --config as given (start joins it to --root).
+      const out = execFileSync(tools.server, ['--config', path.join(dir, 'config'), 'render-config'], { env: { PATH: process.env.PATH, ...env }, encoding: 'utf8' });
+      const cfg = parse(out) as { persistence: { numHistoryShards: number; datastores: Record<string, { sql: { pluginName: string; connectAddr: string; databaseName: string } }> }; services: Record<string, { rpc: { grpcPort: number; bindOnIP: string } }>; publicClient: { hostPort: string } };
+      expect(cfg.persistence.numHistoryShards).toBe(Number(env.TEMPORAL_HISTORY_SHARDS));
+      expect(Object.values(cfg.persistence.datastores).map((d) => [d.sql.pluginName, d.sql.connectAddr, d.sql.databaseName])).toEqual([
+        ['postgres12', 'temporal-postgres:5432', 'temporal'],
+        ['postgres12', 'temporal-postgres:5432', 'temporal_visibility'],
+      ]);
+      expect(Object.keys(cfg.services).sort()).toEqual(['frontend', 'history', 'matching', 'worker']);
+      expect(cfg.services.frontend!.rpc).toMatchObject({ grpcPort: 7233, bindOnIP: '0.0.0.0' });
+      expect(cfg.publicClient.hostPort).toBe('temporal-frontend:7233');
+      const check = spawnSync(tools.server, ['validate-dynamic-config', path.join(dir, 'dynamicconfig', 'dhm.yaml')], { encoding: 'utf8' });
+      expect({ status: check.status, out: check.stdout.trim() }).toEqual({ status: 0, out: path.join(dir, 'dynamicconfig', 'dhm.yaml') });
+    });
   });
 
   test('the custom search attributes are registered at start, as Keyword', () => {

@@ -37,5 +37,5 @@ export default async function globalSetup(): Promise<void> {
   process.env.DHM_TEST_UI_URL = stack.uiUrl ?? '';
   process.env.DHM_TEST_WORKFLOW_BUNDLE = bundlePath;
   (globalThis as { __dhmStack?: { stop(): Promise<void>; stateDir: string } }).__dhmStack = { stop: stack.stop, stateDir };
-  process.stderr.write(`\n[dhm test stack] Postgres + Temporal ${stack.temporalAddress} up in ${Date.now() - started} ms\n`);
+  process.stderr.write(`\n[dhm test stack] Postgres + Temporal ${stack.temporalMode} ${stack.temporalAddress} up in ${Date.now() - started} ms\n`);
 }

@@ -44,6 +44,8 @@ export interface TestSystemOptions {
   qemu?: FleetAgentsOptions['qemu'];
   /** Agents already running elsewhere (a testbed's, in their namespaces), by server id: none is started here. */
   externalAgents?: ReadonlyMap<string, string>;
+  /** Another Temporal frontend than the suite's (the cluster tests). */
+  temporalAddress?: string;
 }
 
 /** The real system in one test process: a database, host agents over HTTP (sim by default), a migration worker and a scheduler. */
@@ -57,7 +59,7 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
     : await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger, backendFilter: opts.backendFilter, qemu: opts.qemu });
   const agentUrls = new Map<string, string>(opts.externalAgents ?? [...fleetAgents.agents].map(([id, a]) => [id, a.url]));
   await inventory.seedFleet(fleet, agentUrls);
-  const temporal = await connectTestTemporal();
+  const temporal = await connectTestTemporal(opts.temporalAddress);
   const agents = createAgentDirectory({
     lookupAgentUrl: async (serverId) => {
       const s = await inventory.getServer(serverId);

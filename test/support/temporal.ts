@@ -31,9 +31,9 @@ export interface RunningWorker {
   stop(): Promise<void>;
 }
 
-export async function connectTestTemporal(): Promise<TestTemporal> {
+/** The suite's Temporal, or another one at `address` (the cluster tests start their own). */
+export async function connectTestTemporal(address = process.env.DHM_TEST_TEMPORAL_ADDRESS): Promise<TestTemporal> {
   quietRuntime();
-  const address = process.env.DHM_TEST_TEMPORAL_ADDRESS;
   const bundlePath = process.env.DHM_TEST_WORKFLOW_BUNDLE;
   if (!address || !bundlePath) throw new Error('DHM_TEST_TEMPORAL_ADDRESS is not set: run tests through jest');
   const connection = await Connection.connect({ address });

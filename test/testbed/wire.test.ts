@@ -96,7 +96,11 @@ test('two migrations at once share the shaped NIC: together they still fill it, 
   const wallMs = Date.now() - t0;
   const rates = jobs.map(streamRate);
   for (const j of jobs) expect(j.state).toBe('completed');
-  for (const r of rates) expect(r).toBeLessThan(0.75 * B); // shared: neither had the link to itself
+  // Shared: neither had the link to itself for its whole transfer (alone, a stream runs at ~100 % of B), and each got a
+  // real part of it. The two never start and end at exactly the same moment, so the one that runs alone at its start
+  // or end averages above B/2 (0.84 B seen on an idle machine): the bound is "not alone", not "exactly half".
+  for (const r of rates) expect(r).toBeLessThan(0.9 * B);
+  for (const r of rates) expect(r).toBeGreaterThan(0.25 * B);
   const total = jobs.reduce((s, j) => s + j.bytesSent, 0) / (Math.max(...jobs.map((j) => j.totalTimeMs! - j.downtimeMs!)) / 1000);
   expect(total).toBeGreaterThanOrEqual(0.85 * B);
   figures.shared = {

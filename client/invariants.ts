@@ -1,5 +1,5 @@
 import type { Client } from '@temporalio/client';
-import type { AgentDirectory } from '../activities/agent-directory';
+import type { AgentDirectory } from '../compute/agent-directory';
 import { migrationIdFor } from '../common/migration';
 import { createAgentClient, type AgentClient } from '../compute/agent-client';
 import type { HostIncarnation, Inventory, PhysicalServer } from '../inventory';

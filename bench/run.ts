@@ -111,7 +111,7 @@ async function main(): Promise<number> {
     try {
       return await fn();
     } catch (err) {
-      problems.push(`${name}: ${err instanceof Error ? err.message : String(err)}`);
+      problems.push(`${name}: ${causes(err)}`);
       console.error(`\n${name} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       return undefined;
     } finally {
@@ -138,62 +138,60 @@ async function main(): Promise<number> {
   const needStack = [2, 3, 4].some((n) => args.only.has(n)) || (args.only.has(5) && qemu.ok);
   const byTemporal: Partial<Record<TemporalMode, ModeFigures>> = {};
   const workerCounts = args.workers ?? [p.workers];
+  // One stack per Temporal and number of workers: the benchmarks' fleets and zones are made once per stack.
   for (const [modeIndex, mode] of (needStack ? args.temporal : []).entries()) {
-    const first = modeIndex === 0;
     const label = mode === 'cluster' ? 'the Temporal cluster (frontend, 2× history, matching, worker on Postgres)' : 'the Temporal dev server (SQLite)';
-    process.env.DHM_TEMPORAL_MODE = mode;
-    console.log(`\nstarting Postgres, ${label} and the workers …`);
-    const stack = await timed(`stack-${mode}`, async () => {
-      const s = await startBenchStack();
-      await s.setWorkers(workerCounts[0]!);
-      return s;
-    });
     const figures: ModeFigures = {};
     byTemporal[mode] = figures;
-    try {
-      for (const [wi, workers] of (stack ? workerCounts : []).entries()) {
-        if (wi > 0) await timed(`workers-${mode}-${workers}`, () => stack!.setWorkers(workers));
-        const seg: WorkersFigures = { workers, loadAverageStart: os.loadavg() };
-        if (workerCounts.length > 1) (figures.byWorkers ??= {})[workers] = seg;
-        const suffix = workerCounts.length > 1 ? `-${workers}w` : '';
-        if (args.only.has(2)) {
+    for (const [wi, workers] of workerCounts.entries()) {
+      const first = modeIndex === 0 && wi === 0;
+      const suffix = workerCounts.length > 1 ? `-${workers}w` : '';
+      process.env.DHM_TEMPORAL_MODE = mode;
+      console.log(`\nstarting Postgres, ${label} and ${workers} worker${workers === 1 ? '' : 's'} …`);
+      const stack = await timed(`stack-${mode}${suffix}`, async () => {
+        const s = await startBenchStack();
+        await s.setWorkers(workers);
+        return s;
+      });
+      const seg: WorkersFigures = { workers, loadAverageStart: os.loadavg() };
+      if (workerCounts.length > 1) (figures.byWorkers ??= {})[workers] = seg;
+      try {
+        if (stack && args.only.has(2)) {
           console.log(`\n2. Orchestration overhead (${label}, ${workers} worker${workers === 1 ? '' : 's'}, moves of ~0 s)`);
-          const perProcess = processCpuMeter(stack!);
-          seg.bench2 = await timed(`bench2-${mode}${suffix}`, () => benchOverhead(stack!, p.overheadSizes, console.log));
+          const perProcess = processCpuMeter(stack);
+          seg.bench2 = await timed(`bench2-${mode}${suffix}`, () => benchOverhead(stack, p.overheadSizes, console.log));
           seg.bench2CpuPerProcess = perProcess();
         }
-        if (args.only.has(4)) {
+        if (stack && first && args.only.has(3)) {
+          console.log(`\n3. Tenant request latency during a ${p.latency.vms}-VM migration (${label})`);
+          b3 = await timed('bench3', () => benchTenantLatency(stack, p.latency, console.log));
+        }
+        if (stack && args.only.has(4)) {
           console.log(`\n4. Fleet throughput (N hosts × 10 VMs at once, ${label}, ${workers} worker${workers === 1 ? '' : 's'})`);
-          const perProcess = processCpuMeter(stack!);
-          seg.bench4 = await timed(`bench4-${mode}${suffix}`, () => benchFleetThroughput(stack!, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log));
+          const perProcess = processCpuMeter(stack);
+          seg.bench4 = await timed(`bench4-${mode}${suffix}`, () => benchFleetThroughput(stack, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log));
           seg.bench4CpuPerProcess = perProcess();
-          console.log(`  CPU % per process over the sweep: ${Object.entries(seg.bench4CpuPerProcess).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')}`);
+          console.log(`  CPU % per process over the sweep: ${perProcessText(seg.bench4CpuPerProcess)}`);
         }
+        if (stack && first && args.only.has(5) && qemu.ok) {
+          console.log('\n5. qemu backend (a real 3-VM host)');
+          // A qemu backend that is there but does not work is reported as such, not as a failed run.
+          const s5 = performance.now();
+          b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({ skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}` }));
+          durationsMs.bench5 = Math.round(performance.now() - s5);
+        }
+      } finally {
         seg.loadAverageEnd = os.loadavg();
-        if (wi === 0) {
-          // The first worker count is the run's figures for this Temporal (and for the single-mode tables).
-          Object.assign(figures, { bench2: seg.bench2, bench4: seg.bench4, bench4CpuPerProcess: seg.bench4CpuPerProcess });
-          if (first) {
-            b2 = seg.bench2;
-            b4 = seg.bench4;
-          }
+        if (stack) await timed(`stack-stop-${mode}${suffix}`, () => stack.stop());
+      }
+      if (wi === 0) {
+        // The first worker count gives this Temporal's figures (and the single-mode tables).
+        Object.assign(figures, { bench2: seg.bench2, bench4: seg.bench4, bench4CpuPerProcess: seg.bench4CpuPerProcess });
+        if (first) {
+          b2 = seg.bench2;
+          b4 = seg.bench4;
         }
       }
-      // 3 and 5 run with the first worker count.
-      if (stack && workerCounts.length > 1) await timed(`workers-${mode}-${workerCounts[0]}`, () => stack.setWorkers(workerCounts[0]!));
-      if (stack && first && args.only.has(3)) {
-        console.log(`\n3. Tenant request latency during a ${p.latency.vms}-VM migration (${label})`);
-        b3 = await timed('bench3', () => benchTenantLatency(stack, p.latency, console.log));
-      }
-      if (stack && first && args.only.has(5) && qemu.ok) {
-        console.log('\n5. qemu backend (a real 3-VM host)');
-        // A qemu backend that is there but does not work is reported as such, not as a failed run.
-        const s5 = performance.now();
-        b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({ skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}` }));
-        durationsMs.bench5 = Math.round(performance.now() - s5);
-      }
-    } finally {
-      if (stack) await timed(`stack-stop-${mode}`, () => stack.stop());
     }
   }
   const sideBySideText = Object.keys(byTemporal).length > 1 || workerCounts.length > 1 ? renderSideBySide(byTemporal, workerCounts) : '';
@@ -304,7 +302,7 @@ function renderSideBySide(by: Partial<Record<TemporalMode, ModeFigures>>, worker
     rows.push([`2. wf task p50/p95 ms at ${n} VMs`, ...cols.map((c) => (o(c) ? `${fmt(o(c)!.history.workflowTaskMs.p50, 0)}/${fmt(o(c)!.history.workflowTaskMs.p95, 0)}` : '—'))]);
     rows.push([`2. CPU % T/wk/pg, machine at ${n}`, ...cols.map((c) => (o(c) ? `${fmt(o(c)!.cpu.temporal, 0)}/${fmt(o(c)!.cpu.workers, 0)}/${fmt(o(c)!.cpu.postgres, 0)}, ${fmt(o(c)!.cpu.machine, 0)}` : '—'))]);
   }
-  rows.push(['2. CPU % per process', ...cols.map((c) => perProcessText(c.f.bench2CpuPerProcess))]);
+  if (cols.some((c) => c.f.bench2CpuPerProcess)) rows.push(['2. CPU % per process', ...cols.map((c) => perProcessText(c.f.bench2CpuPerProcess))]);
   const steps = [...new Set(cols.flatMap((c) => (c.f.bench4?.steps ?? []).map((s) => s.hosts)))];
   for (const n of steps) {
     const st = (c: (typeof cols)[number]) => c.f.bench4?.steps.find((x) => x.hosts === n);
@@ -324,6 +322,13 @@ function renderSideBySide(by: Partial<Record<TemporalMode, ModeFigures>>, worker
   rows.push(['4. CPU % per process (sweep)', ...cols.map((c) => perProcessText(c.f.bench4CpuPerProcess))]);
   rows.push(['load average start → end', ...cols.map((c) => (c.f.loadAverageStart.length ? `${c.f.loadAverageStart.map((l) => l.toFixed(1)).join(' ')} → ${(c.f.loadAverageEnd ?? []).map((l) => l.toFixed(1)).join(' ')}` : '—'))]);
   return `Side by side: ${cols.map((c) => c.name).join(' vs ')} (T = Temporal, wk = workers, pg = Postgres; % of one core, the machine has ${os.cpus().length})\n${textTable(['', ...cols.map((c) => c.name)], rows)}`;
+}
+
+/** An error and its causes in one line (a failed workflow's reason is in its cause). */
+function causes(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err; e && parts.length < 5; e = (e as { cause?: unknown }).cause) parts.push(e instanceof Error ? e.message : String(e));
+  return parts.join(': ');
 }
 
 function perProcessText(p: Record<string, number> | undefined): string {

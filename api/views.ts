@@ -1,4 +1,4 @@
-import { migrationIdFor, PHASES, type MigrationPhase } from '../common/migration';
+import { migrationWorkflowId, PHASES, type MigrationPhase } from '../common/migration';
 import { MigrationPhaseKey } from '../common/search-attributes';
 import { tenantEventView as tenantEventOf, type AuditEvent, type HostView, type Vm } from '../inventory';
 import type { ApiContext, Principal } from './context';
@@ -16,7 +16,7 @@ const DESCRIBE_TIMEOUT_MS = 3_000;
 async function migrationPhase(ctx: ApiContext, hostId: string): Promise<MigrationPhase | 'unknown'> {
   const { client } = ctx.temporal;
   try {
-    const d = await client.withDeadline(Date.now() + DESCRIBE_TIMEOUT_MS, () => client.workflow.getHandle(migrationIdFor(hostId)).describe());
+    const d = await client.withDeadline(Date.now() + DESCRIBE_TIMEOUT_MS, () => client.workflow.getHandle(migrationWorkflowId(hostId)).describe());
     const phase = d.typedSearchAttributes.get(MigrationPhaseKey);
     return phase && (PHASES as readonly string[]).includes(phase) ? (phase as MigrationPhase) : 'unknown';
   } catch (err) {
@@ -28,7 +28,7 @@ async function migrationPhase(ctx: ApiContext, hostId: string): Promise<Migratio
 export async function hostViews(ctx: ApiContext, p: Principal, hosts: HostView[]) {
   return Promise.all(
     hosts.map(async (h) => {
-      const migration = h.state === 'migrating' ? { id: migrationIdFor(h.id), phase: await migrationPhase(ctx, h.id) } : null;
+      const migration = h.state === 'migrating' ? { id: migrationWorkflowId(h.id), phase: await migrationPhase(ctx, h.id) } : null;
       const base = {
         id: h.id,
         name: h.name,

@@ -1,7 +1,7 @@
 import { defaultPayloadConverter, type Payload } from '@temporalio/common';
 import type { FastifyInstance } from 'fastify';
 import type { z } from 'zod';
-import { migrationIdFor, TERMINAL_PHASES } from '../../common/migration';
+import { migrationWorkflowId, TERMINAL_PHASES } from '../../common/migration';
 import { fits } from '../../common/resources';
 import { targetMismatch } from '../../common/target-match';
 import { DedicatedHostIdKey, MigrationPhaseKey } from '../../common/search-attributes';
@@ -66,7 +66,7 @@ export function registerMigrationRoutes(app: FastifyInstance, ctx: ApiContext): 
     return idempotent(ctx, req, reply, async () => {
       const host = await ctx.inventory.getHost(id);
       if (host.state === 'migrating')
-        throw new ApiError(409, 'ALREADY_MIGRATING', `dedicated host ${id} is already migrating (${migrationIdFor(id)})`, 'id');
+        throw new ApiError(409, 'ALREADY_MIGRATING', `dedicated host ${id} is already migrating (${migrationWorkflowId(id)})`, 'id');
       await precheckTarget(host, body.targetServerId, (body.policy?.waitForCapacitySeconds ?? 0) > 0);
       // dhm's own schedule for this host, with every field the operator set kept as set.
       const policy = await policyForHost(ctx.inventory, id, explicitFields(body.policy, (req.body as { policy?: unknown } | undefined)?.policy));

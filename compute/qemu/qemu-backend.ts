@@ -185,13 +185,6 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     return this.faultState.linkSlowdown;
   }
 
-  async vmMoved(vm: QemuVm, agentUrl: string): Promise<void> {
-    this.tombstones.set(vm.vmId, agentUrl);
-    // A postmigrate source must never run again (`cont` would make a second copy): quit it.
-    await this.removeVm(vm);
-    this.logger.info({ vmId: vm.vmId, movedTo: agentUrl }, 'VM moved away; source QEMU quit');
-  }
-
   // ---- BackendBase -------------------------------------------------------------------------------------------
 
   /** Refuses new work once stopping: every QEMU process started must be one `close()` kills. */

@@ -1,4 +1,4 @@
-import { DISK_KINDS, type DiskKind } from '../../common/vm-spec';
+import { DISK_KINDS, localDiskGiB, localDisks, type DiskKind } from '../../common/vm-spec';
 import type { AcceptIncomingBody, CommitIncomingBody, GuestOp, GuestOpResult, IncomingView, StartMigrationInput, VmSpec, VmView } from '../agent-api';
 import type { ComputeBackend } from '../backend';
 import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
@@ -96,7 +96,12 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
   }
 
   protected override newJob(vm: SimVm, input: StartMigrationInput, failAt: number | null): SimMigration {
+    const localGiB = localDiskGiB(vm.spec);
     return new SimMigration(this, vm, input, {
+      hasLocalDisk: localDisks(vm.spec).length > 0,
+      // The data written to the local disks (at most their size): what the mirror copies; zeros are skipped.
+      diskBytes: Math.min(localGiB, vm.spec.workload?.diskUsedGiB ?? 0) * 2 ** 30,
+      diskWriteBps: localGiB > 0 ? mibToBytes(vm.spec.workload?.diskWriteMiBps ?? 0) : 0,
       memoryBytes: mibToBytes(vm.spec.memoryMiB),
       dirtyRateBps: mibToBytes(vm.spec.workload?.dirtyRateMiBps ?? 0),
       workingSetBytes: mibToBytes(vm.spec.workload?.workingSetMiB ?? 0),

@@ -26,6 +26,7 @@ describe('host agent lifecycle, auth and reachability', () => {
       capacity: SERVER_CAPACITY,
       nicBandwidthBps: 25e9, // bits/s, as configured
       incarnations: [],
+      diskKinds: ['local', 'network'],
     });
     expect((await fetch(`${a.url}/healthz`)).status).toBe(200);
   });

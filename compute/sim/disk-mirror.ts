@@ -7,7 +7,7 @@ import type { Flow } from './link';
  * The bulk copy sends the data the guest has written to its local disks (`diskBytes`; blocks never written read as
  * zeros and are skipped). Meanwhile the guest keeps writing at `writeBps`, so each pass is followed by one that
  * re-sends the blocks written during it (at most the whole data). Once a pass leaves less than `READY_BACKLOG_MS` of
- * re-sending, the mirror is READY: it switches to actively-synced (write-blocking) mode, sends its backlog and from
+ * re-sending, the mirror switches to actively-synced (write-blocking) mode, sends that backlog and is READY: from
  * then on every guest write crosses the link as it happens — a stream of `writeBps` that shares the NIC with the
  * memory stream until the switchover completes the mirror. A guest writing as fast as its share of the link never
  * gets there: after `maxPasses` the mirror gives up.
@@ -46,8 +46,10 @@ export class DiskMirrorFlow implements Flow {
   bytesCopied = 0;
   private passStartMs = 0;
   private lastRateBps = 0;
-  /** In active mode: what is still dirty from before (the rest of `pending` is the mirrored writes). */
+  /** In active mode: what is still dirty from before READY (sent first, at the stream's rate). */
   private backlog = 0;
+  /** The backlog is across and `onReady` has fired. */
+  private ready = false;
 
   constructor(
     private readonly p: DiskMirrorParams,
@@ -60,9 +62,9 @@ export class DiskMirrorFlow implements Flow {
     return this.p.diskBytes;
   }
 
-  /** In active mode the stream carries the guest's writes, at most their rate. */
+  /** Once in sync the stream carries the guest's writes, at most their rate. */
   get capBps(): number {
-    return this.phase === 'active' ? Math.min(this.p.capBps, Math.max(this.p.writeBps, this.backlog > 0 ? this.p.capBps : 0)) : this.p.capBps;
+    return this.phase === 'active' && this.ready ? Math.min(this.p.capBps, this.p.writeBps) : this.p.capBps;
   }
 
   start(tMs: number): void {
@@ -84,13 +86,19 @@ export class DiskMirrorFlow implements Flow {
 
   onSent(bytes: number): void {
     this.bytesCopied += bytes;
-    if (this.phase === 'active') this.backlog = Math.max(0, this.backlog - bytes);
+    if (this.phase === 'active' && !this.ready) this.backlog = Math.max(0, this.backlog - bytes);
     if (this.rateBps > 0) this.lastRateBps = this.rateBps;
   }
 
   onChunkDone(tMs: number): boolean {
     if (this.phase === 'done' || this.phase === 'gave-up') return false;
     if (this.phase === 'active') {
+      // The backlog is across: the mirror is in sync, and the memory may go while it mirrors the writes.
+      if (!this.ready) {
+        this.ready = true;
+        this.backlog = 0;
+        this.events.onReady(tMs);
+      }
       if (this.p.writeBps <= 0) return false; // in sync and nothing written: the stream leaves the link until completed
       this.pending = (this.p.writeBps * ACTIVE_CHUNK_MS) / 1000;
       return true;
@@ -98,11 +106,12 @@ export class DiskMirrorFlow implements Flow {
     const dirty = this.dirtiedAt(tMs);
     const rate = this.rateBps > 0 ? this.rateBps : this.lastRateBps;
     if (rate > 0 && (dirty / rate) * 1000 <= READY_BACKLOG_MS) {
+      // Actively synced from here: the last dirty blocks go at the stream's rate, then only the writes as they happen.
       this.phase = 'active';
       this.backlog = dirty;
-      this.pending = dirty + (this.p.writeBps * ACTIVE_CHUNK_MS) / 1000;
-      this.events.onReady(tMs);
-      return this.pending > 0;
+      this.pending = dirty;
+      if (dirty > 0) return true;
+      return this.onChunkDone(tMs);
     }
     if (this.pass + 1 >= this.p.maxPasses) {
       this.phase = 'gave-up';

@@ -32,7 +32,9 @@ export class SimVmMove {
     p: VmMoveParams,
     private readonly events: VmMoveEvents,
   ) {
-    this.precopy = new PrecopyFlow(p, {
+    // The move's cap S is shared: once the mirror streams the guest's writes, the memory gets what is left of it.
+    const memoryCap = p.diskBytes > 0 ? Math.max(1, p.capBps - p.diskWriteBps) : p.capBps;
+    this.precopy = new PrecopyFlow({ ...p, capBps: memoryCap }, {
       onPause: (t) => events.onPause(t),
       onCopied: (t) => {
         this.memoryOnLink = false;

@@ -27,6 +27,7 @@ describe('host agent lifecycle, auth and reachability', () => {
       nicBandwidthBps: 25e9, // bits/s, as configured
       incarnations: [],
       diskKinds: ['local', 'network'],
+      localStorage: { diskBytes: 0, wipedBytes: 0 },
     });
     expect((await fetch(`${a.url}/healthz`)).status).toBe(200);
   });

@@ -84,3 +84,35 @@ describe('the sim models local disks', () => {
     expect((await target.client.getIncarnation('dst'))?.vmIds).toEqual([]);
   });
 });
+
+describe('the sim wipes local disks (de-provisioning, deleted VMs, dropped copies)', () => {
+  const agents = new Agents();
+  afterEach(() => agents.stopAll());
+
+  test("after a move the source keeps the old copy until its incarnation is torn down, which wipes it (idempotently); a deleted VM's disks are wiped at once", async () => {
+    const { source, target } = await startPair(agents, { nicBandwidthBps: NIC_BITS, streamCapFraction: 1, timeScale: 5000 });
+    await source.client.createVm({ vmId: 'vm-w', incarnationId: 'src', spec: diskVm({ memoryMiB: 256, usedGiB: 1, writeMiBps: 1 }) });
+    await source.client.createVm({ vmId: 'vm-net', incarnationId: 'src', spec: diskVm({ memoryMiB: 256, usedGiB: 0, writeMiBps: 0, disks: [{ name: 'root', kind: 'network', volumeId: 'vol-n' }] }) });
+    expect((await source.client.info()).localStorage).toEqual({ diskBytes: 20 * GIB, wipedBytes: 0 }); // the network disk is not here
+    await source.client.startMigration({ jobId: 'job-w', vmId: 'vm-w', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false });
+    expect((await finished(source.client, 'job-w')).state).toBe('completed');
+    expect((await target.client.info()).localStorage).toEqual({ diskBytes: 20 * GIB, wipedBytes: 0 });
+    expect((await source.client.info()).localStorage).toEqual({ diskBytes: 20 * GIB, wipedBytes: 0 });
+    await source.client.teardownIncarnation('src');
+    expect((await source.client.info()).localStorage).toEqual({ diskBytes: 0, wipedBytes: 20 * GIB });
+    await source.client.teardownIncarnation('src');
+    expect((await source.client.info()).localStorage).toEqual({ diskBytes: 0, wipedBytes: 20 * GIB });
+    await target.client.deleteVm('vm-w');
+    expect((await target.client.info()).localStorage).toEqual({ diskBytes: 0, wipedBytes: 20 * GIB });
+  });
+
+  test("a cancelled move's partial copy on the target is wiped with its reservation", async () => {
+    const { source, target } = await startPair(agents, { nicBandwidthBps: NIC_BITS, streamCapFraction: 1, timeScale: 200 });
+    await source.client.createVm({ vmId: 'vm-c', incarnationId: 'src', spec: diskVm({ memoryMiB: 256, usedGiB: 10, writeMiBps: 1 }) });
+    await source.client.startMigration({ jobId: 'job-c', vmId: 'vm-c', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false });
+    expect((await target.client.info()).localStorage.diskBytes).toBe(20 * GIB);
+    expect((await source.client.cancelMigration('job-c')).state).toBe('cancelled');
+    expect((await target.client.info()).localStorage).toEqual({ diskBytes: 0, wipedBytes: 20 * GIB });
+    expect((await source.client.info()).localStorage).toEqual({ diskBytes: 20 * GIB, wipedBytes: 0 });
+  });
+});

@@ -121,6 +121,8 @@ export interface MoveFigures {
   memoryBytes: number;
   downtimeMs: number;
   totalTimeMs: number;
+  /** Bytes the local-disk mirror sent (data, re-sent blocks, mirrored writes); absent: no local disk. */
+  diskBytesCopied?: number;
 }
 
 export interface VmMigrationStatus {

@@ -1,5 +1,6 @@
 import type { Fleet } from '../../common/fleet';
 import { testFleet } from '../support/fleets';
+import { eventually } from '../support/system';
 import { startApiTestSystem, type ApiTestSystem } from './helpers';
 
 /**
@@ -10,7 +11,7 @@ import { startApiTestSystem, type ApiTestSystem } from './helpers';
 
 /** The test fleet plus a zone whose servers do not reach a storage service (local disks only). */
 function fleet(): Fleet {
-  const f = testFleet({ servers: 3 });
+  const f = testFleet({ servers: 5 });
   const std = f.resourceClasses.std!;
   return {
     ...f,
@@ -116,5 +117,36 @@ describe('volumes and disks through the API', () => {
     // The same disks on a server that serves them work.
     const ok = await create(localOnly.id, { disks: [{ name: 'root', kind: 'local', sizeGiB: 10 }] });
     expect(ok.status).toBe(201);
+  });
+});
+
+describe('a host with disks migrates; de-provisioning wipes the source before it returns to the pool', () => {
+  it('disk figures in the migration object, the volume stays attached, and the old server is wiped before it is available again', async () => {
+    const op = t.operatorToken;
+    const host = await t.host(a.token, { name: 'moving disks' });
+    const vol = (await t.call('POST', '/v1/volumes', { token: a.token, body: { name: 'follows', zone: 'zone-a', sizeGiB: 5 } })).body;
+    const local = await t.vm(a.token, host.id, { name: 'local', memoryMiB: 512, diskGiB: 10, workload: { dirtyRateMiBps: 1, workingSetMiB: 16, diskUsedGiB: 2, diskWriteMiBps: 2 } as never });
+    const net = await t.vm(a.token, host.id, { name: 'net', memoryMiB: 512, diskGiB: 1, disks: [{ name: 'data', kind: 'network', volumeId: vol.id }] });
+    const source = (await t.call('GET', `/v1/dedicated-hosts/${host.id}`, { token: op })).body.physicalServerId;
+    const sourceServer = await t.sys.inventory.getServer(source);
+    const sourceAgent = await t.sys.agents.forServer(source);
+    expect((await sourceAgent.info()).localStorage.diskBytes).toBe(10 * 2 ** 30);
+    const started = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body: {} });
+    expect(started.status).toBe(202);
+    const done = await eventually('the migration to end', async () => {
+      const g = await t.call('GET', `/v1/migrations/${started.body.id}`, { token: op });
+      return ['completed', 'rolled-back', 'failed'].includes(g.body?.phase) ? g.body : null;
+    }, 60_000, 100);
+    expect(done.phase).toBe('completed');
+    const byId = new Map<string, any>(done.vms.map((v: any) => [v.vmId, v]));
+    expect(byId.get(local.id)).toMatchObject({ state: 'moved', diskMiB: 2048, figures: { diskBytesCopied: expect.any(Number) } });
+    expect(byId.get(local.id).figures.diskBytesCopied).toBeGreaterThanOrEqual(2 * 2 ** 30);
+    expect(byId.get(net.id).figures.diskBytesCopied).toBeUndefined();
+    expect((await t.call('GET', `/v1/volumes/${vol.id}`, { token: a.token })).body.attachedVmId).toBe(net.id);
+    // The scheduler tears the old incarnation down: the copy left on the source is wiped, then the server is free.
+    const freed = await eventually('the old server back in the pool', async () => (await t.sys.inventory.getServer(source)).state === 'available', 60_000, 100);
+    expect(freed).toBe(true);
+    expect((await sourceAgent.info()).localStorage).toEqual({ diskBytes: 0, wipedBytes: 10 * 2 ** 30 });
+    expect(sourceServer.state).toBe('allocated');
   });
 });

@@ -5,6 +5,7 @@ import { AgentError } from '../agent-http';
 import { conflict } from '../errors';
 import type { PeerClient } from '../peer-client';
 import { mibToBytes } from '../units';
+import { DiskMirror, type DiskProgress } from './mirror';
 import { describeExit } from './qemu-process';
 import type { QemuVm } from './qemu-vm';
 import { QmpError, type QmpClient } from './qmp';
@@ -91,6 +92,11 @@ export class QemuMigration {
   private progressAt = Date.now();
   private committing = false;
   private qmp: QmpClient | null = null;
+  /** The local disks' mirror (none for a VM without local disks: network disks stay where they are). */
+  private mirror: DiskMirror | null = null;
+  private diskProgress: DiskProgress | null;
+  /** The mirrors were completed at pre-switchover and the migration continued. */
+  private switchedOver = false;
   private readonly abort = new AbortController();
   private released: Promise<void> = Promise.resolve();
   private settle!: () => void;
@@ -106,6 +112,14 @@ export class QemuMigration {
     this.log = host.logger.child({ jobId: input.jobId, vmId: input.vmId });
     this.memoryBytes = mibToBytes(vm.spec.memoryMiB);
     this.bytesRemaining = this.memoryBytes;
+    const local = (vm.machine.disks ?? []).filter((d) => d.kind === 'local');
+    const total = local.reduce((a, d) => a + d.sizeBytes, 0);
+    this.diskProgress = local.length ? { bytesTotal: total, bytesCopied: 0, bytesRemaining: total } : null;
+  }
+
+  /** The local disks' copy: bytes copied / remaining / total (QEMU's query-block-jobs); null without local disks. */
+  get disk(): DiskProgress | null {
+    return this.diskProgress && { ...this.diskProgress };
   }
 
   get jobId(): string {
@@ -149,6 +163,7 @@ export class QemuMigration {
   async updateBandwidth(): Promise<void> {
     if (this.state !== 'running' || !this.qmp) return;
     await this.qmp.execute('migrate-set-parameters', { 'max-bandwidth': this.maxBandwidth() }).catch(() => undefined);
+    await this.mirror?.setSpeed(this.mirrorSpeed());
   }
 
   snapshot(): MigrationJob {
@@ -184,10 +199,16 @@ export class QemuMigration {
       if (!target || this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
       const uri = target.migrationUri!;
       const tls = await this.secureChannel(qmp, uri, target);
+      if (this.diskProgress) {
+        await this.mirrorDisks(qmp, target, tls, started);
+        if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      }
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'events', state: true },
           { capability: 'auto-converge', state: this.input.autoConverge },
+          // With local disks the mirrors are completed while the guest is stopped, before the target may run it.
+          { capability: 'pause-before-switchover', state: this.mirror !== null },
         ],
       });
       await qmp.execute('migrate-set-parameters', {
@@ -239,8 +260,11 @@ export class QemuMigration {
           return this.endHere(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: q['error-desc'] ?? 'QEMU reported the migration failed' });
         case 'cancelled':
           return this.endHere(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
-        case 'device':
         case 'pre-switchover':
+          this.vm.state = 'paused-for-switchover';
+          if (this.mirror && !this.switchedOver && !this.stop) await this.switchOverDisks(qmp);
+          break;
+        case 'device':
           this.vm.state = 'paused-for-switchover';
           break;
         default:
@@ -311,6 +335,8 @@ export class QemuMigration {
     // The guest is stopped, so its serial log is final: the target's first line will be this + 1.
     const counter = this.vm.counter();
     try {
+      // The target drops its exports once the guest runs there; the source lets go of them first.
+      await this.mirror?.detach();
       await this.commitToTarget(counter);
       await this.host.vmMoved(this.vm, this.input.target.agentUrl);
     } finally {
@@ -352,9 +378,66 @@ export class QemuMigration {
     if (this.vm.state !== 'running' && !this.vm.failure) this.vm.state = 'running';
     this.finish(s.state, { code: s.code, message: s.message });
     (s.state === 'failed' ? this.log.warn : this.log.info).call(this.log, { error: this.error, round: this.round, bytesSent: this.bytesSent }, `migration ${s.state}`);
-    this.released = this.host.peer.release(this.input.target.agentUrl, this.jobId).catch((err: unknown) => {
-      this.log.debug({ err: err instanceof Error ? err.message : err }, 'could not release the target reservation');
-    });
+    // The mirror goes first (jobs cancelled, the target's exports detached); the target then drops its destination
+    // and wipes the partial disks.
+    const mirror = this.mirror;
+    this.released = (mirror ? mirror.abort().catch((err: unknown) => this.log.warn({ err: err instanceof Error ? err.message : err }, 'could not abort the disk mirror')) : Promise.resolve())
+      .then(() => this.host.peer.release(this.input.target.agentUrl, this.jobId))
+      .catch((err: unknown) => {
+        this.log.debug({ err: err instanceof Error ? err.message : err }, 'could not release the target reservation');
+      });
+  }
+
+  /**
+   * Mirrors the local disks into the target's exports until every mirror is READY, then switches them to
+   * write-blocking. Gives up like the RAM stream does: nothing copied for `stallTimeoutMs`, or past `maxMigrationMs`.
+   */
+  private async mirrorDisks(qmp: QmpClient, target: IncomingView, tls: Record<string, string>, started: number): Promise<void> {
+    const s = this.host.settings;
+    if (!target.nbdAddress) throw new StepError('TargetUnavailable', 'the target exports no disks for the mirror');
+    const mirror = new DiskMirror(qmp, this.vm.machine.disks ?? [], this.jobId, this.log);
+    this.mirror = mirror;
+    const creds = tls['tls-creds'];
+    await mirror.start({ address: target.nbdAddress, ...(creds ? { tlsCredsId: creds, tlsHostname: target.serverId } : {}) }, this.mirrorSpeed());
+    let progressAt = Date.now();
+    let copied = 0;
+    for (;;) {
+      if (this.stop || this.abort.signal.aborted) return;
+      const p = await mirror.poll();
+      this.diskProgress = p.progress;
+      if (p.state === 'failed') throw new StepError('DiskMirrorFailed', p.message);
+      if (p.state === 'ready') break;
+      const now = Date.now();
+      if (p.progress.bytesCopied > copied) {
+        copied = p.progress.bytesCopied;
+        progressAt = now;
+      } else if (now - progressAt > s.stallTimeoutMs) {
+        throw new StepError('MigrationStalled', `the disk mirror copied nothing for ${now - progressAt} ms (the network to the target is down?)`);
+      }
+      if (now - started > s.maxMigrationMs) throw new StepError('NotConverging', `the disk mirror was not ready within ${s.maxMigrationMs} ms`);
+      await sleep(s.pollIntervalMs, this.abort.signal);
+    }
+    await mirror.activeSync();
+  }
+
+  /** At pre-switchover: the mirrors are completed (the guest is stopped), then QEMU may switch over. */
+  private async switchOverDisks(qmp: QmpClient): Promise<void> {
+    try {
+      await this.mirror!.complete();
+      this.diskProgress = this.mirror!.progress;
+      this.switchedOver = true;
+      await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+    } catch (err) {
+      this.stop = { state: 'failed', code: 'DiskMirrorFailed', message: err instanceof Error ? err.message : String(err) };
+      this.log.warn({ reason: this.stop.message }, 'disk mirror failed at switchover; cancelling the migration');
+      await qmp.execute('migrate_cancel').catch(() => undefined);
+    }
+  }
+
+  /** The mirror's rate limit: the policy's bandwidth cap (over the fault's slowdown), else none (the NIC limits it). */
+  private mirrorSpeed(): number {
+    const cap = this.input.bandwidthCapBps;
+    return cap ? Math.max(1, Math.round(cap / this.host.linkSlowdown())) : 0;
   }
 
   private finish(state: MigrationState, error?: { code: string; message: string }): void {

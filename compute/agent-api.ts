@@ -129,6 +129,26 @@ export type StartMigrationInput = StartMigrationBody & { jobId: string };
 export const migrationStateSchema = z.enum(['running', 'completed', 'failed', 'cancelled']);
 export type MigrationState = z.infer<typeof migrationStateSchema>;
 
+/** The guest memory's part of a move: sent so far (pre-copy rounds included, so it can exceed the total) and still to go. */
+export const memoryProgressSchema = z.object({
+  bytesTotal: z.number().min(0),
+  bytesTransferred: z.number().min(0),
+  bytesRemaining: z.number().min(0),
+});
+export type MemoryProgress = z.infer<typeof memoryProgressSchema>;
+
+/**
+ * The local disks' part of a move (all of the VM's local disks together): the bulk copy plus blocks the guest wrote
+ * again meanwhile. `bytesCopied` counts both, so it can exceed `bytesTotal`; `bytesRemaining` is what is still dirty
+ * or not yet copied. Null when the VM has no local disk to copy (network disks move nothing).
+ */
+export const diskProgressSchema = z.object({
+  bytesTotal: z.number().min(0),
+  bytesCopied: z.number().min(0),
+  bytesRemaining: z.number().min(0),
+});
+export type DiskProgress = z.infer<typeof diskProgressSchema>;
+
 export const migrationJobSchema = z.object({
   jobId: z.string(),
   vmId: z.string(),
@@ -140,6 +160,9 @@ export const migrationJobSchema = z.object({
   /** Left in the current round plus what has been dirtied since it began (at most W): what still has to go. */
   bytesRemaining: z.number().min(0),
   memoryBytes: z.number().min(0),
+  /** Progress in two parts: the guest memory, and the local disks (null: none to copy). `bytesSent`/`bytesRemaining` above are their sums. */
+  memory: memoryProgressSchema,
+  disk: diskProgressSchema.nullable(),
   /** Bytes/s, after auto-converge throttling. */
   dirtyRateBps: z.number().min(0),
   /** Bytes/s: while running, this stream's current share of the NIC; once finished, its average over the job. */

@@ -362,6 +362,18 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     throw notFound('vmId', `no VM ${vmId} on server ${this.opts.serverId}`);
   }
 
+  /**
+   * The target runs the VM now (a job's hand-over succeeded): the tombstone first, so a caller never sees neither,
+   * then the VM is stopped here for good (a source must never resume: that would make a second copy).
+   */
+  vmMoved(vm: V, agentUrl: string): void | Promise<void> {
+    this.tombstones.set(vm.vmId, agentUrl);
+    const removed = this.removeVm(vm);
+    const logged = () => this.logger.info({ vmId: vm.vmId, movedTo: agentUrl }, 'VM moved away');
+    if (removed instanceof Promise) return removed.then(logged);
+    logged();
+  }
+
   /** A VM that is new here (created, or arrived by migration): registered, and any old tombstone for it gone. */
   protected place(vm: V): void {
     this.addVm(vm);

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { idSchema } from '../../common/fleet';
 import { migrationPolicySchema, PHASES, VM_MIGRATION_STATES } from '../../common/migration';
 import { resourcesSchema } from '../../common/resources';
-import { withVmSpecRules, workloadSchema } from '../../common/vm-spec';
+import { disksSchema, withVmSpecRules, workloadSchema } from '../../common/vm-spec';
 import { SERVER_STATES } from '../../inventory/types';
 
 /**
@@ -92,7 +92,8 @@ export const createVmBody = withVmSpecRules(
       // 128: the migration workflow's limit, so a request is valid whether or not the host is migrating.
       name: textSchema(128),
       ...resourcesSchema.shape,
-      workload: workloadSchema.optional().describe('sim backend: how the guest dirties memory'),
+      workload: workloadSchema.optional().describe('sim backend: how the guest dirties memory and writes its disks'),
+      disks: disksSchema.optional(),
     })
     .strict(),
 );

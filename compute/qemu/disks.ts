@@ -110,10 +110,3 @@ function overwriteWithZeros(file: string, size: number): void {
   }
 }
 
-/** A disk as the VM spec names it (common/vm-spec.ts `disks`). */
-export type SpecDisk = { name: string; kind: 'local'; sizeGiB: number } | { name: string; kind: 'network'; volumeId: string };
-
-/** The spec's disks in order; without `disks`, one local disk `root` of `diskGiB` (what the VM reserves). */
-export function specDisks(spec: { diskGiB: number; disks?: SpecDisk[] | undefined }): SpecDisk[] {
-  return spec.disks ?? [{ name: 'root', kind: 'local', sizeGiB: spec.diskGiB }];
-}

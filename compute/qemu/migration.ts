@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { IncomingView, MigrationJob, MigrationState, StartMigrationInput } from '../agent-api';
+import type { IncomingView, StartMigrationInput } from '../agent-api';
 import { AgentError } from '../agent-http';
-import { conflict } from '../errors';
+import { MigrationJobBase, type JobHost, type JobProgress } from '../migration-job';
 import type { PeerClient } from '../peer-client';
 import { mibToBytes } from '../units';
 import { DiskMirror, type DiskProgress } from './mirror';
@@ -45,7 +45,7 @@ export interface QemuMigrationSettings {
 }
 
 /** What a migration needs from the agent that runs it. */
-export interface QemuMigrationHost {
+export interface QemuMigrationHost extends JobHost<QemuVm> {
   readonly peer: PeerClient;
   readonly logger: Logger;
   readonly settings: QemuMigrationSettings;
@@ -54,8 +54,6 @@ export interface QemuMigrationHost {
   pollIncoming(job: StartMigrationInput, vm: QemuVm): Promise<IncomingView>;
   /** Divides the bandwidth (fault injection). */
   linkSlowdown(): number;
-  /** The target runs the VM now: quit the source process (never resume it) and leave a tombstone. */
-  vmMoved(vm: QemuVm, agentUrl: string): Promise<void>;
 }
 
 type Stop = { state: 'failed' | 'cancelled'; code: string; message: string };
@@ -70,8 +68,7 @@ const COMMIT_RETRY_MS = 50;
  * switchover; its measured downtime and total time are what the job reports. Until QEMU says `completed` the source
  * is authoritative: a cancel, a give-up, or a failure leaves the VM running here and the destination exits.
  */
-export class QemuMigration {
-  state: MigrationState = 'running';
+export class QemuMigration extends MigrationJobBase<QemuVm> {
   private round = 0;
   private bytesSent = 0;
   private bytesRemaining: number;
@@ -79,57 +76,31 @@ export class QemuMigration {
   private dirtyRateBps = 0;
   private throughputBps = 0;
   private throttlePct = 0;
-  private downtimeMs: number | undefined;
-  private totalTimeMs: number | undefined;
-  private readonly startedAt = new Date().toISOString();
-  private finishedAt: string | undefined;
-  private error: { code: string; message: string } | undefined;
   /** Set when this side decided to end the migration (cancel, give-up, fault) before sending migrate_cancel. */
   private stop: Stop | null = null;
   private migrateSent = false;
   /** The stream's progress: the last byte count seen rising, and when. */
   private progressBytes = 0;
   private progressAt = Date.now();
-  private committing = false;
   private qmp: QmpClient | null = null;
   /** The local disks' mirror (none for a VM without local disks: network disks stay where they are). */
   private mirror: DiskMirror | null = null;
   private diskProgress: DiskProgress | null;
   /** The mirrors were completed at pre-switchover and the migration continued. */
   private switchedOver = false;
-  private readonly abort = new AbortController();
-  private released: Promise<void> = Promise.resolve();
-  private settle!: () => void;
-  readonly settled = new Promise<void>((resolve) => (this.settle = resolve));
-  private readonly log: Logger;
 
   constructor(
     private readonly host: QemuMigrationHost,
-    private readonly vm: QemuVm,
-    readonly input: StartMigrationInput,
+    vm: QemuVm,
+    input: StartMigrationInput,
     private readonly failAtRound: number | null,
   ) {
-    this.log = host.logger.child({ jobId: input.jobId, vmId: input.vmId });
+    super(host, vm, input);
     this.memoryBytes = mibToBytes(vm.spec.memoryMiB);
     this.bytesRemaining = this.memoryBytes;
     const local = (vm.machine.disks ?? []).filter((d) => d.kind === 'local');
     const total = local.reduce((a, d) => a + d.sizeBytes, 0);
     this.diskProgress = local.length ? { bytesTotal: total, bytesCopied: 0, bytesRemaining: total } : null;
-  }
-
-  /** The local disks' copy: bytes copied / remaining / total (QEMU's query-block-jobs); null without local disks. */
-  get disk(): DiskProgress | null {
-    return this.diskProgress && { ...this.diskProgress };
-  }
-
-  get jobId(): string {
-    return this.input.jobId;
-  }
-
-  /** A job that never started because the target could not be reached: it exists so a retry with its id sees why. */
-  failBeforeStart(code: string, message: string): void {
-    this.vm.migrationJobId = null;
-    this.finish('failed', { code, message });
   }
 
   /** The target has accepted and is starting its destination: run the migration in the background. */
@@ -138,25 +109,11 @@ export class QemuMigration {
     void this.run(incoming);
   }
 
-  /** Before QEMU has completed: stop it, and the VM stays here. After: throws MIGRATION_COMPLETED. */
-  async cancel(): Promise<MigrationJob> {
-    if (this.committing) await this.settled;
-    if (this.state === 'completed')
-      throw conflict('MIGRATION_COMPLETED', 'jobId', `migration ${this.jobId} has completed; the VM runs on the target`);
-    if (this.state !== 'running') return this.snapshot();
+  /** Before QEMU has completed: stop it, and the VM stays here (MigrationJobBase.cancel). */
+  protected override async stopForCancel(): Promise<void> {
     this.stop ??= { state: 'cancelled', code: 'Cancelled', message: 'cancelled before switchover' };
     if (this.migrateSent) await this.qmp?.execute('migrate_cancel').catch(() => undefined);
     await this.settled;
-    if (this.snapshot().state === 'completed')
-      throw conflict('MIGRATION_COMPLETED', 'jobId', `migration ${this.jobId} completed before the cancel reached QEMU`);
-    await this.released; // so the caller sees the target's capacity free again when cancel returns
-    return this.snapshot();
-  }
-
-  /** The agent is stopping (its QEMU processes are being killed): drop everything without telling anyone. */
-  halt(): void {
-    this.abort.abort(new Error('agent stopping'));
-    if (this.state === 'running') this.finish('failed', { code: 'AgentStopped', message: 'the source agent stopped' });
   }
 
   /** Applies a changed bandwidth (fault injection) to a migration in flight. */
@@ -166,12 +123,8 @@ export class QemuMigration {
     await this.mirror?.setSpeed(this.mirrorSpeed());
   }
 
-  snapshot(): MigrationJob {
+  protected override progress(): JobProgress {
     return {
-      jobId: this.jobId,
-      vmId: this.input.vmId,
-      target: { agentUrl: this.input.target.agentUrl, incarnationId: this.input.target.incarnationId },
-      state: this.state,
       round: this.round,
       bytesSent: this.bytesSent,
       bytesRemaining: this.bytesRemaining,
@@ -179,11 +132,9 @@ export class QemuMigration {
       dirtyRateBps: this.dirtyRateBps,
       throughputBps: this.throughputBps,
       throttlePct: this.throttlePct,
-      downtimeMs: this.downtimeMs,
-      totalTimeMs: this.totalTimeMs,
-      startedAt: this.startedAt,
-      finishedAt: this.finishedAt,
-      error: this.error,
+      memory: { bytesTotal: this.memoryBytes, bytesTransferred: this.bytesSent, bytesRemaining: this.bytesRemaining },
+      // The local disks' copy: bytes copied / remaining / total as QEMU's query-block-jobs reports them.
+      disk: this.diskProgress && { ...this.diskProgress },
     };
   }
 
@@ -196,12 +147,12 @@ export class QemuMigration {
       const qmp = await this.vm.proc.qmp();
       this.qmp = qmp;
       const target = await this.waitForListener(incoming, s.listenWaitMs);
-      if (!target || this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      if (!target || this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
       const uri = target.migrationUri!;
       const tls = await this.secureChannel(qmp, uri, target);
       if (this.diskProgress) {
         await this.mirrorDisks(qmp, target, tls, started);
-        if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+        if (this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
       }
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [
@@ -218,7 +169,7 @@ export class QemuMigration {
         'cpu-throttle-increment': s.throttleStepPct,
         ...tls,
       });
-      if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      if (this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
       this.migrateSent = true; // set before the write, so a cancel from now on sends migrate_cancel after it
       this.progressAt = Date.now();
       await qmp.execute('migrate', { uri });
@@ -231,10 +182,10 @@ export class QemuMigration {
       if (this.abort.signal.aborted || this.state !== 'running') return;
       const message = err instanceof Error ? err.message : String(err);
       const exit = this.vm.proc.exitInfo;
-      if (exit) return this.endHere({ state: 'failed', code: 'VmFailed', message: `the VM's QEMU process exited (${describeExit(exit)})` });
+      if (exit) return this.endWith({ state: 'failed', code: 'VmFailed', message: `the VM's QEMU process exited (${describeExit(exit)})` });
       // QEMU is alive but we lost track: make sure no migration goes on behind our back before the VM counts as here.
       if (this.migrateSent) await this.qmp?.execute('migrate_cancel').catch(() => undefined);
-      this.endHere({ state: 'failed', code: err instanceof StepError ? err.code : 'MigrationFailed', message });
+      this.endWith({ state: 'failed', code: err instanceof StepError ? err.code : 'MigrationFailed', message });
     }
   }
 
@@ -257,9 +208,9 @@ export class QemuMigration {
           if ((q['total-time'] ?? 0) > 0) return this.completed(q);
           break;
         case 'failed':
-          return this.endHere(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: q['error-desc'] ?? 'QEMU reported the migration failed' });
+          return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: q['error-desc'] ?? 'QEMU reported the migration failed' });
         case 'cancelled':
-          return this.endHere(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
+          return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
         case 'pre-switchover':
           this.vm.state = 'paused-for-switchover';
           if (this.mirror && !this.switchedOver && !this.stop) await this.switchOverDisks(qmp);
@@ -338,9 +289,8 @@ export class QemuMigration {
       // The target drops its exports once the guest runs there; the source lets go of them first.
       await this.mirror?.detach();
       await this.commitToTarget(counter);
-      await this.host.vmMoved(this.vm, this.input.target.agentUrl);
     } finally {
-      if (this.state === 'running') this.finish('completed');
+      await this.movedToTarget();
     }
     this.log.info(
       { downtimeMs: this.downtimeMs, totalTimeMs: this.totalTimeMs, setupTimeMs: q['setup-time'], bytesSent: this.bytesSent, rounds: this.round + 1, lastCounter: counter },
@@ -370,22 +320,15 @@ export class QemuMigration {
     }
   }
 
-  /** Ends the job with the VM still running here, and has the target drop its (exited) destination. */
-  private endHere(stop: Stop | null): void {
-    if (this.state !== 'running') return;
+  /** Ends the job with the VM still running here; the target drops its (exited) destination when released. */
+  private endWith(stop: Stop | null): void {
     const s = stop ?? { state: 'cancelled', code: 'Cancelled', message: 'cancelled before the migration started' };
-    this.vm.migrationJobId = null;
-    if (this.vm.state !== 'running' && !this.vm.failure) this.vm.state = 'running';
-    this.finish(s.state, { code: s.code, message: s.message });
-    (s.state === 'failed' ? this.log.warn : this.log.info).call(this.log, { error: this.error, round: this.round, bytesSent: this.bytesSent }, `migration ${s.state}`);
-    // The mirror goes first (jobs cancelled, the target's exports detached); the target then drops its destination
-    // and wipes the partial disks.
-    const mirror = this.mirror;
-    this.released = (mirror ? mirror.abort().catch((err: unknown) => this.log.warn({ err: err instanceof Error ? err.message : err }, 'could not abort the disk mirror')) : Promise.resolve())
-      .then(() => this.host.peer.release(this.input.target.agentUrl, this.jobId))
-      .catch((err: unknown) => {
-        this.log.debug({ err: err instanceof Error ? err.message : err }, 'could not release the target reservation');
-      });
+    this.endHere(s.state, { code: s.code, message: s.message });
+  }
+
+  /** The mirror goes before the target is released: jobs cancelled, the target's exports detached from here. */
+  protected override async beforeRelease(): Promise<void> {
+    await this.mirror?.abort();
   }
 
   /**
@@ -440,15 +383,15 @@ export class QemuMigration {
     return cap ? Math.max(1, Math.round(cap / this.host.linkSlowdown())) : 0;
   }
 
-  private finish(state: MigrationState, error?: { code: string; message: string }): void {
-    this.state = state;
-    this.error = error;
-    this.finishedAt = new Date().toISOString();
+  protected override stopHere(): void {
+    if (this.vm.state !== 'running' && !this.vm.failure) this.vm.state = 'running';
+  }
+
+  protected override onFinish(): void {
     // QEMU's total-time for a completed move; otherwise wall time from the request to the end.
-    this.totalTimeMs ??= Date.parse(this.finishedAt) - Date.parse(this.startedAt);
+    this.totalTimeMs ??= Date.parse(this.finishedAt!) - Date.parse(this.startedAt);
     // Like the sim: once finished, the average over the job.
     this.throughputBps = this.totalTimeMs > 0 ? this.bytesSent / (this.totalTimeMs / 1000) : 0;
-    this.settle();
   }
 
   private maxBandwidth(): number {

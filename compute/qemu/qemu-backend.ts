@@ -7,7 +7,8 @@ import { tlsIdentity } from '../fleet-ca';
 import type { ComputeBackend } from '../backend';
 import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
 import { AgentFailure, conflict, invalidInput, notFound } from '../errors';
-import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, specDisks, wipeDiskFile, type MachineDisk, type NetworkStorage } from './disks';
+import { vmDisks } from '../../common/vm-spec';
+import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, wipeDiskFile, type MachineDisk, type NetworkStorage } from './disks';
 import { createTap, deleteTap, guestMarker, guestNic, probeGuest } from './guest-nic';
 import { QemuMigration, type QemuMigrationHost, type QemuMigrationSettings } from './migration';
 import { describeExit, QemuProcess, STORAGE_TLS_ID, type MachineSpec } from './qemu-process';
@@ -203,13 +204,6 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     return this.faultState.linkSlowdown;
   }
 
-  async vmMoved(vm: QemuVm, agentUrl: string): Promise<void> {
-    this.tombstones.set(vm.vmId, agentUrl);
-    // A postmigrate source must never run again (`cont` would make a second copy): quit it.
-    await this.removeVm(vm);
-    this.logger.info({ vmId: vm.vmId, movedTo: agentUrl }, 'VM moved away; source QEMU quit');
-  }
-
   // ---- BackendBase -------------------------------------------------------------------------------------------
 
   /** Refuses new work once stopping: every QEMU process started must be one `close()` kills. */
@@ -220,7 +214,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   /** Refused before any process starts: a spec QEMU cannot honour here (checked before capacity). */
   protected override checkSpec(spec: VmSpec): void {
     this.machineFor('check', spec, 'spec');
-    specDisks(spec).forEach((d, i) => {
+    vmDisks(spec).forEach((d, i) => {
       if (d.kind === 'network' && !this.opts.networkStorage)
         throw invalidInput(`spec.disks.${i}.kind`, `spec.disks.${i}.kind: server ${this.opts.serverId} has no storage service configured (fleet storage.nbd): it cannot serve network disks`);
     });
@@ -439,7 +433,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     const ns = this.opts.networkStorage;
     const tag = createHash('sha256').update(`${vmId}\0${jobId ?? ''}`).digest('hex').slice(0, 16);
     const fillBytes = (size: number) => Math.min(this.opts.diskFillMiB * 2 ** 20, Math.floor(size / 2 / BLOCK_BYTES) * BLOCK_BYTES);
-    const disks: MachineDisk[] = specDisks(spec).map((d, i): MachineDisk => {
+    const disks: MachineDisk[] = vmDisks(spec).map((d, i): MachineDisk => {
       if (d.kind === 'network') {
         const nbd: NetworkStorage = { host: ns!.host, port: ns!.port, ...(this.settings.transport === 'tls' && ns!.tlsHostname ? { tlsHostname: ns!.tlsHostname, tlsCredsId: STORAGE_TLS_ID } : {}) };
         return { node: diskNode(i), name: d.name, kind: 'network', volumeId: d.volumeId, nbd };

@@ -76,15 +76,6 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
     for (const vm of this.vms.values()) vm.unpark(vm.state);
   }
 
-  /** MigrationHost: the target has the VM now. */
-  vmMoved(vm: SimVm, agentUrl: string): void {
-    if (this.vms.get(vm.vmId) !== vm) return;
-    this.removeVm(vm);
-    this.tombstones.set(vm.vmId, agentUrl);
-    vm.unpark('running');
-    this.logger.info({ vmId: vm.vmId, movedTo: agentUrl }, 'VM moved away');
-  }
-
   // ---- BackendBase -------------------------------------------------------------------------------------------
 
   protected override newVm(input: { vmId: string; incarnationId: string; spec: VmSpec }): SimVm {

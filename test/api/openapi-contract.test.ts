@@ -177,7 +177,12 @@ describe('the OpenAPI document is the truth', () => {
 
   it('the document states the rules behind its constraints: bounds, patterns, lengths, enums and the VM spec rule', () => {
     const vmBody = doc.paths['/v1/dedicated-hosts/{id}/vms'].post.requestBody.content['application/json'].schema;
-    expect(vmBody['x-dhm-rules']).toEqual([expect.objectContaining({ rule: 'lessOrEqual', field: 'workload.workingSetMiB', than: 'memoryMiB' })]);
+    expect(vmBody['x-dhm-rules']).toEqual([
+      expect.objectContaining({ rule: 'lessOrEqual', field: 'workload.workingSetMiB', than: 'memoryMiB' }),
+      expect.objectContaining({ rule: 'sumLessOrEqual', items: 'disks', where: { kind: 'local' }, field: 'sizeGiB', than: 'diskGiB' }),
+      expect.objectContaining({ rule: 'unique', items: 'disks', field: 'name' }),
+    ]);
+    expect(vmBody.properties.disks).toMatchObject({ type: 'array', minItems: 1, maxItems: 8 });
     expect(vmBody.properties.name).toMatchObject({ minLength: 1, maxLength: 128, pattern: expect.any(String) });
     const limit = doc.paths['/v1/dedicated-hosts/{id}/events'].get.parameters.find((p: JsonSchema) => p.name === 'limit');
     expect(limit.schema).toMatchObject({ type: 'integer', minimum: 1, maximum: 1000 });

@@ -34,7 +34,8 @@ let tenant: TenantClient;
 
 beforeAll(async () => {
   await runQemuSetup();
-  st = await upTestbed({ name, root, servers: 3, nicBandwidthBps: 300e6, transport: 'tls', diskFillMiB: FILL_MIB }, logger);
+  // 4 servers: a dedicated host holds a whole server, and each test leaves its host where it ended.
+  st = await upTestbed({ name, root, servers: 4, nicBandwidthBps: 300e6, transport: 'tls', diskFillMiB: FILL_MIB }, logger);
   sys = await startTestSystem({ fleet: st.fleet, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])) });
   tenant = startTenantClient(st);
 }, 300_000);
@@ -67,6 +68,14 @@ async function hostWithVms(o: { vms: number; specs: VmSpec[]; resourceClass: str
   const r = await sys.createHostWithVms(o);
   created.push(...r.vmIds);
   return r;
+}
+
+/** A server no host holds (a move's target). */
+async function freeServer(not: string): Promise<TestbedServer> {
+  return eventually('a free server', async () => {
+    for (const s of st.servers) if (s.id !== not && (await sys.inventory.getServer(s.id))?.state === 'available') return s;
+    return null;
+  }, 60_000, 200);
 }
 
 /** Deletes a test's VMs wherever they are (a failed test must not leave guests loading the machine for the next). */
@@ -128,7 +137,7 @@ test('a host of 3 VMs (a local disk, a network disk, both) moves through the wor
   }
   expect(fs.readdirSync(source.server.storageDir)).toHaveLength(2); // the two local disks, nothing for the network ones
 
-  const target = st.servers.find((s) => s.id !== source.server.id)!;
+  const target = await freeServer(source.server.id);
   const handle = await sys.startMigration(hostId, { maxParallel: 2, maxDowntimeMs: 300 }, target.id);
   // The agent's job reports the local disk's copy apart from memory while it runs.
   const { jobId } = await jobOf(hostId, vmIds[0]!);
@@ -229,7 +238,7 @@ test('the target\'s storage fills up mid-mirror (a 12 MiB quota for a disk with 
   const { hostId, vmIds } = await hostWithVms({ vms: 1, specs: [spec], resourceClass: 'tb-small', zone: 'tb-zone' });
   const [vmId] = vmIds as [string];
   const source = await sourceOf(hostId);
-  const target = st.servers.find((s) => s.id !== source.server.id)!;
+  const target = await freeServer(source.server.id);
   // The quota: a 12 MiB tmpfs over the target's storage folder, in its agent's mount namespace (its QEMUs see it).
   await inAgentMounts(target, ['mount', '-t', 'tmpfs', '-o', 'size=12m,mode=0700', 'dhm-quota', target.storageDir]);
   const targetView = `/proc/${target.agentPid}/root${target.storageDir}`;

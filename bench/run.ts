@@ -7,7 +7,7 @@
  *   4. Fleet throughput: N hosts × 10 VMs at once, until errors; where it saturates and why.
  *   5. The qemu backend (real VMs), when its tools are set up.
  *
- * Prints a table, writes bench/results/<date>.json (quick: <date>.quick.json; --out PATH overrides) and the chart
+ * Prints a table, writes bench/results/<start time>.json (quick: <start time>.quick.json; never over an earlier run's; --out PATH overrides) and the chart
  * next to it (.svg). Exits non-zero only if a figure could not be computed — never because a target was missed.
  * Options: --quick, --out PATH, --only 1,2,3 (a subset, for development), --seed N,
  * --temporal dev|cluster|both (default: DHM_TEMPORAL_MODE or dev): benchmarks 2 and 4 on the dev server, on the
@@ -87,7 +87,17 @@ function machine() {
   };
 }
 
-const today = () => new Date().toISOString().slice(0, 10);
+/**
+ * Where a run's artefacts go by default: its start time to the second (`2026-12-01T21-18-05`), and never a file an
+ * earlier run wrote — every figure the docs quote names a file that stays.
+ */
+function resultPath(startedAt: Date, quick: boolean): string {
+  const stamp = startedAt.toISOString().slice(0, 19).replace(/:/g, '-');
+  for (let n = 1; ; n++) {
+    const file = path.join(__dirname, 'results', `${stamp}${n > 1 ? `-${n}` : ''}${quick ? '.quick' : ''}.json`);
+    if (!fs.existsSync(file)) return file;
+  }
+}
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
@@ -190,7 +200,7 @@ async function main(): Promise<number> {
     byTemporal,
     problems,
   };
-  const out = path.resolve(args.out ?? path.join(__dirname, 'results', `${today()}${args.quick ? '.quick' : ''}.json`));
+  const out = path.resolve(args.out ?? resultPath(startedAt, args.quick));
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   const chartPath = out.replace(/\.json$/, '') + '.svg';

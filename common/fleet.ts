@@ -22,6 +22,8 @@ export const fleetServerSchema = z
     /** Port of its host agent on loopback; 0 lets the OS choose (tests). */
     agentPort: z.number().int().min(0).max(65535).default(0),
     backend: z.enum(['sim', 'qemu']).default('sim'),
+    /** The server reaches its zone's storage service, so its VMs may have network disks (volumes). Omitted: true. */
+    networkStorage: z.boolean().optional(),
   })
   .strict();
 export type FleetServer = z.infer<typeof fleetServerSchema>;

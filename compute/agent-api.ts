@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { resourcesSchema } from '../common/resources';
-import { vmSpecSchema } from '../common/vm-spec';
+import { DISK_KINDS, vmSpecSchema } from '../common/vm-spec';
 
 /**
  * The host agent's HTTP contract: every route's path, request body and reply, as zod schemas shared by the
@@ -55,6 +55,8 @@ export const agentInfoSchema = z.object({
   /** Bits per second, as in the fleet file. */
   nicBandwidthBps: z.number().positive(),
   incarnations: z.array(z.string()),
+  /** The disk kinds its VMs may have (a qemu agent serves `network` only when the fleet has a storage service). */
+  diskKinds: z.array(z.enum(DISK_KINDS)),
 });
 export type AgentInfo = z.infer<typeof agentInfoSchema>;
 

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Resources } from '../common/resources';
+import { vmDisks, type DiskKind } from '../common/vm-spec';
 import type { AcceptIncomingBody, BackendKind, Faults, FaultsState, IncarnationView, IncomingView, MigrationJob, StartMigrationInput, VmSpec, VmView } from './agent-api';
 import { AgentError } from './agent-http';
 import { AgentFailure, conflict, notFound } from './errors';
@@ -110,6 +111,10 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   protected checkSource(_input: AcceptIncomingBody): void {}
   /** Refuses a spec this backend cannot run, before any room is taken (400s name the `spec.` field). */
   protected checkSpec(_spec: VmSpec): void {}
+  /** The disk kinds this backend serves: every backend serves local disks. */
+  diskKinds(): readonly DiskKind[] {
+    return ['local'];
+  }
   /** Refuses a VM that is here but cannot serve (e.g. it has failed). */
   protected checkUsable(_vm: V): void {}
   /** Registers a VM in the map; a backend may watch it from here on. */
@@ -178,6 +183,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     }
     for (const r of this.incoming.values())
       if (r.vmId === input.vmId && r.state === 'reserved') throw conflict('VM_EXISTS', 'vmId', `VM ${input.vmId} is migrating to this server`);
+    this.checkDisks(input.spec);
     this.checkSpec(input.spec);
     this.ledger.allocate(input.incarnationId, { kind: 'vm', vmId: input.vmId }, resourcesOf(input.spec), 'spec', 'incarnationId');
     const vm = this.newVm(input);
@@ -312,6 +318,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
       return this.incomingView(existing);
     }
     if (this.vms.has(input.vmId)) throw conflict('VM_EXISTS', 'vmId', `VM ${input.vmId} already runs on this server`);
+    this.checkDisks(input.spec);
     this.checkSpec(input.spec);
     // A reservation for the same VM left by an earlier attempt whose source never released it gives way.
     for (const r of [...this.incoming.values()]) if (r.vmId === input.vmId && r.state === 'reserved') void this.dropIncoming(r);
@@ -351,6 +358,15 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
 
   protected assertOpen(): void {
     if (this.closed) throw new AgentFailure(503, 'AGENT_UNAVAILABLE', 'the agent is stopping');
+  }
+
+  /** A disk of a kind this backend does not serve: 409 DISK_KIND_UNSUPPORTED naming the disk, before any room is taken. */
+  protected checkDisks(spec: VmSpec): void {
+    const served = this.diskKinds();
+    vmDisks(spec).forEach((d, i) => {
+      if (!served.includes(d.kind))
+        throw conflict('DISK_KIND_UNSUPPORTED', `spec.disks.${i}.kind`, `server ${this.opts.serverId} (${this.kind}) does not serve ${d.kind} disks (it serves: ${served.join(', ')})`);
+    });
   }
 
   /** The VM if it is here; else `VM_MOVED` (it migrated away) or a 404. */

@@ -1,4 +1,5 @@
 import type { Resources } from '../common/resources';
+import type { DiskKind } from '../common/vm-spec';
 import type {
   AcceptIncomingBody,
   BackendKind,
@@ -22,6 +23,9 @@ import type {
  */
 export interface ComputeBackend {
   readonly kind: BackendKind;
+
+  /** The disk kinds this backend runs VMs with; a spec with another kind is refused before anything starts. */
+  diskKinds(): readonly DiskKind[];
 
   /** Incarnation ids live on this server. */
   incarnationIds(): string[];

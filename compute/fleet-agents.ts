@@ -55,6 +55,7 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
           ...(opts.metrics ? { metrics: opts.metrics } : {}),
           secret: opts.secret,
           backend: server.backend,
+          ...(server.networkStorage !== undefined ? { networkStorage: server.networkStorage } : {}),
           qemu: server.backend === 'qemu' ? qemuOptionsFor(server, opts.qemu, fleet) : undefined,
           logger: opts.logger,
         }),

@@ -7,7 +7,7 @@ import { tlsIdentity } from '../fleet-ca';
 import type { ComputeBackend } from '../backend';
 import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
 import { AgentFailure, conflict, invalidInput, notFound } from '../errors';
-import { vmDisks } from '../../common/vm-spec';
+import { vmDisks, type DiskKind } from '../../common/vm-spec';
 import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, wipeDiskFile, type MachineDisk, type NetworkStorage } from './disks';
 import { createTap, deleteTap, guestMarker, guestNic, probeGuest } from './guest-nic';
 import { QemuMigration, type QemuMigrationHost, type QemuMigrationSettings } from './migration';
@@ -214,10 +214,11 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   /** Refused before any process starts: a spec QEMU cannot honour here (checked before capacity). */
   protected override checkSpec(spec: VmSpec): void {
     this.machineFor('check', spec, 'spec');
-    vmDisks(spec).forEach((d, i) => {
-      if (d.kind === 'network' && !this.opts.networkStorage)
-        throw invalidInput(`spec.disks.${i}.kind`, `spec.disks.${i}.kind: server ${this.opts.serverId} has no storage service configured (fleet storage.nbd): it cannot serve network disks`);
-    });
+  }
+
+  /** Network disks only with the fleet's storage service configured (fleet file `storage.nbd`). */
+  override diskKinds(): readonly DiskKind[] {
+    return this.opts.networkStorage ? ['local', 'network'] : ['local'];
   }
 
   /** Only the fleet's servers may send a VM here (the TLS layer checks the same identity again). */

@@ -1,3 +1,4 @@
+import { DISK_KINDS, type DiskKind } from '../../common/vm-spec';
 import type { AcceptIncomingBody, CommitIncomingBody, GuestOp, GuestOpResult, IncomingView, StartMigrationInput, VmSpec, VmView } from '../agent-api';
 import type { ComputeBackend } from '../backend';
 import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
@@ -15,6 +16,8 @@ export interface SimBackendOptions extends BackendBaseOptions {
   /** Per-stream cap S as a fraction of B. */
   streamCapFraction: number;
   timeScale: number;
+  /** The server reaches its zone's storage service: network disks are served (else local ones only). */
+  networkStorage?: boolean;
 }
 
 /**
@@ -74,6 +77,11 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
     for (const job of this.jobs.values()) job.halt();
     // Parked guest operations wake, see `closed` and get a 503 instead of hanging the server's shutdown.
     for (const vm of this.vms.values()) vm.unpark(vm.state);
+  }
+
+  /** Local disks (a size, copied when the VM moves) and, with the storage service, network ones (a name, nothing to copy). */
+  override diskKinds(): readonly DiskKind[] {
+    return this.opts.networkStorage === false ? ['local'] : DISK_KINDS;
   }
 
   // ---- BackendBase -------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ interface Operation {
 let t: ApiTestSystem;
 let doc: JsonSchema;
 let ajv: Ajv2020;
-const known = { hosts: [] as string[], vms: [] as string[], servers: [] as string[], tenants: [] as string[], tenantTokens: [] as string[] };
+const known = { hosts: [] as string[], vms: [] as string[], servers: [] as string[], tenants: [] as string[], tenantTokens: [] as string[], volumes: [] as string[] };
 
 beforeAll(async () => {
   t = await startApiTestSystem({ timeScale: 2000 });
@@ -32,6 +32,10 @@ beforeAll(async () => {
     const tenant = await t.tenant(`contract tenant ${i}`);
     known.tenants.push(tenant.id);
     known.tenantTokens.push(tenant.token);
+    for (let v = 0; v < 2; v++) {
+      const vol = await t.call('POST', '/v1/volumes', { token: tenant.token, body: { name: `contract volume ${i}.${v}`, zone: 'zone-a', sizeGiB: 10 } });
+      known.volumes.push(vol.body.id);
+    }
     for (let h = 0; h < 2; h++) {
       const host = await t.host(tenant.token, { name: `contract host ${i}.${h}` });
       known.hosts.push(host.id);
@@ -64,7 +68,7 @@ function deref(node: unknown): unknown {
 function knownFor(schema: JsonSchema): string[] {
   if (typeof schema.pattern !== 'string') return [];
   if (schema.pattern.includes('migration')) return known.hosts.map((h) => `migration-${h}`);
-  return [...known.hosts, ...known.vms, ...known.servers, ...known.tenants, 'zone-a', 'zone-b', 'std', 'small'];
+  return [...known.hosts, ...known.vms, ...known.servers, ...known.tenants, ...known.volumes, 'zone-a', 'zone-b', 'std', 'small'];
 }
 
 type Principal = 'operator' | 'tenant' | 'none';

@@ -43,7 +43,13 @@ beforeAll(async () => {
 afterAll(async () => {
   await tenant?.stop().catch(() => undefined);
   const keep = process.env.DHM_TEST_KEEP_LOGS;
-  if (keep && st) for (const s of st.servers) fs.copyFileSync(path.join(s.dir, 'agent.log'), path.join(keep, `${name}-${s.id}.log`));
+  if (keep && st)
+    for (const s of st.servers) {
+      fs.copyFileSync(path.join(s.dir, 'agent.log'), path.join(keep, `${name}-${s.id}.log`));
+      const agentDir = path.join(s.dir, 'agent');
+      for (const d of fs.existsSync(agentDir) ? fs.readdirSync(agentDir) : [])
+        if (fs.existsSync(path.join(agentDir, d, 'serial.log'))) fs.copyFileSync(path.join(agentDir, d, 'serial.log'), path.join(keep, `${name}-${s.id}-${d}.serial`));
+    }
   await sys?.stop();
   if (st) await downTestbed(st.dir, logger);
   const left = st ? await leftoversOf(st) : [];
@@ -64,10 +70,32 @@ async function sourceOf(hostId: string) {
   return { host, incarnation, server: server(incarnation.serverId) };
 }
 
-async function hostWithVms(o: { vms: number; specs: VmSpec[]; resourceClass: string; zone: string }) {
-  const r = await sys.createHostWithVms(o);
-  created.push(...r.vmIds);
-  return r;
+/**
+ * A tenant's dedicated host with its VMs, as `createHostWithVms` makes one, and first the tenant's network volumes
+ * (in the inventory, and in the storage service) that its VMs' specs name.
+ */
+async function hostWithVms(o: { vms: number; specs: VmSpec[]; resourceClass: string; zone: string; volumes?: string[] }) {
+  const tag = randomBytes(3).toString('hex');
+  const t = await sys.inventory.createTenant(`tenant-${tag}`);
+  const actor = `tenant:${t.id}`;
+  for (const volumeId of o.volumes ?? []) {
+    await sys.inventory.createVolume({ tenantId: t.id, name: volumeId, zone: o.zone, sizeGiB: 1, volumeId, actor });
+    await createVolume(st.storage, logger, volumeId, 1024);
+  }
+  const host = await sys.inventory.createDedicatedHost({ tenantId: t.id, name: `host-${tag}`, zone: o.zone, resourceClass: o.resourceClass, actor });
+  const incarnation = (await sys.inventory.getIncarnation(host.currentIncarnationId))!;
+  const agent = sys.agent(incarnation.serverId);
+  await agent.prepareIncarnation({ incarnationId: incarnation.id, capacity: incarnation.capacity });
+  const vmIds: string[] = [];
+  for (let i = 0; i < o.vms; i++) {
+    const vmId = `vm-${tag}-${i}`;
+    const spec = o.specs[i % o.specs.length]!;
+    await sys.inventory.placeVm({ vmId, tenantId: t.id, dedicatedHostId: host.id, name: `vm-${i}`, spec, actor });
+    await agent.createVm({ vmId, incarnationId: incarnation.id, spec });
+    vmIds.push(vmId);
+    created.push(vmId);
+  }
+  return { hostId: host.id, vmIds };
 }
 
 /** A server no host holds (a move's target). */
@@ -110,7 +138,9 @@ const fillRange = (sizeBytes: number): [number, number] => [sizeBytes - FILL_MIB
 
 async function jobOf(hostId: string, vmId: string): Promise<{ jobId: string; sourceId: string }> {
   return eventually(`the move of ${vmId} to start`, async () => {
-    const vm = (await sys.status(hostId)).vms.find((v) => v.vmId === vmId);
+    const status = await sys.status(hostId);
+    if (['completed', 'rolled-back', 'failed'].includes(status.phase)) throw new Error(`the migration ended (${status.phase}: ${status.lastError ?? ''})`);
+    const vm = status.vms.find((v) => v.vmId === vmId);
     return vm?.jobId ? { jobId: vm.jobId, sourceId: (await sourceOf(hostId)).server.id } : null;
   }, 60_000, 50);
 }
@@ -118,14 +148,12 @@ async function jobOf(hostId: string, vmId: string): Promise<{ jobId: string; sou
 test('a host of 3 VMs (a local disk, a network disk, both) moves through the workflow: every block on the target in order with correct checksums, the fill copied, 0 failed requests, source disks gone after de-provisioning, no export or block job left', async () => {
   const vol1 = `vol-${randomBytes(3).toString('hex')}`;
   const vol2 = `vol-${randomBytes(3).toString('hex')}`;
-  await createVolume(st.storage, logger, vol1, 64);
-  await createVolume(st.storage, logger, vol2, 64);
   const specs: VmSpec[] = [
     { vcpus: 1, memoryMiB: 128, diskGiB: 1, disks: [{ name: 'data', kind: 'local', sizeGiB: 1 }] },
     { vcpus: 1, memoryMiB: 128, diskGiB: 1, disks: [{ name: 'vol', kind: 'network', volumeId: vol1 }] },
     { vcpus: 1, memoryMiB: 128, diskGiB: 1, disks: [{ name: 'root', kind: 'local', sizeGiB: 1 }, { name: 'vol', kind: 'network', volumeId: vol2 }] },
   ];
-  const { hostId, vmIds } = await hostWithVms({ vms: 3, specs, resourceClass: 'tb-small', zone: 'tb-zone' });
+  const { hostId, vmIds } = await hostWithVms({ vms: 3, specs, resourceClass: 'tb-small', zone: 'tb-zone', volumes: [vol1, vol2] });
   const source = await sourceOf(hostId);
   for (const vmId of vmIds) await tenant.add(vmId, guestNic(vmId).ip);
   await answering(vmIds);

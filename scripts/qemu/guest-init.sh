@@ -78,8 +78,8 @@ if [ "$disks" -gt 0 ]; then
       for d in $devs; do dd if=/tmp/blk of="$d" bs=4096 seek="$k" count=1 conv=notrunc,fsync 2>/dev/null; done
       [ $((k % 8)) -eq 7 ] && echo "dhm-disk $k"
       k=$((k + 1))
-      # ~5 forks a block: paced, so the writer leaves the TCG vCPU to the counter service.
-      sleep 0.25
+      # ~6 forks a block: paced to one a second, so the writer leaves the TCG vCPU to the counter service.
+      sleep 1
     done
     echo "dhm-disk-full $k"
   ) &

@@ -9,7 +9,7 @@
 # dhm.marker=M writes M many times into guest memory (tests look for it on the wire).
 # With dhm.disks=N (a VM with N virtio disks) it loads virtio_blk and keeps writing numbered, checksummed 4 KiB
 # blocks to every disk: block k at offset k*4096 is "DHMBLK <k, 10 digits> <sha256 of "k\n" + payload>\n" and 4013
-# random bytes, fsync'd; after every 8th block it prints "dhm-disk k" (k and every block before it are on disk).
+# random bytes, fsync'd; after each block it prints "dhm-disk k" (k and every block before it are on disk).
 # dhm.disk_blocks=L stops it at block L (the rest of the disk is the host's); compute/qemu/disk-blocks.ts verifies.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /dirty
 /bin/busybox --install -s /bin
@@ -76,7 +76,7 @@ if [ "$disks" -gt 0 ]; then
       printf 'DHMBLK %010d %s\n' "$k" "$1" >/tmp/blk
       cat /tmp/blk.p >>/tmp/blk
       for d in $devs; do dd if=/tmp/blk of="$d" bs=4096 seek="$k" count=1 conv=notrunc,fsync 2>/dev/null; done
-      [ $((k % 8)) -eq 7 ] && echo "dhm-disk $k"
+      echo "dhm-disk $k"
       k=$((k + 1))
       # ~6 forks a block: paced to one a second, so the writer leaves the TCG vCPU to the counter service.
       sleep 1

@@ -166,6 +166,7 @@ test('a host of 3 VMs (a local disk, a network disk, both) moves through the wor
   expect(fs.readdirSync(source.server.storageDir)).toHaveLength(2); // the two local disks, nothing for the network ones
 
   const target = await freeServer(source.server.id);
+  for (const b of before.values()) b.blocks = lastDiskBlock(b.q.serialPath)!;
   const handle = await sys.startMigration(hostId, { maxParallel: 1, maxDowntimeMs: 300 }, target.id);
   // The agent's job reports the local disk's copy apart from memory while it runs.
   const { jobId } = await jobOf(hostId, vmIds[0]!);

@@ -279,13 +279,19 @@ export const migrationCancelReply = migrationAcceptedReply.extend({ cancelReques
 
 const moveProgress = z.object({
   round: z.number(),
-  bytesSent: z.number(),
-  bytesRemaining: z.number(),
+  bytesSent: z.number().describe('memory and disk together'),
+  bytesRemaining: z.number().describe('memory and disk together'),
   memoryBytes: z.number(),
   throughputBps: z.number(),
   dirtyRateBps: z.number(),
   throttlePct: z.number(),
   state: z.string(),
+  memory: z.object({ bytesTotal: z.number(), bytesTransferred: z.number(), bytesRemaining: z.number() }).optional().describe('the guest memory part'),
+  disk: z
+    .object({ bytesTotal: z.number(), bytesCopied: z.number(), bytesRemaining: z.number() })
+    .nullable()
+    .optional()
+    .describe('the local disks part (data, re-sent blocks, mirrored writes); null: no local disk'),
 });
 const serverIncarnation = z.object({ serverId: z.string(), incarnationId: z.string() });
 
@@ -306,10 +312,11 @@ export const migrationView = z.object({
       vmId: z.string(),
       name: z.string(),
       spec: resourcesView,
+      diskMiB: z.number().optional().describe('local-disk data its move copies ahead of the memory'),
       state: z.enum(VM_MIGRATION_STATES),
       attempts: z.number().int(),
       figures: z
-        .object({ rounds: z.number(), bytesSent: z.number(), memoryBytes: z.number(), downtimeMs: z.number(), totalTimeMs: z.number() })
+        .object({ rounds: z.number(), bytesSent: z.number(), memoryBytes: z.number(), downtimeMs: z.number(), totalTimeMs: z.number(), diskBytesCopied: z.number().optional() })
         .optional(),
       error: z.string().optional(),
       progress: moveProgress.optional().describe('live, from the move activity’s last heartbeat'),

@@ -11,7 +11,12 @@ export const workloadSchema = z
   .object({
     dirtyRateMiBps: z.number().min(0).max(1e6),
     workingSetMiB: z.number().min(0).max(MAX_MEMORY_MIB),
-    /** MiB/s the guest writes to its local disks (spread over them by size): blocks a disk mirror sends again. */
+    /**
+     * GiB of its local disks the guest has written (at most their size): what a move's disk mirror copies; blocks
+     * never written read as zeros and are skipped (QEMU's mirror with zero detection). Omitted: 0, a fresh disk.
+     */
+    diskUsedGiB: z.number().min(0).max(MAX_DISK_GIB).optional(),
+    /** MiB/s the guest writes to its local disks: blocks the mirror sends again, then mirrors as they are written. */
     diskWriteMiBps: z.number().min(0).max(1e6).optional(),
   })
   .strict();
@@ -57,6 +62,7 @@ export const disksSchema = z
  */
 export const VM_SPEC_RULES = [
   { rule: 'lessOrEqual', field: 'workload.workingSetMiB', than: 'memoryMiB', message: 'cannot exceed memoryMiB (the working set is part of the guest memory)' },
+  { rule: 'lessOrEqual', field: 'workload.diskUsedGiB', than: 'diskGiB', message: 'cannot exceed diskGiB (the data is on the local disks)' },
   {
     rule: 'sumLessOrEqual',
     items: 'disks',
@@ -80,6 +86,8 @@ export interface RuledSpec {
 export function checkVmSpecRules(spec: RuledSpec, ctx: z.RefinementCtx): void {
   if (spec.workload && spec.workload.workingSetMiB > spec.memoryMiB)
     ctx.addIssue({ code: 'custom', path: ['workload', 'workingSetMiB'], message: `cannot exceed memoryMiB (${spec.memoryMiB})` });
+  if (spec.workload?.diskUsedGiB !== undefined && spec.workload.diskUsedGiB > spec.diskGiB)
+    ctx.addIssue({ code: 'custom', path: ['workload', 'diskUsedGiB'], message: `cannot exceed diskGiB (${spec.diskGiB})` });
   if (!spec.disks) return;
   const local = spec.disks.reduce((sum, d) => sum + (d.kind === 'local' ? d.sizeGiB : 0), 0);
   if (local > spec.diskGiB)

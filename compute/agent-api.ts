@@ -57,6 +57,8 @@ export const agentInfoSchema = z.object({
   incarnations: z.array(z.string()),
   /** The disk kinds its VMs may have (a qemu agent serves `network` only when the fleet has a storage service). */
   diskKinds: z.array(z.enum(DISK_KINDS)),
+  /** The tenants' local disks on this server: bytes held now, and bytes destroyed since the agent started. */
+  localStorage: z.object({ diskBytes: z.number().min(0), wipedBytes: z.number().min(0) }),
 });
 export type AgentInfo = z.infer<typeof agentInfoSchema>;
 

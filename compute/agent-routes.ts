@@ -67,6 +67,7 @@ export function registerAgentRoutes(app: FastifyInstance, backend: ComputeBacken
       nicBandwidthBps: me.nicBandwidthBps,
       incarnations: backend.incarnationIds(),
       diskKinds: [...backend.diskKinds()],
+      localStorage: backend.localStorage(),
     }),
   );
 

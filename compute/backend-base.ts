@@ -111,6 +111,14 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   protected checkSource(_input: AcceptIncomingBody): void {}
   /** Refuses a spec this backend cannot run, before any room is taken (400s name the `spec.` field). */
   protected checkSpec(_spec: VmSpec): void {}
+  /** Destroys the local disks of a VM deleted here (a backend that keeps disks overrides it). */
+  protected wipeVmDisks(_vm: V): void | Promise<void> {}
+  /** Destroys every local disk of a torn-down incarnation still on this server (moved-away VMs' copies included). */
+  protected wipeIncarnationDisks(_incarnationId: string): void | Promise<void> {}
+  /** The tenants' local disks here, in bytes (none unless a backend keeps disks). */
+  localStorage(): { diskBytes: number; wipedBytes: number } {
+    return { diskBytes: 0, wipedBytes: 0 };
+  }
   /** The disk kinds this backend serves: every backend serves local disks. */
   diskKinds(): readonly DiskKind[] {
     return ['local'];
@@ -169,6 +177,8 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
       await this.stopMigrationOf(vm);
       if (this.vms.get(h.vmId) === vm) await this.removeVm(vm);
     }
+    // Last: with no VM running from them, the tenant's data is destroyed before the server can go back to the pool.
+    await this.wipeIncarnationDisks(incarnationId);
     this.logger.info({ incarnationId, released: holders.length }, 'incarnation torn down');
   }
 
@@ -215,6 +225,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
         continue; // the VM is still here (cancelled) or has moved (the switchover won the race)
       }
       await this.removeVm(vm);
+      await this.wipeVmDisks(vm);
       this.logger.info({ vmId }, 'VM deleted');
       return;
     }

@@ -5,8 +5,9 @@ import { MigrationJobBase, type JobHost, type JobProgress } from '../migration-j
 import type { PeerClient } from '../peer-client';
 import type { SimClock } from './clock';
 import type { SimLink } from './link';
-import { PrecopyFlow, SWITCHOVER_COST_MS, type PrecopyParams } from './precopy';
+import { SWITCHOVER_COST_MS } from './precopy';
 import type { SimVm } from './sim-vm';
+import { SimVmMove, type VmMoveParams } from './vm-move';
 
 /** What a migration needs from the agent that runs it. */
 export interface MigrationHost extends JobHost<SimVm> {
@@ -21,27 +22,31 @@ const COMMIT_ATTEMPTS = 3;
 const COMMIT_RETRY_MS = 25;
 
 /**
- * One outbound live migration, driven by the source agent: its pre-copy stream runs on the server's link; at
- * switchover the VM pauses, the rest is copied, and after the switchover cost the VM's state (spec and counter) is
+ * One outbound live migration, driven by the source agent: its move (vm-move.ts: the local-disk mirror, then the
+ * memory pre-copy alongside it) runs on the server's link; at switchover the VM pauses, the rest is copied, and after the switchover cost the VM's state (spec and counter) is
  * committed to the target agent over HTTP. Until that commit succeeds the source's copy is authoritative, so a
  * cancel, a give-up or a target that does not answer all leave the VM running here. The job's lifecycle is
  * MigrationJobBase's (compute/migration-job.ts).
  */
 export class SimMigration extends MigrationJobBase<SimVm> {
-  private readonly flow: PrecopyFlow;
+  private readonly move: SimVmMove;
+  /** The VM has local disks (its progress then has a disk part, even with no data to copy). */
+  private readonly hasLocalDisk: boolean;
   /** Simulated time the job ended at (its end figures are taken there). */
   private endMs: number | undefined;
-  private bytesRemainingAtEnd = 0;
+  private memoryRemainingAtEnd = 0;
+  private diskRemainingAtEnd = 0;
   private onLink = false;
 
   constructor(
     private readonly host: MigrationHost,
     vm: SimVm,
     input: StartMigrationInput,
-    params: PrecopyParams,
+    params: VmMoveParams & { hasLocalDisk: boolean },
   ) {
     super(host, vm, input);
-    this.flow = new PrecopyFlow(params, {
+    this.hasLocalDisk = params.hasLocalDisk;
+    this.move = new SimVmMove(host.link, params, {
       onPause: (t) => this.onPause(t),
       onCopied: (t) => this.onCopied(t),
       onGiveUp: (t, code, message) => {
@@ -52,11 +57,12 @@ export class SimMigration extends MigrationJobBase<SimVm> {
   }
 
   override failBeforeStart(code: string, message: string): void {
-    this.bytesRemainingAtEnd = this.flow.memoryBytes;
+    this.memoryRemainingAtEnd = this.move.precopy.memoryBytes;
+    this.diskRemainingAtEnd = this.move.mirror?.diskBytes ?? 0;
     super.failBeforeStart(code, message);
   }
 
-  /** Puts the stream on the link (the target has accepted); the VM starts being copied now. */
+  /** Puts the move on the link (the target has accepted); the VM starts being copied now. */
   begin(failAtRoundZero: boolean): void {
     this.vm.state = 'migrating';
     if (failAtRoundZero) {
@@ -64,8 +70,8 @@ export class SimMigration extends MigrationJobBase<SimVm> {
       return;
     }
     this.onLink = true;
-    this.flow.start(this.host.link.add(this.flow));
-    this.log.info({ target: this.input.target, memoryBytes: this.flow.memoryBytes }, 'migration started');
+    this.move.start();
+    this.log.info({ target: this.input.target, memoryBytes: this.move.precopy.memoryBytes, diskBytes: this.move.mirror?.diskBytes ?? 0 }, 'migration started');
   }
 
   protected override beforeCancel(): void {
@@ -79,26 +85,29 @@ export class SimMigration extends MigrationJobBase<SimVm> {
   protected override progress(): JobProgress {
     const running = this.state === 'running';
     const now = running ? this.host.link.sync() : 0;
-    const f = this.flow;
+    const f = this.move.precopy;
+    const m = this.move.mirror;
     const elapsedS = (this.totalTimeMs ?? 0) / 1000;
-    const remaining = running ? f.remainingAt(now) : this.bytesRemainingAtEnd;
+    const memoryRemaining = running ? f.remainingAt(now) : this.memoryRemainingAtEnd;
+    const diskRemaining = running ? (m?.remainingAt(now) ?? 0) : this.diskRemainingAtEnd;
+    const sent = this.move.bytesSent;
     return {
       round: f.round,
-      bytesSent: f.bytesSent,
-      bytesRemaining: remaining,
+      bytesSent: sent,
+      bytesRemaining: memoryRemaining + diskRemaining,
       memoryBytes: f.memoryBytes,
       dirtyRateBps: f.dirtyRateBps(),
-      // While running: this stream's current share of the NIC. After: its average over the whole job.
-      throughputBps: running ? f.rateBps : elapsedS > 0 ? f.bytesSent / elapsedS : 0,
+      // While running: this move's current share of the NIC. After: its average over the whole job.
+      throughputBps: running ? this.move.rateBps() : elapsedS > 0 ? sent / elapsedS : 0,
       throttlePct: f.throttlePct,
-      memory: { bytesTotal: f.memoryBytes, bytesTransferred: f.bytesSent, bytesRemaining: remaining },
-      disk: null,
+      memory: { bytesTotal: f.memoryBytes, bytesTransferred: f.bytesSent, bytesRemaining: memoryRemaining },
+      disk: this.hasLocalDisk ? { bytesTotal: m?.diskBytes ?? 0, bytesCopied: m?.bytesCopied ?? 0, bytesRemaining: diskRemaining } : null,
     };
   }
 
   private onPause(t: number): void {
     this.vm.pause();
-    this.log.debug({ round: this.flow.round, simMs: t }, 'paused for switchover');
+    this.log.debug({ round: this.move.precopy.round, simMs: t }, 'paused for switchover');
   }
 
   private onCopied(copiedAt: number): void {
@@ -148,11 +157,11 @@ export class SimMigration extends MigrationJobBase<SimVm> {
 
   private completed(copiedAt: number, endMs: number): void {
     if (this.state !== 'running') return; // halted while the commit was in flight
-    this.downtimeMs = copiedAt - this.flow.pausedAtMs! + SWITCHOVER_COST_MS;
+    this.downtimeMs = copiedAt - this.move.precopy.pausedAtMs! + SWITCHOVER_COST_MS;
     this.endMs = endMs;
     void this.movedToTarget(); // synchronous here: the job is completed when this returns
     this.log.info(
-      { downtimeMs: this.downtimeMs, totalTimeMs: this.totalTimeMs, bytesSent: this.flow.bytesSent, rounds: this.flow.round + 1 },
+      { downtimeMs: this.downtimeMs, totalTimeMs: this.totalTimeMs, bytesSent: this.move.bytesSent, diskBytesCopied: this.move.mirror?.bytesCopied ?? 0, rounds: this.move.precopy.round + 1 },
       'migration completed',
     );
   }
@@ -161,18 +170,19 @@ export class SimMigration extends MigrationJobBase<SimVm> {
   private endAt(t: number, state: 'failed' | 'cancelled', error: { code: string; message: string }): void {
     if (this.state !== 'running') return;
     this.endMs = t;
-    this.bytesRemainingAtEnd = this.flow.remainingAt(t);
+    this.memoryRemainingAtEnd = this.move.precopy.remainingAt(t);
+    this.diskRemainingAtEnd = this.move.mirror?.remainingAt(t) ?? 0;
     this.endHere(state, error);
   }
 
   protected override stopHere(): void {
     this.abort.abort(new Error('stopped'));
-    if (this.onLink) this.host.link.remove(this.flow);
+    if (this.onLink) this.move.stop();
     this.onLink = false;
     this.vm.unpark('running');
   }
 
   protected override onFinish(): void {
-    if (this.endMs !== undefined && this.flow.startMs !== undefined) this.totalTimeMs = Math.max(0, this.endMs - this.flow.startMs);
+    if (this.endMs !== undefined && this.move.startMs !== undefined) this.totalTimeMs = Math.max(0, this.endMs - this.move.startMs);
   }
 }

@@ -183,6 +183,7 @@ describe('the OpenAPI document is the truth', () => {
     const vmBody = doc.paths['/v1/dedicated-hosts/{id}/vms'].post.requestBody.content['application/json'].schema;
     expect(vmBody['x-dhm-rules']).toEqual([
       expect.objectContaining({ rule: 'lessOrEqual', field: 'workload.workingSetMiB', than: 'memoryMiB' }),
+      expect.objectContaining({ rule: 'lessOrEqual', field: 'workload.diskUsedGiB', than: 'diskGiB' }),
       expect.objectContaining({ rule: 'sumLessOrEqual', items: 'disks', where: { kind: 'local' }, field: 'sizeGiB', than: 'diskGiB' }),
       expect.objectContaining({ rule: 'unique', items: 'disks', field: 'name' }),
     ]);

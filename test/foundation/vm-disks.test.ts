@@ -66,11 +66,12 @@ describe('disks in the VM spec', () => {
   it('the rules are published with the schema (the API document carries them as x-dhm-rules)', () => {
     const json = JSON.stringify(vmSpecSchema.toJSONSchema());
     for (const r of VM_SPEC_RULES) expect(json).toContain(JSON.stringify(r.rule));
-    expect(VM_SPEC_RULES.map((r) => r.rule)).toEqual(['lessOrEqual', 'sumLessOrEqual', 'unique']);
+    expect(VM_SPEC_RULES.map((r) => r.rule)).toEqual(['lessOrEqual', 'lessOrEqual', 'sumLessOrEqual', 'unique']);
   });
 
-  it('the sim workload may state a disk write rate', () => {
-    expect(issues({ ...base, workload: { dirtyRateMiBps: 1, workingSetMiB: 10, diskWriteMiBps: 5 } })).toEqual([]);
+  it('the sim workload may state the data on the disks (at most diskGiB) and a disk write rate', () => {
+    expect(issues({ ...base, workload: { dirtyRateMiBps: 1, workingSetMiB: 10, diskUsedGiB: 40, diskWriteMiBps: 5 } })).toEqual([]);
+    expect(issues({ ...base, workload: { dirtyRateMiBps: 1, workingSetMiB: 10, diskUsedGiB: 41 } }).map((i) => i.path)).toEqual(['workload.diskUsedGiB']);
     expect(issues({ ...base, workload: { dirtyRateMiBps: 1, workingSetMiB: 10, diskWriteMiBps: -1 } }).map((i) => i.path)).toEqual(['workload.diskWriteMiBps']);
   });
 });

@@ -227,6 +227,11 @@ export const incomingViewSchema = z.object({
   migrationUri: z.string().optional(),
   /** The destination requires TLS (the fleet's CA, the source server's certificate). */
   tls: z.boolean().optional(),
+  /**
+   * Where the target exports the VM's empty local disks, writable, for the source's mirror (qemu): `tcp:<host>:<port>`
+   * or `unix:<path>`, export names `disk<i>` in the spec's disk order; with TLS when `tls` is.
+   */
+  nbdAddress: z.string().optional(),
 });
 export type IncomingView = z.infer<typeof incomingViewSchema>;
 

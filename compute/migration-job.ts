@@ -74,6 +74,10 @@ export abstract class MigrationJobBase<V extends JobVm> {
   protected onFinish(_state: MigrationState): void {}
   /** Runs before a cancel looks at the state (the sim brings its clock up to date). */
   protected beforeCancel(): void {}
+  /** Runs after the job ended here and before the target is released (qemu: the disk mirror is torn down first). */
+  protected beforeRelease(): Promise<void> {
+    return Promise.resolve();
+  }
 
   // ---- the lifecycle -----------------------------------------------------------------------------------------
 
@@ -127,7 +131,10 @@ export abstract class MigrationJobBase<V extends JobVm> {
     this.finish(state, error);
     const { round, bytesSent } = this.progress();
     (state === 'failed' ? this.log.warn : this.log.info).call(this.log, { error, round, bytesSent }, `migration ${state}`);
-    this.released = this.jobHost.peer.release(this.input.target.agentUrl, this.jobId).catch((err: unknown) => {
+    this.released = this.beforeRelease()
+      .catch((err: unknown) => this.log.warn({ err: err instanceof Error ? err.message : err }, 'clean-up before releasing the target failed'))
+      .then(() => this.jobHost.peer.release(this.input.target.agentUrl, this.jobId))
+      .catch((err: unknown) => {
       // The target may be down; its reservation for this VM gives way to the next attempt (see acceptIncoming).
       this.log.debug({ err: err instanceof Error ? err.message : err }, 'could not release the target reservation');
     });

@@ -5,6 +5,7 @@ import { AgentError } from '../agent-http';
 import { MigrationJobBase, type JobHost, type JobProgress } from '../migration-job';
 import type { PeerClient } from '../peer-client';
 import { mibToBytes } from '../units';
+import { DiskMirror, type DiskProgress } from './mirror';
 import { describeExit } from './qemu-process';
 import type { QemuVm } from './qemu-vm';
 import { QmpError, type QmpClient } from './qmp';
@@ -82,6 +83,11 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   private progressBytes = 0;
   private progressAt = Date.now();
   private qmp: QmpClient | null = null;
+  /** The local disks' mirror (none for a VM without local disks: network disks stay where they are). */
+  private mirror: DiskMirror | null = null;
+  private diskProgress: DiskProgress | null;
+  /** The mirrors were completed at pre-switchover and the migration continued. */
+  private switchedOver = false;
 
   constructor(
     private readonly host: QemuMigrationHost,
@@ -92,6 +98,9 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     super(host, vm, input);
     this.memoryBytes = mibToBytes(vm.spec.memoryMiB);
     this.bytesRemaining = this.memoryBytes;
+    const local = (vm.machine.disks ?? []).filter((d) => d.kind === 'local');
+    const total = local.reduce((a, d) => a + d.sizeBytes, 0);
+    this.diskProgress = local.length ? { bytesTotal: total, bytesCopied: 0, bytesRemaining: total } : null;
   }
 
   /** The target has accepted and is starting its destination: run the migration in the background. */
@@ -111,6 +120,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   async updateBandwidth(): Promise<void> {
     if (this.state !== 'running' || !this.qmp) return;
     await this.qmp.execute('migrate-set-parameters', { 'max-bandwidth': this.maxBandwidth() }).catch(() => undefined);
+    await this.mirror?.setSpeed(this.mirrorSpeed());
   }
 
   protected override progress(): JobProgress {
@@ -123,7 +133,8 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       throughputBps: this.throughputBps,
       throttlePct: this.throttlePct,
       memory: { bytesTotal: this.memoryBytes, bytesTransferred: this.bytesSent, bytesRemaining: this.bytesRemaining },
-      disk: null,
+      // The local disks' copy: bytes copied / remaining / total as QEMU's query-block-jobs reports them.
+      disk: this.diskProgress && { ...this.diskProgress },
     };
   }
 
@@ -139,10 +150,16 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       if (!target || this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
       const uri = target.migrationUri!;
       const tls = await this.secureChannel(qmp, uri, target);
+      if (this.diskProgress) {
+        await this.mirrorDisks(qmp, target, tls, started);
+        if (this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
+      }
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'events', state: true },
           { capability: 'auto-converge', state: this.input.autoConverge },
+          // With local disks the mirrors are completed while the guest is stopped, before the target may run it.
+          { capability: 'pause-before-switchover', state: this.mirror !== null },
         ],
       });
       await qmp.execute('migrate-set-parameters', {
@@ -194,8 +211,11 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
           return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: q['error-desc'] ?? 'QEMU reported the migration failed' });
         case 'cancelled':
           return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
-        case 'device':
         case 'pre-switchover':
+          this.vm.state = 'paused-for-switchover';
+          if (this.mirror && !this.switchedOver && !this.stop) await this.switchOverDisks(qmp);
+          break;
+        case 'device':
           this.vm.state = 'paused-for-switchover';
           break;
         default:
@@ -266,6 +286,8 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     // The guest is stopped, so its serial log is final: the target's first line will be this + 1.
     const counter = this.vm.counter();
     try {
+      // The target drops its exports once the guest runs there; the source lets go of them first.
+      await this.mirror?.detach();
       await this.commitToTarget(counter);
     } finally {
       await this.movedToTarget();
@@ -302,6 +324,63 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   private endWith(stop: Stop | null): void {
     const s = stop ?? { state: 'cancelled', code: 'Cancelled', message: 'cancelled before the migration started' };
     this.endHere(s.state, { code: s.code, message: s.message });
+  }
+
+  /** The mirror goes before the target is released: jobs cancelled, the target's exports detached from here. */
+  protected override async beforeRelease(): Promise<void> {
+    await this.mirror?.abort();
+  }
+
+  /**
+   * Mirrors the local disks into the target's exports until every mirror is READY, then switches them to
+   * write-blocking. Gives up like the RAM stream does: nothing copied for `stallTimeoutMs`, or past `maxMigrationMs`.
+   */
+  private async mirrorDisks(qmp: QmpClient, target: IncomingView, tls: Record<string, string>, started: number): Promise<void> {
+    const s = this.host.settings;
+    if (!target.nbdAddress) throw new StepError('TargetUnavailable', 'the target exports no disks for the mirror');
+    const mirror = new DiskMirror(qmp, this.vm.machine.disks ?? [], this.jobId, this.log);
+    this.mirror = mirror;
+    const creds = tls['tls-creds'];
+    await mirror.start({ address: target.nbdAddress, ...(creds ? { tlsCredsId: creds, tlsHostname: target.serverId } : {}) }, this.mirrorSpeed());
+    let progressAt = Date.now();
+    let copied = 0;
+    for (;;) {
+      if (this.stop || this.abort.signal.aborted) return;
+      const p = await mirror.poll();
+      this.diskProgress = p.progress;
+      if (p.state === 'failed') throw new StepError('DiskMirrorFailed', p.message);
+      if (p.state === 'ready') break;
+      const now = Date.now();
+      if (p.progress.bytesCopied > copied) {
+        copied = p.progress.bytesCopied;
+        progressAt = now;
+      } else if (now - progressAt > s.stallTimeoutMs) {
+        throw new StepError('MigrationStalled', `the disk mirror copied nothing for ${now - progressAt} ms (the network to the target is down?)`);
+      }
+      if (now - started > s.maxMigrationMs) throw new StepError('NotConverging', `the disk mirror was not ready within ${s.maxMigrationMs} ms`);
+      await sleep(s.pollIntervalMs, this.abort.signal);
+    }
+    await mirror.activeSync();
+  }
+
+  /** At pre-switchover: the mirrors are completed (the guest is stopped), then QEMU may switch over. */
+  private async switchOverDisks(qmp: QmpClient): Promise<void> {
+    try {
+      await this.mirror!.complete();
+      this.diskProgress = this.mirror!.progress;
+      this.switchedOver = true;
+      await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+    } catch (err) {
+      this.stop = { state: 'failed', code: 'DiskMirrorFailed', message: err instanceof Error ? err.message : String(err) };
+      this.log.warn({ reason: this.stop.message }, 'disk mirror failed at switchover; cancelling the migration');
+      await qmp.execute('migrate_cancel').catch(() => undefined);
+    }
+  }
+
+  /** The mirror's rate limit: the policy's bandwidth cap (over the fault's slowdown), else none (the NIC limits it). */
+  private mirrorSpeed(): number {
+    const cap = this.input.bandwidthCapBps;
+    return cap ? Math.max(1, Math.round(cap / this.host.linkSlowdown())) : 0;
   }
 
   protected override stopHere(): void {

@@ -18,7 +18,11 @@ export interface LiveMigrateInput {
   autoConverge: boolean;
 }
 
-export type MoveProgress = Pick<MigrationJob, 'jobId' | 'vmId' | 'state' | 'round' | 'bytesSent' | 'bytesRemaining' | 'memoryBytes' | 'dirtyRateBps' | 'throughputBps' | 'throttlePct'>;
+/** What a move heartbeats: the job's figures, with its progress in two parts (memory, and local disks or null). */
+export type MoveProgress = Pick<
+  MigrationJob,
+  'jobId' | 'vmId' | 'state' | 'round' | 'bytesSent' | 'bytesRemaining' | 'memoryBytes' | 'dirtyRateBps' | 'throughputBps' | 'throttlePct' | 'memory' | 'disk'
+>;
 
 const POLL_MS = 100;
 
@@ -29,12 +33,14 @@ function figuresOf(job: MigrationJob): MoveFigures {
     memoryBytes: job.memoryBytes,
     downtimeMs: job.downtimeMs ?? 0,
     totalTimeMs: job.totalTimeMs ?? 0,
+    // Absent from an agent that predates disks, and for a VM with no local disk.
+    ...(job.disk ? { diskBytesCopied: job.disk.bytesCopied } : {}),
   };
 }
 
 function progressOf(job: MigrationJob): MoveProgress {
-  const { jobId, vmId, state, round, bytesSent, bytesRemaining, memoryBytes, dirtyRateBps, throughputBps, throttlePct } = job;
-  return { jobId, vmId, state, round, bytesSent, bytesRemaining, memoryBytes, dirtyRateBps, throughputBps, throttlePct };
+  const { jobId, vmId, state, round, bytesSent, bytesRemaining, memoryBytes, dirtyRateBps, throughputBps, throttlePct, memory, disk } = job;
+  return { jobId, vmId, state, round, bytesSent, bytesRemaining, memoryBytes, dirtyRateBps, throughputBps, throttlePct, memory, disk };
 }
 
 /**

@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/activity';
 import { FailureTypes, type VmSpec } from '../common/migration';
 import type { Resources } from '../common/resources';
-import type { Inventory } from '../inventory';
+import { vmSpecOf, type Inventory } from '../inventory';
 import type { AgentDirectory } from '../compute/agent-directory';
 import { orNull } from './failures';
 
@@ -27,7 +27,7 @@ export function createMigrationSteps({ inventory, agents }: { inventory: Invento
       return {
         capacity: snap.host.capacity,
         source: { serverId: snap.source.server.id, incarnationId: snap.source.incarnation.id },
-        vms: snap.vms.map((v) => ({ vmId: v.id, name: v.name, spec: { ...v.spec, ...(isWorkload(v.workload) ? { workload: v.workload } : {}) } })),
+        vms: snap.vms.map((v) => ({ vmId: v.id, name: v.name, spec: vmSpecOf(v) })),
       };
     },
 
@@ -120,8 +120,4 @@ export function createMigrationSteps({ inventory, agents }: { inventory: Invento
       await inventory.deleteVm({ vmId: vm.id, migrationId: input.migrationId, actor: actorOf(input.migrationId) });
     },
   };
-}
-
-function isWorkload(w: unknown): w is { dirtyRateMiBps: number; workingSetMiB: number } {
-  return !!w && typeof w === 'object' && typeof (w as { dirtyRateMiBps?: unknown }).dirtyRateMiBps === 'number' && typeof (w as { workingSetMiB?: unknown }).workingSetMiB === 'number';
 }

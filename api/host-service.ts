@@ -2,6 +2,7 @@ import type { Client } from '@temporalio/client';
 import type { AgentDirectory } from '../compute/agent-directory';
 import type { Logger } from '../common/logger';
 import type { VmSpec } from '../common/migration';
+import { vmDisks } from '../common/vm-spec';
 import { InventoryError } from '../inventory/errors';
 import type { HostView, Inventory, Vm } from '../inventory';
 import { deleteVmDuringMigration, MigrationRequestRefused, provisionVmDuringMigration } from '../client/migrations';
@@ -38,6 +39,26 @@ export function createHostService(deps: HostServiceDeps) {
     }
   };
 
+  /**
+   * A disk kind the host's servers cannot serve is refused before anything starts (the inventory untouched). Every
+   * backend serves local disks, so only a spec naming another kind asks the agents: the current server's, and while
+   * the host migrates the clone's too (the VM may land there). The message names no server (tenants read it).
+   */
+  const checkDiskKinds = async (host: HostView, spec: VmSpec) => {
+    const disks = vmDisks(spec);
+    if (disks.every((d) => d.kind === 'local')) return;
+    const servers = [host.serverId];
+    if (host.state === 'migrating')
+      for (const inc of await inventory.listIncarnations({ dedicatedHostId: host.id })) if (inc.role === 'clone' && inc.state === 'live') servers.push(inc.serverId);
+    for (const serverId of servers) {
+      const { diskKinds } = await (await agents.forServer(serverId)).info();
+      disks.forEach((d, i) => {
+        if (!diskKinds.includes(d.kind))
+          throw new InventoryError('CONFLICT', `disks.${i}.kind: this dedicated host's servers do not serve ${d.kind} disks (they serve: ${diskKinds.join(', ')})`, `disks.${i}.kind`);
+      });
+    }
+  };
+
   const isRace = (err: unknown) =>
     (err instanceof InventoryError && err.code === 'WRONG_STATE') || (err instanceof MigrationRequestRefused && err.type === 'MIGRATION_ENDED');
 
@@ -54,6 +75,7 @@ export function createHostService(deps: HostServiceDeps) {
     async createVm(input: { dedicatedHostId: string; tenantId?: string; vmId: string; name: string; spec: VmSpec; requestId: string; actor: string }): Promise<{ vm: Vm; via: Via }> {
       for (let attempt = 0; ; attempt++) {
         const host = await inventory.getHost(input.dedicatedHostId, { tenantId: input.tenantId });
+        await checkDiskKinds(host, input.spec);
         try {
           if (host.state === 'migrating') {
             await provisionVmDuringMigration(deps.temporal.client, host.id, {

@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { idSchema } from '../common/fleet';
 import { migrationPolicySchema, PHASES, VM_MIGRATION_STATES } from '../common/migration';
-import { resourcesSchema } from '../common/resources';
-import { withVmSpecRules, workloadSchema } from '../common/vm-spec';
+import { MAX_DISK_GIB, resourcesSchema } from '../common/resources';
+import { diskSchema, disksSchema, volumeIdSchema, withVmSpecRules, workloadSchema } from '../common/vm-spec';
 import { SERVER_STATES } from '../inventory/types';
 
 /**
@@ -52,6 +52,7 @@ const queryBool = z.enum(['true', 'false']);
 
 export const hostParams = z.object({ id: idSchema.describe('dedicated host id') }).strict();
 export const vmParams = z.object({ id: idSchema.describe('VM id') }).strict();
+export const volumeParams = z.object({ id: volumeIdSchema.describe('volume id') }).strict();
 export const migrationParams = z.object({ id: migrationIdSchema.describe('migration id = workflow id') }).strict();
 
 export const serversQuery = z
@@ -92,10 +93,20 @@ export const createVmBody = withVmSpecRules(
       // 128: the migration workflow's limit, so a request is valid whether or not the host is migrating.
       name: textSchema(128),
       ...resourcesSchema.shape,
-      workload: workloadSchema.optional().describe('sim backend: how the guest dirties memory'),
+      workload: workloadSchema.optional().describe('sim backend: how the guest dirties memory and writes its disks'),
+      disks: disksSchema.optional(),
     })
     .strict(),
 );
+
+export const createVolumeBody = z
+  .object({
+    name: textSchema(200),
+    zone: idSchema.describe("the zone whose storage service holds it; VMs of the zone's hosts may attach it"),
+    sizeGiB: z.number().int().min(1).max(MAX_DISK_GIB),
+    tenantId: idSchema.optional().describe('operators only (required for them): the tenant the volume is for'),
+  })
+  .strict();
 
 export const startMigrationBody = z
   .object({
@@ -179,6 +190,7 @@ export const tenantVmView = z.object({
   memoryMiB: intAmount,
   diskGiB: intAmount,
   workload: z.record(z.string(), z.unknown()),
+  disks: z.array(diskSchema).describe('as normalized: a VM created without disks has one local disk "root" of diskGiB'),
   state: z.enum(['running', 'deleted', 'lost']).describe('lost: no server runs it any more (its server failed while the host migrated); delete it to close the record'),
   createdAt: isoTime,
   deletedAt: isoTime.nullable(),
@@ -210,6 +222,21 @@ export const operatorEventView = tenantEventView.extend({ physical: z.record(z.s
 const eventViewDoc = tenantEventView.extend({
   physical: z.record(z.string(), z.unknown()).optional().describe('operators only'),
 });
+
+/** A network volume as its tenant sees it. */
+export const tenantVolumeView = z.object({
+  id: z.string(),
+  name: z.string(),
+  zone: z.string(),
+  sizeGiB: intAmount,
+  state: z.enum(['available', 'deleted']),
+  attachedVmId: z.string().nullable().describe('the running VM that has it as a network disk, or null'),
+  createdAt: isoTime,
+  deletedAt: isoTime.nullable(),
+});
+export const operatorVolumeView = tenantVolumeView.extend({ tenantId: z.string() });
+const volumeViewDoc = tenantVolumeView.extend({ tenantId: z.string().optional().describe('operators only') });
+export const volumeListReply = z.object({ volumes: z.array(volumeViewDoc) });
 
 export const hostListReply = z.object({ hosts: z.array(hostViewDoc) });
 export const vmListReply = z.object({ vms: z.array(vmViewDoc) });
@@ -252,13 +279,19 @@ export const migrationCancelReply = migrationAcceptedReply.extend({ cancelReques
 
 const moveProgress = z.object({
   round: z.number(),
-  bytesSent: z.number(),
-  bytesRemaining: z.number(),
+  bytesSent: z.number().describe('memory and disk together'),
+  bytesRemaining: z.number().describe('memory and disk together'),
   memoryBytes: z.number(),
   throughputBps: z.number(),
   dirtyRateBps: z.number(),
   throttlePct: z.number(),
   state: z.string(),
+  memory: z.object({ bytesTotal: z.number(), bytesTransferred: z.number(), bytesRemaining: z.number() }).optional().describe('the guest memory part'),
+  disk: z
+    .object({ bytesTotal: z.number(), bytesCopied: z.number(), bytesRemaining: z.number() })
+    .nullable()
+    .optional()
+    .describe('the local disks part (data, re-sent blocks, mirrored writes); null: no local disk'),
 });
 const serverIncarnation = z.object({ serverId: z.string(), incarnationId: z.string() });
 
@@ -279,10 +312,11 @@ export const migrationView = z.object({
       vmId: z.string(),
       name: z.string(),
       spec: resourcesView,
+      diskMiB: z.number().optional().describe('local-disk data its move copies ahead of the memory'),
       state: z.enum(VM_MIGRATION_STATES),
       attempts: z.number().int(),
       figures: z
-        .object({ rounds: z.number(), bytesSent: z.number(), memoryBytes: z.number(), downtimeMs: z.number(), totalTimeMs: z.number() })
+        .object({ rounds: z.number(), bytesSent: z.number(), memoryBytes: z.number(), downtimeMs: z.number(), totalTimeMs: z.number(), diskBytesCopied: z.number().optional() })
         .optional(),
       error: z.string().optional(),
       progress: moveProgress.optional().describe('live, from the move activity’s last heartbeat'),
@@ -498,6 +532,46 @@ export const routes = {
     params: hostParams,
     query: eventsQuery,
     replies: { 200: eventListReply, 404: E },
+  },
+  createVolume: {
+    method: 'POST',
+    url: '/v1/volumes',
+    summary: "Create a network volume in a zone's storage service; a VM attaches it as a network disk (nothing is copied when its host moves)",
+    access: 'any',
+    body: createVolumeBody,
+    idempotent: true,
+    rules: [
+      { rule: 'requiredFor', principal: 'operator', field: 'tenantId', message: 'required when an operator creates a volume' },
+      { rule: 'forbiddenFor', principal: 'tenant', field: 'tenantId', message: 'a tenant creates volumes for itself; only operators name the tenant' },
+    ],
+    replies: { 201: volumeViewDoc, 404: E, 409: E },
+  },
+  listVolumes: {
+    method: 'GET',
+    url: '/v1/volumes',
+    summary: 'Network volumes that are not deleted (tenants: their own)',
+    access: 'any',
+    query: emptyQuery,
+    replies: { 200: volumeListReply },
+  },
+  getVolume: {
+    method: 'GET',
+    url: '/v1/volumes/:id',
+    summary: 'One network volume',
+    access: 'any',
+    params: volumeParams,
+    query: emptyQuery,
+    replies: { 200: volumeViewDoc, 404: E },
+  },
+  deleteVolume: {
+    method: 'DELETE',
+    url: '/v1/volumes/:id',
+    summary: 'Delete a network volume no VM has attached',
+    access: 'any',
+    params: volumeParams,
+    query: emptyQuery,
+    idempotent: true,
+    replies: { 200: volumeViewDoc, 404: E, 409: E },
   },
   startMigration: {
     method: 'POST',

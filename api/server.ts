@@ -16,6 +16,7 @@ import { allowedMethods, register } from './routes/register';
 import { registerServerRoutes } from './routes/servers';
 import { registerTenantRoutes } from './routes/tenants';
 import { registerVmRoutes } from './routes/vms';
+import { registerVolumeRoutes } from './routes/volumes';
 import { routes } from './schemas';
 
 export type { ApiDeps, ApiLimits } from './context';
@@ -217,6 +218,7 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
   registerServerRoutes(app, ctx);
   registerHostRoutes(app, ctx);
   registerVmRoutes(app, ctx);
+  registerVolumeRoutes(app, ctx);
   registerMigrationRoutes(app, ctx);
   return app;
 }

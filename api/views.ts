@@ -1,8 +1,18 @@
 import { migrationWorkflowId, PHASES, type MigrationPhase } from '../common/migration';
 import { MigrationPhaseKey } from '../common/search-attributes';
-import { tenantEventView as tenantEventOf, type AuditEvent, type HostView, type Vm } from '../inventory';
+import { vmDisks } from '../common/vm-spec';
+import { tenantEventView as tenantEventOf, type AuditEvent, type HostView, type Vm, type Volume } from '../inventory';
 import type { ApiContext, Principal } from './context';
-import { operatorEventView, operatorHostView, operatorVmView, tenantEventView, tenantHostView, tenantVmView } from './schemas';
+import {
+  operatorEventView,
+  operatorHostView,
+  operatorVmView,
+  operatorVolumeView,
+  tenantEventView,
+  tenantHostView,
+  tenantVmView,
+  tenantVolumeView,
+} from './schemas';
 
 /**
  * Inventory objects as the API shows them. Tenants get the logical view only (claim 3): no physical server, no
@@ -66,6 +76,7 @@ export async function vmViews(ctx: ApiContext, p: Principal, vms: Vm[]) {
       dedicatedHostId: v.dedicatedHostId,
       ...v.spec,
       workload: v.workload,
+      disks: vmDisks({ diskGiB: v.spec.diskGiB, disks: v.disks }),
       state: v.state,
       createdAt: v.createdAt,
       deletedAt: v.deletedAt,
@@ -87,4 +98,10 @@ export function eventViews(p: Principal, events: AuditEvent[]) {
     const t = tenantEventOf(e);
     return t ? [tenantEventView.parse(t)] : [];
   });
+}
+
+/** A volume: operators also see whose it is. */
+export function volumeView(p: Principal, v: Volume) {
+  const base = { id: v.id, name: v.name, zone: v.zone, sizeGiB: v.sizeGiB, state: v.state, attachedVmId: v.attachedVmId, createdAt: v.createdAt, deletedAt: v.deletedAt };
+  return p.kind === 'tenant' ? tenantVolumeView.parse(base) : operatorVolumeView.parse({ ...base, tenantId: v.tenantId });
 }

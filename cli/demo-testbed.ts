@@ -8,6 +8,10 @@ import { guestNic } from '../compute/qemu/guest-nic';
 import { runQemuSetup } from '../compute/qemu/tools';
 import { startTenantClient, type TenantClient, type VmTraffic } from '../compute/testbed/tenant-client';
 import { downTestbed, testbedLeftovers, upTestbed, type TestbedState } from '../compute/testbed/testbed';
+import { createAgentClient } from '../compute/agent-client';
+import { vmDisks, type Disk } from '../common/vm-spec';
+import { verifyVmDisks } from '../compute/testbed/disk-check';
+import { createVolume } from '../compute/testbed/storage';
 import { startEmbeddedSystem, type EmbeddedSystem } from '../stack/embedded-system';
 import { createApiClient, type ApiClient } from './api-client';
 import { fetchMigration, summaryTable, watchMigration } from './watch';
@@ -61,7 +65,8 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
   let code = 1;
   try {
     say('Making the testbed: 3 servers, each its own network namespace (NIC shaped to 300 Mbit/s), a qemu agent inside...');
-    st = await upTestbed({ name: `demo${randomBytes(2).toString('hex')}`, root: path.join(env.DHM_HOME, 'testbed'), servers: 3, nicBandwidthBps: 300e6, transport: 'tls', attached: true }, logger);
+    // Every local disk gets 32 MiB of data at its end (the mirror's bulk); the guests write numbered blocks to every disk.
+    st = await upTestbed({ name: `demo${randomBytes(2).toString('hex')}`, root: path.join(env.DHM_HOME, 'testbed'), servers: 3, nicBandwidthBps: 300e6, transport: 'tls', attached: true, diskFillMiB: 32 }, logger);
     say(`Starting the control plane in the root namespace (agents at ${st.servers.map((s) => s.agentUrl).join(', ')})...`);
     system = await startEmbeddedSystem({ env, logger, fleet: st.fleet, stateDir, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])) });
     tenant = startTenantClient(st);
@@ -71,8 +76,17 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
     const t = await operator.request<{ id: string; token: string }>('POST', '/v1/tenants', { name: `demo-tenant-${Date.now()}` }, key());
     const tenantApi: ApiClient = createApiClient(system.credentials.apiUrl, t.token);
     const host = await tenantApi.request<{ id: string }>('POST', '/v1/dedicated-hosts', { name: 'demo-host', zone: 'tb-zone', resourceClass: 'tb-small' }, key());
+    // `app` also has a network volume (the testbed's storage service): both ends attach it, only memory moves.
+    const volume = await tenantApi.request<{ id: string }>('POST', '/v1/volumes', { name: 'app-data', zone: 'tb-zone', sizeGiB: 1 }, key());
+    await createVolume(st.storage, logger, volume.id, 1024);
+    const bodies = VMS.map((b) => (b.name === 'app' ? { ...b, disks: [{ name: 'root', kind: 'local', sizeGiB: b.diskGiB }, { name: 'data', kind: 'network', volumeId: volume.id }] } : b));
+    const disksOf = new Map<string, Disk[]>();
     const vms: VmView[] = [];
-    for (const body of VMS) vms.push(await tenantApi.request<VmView>('POST', `/v1/dedicated-hosts/${host.id}/vms`, body, key()));
+    for (const body of bodies) {
+      const v = await tenantApi.request<VmView>('POST', `/v1/dedicated-hosts/${host.id}/vms`, body, key());
+      vms.push(v);
+      disksOf.set(v.id, vmDisks(body as Parameters<typeof vmDisks>[0]));
+    }
     for (const v of vms) await tenant.add(v.id, guestNic(v.id).ip);
     say(`Waiting for the ${vms.length} guests to boot and answer the tenant on their NICs...`);
     await waitUntil('the guests to answer', () => answering(tenant!, vms.map((v) => v.id)), 180_000);
@@ -101,6 +115,17 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
       midway.provisionedAnswered = await waitUntil('the new VM to answer the tenant', () => answering(tenant!, [midway.provisioned!]), 120_000);
     }
     const after = await operator.request<{ physicalServerId?: string }>('GET', `/v1/dedicated-hosts/${host.id}`);
+    // Per moved VM: the local disks' bytes the source's mirror copied (its agent job), and every disk checked on the
+    // target for every block the guest reported written, in order, with correct checksums.
+    const sourceAgent = createAgentClient({ baseUrl: st.servers.find((x) => x.id === before.physicalServerId)!.agentUrl });
+    const targetServer = st.servers.find((x) => x.id === after.physicalServerId);
+    const disks = new Map<string, { diskBytesCopied: number | null; diskVerified: boolean | null }>();
+    for (const v of final.vms) {
+      if (v.state !== 'moved' || !v.jobId) continue;
+      const job = await sourceAgent.getMigration(v.jobId).catch(() => null);
+      const verified = targetServer && disksOf.has(v.vmId) ? verifyVmDisks(targetServer, st.storage, v.vmId, disksOf.get(v.vmId)!).verified : null;
+      disks.set(v.vmId, { diskBytesCopied: job?.disk ? job.disk.bytesCopied : null, diskVerified: verified });
+    }
     const traffic = new Map((await tenant.stop()).map((x) => [x.vmId, x]));
     tenant = null;
     say('');
@@ -108,7 +133,7 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
 
     const perVm = (vmId: string, extra: { name: string; state: string; downtimeMs: number | null; answeredFromTenant?: boolean }) => {
       const x: VmTraffic | undefined = traffic.get(vmId);
-      return { vmId, ...extra, clientMaxStallMs: x?.clientMaxStallMs ?? null, requestsDone: x?.requestsDone ?? 0, requestsFailed: x?.requestsFailed ?? 0, reconnects: x?.reconnects ?? 0, counterContinued: x?.counterContinued ?? null, ...(x?.backwards.length ? { backwards: x.backwards } : {}) };
+      return { vmId, ...extra, ...(disks.get(vmId) ?? { diskBytesCopied: null, diskVerified: null }), clientMaxStallMs: x?.clientMaxStallMs ?? null, requestsDone: x?.requestsDone ?? 0, requestsFailed: x?.requestsFailed ?? 0, reconnects: x?.reconnects ?? 0, counterContinued: x?.counterContinued ?? null, ...(x?.backwards.length ? { backwards: x.backwards } : {}) };
     };
     const vmReports = final.vms.map((v) =>
       v.vmId === midway.provisioned
@@ -126,7 +151,7 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
       vms: vmReports,
     });
     const moved = vmReports.filter((v) => v.state === 'moved');
-    code = final.phase === 'completed' && moved.every((v) => v.requestsFailed === 0 && v.reconnects === 0 && v.counterContinued) ? 0 : 1;
+    code = final.phase === 'completed' && moved.every((v) => v.requestsFailed === 0 && v.reconnects === 0 && v.counterContinued && v.diskVerified) ? 0 : 1;
   } catch (err) {
     report.result = 'error';
     report.error = err instanceof Error ? err.message : String(err);

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { loadEnv } from '../common/config';
 import { createLogger } from '../common/logger';
-import { TERMINAL_PHASES } from '../common/migration';
+import { moveMiB, TERMINAL_PHASES } from '../common/migration';
 import { runQemuSetup } from '../compute/qemu/tools';
 import { defaultFleetPath, loadFleetFile } from '../inventory/fleet-file';
 import { startEmbeddedSystem, type EmbeddedSystem } from '../stack/embedded-system';
@@ -14,14 +14,15 @@ import { fetchMigration, summaryTable, watchMigration } from './watch';
 
 /** The demo host: mixed sizes and dirty rates, like a real tenant's (sizes in GiB, dirty rates in MiB/s). */
 const DEMO_VMS = [
-  { name: 'db-primary', vcpus: 8, memGiB: 32, dirty: 300 },
-  { name: 'db-replica', vcpus: 8, memGiB: 32, dirty: 120 },
-  { name: 'cache', vcpus: 4, memGiB: 16, dirty: 400 },
-  { name: 'app-1', vcpus: 4, memGiB: 8, dirty: 40 },
-  { name: 'app-2', vcpus: 4, memGiB: 8, dirty: 40 },
-  { name: 'queue', vcpus: 2, memGiB: 4, dirty: 60 },
-  { name: 'batch', vcpus: 4, memGiB: 12, dirty: 10 },
-  { name: 'bastion', vcpus: 1, memGiB: 2, dirty: 0 },
+  // Local NVMe disks (diskGiB) holding `usedGiB` of data, written at `writes` MiB/s: the disk mirror's share of the move.
+  { name: 'db-primary', vcpus: 8, memGiB: 32, dirty: 300, diskGiB: 200, usedGiB: 16, writes: 20 },
+  { name: 'db-replica', vcpus: 8, memGiB: 32, dirty: 120, diskGiB: 200, usedGiB: 16, writes: 10 },
+  { name: 'cache', vcpus: 4, memGiB: 16, dirty: 400, diskGiB: 40, usedGiB: 2, writes: 1 },
+  { name: 'app-1', vcpus: 4, memGiB: 8, dirty: 40, diskGiB: 40, usedGiB: 4, writes: 2 },
+  { name: 'app-2', vcpus: 4, memGiB: 8, dirty: 40, diskGiB: 40, usedGiB: 4, writes: 2 },
+  { name: 'queue', vcpus: 2, memGiB: 4, dirty: 60, diskGiB: 100, usedGiB: 4, writes: 5 },
+  { name: 'batch', vcpus: 4, memGiB: 12, dirty: 10, diskGiB: 100, usedGiB: 6, writes: 1 },
+  { name: 'bastion', vcpus: 1, memGiB: 2, dirty: 0, diskGiB: 20, usedGiB: 1, writes: 0 },
 ];
 
 /**
@@ -140,7 +141,13 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
     made = { tenantApi, hostId: host.id, freeBefore };
     const vmBodies = qemu
       ? QEMU_DEMO_VMS.map((v) => ({ name: v.name, vcpus: v.vcpus, memoryMiB: v.memMiB, diskGiB: 2, workload: { dirtyRateMiBps: v.dirty, workingSetMiB: v.workingSetMiB } }))
-      : DEMO_VMS.map((v) => ({ name: v.name, vcpus: v.vcpus, memoryMiB: v.memGiB * 1024, diskGiB: 20, workload: { dirtyRateMiBps: v.dirty, workingSetMiB: Math.min(v.memGiB * 1024, 2048) } }));
+      : DEMO_VMS.map((v) => ({
+          name: v.name,
+          vcpus: v.vcpus,
+          memoryMiB: v.memGiB * 1024,
+          diskGiB: v.diskGiB,
+          workload: { dirtyRateMiBps: v.dirty, workingSetMiB: Math.min(v.memGiB * 1024, 2048), diskUsedGiB: v.usedGiB, diskWriteMiBps: v.writes },
+        }));
     say(`Tenant ${tenant.id} has dedicated host ${host.id}; creating ${vmBodies.length} VMs...`);
     const vms: VmView[] = [];
     for (const body of vmBodies) {
@@ -189,7 +196,8 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
     await traffic.stop();
 
     const after = await operator.request<{ id: string; physicalServerId?: string; state: string }>('GET', `/v1/dedicated-hosts/${host.id}`);
-    const movedBytes = final.vms.filter((v) => v.figures && v.state === 'moved').reduce((a, v) => a + v.spec.memoryMiB * 2 ** 20, 0);
+    // Memory and local-disk data: both cross the link at least once.
+    const movedBytes = final.vms.filter((v) => v.figures && v.state === 'moved').reduce((a, v) => a + moveMiB(v) * 2 ** 20, 0);
     const link = 10e9 / 8;
     const lowerBoundS = movedBytes / link;
     const simulatedS = wallS * opts.timeScale;
@@ -199,7 +207,7 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
     say('');
     say(`Result: ${final.phase}. Host ${after.id} kept its id; it now runs on ${after.physicalServerId} (was ${before.physicalServerId}).`);
     if (qemu) say(`Total time: ${wallS.toFixed(1)} s of real time (real VMs: QEMU live migrations under TCG, no time scale)`);
-    else say(`Total time: ${simulatedS.toFixed(0)} s simulated (${wallS.toFixed(1)} s at ${opts.timeScale}x), bandwidth lower bound ΣM/B = ${lowerBoundS.toFixed(0)} s → ${(simulatedS / lowerBoundS).toFixed(2)}x`);
+    else say(`Total time: ${simulatedS.toFixed(0)} s simulated (${wallS.toFixed(1)} s at ${opts.timeScale}x), bandwidth lower bound Σ(M + D)/B = ${lowerBoundS.toFixed(0)} s → ${(simulatedS / lowerBoundS).toFixed(2)}x`);
     say(`Downtime per VM${qemu ? ' (as QEMU measured it)' : ''}: max ${Math.max(...downtimes).toFixed(1)} ms, mean ${(downtimes.reduce((a, b) => a + b, 0) / downtimes.length).toFixed(1)} ms`);
     say(`Guest operations during the migration: ${traffic.stats.ops} done, ${traffic.stats.failed} failed${traffic.stats.failed ? ` (${traffic.stats.lastError})` : ''}`);
     const vmsWord = (n: number) => `${n} VM${n === 1 ? '' : 's'}`;

@@ -1,5 +1,5 @@
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
-import { TERMINAL_PHASES, type MigrationStatus, type VmMigrationStatus } from '../common/migration';
+import { moveMiB, TERMINAL_PHASES, type MigrationStatus, type VmMigrationStatus } from '../common/migration';
 import type { ApiClient } from './api-client';
 
 export interface MoveProgressView {
@@ -8,6 +8,8 @@ export interface MoveProgressView {
   bytesRemaining: number;
   memoryBytes: number;
   throughputBps: number;
+  memory?: { bytesTotal: number; bytesTransferred: number; bytesRemaining: number };
+  disk?: { bytesTotal: number; bytesCopied: number; bytesRemaining: number } | null;
 }
 
 export type VmView = VmMigrationStatus & { progress?: MoveProgressView };
@@ -15,27 +17,36 @@ export type MigrationView = Omit<MigrationStatus, 'vms'> & { id: string; workflo
 
 const MIB = 2 ** 20;
 
-/** How far one VM is, 0..1: done VMs are full, moving ones by what is left of their memory. */
+/** How far one VM is, 0..1: done VMs are full, moving ones by what is left of their memory and local-disk data. */
 function fraction(vm: VmView): number {
   if (vm.state === 'moved' || vm.state === 'provisioned-on-clone' || vm.state === 'returned') return 1;
-  if ((vm.state === 'moving' || vm.state === 'moving-back') && vm.progress && vm.progress.memoryBytes > 0) {
-    return Math.max(0, Math.min(0.99, 1 - vm.progress.bytesRemaining / vm.progress.memoryBytes));
+  const p = vm.progress;
+  if ((vm.state === 'moving' || vm.state === 'moving-back') && p && p.memoryBytes > 0) {
+    const total = p.memoryBytes + (p.disk?.bytesTotal ?? 0);
+    return Math.max(0, Math.min(0.99, 1 - p.bytesRemaining / total));
   }
   return 0;
+}
+
+/** A moving VM's two parts, for its bar: local disk copied of its data, and memory sent. */
+export function partsInfo(p: MoveProgressView): string {
+  const mem = p.memory ? `memory ${(p.memory.bytesTransferred / MIB).toFixed(0)}/${(p.memory.bytesTotal / MIB).toFixed(0)} MiB (${(p.memory.bytesRemaining / MIB).toFixed(0)} left)` : `${(p.bytesSent / MIB).toFixed(0)} MiB sent`;
+  const disk = p.disk ? `disk ${(p.disk.bytesCopied / MIB).toFixed(0)}/${(p.disk.bytesTotal / MIB).toFixed(0)} MiB (${(p.disk.bytesRemaining / MIB).toFixed(0)} left), ` : '';
+  return `${disk}${mem}`;
 }
 
 function counted(vm: VmView): boolean {
   return vm.state !== 'deleted' && vm.state !== 'provisioned-on-clone';
 }
 
-/** Progress of the whole host: memory that has crossed, over memory that must cross. */
+/** Progress of the whole host: bytes (memory and local-disk data) that have crossed, over those that must cross. */
 export function hostFraction(st: MigrationView): number {
   let total = 0;
   let done = 0;
   for (const vm of st.vms) {
     if (!counted(vm)) continue;
-    total += vm.spec.memoryMiB;
-    done += vm.spec.memoryMiB * fraction(vm);
+    total += moveMiB(vm);
+    done += moveMiB(vm) * fraction(vm);
   }
   return total === 0 ? 1 : done / total;
 }
@@ -66,7 +77,7 @@ export async function watchMigration(api: ApiClient, id: string, opts: { interva
     }
     for (const vm of st.vms) {
       const pct = Math.round(fraction(vm) * 100);
-      const info = `${vm.state}${vm.progress ? ` round ${vm.progress.round}, ${(vm.progress.bytesSent / MIB).toFixed(0)} MiB sent` : ''}${vm.figures ? `, downtime ${vm.figures.downtimeMs.toFixed(0)} ms` : ''}`;
+      const info = `${vm.state}${vm.progress ? ` round ${vm.progress.round}, ${partsInfo(vm.progress)}` : ''}${vm.figures?.diskBytesCopied !== undefined ? `, disk ${(vm.figures.diskBytesCopied / MIB).toFixed(0)} MiB copied` : ''}${vm.figures ? `, downtime ${vm.figures.downtimeMs.toFixed(0)} ms` : ''}`;
       if (bars) {
         let bar = vmBars.get(vm.vmId);
         if (!bar) {

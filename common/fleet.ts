@@ -22,6 +22,8 @@ export const fleetServerSchema = z
     /** Port of its host agent on loopback; 0 lets the OS choose (tests). */
     agentPort: z.number().int().min(0).max(65535).default(0),
     backend: z.enum(['sim', 'qemu']).default('sim'),
+    /** The server reaches its zone's storage service, so its VMs may have network disks (volumes). Omitted: true. */
+    networkStorage: z.boolean().optional(),
   })
   .strict();
 export type FleetServer = z.infer<typeof fleetServerSchema>;
@@ -34,12 +36,26 @@ export type FleetServer = z.infer<typeof fleetServerSchema>;
 export const fleetMigrationSchema = z.object({ transport: z.enum(['tls', 'insecure']).default('tls') }).strict();
 export type FleetMigration = z.infer<typeof fleetMigrationSchema>;
 
+/**
+ * The fleet's storage service for network disks: an NBD server every server reaches (export name = volume id),
+ * with TLS from the fleet's CA when `migration.transport` is tls (`serverName`: the name in its certificate).
+ */
+export const fleetStorageSchema = z
+  .object({
+    nbd: z
+      .object({ host: z.string().min(1), port: z.number().int().min(1).max(65535).default(10809), serverName: idSchema.default('storage') })
+      .strict(),
+  })
+  .strict();
+export type FleetStorage = z.infer<typeof fleetStorageSchema>;
+
 export const fleetSchema = z
   .object({
     zones: z.array(idSchema).min(1),
     resourceClasses: z.record(idSchema, resourcesSchema),
     servers: z.array(fleetServerSchema).min(1),
     migration: fleetMigrationSchema.optional(),
+    storage: fleetStorageSchema.optional(),
   })
   .strict()
   .superRefine((fleet, ctx) => {

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { Refusal } from './errors';
 import { idSchema } from './fleet';
 import type { Resources } from './resources';
-import { vmSpecSchema, type VmSpec } from './vm-spec';
+import { localDiskGiB, vmSpecSchema, type VmSpec } from './vm-spec';
 
 /** Phases of one host migration, in order; the last three are terminal. */
 export const PHASES = [
@@ -121,6 +121,8 @@ export interface MoveFigures {
   memoryBytes: number;
   downtimeMs: number;
   totalTimeMs: number;
+  /** Bytes the local-disk mirror sent (data, re-sent blocks, mirrored writes); absent: no local disk. */
+  diskBytesCopied?: number;
 }
 
 export interface VmMigrationStatus {
@@ -129,6 +131,8 @@ export interface VmMigrationStatus {
   spec: Resources;
   /** Sim workload: how fast the guest dirties memory (orders `dirtiest-first`). */
   dirtyRateMiBps?: number;
+  /** MiB of local-disk data its move copies ahead of the memory (absent: none, only memory moves). */
+  diskMiB?: number;
   state: VmMigrationState;
   /** Agent job of the move in flight or last finished (live progress: the agent or the activity's heartbeat). */
   jobId?: string;
@@ -233,4 +237,14 @@ const FORMER_FAILURE_TYPES: Readonly<Record<string, FailureType>> = {
 /** A failure's type in today's spelling (a former spelling is mapped; anything else is returned as it is). */
 export function currentFailureType(type: string): string {
   return FORMER_FAILURE_TYPES[type] ?? type;
+}
+
+/** MiB a VM's move sends at least once: its memory plus the data on its local disks (the schedule orders and caps by it). */
+export function moveMiB(vm: { spec: { memoryMiB: number }; diskMiB?: number | undefined }): number {
+  return vm.spec.memoryMiB + (vm.diskMiB ?? 0);
+}
+
+/** The local-disk data a VM's move copies, MiB: the sim's `diskUsedGiB`, at most its local disks' size. */
+export function localDiskDataMiB(spec: VmSpec): number {
+  return Math.min(localDiskGiB(spec), spec.workload?.diskUsedGiB ?? 0) * 1024;
 }

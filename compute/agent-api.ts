@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { resourcesSchema } from '../common/resources';
-import { vmSpecSchema } from '../common/vm-spec';
+import { DISK_KINDS, vmSpecSchema } from '../common/vm-spec';
 
 /**
  * The host agent's HTTP contract: every route's path, request body and reply, as zod schemas shared by the
@@ -55,6 +55,10 @@ export const agentInfoSchema = z.object({
   /** Bits per second, as in the fleet file. */
   nicBandwidthBps: z.number().positive(),
   incarnations: z.array(z.string()),
+  /** The disk kinds its VMs may have (a qemu agent serves `network` only when the fleet has a storage service). */
+  diskKinds: z.array(z.enum(DISK_KINDS)),
+  /** The tenants' local disks on this server: bytes held now, and bytes destroyed since the agent started. */
+  localStorage: z.object({ diskBytes: z.number().min(0), wipedBytes: z.number().min(0) }),
 });
 export type AgentInfo = z.infer<typeof agentInfoSchema>;
 
@@ -129,6 +133,26 @@ export type StartMigrationInput = StartMigrationBody & { jobId: string };
 export const migrationStateSchema = z.enum(['running', 'completed', 'failed', 'cancelled']);
 export type MigrationState = z.infer<typeof migrationStateSchema>;
 
+/** The guest memory's part of a move: sent so far (pre-copy rounds included, so it can exceed the total) and still to go. */
+export const memoryProgressSchema = z.object({
+  bytesTotal: z.number().min(0),
+  bytesTransferred: z.number().min(0),
+  bytesRemaining: z.number().min(0),
+});
+export type MemoryProgress = z.infer<typeof memoryProgressSchema>;
+
+/**
+ * The local disks' part of a move (all of the VM's local disks together): the bulk copy plus blocks the guest wrote
+ * again meanwhile. `bytesCopied` counts both, so it can exceed `bytesTotal`; `bytesRemaining` is what is still dirty
+ * or not yet copied. Null when the VM has no local disk to copy (network disks move nothing).
+ */
+export const diskProgressSchema = z.object({
+  bytesTotal: z.number().min(0),
+  bytesCopied: z.number().min(0),
+  bytesRemaining: z.number().min(0),
+});
+export type DiskProgress = z.infer<typeof diskProgressSchema>;
+
 export const migrationJobSchema = z.object({
   jobId: z.string(),
   vmId: z.string(),
@@ -140,6 +164,9 @@ export const migrationJobSchema = z.object({
   /** Left in the current round plus what has been dirtied since it began (at most W): what still has to go. */
   bytesRemaining: z.number().min(0),
   memoryBytes: z.number().min(0),
+  /** Progress in two parts: the guest memory, and the local disks (null: none to copy). `bytesSent`/`bytesRemaining` above are their sums. */
+  memory: memoryProgressSchema,
+  disk: diskProgressSchema.nullable(),
   /** Bytes/s, after auto-converge throttling. */
   dirtyRateBps: z.number().min(0),
   /** Bytes/s: while running, this stream's current share of the NIC; once finished, its average over the job. */
@@ -200,6 +227,11 @@ export const incomingViewSchema = z.object({
   migrationUri: z.string().optional(),
   /** The destination requires TLS (the fleet's CA, the source server's certificate). */
   tls: z.boolean().optional(),
+  /**
+   * Where the target exports the VM's empty local disks, writable, for the source's mirror (qemu): `tcp:<host>:<port>`
+   * or `unix:<path>`, export names `disk<i>` in the spec's disk order; with TLS when `tls` is.
+   */
+  nbdAddress: z.string().optional(),
 });
 export type IncomingView = z.infer<typeof incomingViewSchema>;
 

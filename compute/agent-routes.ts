@@ -66,6 +66,8 @@ export function registerAgentRoutes(app: FastifyInstance, backend: ComputeBacken
       capacity: me.capacity,
       nicBandwidthBps: me.nicBandwidthBps,
       incarnations: backend.incarnationIds(),
+      diskKinds: [...backend.diskKinds()],
+      localStorage: backend.localStorage(),
     }),
   );
 

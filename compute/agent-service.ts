@@ -36,6 +36,8 @@ export interface StartAgentOptions {
   backend?: 'sim' | 'qemu';
   /** Options of the `qemu` backend; ignored by `sim`. */
   qemu?: QemuAgentOptions;
+  /** The server reaches its zone's storage service (network disks). Default true. */
+  networkStorage?: boolean;
   /** HTTP requests served are counted here when given (`service="agent"`). */
   metrics?: Metrics;
   logger: Logger;
@@ -71,6 +73,7 @@ const startAgentOptionsSchema = z.object({
   secret: z.string().min(1).optional(),
   backend: z.enum(['sim', 'qemu']).default('sim'),
   qemu: qemuAgentOptionsSchema.optional(),
+  networkStorage: z.boolean().default(true),
 });
 
 /** Starts one host agent (one physical server) on its own port. Several may run in one process. */
@@ -103,6 +106,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
           nicBytesPerSec: bitsToBytesPerSec(opts.nicBandwidthBps),
           streamCapFraction: opts.streamCapFraction,
           timeScale: opts.timeScale,
+          networkStorage: opts.networkStorage,
           peer: createPeerClient({ secret: opts.secret }),
           logger,
           selfUrl: () => url,

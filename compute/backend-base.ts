@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Resources } from '../common/resources';
+import { vmDisks, type DiskKind } from '../common/vm-spec';
 import type { AcceptIncomingBody, BackendKind, Faults, FaultsState, IncarnationView, IncomingView, MigrationJob, StartMigrationInput, VmSpec, VmView } from './agent-api';
 import { AgentError } from './agent-http';
 import { AgentFailure, conflict, notFound } from './errors';
@@ -110,6 +111,18 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   protected checkSource(_input: AcceptIncomingBody): void {}
   /** Refuses a spec this backend cannot run, before any room is taken (400s name the `spec.` field). */
   protected checkSpec(_spec: VmSpec): void {}
+  /** Destroys the local disks of a VM deleted here (a backend that keeps disks overrides it). */
+  protected wipeVmDisks(_vm: V): void | Promise<void> {}
+  /** Destroys every local disk of a torn-down incarnation still on this server (moved-away VMs' copies included). */
+  protected wipeIncarnationDisks(_incarnationId: string): void | Promise<void> {}
+  /** The tenants' local disks here, in bytes (none unless a backend keeps disks). */
+  localStorage(): { diskBytes: number; wipedBytes: number } {
+    return { diskBytes: 0, wipedBytes: 0 };
+  }
+  /** The disk kinds this backend serves: every backend serves local disks. */
+  diskKinds(): readonly DiskKind[] {
+    return ['local'];
+  }
   /** Refuses a VM that is here but cannot serve (e.g. it has failed). */
   protected checkUsable(_vm: V): void {}
   /** Registers a VM in the map; a backend may watch it from here on. */
@@ -164,6 +177,8 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
       await this.stopMigrationOf(vm);
       if (this.vms.get(h.vmId) === vm) await this.removeVm(vm);
     }
+    // Last: with no VM running from them, the tenant's data is destroyed before the server can go back to the pool.
+    await this.wipeIncarnationDisks(incarnationId);
     this.logger.info({ incarnationId, released: holders.length }, 'incarnation torn down');
   }
 
@@ -178,6 +193,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     }
     for (const r of this.incoming.values())
       if (r.vmId === input.vmId && r.state === 'reserved') throw conflict('VM_EXISTS', 'vmId', `VM ${input.vmId} is migrating to this server`);
+    this.checkDisks(input.spec);
     this.checkSpec(input.spec);
     this.ledger.allocate(input.incarnationId, { kind: 'vm', vmId: input.vmId }, resourcesOf(input.spec), 'spec', 'incarnationId');
     const vm = this.newVm(input);
@@ -209,6 +225,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
         continue; // the VM is still here (cancelled) or has moved (the switchover won the race)
       }
       await this.removeVm(vm);
+      await this.wipeVmDisks(vm);
       this.logger.info({ vmId }, 'VM deleted');
       return;
     }
@@ -312,6 +329,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
       return this.incomingView(existing);
     }
     if (this.vms.has(input.vmId)) throw conflict('VM_EXISTS', 'vmId', `VM ${input.vmId} already runs on this server`);
+    this.checkDisks(input.spec);
     this.checkSpec(input.spec);
     // A reservation for the same VM left by an earlier attempt whose source never released it gives way.
     for (const r of [...this.incoming.values()]) if (r.vmId === input.vmId && r.state === 'reserved') void this.dropIncoming(r);
@@ -353,6 +371,15 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     if (this.closed) throw new AgentFailure(503, 'AGENT_UNAVAILABLE', 'the agent is stopping');
   }
 
+  /** A disk of a kind this backend does not serve: 409 DISK_KIND_UNSUPPORTED naming the disk, before any room is taken. */
+  protected checkDisks(spec: VmSpec): void {
+    const served = this.diskKinds();
+    vmDisks(spec).forEach((d, i) => {
+      if (!served.includes(d.kind))
+        throw conflict('DISK_KIND_UNSUPPORTED', `spec.disks.${i}.kind`, `server ${this.opts.serverId} (${this.kind}) does not serve ${d.kind} disks (it serves: ${served.join(', ')})`);
+    });
+  }
+
   /** The VM if it is here; else `VM_MOVED` (it migrated away) or a 404. */
   protected vmHere(vmId: string): V {
     const vm = this.vms.get(vmId);
@@ -360,6 +387,18 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     const movedTo = this.tombstones.get(vmId);
     if (movedTo) throw vmMoved(vmId, movedTo);
     throw notFound('vmId', `no VM ${vmId} on server ${this.opts.serverId}`);
+  }
+
+  /**
+   * The target runs the VM now (a job's hand-over succeeded): the tombstone first, so a caller never sees neither,
+   * then the VM is stopped here for good (a source must never resume: that would make a second copy).
+   */
+  vmMoved(vm: V, agentUrl: string): void | Promise<void> {
+    this.tombstones.set(vm.vmId, agentUrl);
+    const removed = this.removeVm(vm);
+    const logged = () => this.logger.info({ vmId: vm.vmId, movedTo: agentUrl }, 'VM moved away');
+    if (removed instanceof Promise) return removed.then(logged);
+    logged();
   }
 
   /** A VM that is new here (created, or arrived by migration): registered, and any old tombstone for it gone. */

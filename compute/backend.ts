@@ -1,4 +1,5 @@
 import type { Resources } from '../common/resources';
+import type { DiskKind } from '../common/vm-spec';
 import type {
   AcceptIncomingBody,
   BackendKind,
@@ -23,20 +24,29 @@ import type {
 export interface ComputeBackend {
   readonly kind: BackendKind;
 
+  /** The disk kinds this backend runs VMs with; a spec with another kind is refused before anything starts. */
+  diskKinds(): readonly DiskKind[];
+
+  /** The tenants' local disks here: bytes held, and bytes wiped (deleted VMs, torn-down incarnations, dropped incoming copies). */
+  localStorage(): { diskBytes: number; wipedBytes: number };
+
   /** Incarnation ids live on this server. */
   incarnationIds(): string[];
 
   // Incarnations: a slice of this server given to one dedicated host.
   prepareIncarnation(incarnationId: string, capacity: Resources): IncarnationView;
   getIncarnation(incarnationId: string): IncarnationView | null;
-  /** Deletes the incarnation's VMs (cancelling their migrations) and drops incoming reservations for it. */
+  /**
+   * Deletes the incarnation's VMs (cancelling their migrations), drops incoming reservations for it and destroys every
+   * local disk of the incarnation still on this server (those of VMs that moved away included). Idempotent.
+   */
   teardownIncarnation(incarnationId: string): Promise<void>;
 
   // VMs.
   createVm(input: { vmId: string; incarnationId: string; spec: VmSpec }): VmView;
   /** A VM here; else `movedTo` if it migrated away (a tombstone); else null. */
   getVm(vmId: string): { vm: VmView } | { movedTo: string } | null;
-  /** Cancels its migration first if one runs. Throws `VM_MOVED` for a VM that migrated away. */
+  /** Cancels its migration first if one runs, and destroys its local disks here. Throws `VM_MOVED` for a VM that migrated away. */
   deleteVm(vmId: string): Promise<void>;
   /** Waits while the VM is paused for switchover; throws `VM_MOVED` if it has left. */
   guestOp(vmId: string, op: GuestOp): Promise<GuestOpResult>;

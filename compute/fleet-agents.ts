@@ -55,7 +55,8 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
           ...(opts.metrics ? { metrics: opts.metrics } : {}),
           secret: opts.secret,
           backend: server.backend,
-          qemu: server.backend === 'qemu' ? qemuOptionsFor(server, opts.qemu) : undefined,
+          ...(server.networkStorage !== undefined ? { networkStorage: server.networkStorage } : {}),
+          qemu: server.backend === 'qemu' ? qemuOptionsFor(server, opts.qemu, fleet) : undefined,
           logger: opts.logger,
         }),
       );
@@ -67,7 +68,10 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
   return { agents, stop };
 }
 
-function qemuOptionsFor(server: FleetServer, qemu: QemuAgentOptions | undefined): QemuAgentOptions | undefined {
-  if (!qemu?.stateDir) return qemu;
-  return { ...qemu, stateDir: path.join(qemu.stateDir, server.id) };
+/** Each server's own state folder under a common root; the fleet's storage service (network disks) for all. */
+function qemuOptionsFor(server: FleetServer, qemu: QemuAgentOptions | undefined, fleet: Fleet): QemuAgentOptions | undefined {
+  const nbd = fleet.storage?.nbd;
+  const withStorage = nbd && !qemu?.networkStorage ? { ...qemu, networkStorage: { host: nbd.host, port: nbd.port, serverName: nbd.serverName } } : qemu;
+  if (!withStorage?.stateDir) return withStorage;
+  return { ...withStorage, stateDir: path.join(withStorage.stateDir, server.id) };
 }

@@ -19,7 +19,11 @@ import type {
   Tenant,
   Vm,
   VmSpec,
+  Volume,
 } from './types';
+import type { CreateVolumeInput } from './volumes';
+
+export type { CreateVolumeInput };
 
 export type { ProvisionedVm };
 
@@ -51,7 +55,10 @@ export interface Inventory {
    * Refuses NOT_FOUND (unknown, another tenant's, already deleted: a repeat changes nothing), HOST_MIGRATING, HOST_HAS_VMS.
    */
   deleteDedicatedHost(input: DeleteHostInput): Promise<DeleteHostResult>;
-  /** Places a VM on an incarnation (default: the host's current one) after a capacity check. Idempotent by vmId. */
+  /**
+   * Places a VM on an incarnation (default: the host's current one) after a capacity check, attaching the network
+   * volumes its disks name (NOT_FOUND / CONFLICT naming `disks.N.volumeId`). Idempotent by vmId.
+   */
   placeVm(input: PlaceVmInput): Promise<Vm>;
   /** Marks a VM deleted and frees its allocation (a lost VM's was freed when it was found lost). Idempotent. */
   deleteVm(input: DeleteVmInput): Promise<Vm>;
@@ -100,6 +107,14 @@ export interface Inventory {
   listIncarnations(input: { dedicatedHostId: string; includeDeleted?: boolean }): Promise<HostIncarnation[]>;
   /** Audit events, oldest first, filtered by host and/or migration; page with afterId. */
   listEvents(input: { dedicatedHostId?: string; migrationId?: string; afterId?: number; limit?: number }): Promise<AuditEvent[]>;
+
+  /** A network volume in a zone's storage service (NOT_FOUND naming `zone` for an unknown zone). Idempotent by volumeId. */
+  createVolume(input: CreateVolumeInput): Promise<Volume>;
+  /** A volume that is not deleted; another tenant's answers NOT_FOUND like a missing one. */
+  getVolume(id: string, opts?: { tenantId?: string }): Promise<Volume>;
+  listVolumes(opts?: { tenantId?: string }): Promise<Volume[]>;
+  /** Deletes a volume no VM has attached (CONFLICT otherwise); NOT_FOUND once deleted. */
+  deleteVolume(input: { volumeId: string; tenantId?: string } & Actor): Promise<Volume>;
 }
 
 export interface CreateHostInput extends Actor {

@@ -13,11 +13,12 @@ import * as placements from './migration-placements';
 import * as servers from './servers';
 import * as tenants from './tenants';
 import * as vms from './vms';
+import * as volumes from './volumes';
 
 /**
  * The inventory: Postgres behind one interface (contract.ts). This file only wires it: each operation validates its
  * input (inputs.ts), opens a transaction (or a plain connection for reads) and calls the module that owns the
- * aggregate — tenants, servers (and fleet-seed), hosts and incarnations, vms, host-migrations and
+ * aggregate — tenants, servers (and fleet-seed), hosts and incarnations, vms, volumes, host-migrations and
  * migration-placements, deprovision-outbox, audit; capacity.ts holds the allocation arithmetic and its SQL.
  */
 
@@ -27,6 +28,7 @@ export { InventoryError, isInventoryError, INVENTORY_ERROR_CODES, type Inventory
 export { migrateDatabase } from './migrate';
 export { DEPROVISION_CHANNEL } from './deprovision-outbox';
 export { tenantEventView } from './tenant-visibility';
+export { vmSpecOf } from './vms';
 
 const { parse } = input;
 
@@ -104,5 +106,10 @@ export function createInventory(pool: Pool): Inventory {
     listVms: inRead(input.listVmsInput, vms.listVms),
     getVm: (id, opts = {}) => inRead(input.idSchema, (c, vmId) => vms.getVm(c, vmId, opts.tenantId))(id),
     listEvents: inRead(input.eventsInput, audit.listEvents),
+
+    createVolume: inTx(input.createVolumeInput, volumes.createVolume),
+    getVolume: (id, opts = {}) => inRead(input.volumeLookupInput, (c, p) => volumes.getVolume(c, p.volumeId, p.tenantId))({ volumeId: id, tenantId: opts.tenantId }),
+    listVolumes: (opts = {}) => inRead(input.idSchema.optional(), volumes.listVolumes)(opts.tenantId),
+    deleteVolume: inTx(input.deleteVolumeInput, volumes.deleteVolume),
   };
 }

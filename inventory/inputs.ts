@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { idSchema } from '../common/fleet';
 import { afterDeprovisionSchema } from '../common/migration';
-import { vmSpecSchema } from '../common/vm-spec';
+import { MAX_DISK_GIB } from '../common/resources';
+import { vmSpecSchema, volumeIdSchema } from '../common/vm-spec';
 import { invalidInput } from './errors';
 import { IDLE_SERVER_STATES, SERVER_STATES } from './types';
 
@@ -94,3 +95,13 @@ export const eventsInput = z.object({
   afterId: z.number().int().min(0).optional(),
   limit: z.number().int().min(1).max(10_000).default(1000),
 });
+export const createVolumeInput = z.object({
+  tenantId: idSchema,
+  name: nameSchema,
+  zone: idSchema,
+  sizeGiB: z.number().int().min(1).max(MAX_DISK_GIB),
+  volumeId: volumeIdSchema.optional(),
+  actor: actorSchema,
+});
+export const volumeLookupInput = z.object({ volumeId: volumeIdSchema, tenantId: idSchema.optional() });
+export const deleteVolumeInput = volumeLookupInput.extend({ actor: actorSchema });

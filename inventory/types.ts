@@ -1,6 +1,6 @@
 import type { AfterDeprovision } from '../common/migration';
 import type { Resources } from '../common/resources';
-import type { VmSpec, Workload } from '../common/vm-spec';
+import type { Disk, VmSpec, Workload } from '../common/vm-spec';
 
 /**
  * What the inventory returns. Plain JSON-safe data (timestamps are ISO strings) because these values cross
@@ -102,6 +102,8 @@ export interface Vm {
   spec: Resources;
   /** The spec's workload as recorded; `{}` when the VM was created without one. */
   workload: Workload | Record<string, never>;
+  /** The spec's disks as given; absent when the VM was created without (one local disk `root`: see vmDisks). */
+  disks?: Disk[];
   state: VmState;
   createdByMigration: string | null;
   createdAt: string;
@@ -110,6 +112,22 @@ export interface Vm {
   /** Set when the VM was found lost, with why. */
   lostAt?: string | null;
   lostReason?: string | null;
+}
+
+export type VolumeState = 'available' | 'deleted';
+
+/** A tenant's network volume in a zone's storage service: a VM of the zone attaches it as a `network` disk. */
+export interface Volume {
+  id: string;
+  tenantId: string;
+  zone: string;
+  name: string;
+  sizeGiB: number;
+  state: VolumeState;
+  /** The running VM that names it as a disk, or null. */
+  attachedVmId: string | null;
+  createdAt: string;
+  deletedAt: string | null;
 }
 
 /** The inventory's ledger of one migration's placements (the migration object is the Temporal workflow). */
@@ -150,7 +168,8 @@ export type AuditEntityType =
   | 'vm'
   | 'physical_server'
   | 'host_migration'
-  | 'deprovision_job';
+  | 'deprovision_job'
+  | 'volume';
 
 export interface AuditEvent {
   id: number;

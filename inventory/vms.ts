@@ -1,5 +1,6 @@
 import type { PoolClient } from 'pg';
 import type { Resources } from '../common/resources';
+import { disksSchema, type Disk, type VmSpec, type Workload } from '../common/vm-spec';
 import { audit } from './audit';
 import type { PlaceVmInput } from './contract';
 import { capacityFrom, changeAllocation, incarnationCapacity, insufficient, minResources, negate, sameResources } from './capacity';
@@ -8,6 +9,7 @@ import { InventoryError, notFound } from './errors';
 import { checkMigrationGate, findHost, incarnationRow, liveIncarnations, lockHost, type HostRow, type IncarnationRow } from './hosts';
 import { visibleTo } from './tenant-visibility';
 import type { Vm } from './types';
+import { attachVolumes, detachVolumesOf } from './volumes';
 
 /**
  * VMs (table `vms`). A VM belongs to its logical host for life (claim 3) and runs on one of the host's incarnations;
@@ -25,6 +27,7 @@ export interface VmRow {
   memory_mib: number;
   disk_gib: number;
   workload: Vm['workload'];
+  disks: Disk[] | null;
   state: Vm['state'];
   created_by_migration: string | null;
   created_at: Date;
@@ -42,6 +45,8 @@ export const toVm = (r: VmRow): Vm => ({
   name: r.name,
   spec: resOf(r),
   workload: r.workload,
+  // Through the schema: jsonb keeps its own key order, the spec's is the schema's (agents compare specs as JSON).
+  ...(r.disks ? { disks: disksSchema.parse(r.disks) } : {}),
   state: r.state,
   createdByMigration: r.created_by_migration,
   createdAt: isoNN(r.created_at),
@@ -50,10 +55,21 @@ export const toVm = (r: VmRow): Vm => ({
   ...(r.state === 'lost' ? { lostAt: iso(r.lost_at), lostReason: r.lost_reason } : {}),
 });
 
+/** The spec the agents run a VM with, as placed: resources, the workload if it had one, the disks if it named them. */
+export function vmSpecOf(vm: Vm): VmSpec {
+  const w = vm.workload as Partial<Workload>;
+  const workload = typeof w.dirtyRateMiBps === 'number' && typeof w.workingSetMiB === 'number' ? { workload: w as Workload } : {};
+  return { ...vm.spec, ...workload, ...(vm.disks ? { disks: vm.disks } : {}) };
+}
+
 export async function vmRow(c: PoolClient, id: string, lock: boolean): Promise<VmRow | undefined> {
   const { rows } = await c.query<VmRow>(`SELECT * FROM vms WHERE id = $1${forUpdate(lock)}`, [id]);
   return rows[0];
 }
+
+/** Same disks as given (both absent counts as the same default). */
+const sameDisks = (stored: Disk[] | null, given: Disk[] | undefined): boolean =>
+  JSON.stringify(stored ? disksSchema.parse(stored) : null) === JSON.stringify(given ? disksSchema.parse(given) : null);
 
 /** The host's running VMs, oldest first. */
 export async function runningVms(c: PoolClient, hostId: string): Promise<VmRow[]> {
@@ -87,7 +103,7 @@ export async function placeOn(
   const existing = known ? known.existing : await vmRow(c, vmId, false);
   if (existing) {
     // Same id, same request: the first answer. Same id for something else: a caller bug worth stopping.
-    if (existing.dedicated_host_id === host.id && existing.name === p.name && sameResources(resOf(existing), spec))
+    if (existing.dedicated_host_id === host.id && existing.name === p.name && sameResources(resOf(existing), spec) && sameDisks(existing.disks, p.spec.disks))
       return { vm: existing, host, live: await liveIncarnations(c, host.id, false) };
     throw new InventoryError('CONFLICT', `vmId: ${vmId} already names a different VM`, 'vmId');
   }
@@ -109,9 +125,21 @@ export async function placeOn(
   let vm: VmRow;
   try {
     const { rows } = await c.query<VmRow>(
-      `INSERT INTO vms (id, tenant_id, dedicated_host_id, incarnation_id, name, vcpus, memory_mib, disk_gib, workload, created_by_migration)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *`,
-      [vmId, host.tenant_id, host.id, target.id, p.name, spec.vcpus, spec.memoryMiB, spec.diskGiB, JSON.stringify(p.spec.workload ?? {}), p.migrationId ?? null],
+      `INSERT INTO vms (id, tenant_id, dedicated_host_id, incarnation_id, name, vcpus, memory_mib, disk_gib, workload, disks, created_by_migration)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *`,
+      [
+        vmId,
+        host.tenant_id,
+        host.id,
+        target.id,
+        p.name,
+        spec.vcpus,
+        spec.memoryMiB,
+        spec.diskGiB,
+        JSON.stringify(p.spec.workload ?? {}),
+        p.spec.disks ? JSON.stringify(p.spec.disks) : null,
+        p.migrationId ?? null,
+      ],
     );
     vm = rows[0]!;
   } catch (err) {
@@ -119,6 +147,8 @@ export async function placeOn(
     if (pgErrorCode(err) === '23505' && pgConstraint(err) === 'vms_pkey') throw new InventoryError('CONFLICT', `vmId: ${vmId} already names a different VM`, 'vmId');
     throw err;
   }
+  // After the insert (the attachment names the VM), in the same transaction: a refused volume places nothing.
+  await attachVolumes(c, { vmId, tenantId: host.tenant_id, zone: host.zone, disks: p.spec.disks });
   await changeAllocation(c, target.id, spec);
   await audit(c, {
     actor: p.actor,
@@ -127,7 +157,7 @@ export async function placeOn(
     entityId: vmId,
     dedicatedHostId: host.id,
     migrationId: p.migrationId,
-    details: { name: p.name, spec },
+    details: { name: p.name, spec, ...(p.spec.disks ? { disks: p.spec.disks } : {}) },
     physical: { incarnationId: target.id, serverId: target.server_id },
   });
   // The live incarnations as they are now (the rows were read under lock; only the target's allocation changed).
@@ -153,6 +183,7 @@ async function endVm(
 ): Promise<VmRow> {
   const inc = await incarnationRow(c, vm.incarnation_id, true);
   if (vm.state === 'running') await changeAllocation(c, vm.incarnation_id, negate(resOf(vm)));
+  await detachVolumesOf(c, vm.id);
   const { rows } = await c.query<VmRow>(
     end.state === 'deleted'
       ? `UPDATE vms SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING *`

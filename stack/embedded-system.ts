@@ -8,7 +8,7 @@ import type { Logger } from '../common/logger';
 import { installTemporalRuntime } from '../common/temporal-runtime';
 import { createAgentClient } from '../compute/agent-client';
 import { startFleetAgents, type FleetAgentsOptions } from '../compute/fleet-agents';
-import type { Inventory } from '../inventory';
+import { vmSpecOf, type Inventory } from '../inventory';
 import { loadFleetFile } from '../inventory/fleet-file';
 import { startDevStack, type DevStack, type DevStackOptions } from '.';
 import type { HostService } from '../api/host-service';
@@ -135,13 +135,7 @@ async function restoreSimulatedVms(inventory: Inventory, agentUrls: Map<string, 
       await agent.prepareIncarnation({ incarnationId: incarnation.id, capacity: incarnation.capacity });
       for (const vm of await inventory.listVms({ dedicatedHostId: host.id })) {
         if (vm.incarnationId !== incarnation.id || vm.state !== 'running') continue;
-        const workload = vm.workload as { dirtyRateMiBps?: number; workingSetMiB?: number };
-        const spec = {
-          ...vm.spec,
-          ...(typeof workload.dirtyRateMiBps === 'number' && typeof workload.workingSetMiB === 'number'
-            ? { workload: { dirtyRateMiBps: workload.dirtyRateMiBps, workingSetMiB: workload.workingSetMiB } }
-            : {}),
-        };
+        const spec = vmSpecOf(vm);
         await agent.createVm({ vmId: vm.id, incarnationId: incarnation.id, spec });
         restored++;
       }

@@ -17,12 +17,14 @@ export function renderMigrationDetails(st: MigrationStatus): string {
     `**VMs:** ${Object.entries(c).map(([k, n]) => `${n} ${k}`).join(', ') || 'none'}; requests handled: ${st.requestsHandled}`,
   ];
   if (st.lastError) lines.push(`**Last error:** ${st.lastError}`);
-  lines.push('', '| VM | name | memory | state | downtime | sent |', '|---|---|---|---|---|---|');
+  // Memory and local disk separately: the disk column is the data the mirror copies, then what it sent (re-sends included).
+  lines.push('', '| VM | name | memory | disk data | state | downtime | sent | disk sent |', '|---|---|---|---|---|---|---|---|');
   for (const v of st.vms.slice(0, MAX_ROWS)) {
+    const f = v.figures;
     lines.push(
-      `| ${v.vmId} | ${v.name} | ${v.spec.memoryMiB} MiB | ${v.state} | ${v.figures ? `${v.figures.downtimeMs.toFixed(0)} ms` : ''} | ${v.figures ? mib(v.figures.bytesSent) : ''} |`,
+      `| ${v.vmId} | ${v.name} | ${v.spec.memoryMiB} MiB | ${v.diskMiB ? `${v.diskMiB} MiB` : '—'} | ${v.state} | ${f ? `${f.downtimeMs.toFixed(0)} ms` : ''} | ${f ? mib(f.bytesSent - (f.diskBytesCopied ?? 0)) : ''} | ${f?.diskBytesCopied !== undefined ? mib(f.diskBytesCopied) : ''} |`,
     );
   }
-  if (st.vms.length > MAX_ROWS) lines.push(`| … | ${st.vms.length - MAX_ROWS} more | | | | |`);
+  if (st.vms.length > MAX_ROWS) lines.push(`| … | ${st.vms.length - MAX_ROWS} more | | | | | | |`);
   return lines.join('\n');
 }

@@ -1,5 +1,6 @@
 import { log, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
 import {
+  localDiskDataMiB,
   TERMINAL_PHASES,
   VM_MIGRATION_STATES,
   type MigrationPhase,
@@ -146,7 +147,11 @@ export class MigrationState {
   begun(snapshot: { source: Placement; capacity: Resources; vms: { vmId: string; name: string; spec: VmSpec }[] }): void {
     this.st.source = snapshot.source;
     this.st.capacity = snapshot.capacity;
-    this.st.vms = snapshot.vms.map((v) => ({ vmId: v.vmId, name: v.name, spec: resourcesOf(v.spec), dirtyRateMiBps: v.spec.workload?.dirtyRateMiBps, state: 'pending' as VmMigrationState, attempts: 0 }));
+    this.st.vms = snapshot.vms.map((v) => {
+      // Zero for every VM of a migration begun before disks existed: its schedule is the memory-only one, replayed alike.
+      const diskMiB = localDiskDataMiB(v.spec);
+      return { vmId: v.vmId, name: v.name, spec: resourcesOf(v.spec), dirtyRateMiBps: v.spec.workload?.dirtyRateMiBps, ...(diskMiB > 0 ? { diskMiB } : {}), state: 'pending' as VmMigrationState, attempts: 0 };
+    });
     upsertSearchAttributes([{ key: SourceServerIdKey, value: snapshot.source.serverId }]);
     this.setPhase('reserving-target');
   }

@@ -1,21 +1,21 @@
-import type { MigrationPolicy, MigrationPolicyInput, VmMigrationStatus } from '../common/migration';
+import { moveMiB, type MigrationPolicy, type MigrationPolicyInput, type VmMigrationStatus } from '../common/migration';
 
 type Order = 'largest-first' | 'smallest-first' | 'dirtiest-first' | 'as-listed';
 
 /**
  * The order VMs leave the host. Sorting is stable and ties break on the VM id, so every replay picks the same VM.
- * Memory stands for transfer cost: pre-copy sends at least M bytes per VM.
+ * A VM's size is what its move sends at least once: memory plus the data on its local disks (`moveMiB`).
  */
 export function orderVms(vms: VmMigrationStatus[], order: Order): VmMigrationStatus[] {
   const byId = (a: VmMigrationStatus, b: VmMigrationStatus) => (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0);
   const copy = [...vms];
   switch (order) {
     case 'largest-first':
-      return copy.sort((a, b) => b.spec.memoryMiB - a.spec.memoryMiB || byId(a, b));
+      return copy.sort((a, b) => moveMiB(b) - moveMiB(a) || byId(a, b));
     case 'smallest-first':
-      return copy.sort((a, b) => a.spec.memoryMiB - b.spec.memoryMiB || byId(a, b));
+      return copy.sort((a, b) => moveMiB(a) - moveMiB(b) || byId(a, b));
     case 'dirtiest-first':
-      return copy.sort((a, b) => (b.dirtyRateMiBps ?? 0) - (a.dirtyRateMiBps ?? 0) || b.spec.memoryMiB - a.spec.memoryMiB || byId(a, b));
+      return copy.sort((a, b) => (b.dirtyRateMiBps ?? 0) - (a.dirtyRateMiBps ?? 0) || moveMiB(b) - moveMiB(a) || byId(a, b));
     case 'as-listed':
       return copy;
   }
@@ -47,8 +47,8 @@ export const AUTO_CONVERGE_SHARE = 0.8;
  */
 export const CRITICAL_PATH_SLACK = 1.1;
 
-/** The VMs a move runs among, as the workflow keeps them: their memory and where they are. */
-type HostVm = Pick<VmMigrationStatus, 'vmId' | 'spec' | 'state'>;
+/** The VMs a move runs among, as the workflow keeps them: their sizes and where they are. */
+type HostVm = Pick<VmMigrationStatus, 'vmId' | 'spec' | 'state' | 'diskMiB'>;
 
 /**
  * The host's critical-path VM, if it has one: its largest VM (ties broken on the VM id, as `orderVms` does) when,
@@ -58,11 +58,11 @@ type HostVm = Pick<VmMigrationStatus, 'vmId' | 'spec' | 'state'>;
  */
 function criticalVm(host: readonly HostVm[], streams: number, linkBytesPerSec: number, streamBytesPerSec: number): string | undefined {
   if (host.length < 2) return undefined;
-  const [first, second] = [...host].sort((a, b) => b.spec.memoryMiB - a.spec.memoryMiB || (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0));
-  const total = host.reduce((s, v) => s + v.spec.memoryMiB, 0);
-  const largest = first!.spec.memoryMiB * CRITICAL_PATH_SLACK * (linkBytesPerSec - streamBytesPerSec);
-  const restFits = largest >= streamBytesPerSec * (total - first!.spec.memoryMiB);
-  const secondFits = largest >= streamBytesPerSec * (streams - 1) * second!.spec.memoryMiB;
+  const [first, second] = [...host].sort((a, b) => moveMiB(b) - moveMiB(a) || (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0));
+  const total = host.reduce((s, v) => s + moveMiB(v), 0);
+  const largest = moveMiB(first!) * CRITICAL_PATH_SLACK * (linkBytesPerSec - streamBytesPerSec);
+  const restFits = largest >= streamBytesPerSec * (total - moveMiB(first!));
+  const secondFits = largest >= streamBytesPerSec * (streams - 1) * moveMiB(second!);
   return restFits && secondFits ? first!.vmId : undefined;
 }
 
@@ -86,7 +86,7 @@ function criticalVm(host: readonly HostVm[], streams: number, linkBytesPerSec: n
  */
 export function bandwidthCapFor(
   policy: Pick<MigrationPolicy, 'maxParallel' | 'bandwidthCapBps' | 'linkBytesPerSec' | 'streamCapBytesPerSec'>,
-  vm: Pick<VmMigrationStatus, 'vmId' | 'spec'>,
+  vm: Pick<VmMigrationStatus, 'vmId' | 'spec' | 'diskMiB'>,
   vms: readonly HostVm[],
 ): number | undefined {
   const base = policy.bandwidthCapBps;
@@ -96,7 +96,7 @@ export function bandwidthCapFor(
   const stream = Math.min(link, policy.streamCapBytesPerSec);
   if (stream >= link) return base;
   const others = vms.filter((v) => v.vmId !== vm.vmId);
-  const host: HostVm[] = [{ vmId: vm.vmId, spec: vm.spec, state: 'moving' }, ...others.filter((v) => v.state === 'pending' || v.state === 'moving' || v.state === 'moved')];
+  const host: HostVm[] = [{ vmId: vm.vmId, spec: vm.spec, diskMiB: vm.diskMiB, state: 'moving' }, ...others.filter((v) => v.state === 'pending' || v.state === 'moving' || v.state === 'moved')];
   const critical = criticalVm(host, streams, link, stream);
   if (critical === undefined || critical === vm.vmId || !others.some((v) => v.vmId === critical && v.state === 'moving')) return base;
   const share = Math.floor((link - stream) / (streams - 1));

@@ -77,7 +77,7 @@ export function registerHostRoutes(app: FastifyInstance, ctx: ApiContext): void 
         vmId: newId('vm'),
         requestId: newId('api'),
         name: body.name,
-        spec: { vcpus: body.vcpus, memoryMiB: body.memoryMiB, diskGiB: body.diskGiB, ...(body.workload ? { workload: body.workload } : {}) },
+        spec: { vcpus: body.vcpus, memoryMiB: body.memoryMiB, diskGiB: body.diskGiB, ...(body.workload ? { workload: body.workload } : {}), ...(body.disks ? { disks: body.disks } : {}) },
         actor: actorOf(p),
       });
       return { status: 201, schema: p.kind === 'tenant' ? tenantVmView : operatorVmView, body: await vmView(ctx, p, vm) };

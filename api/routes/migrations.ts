@@ -21,7 +21,19 @@ const LIST_TIMEOUT_MS = 10_000;
 /** Task queue names that can be put in a visibility query as they are (anything else is filtered in code). */
 const SAFE_LITERAL = /^[A-Za-z0-9._:-]{1,200}$/;
 
-type MoveProgress = { vmId?: unknown; round: number; bytesSent: number; bytesRemaining: number; memoryBytes: number; throughputBps: number; dirtyRateBps: number; throttlePct: number; state: string };
+type MoveProgress = {
+  vmId?: unknown;
+  round: number;
+  bytesSent: number;
+  bytesRemaining: number;
+  memoryBytes: number;
+  throughputBps: number;
+  dirtyRateBps: number;
+  throttlePct: number;
+  state: string;
+  memory?: { bytesTotal: number; bytesTransferred: number; bytesRemaining: number };
+  disk?: { bytesTotal: number; bytesCopied: number; bytesRemaining: number } | null;
+};
 
 /**
  * Migrations. The migration object is the Temporal workflow `migration-<hostId>` (claim 1b), so these routes read

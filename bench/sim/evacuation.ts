@@ -1,10 +1,12 @@
 import { SimClock } from '../../compute/sim/clock';
 import { SimLink } from '../../compute/sim/link';
-import { DEFAULT_MAX_ROUNDS, PrecopyFlow, SWITCHOVER_COST_MS } from '../../compute/sim/precopy';
+import { DEFAULT_MAX_ROUNDS, SWITCHOVER_COST_MS } from '../../compute/sim/precopy';
+import { SimVmMove } from '../../compute/sim/vm-move';
 import type { BenchVm } from './host-mix';
 
 /**
- * Benchmark 1's engine: the `sim` backend's own pre-copy model (`PrecopyFlow`) on its own NIC model (`SimLink`: max-min
+ * Benchmark 1's engine: the `sim` backend's own move model (`SimVmMove`: the local-disk mirror, then the memory
+ * pre-copy alongside its writes) on its own NIC model (`SimLink`: max-min
  * fair sharing recomputed at every event, per-stream cap S), driven in-process on a virtual clock that jumps from
  * event to event instead of following the wall clock — no agents, no HTTP — so a 128-VM host that takes half an hour
  * of simulated time runs in milliseconds. Every schedule goes through this one function; schedules differ only in
@@ -78,17 +80,17 @@ export interface EvacuationResult {
   schedule: string;
   vms: number;
   makespanS: number;
-  /** ΣM/B: every byte of memory crosses the link at least once. */
+  /** Σ(M + D)/B: every byte of memory and of local-disk data crosses the link at least once. */
   lowerBoundS: number;
-  /** makespan / (ΣM/B). */
+  /** makespan / (Σ(M + D)/B). */
   ratio: number;
-  /** max(ΣM/B, max M/S): also no VM can move faster than one stream's cap. */
+  /** max(Σ(M + D)/B, max (M + D)/S): also no VM can move faster than one stream's cap. */
   streamBoundS: number;
   ratioToStreamBound: number;
   maxDowntimeMs: number;
   p95DowntimeMs: number;
   bytesSent: number;
-  /** bytes sent / Σ memory. */
+  /** bytes sent / Σ(memory + disk data). */
   bytesRatio: number;
   /** VMs whose first attempt did not converge. */
   nonConverged: number;
@@ -110,18 +112,22 @@ export function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length, Math.max(1, Math.ceil(p * sorted.length))) - 1]!;
 }
 
+/** What a VM's move sends at least once: its memory and the data on its local disks. */
+const moveBytes = (v: BenchVm) => v.memoryBytes + v.diskBytes;
+
 export function lowerBoundS(vms: BenchVm[], link: LinkSpec): number {
-  return vms.reduce((s, v) => s + v.memoryBytes, 0) / link.bytesPerSec;
+  return vms.reduce((s, v) => s + moveBytes(v), 0) / link.bytesPerSec;
 }
 
 export function streamBoundS(vms: BenchVm[], link: LinkSpec): number {
-  const largest = Math.max(0, ...vms.map((v) => v.memoryBytes));
+  const largest = Math.max(0, ...vms.map(moveBytes));
   return Math.max(lowerBoundS(vms, link), largest / (link.streamCapFraction * link.bytesPerSec));
 }
 
 interface Attempt {
   vm: BenchVm;
-  flow: PrecopyFlow;
+  move: SimVmMove;
+  capBps: number;
   autoConverge: boolean;
   startMs: number;
   pausedAt?: number;
@@ -152,16 +158,20 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       const a = { vm, autoConverge, startMs: clock.t } as Attempt;
       // The moves in flight (those started just before in this same loop included) and the VMs still to go.
       const cap = schedule.bandwidthCapBps(vm, { moving: running.map((r) => r.vm), waiting: queue.map((q) => q.vm), moved: [...moved] });
-      a.flow = new PrecopyFlow(
+      a.capBps = Math.min(streamCap, cap ?? Infinity);
+      a.move = new SimVmMove(
+        simLink,
         {
           memoryBytes: vm.memoryBytes,
           dirtyRateBps: vm.dirtyRateBps,
           workingSetBytes: vm.workingSetBytes,
+          diskBytes: vm.diskBytes,
+          diskWriteBps: vm.diskWriteBps,
           maxDowntimeMs: schedule.maxDowntimeMs,
           autoConverge,
           maxRounds: DEFAULT_MAX_ROUNDS,
           // As the sim backend computes it: min(S, the migration's bandwidthCapBps).
-          capBps: Math.min(streamCap, cap ?? Infinity),
+          capBps: a.capBps,
           failAtRound: null,
         },
         {
@@ -170,10 +180,13 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
             a.copiedAt = t;
             a.releaseAt = t + SWITCHOVER_COST_MS;
           },
-          onGiveUp: (t) => (a.releaseAt = t),
+          onGiveUp: (t) => {
+            a.releaseAt = t;
+            a.move.stop();
+          },
         },
       );
-      a.flow.start(simLink.add(a.flow));
+      a.move.start();
       running.push(a);
       attempts.set(vm.vmId, [...(attempts.get(vm.vmId) ?? []), a]);
     }
@@ -188,9 +201,9 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       let used = 0;
       for (const a of running) {
         if (a.releaseAt !== undefined) next = Math.min(next, a.releaseAt);
-        else if (a.flow.rateBps > 0) {
-          next = Math.min(next, clock.t + (a.flow.pending / a.flow.rateBps) * 1000);
-          used += a.flow.rateBps;
+        else {
+          next = Math.min(next, a.move.nextChunkEndMs(clock.t));
+          used += a.move.rateBps();
         }
       }
       if (!Number.isFinite(next)) throw new Error(`schedule ${schedule.name}: streams on the link but none is moving`);
@@ -223,17 +236,17 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       startMs: first.startMs,
       endMs: last.releaseAt!,
       downtimeMs: last.copiedAt !== undefined ? last.copiedAt - last.pausedAt! + SWITCHOVER_COST_MS : null,
-      bytesSent: tries.reduce((s, a) => s + a.flow.bytesSent, 0),
-      rounds: tries.reduce((s, a) => s + a.flow.round + 1, 0),
-      throttlePct: last.flow.throttlePct,
-      capBps: last.flow.capBps,
+      bytesSent: tries.reduce((s, a) => s + a.move.bytesSent, 0),
+      rounds: tries.reduce((s, a) => s + a.move.precopy.round + 1, 0),
+      throttlePct: last.move.precopy.throttlePct,
+      capBps: last.capBps,
     };
   });
   perVm.sort((a, b) => (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0));
   const makespanMs = Math.max(...perVm.map((v) => v.endMs));
   const downtimes = perVm.flatMap((v) => (v.downtimeMs === null ? [] : [v.downtimeMs]));
   const bytesSent = perVm.reduce((s, v) => s + v.bytesSent, 0);
-  const memory = vmsIn.reduce((s, v) => s + v.memoryBytes, 0);
+  const memory = vmsIn.reduce((s, v) => s + moveBytes(v), 0);
   const lb = lowerBoundS(vmsIn, link);
   const sb = streamBoundS(vmsIn, link);
   const makespanS = makespanMs / 1000;

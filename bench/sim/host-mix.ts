@@ -11,13 +11,19 @@ export interface BenchVm {
   dirtyRateBps: number;
   /** Writable working set W, bytes: the most that can be dirty at once. */
   workingSetBytes: number;
+  /** Data on its local disks, bytes: what the move's disk mirror copies ahead of the memory. */
+  diskBytes: number;
+  /** The guest's disk write rate, bytes/s (blocks the mirror re-sends, then mirrors as they are written). */
+  diskWriteBps: number;
   kind: 'idle' | 'busy' | 'hot';
 }
 
 /**
  * A realistic dedicated host: sizes 1–64 GiB weighted towards the middle (as cloud flavours are sold), and three
  * kinds of guest — half nearly idle (D < 2 % of the link), a third busy (2–25 %), the rest hot (25–80 %: databases,
- * caches) — with writable working sets a few percent of memory (at most 8 GiB). The VMs come in a random order
+ * caches) — with writable working sets a few percent of memory (at most 8 GiB), and local NVMe disks holding 2–6× the
+ * memory in data (a root disk and a data disk, as dedicated hosts are sold: most of a host's bytes are on disk) that
+ * the guest writes at 0–1 % (idle), 0.5–3 % (busy) or 2–6 % (hot) of the link. The VMs come in a random order
  * (the tenant's creation order), which is what `as-listed` schedules see. Same seed, same host.
  */
 export function generateHost(vmCount: number, seed: number, linkBytesPerSec: number): BenchVm[] {
@@ -44,7 +50,11 @@ export function generateHost(vmCount: number, seed: number, linkBytesPerSec: num
     // Whole MiB/s and MiB, as a VM spec carries them (the workflow orders by `dirtyRateMiBps`).
     const dirtyRateBps = Math.round((uniform(dLo, dHi) * linkBytesPerSec) / MIB) * MIB;
     const workingSetBytes = Math.min(Math.round((uniform(wLo, wHi) * memoryBytes) / MIB) * MIB, 8 * GIB);
-    vms.push({ vmId: `vm-${String(i).padStart(3, '0')}`, memoryBytes, dirtyRateBps, workingSetBytes, kind });
+    // Whole GiB and MiB/s, as a VM spec carries them (`diskUsedGiB`, `diskWriteMiBps`).
+    const diskBytes = Math.round(uniform(2, 6) * gib) * GIB;
+    const [wLoD, wHiD] = kind === 'idle' ? [0, 0.01] : kind === 'busy' ? [0.005, 0.03] : [0.02, 0.06];
+    const diskWriteBps = Math.round((uniform(wLoD, wHiD) * linkBytesPerSec) / MIB) * MIB;
+    vms.push({ vmId: `vm-${String(i).padStart(3, '0')}`, memoryBytes, dirtyRateBps, workingSetBytes, diskBytes, diskWriteBps, kind });
   }
   return vms;
 }

@@ -18,6 +18,7 @@ export function statusOf(vm: BenchVm, state: VmMigrationStatus['state'] = 'pendi
     name: vm.vmId,
     spec: { vcpus: 1, memoryMiB: Math.round(vm.memoryBytes / MIB), diskGiB: 10 },
     dirtyRateMiBps: vm.dirtyRateBps / MIB,
+    ...(vm.diskBytes > 0 ? { diskMiB: Math.round(vm.diskBytes / MIB) } : {}),
     state,
     attempts: 0,
   };

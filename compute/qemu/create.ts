@@ -45,6 +45,19 @@ export const qemuAgentOptionsSchema = z
     tenantBridge: z.string().min(1).max(15).optional(),
     /** The fleet's server ids: migrations from any other source are refused. */
     peers: z.array(z.string().min(1)).optional(),
+    /** This server's local storage: one raw file per local disk (folder 0700). Default: <stateDir>/disks. */
+    storageDir: z.string().min(1).optional(),
+    /**
+     * The fleet's storage service for network disks (fleet file `storage.nbd`): NBD at host:port, export name = volume
+     * id, TLS with this server's client certificate when `transport` is tls (`serverName`: the name in the service's
+     * certificate). Unset: network disks are refused.
+     */
+    networkStorage: z
+      .object({ host: z.string().min(1), port: z.number().int().min(1).max(65535), serverName: z.string().min(1).default('storage') })
+      .strict()
+      .optional(),
+    /** MiB of random data written at the end of every new local disk: test data for a mirror to send (testbeds, benchmarks). */
+    diskFillMiB: z.number().int().min(0).max(65536).default(0),
   })
   .strict();
 export type QemuAgentOptions = z.input<typeof qemuAgentOptionsSchema>;
@@ -88,6 +101,9 @@ export function createQemuBackend(input: {
   }
   const base = path.join(os.tmpdir(), 'dhm-qemu');
   const safeId = input.serverId.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 32);
+  const stateDir = o.stateDir ?? path.join(base, `${safeId}-${input.bootId.slice(0, 8)}`);
+  if (o.networkStorage && o.transport === 'tls' && !o.tlsDir)
+    throw new UserFacingError('qemu.tlsDir: required for network disks over TLS (qemu.networkStorage with transport tls)', 'qemu.tlsDir');
   return new QemuBackend({
     serverId: input.serverId,
     bootId: input.bootId,
@@ -96,7 +112,12 @@ export function createQemuBackend(input: {
     logger: input.logger,
     selfUrl: input.selfUrl,
     tools: loadQemuTools(o.toolsDir),
-    stateDir: o.stateDir ?? path.join(base, `${safeId}-${input.bootId.slice(0, 8)}`),
+    stateDir,
+    storageDir: o.storageDir ?? path.join(stateDir, 'disks'),
+    diskFillMiB: o.diskFillMiB,
+    ...(o.networkStorage
+      ? { networkStorage: { host: o.networkStorage.host, port: o.networkStorage.port, ...(o.transport === 'tls' ? { tlsHostname: o.networkStorage.serverName } : {}) } }
+      : {}),
     migrationDir: o.migrationDir ?? path.join(base, 'migrate'),
     maxVmMemoryMiB: o.maxVmMemoryMiB ?? Math.min(input.capacity.memoryMiB, Math.floor(os.totalmem() / 2 ** 20 / 2)),
     maxVmVcpus: o.maxVmVcpus,

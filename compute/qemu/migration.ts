@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { IncomingView, MigrationJob, MigrationState, StartMigrationInput } from '../agent-api';
+import type { IncomingView, StartMigrationInput } from '../agent-api';
 import { AgentError } from '../agent-http';
-import { conflict } from '../errors';
+import { MigrationJobBase, type JobHost, type JobProgress } from '../migration-job';
 import type { PeerClient } from '../peer-client';
 import { mibToBytes } from '../units';
+import { DiskMirror, type DiskProgress } from './mirror';
 import { describeExit } from './qemu-process';
 import type { QemuVm } from './qemu-vm';
 import { QmpError, type QmpClient } from './qmp';
@@ -44,7 +45,7 @@ export interface QemuMigrationSettings {
 }
 
 /** What a migration needs from the agent that runs it. */
-export interface QemuMigrationHost {
+export interface QemuMigrationHost extends JobHost<QemuVm> {
   readonly peer: PeerClient;
   readonly logger: Logger;
   readonly settings: QemuMigrationSettings;
@@ -53,8 +54,6 @@ export interface QemuMigrationHost {
   pollIncoming(job: StartMigrationInput, vm: QemuVm): Promise<IncomingView>;
   /** Divides the bandwidth (fault injection). */
   linkSlowdown(): number;
-  /** The target runs the VM now: quit the source process (never resume it) and leave a tombstone. */
-  vmMoved(vm: QemuVm, agentUrl: string): Promise<void>;
 }
 
 type Stop = { state: 'failed' | 'cancelled'; code: string; message: string };
@@ -69,8 +68,7 @@ const COMMIT_RETRY_MS = 50;
  * switchover; its measured downtime and total time are what the job reports. Until QEMU says `completed` the source
  * is authoritative: a cancel, a give-up, or a failure leaves the VM running here and the destination exits.
  */
-export class QemuMigration {
-  state: MigrationState = 'running';
+export class QemuMigration extends MigrationJobBase<QemuVm> {
   private round = 0;
   private bytesSent = 0;
   private bytesRemaining: number;
@@ -78,44 +76,31 @@ export class QemuMigration {
   private dirtyRateBps = 0;
   private throughputBps = 0;
   private throttlePct = 0;
-  private downtimeMs: number | undefined;
-  private totalTimeMs: number | undefined;
-  private readonly startedAt = new Date().toISOString();
-  private finishedAt: string | undefined;
-  private error: { code: string; message: string } | undefined;
   /** Set when this side decided to end the migration (cancel, give-up, fault) before sending migrate_cancel. */
   private stop: Stop | null = null;
   private migrateSent = false;
   /** The stream's progress: the last byte count seen rising, and when. */
   private progressBytes = 0;
   private progressAt = Date.now();
-  private committing = false;
   private qmp: QmpClient | null = null;
-  private readonly abort = new AbortController();
-  private released: Promise<void> = Promise.resolve();
-  private settle!: () => void;
-  readonly settled = new Promise<void>((resolve) => (this.settle = resolve));
-  private readonly log: Logger;
+  /** The local disks' mirror (none for a VM without local disks: network disks stay where they are). */
+  private mirror: DiskMirror | null = null;
+  private diskProgress: DiskProgress | null;
+  /** The mirrors were completed at pre-switchover and the migration continued. */
+  private switchedOver = false;
 
   constructor(
     private readonly host: QemuMigrationHost,
-    private readonly vm: QemuVm,
-    readonly input: StartMigrationInput,
+    vm: QemuVm,
+    input: StartMigrationInput,
     private readonly failAtRound: number | null,
   ) {
-    this.log = host.logger.child({ jobId: input.jobId, vmId: input.vmId });
+    super(host, vm, input);
     this.memoryBytes = mibToBytes(vm.spec.memoryMiB);
     this.bytesRemaining = this.memoryBytes;
-  }
-
-  get jobId(): string {
-    return this.input.jobId;
-  }
-
-  /** A job that never started because the target could not be reached: it exists so a retry with its id sees why. */
-  failBeforeStart(code: string, message: string): void {
-    this.vm.migrationJobId = null;
-    this.finish('failed', { code, message });
+    const local = (vm.machine.disks ?? []).filter((d) => d.kind === 'local');
+    const total = local.reduce((a, d) => a + d.sizeBytes, 0);
+    this.diskProgress = local.length ? { bytesTotal: total, bytesCopied: 0, bytesRemaining: total } : null;
   }
 
   /** The target has accepted and is starting its destination: run the migration in the background. */
@@ -124,39 +109,22 @@ export class QemuMigration {
     void this.run(incoming);
   }
 
-  /** Before QEMU has completed: stop it, and the VM stays here. After: throws MIGRATION_COMPLETED. */
-  async cancel(): Promise<MigrationJob> {
-    if (this.committing) await this.settled;
-    if (this.state === 'completed')
-      throw conflict('MIGRATION_COMPLETED', 'jobId', `migration ${this.jobId} has completed; the VM runs on the target`);
-    if (this.state !== 'running') return this.snapshot();
+  /** Before QEMU has completed: stop it, and the VM stays here (MigrationJobBase.cancel). */
+  protected override async stopForCancel(): Promise<void> {
     this.stop ??= { state: 'cancelled', code: 'Cancelled', message: 'cancelled before switchover' };
     if (this.migrateSent) await this.qmp?.execute('migrate_cancel').catch(() => undefined);
     await this.settled;
-    if (this.snapshot().state === 'completed')
-      throw conflict('MIGRATION_COMPLETED', 'jobId', `migration ${this.jobId} completed before the cancel reached QEMU`);
-    await this.released; // so the caller sees the target's capacity free again when cancel returns
-    return this.snapshot();
-  }
-
-  /** The agent is stopping (its QEMU processes are being killed): drop everything without telling anyone. */
-  halt(): void {
-    this.abort.abort(new Error('agent stopping'));
-    if (this.state === 'running') this.finish('failed', { code: 'AgentStopped', message: 'the source agent stopped' });
   }
 
   /** Applies a changed bandwidth (fault injection) to a migration in flight. */
   async updateBandwidth(): Promise<void> {
     if (this.state !== 'running' || !this.qmp) return;
     await this.qmp.execute('migrate-set-parameters', { 'max-bandwidth': this.maxBandwidth() }).catch(() => undefined);
+    await this.mirror?.setSpeed(this.mirrorSpeed());
   }
 
-  snapshot(): MigrationJob {
+  protected override progress(): JobProgress {
     return {
-      jobId: this.jobId,
-      vmId: this.input.vmId,
-      target: { agentUrl: this.input.target.agentUrl, incarnationId: this.input.target.incarnationId },
-      state: this.state,
       round: this.round,
       bytesSent: this.bytesSent,
       bytesRemaining: this.bytesRemaining,
@@ -164,11 +132,9 @@ export class QemuMigration {
       dirtyRateBps: this.dirtyRateBps,
       throughputBps: this.throughputBps,
       throttlePct: this.throttlePct,
-      downtimeMs: this.downtimeMs,
-      totalTimeMs: this.totalTimeMs,
-      startedAt: this.startedAt,
-      finishedAt: this.finishedAt,
-      error: this.error,
+      memory: { bytesTotal: this.memoryBytes, bytesTransferred: this.bytesSent, bytesRemaining: this.bytesRemaining },
+      // The local disks' copy: bytes copied / remaining / total as QEMU's query-block-jobs reports them.
+      disk: this.diskProgress && { ...this.diskProgress },
     };
   }
 
@@ -181,13 +147,19 @@ export class QemuMigration {
       const qmp = await this.vm.proc.qmp();
       this.qmp = qmp;
       const target = await this.waitForListener(incoming, s.listenWaitMs);
-      if (!target || this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      if (!target || this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
       const uri = target.migrationUri!;
       const tls = await this.secureChannel(qmp, uri, target);
+      if (this.diskProgress) {
+        await this.mirrorDisks(qmp, target, tls, started);
+        if (this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
+      }
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [
           { capability: 'events', state: true },
           { capability: 'auto-converge', state: this.input.autoConverge },
+          // With local disks the mirrors are completed while the guest is stopped, before the target may run it.
+          { capability: 'pause-before-switchover', state: this.mirror !== null },
         ],
       });
       await qmp.execute('migrate-set-parameters', {
@@ -197,7 +169,7 @@ export class QemuMigration {
         'cpu-throttle-increment': s.throttleStepPct,
         ...tls,
       });
-      if (this.stop || this.abort.signal.aborted) return this.endHere(this.stop);
+      if (this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
       this.migrateSent = true; // set before the write, so a cancel from now on sends migrate_cancel after it
       this.progressAt = Date.now();
       await qmp.execute('migrate', { uri });
@@ -210,10 +182,10 @@ export class QemuMigration {
       if (this.abort.signal.aborted || this.state !== 'running') return;
       const message = err instanceof Error ? err.message : String(err);
       const exit = this.vm.proc.exitInfo;
-      if (exit) return this.endHere({ state: 'failed', code: 'VmFailed', message: `the VM's QEMU process exited (${describeExit(exit)})` });
+      if (exit) return this.endWith({ state: 'failed', code: 'VmFailed', message: `the VM's QEMU process exited (${describeExit(exit)})` });
       // QEMU is alive but we lost track: make sure no migration goes on behind our back before the VM counts as here.
       if (this.migrateSent) await this.qmp?.execute('migrate_cancel').catch(() => undefined);
-      this.endHere({ state: 'failed', code: err instanceof StepError ? err.code : 'MigrationFailed', message });
+      this.endWith({ state: 'failed', code: err instanceof StepError ? err.code : 'MigrationFailed', message });
     }
   }
 
@@ -236,11 +208,14 @@ export class QemuMigration {
           if ((q['total-time'] ?? 0) > 0) return this.completed(q);
           break;
         case 'failed':
-          return this.endHere(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: q['error-desc'] ?? 'QEMU reported the migration failed' });
+          return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: q['error-desc'] ?? 'QEMU reported the migration failed' });
         case 'cancelled':
-          return this.endHere(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
-        case 'device':
+          return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
         case 'pre-switchover':
+          this.vm.state = 'paused-for-switchover';
+          if (this.mirror && !this.switchedOver && !this.stop) await this.switchOverDisks(qmp);
+          break;
+        case 'device':
           this.vm.state = 'paused-for-switchover';
           break;
         default:
@@ -311,10 +286,11 @@ export class QemuMigration {
     // The guest is stopped, so its serial log is final: the target's first line will be this + 1.
     const counter = this.vm.counter();
     try {
+      // The target drops its exports once the guest runs there; the source lets go of them first.
+      await this.mirror?.detach();
       await this.commitToTarget(counter);
-      await this.host.vmMoved(this.vm, this.input.target.agentUrl);
     } finally {
-      if (this.state === 'running') this.finish('completed');
+      await this.movedToTarget();
     }
     this.log.info(
       { downtimeMs: this.downtimeMs, totalTimeMs: this.totalTimeMs, setupTimeMs: q['setup-time'], bytesSent: this.bytesSent, rounds: this.round + 1, lastCounter: counter },
@@ -344,28 +320,78 @@ export class QemuMigration {
     }
   }
 
-  /** Ends the job with the VM still running here, and has the target drop its (exited) destination. */
-  private endHere(stop: Stop | null): void {
-    if (this.state !== 'running') return;
+  /** Ends the job with the VM still running here; the target drops its (exited) destination when released. */
+  private endWith(stop: Stop | null): void {
     const s = stop ?? { state: 'cancelled', code: 'Cancelled', message: 'cancelled before the migration started' };
-    this.vm.migrationJobId = null;
-    if (this.vm.state !== 'running' && !this.vm.failure) this.vm.state = 'running';
-    this.finish(s.state, { code: s.code, message: s.message });
-    (s.state === 'failed' ? this.log.warn : this.log.info).call(this.log, { error: this.error, round: this.round, bytesSent: this.bytesSent }, `migration ${s.state}`);
-    this.released = this.host.peer.release(this.input.target.agentUrl, this.jobId).catch((err: unknown) => {
-      this.log.debug({ err: err instanceof Error ? err.message : err }, 'could not release the target reservation');
-    });
+    this.endHere(s.state, { code: s.code, message: s.message });
   }
 
-  private finish(state: MigrationState, error?: { code: string; message: string }): void {
-    this.state = state;
-    this.error = error;
-    this.finishedAt = new Date().toISOString();
+  /** The mirror goes before the target is released: jobs cancelled, the target's exports detached from here. */
+  protected override async beforeRelease(): Promise<void> {
+    await this.mirror?.abort();
+  }
+
+  /**
+   * Mirrors the local disks into the target's exports until every mirror is READY, then switches them to
+   * write-blocking. Gives up like the RAM stream does: nothing copied for `stallTimeoutMs`, or past `maxMigrationMs`.
+   */
+  private async mirrorDisks(qmp: QmpClient, target: IncomingView, tls: Record<string, string>, started: number): Promise<void> {
+    const s = this.host.settings;
+    if (!target.nbdAddress) throw new StepError('TargetUnavailable', 'the target exports no disks for the mirror');
+    const mirror = new DiskMirror(qmp, this.vm.machine.disks ?? [], this.jobId, this.log);
+    this.mirror = mirror;
+    const creds = tls['tls-creds'];
+    await mirror.start({ address: target.nbdAddress, ...(creds ? { tlsCredsId: creds, tlsHostname: target.serverId } : {}) }, this.mirrorSpeed());
+    let progressAt = Date.now();
+    let copied = 0;
+    for (;;) {
+      if (this.stop || this.abort.signal.aborted) return;
+      const p = await mirror.poll();
+      this.diskProgress = p.progress;
+      if (p.state === 'failed') throw new StepError('DiskMirrorFailed', p.message);
+      if (p.state === 'ready') break;
+      const now = Date.now();
+      if (p.progress.bytesCopied > copied) {
+        copied = p.progress.bytesCopied;
+        progressAt = now;
+      } else if (now - progressAt > s.stallTimeoutMs) {
+        throw new StepError('MigrationStalled', `the disk mirror copied nothing for ${now - progressAt} ms (the network to the target is down?)`);
+      }
+      if (now - started > s.maxMigrationMs) throw new StepError('NotConverging', `the disk mirror was not ready within ${s.maxMigrationMs} ms`);
+      await sleep(s.pollIntervalMs, this.abort.signal);
+    }
+    await mirror.activeSync();
+  }
+
+  /** At pre-switchover: the mirrors are completed (the guest is stopped), then QEMU may switch over. */
+  private async switchOverDisks(qmp: QmpClient): Promise<void> {
+    try {
+      await this.mirror!.complete();
+      this.diskProgress = this.mirror!.progress;
+      this.switchedOver = true;
+      await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+    } catch (err) {
+      this.stop = { state: 'failed', code: 'DiskMirrorFailed', message: err instanceof Error ? err.message : String(err) };
+      this.log.warn({ reason: this.stop.message }, 'disk mirror failed at switchover; cancelling the migration');
+      await qmp.execute('migrate_cancel').catch(() => undefined);
+    }
+  }
+
+  /** The mirror's rate limit: the policy's bandwidth cap (over the fault's slowdown), else none (the NIC limits it). */
+  private mirrorSpeed(): number {
+    const cap = this.input.bandwidthCapBps;
+    return cap ? Math.max(1, Math.round(cap / this.host.linkSlowdown())) : 0;
+  }
+
+  protected override stopHere(): void {
+    if (this.vm.state !== 'running' && !this.vm.failure) this.vm.state = 'running';
+  }
+
+  protected override onFinish(): void {
     // QEMU's total-time for a completed move; otherwise wall time from the request to the end.
-    this.totalTimeMs ??= Date.parse(this.finishedAt) - Date.parse(this.startedAt);
+    this.totalTimeMs ??= Date.parse(this.finishedAt!) - Date.parse(this.startedAt);
     // Like the sim: once finished, the average over the job.
     this.throughputBps = this.totalTimeMs > 0 ? this.bytesSent / (this.totalTimeMs / 1000) : 0;
-    this.settle();
   }
 
   private maxBandwidth(): number {

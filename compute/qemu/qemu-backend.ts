@@ -1,14 +1,17 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import type { AcceptIncomingBody, CommitIncomingBody, GuestOp, GuestOpResult, IncomingView, StartMigrationInput, VmSpec, VmView } from '../agent-api';
 import { tlsIdentity } from '../fleet-ca';
 import type { ComputeBackend } from '../backend';
 import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
 import { AgentFailure, conflict, invalidInput, notFound } from '../errors';
+import { vmDisks, type DiskKind } from '../../common/vm-spec';
+import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, wipeDiskFile, type MachineDisk, type NetworkStorage } from './disks';
 import { createTap, deleteTap, guestMarker, guestNic, probeGuest } from './guest-nic';
 import { QemuMigration, type QemuMigrationHost, type QemuMigrationSettings } from './migration';
-import { describeExit, QemuProcess, type MachineSpec } from './qemu-process';
+import { describeExit, QemuProcess, STORAGE_TLS_ID, type MachineSpec } from './qemu-process';
 import type { QmpClient } from './qmp';
 import { queryMigrateSchema } from './query-migrate';
 import { QemuVm } from './qemu-vm';
@@ -36,6 +39,12 @@ export interface QemuBackendOptions extends BackendBaseOptions {
   tenantBridge?: string;
   /** The fleet's server ids: an incoming migration from any other server is refused. Unset: any source. */
   peers?: string[];
+  /** This server's own storage (local disks: one raw file each, 0600, the folder 0700); nothing else reads it. */
+  storageDir: string;
+  /** The fleet's storage service (network disks); unset: VMs with a network disk are refused. */
+  networkStorage?: Omit<NetworkStorage, 'tlsCredsId'>;
+  /** MiB of random data written at the end of every new local disk (test data a mirror has to send). */
+  diskFillMiB: number;
 }
 
 /** Below this the guest kernel and its initramfs do not fit. */
@@ -62,6 +71,10 @@ interface Incoming extends BackendIncoming {
   resumed: boolean;
   /** Why the destination is gone, if it is (cancel, failure: QEMU exits then). */
   ended: string | null;
+  /** Where the empty local disks are exported for the source's mirror, once they are (`tcp:`/`unix:`). */
+  nbdAddress: string | null;
+  /** The NBD server runs in the destination (to be stopped before the export can be called gone). */
+  nbdStarted: boolean;
 }
 
 const vmFailed = (vm: QemuVm) =>
@@ -87,6 +100,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     this.settings = opts.settings;
     fs.mkdirSync(opts.stateDir, { recursive: true });
     fs.mkdirSync(opts.migrationDir, { recursive: true });
+    fs.mkdirSync(opts.storageDir, { recursive: true, mode: 0o700 });
+    fs.chmodSync(opts.storageDir, 0o700);
     this.logger.info({ qemu: opts.tools.qemuVersion, stateDir: opts.stateDir }, 'qemu backend ready');
   }
 
@@ -156,7 +171,11 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     const procs = [...this.procs];
     await Promise.all(procs.map((p) => p.stop(0)));
     for (const r of this.incoming.values()) fs.rmSync(r.socketPath, { force: true });
-    for (const m of [...this.vms.values(), ...this.incoming.values()]) if (m.machine.nic) deleteTap(m.machine.nic.tap);
+    for (const m of [...this.vms.values(), ...this.incoming.values()]) {
+      if (m.machine.nic) deleteTap(m.machine.nic.tap);
+      // Its VMs die with the agent: their disks go with them, wiped.
+      this.wipeDisks(m.machine, 'agent stopping');
+    }
     fs.rmSync(this.opts.stateDir, { recursive: true, force: true });
     this.logger.info({ killed: procs.length }, 'qemu backend closed');
   }
@@ -185,13 +204,6 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     return this.faultState.linkSlowdown;
   }
 
-  async vmMoved(vm: QemuVm, agentUrl: string): Promise<void> {
-    this.tombstones.set(vm.vmId, agentUrl);
-    // A postmigrate source must never run again (`cont` would make a second copy): quit it.
-    await this.removeVm(vm);
-    this.logger.info({ vmId: vm.vmId, movedTo: agentUrl }, 'VM moved away; source QEMU quit');
-  }
-
   // ---- BackendBase -------------------------------------------------------------------------------------------
 
   /** Refuses new work once stopping: every QEMU process started must be one `close()` kills. */
@@ -204,6 +216,11 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     this.machineFor('check', spec, 'spec');
   }
 
+  /** Network disks only with the fleet's storage service configured (fleet file `storage.nbd`). */
+  override diskKinds(): readonly DiskKind[] {
+    return this.opts.networkStorage ? ['local', 'network'] : ['local'];
+  }
+
   /** Only the fleet's servers may send a VM here (the TLS layer checks the same identity again). */
   protected override checkSource(input: AcceptIncomingBody): void {
     if (this.opts.peers && !this.opts.peers.includes(input.sourceServerId))
@@ -211,7 +228,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   }
 
   protected override incomingExtras(r: Incoming): Partial<IncomingView> {
-    return r.uri ? { migrationUri: r.uri, tls: r.tls } : {};
+    return r.uri ? { migrationUri: r.uri, tls: r.tls, ...(r.nbdAddress ? { nbdAddress: r.nbdAddress } : {}) } : {};
   }
 
   protected override checkUsable(vm: QemuVm): void {
@@ -220,6 +237,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
   protected override newVm(input: { vmId: string; incarnationId: string; spec: VmSpec }): QemuVm {
     const machine = this.machineFor(input.vmId, input.spec, 'spec');
+    this.attachDisks(machine, input.vmId, input.spec, null);
     const proc = this.spawn(`vm-${++this.seq}`, input.vmId, machine, false);
     return new QemuVm(input.vmId, input.incarnationId, input.spec, machine, proc);
   }
@@ -248,6 +266,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     this.forgetVm(vm);
     await vm.proc.stop(STOP_GRACE_MS);
     if (vm.machine.nic) deleteTap(vm.machine.nic.tap);
+    this.wipeDisks(vm.machine, 'VM removed');
   }
 
   protected override newJob(vm: QemuVm, input: StartMigrationInput, failAt: number | null): QemuMigration {
@@ -270,12 +289,14 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   /** Starts the destination QEMU (`-incoming defer`); `incomingAccepted` has it listen for the source. */
   protected override newIncoming(jobId: string, input: AcceptIncomingBody): Incoming {
     const machine = this.machineFor(input.vmId, input.spec, 'spec');
+    // Empty disks of the same sizes: the source mirrors into them over NBD.
+    this.attachDisks(machine, input.vmId, input.spec, jobId);
     const socketPath = this.migrationSocketPath(this.opts.bootId, jobId);
     fs.rmSync(socketPath, { force: true });
     const proc = this.spawn(`in-${++this.seq}`, input.vmId, machine, true);
     return {
       jobId, vmId: input.vmId, incarnationId: input.incarnationId, spec: input.spec, machine, proc, socketPath,
-      uri: null, tls: false, state: 'reserved', resumed: false, ended: null,
+      uri: null, tls: false, state: 'reserved', resumed: false, ended: null, nbdAddress: null, nbdStarted: false,
     };
   }
 
@@ -294,9 +315,13 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     if (!this.forgetIncoming(r)) return;
     this.incomingSource.delete(r.jobId);
     r.ended ??= 'released';
+    await this.stopNbd(r);
     await r.proc.stop(0);
     fs.rmSync(r.socketPath, { force: true });
+    fs.rmSync(`${r.socketPath}.nbd`, { force: true });
     if (r.machine.nic) deleteTap(r.machine.nic.tap);
+    // A partial copy of the tenant's disk: wiped, like any other.
+    this.wipeDisks(r.machine, 'incoming migration dropped');
     this.logger.info({ jobId: r.jobId, vmId: r.vmId, exit: r.proc.exitInfo }, 'incoming migration dropped; destination reaped');
   }
 
@@ -346,6 +371,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   private async startListening(qmp: QmpClient, r: Incoming): Promise<string> {
     const host = this.opts.migrationHost;
     if (!host) {
+      await this.exportDisks(qmp, r, {});
       await qmp.execute('migrate-incoming', { uri: `unix:${r.socketPath}` });
       return `unix:${r.socketPath}`;
     }
@@ -357,6 +383,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       await qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-authz': 'authz0' });
       r.tls = true;
     }
+    await this.exportDisks(qmp, r, r.tls ? { 'tls-creds': 'tls0', 'tls-authz': 'authz0' } : {});
     const hostPart = host.includes(':') ? `[${host}]` : host;
     await qmp.execute('migrate-incoming', { uri: `tcp:${hostPart}:0` });
     const q = queryMigrateSchema.parse(await qmp.execute('query-migrate'));
@@ -370,6 +397,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     if (r.state === 'committed') return;
     this.commitReservation(r);
     fs.rmSync(r.socketPath, { force: true });
+    // The mirror completed before the switchover: a writable export of the disk the guest now runs on must not stay.
+    void this.stopNbd(r).finally(() => fs.rmSync(`${r.socketPath}.nbd`, { force: true }));
     const vm = new QemuVm(r.vmId, r.incarnationId, r.spec, r.machine, r.proc, handedOverCounter);
     if (r.proc.exitInfo) vm.failure = { code: 'VmFailed', message: `QEMU exited (${describeExit(r.proc.exitInfo)})` };
     this.place(vm);
@@ -394,6 +423,88 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
         if (r.proc === proc && r.state === 'reserved') r.ended ??= `QEMU exited (${describeExit(exit)})`;
     });
     return proc;
+  }
+
+  /**
+   * The VM's disks on this server: a local disk is a file in the storage folder (`jobId` set: an empty one for an
+   * incoming migration, named after the job so a reservation that gives way never shares a file with its successor;
+   * unset: a new VM's, with the test fill at its end), a network disk the storage service's volume.
+   */
+  private attachDisks(machine: MachineSpec, vmId: string, spec: VmSpec, jobId: string | null): void {
+    const ns = this.opts.networkStorage;
+    const tag = createHash('sha256').update(`${vmId}\0${jobId ?? ''}`).digest('hex').slice(0, 16);
+    const fillBytes = (size: number) => Math.min(this.opts.diskFillMiB * 2 ** 20, Math.floor(size / 2 / BLOCK_BYTES) * BLOCK_BYTES);
+    const disks: MachineDisk[] = vmDisks(spec).map((d, i): MachineDisk => {
+      if (d.kind === 'network') {
+        const nbd: NetworkStorage = { host: ns!.host, port: ns!.port, ...(this.settings.transport === 'tls' && ns!.tlsHostname ? { tlsHostname: ns!.tlsHostname, tlsCredsId: STORAGE_TLS_ID } : {}) };
+        return { node: diskNode(i), name: d.name, kind: 'network', volumeId: d.volumeId, nbd };
+      }
+      return { node: diskNode(i), name: d.name, kind: 'local', path: path.join(this.opts.storageDir, `${tag}-${i}.raw`), sizeBytes: gibToBytes(d.sizeGiB) };
+    });
+    if (!disks.length) return;
+    machine.disks = disks;
+    if (disks.some((d) => d.kind === 'network' && d.nbd.tlsCredsId)) machine.storageTlsDir = this.settings.tlsDir!;
+    const local = disks.filter((d) => d.kind === 'local');
+    if (local.length) machine.diskBlocks = Math.min(...local.map((d) => (d.sizeBytes - fillBytes(d.sizeBytes)) / BLOCK_BYTES));
+    for (const d of local) {
+      createDiskFile(d.path, d.sizeBytes);
+      if (jobId === null) fillDiskTail(d.path, d.sizeBytes, fillBytes(d.sizeBytes));
+    }
+  }
+
+  /** Wipes (discards, then removes) the machine's local disk files; idempotent. */
+  private wipeDisks(machine: MachineSpec, why: string): void {
+    for (const d of machine.disks ?? []) {
+      if (d.kind !== 'local') continue;
+      try {
+        const bytes = wipeDiskFile(d.path);
+        if (bytes) this.logger.info({ disk: d.name, file: d.path, bytes, why }, 'local disk wiped');
+      } catch (err) {
+        this.logger.error({ disk: d.name, file: d.path, err: err instanceof Error ? err.message : String(err) }, 'could not wipe a local disk');
+      }
+    }
+  }
+
+  /**
+   * The destination exports its empty local disks, writable, on this server's migration address (a kernel-chosen
+   * free port) or a UNIX socket, with the migration's TLS credentials and authz (only the source may connect).
+   */
+  private async exportDisks(qmp: QmpClient, r: Incoming, tls: Record<string, string>): Promise<void> {
+    const local = (r.machine.disks ?? []).filter((d) => d.kind === 'local');
+    if (!local.length) return;
+    const host = this.opts.migrationHost;
+    let addr: Record<string, unknown>;
+    let address: string;
+    if (host) {
+      const port = await freeTcpPort(host);
+      // nbd-server-start takes the legacy SocketAddress form ({type, data}).
+      addr = { type: 'inet', data: { host, port: String(port) } };
+      address = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
+    } else {
+      const sock = `${r.socketPath}.nbd`;
+      fs.rmSync(sock, { force: true });
+      addr = { type: 'unix', data: { path: sock } };
+      address = `unix:${sock}`;
+    }
+    await qmp.execute('nbd-server-start', { addr, ...tls });
+    r.nbdStarted = true;
+    for (const d of local) await qmp.execute('block-export-add', { type: 'nbd', id: `export-${d.node}`, 'node-name': d.node, name: d.node, writable: true });
+    r.nbdAddress = address;
+  }
+
+  /** Removes the destination's exports and its NBD server (hard: a client still connected is cut off). */
+  private async stopNbd(r: Incoming): Promise<void> {
+    if (!r.nbdStarted || !r.proc.running) return;
+    r.nbdStarted = false;
+    try {
+      const qmp = await r.proc.qmp();
+      for (const d of r.machine.disks ?? [])
+        if (d.kind === 'local') await qmp.execute('block-export-del', { id: `export-${d.node}`, mode: 'hard' }).catch(() => undefined);
+      await qmp.execute('nbd-server-stop');
+      this.logger.info({ jobId: r.jobId, vmId: r.vmId }, 'NBD exports of the incoming disks removed');
+    } catch (err) {
+      this.logger.warn({ jobId: r.jobId, err: err instanceof Error ? err.message : String(err) }, 'could not stop the NBD server of a destination');
+    }
   }
 
   /** What QEMU will run for this spec, or a 400 naming the field it cannot honour. */
@@ -421,4 +532,16 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** A TCP port free on `host` right now (QEMU's nbd-server-start cannot report a kernel-chosen one). */
+function freeTcpPort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

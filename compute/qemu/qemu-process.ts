@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
+import { diskArgs, type MachineDisk } from './disks';
 import { nicArgs, TENANT_PREFIX_LENGTH, type GuestNic } from './guest-nic';
 import { QmpClient } from './qmp';
 import type { QemuTools } from './tools';
@@ -18,15 +19,28 @@ export interface MachineSpec {
   nic?: GuestNic;
   /** Written into guest memory by its /init (wire-capture tests look for it). */
   marker?: string;
+  /** Its disks, in device order (local files, network volumes); the guest writes numbered blocks to each. */
+  disks?: MachineDisk[];
+  /** The guest's numbered blocks stop before this block (the host filled the rest of the local disks). */
+  diskBlocks?: number;
+  /** Client credentials for the storage service (network disks over NBD with TLS): a credential folder. */
+  storageTlsDir?: string;
 }
+
+/** The id of the storage service's client credentials object on the command line. */
+export const STORAGE_TLS_ID = 'storage-tls';
 
 /** Machine arguments, identical on source and destination (a mismatch makes the destination exit). */
 export function machineArgs(tools: QemuTools, m: MachineSpec): string[] {
   // init_on_free: pages the guest frees are zero, which QEMU sends as a flag (a 128 MiB guest: ~50 MB instead of ~90).
-  const append = ['console=ttyS0', 'quiet', 'panic=-1', 'init_on_free=1'];
+  // no_timer_check: on a loaded host a TCG guest's boot-time IO-APIC timer check can fail and panic the kernel
+  // ("IO-APIC + timer doesn't work!"), seen with three guests booting at once at load 13 on 2 cores.
+  const append = ['console=ttyS0', 'quiet', 'panic=-1', 'init_on_free=1', 'no_timer_check'];
   if (m.dirtyMiB > 0) append.push(`dhm.dirty_mib=${m.dirtyMiB}`, `dhm.dirty_rate_mibps=${m.dirtyRateMiBps}`);
   if (m.nic) append.push(`dhm.ip=${m.nic.ip}/${TENANT_PREFIX_LENGTH}`);
   if (m.marker) append.push(`dhm.marker=${m.marker}`);
+  const disks = m.disks ?? [];
+  if (disks.length) append.push(`dhm.disks=${disks.length}`, `dhm.disk_blocks=${m.diskBlocks ?? 0}`);
   return [
     ...tools.dataDirs.flatMap((d) => ['-L', d]),
     // TCG always: /dev/kvm may exist on these machines without being usable.
@@ -40,6 +54,8 @@ export function machineArgs(tools: QemuTools, m: MachineSpec): string[] {
     '-initrd', tools.initrd,
     '-append', append.join(' '),
     ...(m.nic ? nicArgs(m.nic) : []),
+    ...(m.storageTlsDir ? ['-object', `tls-creds-x509,id=${STORAGE_TLS_ID},dir=${m.storageTlsDir},endpoint=client,verify-peer=on`] : []),
+    ...disks.flatMap(diskArgs),
   ];
 }
 
@@ -60,6 +76,8 @@ const STDERR_KEEP = 4096;
  */
 export class QemuProcess {
   readonly qmpPath: string;
+  /** A second QMP monitor, for looking from outside (tests, operators: block jobs, NBD exports); the agent uses `qmpPath`. */
+  readonly inspectPath: string;
   readonly serialPath: string;
   readonly pid: number;
   readonly exited: Promise<ExitInfo>;
@@ -73,12 +91,14 @@ export class QemuProcess {
   constructor(opts: { tools: QemuTools; dir: string; machine: MachineSpec; incoming: boolean; logger: Logger; name: string }) {
     fs.mkdirSync(opts.dir, { recursive: true });
     this.qmpPath = path.join(opts.dir, 'qmp.sock');
+    this.inspectPath = path.join(opts.dir, 'inspect.sock');
     this.serialPath = path.join(opts.dir, 'serial.log');
-    for (const f of [this.qmpPath, this.serialPath]) fs.rmSync(f, { force: true });
+    for (const f of [this.qmpPath, this.inspectPath, this.serialPath]) fs.rmSync(f, { force: true });
     const args = [
       ...machineArgs(opts.tools, opts.machine),
       '-name', opts.name,
       '-qmp', `unix:${this.qmpPath},server=on,wait=off`,
+      '-qmp', `unix:${this.inspectPath},server=on,wait=off`,
       '-serial', `file:${this.serialPath}`,
       ...(opts.incoming ? ['-incoming', 'defer'] : []),
     ];

@@ -25,6 +25,8 @@ const manifestSchema = z.object({
   dataDirs: z.array(z.string()),
   kernel: z.string(),
   initrd: z.string(),
+  /** Set-ups from before network storage have none. */
+  storageDaemon: z.string().optional(),
 });
 
 /** Absolute paths of everything a QEMU process of ours needs. */
@@ -39,6 +41,8 @@ export interface QemuTools {
   dataDirs: string[];
   kernel: string;
   initrd: string;
+  /** qemu-storage-daemon (the testbed's storage service), when the set-up has it. */
+  storageDaemon?: string;
 }
 
 export function loadQemuTools(dir = defaultQemuToolsDir()): QemuTools {
@@ -60,6 +64,7 @@ export function loadQemuTools(dir = defaultQemuToolsDir()): QemuTools {
     dataDirs: m.dataDirs.map(abs),
     kernel: abs(m.kernel),
     initrd: abs(m.initrd),
+    ...(m.storageDaemon ? { storageDaemon: abs(m.storageDaemon) } : {}),
   };
   for (const f of [tools.qemuBinary, tools.kernel, tools.initrd])
     if (!fs.existsSync(f)) throw new Error(`QEMU tools in ${dir} are incomplete (${f} is missing): run scripts/qemu/setup.sh`);

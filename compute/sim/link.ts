@@ -1,7 +1,7 @@
 import type { SimClock } from './clock';
 
 /**
- * One transfer sharing a server's NIC: a pre-copy migration stream. The link writes `rateBps` and drains
+ * One transfer sharing a server's NIC: a pre-copy memory stream or a disk mirror. The link writes `rateBps` and drains
  * `pending`; the flow decides, at the exact simulated instant a chunk ends, what to send next.
  */
 export interface Flow {
@@ -14,7 +14,8 @@ export interface Flow {
   onSent(bytes: number): void;
   /**
    * The current chunk finished at simulated time `tMs`. Set a new `pending` (> 0) and return true to keep sending,
-   * or return false to leave the link. Must not call back into the link; schedule async work instead.
+   * or return false to leave the link. It may add or remove *other* flows (they join or leave at `tMs`: a VM's memory
+   * stream starts the instant its disk mirror is ready); anything else is scheduled as async work.
    */
   onChunkDone(tMs: number): boolean;
 }

@@ -1,3 +1,4 @@
+import { DISK_KINDS, localDiskGiB, localDisks, type DiskKind } from '../../common/vm-spec';
 import type { AcceptIncomingBody, CommitIncomingBody, GuestOp, GuestOpResult, IncomingView, StartMigrationInput, VmSpec, VmView } from '../agent-api';
 import type { ComputeBackend } from '../backend';
 import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
@@ -5,6 +6,7 @@ import { conflict } from '../errors';
 import { mibToBytes } from '../units';
 import { SimClock } from './clock';
 import { SimLink } from './link';
+import { LocalStore } from './local-store';
 import { SimMigration, type MigrationHost } from './migration';
 import { DEFAULT_MAX_ROUNDS } from './precopy';
 import { SimVm } from './sim-vm';
@@ -15,6 +17,8 @@ export interface SimBackendOptions extends BackendBaseOptions {
   /** Per-stream cap S as a fraction of B. */
   streamCapFraction: number;
   timeScale: number;
+  /** The server reaches its zone's storage service: network disks are served (else local ones only). */
+  networkStorage?: boolean;
 }
 
 /**
@@ -26,6 +30,8 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
   readonly kind = 'sim' as const;
   readonly clock: SimClock;
   readonly link: SimLink;
+  /** The tenants' local disks on this server (their sizes: a disk is as big as the spec says, written or not). */
+  private readonly store = new LocalStore();
 
   constructor(protected override readonly opts: SimBackendOptions) {
     super(opts);
@@ -76,19 +82,28 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
     for (const vm of this.vms.values()) vm.unpark(vm.state);
   }
 
-  /** MigrationHost: the target has the VM now. */
-  vmMoved(vm: SimVm, agentUrl: string): void {
-    if (this.vms.get(vm.vmId) !== vm) return;
-    this.removeVm(vm);
-    this.tombstones.set(vm.vmId, agentUrl);
-    vm.unpark('running');
-    this.logger.info({ vmId: vm.vmId, movedTo: agentUrl }, 'VM moved away');
+  /** Local disks (a size, copied when the VM moves) and, with the storage service, network ones (a name, nothing to copy). */
+  override diskKinds(): readonly DiskKind[] {
+    return this.opts.networkStorage === false ? ['local'] : DISK_KINDS;
   }
 
   // ---- BackendBase -------------------------------------------------------------------------------------------
 
   protected override newVm(input: { vmId: string; incarnationId: string; spec: VmSpec }): SimVm {
+    this.store.hold(input.incarnationId, input.vmId, localDiskGiB(input.spec) * 2 ** 30);
     return new SimVm(input.vmId, input.incarnationId, input.spec);
+  }
+
+  protected override wipeVmDisks(vm: SimVm): void {
+    this.store.wipe(vm.incarnationId, vm.vmId);
+  }
+
+  protected override wipeIncarnationDisks(incarnationId: string): void {
+    this.store.wipeIncarnation(incarnationId);
+  }
+
+  override localStorage(): { diskBytes: number; wipedBytes: number } {
+    return this.store.usage();
   }
 
   protected override removeVm(vm: SimVm): void {
@@ -97,7 +112,12 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
   }
 
   protected override newJob(vm: SimVm, input: StartMigrationInput, failAt: number | null): SimMigration {
+    const localGiB = localDiskGiB(vm.spec);
     return new SimMigration(this, vm, input, {
+      hasLocalDisk: localDisks(vm.spec).length > 0,
+      // The data written to the local disks (at most their size): what the mirror copies; zeros are skipped.
+      diskBytes: Math.min(localGiB, vm.spec.workload?.diskUsedGiB ?? 0) * 2 ** 30,
+      diskWriteBps: localGiB > 0 ? mibToBytes(vm.spec.workload?.diskWriteMiBps ?? 0) : 0,
       memoryBytes: mibToBytes(vm.spec.memoryMiB),
       dirtyRateBps: mibToBytes(vm.spec.workload?.dirtyRateMiBps ?? 0),
       workingSetBytes: mibToBytes(vm.spec.workload?.workingSetMiB ?? 0),
@@ -119,6 +139,8 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
   }
 
   protected override newIncoming(jobId: string, input: AcceptIncomingBody): BackendIncoming {
+    // The target creates the empty disks the source mirrors into as it accepts the VM.
+    this.store.hold(input.incarnationId, input.vmId, localDiskGiB(input.spec) * 2 ** 30);
     return { jobId, vmId: input.vmId, incarnationId: input.incarnationId, spec: input.spec, state: 'reserved' };
   }
 
@@ -127,7 +149,8 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
   }
 
   protected override dropIncoming(r: BackendIncoming): void {
-    this.forgetIncoming(r);
+    // A copy that never became the VM (cancel, failure, give-up): its partial disks go with the reservation.
+    if (this.forgetIncoming(r) && r.state === 'reserved') this.store.wipe(r.incarnationId, r.vmId);
   }
 
   protected override applyLinkSlowdown(slowdown: number): void {

@@ -6,8 +6,10 @@ import { z } from 'zod';
 import { UserFacingError } from '../../common/errors';
 import type { Fleet, FleetServer } from '../../common/fleet';
 import type { Logger } from '../../common/logger';
-import { ensureFleetCa, issueServerCreds } from '../fleet-ca';
+import { ensureFleetCa, issueServerCreds, type FleetCa } from '../fleet-ca';
 import { TENANT_MTU } from '../qemu/guest-nic';
+import { loadQemuTools } from '../qemu/tools';
+import { STORAGE_NAME, STORAGE_NBD_PORT, storageDaemonArgs, waitStorageReady, type StorageService } from './storage';
 import { bridgeIn, deleteNamespace, inNs, ipIn, linkExists, listNamespaces, run, tcIn } from './net';
 import type { TestbedAgentConfig } from './agent-main';
 
@@ -26,8 +28,9 @@ import type { TestbedAgentConfig } from './agent-main';
 const NS_PREFIX = 'dhmtb-';
 /** 198.18.<slot>.0/24 per testbed: the fabric of two testbeds never overlaps in the root namespace's routes. */
 const MAX_SLOT = 254;
-/** .1 – .250 servers, .253 tenant, .254 the root namespace (the control plane). */
+/** .1 – .250 servers, .252 the storage service, .253 tenant, .254 the root namespace (the control plane). */
 export const MAX_SERVERS = 250;
+const STORAGE_HOST = 252;
 const TENANT_HOST = 253;
 const ROOT_HOST = 254;
 /** What one server costs this machine besides its VMs: its agent process (Node) and the guest QEMUs' overhead. */
@@ -59,6 +62,8 @@ export const testbedOptionsSchema = z
     logLevel: z.string().default('warn'),
     /** The agents give a migration up after this long without a byte sent (a partition). */
     stallTimeoutMs: z.number().int().min(1_000).default(8_000),
+    /** MiB of random data at the end of every new local disk (what a mirror has to send besides the guest's blocks). */
+    diskFillMiB: z.number().int().min(0).max(4096).default(0),
   })
   .strict();
 export type TestbedOptions = z.input<typeof testbedOptionsSchema>;
@@ -74,6 +79,8 @@ export interface TestbedServer {
   agentUrl: string;
   agentPid: number;
   credsDir: string;
+  /** Its local storage (one raw file per local disk): `<dir>/disks`, 0700. */
+  storageDir: string;
 }
 
 export interface TestbedState {
@@ -90,6 +97,8 @@ export interface TestbedState {
   transport: 'tls' | 'insecure';
   caCert: string;
   servers: TestbedServer[];
+  /** The storage service (network disks): qemu-storage-daemon in its own namespace on the fabric. */
+  storage: StorageService;
   fleet: Fleet;
   /** Every process the testbed started (agents, tenant clients, captures), with a string their command line holds. */
   pids: Array<{ pid: number; role: string; match: string }>;
@@ -120,8 +129,9 @@ function checkHostTools(): void {
 }
 
 /** The fleet the testbed runs: one zone, one class, every server a qemu server with the shaped NIC. */
-export function testbedFleet(o: { servers: number; nicBandwidthBps: number; capacity: FleetServer['capacity']; transport: 'tls' | 'insecure' }): Fleet {
+export function testbedFleet(o: { servers: number; nicBandwidthBps: number; capacity: FleetServer['capacity']; transport: 'tls' | 'insecure'; storageIp?: string }): Fleet {
   return {
+    ...(o.storageIp ? { storage: { nbd: { host: o.storageIp, port: STORAGE_NBD_PORT, serverName: STORAGE_NAME } } } : {}),
     zones: ['tb-zone'],
     resourceClasses: { 'tb-small': o.capacity },
     servers: Array.from({ length: o.servers }, (_, k) => ({
@@ -152,6 +162,8 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const slot = claimSlot(dir);
   const net = `198.18.${slot}`;
+  const tools = loadQemuTools(o.toolsDir);
+  const storageDir = path.join(dir, 'storage');
   const state: TestbedState = {
     name: o.name,
     dir,
@@ -166,12 +178,21 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
     transport: o.transport,
     caCert: '',
     servers: [],
-    fleet: testbedFleet(o),
+    storage: {
+      namespace: nsName(o.name, 'storage'),
+      ip: `${net}.${STORAGE_HOST}`,
+      port: STORAGE_NBD_PORT,
+      serverName: STORAGE_NAME,
+      dir: storageDir,
+      qmpPath: path.join(storageDir, 'qmp.sock'),
+      credsDir: path.join(dir, 'pki', STORAGE_NAME),
+    },
+    fleet: testbedFleet({ ...o, storageIp: `${net}.${STORAGE_HOST}` }),
     pids: [],
   };
   const save = () => fs.writeFileSync(stateFile(dir), JSON.stringify(state, null, 2), { mode: 0o600 });
   // Recorded before anything is made, so a crash at any step leaves a state `down` can clean.
-  state.namespaces = [state.fabricNamespace, state.tenantNamespace, ...Array.from({ length: o.servers }, (_, k) => nsName(o.name, `s${k + 1}`))];
+  state.namespaces = [state.fabricNamespace, state.tenantNamespace, state.storage.namespace, ...Array.from({ length: o.servers }, (_, k) => nsName(o.name, `s${k + 1}`))];
   save();
   try {
     const t0 = Date.now();
@@ -188,6 +209,7 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
     state.caCert = ca.certPath;
     for (const s of state.servers) await issueServerCreds(ca, s.id, [s.fabricIp], s.credsDir);
     save();
+    await startStorage(state, tools, o.transport === 'tls' ? ca : null, logger);
     if (o.transport === 'insecure') logger.warn({ testbed: o.name }, 'migration.transport is insecure: VM memory crosses the fabric in plaintext');
 
     // Agents start in parallel: each is a Node process that needs a second or two of CPU to load.
@@ -252,7 +274,26 @@ async function makeServer(st: TestbedState, i: number, vteps: string[], nicBps: 
   const id = serverId(i);
   const dir = path.join(st.dir, 'servers', id);
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  return { id, index: i, namespace: ns, fabricIp, tenantIp, dir, agentUrl: '', agentPid: 0, credsDir: path.join(st.dir, 'pki', id) };
+  const storageDir = path.join(dir, 'disks');
+  fs.mkdirSync(storageDir, { recursive: true, mode: 0o700 });
+  return { id, index: i, namespace: ns, fabricIp, tenantIp, dir, agentUrl: '', agentPid: 0, credsDir: path.join(st.dir, 'pki', id), storageDir };
+}
+
+/** The storage service: its own namespace on the fabric, its credentials, qemu-storage-daemon in it. */
+async function startStorage(st: TestbedState, tools: ReturnType<typeof loadQemuTools>, ca: FleetCa | null, logger: Logger): Promise<void> {
+  const tls = ca !== null;
+  const s = st.storage;
+  await attachToFabric(st, s.namespace, 'storage', s.ip);
+  fs.mkdirSync(path.join(s.dir, 'volumes'), { recursive: true, mode: 0o700 });
+  if (ca) await issueServerCreds(ca, s.serverName, [s.ip], s.credsDir);
+  const args = storageDaemonArgs(s, tools, { tls, clients: st.servers.map((x) => x.id) });
+  const child = spawnInTestbed(st, s.namespace, 'storage service', args, s.dir);
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr = (stderr + String(d)).slice(-2000)));
+  child.stdout.resume();
+  await waitStorageReady(s, logger, () => child.exitCode === null).catch((err: unknown) => {
+    throw new Error(`${(err as Error).message}: ${stderr.trim()}`);
+  });
 }
 
 async function makeTenant(st: TestbedState, vteps: string[]): Promise<void> {
@@ -289,6 +330,9 @@ async function startAgentIn(st: TestbedState, s: TestbedServer, peers: string[],
         tenantBridge: TENANT_BRIDGE,
         peers,
         stallTimeoutMs: o.stallTimeoutMs,
+        storageDir: s.storageDir,
+        diskFillMiB: o.diskFillMiB,
+        networkStorage: { host: st.storage.ip, port: st.storage.port, serverName: st.storage.serverName },
       },
     },
   };

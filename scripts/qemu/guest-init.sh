@@ -7,6 +7,10 @@
 # With dhm.ip=A/P (a VM with a NIC) it loads the virtio modules, brings eth0 up with that address (MTU 1450: the
 # tenant network is VXLAN) and serves the counter on TCP port 7000 (each request line is answered "<line> <N>").
 # dhm.marker=M writes M many times into guest memory (tests look for it on the wire).
+# With dhm.disks=N (a VM with N virtio disks) it loads virtio_blk and keeps writing numbered, checksummed 4 KiB
+# blocks to every disk: block k at offset k*4096 is "DHMBLK <k, 10 digits> <sha256 of "k\n" + payload>\n" and 4013
+# random bytes, fsync'd; after each block it prints "dhm-disk k" (k and every block before it are on disk).
+# dhm.disk_blocks=L stops it at block L (the rest of the disk is the host's); compute/qemu/disk-blocks.ts verifies.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /dirty
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -19,12 +23,16 @@ dirty_mib=0
 dirty_rate=0
 ip_addr=""
 marker=""
+disks=0
+disk_blocks=0
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     dhm.dirty_mib=*) dirty_mib=${arg#dhm.dirty_mib=} ;;
     dhm.dirty_rate_mibps=*) dirty_rate=${arg#dhm.dirty_rate_mibps=} ;;
     dhm.ip=*) ip_addr=${arg#dhm.ip=} ;;
     dhm.marker=*) marker=${arg#dhm.marker=} ;;
+    dhm.disks=*) disks=${arg#dhm.disks=} ;;
+    dhm.disk_blocks=*) disk_blocks=${arg#dhm.disk_blocks=} ;;
   esac
 done
 mkdir -p /run
@@ -40,9 +48,45 @@ if [ -n "$marker" ]; then
   while [ "$i" -lt 64 ]; do echo "$line"; i=$((i + 1)); done >/marker/m
 fi
 
-if [ -n "$ip_addr" ]; then
+case "$disks" in '' | *[!0-9]*) disks=0 ;; esac
+case "$disk_blocks" in '' | *[!0-9]*) disk_blocks=0 ;; esac
+if [ -n "$ip_addr" ] || [ "$disks" -gt 0 ]; then
   # The .deb ships no modules.dep: load the virtio stack in dependency order.
-  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do
+  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci; do
+    insmod /lib/modules/dhm/$m.ko 2>/dev/null
+  done
+fi
+if [ "$disks" -gt 0 ]; then
+  insmod /lib/modules/dhm/virtio_blk.ko 2>/dev/null
+  n=0
+  while [ "$(ls /sys/block | grep -c '^vd')" -lt "$disks" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  devs=""
+  for d in $(ls /sys/block | grep '^vd'); do devs="$devs /dev/$d"; done
+  # Never past the end of the smallest disk (a network volume may be smaller than the host's limit).
+  for d in $devs; do
+    b=$(($(cat /sys/block/${d#/dev/}/size) / 8))
+    if [ "$disk_blocks" -eq 0 ] || [ "$b" -lt "$disk_blocks" ]; then disk_blocks=$b; fi
+  done
+  echo "dhm-disks devices=${devs# } blocks=${disk_blocks}"
+  (
+    k=0
+    while [ "$disk_blocks" -eq 0 ] || [ "$k" -lt "$disk_blocks" ]; do
+      head -c 4013 /dev/urandom >/tmp/blk.p
+      set -- $({ echo "$k"; cat /tmp/blk.p; } | sha256sum)
+      printf 'DHMBLK %010d %s\n' "$k" "$1" >/tmp/blk
+      cat /tmp/blk.p >>/tmp/blk
+      for d in $devs; do dd if=/tmp/blk of="$d" bs=4096 seek="$k" count=1 conv=notrunc,fsync 2>/dev/null; done
+      echo "dhm-disk $k"
+      k=$((k + 1))
+      # ~6 forks a block: paced to one a second, so the writer leaves the TCG vCPU to the counter service.
+      sleep 1
+    done
+    echo "dhm-disk-full $k"
+  ) &
+fi
+
+if [ -n "$ip_addr" ]; then
+  for m in failover net_failover virtio_net; do
     insmod /lib/modules/dhm/$m.ko 2>/dev/null
   done
   n=0

@@ -70,7 +70,8 @@ kernel_pkg=$(apt-cache "${apt_opts[@]}" depends --no-recommends linux-image-clou
 [ -n "$kernel_pkg" ] || { echo "qemu tools: no linux-image-*-cloud-amd64 found" >&2; exit 1; }
 # QEMU and its firmware/data always come from the tools folder; shared libraries only where this host lacks them
 # (what apt would install here, simulated against the host's dpkg status; ldd checks the result below).
-wanted=(qemu-system-x86/$bpo qemu-system-common/$bpo qemu-system-data/$bpo seabios/$bpo)
+# qemu-utils: qemu-storage-daemon (the testbed's network storage service) and qemu-img.
+wanted=(qemu-system-x86/$bpo qemu-system-common/$bpo qemu-system-data/$bpo seabios/$bpo qemu-utils/$bpo)
 sim=$(apt-get "${apt_opts[@]}" -s install --no-install-recommends "${wanted[@]}")
 mapfile -t libs < <(awk '/^Inst lib/ { print $2 }' <<<"$sim")
 debs=("${wanted[@]}" "${libs[@]}" busybox-static "$kernel_pkg")
@@ -92,7 +93,8 @@ for deb in "$work"/debs/*.deb; do
     # vmlinuz, and the virtio NIC's modules (the cloud kernel has them as modules; guest-init.sh loads them).
     linux-image-*) dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/kernel" --wildcards './boot/vmlinuz-*' \
       './lib/modules/*/kernel/drivers/virtio/virtio*.ko' './lib/modules/*/kernel/drivers/net/*failover.ko' \
-      './lib/modules/*/kernel/drivers/net/virtio_net.ko' './lib/modules/*/kernel/net/core/failover.ko' ;;
+      './lib/modules/*/kernel/drivers/net/virtio_net.ko' './lib/modules/*/kernel/net/core/failover.ko' \
+      './lib/modules/*/kernel/drivers/block/virtio_blk.ko' ;;
     *) dpkg-deb -x "$deb" "$work/out/root" ;;
   esac
 done
@@ -116,7 +118,7 @@ step "initramfs $(du -k "$work/out/guest/initrd.gz" | cut -f1) KiB $(ms_since "$
 root=$work/out/root
 libpath=$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu
 qemu=$root/usr/bin/qemu-system-x86_64
-missing=$(LD_LIBRARY_PATH=$libpath ldd "$qemu" | awk '/not found/ { print $1 }')
+missing=$(for b in "$qemu" "$root/usr/bin/qemu-storage-daemon" "$root/usr/bin/qemu-img"; do LD_LIBRARY_PATH=$libpath ldd "$b"; done | awk '/not found/ { print $1 }' | sort -u)
 if [ -n "$missing" ]; then
   echo "qemu tools: shared libraries still missing: $missing" >&2
   exit 1
@@ -134,6 +136,8 @@ cat >"$work/out/manifest.json" <<EOF
   "qemuVersion": "$version",
   "kernelPackage": "$kernel_pkg",
   "qemu": "root/usr/bin/qemu-system-x86_64",
+  "storageDaemon": "root/usr/bin/qemu-storage-daemon",
+  "qemuImg": "root/usr/bin/qemu-img",
   "libraryPath": ["root/usr/lib/x86_64-linux-gnu", "root/lib/x86_64-linux-gnu"],
   "moduleDir": "root/usr/lib/x86_64-linux-gnu/qemu",
   "dataDirs": ["root/usr/share/qemu", "root/usr/share/seabios"],

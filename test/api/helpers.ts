@@ -35,7 +35,11 @@ export interface ApiTestSystem {
   tenant(name?: string): Promise<{ id: string; token: string }>;
   /** A host of `tenant` created through the API. */
   host(token: string, opts?: { zone?: string; resourceClass?: string; name?: string }): Promise<any>;
-  vm(token: string, hostId: string, spec?: Partial<{ name: string; vcpus: number; memoryMiB: number; diskGiB: number; workload: { dirtyRateMiBps: number; workingSetMiB: number } }>): Promise<any>;
+  vm(
+    token: string,
+    hostId: string,
+    spec?: Partial<{ name: string; vcpus: number; memoryMiB: number; diskGiB: number; workload: { dirtyRateMiBps: number; workingSetMiB: number }; disks: unknown[] }>,
+  ): Promise<any>;
   /** Row counts of the inventory's tables and the server states: "nothing changed" compares two of these. */
   counts(): Promise<Record<string, string | number>>;
   stop(): Promise<void>;
@@ -122,6 +126,8 @@ export async function startApiTestSystem(
                (SELECT count(*) FROM vms) AS vms,
                (SELECT count(*) FROM vms WHERE state = 'running') AS running_vms,
                (SELECT count(*) FROM host_migrations) AS migrations,
+               (SELECT count(*) FROM volumes) AS volumes,
+               (SELECT string_agg(id || '=' || coalesce(attached_vm_id, '-'), ',' ORDER BY id) FROM volumes) AS attachments,
                (SELECT count(*) FROM audit_events) AS audit_events,
                (SELECT string_agg(id || '=' || state, ',' ORDER BY id) FROM physical_servers) AS servers`);
       return rows[0]!;

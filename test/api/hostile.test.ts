@@ -45,6 +45,8 @@ describe('hostile input', () => {
   let hostB: any;
   let smallHost: any;
   let vmA: any;
+  let volA: any;
+  let volB: any;
   const BAD_TOKEN = 'hunter2-not-a-real-token-0123456789';
 
   beforeAll(async () => {
@@ -57,6 +59,11 @@ describe('hostile input', () => {
     // The only small server: migrating this host has nowhere to go, so fuzzed migration bodies never start one.
     smallHost = await t.host(a.token, { name: 'small', resourceClass: 'small' });
     vmA = await t.vm(a.token, hostA.id, { name: 'fuzz target' });
+    // Each tenant's volume is attached to a VM of its own: a fuzzed delete is refused and a fuzzed VM cannot take it.
+    volA = (await t.call('POST', '/v1/volumes', { token: a.token, body: { name: 'fuzz A', zone: 'zone-a', sizeGiB: 5 } })).body;
+    volB = (await t.call('POST', '/v1/volumes', { token: b.token, body: { name: 'fuzz B', zone: 'zone-a', sizeGiB: 5 } })).body;
+    await t.vm(a.token, hostA.id, { name: 'has A', disks: [{ name: 'data', kind: 'network', volumeId: volA.id }] });
+    await t.vm(b.token, hostB.id, { name: 'has B', disks: [{ name: 'data', kind: 'network', volumeId: volB.id }] });
   });
   afterAll(async () => {
     await t?.stop();
@@ -192,6 +199,7 @@ describe('hostile input', () => {
     const idemKey = sometimes(fc.oneof(fc.string({ unit: headerChar, maxLength: 220 }), fc.uuid()));
     const hostIds = [hostA.id, hostB.id, smallHost.id, 'dh-missing'];
     const vmIds = [vmA.id, 'vm-missing'];
+    const volumeIds = [volA.id, volB.id, 'vol-missing'];
     const migrationIds = [`migration-${hostA.id}`, `migration-${smallHost.id}`, 'migration-dh-missing'];
     const vmShape = {
       name: field(fc.string({ minLength: 1, maxLength: 20 })),
@@ -199,6 +207,17 @@ describe('hostile input', () => {
       memoryMiB: field(fc.integer({ min: 1, max: 256 })),
       diskGiB: field(fc.integer({ min: 1, max: 5 })),
       workload: field(fc.record({ dirtyRateMiBps: field(fc.integer({ min: 0, max: 10 })), workingSetMiB: field(fc.integer({ min: 0, max: 10 })) })),
+      disks: sometimes(
+        field(
+          fc.array(
+            fc.oneof(
+              fc.record({ name: field(fc.constantFrom('root', 'data', 'Bad Name')), kind: field(fc.constant('local')), sizeGiB: field(fc.integer({ min: 0, max: 6 })) }),
+              fc.record({ name: field(fc.constantFrom('vol', 'data')), kind: field(fc.constantFrom('network', 'tape')), volumeId: field(fc.constantFrom(volA.id, volB.id, 'vol-missing')) }),
+            ),
+            { minLength: 0, maxLength: 9 },
+          ),
+        ),
+      ),
     };
     const policyShape = fc.record(
       {
@@ -230,6 +249,11 @@ describe('hostile input', () => {
       route('GET', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/events`)),
       // Migrations: the small host has no free server to go to, the others are not real hosts or get bad bodies.
       route('POST', segment([smallHost.id, 'dh-missing']).map((h) => `/v1/dedicated-hosts/${h}/migrations`), bodyOf({ targetServerId: field(fc.constantFrom('zone-a-small-1', 'zone-a-std-1')), policy: field(policyShape) })),
+      route('POST', fc.constant('/v1/volumes'), bodyOf({ name: field(fc.string({ minLength: 1, maxLength: 30 })), zone: field(fc.constantFrom('zone-a', 'zone-b')), sizeGiB: field(fc.integer({ min: 1, max: 50 })), tenantId: field(fc.constantFrom(a.id, b.id)) })),
+      route('GET', fc.constant('/v1/volumes')),
+      route('GET', segment(volumeIds).map((v) => `/v1/volumes/${v}`)),
+      // The tenants' volumes are attached (so a delete is refused, changing nothing) or missing.
+      route('DELETE', segment(volumeIds).map((v) => `/v1/volumes/${v}`)),
       route('GET', fc.constant('/v1/migrations')),
       route('GET', segment(migrationIds).map((m) => `/v1/migrations/${m}`)),
       route('POST', segment(migrationIds).map((m) => `/v1/migrations/${m}/cancel`), bodyOf({ force: field(fc.boolean()) })),

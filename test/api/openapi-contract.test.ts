@@ -22,7 +22,7 @@ interface Operation {
 let t: ApiTestSystem;
 let doc: JsonSchema;
 let ajv: Ajv2020;
-const known = { hosts: [] as string[], vms: [] as string[], servers: [] as string[], tenants: [] as string[], tenantTokens: [] as string[] };
+const known = { hosts: [] as string[], vms: [] as string[], servers: [] as string[], tenants: [] as string[], tenantTokens: [] as string[], volumes: [] as string[] };
 
 beforeAll(async () => {
   t = await startApiTestSystem({ timeScale: 2000 });
@@ -32,6 +32,10 @@ beforeAll(async () => {
     const tenant = await t.tenant(`contract tenant ${i}`);
     known.tenants.push(tenant.id);
     known.tenantTokens.push(tenant.token);
+    for (let v = 0; v < 2; v++) {
+      const vol = await t.call('POST', '/v1/volumes', { token: tenant.token, body: { name: `contract volume ${i}.${v}`, zone: 'zone-a', sizeGiB: 10 } });
+      known.volumes.push(vol.body.id);
+    }
     for (let h = 0; h < 2; h++) {
       const host = await t.host(tenant.token, { name: `contract host ${i}.${h}` });
       known.hosts.push(host.id);
@@ -64,7 +68,7 @@ function deref(node: unknown): unknown {
 function knownFor(schema: JsonSchema): string[] {
   if (typeof schema.pattern !== 'string') return [];
   if (schema.pattern.includes('migration')) return known.hosts.map((h) => `migration-${h}`);
-  return [...known.hosts, ...known.vms, ...known.servers, ...known.tenants, 'zone-a', 'zone-b', 'std', 'small'];
+  return [...known.hosts, ...known.vms, ...known.servers, ...known.tenants, ...known.volumes, 'zone-a', 'zone-b', 'std', 'small'];
 }
 
 type Principal = 'operator' | 'tenant' | 'none';
@@ -177,7 +181,13 @@ describe('the OpenAPI document is the truth', () => {
 
   it('the document states the rules behind its constraints: bounds, patterns, lengths, enums and the VM spec rule', () => {
     const vmBody = doc.paths['/v1/dedicated-hosts/{id}/vms'].post.requestBody.content['application/json'].schema;
-    expect(vmBody['x-dhm-rules']).toEqual([expect.objectContaining({ rule: 'lessOrEqual', field: 'workload.workingSetMiB', than: 'memoryMiB' })]);
+    expect(vmBody['x-dhm-rules']).toEqual([
+      expect.objectContaining({ rule: 'lessOrEqual', field: 'workload.workingSetMiB', than: 'memoryMiB' }),
+      expect.objectContaining({ rule: 'lessOrEqual', field: 'workload.diskUsedGiB', than: 'diskGiB' }),
+      expect.objectContaining({ rule: 'sumLessOrEqual', items: 'disks', where: { kind: 'local' }, field: 'sizeGiB', than: 'diskGiB' }),
+      expect.objectContaining({ rule: 'unique', items: 'disks', field: 'name' }),
+    ]);
+    expect(vmBody.properties.disks).toMatchObject({ type: 'array', minItems: 1, maxItems: 8 });
     expect(vmBody.properties.name).toMatchObject({ minLength: 1, maxLength: 128, pattern: expect.any(String) });
     const limit = doc.paths['/v1/dedicated-hosts/{id}/events'].get.parameters.find((p: JsonSchema) => p.name === 'limit');
     expect(limit.schema).toMatchObject({ type: 'integer', minimum: 1, maximum: 1000 });

@@ -14,7 +14,7 @@ import { startApiTestSystem, type ApiTestSystem } from './helpers';
  */
 
 const TENANT_HOST_KEYS = ['available', 'capacity', 'createdAt', 'id', 'migration', 'name', 'resourceClass', 'state', 'vmCount', 'zone'];
-const TENANT_VM_KEYS = ['createdAt', 'dedicatedHostId', 'deletedAt', 'diskGiB', 'id', 'memoryMiB', 'name', 'state', 'vcpus', 'workload'];
+const TENANT_VM_KEYS = ['createdAt', 'dedicatedHostId', 'deletedAt', 'diskGiB', 'disks', 'id', 'memoryMiB', 'name', 'state', 'vcpus', 'workload'];
 
 describe('HTTP API routes', () => {
   let t: ApiTestSystem;

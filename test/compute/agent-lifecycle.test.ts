@@ -26,6 +26,8 @@ describe('host agent lifecycle, auth and reachability', () => {
       capacity: SERVER_CAPACITY,
       nicBandwidthBps: 25e9, // bits/s, as configured
       incarnations: [],
+      diskKinds: ['local', 'network'],
+      localStorage: { diskBytes: 0, wipedBytes: 0 },
     });
     expect((await fetch(`${a.url}/healthz`)).status).toBe(200);
   });

@@ -56,6 +56,9 @@ describe('convergence', () => {
     const { source, target } = await migrateHotVm(true);
     const job = await finished(source.client, 'hot-1');
     expect(job.state).toBe('completed');
+    // Progress in two parts: the memory part carries the stream's figures.
+    expect(job.memory).toEqual({ bytesTotal: job.memoryBytes, bytesTransferred: job.bytesSent, bytesRemaining: 0 });
+    expect(job.memory.bytesTransferred).toBeGreaterThan(job.memoryBytes);
     expect(job.throttlePct).toBeGreaterThanOrEqual(20);
     expect(job.dirtyRateBps).toBeLessThan(B);
     expect(job.downtimeMs).toBeLessThanOrEqual(300 + 5);

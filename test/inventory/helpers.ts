@@ -125,6 +125,7 @@ export async function dbState(pool: Pool): Promise<Record<string, unknown[]>> {
     'host_incarnations',
     'host_migrations',
     'vms',
+    'volumes',
     'deprovision_outbox',
     'audit_events',
   ];

@@ -54,17 +54,48 @@ function numberArbitrary(s: JsonSchema, integer: boolean): fc.Arbitrary<number> 
   return fc.oneof(fc.constantFrom(min, max), fc.double({ min, max, noNaN: true, noDefaultInfinity: true }));
 }
 
+/** A dotted path's value in `value`. */
+const at = (value: unknown, path: string): any => path.split('.').reduce((o: any, p) => o?.[p], value);
+
+/**
+ * Makes a generated value satisfy the document's rules, as a client that read them would: `lessOrEqual` clamps the
+ * field to its bound; `sumLessOrEqual` shares the bound out among the matching items (leaving out one it has no room
+ * for);
+ * `unique` renames repeated items (a suffix within the field's pattern of letters, digits and "-").
+ */
 function applyRules(value: Record<string, any>, rules: ReadonlyArray<any> | undefined): Record<string, any> {
   for (const r of rules ?? []) {
-    if (r.rule !== 'lessOrEqual') continue;
-    const path = String(r.field).split('.');
-    let holder: any = value;
-    for (const p of path.slice(0, -1)) holder = holder?.[p];
-    const leaf = path[path.length - 1]!;
-    const bound = String(r.than)
-      .split('.')
-      .reduce((o: any, p) => o?.[p], value);
-    if (holder && typeof holder[leaf] === 'number' && typeof bound === 'number' && holder[leaf] > bound) holder[leaf] = bound;
+    if (r.rule === 'lessOrEqual') {
+      const path = String(r.field).split('.');
+      const holder = at(value, path.slice(0, -1).join('.')) ?? (path.length === 1 ? value : undefined);
+      const leaf = path[path.length - 1]!;
+      const bound = at(value, String(r.than));
+      if (holder && typeof holder[leaf] === 'number' && typeof bound === 'number' && holder[leaf] > bound) holder[leaf] = bound;
+    } else if (r.rule === 'sumLessOrEqual') {
+      const items = at(value, String(r.items));
+      const bound = at(value, String(r.than));
+      if (!Array.isArray(items) || typeof bound !== 'number') continue;
+      const matching = items.filter((i) => i && typeof i[r.field] === 'number' && Object.entries(r.where ?? {}).every(([k, v]) => i[k] === v));
+      let left = bound;
+      const dropped = new Set<unknown>();
+      for (const [n, i] of matching.entries()) {
+        // Each keeps at least 1 (its schema's minimum) while the bound allows; one the bound has no room for is left out.
+        const share = Math.floor(left / (matching.length - n));
+        if (share < 1) dropped.add(i);
+        else if (i[r.field] > share) i[r.field] = share;
+        if (!dropped.has(i)) left -= i[r.field];
+      }
+      for (let k = items.length - 1; k >= 0; k--) if (dropped.has(items[k])) items.splice(k, 1);
+    } else if (r.rule === 'unique') {
+      const items = at(value, String(r.items));
+      if (!Array.isArray(items)) continue;
+      const seen = new Set<unknown>();
+      for (const [n, i] of items.entries()) {
+        if (!i || typeof i[r.field] !== 'string') continue;
+        if (seen.has(i[r.field])) i[r.field] = `${String(i[r.field]).slice(0, 24)}-${n}`;
+        seen.add(i[r.field]);
+      }
+    }
   }
   return value;
 }

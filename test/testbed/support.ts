@@ -1,5 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import { createLogger } from '../../common/logger';
+import { QmpClient } from '../../compute/qemu/qmp';
 import { bridgeIn, run } from '../../compute/testbed/net';
 import { processesUnder, testbedLeftovers, type TestbedServer } from '../../compute/testbed/testbed';
 
@@ -74,3 +77,70 @@ export async function partition(server: TestbedServer, peerIp: string): Promise<
 
 /** Everything of the testbed still on this machine: for the "leaves nothing" assertions. */
 export const leftoversOf = testbedLeftovers;
+
+/** One VM's QEMU on a testbed server, as its command line says: pid, serial log, inspect monitor, disk files by node. */
+export interface QemuOfVm {
+  pid: number;
+  serialPath: string;
+  inspectPath: string;
+  /** Local disk files, by disk node (`disk0`, …). */
+  files: Map<string, string>;
+}
+
+export function qemuOfVm(server: TestbedServer, vmId: string): QemuOfVm | null {
+  for (const pid of qemuOn(server)) {
+    let args: string[];
+    try {
+      args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue;
+    }
+    if (args[args.indexOf('-name') + 1] !== vmId) continue;
+    const serial = args[args.indexOf('-serial') + 1]!.replace(/^file:/, '');
+    const inspect = args.find((a) => a.includes('inspect.sock'))!.replace(/^unix:/, '').split(',')[0]!;
+    const files = new Map<string, string>();
+    args.forEach((a, i) => {
+      if (args[i - 1] !== '-blockdev') return;
+      const b = JSON.parse(a) as { driver: string; filename?: string; 'node-name': string };
+      if (b.driver === 'file' && b.filename) files.set(b['node-name'].replace(/-proto$/, ''), b.filename);
+    });
+    return { pid, serialPath: serial, inspectPath: inspect, files };
+  }
+  return null;
+}
+
+/** What a QEMU has of migration plumbing left: block jobs, NBD exports, mirror-target nodes (all [] when clean). */
+export async function blockLeftovers(q: QemuOfVm): Promise<{ jobs: string[]; exports: string[]; mirrorNodes: string[] }> {
+  const qmp = await QmpClient.connect({ socketPath: q.inspectPath, connectTimeoutMs: 5_000, logger: createLogger('inspect', 'warn') });
+  try {
+    const jobs = (await qmp.execute<Array<{ device: string }>>('query-block-jobs')).map((j) => j.device);
+    const exports = (await qmp.execute<Array<{ id: string }>>('query-block-exports')).map((e) => e.id);
+    const nodes = (await qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes')).map((n) => n['node-name']);
+    return { jobs, exports, mirrorNodes: nodes.filter((n) => n.startsWith('mirror-target')) };
+  } finally {
+    qmp.close();
+  }
+}
+
+/** sha256 of a file's byte range (the host's fill at the end of a local disk). */
+export function rangeHash(file: string, from: number, to: number): string {
+  const fd = fs.openSync(file, 'r');
+  const h = createHash('sha256');
+  const buf = Buffer.alloc(4 << 20);
+  try {
+    for (let off = from; off < to; ) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, to - off), off);
+      if (n <= 0) break;
+      h.update(buf.subarray(0, n));
+      off += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
+/** Runs a command in a testbed agent's mount namespace (a mount the agent and its QEMUs see; the root namespace does not). */
+export function inAgentMounts(server: TestbedServer, cmd: string[]): Promise<string> {
+  return run('nsenter', ['--mount', `--target=${server.agentPid}`, '--', ...cmd]);
+}

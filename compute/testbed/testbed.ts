@@ -6,7 +6,8 @@ import { z } from 'zod';
 import { UserFacingError } from '../../common/errors';
 import type { Fleet, FleetServer } from '../../common/fleet';
 import type { Logger } from '../../common/logger';
-import { ensureFleetCa, issueServerCreds } from '../fleet-ca';
+import { CONTROL_PLANE_CN } from '../agent-tls';
+import { ensureFleetCa, issueClientCreds, issueServerCreds } from '../fleet-ca';
 import { TENANT_MTU } from '../qemu/guest-nic';
 import { bridgeIn, deleteNamespace, inNs, ipIn, linkExists, listNamespaces, run, tcIn } from './net';
 import type { TestbedAgentConfig } from './agent-main';
@@ -59,6 +60,8 @@ export const testbedOptionsSchema = z
     logLevel: z.string().default('warn'),
     /** The agents give a migration up after this long without a byte sent (a partition). */
     stallTimeoutMs: z.number().int().min(1_000).default(8_000),
+    /** The agents' fault-injection routes (tests that inject faults); off by default, as in production. */
+    faultRoutes: z.boolean().default(false),
   })
   .strict();
 export type TestbedOptions = z.input<typeof testbedOptionsSchema>;
@@ -89,6 +92,8 @@ export interface TestbedState {
   nicBandwidthBps: number;
   transport: 'tls' | 'insecure';
   caCert: string;
+  /** The control plane's agent-plane client certificate (issued by the testbed's CA): what the root namespace calls agents with. */
+  controlPlaneDir: string;
   servers: TestbedServer[];
   fleet: Fleet;
   /** Every process the testbed started (agents, tenant clients, captures), with a string their command line holds. */
@@ -165,6 +170,7 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
     nicBandwidthBps: o.nicBandwidthBps,
     transport: o.transport,
     caCert: '',
+    controlPlaneDir: path.join(dir, 'pki', 'control-plane'),
     servers: [],
     fleet: testbedFleet(o),
     pids: [],
@@ -187,6 +193,7 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
     const ca = await ensureFleetCa(path.join(dir, 'pki', 'ca'), `dhm testbed ${o.name} CA`);
     state.caCert = ca.certPath;
     for (const s of state.servers) await issueServerCreds(ca, s.id, [s.fabricIp], s.credsDir);
+    await issueClientCreds(ca, CONTROL_PLANE_CN, state.controlPlaneDir);
     save();
     if (o.transport === 'insecure') logger.warn({ testbed: o.name }, 'migration.transport is insecure: VM memory crosses the fabric in plaintext');
 
@@ -271,6 +278,8 @@ async function startAgentIn(st: TestbedState, s: TestbedServer, peers: string[],
   const config: TestbedAgentConfig = {
     readyFile,
     logLevel: o.logLevel,
+    tlsDir: s.credsDir,
+    faultRoutes: o.faultRoutes,
     agent: {
       serverId: s.id,
       capacity: fleetServer.capacity,

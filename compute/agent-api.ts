@@ -109,7 +109,7 @@ export type GuestOpResult = z.infer<typeof guestOpResultSchema>;
 // ---- migrations ------------------------------------------------------------------------------------------------
 
 export const migrationTargetSchema = z
-  .object({ agentUrl: z.url({ protocol: /^https?$/ }), incarnationId: agentIdSchema })
+  .object({ agentUrl: z.url({ protocol: /^https$/ }), incarnationId: agentIdSchema })
   .strict();
 
 export const startMigrationBodySchema = z

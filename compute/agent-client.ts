@@ -128,6 +128,21 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
     }
   }
 
+  /**
+   * Tells the target to expect the job from this agent's server. A target that cannot be reached (or a target URL the
+   * source will refuse anyway) is left to the source: its own attempt fails the job as it would have (TargetUnavailable,
+   * or a 400 naming target.agentUrl); any other refusal (a bad id, a 403) stops here.
+   */
+  async function announce(jobId: string, body: Omit<StartMigrationInput, 'jobId'>): Promise<void> {
+    if (!/^https:\/\//.test(body.target.agentUrl)) return;
+    try {
+      const input = { vmId: body.vmId, incarnationId: body.target.incarnationId, sourceServerId: await myServerId() };
+      await callAgent(at(body.target.agentUrl), 'PUT', paths.expectIncoming(jobId), input, expectedIncomingSchema);
+    } catch (err) {
+      if (!(err instanceof AgentError && (err.retryable || err.status === 400))) throw err;
+    }
+  }
+
   const nullIfNotFound = async <T>(p: Promise<T>): Promise<T | null> => {
     try {
       return await p;
@@ -150,7 +165,7 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
     getVm: (vmId) => nullIfNotFound(callAgent(home, 'GET', paths.vm(vmId), undefined, vmViewSchema)),
     deleteVm: (vmId) => followingMoves((t) => callAgent(t, 'DELETE', paths.vm(vmId), undefined, null)),
     startMigration: async ({ jobId, ...body }, o) => {
-      await callAgent(at(body.target.agentUrl), 'PUT', paths.expectIncoming(jobId), { vmId: body.vmId, incarnationId: body.target.incarnationId, sourceServerId: await myServerId() }, expectedIncomingSchema);
+      await announce(jobId, body);
       const waitMs = clampWait(o?.waitMs);
       if (!waitMs) return callAgent(home, 'PUT', paths.migration(jobId), body, migrationJobSchema);
       return callAgent({ ...home, timeoutMs: timeoutMs + waitMs }, 'PUT', `${paths.migration(jobId)}?waitMs=${waitMs}`, body, migrationJobSchema);

@@ -90,6 +90,9 @@ export function serverIdOf(cert: PeerCertificate | undefined): string | null {
 export function agentHttpsAgent(tls: AgentClientTls): https.Agent {
   return new https.Agent({
     keepAlive: true,
+    // No session resumption: a resumed session carries no peer certificate to check the agent's identity against.
+    maxCachedSessions: 0,
+    noDelay: true,
     ca: tls.ca,
     cert: tls.cert,
     key: tls.key,

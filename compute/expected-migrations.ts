@@ -1,5 +1,4 @@
 import type { ExpectedIncoming, ExpectIncomingBody } from './agent-api';
-import { conflict } from './errors';
 
 /** At most this many expectations are kept; the oldest gives way (a job is expected seconds before it starts). */
 export const MAX_EXPECTED = 4096;
@@ -11,15 +10,13 @@ export const MAX_EXPECTED = 4096;
 export class ExpectedMigrations {
   private readonly byJob = new Map<string, ExpectedIncoming>();
 
-  /** Idempotent: the same job with the same VM, incarnation and source is fine; with others it is a 409. */
+  /**
+   * Idempotent. The control plane has the last word: announcing a job again with other values replaces the
+   * announcement (a reservation already made for the job keeps its own check, `JOB_CONFLICT`, in the backend).
+   */
   expect(jobId: string, body: ExpectIncomingBody): ExpectedIncoming {
-    const known = this.byJob.get(jobId);
-    if (known) {
-      if (known.vmId !== body.vmId || known.incarnationId !== body.incarnationId || known.sourceServerId !== body.sourceServerId)
-        throw conflict('JOB_CONFLICT', 'jobId', `migration ${jobId} is expected for another VM, incarnation or source`);
-      return known;
-    }
     const e = { jobId, ...body };
+    this.byJob.delete(jobId);
     this.byJob.set(jobId, e);
     if (this.byJob.size > MAX_EXPECTED) this.byJob.delete(this.byJob.keys().next().value!);
     return e;

@@ -58,6 +58,8 @@ export interface RunningAgent {
    * with its migration jobs aborted and forgotten and its VMs untouched (the boot id, the server's, stays).
    */
   restartDaemon(downMs?: number): Promise<void>;
+  /** Listening and not stopping (what the ops endpoint's /readyz reports). */
+  ready(): boolean;
   /** Long-polls of migration jobs the agent holds right now (for tests and diagnostics). */
   pollsWaiting(): number;
   stop(): Promise<void>;
@@ -207,6 +209,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     serverId: opts.serverId,
     bootId,
     pollsWaiting: () => backend.pollsWaiting(),
+    ready: () => !closing,
     async restartDaemon(downMs = 0) {
       // Down (every request answered 503, as when nothing listens), then back with the jobs forgotten.
       backend.setFaults({ unreachable: true });

@@ -28,7 +28,7 @@ export interface FleetAgentsOptions {
 }
 
 export interface FleetAgents {
-  agents: Map<string, Pick<RunningAgent, 'url' | 'stop' | 'bootId' | 'serverId'>>;
+  agents: Map<string, Pick<RunningAgent, 'url' | 'stop' | 'bootId' | 'serverId' | 'ready'>>;
   stop(): Promise<void>;
 }
 

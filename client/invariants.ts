@@ -13,7 +13,7 @@ export interface InvariantCheckInput {
    */
   agents?: AgentDirectory | ReadonlyMap<string, string> | Record<string, string>;
   /** The control plane's agent-plane certificate (compute/agent-tls.ts). */
-  agentTls: AgentClientTls;
+  agentTls?: AgentClientTls;
   /** When given, a host still marked `migrating` is checked against its workflow: the workflow must be running. */
   temporal?: Client;
   /** Servers without an agent to ask (e.g. `qemu` servers in a sim-only test): their VMs are not checked. */
@@ -81,7 +81,8 @@ export async function checkInvariants(input: InvariantCheckInput): Promise<Invar
     if (a && typeof (a as AgentDirectory).forServer === 'function') c = await (a as AgentDirectory).forServer(server.id);
     else {
       const url = a instanceof Map ? a.get(server.id) : a ? (a as Record<string, string>)[server.id] : server.agentUrl;
-      c = createAgentClient({ baseUrl: url ?? server.agentUrl, tls: input.agentTls, timeoutMs: input.agentTimeoutMs ?? 5000 });
+      if (!input.agentTls) throw new Error('checkInvariants: agentTls is required to reach agents by URL');
+      c = createAgentClient({ baseUrl: url ?? server.agentUrl, tls: input.agentTls, serverId: server.id, timeoutMs: input.agentTimeoutMs ?? 5000 });
     }
     clients.set(server.id, c);
     return c;

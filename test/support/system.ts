@@ -20,6 +20,8 @@ import { testFleet } from './fleets';
 import { connectTestTemporal, type RunningWorker, type TestTemporal } from './temporal';
 
 export interface TestSystem {
+  /** The control plane's agent-plane certificate (what the suite's control plane calls the agents with). */
+  agentTls: AgentClientTls;
   db: TestDatabase;
   inventory: Inventory;
   temporal: TestTemporal;
@@ -94,6 +96,7 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
     temporal,
     fleet,
     agentUrls,
+    agentTls,
     agent(serverId) {
       let c = clients.get(serverId);
       if (!c) {

@@ -1,3 +1,4 @@
+import { loadControlPlaneTls } from '../compute/agent-tls';
 import { randomBytes, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -63,7 +64,7 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
     say('Making the testbed: 3 servers, each its own network namespace (NIC shaped to 300 Mbit/s), a qemu agent inside...');
     st = await upTestbed({ name: `demo${randomBytes(2).toString('hex')}`, root: path.join(env.DHM_HOME, 'testbed'), servers: 3, nicBandwidthBps: 300e6, transport: 'tls', attached: true }, logger);
     say(`Starting the control plane in the root namespace (agents at ${st.servers.map((s) => s.agentUrl).join(', ')})...`);
-    system = await startEmbeddedSystem({ env, logger, fleet: st.fleet, stateDir, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])) });
+    system = await startEmbeddedSystem({ env, logger, fleet: st.fleet, stateDir, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])), externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
     tenant = startTenantClient(st);
 
     const operator = createApiClient(system.credentials.apiUrl, system.credentials.operatorToken);

@@ -1,3 +1,4 @@
+import { loadControlPlaneTls } from '../../compute/agent-tls';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -31,8 +32,8 @@ let b: AgentClient;
 beforeAll(async () => {
   await runQemuSetup();
   st = await upTestbed({ name, root, servers: 2, nicBandwidthBps: NIC_BPS, transport: 'insecure' }, logger);
-  a = createAgentClient({ baseUrl: st.servers[0]!.agentUrl });
-  b = createAgentClient({ baseUrl: st.servers[1]!.agentUrl });
+  a = createAgentClient({ baseUrl: st.servers[0]!.agentUrl, tls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
+  b = createAgentClient({ baseUrl: st.servers[1]!.agentUrl, tls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
   const capacity = { vcpus: 4, memoryMiB: 1024, diskGiB: 20 };
   await a.prepareIncarnation({ incarnationId: 'inc-a', capacity });
   await b.prepareIncarnation({ incarnationId: 'inc-b', capacity });

@@ -77,11 +77,26 @@ test('insecure: the agents warned at start, and the marker in guest memory cross
   const vmId = `vm-${randomBytes(3).toString('hex')}`;
   await bootOn(a, 'inc-a', [vmId]);
   const capture = await startCapture(st.servers[0]!, path.join(root, 'plain.pcap'), `tcp and dst host ${st.servers[1]!.fabricIp}`);
+  // The agent plane on the same fabric: the control plane's calls to A, and A's calls to B (announce, accept, commit).
+  const control = await startCapture(st.servers[0]!, path.join(root, 'control.pcap'), `tcp and host ${st.rootIp}`);
+  // A → B's agent port only: the migration stream (guest memory, which may hold any string) goes to QEMU's port.
+  const peer = await startCapture(st.servers[0]!, path.join(root, 'peer.pcap'), `tcp and dst host ${st.servers[1]!.fabricIp} and dst port ${new URL(st.servers[1]!.agentUrl).port}`);
+  const probeId = `probe-${randomBytes(4).toString('hex')}`;
+  await a.prepareIncarnation({ incarnationId: probeId, capacity: { vcpus: 1, memoryMiB: 128, diskGiB: 1 } });
   const job = await migrate(a, st.servers[1]!.agentUrl, 'inc-b', vmId);
   const wire = await capture.stop();
+  const controlWire = await control.stop();
+  const peerWire = await peer.stop();
   expect(job.state).toBe('completed');
   const seen = occurrences(wire, guestMarker(vmId));
   expect(seen).toBeGreaterThan(0);
+  // VM memory is plaintext here (transport insecure), the agent plane never is: no HTTP, no route, no id in clear.
+  expect(controlWire.length).toBeGreaterThan(4096); // the calls were captured (TLS records), not missed
+  expect(peerWire.length).toBeGreaterThan(2048);
+  for (const [what, buf] of [['A→B agent', peerWire], ['control plane↔A', controlWire]] as const)
+    expect({ what, http: occurrences(buf, 'HTTP/1.1'), incoming: occurrences(buf, '/v1/incoming-migrations/'), routes: occurrences(buf, '/v1/'), authorization: occurrences(buf, 'uthorization'), probeId: occurrences(buf, probeId) })
+      .toEqual({ what, http: 0, incoming: 0, routes: 0, authorization: 0, probeId: 0 });
+  await a.teardownIncarnation(probeId);
   const rate = streamRate(job);
   expect(rate).toBeGreaterThanOrEqual(0.85 * B);
   const overall = job.bytesSent / (job.totalTimeMs! / 1000);

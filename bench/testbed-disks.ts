@@ -1,3 +1,4 @@
+import { loadControlPlaneTls } from '../compute/agent-tls';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -53,7 +54,8 @@ async function main(): Promise<void> {
   const st = await upTestbed({ name: `bd${process.pid.toString(36).slice(-5)}`, root, servers: 2, nicBandwidthBps: nicBps, transport: 'tls', diskFillMiB: fillMiB }, logger);
   const started = new Date();
   try {
-    const [a, b] = st.servers.map((s) => createAgentClient({ baseUrl: s.agentUrl }));
+    const tls = loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir');
+    const [a, b] = st.servers.map((s) => createAgentClient({ baseUrl: s.agentUrl, tls }));
     const cap = { vcpus: 4, memoryMiB: 1024, diskGiB: 20 };
     await a!.prepareIncarnation({ incarnationId: 'inc-src', capacity: cap });
     await b!.prepareIncarnation({ incarnationId: 'inc-dst', capacity: cap });

@@ -1,3 +1,4 @@
+import { loadControlPlaneTls } from '../compute/agent-tls';
 import { randomBytes, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -68,7 +69,7 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
     // Every local disk gets 32 MiB of data at its end (the mirror's bulk); the guests write numbered blocks to every disk.
     st = await upTestbed({ name: `demo${randomBytes(2).toString('hex')}`, root: path.join(env.DHM_HOME, 'testbed'), servers: 3, nicBandwidthBps: 300e6, transport: 'tls', attached: true, diskFillMiB: 32 }, logger);
     say(`Starting the control plane in the root namespace (agents at ${st.servers.map((s) => s.agentUrl).join(', ')})...`);
-    system = await startEmbeddedSystem({ env, logger, fleet: st.fleet, stateDir, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])) });
+    system = await startEmbeddedSystem({ env, logger, fleet: st.fleet, stateDir, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])), externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
     tenant = startTenantClient(st);
 
     const operator = createApiClient(system.credentials.apiUrl, system.credentials.operatorToken);
@@ -117,7 +118,7 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
     const after = await operator.request<{ physicalServerId?: string }>('GET', `/v1/dedicated-hosts/${host.id}`);
     // Per moved VM: the local disks' bytes the source's mirror copied (its agent job), and every disk checked on the
     // target for every block the guest reported written, in order, with correct checksums.
-    const sourceAgent = createAgentClient({ baseUrl: st.servers.find((x) => x.id === before.physicalServerId)!.agentUrl });
+    const sourceAgent = createAgentClient({ baseUrl: st.servers.find((x) => x.id === before.physicalServerId)!.agentUrl, tls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
     const targetServer = st.servers.find((x) => x.id === after.physicalServerId);
     const disks = new Map<string, { diskBytesCopied: number | null; diskVerified: boolean | null }>();
     for (const v of final.vms) {

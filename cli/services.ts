@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import type { Pool } from 'pg';
 import { loadEnv, type Env } from '../common/config';
@@ -7,14 +8,15 @@ import { createMetrics, type Metrics } from '../common/metrics';
 import { startOpsServer, type ReadinessCheck } from '../common/ops-server';
 import { connectTemporalClient } from '../common/temporal-connection';
 import { installTemporalRuntime } from '../common/temporal-runtime';
+import { ensureAgentPki, loadControlPlaneTls, loadServerTls } from '../compute/agent-tls';
 import { startFleetAgents } from '../compute/fleet-agents';
 import { loadFleetFile } from '../inventory/fleet-file';
-import { openInventoryStore, startControlPlane, type ControlPlaneOptions, type InventoryStore } from '../stack/control-plane';
+import { openInventoryStore, startControlPlane, type AgentCredentials, type ControlPlaneOptions, type InventoryStore } from '../stack/control-plane';
 import { requireSearchAttributes } from '../stack/temporal-namespace';
 import { untilSignal } from './up';
 
 /** What every long-running service needs from the environment; one line naming the variable when missing. */
-function required(env: Env, name: 'DATABASE_URL' | 'TEMPORAL_ADDRESS'): string {
+function required(env: Env, name: 'DATABASE_URL' | 'TEMPORAL_ADDRESS' | 'DHM_AGENT_TLS_DIR' | 'DHM_AGENT_CLIENT_TLS_DIR'): string {
   const v = env[name];
   if (!v) throw new UserFacingError(`${name}: required for this service (\`dhm up\` runs everything with embedded defaults)`, name);
   return v;
@@ -37,13 +39,18 @@ async function checkNamespace(env: Env): Promise<void> {
   }
 }
 
+/** The control plane's certificate for calling agents (`dhm pki`'s control-plane folder): required, checked at start. */
+export function controlPlaneAgentCredentials(env: Env): AgentCredentials {
+  return { tls: loadControlPlaneTls(required(env, 'DHM_AGENT_CLIENT_TLS_DIR'), 'DHM_AGENT_CLIENT_TLS_DIR') };
+}
+
 /** The control plane for one role, on the configured Temporal namespace and task queue. */
 function controlPlane(env: Env, logger: Logger, store: InventoryStore, roles: Partial<Pick<ControlPlaneOptions, 'worker' | 'scheduler' | 'api'>>) {
   return startControlPlane({
     env,
     logger,
     store,
-    agentCredentials: { secret: env.DHM_AGENT_SECRET },
+    agentCredentials: controlPlaneAgentCredentials(env),
     temporal: { namespace: env.TEMPORAL_NAMESPACE, taskQueue: env.TEMPORAL_TASK_QUEUE },
     ...roles,
   });
@@ -145,39 +152,70 @@ export function registerServiceCommands(program: Command): void {
 
   program
     .command('agents')
-    .description('run sim host agents for the servers of a fleet file and register them in the inventory')
+    .description('run sim host agents for the servers of a fleet file (mTLS with the certificates of DHM_AGENT_TLS_DIR; no database)')
     .option('--fleet <file>', 'fleet file (default DHM_FLEET_FILE or the built-in default)')
     .action((o: { fleet?: string }) =>
       serve('agents', async (env, logger) => {
         const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
-        const store = await openStore(env, logger);
-        const { inventory, pool } = store;
+        // Credentials before anything else: without them nothing is bound and nothing is connected to.
+        const tlsDir = required(env, 'DHM_AGENT_TLS_DIR');
+        const creds = new Map(fleet.servers.filter((s) => s.backend === 'sim').map((s) => [s.id, loadServerTls(path.join(tlsDir, s.id), s.id, 'DHM_AGENT_TLS_DIR')]));
         const metrics = createMetrics({ role: 'agents' });
         const agents = await startFleetAgents(fleet, {
           timeScale: env.DHM_TIME_SCALE,
-          secret: env.DHM_AGENT_SECRET,
+          tls: (id) => creds.get(id)!,
+          faultRoutes: env.DHM_AGENT_FAULTS,
           logger,
           host: env.DHM_AGENT_HOST,
           ...(env.DHM_AGENT_ADVERTISE_HOST ? { advertiseHost: env.DHM_AGENT_ADVERTISE_HOST } : {}),
           metrics,
         });
-        await inventory.seedFleet(fleet, new Map([...agents.agents].map(([id, a]) => [id, a.url])), { actor: 'agents' });
-        const stopOps = await opsEndpoints(env, logger, metrics, {
-          postgres: postgresAnswers(pool),
-          ...Object.fromEntries(
-            [...agents.agents.values()].map((a) => [a.serverId, async () => {
-              const r = await fetch(`${a.url}/readyz`, { signal: AbortSignal.timeout(2_000) });
-              if (!r.ok) throw new Error(`agent answers ${r.status}`);
-            }]),
-          ),
-        });
+        // Agents hold no database credentials: the inventory learns their URLs from `dhm fleet-seed` (or `dhm up`).
+        const stopOps = await opsEndpoints(env, logger, metrics, Object.fromEntries(
+          [...agents.agents.values()].map((a) => [a.serverId, async () => {
+            if (!a.ready()) throw new Error('agent is stopping');
+          }]),
+        ));
+        logger.info({ agents: Object.fromEntries([...agents.agents].map(([id, a]) => [id, a.url])) }, 'agents listening');
         return async () => {
           await stopOps();
           await agents.stop();
-          await store.close();
         };
       }),
     );
+
+  program
+    .command('fleet-seed')
+    .description('seed the inventory with a fleet file\'s servers and their agents\' URLs (https://<agent host>:<agentPort>)')
+    .option('--fleet <file>', 'fleet file (default DHM_FLEET_FILE or the built-in default)')
+    .requiredOption('--agent-host <host>', 'the host name the agents are reached by (as DHM_AGENT_ADVERTISE_HOST of `dhm agents`)')
+    .action(async (o: { fleet?: string; agentHost: string }) => {
+      const env = loadEnv();
+      const logger = createLogger('fleet-seed', env.LOG_LEVEL);
+      const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
+      const unported = fleet.servers.find((s) => s.agentPort === 0);
+      if (unported) throw new UserFacingError(`--fleet: server ${unported.id} has no agentPort (its agent's URL cannot be known ahead)`, 'fleet');
+      const store = await openStore(env, logger);
+      try {
+        const urls = new Map(fleet.servers.map((s) => [s.id, `https://${o.agentHost}:${s.agentPort}`]));
+        const seeded = await store.inventory.seedFleet(fleet, urls, { actor: 'fleet-seed' });
+        process.stdout.write(`${JSON.stringify(seeded)}\n`);
+      } finally {
+        await store.close();
+      }
+    });
+
+  program
+    .command('pki')
+    .description('make (once) the agent plane\'s fleet CA, the control plane\'s certificate and one per server of a fleet file')
+    .option('--fleet <file>', 'fleet file (default DHM_FLEET_FILE or the built-in default)')
+    .requiredOption('--out <dir>', 'folder (0700): ca/ (keep its key here), control-plane/ (DHM_AGENT_CLIENT_TLS_DIR), servers/ (DHM_AGENT_TLS_DIR)')
+    .action(async (o: { fleet?: string; out: string }) => {
+      const env = loadEnv();
+      const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
+      const pki = await ensureAgentPki(path.resolve(o.out), fleet.servers.map((s) => s.id), { field: '--out' });
+      process.stdout.write(`${JSON.stringify({ ca: pki.caDir, controlPlane: pki.controlPlaneDir, servers: path.join(pki.root, 'servers') })}\n`);
+    });
 }
 
 /** The SDK's exporter takes `host:port`; an IPv6 literal needs brackets. */

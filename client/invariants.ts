@@ -2,16 +2,18 @@ import type { Client } from '@temporalio/client';
 import type { AgentDirectory } from '../compute/agent-directory';
 import { migrationWorkflowId } from '../common/migration';
 import { createAgentClient, type AgentClient } from '../compute/agent-client';
+import type { AgentClientTls } from '../compute/agent-tls';
 import type { HostIncarnation, Inventory, PhysicalServer } from '../inventory';
 
 export interface InvariantCheckInput {
   inventory: Inventory;
   /**
    * How to reach each server's agent: a directory (as the activities use), a map server id → URL, or nothing (then
-   * the URL the inventory records for the server, with `agentSecret`).
+   * the URL the inventory records for the server, with `agentTls`).
    */
   agents?: AgentDirectory | ReadonlyMap<string, string> | Record<string, string>;
-  agentSecret?: string;
+  /** The control plane's agent-plane certificate (compute/agent-tls.ts). */
+  agentTls?: AgentClientTls;
   /** When given, a host still marked `migrating` is checked against its workflow: the workflow must be running. */
   temporal?: Client;
   /** Servers without an agent to ask (e.g. `qemu` servers in a sim-only test): their VMs are not checked. */
@@ -79,7 +81,8 @@ export async function checkInvariants(input: InvariantCheckInput): Promise<Invar
     if (a && typeof (a as AgentDirectory).forServer === 'function') c = await (a as AgentDirectory).forServer(server.id);
     else {
       const url = a instanceof Map ? a.get(server.id) : a ? (a as Record<string, string>)[server.id] : server.agentUrl;
-      c = createAgentClient({ baseUrl: url ?? server.agentUrl, secret: input.agentSecret, timeoutMs: input.agentTimeoutMs ?? 5000 });
+      if (!input.agentTls) throw new Error('checkInvariants: agentTls is required to reach agents by URL');
+      c = createAgentClient({ baseUrl: url ?? server.agentUrl, tls: input.agentTls, serverId: server.id, timeoutMs: input.agentTimeoutMs ?? 5000 });
     }
     clients.set(server.id, c);
     return c;

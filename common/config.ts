@@ -67,8 +67,15 @@ export const envSchema = z.object({
   DHM_API_HOST: z.string().min(1).default('127.0.0.1'),
   /** The API's operator token; `dhm up` generates one when unset and writes it to .dhm/credentials.json. */
   DHM_OPERATOR_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
-  /** Shared secret every agent request must carry; generated per run when unset. */
-  DHM_AGENT_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
+  /**
+   * `dhm agents`: the folder of the agents' certificates, one sub-folder per server id (`dhm pki` makes them; files as in
+   * compute/fleet-ca.ts). Required there: an agent never starts without credentials.
+   */
+  DHM_AGENT_TLS_DIR: z.string().min(1).optional(),
+  /** worker, scheduler, api, check: the control plane's agent-plane certificate folder (`dhm pki`'s `control-plane`). */
+  DHM_AGENT_CLIENT_TLS_DIR: z.string().min(1).optional(),
+  /** The agents' fault-injection routes (`/v1/faults`): tests only; unset, the route does not exist (404). */
+  DHM_AGENT_FAULTS: bool.default(false),
   DHM_FLEET_FILE: z.string().min(1).optional(),
   /** `dhm agents`: the address agents bind (0.0.0.0 in a container) and the host name others reach them by. */
   DHM_AGENT_HOST: z.string().min(1).default('127.0.0.1'),
@@ -102,9 +109,15 @@ export const envSchema = z.object({
 export type Env = z.infer<typeof envSchema>;
 
 /** Reads the environment; a bad value throws one line naming the variable. Unknown DHM_* variables are refused too. */
+/** Settings dhm no longer reads, with what replaced them: refused by name rather than silently ignored. */
+const RETIRED: Record<string, string> = {
+  DHM_AGENT_SECRET: 'no longer used: the agent plane is mutual TLS with the fleet CA (DHM_AGENT_TLS_DIR for agents, DHM_AGENT_CLIENT_TLS_DIR for the control plane; `dhm pki` makes both)',
+};
+
 export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
   const known = new Set(Object.keys(envSchema.shape));
   for (const key of Object.keys(source)) {
+    if (RETIRED[key] !== undefined && source[key] !== undefined && source[key] !== '') throw new UserFacingError(`${key}: ${RETIRED[key]}`, key);
     if (key.startsWith('DHM_') && !known.has(key) && !key.startsWith('DHM_TEST_')) {
       throw new UserFacingError(`${key}: unknown setting (known: ${[...known].filter((k) => k.startsWith('DHM_')).join(', ')})`, key);
     }

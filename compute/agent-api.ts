@@ -113,7 +113,7 @@ export type GuestOpResult = z.infer<typeof guestOpResultSchema>;
 // ---- migrations ------------------------------------------------------------------------------------------------
 
 export const migrationTargetSchema = z
-  .object({ agentUrl: z.url({ protocol: /^https?$/ }), incarnationId: agentIdSchema })
+  .object({ agentUrl: z.url({ protocol: /^https$/ }), incarnationId: agentIdSchema })
   .strict();
 
 export const startMigrationBodySchema = z
@@ -241,6 +241,17 @@ export const commitIncomingBodySchema = z
   .strict();
 export type CommitIncomingBody = z.infer<typeof commitIncomingBodySchema>;
 
+/**
+ * The control plane tells a target to expect a job before the source starts it: a peer server may then call the
+ * incoming-migration routes of that job, for that VM and incarnation, and only that source server (mTLS identity).
+ */
+export const expectIncomingBodySchema = z
+  .object({ vmId: agentIdSchema, incarnationId: agentIdSchema, sourceServerId: z.string().min(1).max(128) })
+  .strict();
+export type ExpectIncomingBody = z.infer<typeof expectIncomingBodySchema>;
+export const expectedIncomingSchema = expectIncomingBodySchema.extend({ jobId: z.string() });
+export type ExpectedIncoming = z.infer<typeof expectedIncomingSchema>;
+
 // ---- faults ----------------------------------------------------------------------------------------------------
 
 /** Test-only. Keys left out keep their value; `failMigrationAtRound: null` clears a pending failure. */
@@ -276,6 +287,8 @@ export const routes = {
   cancelMigration: '/v1/migrations/:jobId/cancel',
   incoming: '/v1/incoming-migrations/:jobId',
   commitIncoming: '/v1/incoming-migrations/:jobId/commit',
+  expectIncoming: '/v1/expected-migrations/:jobId',
+  /** Only on agents started with fault injection on (DHM_AGENT_FAULTS=1, the tests' stacks): 404 elsewhere. */
   faults: '/v1/faults',
 } as const;
 
@@ -293,5 +306,6 @@ export const paths = {
   cancelMigration: fill(routes.cancelMigration),
   incoming: fill(routes.incoming),
   commitIncoming: fill(routes.commitIncoming),
+  expectIncoming: fill(routes.expectIncoming),
   faults: routes.faults,
 };

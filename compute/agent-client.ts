@@ -1,6 +1,8 @@
+import * as https from 'node:https';
 import type { Resources } from '../common/resources';
 import {
   agentInfoSchema,
+  expectedIncomingSchema,
   faultsStateSchema,
   guestOpResultSchema,
   incarnationViewSchema,
@@ -9,6 +11,7 @@ import {
   paths,
   vmViewSchema,
   type AgentInfo,
+  type ExpectIncomingBody,
   type Faults,
   type GuestOp,
   type GuestOpResult,
@@ -19,6 +22,7 @@ import {
   type VmView,
 } from './agent-api';
 import { AgentError, callAgent, type CallTarget } from './agent-http';
+import { agentHttpsAgent, type AgentClientTls } from './agent-tls';
 
 export { AgentError } from './agent-http';
 export type {
@@ -35,7 +39,10 @@ export type {
 
 export interface AgentClientOptions {
   baseUrl: string;
-  secret?: string;
+  /** The caller's certificate: the control plane's (compute/agent-tls.ts). Or a pool made once with `agentHttpsAgent`. */
+  tls: AgentClientTls | https.Agent;
+  /** The server this agent is: its certificate must name it. Unset: learned from `info()` when first needed. */
+  serverId?: string;
   /** Per request. Default 10 s. */
   timeoutMs?: number;
 }
@@ -64,7 +71,9 @@ export interface AgentClient {
   deleteVm(vmId: string): Promise<void>;
   /**
    * Idempotent by jobId: the same jobId returns the existing job. With `waitMs` the agent then holds the answer as
-   * `getMigration` does (one round trip for a short move); an older agent answers at once.
+   * `getMigration` does (one round trip for a short move); an older agent answers at once. First tells the target
+   * agent (`input.target.agentUrl`) to expect the job from this agent's server: a target takes incoming-migration
+   * calls only for jobs the control plane announced, from the source it named.
    */
   startMigration(input: StartMigrationInput, opts?: { waitMs?: number }): Promise<MigrationJob>;
   /**
@@ -76,7 +85,9 @@ export interface AgentClient {
   cancelMigration(jobId: string): Promise<MigrationJob>;
   /** Served wherever the VM runs now: a `VM_MOVED` answer is followed (a few hops at most). */
   guestOp(vmId: string, op: GuestOp): Promise<GuestOpResult>;
-  /** Test-only fault injection; keys left out keep their value. */
+  /** Tells this agent to let `sourceServerId` migrate `vmId` into `incarnationId` as job `jobId` (idempotent). */
+  expectIncoming(input: { jobId: string } & ExpectIncomingBody): Promise<void>;
+  /** Test-only fault injection (agents started with DHM_AGENT_FAULTS=1; others answer 404); keys left out keep their value. */
   setFaults(f: Faults): Promise<void>;
 }
 
@@ -87,10 +98,22 @@ export const MAX_MOVED_HOPS = 5;
 
 export function createAgentClient(opts: AgentClientOptions): AgentClient {
   const timeoutMs = opts.timeoutMs ?? 10_000;
-  const at = (baseUrl: string): CallTarget => ({ baseUrl, secret: opts.secret, timeoutMs });
-  const home = at(opts.baseUrl);
+  const pool = opts.tls instanceof https.Agent ? opts.tls : agentHttpsAgent(opts.tls);
+  // Any other agent (a redirect, a migration's target) must still prove a fleet server's certificate (agentHttpsAgent).
+  const at = (baseUrl: string): CallTarget => ({ baseUrl, https: pool, timeoutMs });
+  const home: CallTarget = { ...at(opts.baseUrl), ...(opts.serverId ? { serverId: opts.serverId } : {}) };
+  let serverId: Promise<string> | undefined = opts.serverId ? Promise.resolve(opts.serverId) : undefined;
+  const myServerId = () => {
+    serverId ??= callAgent(home, 'GET', paths.info, undefined, agentInfoSchema).then((i) => i.serverId);
+    serverId.catch(() => (serverId = undefined));
+    return serverId;
+  };
 
-  /** Runs `call` against this agent, then against wherever `VM_MOVED` points. */
+  /**
+   * Runs `call` against this agent, then against wherever `VM_MOVED` points: only another fleet server's agent. The
+   * URL must be https (refused before connecting otherwise) and the agent there must prove a server certificate of the
+   * fleet CA; an answer from anything else is never read, and no request body reaches it.
+   */
   async function followingMoves<T>(call: (target: CallTarget) => Promise<T>): Promise<T> {
     let target = home;
     for (let hop = 0; ; hop++) {
@@ -98,8 +121,25 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
         return await call(target);
       } catch (err) {
         if (!(err instanceof AgentError && err.code === 'VM_MOVED' && err.movedTo) || hop >= MAX_MOVED_HOPS) throw err;
+        if (!err.movedTo.startsWith('https://'))
+          throw new AgentError({ status: 0, code: 'REDIRECT_REFUSED', message: `VM_MOVED to ${err.movedTo}: not an agent of the fleet (https only)`, retryable: false });
         target = at(err.movedTo);
       }
+    }
+  }
+
+  /**
+   * Tells the target to expect the job from this agent's server. A target that cannot be reached (or a target URL the
+   * source will refuse anyway) is left to the source: its own attempt fails the job as it would have (TargetUnavailable,
+   * or a 400 naming target.agentUrl); any other refusal (a bad id, a 403) stops here.
+   */
+  async function announce(jobId: string, body: Omit<StartMigrationInput, 'jobId'>): Promise<void> {
+    if (!/^https:\/\//.test(body.target.agentUrl)) return;
+    try {
+      const input = { vmId: body.vmId, incarnationId: body.target.incarnationId, sourceServerId: await myServerId() };
+      await callAgent(at(body.target.agentUrl), 'PUT', paths.expectIncoming(jobId), input, expectedIncomingSchema);
+    } catch (err) {
+      if (!(err instanceof AgentError && (err.retryable || err.status === 400))) throw err;
     }
   }
 
@@ -124,7 +164,8 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
       callAgent(home, 'PUT', paths.vm(vmId), { incarnationId, spec }, vmViewSchema),
     getVm: (vmId) => nullIfNotFound(callAgent(home, 'GET', paths.vm(vmId), undefined, vmViewSchema)),
     deleteVm: (vmId) => followingMoves((t) => callAgent(t, 'DELETE', paths.vm(vmId), undefined, null)),
-    startMigration: ({ jobId, ...body }, o) => {
+    startMigration: async ({ jobId, ...body }, o) => {
+      await announce(jobId, body);
       const waitMs = clampWait(o?.waitMs);
       if (!waitMs) return callAgent(home, 'PUT', paths.migration(jobId), body, migrationJobSchema);
       return callAgent({ ...home, timeoutMs: timeoutMs + waitMs }, 'PUT', `${paths.migration(jobId)}?waitMs=${waitMs}`, body, migrationJobSchema);
@@ -137,6 +178,9 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
     },
     cancelMigration: (jobId) => callAgent(home, 'POST', paths.cancelMigration(jobId), undefined, migrationJobSchema),
     guestOp: (vmId, op) => followingMoves((t) => callAgent(t, 'POST', paths.guestOps(vmId), op, guestOpResultSchema)),
+    expectIncoming: async ({ jobId, ...body }) => {
+      await callAgent(home, 'PUT', paths.expectIncoming(jobId), body, expectedIncomingSchema);
+    },
     setFaults: async (f) => {
       await callAgent(home, 'PUT', paths.faults, f, faultsStateSchema);
     },

@@ -1,4 +1,6 @@
+import type * as https from 'node:https';
 import { createAgentClient, type AgentClient } from './agent-client';
+import { agentHttpsAgent, type AgentClientTls } from './agent-tls';
 
 /** Finds the agent of a physical server; the inventory knows each server's agent URL. */
 export interface AgentDirectory {
@@ -10,12 +12,14 @@ export const AGENT_URL_TTL_MS = 5_000;
 
 export function createAgentDirectory(deps: {
   lookupAgentUrl(serverId: string): Promise<string>;
-  secret?: string;
+  /** The control plane's agent-plane certificate: every agent is called with it, over one connection pool. */
+  tls: AgentClientTls | https.Agent;
   timeoutMs?: number;
   /** Default AGENT_URL_TTL_MS; 0 asks the inventory every time. */
   urlTtlMs?: number;
 }): AgentDirectory {
   const clients = new Map<string, AgentClient>();
+  const pool = 'cert' in deps.tls ? agentHttpsAgent(deps.tls) : deps.tls;
   // Every move asks for two agents; without this each ask was a Postgres query (benchmark 2: 2 per VM, 10–70 ms each
   // under load). A few seconds of staleness only delays noticing a re-deployed agent's new URL.
   const urls = new Map<string, { url: Promise<string>; until: number }>();
@@ -35,7 +39,7 @@ export function createAgentDirectory(deps: {
       const key = `${serverId} ${url}`;
       let client = clients.get(key);
       if (!client) {
-        client = createAgentClient({ baseUrl: url, secret: deps.secret, timeoutMs: deps.timeoutMs });
+        client = createAgentClient({ baseUrl: url, tls: pool, serverId, timeoutMs: deps.timeoutMs });
         clients.set(key, client);
       }
       return client;

@@ -1,5 +1,8 @@
+import * as https from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import type { z } from 'zod';
 import { errorBodySchema } from './agent-api';
+import { serverIdOf } from './agent-tls';
 
 /** A failed call to a host agent, as the caller sees it. */
 export class AgentError extends Error {
@@ -26,14 +29,18 @@ type Method = 'GET' | 'PUT' | 'POST' | 'DELETE';
 
 export interface CallTarget {
   baseUrl: string;
-  secret?: string;
+  /** The caller's TLS identity (compute/agent-tls.ts `agentHttpsAgent`): agents speak HTTPS with client certificates only. */
+  https: https.Agent;
   timeoutMs: number;
+  /** The server whose agent must answer (its certificate's subject); unset: any fleet server (a peer, a redirect). */
+  serverId?: string;
 }
 
 /**
- * One JSON request to an agent. A 2xx reply is parsed with `replySchema` (a reply that does not match is an
- * `AgentError` 'BAD_REPLY', not retryable: the agent speaks another version); 204 returns undefined. Anything
- * else becomes an `AgentError` carrying the agent's code and field.
+ * One JSON request to an agent, over mutual TLS. A 2xx reply is parsed with `replySchema` (a reply that does not match
+ * is an `AgentError` 'BAD_REPLY', not retryable: the agent speaks another version); 204 returns undefined. Anything
+ * else becomes an `AgentError` carrying the agent's code and field. A URL that is not https is refused before any
+ * connection; so is an agent whose certificate names another server than `serverId`.
  */
 export async function callAgent<S extends z.ZodType>(
   target: CallTarget,
@@ -51,22 +58,14 @@ export async function callAgent(
   replySchema: z.ZodType | null,
 ): Promise<unknown> {
   const url = target.baseUrl.replace(/\/+$/, '') + path;
-  const headers: Record<string, string> = { accept: 'application/json' };
-  if (body !== undefined) headers['content-type'] = 'application/json';
-  if (target.secret !== undefined) headers.authorization = `Bearer ${target.secret}`;
-  let res: Response;
-  let text: string;
+  if (!url.startsWith('https://'))
+    throw new AgentError({ status: 0, code: 'INSECURE_URL', message: `${method} ${url}: agents are reached over https only`, retryable: false });
+  let res: { status: number; text: string; peer: string | null };
   try {
-    res = await fetch(url, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(target.timeoutMs),
-    });
-    text = await res.text();
+    res = await request(target, method, url, body === undefined ? undefined : JSON.stringify(body));
   } catch (err) {
-    const timedOut = err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError');
-    const cause = err instanceof Error ? ((err.cause as Error | undefined)?.message ?? err.message) : String(err);
+    const timedOut = err instanceof Error && err.name === 'TimeoutError';
+    const cause = err instanceof Error ? err.message : String(err);
     throw new AgentError({
       status: 0,
       code: timedOut ? 'TIMEOUT' : 'NETWORK_ERROR',
@@ -74,8 +73,12 @@ export async function callAgent(
       retryable: true,
     });
   }
+  if (target.serverId !== undefined && res.peer !== target.serverId)
+    throw new AgentError({ status: 0, code: 'WRONG_AGENT', message: `${method} ${url}: answered by server ${res.peer ?? '(none)'}, not ${target.serverId}`, retryable: true });
+  const ok = res.status >= 200 && res.status < 300;
+  const text = res.text;
 
-  if (res.ok) {
+  if (ok) {
     if (replySchema === null || res.status === 204) return undefined;
     const parsed = replySchema.safeParse(safeJson(text));
     if (!parsed.success)
@@ -94,6 +97,38 @@ export async function callAgent(
     throw new AgentError({ status: res.status, code: e.code, message: e.message, field: e.field, movedTo: e.movedTo });
   }
   throw new AgentError({ status: res.status, code: `HTTP_${res.status}`, message: `${method} ${url}: ${text.slice(0, 200)}` });
+}
+
+/** The request itself; `peer` is the server id the agent's (CA-verified) certificate names. */
+function request(target: CallTarget, method: Method, url: string, body: string | undefined): Promise<{ status: number; text: string; peer: string | null }> {
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (body !== undefined) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = String(Buffer.byteLength(body));
+    }
+    const req = https.request(url, { method, headers, agent: target.https }, (res) => {
+      const peer = serverIdOf((res.socket as TLSSocket).getPeerCertificate?.());
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        clearTimeout(timer);
+        resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), peer });
+      });
+      res.on('error', fail);
+    });
+    function fail(err: Error) {
+      clearTimeout(timer);
+      reject(err);
+    }
+    const timer = setTimeout(() => {
+      const e = new Error(`no reply within ${target.timeoutMs} ms`);
+      e.name = 'TimeoutError';
+      req.destroy(e);
+    }, target.timeoutMs);
+    req.on('error', fail);
+    req.end(body);
+  });
 }
 
 function safeJson(text: string): unknown {

@@ -7,6 +7,8 @@ import {
   agentInfoSchema,
   commitIncomingBodySchema,
   createVmBodySchema,
+  expectedIncomingSchema,
+  expectIncomingBodySchema,
   faultsSchema,
   faultsStateSchema,
   guestOpResultSchema,
@@ -23,6 +25,7 @@ import {
 } from './agent-api';
 import type { ComputeBackend } from './backend';
 import { AgentFailure, invalidInput, notFound } from './errors';
+import type { ExpectedMigrations } from './expected-migrations';
 
 export interface AgentIdentity {
   serverId: string;
@@ -55,7 +58,12 @@ const id = (params: unknown, name: string): string => parseOr400(agentIdSchema, 
 const quiet = { logLevel: 'warn' as const };
 
 /** The host agent's HTTP API. Paths come from agent-api.ts so the client cannot drift from them. */
-export function registerAgentRoutes(app: FastifyInstance, backend: ComputeBackend, me: AgentIdentity): void {
+export function registerAgentRoutes(
+  app: FastifyInstance,
+  backend: ComputeBackend,
+  me: AgentIdentity,
+  opts: { expected: ExpectedMigrations; faultRoutes: boolean },
+): void {
   app.get(routes.healthz, quiet, async () => ({ ok: true }));
 
   app.get(routes.info, quiet, async (_req, reply) =>
@@ -132,6 +140,12 @@ export function registerAgentRoutes(app: FastifyInstance, backend: ComputeBacken
     send(reply, migrationJobSchema, await backend.cancelMigration(id(req.params, 'jobId'))),
   );
 
+  // ---- inbound migrations: the control plane names the job, its VM and its source; then the source calls the rest
+  app.put(routes.expectIncoming, async (req, reply) => {
+    const jobId = id(req.params, 'jobId');
+    return send(reply, expectedIncomingSchema, opts.expected.expect(jobId, parseOr400(expectIncomingBodySchema, req.body)));
+  });
+
   // ---- inbound migrations (agent to agent)
   app.put(routes.incoming, async (req, reply) => {
     const jobId = id(req.params, 'jobId');
@@ -148,7 +162,8 @@ export function registerAgentRoutes(app: FastifyInstance, backend: ComputeBacken
     return reply.code(204).send();
   });
 
-  // ---- faults (test only)
+  // ---- faults (test only): not even a route unless the agent was started for tests
+  if (!opts.faultRoutes) return;
   app.put(routes.faults, async (req, reply) =>
     send(reply, faultsStateSchema, backend.setFaults(parseOr400(faultsSchema, req.body))),
   );

@@ -1,15 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import { isIP } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { observeHttp, type Metrics } from '../common/metrics';
 import { resourcesSchema, type Resources } from '../common/resources';
-import { paths } from './agent-api';
+import { paths, routes } from './agent-api';
 import { errorBody, parseOr400, registerAgentRoutes } from './agent-routes';
-import { bearerMatches } from './auth';
+import { callerOf, peerClientTls, type AgentServerTls } from './agent-tls';
 import type { ComputeBackend } from './backend';
 import { AgentFailure } from './errors';
+import { ExpectedMigrations } from './expected-migrations';
 import { createPeerClient } from './peer-client';
 import { UserFacingError } from '../common/errors';
 import { createQemuBackend, localAddresses, qemuAgentOptionsSchema, type QemuAgentOptions } from './qemu/create';
@@ -30,8 +32,14 @@ export interface StartAgentOptions {
   advertiseHost?: string;
   /** 0 lets the OS choose. */
   port?: number;
-  /** When set, every request but /healthz must carry `Authorization: Bearer <secret>`; agents use it with each other too. */
-  secret?: string;
+  /**
+   * The server's certificates (compute/agent-tls.ts): required. The agent listens on HTTPS only and takes a request
+   * only from a certificate of the same CA: the control plane's (every route but the peers'), or a peer server's (the
+   * incoming-migration routes of a job the control plane told it to expect from that server, nothing else).
+   */
+  tls: AgentServerTls;
+  /** The fault-injection routes (`/v1/faults`) exist only when true: tests' stacks (DHM_AGENT_FAULTS=1). Default false. */
+  faultRoutes?: boolean;
   /** `sim` (default) models VMs; `qemu` runs each VM as a QEMU process (needs scripts/qemu/setup.sh to have run). */
   backend?: 'sim' | 'qemu';
   /** Options of the `qemu` backend; ignored by `sim`. */
@@ -52,14 +60,19 @@ export interface RunningAgent {
    * with its migration jobs aborted and forgotten and its VMs untouched (the boot id, the server's, stays).
    */
   restartDaemon(downMs?: number): Promise<void>;
+  /** Listening and not stopping (what the ops endpoint's /readyz reports). */
+  ready(): boolean;
   /** Long-polls of migration jobs the agent holds right now (for tests and diagnostics). */
   pollsWaiting(): number;
   stop(): Promise<void>;
 }
 
 export const DEFAULT_STREAM_CAP_FRACTION = 0.4;
-/** Readiness, like /healthz public (no secret): probes carry none. */
 const READYZ = '/readyz';
+/** The routes a peer server may call (for an expected job); the control plane never needs them. */
+const PEER_ROUTES = new Set([`PUT ${routes.incoming}`, `POST ${routes.commitIncoming}`, `DELETE ${routes.incoming}`]);
+/** Probes any fleet identity may make. */
+const OPEN_ROUTES = new Set([`GET ${routes.healthz}`, `GET ${READYZ}`]);
 
 const startAgentOptionsSchema = z.object({
   serverId: z.string().min(1),
@@ -70,7 +83,7 @@ const startAgentOptionsSchema = z.object({
   host: z.string().min(1).default('127.0.0.1'),
   advertiseHost: z.string().min(1).optional(),
   port: z.number().int().min(0).max(65535).default(0),
-  secret: z.string().min(1).optional(),
+  faultRoutes: z.boolean().default(false),
   backend: z.enum(['sim', 'qemu']).default('sim'),
   qemu: qemuAgentOptionsSchema.optional(),
   networkStorage: z.boolean().default(true),
@@ -78,8 +91,13 @@ const startAgentOptionsSchema = z.object({
 
 /** Starts one host agent (one physical server) on its own port. Several may run in one process. */
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
-  const { logger: parentLogger, metrics, ...config } = options;
+  const { logger: parentLogger, metrics, tls, ...config } = options;
   const opts = parseConfig(config);
+  // No credentials, no agent: refused before anything is made or bound (a caller in plain JS may leave it out).
+  if (!tls?.cert || !tls.key || !tls.ca || !tls.clientCert || !tls.clientKey)
+    throw new UserFacingError('tls: required: the server\'s agent-plane certificates (compute/agent-tls.ts); an agent never runs without them', 'tls');
+  if (tls.serverId !== opts.serverId)
+    throw new UserFacingError(`tls: the certificates are server ${tls.serverId}'s, not ${opts.serverId}'s`, 'tls');
   // An address no interface has cannot be bound; say which setting is wrong before anything starts.
   if (isIP(opts.host) !== 0 && opts.host !== '0.0.0.0' && opts.host !== '::' && !localAddresses().has(opts.host))
     throw new UserFacingError(`host: ${opts.host} is not an address of any interface here (DHM_AGENT_HOST)`, 'host');
@@ -94,7 +112,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
           bootId,
           capacity: opts.capacity,
           nicBytesPerSec: bitsToBytesPerSec(opts.nicBandwidthBps),
-          peer: createPeerClient({ secret: opts.secret }),
+          peer: createPeerClient({ tls: peerClientTls(tls) }),
           logger,
           selfUrl: () => url,
           options: opts.qemu,
@@ -107,20 +125,48 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
           streamCapFraction: opts.streamCapFraction,
           timeScale: opts.timeScale,
           networkStorage: opts.networkStorage,
-          peer: createPeerClient({ secret: opts.secret }),
+          peer: createPeerClient({ tls: peerClientTls(tls) }),
           logger,
           selfUrl: () => url,
         });
+  const expected = new ExpectedMigrations();
 
-  const app = Fastify({ loggerInstance: logger as FastifyBaseLogger, forceCloseConnections: true });
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    forceCloseConnections: true,
+    // A client without a certificate of the fleet CA does not get past the handshake (no HTTP at all).
+    https: { key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' },
+  });
 
   app.addHook('onRequest', async (req, reply) => {
     const path = req.url.split('?')[0];
+    const route = `${req.method} ${req.routeOptions.url ?? path}`;
+    const caller = callerOf(req.raw.socket as TLSSocket);
+    const refuse = (why: string) => {
+      req.log.warn({ caller, route }, `refused: ${why}`);
+      return reply.code(403).send(errorBody('FORBIDDEN', why));
+    };
+    if (!caller) return refuse('the client certificate names neither the control plane nor a fleet server');
+    if (!OPEN_ROUTES.has(route)) {
+      if (caller.kind === 'control-plane' && PEER_ROUTES.has(route)) return refuse(`${route} is for peer servers only`);
+      if (caller.kind === 'server') {
+        if (!PEER_ROUTES.has(route)) return refuse(`server ${caller.serverId} may call only the incoming-migration routes`);
+        const jobId = (req.params as Record<string, string>).jobId ?? '';
+        if (expected.get(jobId)?.sourceServerId !== caller.serverId)
+          return refuse(`no migration ${jobId} from server ${caller.serverId} is expected here`);
+      }
+    }
     // An "unreachable" agent still takes the faults route, so a test can make it reachable again.
     if (backend.faults().unreachable && path !== paths.faults)
       return reply.code(503).send(errorBody('AGENT_UNAVAILABLE', `agent ${opts.serverId} is unreachable (injected fault)`));
-    if (opts.secret !== undefined && path !== paths.healthz && path !== READYZ && !bearerMatches(req.headers.authorization, opts.secret))
-      return reply.code(401).send(errorBody('UNAUTHORIZED', 'missing or wrong bearer secret'));
+  });
+  // The expected job pins its VM and incarnation too: a peer reserves room for that VM only.
+  app.addHook('preHandler', async (req, reply) => {
+    if (`${req.method} ${req.routeOptions.url}` !== `PUT ${routes.incoming}`) return;
+    const e = expected.get((req.params as Record<string, string>).jobId ?? '');
+    const body = req.body as { vmId?: unknown; incarnationId?: unknown; sourceServerId?: unknown } | undefined;
+    if (e && (body?.vmId !== e.vmId || body?.incarnationId !== e.incarnationId || body?.sourceServerId !== e.sourceServerId))
+      return reply.code(403).send(errorBody('FORBIDDEN', `migration ${e.jobId} is expected for VM ${e.vmId} into ${e.incarnationId} from ${e.sourceServerId}`));
   });
 
   app.setErrorHandler((err: FastifyError | AgentFailure | Error, req, reply) => {
@@ -143,12 +189,12 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   let closing = false;
   app.get(READYZ, { logLevel: 'warn' }, async (_req, reply) => (closing ? reply.code(503).send({ ok: false, status: 'stopping' }) : { ok: true, serverId: opts.serverId, bootId }));
 
-  registerAgentRoutes(app, backend, {
-    serverId: opts.serverId,
-    bootId,
-    capacity: opts.capacity,
-    nicBandwidthBps: opts.nicBandwidthBps,
-  });
+  registerAgentRoutes(
+    app,
+    backend,
+    { serverId: opts.serverId, bootId, capacity: opts.capacity, nicBandwidthBps: opts.nicBandwidthBps },
+    { expected, faultRoutes: opts.faultRoutes },
+  );
 
   try {
     await app.listen({ host: opts.host, port: opts.port });
@@ -158,7 +204,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   }
   const address = app.server.address();
   if (address === null || typeof address === 'string') throw new Error('agent did not bind a TCP port');
-  url = `http://${opts.advertiseHost ? urlHost(opts.advertiseHost) : urlHost(opts.host)}:${address.port}`;
+  url = `https://${opts.advertiseHost ? urlHost(opts.advertiseHost) : urlHost(opts.host)}:${address.port}`;
   logger.info({ url, timeScale: opts.timeScale, nicBandwidthBps: opts.nicBandwidthBps }, 'host agent started');
 
   let stopping: Promise<void> | undefined;
@@ -167,11 +213,13 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     serverId: opts.serverId,
     bootId,
     pollsWaiting: () => backend.pollsWaiting(),
+    ready: () => !closing,
     async restartDaemon(downMs = 0) {
       // Down (every request answered 503, as when nothing listens), then back with the jobs forgotten.
       backend.setFaults({ unreachable: true });
       if (downMs > 0) await new Promise((r) => setTimeout(r, downMs)); // the simulated outage itself
       await backend.restartDaemon();
+      expected.clear();
       backend.setFaults({ unreachable: false });
     },
     stop: () =>
@@ -185,7 +233,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   };
 }
 
-function parseConfig(config: Omit<StartAgentOptions, 'logger'>) {
+function parseConfig(config: Omit<StartAgentOptions, 'logger' | 'tls'>) {
   try {
     return parseOr400(startAgentOptionsSchema, config);
   } catch (err) {

@@ -3,11 +3,15 @@ import type { Logger } from 'pino';
 import type { Fleet, FleetServer } from '../common/fleet';
 import type { Metrics } from '../common/metrics';
 import { startAgent, type RunningAgent } from './agent-service';
+import type { AgentServerTls } from './agent-tls';
 import type { QemuAgentOptions } from './qemu/create';
 
 export interface FleetAgentsOptions {
   timeScale: number;
-  secret?: string;
+  /** Each server's certificates (`AgentPki.server`, or read from a folder per server): an agent never starts without them. */
+  tls: (serverId: string) => AgentServerTls;
+  /** The agents' fault-injection routes (tests' stacks only). Default off. */
+  faultRoutes?: boolean;
   logger: Logger;
   /** Which servers get an agent here. Default: those whose backend is `sim` (`qemu` ones start real VMs: opt in). */
   backendFilter?: (server: FleetServer) => boolean;
@@ -24,7 +28,7 @@ export interface FleetAgentsOptions {
 }
 
 export interface FleetAgents {
-  agents: Map<string, Pick<RunningAgent, 'url' | 'stop' | 'bootId' | 'serverId'>>;
+  agents: Map<string, Pick<RunningAgent, 'url' | 'stop' | 'bootId' | 'serverId' | 'ready'>>;
   stop(): Promise<void>;
 }
 
@@ -35,6 +39,8 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
   const stop = async () => {
     await Promise.all([...agents.values()].map((a) => a.stop()));
   };
+  // Every agent's certificates first: a missing one is refused before any agent binds.
+  const creds = new Map(fleet.servers.filter(filter).map((s) => [s.id, opts.tls(s.id)]));
   try {
     for (const server of fleet.servers) {
       if (!filter(server)) {
@@ -53,7 +59,8 @@ export async function startFleetAgents(fleet: Fleet, opts: FleetAgentsOptions): 
           ...(opts.host ? { host: opts.host } : {}),
           ...(opts.advertiseHost ? { advertiseHost: opts.advertiseHost } : {}),
           ...(opts.metrics ? { metrics: opts.metrics } : {}),
-          secret: opts.secret,
+          tls: creds.get(server.id)!,
+          ...(opts.faultRoutes ? { faultRoutes: true } : {}),
           backend: server.backend,
           ...(server.networkStorage !== undefined ? { networkStorage: server.networkStorage } : {}),
           qemu: server.backend === 'qemu' ? qemuOptionsFor(server, opts.qemu, fleet) : undefined,

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UserFacingError } from '../common/errors';
@@ -11,7 +11,8 @@ import { UserFacingError } from '../common/errors';
  * A CA folder holds `ca-key.pem` (0600, never leaves it) and `ca-cert.pem`. A server's folder has QEMU's fixed file
  * names for `tls-creds-x509`: `ca-cert.pem`, `server-cert.pem`/`server-key.pem` (serverAuth, SAN with its name and
  * address) and `client-cert.pem`/`client-key.pem` (clientAuth); both certificates' subject is `CN=<serverId>`, which
- * is the identity a target's `tls-authz` checks. The same CA is meant for agent mTLS later.
+ * is the identity a target's `tls-authz` checks. The agent plane's mTLS (compute/agent-tls.ts) uses the same
+ * CA and certificates, plus a client-only certificate for the control plane.
  */
 
 export interface FleetCa {
@@ -59,6 +60,31 @@ export async function ensureFleetCa(dir: string, name = 'dhm fleet CA'): Promise
   return ca;
 }
 
+/** One certificate for `cn` with `role`'s extended key usage, as `<role>-cert.pem`/`<role>-key.pem` in `outDir`. */
+async function issueCert(ca: FleetCa, cn: string, role: 'server' | 'client', san: string | null, outDir: string): Promise<void> {
+  const key = path.join(outDir, `${role}-key.pem`);
+  const csr = path.join(outDir, `${role}.csr`);
+  const ext = path.join(outDir, `${role}.ext`);
+  await newKey(key);
+  await openssl(['req', '-new', '-key', key, '-out', csr, '-subj', `/CN=${cn}`]);
+  fs.writeFileSync(
+    ext,
+    [
+      'basicConstraints=critical,CA:FALSE',
+      'keyUsage=critical,digitalSignature,keyEncipherment',
+      `extendedKeyUsage=${role === 'server' ? 'serverAuth' : 'clientAuth'}`,
+      ...(san ? [`subjectAltName=${san}`] : []),
+    ].join('\n'),
+  );
+  // A serial per certificate from the random source, not a shared serial file: issuing in parallel stays safe.
+  await openssl([
+    'x509', '-req', '-in', csr, '-CA', ca.certPath, '-CAkey', ca.keyPath, '-set_serial', `0x${randomBytes(16).toString('hex')}`,
+    '-out', path.join(outDir, `${role}-cert.pem`), '-days', String(CERT_DAYS), '-extfile', ext,
+  ]);
+  fs.rmSync(csr, { force: true });
+  fs.rmSync(ext, { force: true });
+}
+
 /**
  * Issues `serverId`'s server and client certificates into `outDir` (QEMU's file names), with the CA's certificate.
  * `addresses` go into the SAN as IPs, the server id as a DNS name (what a source's `tls-hostname` checks).
@@ -67,30 +93,19 @@ export async function issueServerCreds(ca: FleetCa, serverId: string, addresses:
   fs.mkdirSync(outDir, { recursive: true, mode: 0o700 });
   fs.copyFileSync(ca.certPath, path.join(outDir, 'ca-cert.pem'));
   const san = [`DNS:${serverId}`, ...addresses.map((a) => `IP:${a}`)].join(',');
-  for (const role of ['server', 'client'] as const) {
-    const key = path.join(outDir, `${role}-key.pem`);
-    const csr = path.join(outDir, `${role}.csr`);
-    const ext = path.join(outDir, `${role}.ext`);
-    await newKey(key);
-    await openssl(['req', '-new', '-key', key, '-out', csr, '-subj', `/CN=${serverId}`]);
-    fs.writeFileSync(
-      ext,
-      [
-        'basicConstraints=critical,CA:FALSE',
-        'keyUsage=critical,digitalSignature,keyEncipherment',
-        `extendedKeyUsage=${role === 'server' ? 'serverAuth' : 'clientAuth'}`,
-        `subjectAltName=${san}`,
-      ].join('\n'),
-    );
-    await openssl([
-      'x509', '-req', '-in', csr, '-CA', ca.certPath, '-CAkey', ca.keyPath, '-CAcreateserial', '-out', path.join(outDir, `${role}-cert.pem`),
-      '-days', String(CERT_DAYS), '-extfile', ext,
-    ]);
-    fs.rmSync(csr, { force: true });
-    fs.rmSync(ext, { force: true });
-  }
-  fs.rmSync(path.join(path.dirname(ca.certPath), 'ca-cert.srl'), { force: true });
+  for (const role of ['server', 'client'] as const) await issueCert(ca, serverId, role, san, outDir);
   return { dir: outDir, serverId };
+}
+
+/**
+ * A client-only identity (`client-cert.pem`/`client-key.pem`, clientAuth, subject `CN=<cn>`, no SAN) with the CA's
+ * certificate: the control plane's certificate for the agent plane.
+ */
+export async function issueClientCreds(ca: FleetCa, cn: string, outDir: string): Promise<{ dir: string }> {
+  fs.mkdirSync(outDir, { recursive: true, mode: 0o700 });
+  fs.copyFileSync(ca.certPath, path.join(outDir, 'ca-cert.pem'));
+  await issueCert(ca, cn, 'client', null, outDir);
+  return { dir: outDir };
 }
 
 const CRED_FILES = ['ca-cert.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem'] as const;

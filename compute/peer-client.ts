@@ -8,6 +8,7 @@ import {
   type VmView,
 } from './agent-api';
 import { callAgent } from './agent-http';
+import { agentHttpsAgent, type AgentClientTls } from './agent-tls';
 
 /**
  * The calls one agent makes to another while migrating a VM to it. Kept apart from `AgentClient` because only
@@ -19,8 +20,10 @@ export interface PeerClient {
   release(agentUrl: string, jobId: string): Promise<void>;
 }
 
-export function createPeerClient(opts: { secret?: string; timeoutMs?: number }): PeerClient {
-  const target = (baseUrl: string) => ({ baseUrl, secret: opts.secret, timeoutMs: opts.timeoutMs ?? 2_000 });
+/** Calls go out with this server's own client certificate (`tls`); the target must prove a fleet server's certificate. */
+export function createPeerClient(opts: { tls: AgentClientTls; timeoutMs?: number }): PeerClient {
+  const pool = agentHttpsAgent(opts.tls);
+  const target = (baseUrl: string) => ({ baseUrl, https: pool, timeoutMs: opts.timeoutMs ?? 2_000 });
   return {
     accept: (url, jobId, body) => callAgent(target(url), 'PUT', paths.incoming(jobId), body, incomingViewSchema),
     commit: (url, jobId, body) => callAgent(target(url), 'POST', paths.commitIncoming(jobId), body, vmViewSchema),

@@ -9,6 +9,7 @@ import type { Metrics } from '../common/metrics';
 import { stopInReverse } from '../common/stop-in-reverse';
 import { connectTemporalClient, connectTemporalWorker } from '../common/temporal-connection';
 import { createAgentDirectory, type AgentDirectory } from '../compute/agent-directory';
+import type { AgentClientTls } from '../compute/agent-tls';
 import { createInventory, type Inventory } from '../inventory';
 import { migrateDatabase } from '../inventory/migrate';
 import { createMigrationWorker, type MigrationWorkerOptions } from '../workers/migration-worker';
@@ -41,12 +42,13 @@ export async function openInventoryStore(o: { databaseUrl: string; poolSize: num
 
 /** What the control plane presents to host agents (one object, so how agents are authenticated has one home). */
 export interface AgentCredentials {
-  secret?: string;
+  /** The control plane's client certificate for the agent plane (mTLS with the fleet CA; compute/agent-tls.ts). */
+  tls: AgentClientTls;
 }
 
 /** The agent of each server, found through the inventory. */
 export function agentDirectoryFor(inventory: Inventory, credentials: AgentCredentials): AgentDirectory {
-  return createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, secret: credentials.secret });
+  return createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, tls: credentials.tls });
 }
 
 export interface ControlPlaneOptions {
@@ -108,7 +110,7 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
         inventory,
         schedulerId: `scheduler-${process.pid}`,
         logger: logger.child({ component: 'scheduler' }),
-        agentSecret: o.agentCredentials.secret,
+        agentTls: o.agentCredentials.tls,
         ...o.scheduler,
       });
       stops.push(scheduler.stop);

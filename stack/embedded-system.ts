@@ -3,10 +3,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AgentDirectory } from '../compute/agent-directory';
 import type { Env } from '../common/config';
-import type { Fleet } from '../common/fleet';
+import type { Fleet, FleetServer } from '../common/fleet';
+import { UserFacingError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import { installTemporalRuntime } from '../common/temporal-runtime';
 import { createAgentClient } from '../compute/agent-client';
+import { ensureAgentPki, type AgentClientTls, type AgentPki } from '../compute/agent-tls';
 import { startFleetAgents, type FleetAgentsOptions } from '../compute/fleet-agents';
 import { vmSpecOf, type Inventory } from '../inventory';
 import { loadFleetFile } from '../inventory/fleet-file';
@@ -55,10 +57,13 @@ export async function startEmbeddedSystem(opts: {
   /** Options of the `qemu` agents. */
   qemu?: FleetAgentsOptions['qemu'];
   /**
-   * Agents already running elsewhere (a testbed's, inside their namespaces), by server id: none is started here, and
-   * no bearer secret is sent to them (it would cross their network in plaintext; they take none).
+   * Agents already running elsewhere (a testbed's, inside their namespaces), by server id: none is started here; they
+   * are called with `externalAgentTls`, the control-plane certificate of their fleet's CA.
    */
   externalAgents?: ReadonlyMap<string, string>;
+  externalAgentTls?: AgentClientTls;
+  /** The agents' fault-injection routes (tests' stacks). Default: DHM_AGENT_FAULTS. */
+  faultRoutes?: boolean;
   /** Cluster mode (DHM_TEMPORAL_MODE=cluster): schema upgrade, readiness deadline. */
   cluster?: DevStackOptions['cluster'];
 }): Promise<EmbeddedSystem> {
@@ -75,12 +80,23 @@ export async function startEmbeddedSystem(opts: {
 
     const fleet = opts.fleet ?? loadFleetFile(env.DHM_FLEET_FILE);
     const external = opts.externalAgents;
-    const agentSecret = external ? undefined : (env.DHM_AGENT_SECRET ?? randomBytes(24).toString('base64url'));
-    const fleetAgents = external
+    // The agent plane's PKI: made in <home>/pki on the first start (0700, keys 0600), reused after; nothing to configure.
+    let agentTls: AgentClientTls;
+    let pki: AgentPki | undefined;
+    if (external) {
+      if (!opts.externalAgentTls) throw new UserFacingError('externalAgentTls: required with externalAgents (their fleet CA\'s control-plane certificate)', 'externalAgentTls');
+      agentTls = opts.externalAgentTls;
+    } else {
+      const filter = opts.backendFilter ?? ((s: FleetServer) => s.backend === 'sim');
+      pki = await ensureAgentPki(path.join(opts.stateDir ?? env.DHM_HOME, 'pki'), fleet.servers.filter(filter).map((s) => s.id));
+      agentTls = pki.controlPlane;
+    }
+    const fleetAgents = !pki
       ? { agents: new Map<string, { url: string }>(), stop: async () => undefined }
       : await startFleetAgents(fleet, {
           timeScale: opts.timeScale ?? env.DHM_TIME_SCALE,
-          secret: agentSecret,
+          tls: pki.server,
+          faultRoutes: opts.faultRoutes ?? env.DHM_AGENT_FAULTS,
           logger: logger.child({ component: 'agent' }),
           backendFilter: opts.backendFilter,
           qemu: opts.qemu,
@@ -88,7 +104,7 @@ export async function startEmbeddedSystem(opts: {
     stops.push(() => fleetAgents.stop());
     const agentUrls = new Map(external ?? [...fleetAgents.agents].map(([id, a]) => [id, a.url]));
     await inventory.seedFleet(fleet, agentUrls, { actor: 'dhm-up' });
-    if (agentSecret) await restoreSimulatedVms(inventory, agentUrls, agentSecret, logger);
+    if (!external) await restoreSimulatedVms(inventory, agentUrls, agentTls, logger);
 
     // TLS / API key settings apply when the stack uses the configured TEMPORAL_ADDRESS, not its own dev server.
     const operatorToken = env.DHM_OPERATOR_TOKEN ?? randomBytes(24).toString('base64url');
@@ -96,7 +112,7 @@ export async function startEmbeddedSystem(opts: {
       env,
       logger,
       store,
-      agentCredentials: { secret: agentSecret },
+      agentCredentials: { tls: agentTls },
       temporal: { address: stack.temporalAddress, namespace: stack.namespace, taskQueue: env.TEMPORAL_TASK_QUEUE },
       worker: {},
       scheduler: { databaseUrl: stack.databaseUrl },
@@ -125,13 +141,13 @@ export async function startEmbeddedSystem(opts: {
  * Sim agents keep VMs in memory, so after a restart of `dhm up` they are empty while the inventory still lists the
  * tenants' VMs. Recreate them from the inventory so the embedded fleet matches what tenants were told.
  */
-async function restoreSimulatedVms(inventory: Inventory, agentUrls: Map<string, string>, secret: string, logger: Logger): Promise<void> {
+async function restoreSimulatedVms(inventory: Inventory, agentUrls: Map<string, string>, tls: AgentClientTls, logger: Logger): Promise<void> {
   let restored = 0;
   for (const host of await inventory.listHosts()) {
     for (const incarnation of await inventory.listIncarnations({ dedicatedHostId: host.id })) {
       const url = agentUrls.get(incarnation.serverId);
       if (!url) continue;
-      const agent = createAgentClient({ baseUrl: url, secret });
+      const agent = createAgentClient({ baseUrl: url, tls, serverId: incarnation.serverId });
       await agent.prepareIncarnation({ incarnationId: incarnation.id, capacity: incarnation.capacity });
       for (const vm of await inventory.listVms({ dedicatedHostId: host.id })) {
         if (vm.incarnationId !== incarnation.id || vm.state !== 'running') continue;

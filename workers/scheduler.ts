@@ -2,6 +2,7 @@ import { Client, type Pool } from 'pg';
 import type { Logger } from '../common/logger';
 import type { Metrics } from '../common/metrics';
 import { createAgentClient } from '../compute/agent-client';
+import type { AgentClientTls } from '../compute/agent-tls';
 import { DEPROVISION_CHANNEL, type Inventory } from '../inventory';
 
 export interface SchedulerOptions {
@@ -10,7 +11,8 @@ export interface SchedulerOptions {
   databaseUrl: string;
   schedulerId: string;
   logger: Logger;
-  agentSecret?: string;
+  /** The control plane's agent-plane certificate (compute/agent-tls.ts). */
+  agentTls: AgentClientTls;
   /** The sweep catches rows written while this scheduler was down or a notification was missed. */
   sweepIntervalMs?: number;
   /** A claim older than this is taken to belong to a dead scheduler and may be claimed again. */
@@ -46,7 +48,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<RunningSch
       if (jobs.length === 0) return done;
       for (const job of jobs) {
         try {
-          const agent = createAgentClient({ baseUrl: job.agentUrl, secret: opts.agentSecret, timeoutMs: 10_000 });
+          const agent = createAgentClient({ baseUrl: job.agentUrl, tls: opts.agentTls, timeoutMs: 10_000 });
           await agent.teardownIncarnation(job.incarnationId);
           await inventory.completeDeprovisionJob({ jobId: job.id, schedulerId });
           done++;

@@ -69,7 +69,7 @@ export async function benchQemu(stack: BenchStack, log: (line: string) => void):
   if (result.phase !== 'completed') throw new Error(`the qemu host's migration ended ${result.phase}: ${result.lastError ?? ''}`);
   const st = await handle.query(statusQuery);
   const source = await stack.inventory.getServer(st.source!.serverId);
-  const agent = createAgentClient({ baseUrl: source.agentUrl, timeoutMs: 30_000 });
+  const agent = createAgentClient({ baseUrl: source.agentUrl, tls: stack.agentTls, serverId: source.id, timeoutMs: 30_000 });
   const out: QemuFigures['vms'] = [];
   let firstStart = Infinity;
   let lastEnd = 0;

@@ -15,6 +15,7 @@ import type { Fleet } from '../../common/fleet';
 import type { Logger } from '../../common/logger';
 import { installTemporalRuntime } from '../../common/temporal-runtime';
 import { createAgentClient } from '../../compute/agent-client';
+import { ensureAgentPki, type AgentClientTls } from '../../compute/agent-tls';
 import { startFleetAgents, type FleetAgents, type FleetAgentsOptions } from '../../compute/fleet-agents';
 import type { Inventory } from '../../inventory';
 import { openInventoryStore, startControlPlane } from '../../stack/control-plane';
@@ -28,6 +29,8 @@ import { stopInReverse } from '../../common/stop-in-reverse';
  */
 export interface BenchStack {
   stateDir: string;
+  /** The control plane's agent-plane certificate (the bench's own PKI in its state folder). */
+  agentTls: AgentClientTls;
   dev: DevStack;
   pool: Pool;
   inventory: Inventory;
@@ -82,6 +85,8 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
     const bundlePath = path.join(stateDir, 'workflow-bundle.js');
     fs.writeFileSync(bundlePath, bundle.code);
 
+    const pkiRoot = path.join(stateDir, 'pki');
+    let pki = await ensureAgentPki(pkiRoot, []);
     const store = await openInventoryStore({ databaseUrl: dev.databaseUrl, poolSize: 20, logger });
     stops.push(store.close);
     const { pool, inventory } = store;
@@ -90,7 +95,7 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
       env: loadEnv(env),
       logger,
       store,
-      agentCredentials: {},
+      agentCredentials: { tls: pki.controlPlane },
       temporal: { address: dev.temporalAddress, namespace: dev.namespace, taskQueue },
       hostService: true,
     });
@@ -141,6 +146,7 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
     let tag = 0;
     return {
       stateDir,
+      agentTls: pki.controlPlane,
       dev,
       pool,
       inventory,
@@ -157,7 +163,8 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
       workerPids: () => workers.map((w) => w.pid!).filter(Boolean),
       async addFleet(fleet, timeScale, o = {}) {
         // `qemu` servers get an agent too when qemu options are given (the qemu backend is optional on a machine).
-        const options = { timeScale, logger, ...(o.qemu ? { backendFilter: () => true, qemu: o.qemu } : {}) } as FleetAgentsOptions;
+        pki = await ensureAgentPki(pkiRoot, fleet.servers.map((s) => s.id));
+        const options = { timeScale, logger, tls: pki.server, faultRoutes: true, ...(o.qemu ? { backendFilter: () => true, qemu: o.qemu } : {}) } as FleetAgentsOptions;
         const f = await startFleetAgents(fleet, options);
         fleets.push(f);
         await inventory.seedFleet(fleet, new Map([...f.agents].map(([id, a]) => [id, a.url])), { actor: 'bench' });
@@ -170,6 +177,7 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
             env: {
               ...process.env,
               BENCH_DATABASE_URL: dev.databaseUrl,
+              BENCH_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir,
               BENCH_TEMPORAL_ADDRESS: dev.temporalAddress,
               BENCH_TASK_QUEUE: taskQueue,
               BENCH_WORKFLOW_BUNDLE: bundlePath,
@@ -226,7 +234,7 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
         const host = await inventory.createDedicatedHost({ tenantId: tenant.id, name: `host-${t}`, zone: o.zone, resourceClass: o.resourceClass, actor: 'bench' });
         const incarnation = await inventory.getIncarnation(host.currentIncarnationId);
         const server = await inventory.getServer(incarnation.serverId);
-        const agent = createAgentClient({ baseUrl: server.agentUrl, timeoutMs: o.agentTimeoutMs });
+        const agent = createAgentClient({ baseUrl: server.agentUrl, tls: pki.controlPlane, serverId: server.id, timeoutMs: o.agentTimeoutMs });
         await agent.prepareIncarnation({ incarnationId: incarnation.id, capacity: incarnation.capacity });
         const vmIds: string[] = [];
         // A few at a time: creating hundreds of VMs one by one is most of a small benchmark's setup time.

@@ -8,6 +8,7 @@
 import pino from 'pino';
 import type { AgentDirectory } from '../../compute/agent-directory';
 import { loadEnv } from '../../common/config';
+import { loadControlPlaneTls } from '../../compute/agent-tls';
 import { installTemporalRuntime } from '../../common/temporal-runtime';
 import type { Inventory } from '../../inventory';
 import { agentDirectoryFor, openInventoryStore, startControlPlane } from '../../stack/control-plane';
@@ -25,13 +26,14 @@ async function main(): Promise<void> {
   const databaseUrl = env('BENCH_DATABASE_URL');
   const opened = await openInventoryStore({ databaseUrl, poolSize: 20, logger });
   const store = { ...opened, inventory: watch.wrap<Inventory>('inventory', opened.inventory) };
-  const directory = agentDirectoryFor(store.inventory, {});
+  const agentCredentials = { tls: loadControlPlaneTls(env('BENCH_AGENT_CLIENT_TLS_DIR'), 'BENCH_AGENT_CLIENT_TLS_DIR') };
+  const directory = agentDirectoryFor(store.inventory, agentCredentials);
   const agents: AgentDirectory = { forServer: async (id) => watch.wrap('agent', await directory.forServer(id)) };
   const plane = await startControlPlane({
     env: loadEnv(process.env),
     logger,
     store,
-    agentCredentials: {},
+    agentCredentials,
     agents,
     temporal: { address: env('BENCH_TEMPORAL_ADDRESS'), namespace: 'default', taskQueue: env('BENCH_TASK_QUEUE') },
     worker: { workflowBundle: { codePath: env('BENCH_WORKFLOW_BUNDLE') }, identity: `bench-worker-${process.pid}`, shutdownGraceTime: '2s' },

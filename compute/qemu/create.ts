@@ -4,7 +4,9 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Resources } from '../../common/resources';
 import type { PeerClient } from '../peer-client';
+import { PROJECT_ROOT } from '../../common/config';
 import { UserFacingError } from '../../common/errors';
+import { ensurePrivateDir } from '../../common/private-dir';
 import { checkServerCreds } from '../fleet-ca';
 import { QemuBackend } from './qemu-backend';
 import { loadQemuTools } from './tools';
@@ -14,9 +16,12 @@ export const qemuAgentOptionsSchema = z
   .object({
     /** Where scripts/qemu/setup.sh put QEMU and the guest. Default: $DHM_TOOLS_DIR/qemu or <project>/.tools/qemu. */
     toolsDir: z.string().min(1).optional(),
-    /** This agent's QMP sockets and serial logs. Default: <tmp>/dhm-qemu/<serverId>-<bootId prefix>; removed on stop. */
+    /**
+     * This agent's QMP sockets and serial logs. Default: $DHM_HOME/qemu/<serverId>-<bootId prefix>; removed on stop.
+     * Like `migrationDir`, a folder of this user only (0700, owner checked): a planted socket could receive a guest's RAM.
+     */
     stateDir: z.string().min(1).optional(),
-    /** Shared by the agents on this machine (migration sockets). Default: <tmp>/dhm-qemu/migrate. */
+    /** Shared by the agents of this user on this machine (migration sockets). Default: $DHM_HOME/qemu/migrate. */
     migrationDir: z.string().min(1).optional(),
     /** Per-VM limits. Default memory: the smaller of the server's capacity and half this host's RAM. */
     maxVmMemoryMiB: z.number().int().positive().optional(),
@@ -99,11 +104,16 @@ export function createQemuBackend(input: {
       input.logger.warn({ serverId: input.serverId }, 'migration.transport is insecure: VM memory crosses the network in plaintext');
     }
   }
-  const base = path.join(os.tmpdir(), 'dhm-qemu');
+  // Not a predictable folder in /tmp (another local user could plant a socket there): under DHM_HOME, and checked.
+  const base = path.join(process.env.DHM_HOME || path.join(PROJECT_ROOT, '.dhm'), 'qemu');
   const safeId = input.serverId.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 32);
   const stateDir = o.stateDir ?? path.join(base, `${safeId}-${input.bootId.slice(0, 8)}`);
   if (o.networkStorage && o.transport === 'tls' && !o.tlsDir)
     throw new UserFacingError('qemu.tlsDir: required for network disks over TLS (qemu.networkStorage with transport tls)', 'qemu.tlsDir');
+  const migrationDir = o.migrationDir ?? path.join(base, 'migrate');
+  if (!o.stateDir || !o.migrationDir) ensurePrivateDir(base, 'DHM_HOME');
+  ensurePrivateDir(stateDir, 'qemu.stateDir');
+  ensurePrivateDir(migrationDir, 'qemu.migrationDir');
   return new QemuBackend({
     serverId: input.serverId,
     bootId: input.bootId,
@@ -118,7 +128,7 @@ export function createQemuBackend(input: {
     ...(o.networkStorage
       ? { networkStorage: { host: o.networkStorage.host, port: o.networkStorage.port, ...(o.transport === 'tls' ? { tlsHostname: o.networkStorage.serverName } : {}) } }
       : {}),
-    migrationDir: o.migrationDir ?? path.join(base, 'migrate'),
+    migrationDir,
     maxVmMemoryMiB: o.maxVmMemoryMiB ?? Math.min(input.capacity.memoryMiB, Math.floor(os.totalmem() / 2 ** 20 / 2)),
     maxVmVcpus: o.maxVmVcpus,
     settings: {

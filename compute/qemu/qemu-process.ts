@@ -70,6 +70,20 @@ export interface ExitInfo {
 const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p));
 const STDERR_KEEP = 4096;
 
+export const QEMU_SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
+
+/**
+ * QEMU's whole environment: where its libraries and modules are, and a PATH for the tools' wrapper script. Nothing of
+ * the agent's (its settings, credentials' paths, tokens a caller exported) reaches the process a guest runs in.
+ */
+export function qemuEnv(tools: QemuTools): NodeJS.ProcessEnv {
+  return {
+    PATH: '/usr/local/bin:/usr/bin:/bin',
+    LD_LIBRARY_PATH: tools.libraryPath.join(':'),
+    QEMU_MODULE_DIR: tools.moduleDir,
+  };
+}
+
 /**
  * One QEMU process: a VM, or the destination of an incoming migration (`incoming`). Its QMP socket and serial
  * log live in `dir`. The caller tracks it and must `stop()` it; `exited` resolves however it ends.
@@ -101,17 +115,15 @@ export class QemuProcess {
       '-qmp', `unix:${this.inspectPath},server=on,wait=off`,
       '-serial', `file:${this.serialPath}`,
       ...(opts.incoming ? ['-incoming', 'defer'] : []),
+      // QEMU's own seccomp filter: no obsolete syscalls, no setuid/setgid, no fork/exec, no scheduler/affinity changes.
+      '-sandbox', QEMU_SANDBOX,
     ];
     const [cmd, ...argv] = SETPRIV
       ? [SETPRIV, '--pdeathsig', 'KILL', '--', opts.tools.qemuBinary, ...args]
       : [opts.tools.qemuBinary, ...args];
     this.child = spawn(cmd!, argv, {
       stdio: ['ignore', 'ignore', 'pipe'],
-      env: {
-        ...process.env,
-        LD_LIBRARY_PATH: [...opts.tools.libraryPath, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
-        QEMU_MODULE_DIR: opts.tools.moduleDir,
-      },
+      env: qemuEnv(opts.tools),
     });
     this.pid = this.child.pid ?? -1;
     this.log = opts.logger.child({ pid: this.pid, qemu: opts.name });

@@ -4,6 +4,7 @@ import { UserFacingError, describeZodError } from '../../common/errors';
 import { createLogger } from '../../common/logger';
 import { resourcesSchema } from '../../common/resources';
 import { startAgent } from '../agent-service';
+import { loadServerTls } from '../agent-tls';
 import { qemuAgentOptionsSchema } from '../qemu/create';
 
 /**
@@ -15,6 +16,10 @@ export const testbedAgentConfigSchema = z
   .object({
     readyFile: z.string().min(1),
     logLevel: z.string().default('warn'),
+    /** The server's agent-plane certificates (compute/fleet-ca.ts files): required, checked before the agent binds. */
+    tlsDir: z.string({ error: 'required: the folder of this server\'s certificates (an agent never runs without credentials)' }).min(1),
+    /** The fault-injection routes; tests only. */
+    faultRoutes: z.boolean().default(false),
     agent: z
       .object({
         serverId: z.string().min(1),
@@ -41,7 +46,8 @@ export async function runTestbedAgent(configFile: string): Promise<void> {
   if (!parsed.success) throw new UserFacingError(`--config: ${describeZodError(parsed.error)}`, 'config');
   const cfg = parsed.data;
   const logger = createLogger('testbed-agent', cfg.logLevel);
-  const agent = await startAgent({ ...cfg.agent, logger });
+  const tls = loadServerTls(cfg.tlsDir, cfg.agent.serverId, 'tlsDir');
+  const agent = await startAgent({ ...cfg.agent, tls, faultRoutes: cfg.faultRoutes, logger });
   fs.writeFileSync(cfg.readyFile, JSON.stringify({ url: agent.url, pid: process.pid }));
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));

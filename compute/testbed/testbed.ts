@@ -6,7 +6,8 @@ import { z } from 'zod';
 import { UserFacingError } from '../../common/errors';
 import type { Fleet, FleetServer } from '../../common/fleet';
 import type { Logger } from '../../common/logger';
-import { ensureFleetCa, issueServerCreds, type FleetCa } from '../fleet-ca';
+import { CONTROL_PLANE_CN } from '../agent-tls';
+import { ensureFleetCa, issueClientCreds, issueServerCreds, type FleetCa } from '../fleet-ca';
 import { TENANT_MTU } from '../qemu/guest-nic';
 import { loadQemuTools } from '../qemu/tools';
 import { STORAGE_NAME, STORAGE_NBD_PORT, storageDaemonArgs, waitStorageReady, type StorageService } from './storage';
@@ -64,6 +65,8 @@ export const testbedOptionsSchema = z
     stallTimeoutMs: z.number().int().min(1_000).default(8_000),
     /** MiB of random data at the end of every new local disk (what a mirror has to send besides the guest's blocks). */
     diskFillMiB: z.number().int().min(0).max(4096).default(0),
+    /** The agents' fault-injection routes (tests that inject faults); off by default, as in production. */
+    faultRoutes: z.boolean().default(false),
   })
   .strict();
 export type TestbedOptions = z.input<typeof testbedOptionsSchema>;
@@ -96,6 +99,8 @@ export interface TestbedState {
   nicBandwidthBps: number;
   transport: 'tls' | 'insecure';
   caCert: string;
+  /** The control plane's agent-plane client certificate (issued by the testbed's CA): what the root namespace calls agents with. */
+  controlPlaneDir: string;
   servers: TestbedServer[];
   /** The storage service (network disks): qemu-storage-daemon in its own namespace on the fabric. */
   storage: StorageService;
@@ -177,6 +182,7 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
     nicBandwidthBps: o.nicBandwidthBps,
     transport: o.transport,
     caCert: '',
+    controlPlaneDir: path.join(dir, 'pki', 'control-plane'),
     servers: [],
     storage: {
       namespace: nsName(o.name, 'storage'),
@@ -208,6 +214,7 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
     const ca = await ensureFleetCa(path.join(dir, 'pki', 'ca'), `dhm testbed ${o.name} CA`);
     state.caCert = ca.certPath;
     for (const s of state.servers) await issueServerCreds(ca, s.id, [s.fabricIp], s.credsDir);
+    await issueClientCreds(ca, CONTROL_PLANE_CN, state.controlPlaneDir);
     save();
     await startStorage(state, tools, o.transport === 'tls' ? ca : null, logger);
     if (o.transport === 'insecure') logger.warn({ testbed: o.name }, 'migration.transport is insecure: VM memory crosses the fabric in plaintext');
@@ -312,6 +319,8 @@ async function startAgentIn(st: TestbedState, s: TestbedServer, peers: string[],
   const config: TestbedAgentConfig = {
     readyFile,
     logLevel: o.logLevel,
+    tlsDir: s.credsDir,
+    faultRoutes: o.faultRoutes,
     agent: {
       serverId: s.id,
       capacity: fleetServer.capacity,

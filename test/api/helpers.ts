@@ -53,7 +53,7 @@ export async function startApiTestSystem(
   sys.db.pool.on('error', () => undefined); // the database is dropped at the end while idle clients may still close
   const logs: string[] = [];
   const logger = pino({ level: opts.logLevel ?? 'warn' }, { write: (line: string) => void logs.push(line) });
-  const agents = createAgentDirectory({ lookupAgentUrl: async (serverId) => (await sys.inventory.getServer(serverId)).agentUrl });
+  const agents = createAgentDirectory({ lookupAgentUrl: async (serverId) => (await sys.inventory.getServer(serverId)).agentUrl, tls: sys.agentTls });
   const temporal = { client: sys.temporal.client, taskQueue: sys.temporal.taskQueue };
   const hostService = createHostService({ inventory: sys.inventory, agents, temporal, logger });
   const operatorToken = `op_${randomBytes(24).toString('hex')}`;

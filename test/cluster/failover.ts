@@ -130,7 +130,7 @@ export async function killDuringMigration(tc: TestCluster, victimName: string | 
     // It was pending when asked; by the time the Update lands it may be moving or moved: deleted wherever it is (claim 8).
     if (pending && (deleted?.deleted !== true || !['pending', 'moving', 'moved'].includes(deleted.wasState))) violations.push(`delete of ${pending.vmId} answered ${JSON.stringify(deleted)}`);
     await eventually('old server de-provisioned', async () => (await sys.inventory.getServer(source))!.state === 'available', 30_000, 100);
-    const inv = await checkInvariants({ inventory: sys.inventory, temporal: sys.temporal.client });
+    const inv = await checkInvariants({ inventory: sys.inventory, agentTls: sys.agentTls, temporal: sys.temporal.client });
     violations.push(...inv.violations);
     const after = owner ? await shardOwner(tc, handle.workflowId) : null;
     const outcome: FailoverOutcome = {

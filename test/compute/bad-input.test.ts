@@ -1,5 +1,6 @@
 import { AgentError, type AgentClient, type StartMigrationInput } from '../../compute/agent-client';
 import { Agents, HOST_CAPACITY, SERVER_CAPACITY, spec, startPair, type TestAgent } from './helpers';
+import { agentFetch } from '../support/agent-pki';
 
 async function rejected(p: Promise<unknown>): Promise<AgentError> {
   try {
@@ -23,7 +24,7 @@ async function stateOf(a: TestAgent, vmIds: string[], jobIds: string[] = []) {
 
 /** Raw HTTP, for bodies the typed client would never send. */
 async function raw(url: string, method: string, path: string, body?: string) {
-  const res = await fetch(url + path, { method, body, headers: body === undefined ? {} : { 'content-type': 'application/json' } });
+  const res = await agentFetch(url + path, { method, body, headers: body === undefined ? {} : { 'content-type': 'application/json' } });
   return { status: res.status, body: (await res.json()) as { error: { code: string; field?: string; message: string } } };
 }
 

@@ -1,4 +1,6 @@
 import { AgentError } from '../../compute/agent-client';
+import { peerClientTls } from '../../compute/agent-tls';
+import { testAgentPki } from '../support/agent-pki';
 import { createPeerClient } from '../../compute/peer-client';
 import { Agents, finished, GIB, HOST_CAPACITY, spec, startPair, waitFor } from './helpers';
 
@@ -86,7 +88,7 @@ describe('cancel, completion and failures', () => {
     const moved = await rejection(start('done-2'));
     expect(moved).toMatchObject({ status: 409, code: 'VM_MOVED', movedTo: target.url, field: 'vmId' });
     // A replayed commit (as after a lost reply) changes nothing on the target; the reservation cannot be undone.
-    const peer = createPeerClient({});
+    const peer = createPeerClient({ tls: peerClientTls((await testAgentPki()).server('server-a')) });
     expect(await peer.commit(target.url, 'done-1', { vmId: 'vm', spec: spec(8192, { dirtyRateMiBps: 100, workingSetMiB: 1024 }), counter: 0 })).toMatchObject({ counter: 10 });
     expect(await rejection(peer.release(target.url, 'done-1'))).toMatchObject({ status: 409, code: 'INCOMING_COMMITTED' });
 

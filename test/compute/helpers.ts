@@ -2,6 +2,7 @@ import pino, { type Logger } from 'pino';
 import type { Resources } from '../../common/resources';
 import { createAgentClient, type AgentClient, type MigrationJob, type VmSpec } from '../../compute/agent-client';
 import { startAgent, type RunningAgent, type StartAgentOptions } from '../../compute/agent-service';
+import { testAgentPki } from '../support/agent-pki';
 
 /** Silent unless LOG_LEVEL is set (LOG_LEVEL=debug npx jest test/compute to watch the agents). */
 export const logger: Logger = pino({ level: process.env.LOG_LEVEL ?? 'silent', timestamp: () => `,"t":${performance.now().toFixed(1)}` });
@@ -26,17 +27,20 @@ export class Agents {
   async start(
     serverId: string,
     opts: Partial<Omit<StartAgentOptions, 'serverId' | 'logger'>> = {},
-    clientSecret: string | undefined = opts.secret,
   ): Promise<TestAgent> {
+    const pki = await testAgentPki([serverId]);
     const agent = await startAgent({
       serverId,
       capacity: SERVER_CAPACITY,
       nicBandwidthBps: 10e9,
       logger,
+      tls: pki.server(serverId),
+      // The tests' agents take fault injection; production's do not (DHM_AGENT_FAULTS).
+      faultRoutes: true,
       ...opts,
     });
     this.running.push(agent);
-    return { agent, client: createAgentClient({ baseUrl: agent.url, secret: clientSecret }), url: agent.url, serverId };
+    return { agent, client: createAgentClient({ baseUrl: agent.url, tls: pki.controlPlane, serverId }), url: agent.url, serverId };
   }
 
   async stopAll(): Promise<void> {

@@ -1,5 +1,6 @@
 import { paths } from '../../compute/agent-api';
 import { Agents, spec, startPair, waitFor } from './helpers';
+import { agentFetch } from '../support/agent-pki';
 
 /** `GET migration?waitMs=`: the agent holds the request until the job leaves `running`, or until waitMs has passed. */
 describe('following a migration by long-poll', () => {
@@ -67,7 +68,7 @@ describe('following a migration by long-poll', () => {
       ['waitMs=10&while=completed', 'while'],
       ['waitMs=10&until=done', 'until'],
     ]) {
-      const res = await fetch(`${source.url}${paths.migration('ghost')}?${query}`);
+      const res = await agentFetch(`${source.url}${paths.migration('ghost')}?${query}`);
       expect(res.status).toBe(400);
       expect(await res.json()).toMatchObject({ error: { code: 'INVALID_INPUT', field } });
     }
@@ -82,7 +83,7 @@ describe('following a migration by long-poll', () => {
     // Idempotent by job id: the repeat is the same finished job, not a second move.
     expect(await source.client.startMigration({ jobId: 'lp-5', ...body }, { waitMs: 20_000 })).toEqual(job);
     // A bad waitMs changes nothing: no job is started.
-    const res = await fetch(`${source.url}${paths.migration('lp-6')}?waitMs=soon`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const res = await agentFetch(`${source.url}${paths.migration('lp-6')}?waitMs=soon`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ error: { code: 'INVALID_INPUT', field: 'waitMs' } });
     expect(await source.client.getMigration('lp-6')).toBeNull();

@@ -14,7 +14,7 @@ import { clusterTools } from '../cluster/support';
 const TEMPORAL_SERVICES = ['temporal-frontend', 'temporal-history-1', 'temporal-history-2', 'temporal-matching', 'temporal-worker'];
 
 const ROOT = path.resolve(__dirname, '..', '..');
-const SECRETS = { DHM_OPERATOR_TOKEN: 'compose-test-operator-token', DHM_AGENT_SECRET: 'compose-test-agent-secret' };
+const SECRETS = { DHM_OPERATOR_TOKEN: 'compose-test-operator-token' };
 
 /** Compose's variable interpolation (`${X}`, `${X:-default}`, `${X:?error}`, `$$`), enough for this file. */
 function interpolate(text: string, vars: Record<string, string>): string {
@@ -60,11 +60,11 @@ describe('docker-compose.yml against the code', () => {
   const byRole = (role: string) => dhm.filter(([, s]) => roleOf(s) === role);
 
   test('the secrets must be given: compose refuses to start without them', () => {
-    expect(() => loadCompose({})).toThrow(/DHM_AGENT_SECRET|DHM_OPERATOR_TOKEN/);
+    expect(() => loadCompose({})).toThrow(/DHM_OPERATOR_TOKEN/);
   });
 
-  test('the dhm roles: an api, two workers, a scheduler and the agents, all from the one image', () => {
-    expect(dhm.map(([, s]) => roleOf(s)).sort()).toEqual(['agents', 'api', 'scheduler', 'worker', 'worker']);
+  test('the dhm roles: an api, two workers, a scheduler, the agents and the pki and fleet-seed jobs, all from the one image', () => {
+    expect(dhm.map(([, s]) => roleOf(s)).sort()).toEqual(['agents', 'api', 'fleet-seed', 'pki', 'scheduler', 'worker', 'worker']);
     expect(new Set(dhm.map(([, s]) => s.image)).size).toBe(1);
   });
 
@@ -76,15 +76,31 @@ describe('docker-compose.yml against the code', () => {
     for (const a of args.filter((x) => x.startsWith('--'))) expect(known).toContain(a);
   });
 
-  test.each(dhm.map(([name]) => name))('%s: every variable it sets is one the config accepts, with a valid value', (name) => {
+  const calling = dhm.filter(([, s]) => ['api', 'worker', 'scheduler'].includes(roleOf(s))).map(([name]) => name);
+  test.each(dhm.filter(([, s]) => roleOf(s) !== 'pki').map(([name]) => name))('%s: every variable it sets is one the config accepts, with a valid value', (name) => {
     const env = services[name]!.environment!;
     const keys = Object.keys(envSchema.shape);
     for (const k of Object.keys(env)) expect(keys).toContain(k);
     const parsed = loadEnv(env);
+    if (roleOf(services[name]!) === 'agents') {
+      // Agents hold no database credentials and no Temporal address: only their certificates.
+      expect([parsed.DATABASE_URL, parsed.TEMPORAL_ADDRESS, parsed.DHM_AGENT_TLS_DIR]).toEqual([undefined, undefined, '/pki/servers']);
+      return;
+    }
     // Both databases are separate: dhm's own Postgres, never Temporal's.
     expect(new URL(parsed.DATABASE_URL!).hostname).toBe('dhm-postgres');
     expect(parsed.TEMPORAL_ADDRESS).toBe('temporal-frontend:7233');
-    expect(parsed.DHM_AGENT_SECRET).toBe(SECRETS.DHM_AGENT_SECRET);
+    if (calling.includes(name)) expect(parsed.DHM_AGENT_CLIENT_TLS_DIR).toBe('/pki/control-plane');
+  });
+
+  test('the agent plane\'s PKI: made by the pki job; agents mount only servers/, the control plane only control-plane/, nobody the CA key', () => {
+    expect(services.pki!.volumes).toEqual(['dhm-pki-ca:/pki/ca', 'dhm-pki-servers:/pki/servers', 'dhm-pki-control-plane:/pki/control-plane']);
+    for (const [name, s] of dhm) {
+      if (roleOf(s) === 'pki') continue;
+      const pkiMounts = (s.volumes ?? []).filter((m) => m.startsWith('dhm-pki'));
+      const want = roleOf(s) === 'agents' ? 'servers' : calling.includes(name) ? 'control-plane' : null;
+      expect({ name, mounts: pkiMounts }).toEqual({ name, mounts: want ? [`dhm-pki-${want}:/pki/${want}:ro`] : [] });
+    }
   });
 
   test('ports: the API listens where it is published and probed; ops endpoints where probed', () => {
@@ -127,7 +143,9 @@ describe('docker-compose.yml against the code', () => {
       api: ['dhm-postgres', 'temporal-setup', 'agents'],
       worker: ['dhm-postgres', 'temporal-setup', 'agents'],
       scheduler: ['dhm-postgres', 'agents'],
-      agents: ['dhm-postgres'],
+      agents: ['pki'],
+      pki: [],
+      'fleet-seed': ['dhm-postgres'],
     };
     for (const [name, s] of dhm) {
       for (const dep of needs[roleOf(s)]!) expect({ name, dep, has: s.depends_on?.[dep] !== undefined }).toEqual({ name, dep, has: true });

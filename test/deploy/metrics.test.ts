@@ -62,7 +62,7 @@ describe('Prometheus metrics during migrations', () => {
     sys = await startTestSystem({ fleet: testFleet({ servers: 4 }), timeScale: 200 });
     sys.db.pool.on('error', () => undefined);
     const logger = createLogger('test', 'warn');
-    const agents = createAgentDirectory({ lookupAgentUrl: async (id) => (await sys.inventory.getServer(id)).agentUrl });
+    const agents = createAgentDirectory({ lookupAgentUrl: async (id) => (await sys.inventory.getServer(id)).agentUrl, tls: sys.agentTls });
     workerMetrics = createMetrics({ role: 'worker' });
     worker = await createMigrationWorker({
       connection: sys.temporal.nativeConnection,

@@ -1,3 +1,4 @@
+import { testAgentPki } from '../support/agent-pki';
 import { randomBytes } from 'node:crypto';
 import { createActivities, createAgentDirectory } from '../../activities';
 import { startMigration } from '../../client/migrations';
@@ -24,7 +25,7 @@ import { assertInvariants, count, outcome, FAULT_SEED, FAULT_TRIALS, faultMoment
 describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} trials)`, () => {
   const rnd = suiteRandom('agent-crash');
   const fig = figures('agent-crash');
-  const secret = randomBytes(18).toString('base64url');
+  let pki: Awaited<ReturnType<typeof testAgentPki>>;
   const logger = createLogger('test', 'warn');
   const fleet = testFleet({ servers: 5 });
   let db: TestDatabase;
@@ -36,7 +37,7 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
 
   async function startServerAgent(serverId: string): Promise<RunningAgent> {
     const s = fleet.servers.find((x) => x.id === serverId)!;
-    const a = await startAgent({ serverId, capacity: s.capacity, nicBandwidthBps: s.nicBandwidthBps, timeScale: 20, port: ports.get(serverId) ?? 0, secret, logger });
+    const a = await startAgent({ serverId, capacity: s.capacity, nicBandwidthBps: s.nicBandwidthBps, timeScale: 20, port: ports.get(serverId) ?? 0, tls: (pki ??= await testAgentPki(fleet.servers.map((x) => x.id))).server(serverId), faultRoutes: true, logger });
     ports.set(serverId, Number(new URL(a.url).port));
     agents.set(serverId, a);
     return a;
@@ -46,7 +47,7 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     await agents.get(serverId)!.stop();
     await startServerAgent(serverId);
   }
-  const client = (serverId: string): AgentClient => createAgentClient({ baseUrl: agents.get(serverId)!.url, secret });
+  const client = (serverId: string): AgentClient => createAgentClient({ baseUrl: agents.get(serverId)!.url, tls: pki.controlPlane, serverId });
 
   beforeAll(async () => {
     process.stdout.write(`agent-crash: FAULT_SEED=${FAULT_SEED} FAULT_TRIALS=${FAULT_TRIALS}\n`);
@@ -55,9 +56,9 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     for (const s of fleet.servers) await startServerAgent(s.id);
     await inventory.seedFleet(fleet, new Map([...agents].map(([id, a]) => [id, a.url])));
     temporal = await connectTestTemporal();
-    const directory = createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, secret });
+    const directory = createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, tls: pki.controlPlane });
     await temporal.startWorker({ activities: createActivities({ inventory, agents: directory }), maxHeartbeatThrottleInterval: '500ms', defaultHeartbeatThrottleInterval: '500ms' });
-    scheduler = await startScheduler({ inventory, databaseUrl: db.url, schedulerId: 'sched-agent-crash', logger, agentSecret: secret, sweepIntervalMs: 500, staleClaimMs: 5000 });
+    scheduler = await startScheduler({ inventory, databaseUrl: db.url, schedulerId: 'sched-agent-crash', logger, agentTls: pki.controlPlane, sweepIntervalMs: 500, staleClaimMs: 5000 });
   }, 60_000);
 
   afterAll(async () => {
@@ -92,7 +93,7 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     return at;
   }
 
-  const invariants = (when: string) => assertInvariants(fig, { inventory, agentSecret: secret, temporal: temporal.client }, when);
+  const invariants = (when: string) => assertInvariants(fig, { inventory, agentTls: pki.controlPlane, temporal: temporal.client }, when);
   const settled = () => eventually('de-provisioning done', async () => (await inventory.listDeprovisionJobs({ state: 'pending' })).length === 0, 30_000, 100);
 
   it('an agent unreachable for a while (source or target): every VM runs exactly once, where the inventory says', async () => {
@@ -209,7 +210,7 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     }
     await settled();
     const { checkInvariants } = await import('../../client/invariants');
-    const report = await checkInvariants({ inventory, agentSecret: secret, temporal: temporal.client });
+    const report = await checkInvariants({ inventory, agentTls: pki.controlPlane, temporal: temporal.client });
     expect(report.violations).toEqual([]);
     expect(report.lostVms.filter((l) => l.dedicatedHostId === hostId).map((l) => l.vmId).sort()).toEqual(lost);
     fig.invariantChecks++;

@@ -18,7 +18,7 @@ describe('checkInvariants', () => {
   let currentServerId: string;
   let freeServerId: string;
 
-  const check = () => checkInvariants({ inventory: sys.inventory, agents: sys.agentUrls, temporal: sys.temporal.client });
+  const check = () => checkInvariants({ inventory: sys.inventory, agents: sys.agentUrls, agentTls: sys.agentTls, temporal: sys.temporal.client });
   const sql = (text: string, values: unknown[] = []) => sys.db.pool.query(text, values);
   /** The database enforces some invariants itself: to break one on purpose, its triggers are skipped for one statement. */
   async function sqlPastTriggers(text: string, values: unknown[] = []) {

@@ -17,7 +17,7 @@ describe(`races (seed ${FAULT_SEED}, ${FAULT_TRIALS} trials)`, () => {
   const fig = figures('races');
   let sys: TestSystem;
   let service: HostService;
-  const invariants = (when: string) => assertInvariants(fig, { inventory: sys.inventory, agents: sys.agentUrls, temporal: sys.temporal.client }, when);
+  const invariants = (when: string) => assertInvariants(fig, { inventory: sys.inventory, agents: sys.agentUrls, agentTls: sys.agentTls, temporal: sys.temporal.client }, when);
   const deprovisioned = () => eventually('outbox drained', async () => (await sys.inventory.listDeprovisionJobs({ state: 'pending' })).length === 0, 30_000, 100);
   /** Where a VM runs per the agents: the servers that have it. */
   const runningOn = async (vmId: string) => {

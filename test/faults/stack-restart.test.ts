@@ -1,3 +1,4 @@
+import { testAgentPki } from '../support/agent-pki';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -28,7 +29,7 @@ describe(`Temporal and Postgres restarted mid-migration (seed ${FAULT_SEED})`, (
   const fig = figures('stack-restart');
   const TRIALS = process.env.FAULT_TRIALS ? Math.max(1, Math.ceil(FAULT_TRIALS / 2)) : 1;
   const logger = createLogger('test-private-stack', 'warn');
-  const secret = randomBytes(18).toString('base64url');
+  let pki: Awaited<ReturnType<typeof testAgentPki>>;
   const services: Service[] = [];
   const cleanups: Array<() => Promise<void>> = [];
 
@@ -45,11 +46,11 @@ describe(`Temporal and Postgres restarted mid-migration (seed ${FAULT_SEED})`, (
     await migrateDatabase(pool);
     const inventory = createInventory(pool);
     const fleet = testFleet({ servers: 3 });
-    const agents: FleetAgents = await startFleetAgents(fleet, { timeScale: 20, secret, logger });
+    const agents: FleetAgents = await startFleetAgents(fleet, { timeScale: 20, tls: (pki = await testAgentPki(fleet.servers.map((x) => x.id))).server, faultRoutes: true, logger });
     cleanups.push(() => agents.stop());
     await inventory.seedFleet(fleet, new Map([...agents.agents].map(([id, a]) => [id, a.url])));
     const taskQueue = `faults-${tag}-${randomBytes(3).toString('hex')}`;
-    const env = { DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress, TEMPORAL_TASK_QUEUE: taskQueue, DHM_AGENT_SECRET: secret, LOG_LEVEL: 'info' };
+    const env = { DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress, TEMPORAL_TASK_QUEUE: taskQueue, DHM_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir, LOG_LEVEL: 'info' };
     const worker = spawnService('worker', env);
     const scheduler = spawnService('scheduler', env);
     services.push(worker, scheduler);
@@ -57,7 +58,7 @@ describe(`Temporal and Postgres restarted mid-migration (seed ${FAULT_SEED})`, (
     const tenant = await inventory.createTenant(tag);
     const host = await inventory.createDedicatedHost({ tenantId: tenant.id, name: tag, zone: 'zone-a', resourceClass: 'std', actor: 'test' });
     const inc = await inventory.getIncarnation(host.currentIncarnationId);
-    const agent = createAgentClient({ baseUrl: (await inventory.getServer(inc.serverId)).agentUrl, secret });
+    const agent = createAgentClient({ baseUrl: (await inventory.getServer(inc.serverId)).agentUrl, tls: pki.controlPlane, serverId: inc.serverId });
     await agent.prepareIncarnation({ incarnationId: inc.id, capacity: inc.capacity });
     for (let i = 0; i < 3; i++) {
       const spec = { vcpus: 1, memoryMiB: 2048, diskGiB: 10, workload: { dirtyRateMiBps: 5, workingSetMiB: 128 } };
@@ -88,7 +89,7 @@ describe(`Temporal and Postgres restarted mid-migration (seed ${FAULT_SEED})`, (
     count(fig.migrations, st.phase);
     expect(['completed', 'rolled-back']).toContain(st.phase);
     await eventually('outbox drained', async () => (await w.inventory.listDeprovisionJobs({ state: 'pending' })).length === 0, 60_000, 200);
-    await assertInvariants(fig, { inventory: w.inventory, agentSecret: secret, temporal: temporal() }, `after ${what} ${n}`);
+    await assertInvariants(fig, { inventory: w.inventory, agentTls: pki.controlPlane, temporal: temporal() }, `after ${what} ${n}`);
     fig.trials++;
   }
 

@@ -1,3 +1,4 @@
+import { testAgentPki } from '../support/agent-pki';
 import { randomBytes } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
 import { startMigration } from '../../client/migrations';
@@ -26,18 +27,18 @@ describe('two worker processes and a scheduler process', () => {
   let connection: Connection;
   let client: Client;
   const services: Service[] = [];
-  const secret = randomBytes(18).toString('base64url');
+  let pki: Awaited<ReturnType<typeof testAgentPki>>;
   const taskQueue = `failover-${randomBytes(3).toString('hex')}`;
 
   beforeAll(async () => {
     db = await createTestDatabase();
     inventory = createInventory(db.pool);
     const fleet = testFleet({ servers: 3 });
-    agents = await startFleetAgents(fleet, { timeScale: 20, secret, logger: createLogger('test', 'warn') });
+    agents = await startFleetAgents(fleet, { timeScale: 20, tls: (pki = await testAgentPki(fleet.servers.map((x) => x.id))).server, faultRoutes: true, logger: createLogger('test', 'warn') });
     await inventory.seedFleet(fleet, new Map([...agents.agents].map(([id, a]) => [id, a.url])));
     connection = await Connection.connect({ address: process.env.DHM_TEST_TEMPORAL_ADDRESS! });
     client = new Client({ connection });
-    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!, TEMPORAL_TASK_QUEUE: taskQueue, DHM_AGENT_SECRET: secret, LOG_LEVEL: 'info' };
+    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!, TEMPORAL_TASK_QUEUE: taskQueue, DHM_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir, LOG_LEVEL: 'info' };
     services.push(service('worker', env), service('worker', env), service('scheduler', env));
     for (const s of services) {
       await eventually('service ready', async () => {
@@ -59,7 +60,7 @@ describe('two worker processes and a scheduler process', () => {
     const tenant = await inventory.createTenant('failover');
     const host = await inventory.createDedicatedHost({ tenantId: tenant.id, name: 'h', zone: 'zone-a', resourceClass: 'std', actor: 'test' });
     const inc = await inventory.getIncarnation(host.currentIncarnationId);
-    const source = createAgentClient({ baseUrl: (await inventory.getServer(inc.serverId)).agentUrl, secret });
+    const source = createAgentClient({ baseUrl: (await inventory.getServer(inc.serverId)).agentUrl, tls: pki.controlPlane, serverId: inc.serverId });
     await source.prepareIncarnation({ incarnationId: inc.id, capacity: inc.capacity });
     for (let i = 0; i < 4; i++) {
       const spec = { vcpus: 1, memoryMiB: 4096, diskGiB: 10 };

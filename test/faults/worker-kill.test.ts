@@ -1,3 +1,4 @@
+import { testAgentPki } from '../support/agent-pki';
 import { randomBytes } from 'node:crypto';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { startMigration } from '../../client/migrations';
@@ -37,7 +38,7 @@ describe(`kill -9 of migration workers (seed ${FAULT_SEED}, ${process.env.FAULT_
   /** A trial takes ~50 s on two cores (a killed move is noticed by its 15 s heartbeat timeout): one (two kills) in CI, FAULT_TRIALS when set. */
   const TRIALS = process.env.FAULT_TRIALS ? FAULT_TRIALS : 1;
   const fig = figures('worker-kill');
-  const secret = randomBytes(18).toString('base64url');
+  let pki: Awaited<ReturnType<typeof testAgentPki>>;
   const taskQueue = `faults-kill-${randomBytes(3).toString('hex')}`;
   let db: TestDatabase;
   let inventory: Inventory;
@@ -54,11 +55,11 @@ describe(`kill -9 of migration workers (seed ${FAULT_SEED}, ${process.env.FAULT_
     db = await createTestDatabase();
     inventory = createInventory(db.pool);
     const fleet = testFleet({ servers: 5 });
-    agents = await startFleetAgents(fleet, { timeScale: 20, secret, logger: createLogger('test', 'warn') });
+    agents = await startFleetAgents(fleet, { timeScale: 20, tls: (pki = await testAgentPki(fleet.servers.map((x) => x.id))).server, faultRoutes: true, logger: createLogger('test', 'warn') });
     await inventory.seedFleet(fleet, new Map([...agents.agents].map(([id, a]) => [id, a.url])));
     connection = await Connection.connect({ address: process.env.DHM_TEST_TEMPORAL_ADDRESS! });
     client = new Client({ connection });
-    env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!, TEMPORAL_TASK_QUEUE: taskQueue, DHM_AGENT_SECRET: secret, LOG_LEVEL: 'info' };
+    env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!, TEMPORAL_TASK_QUEUE: taskQueue, DHM_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir, LOG_LEVEL: 'info' };
     workers.push(spawnService('worker', env), spawnService('worker', env));
     schedulers.push(spawnService('scheduler', env), spawnService('scheduler', env));
     await Promise.all(all().map((s) => untilReady(s)));
@@ -76,7 +77,7 @@ describe(`kill -9 of migration workers (seed ${FAULT_SEED}, ${process.env.FAULT_
     const tenant = await inventory.createTenant(`kill-${tag}`);
     const host = await inventory.createDedicatedHost({ tenantId: tenant.id, name: tag, zone: 'zone-a', resourceClass: 'std', actor: 'test' });
     const inc = await inventory.getIncarnation(host.currentIncarnationId);
-    const agent = createAgentClient({ baseUrl: (await inventory.getServer(inc.serverId)).agentUrl, secret });
+    const agent = createAgentClient({ baseUrl: (await inventory.getServer(inc.serverId)).agentUrl, tls: pki.controlPlane, serverId: inc.serverId });
     await agent.prepareIncarnation({ incarnationId: inc.id, capacity: inc.capacity });
     for (let i = 0; i < vms; i++) {
       const spec = { vcpus: 1, memoryMiB: 1024, diskGiB: 10, workload: { dirtyRateMiBps: rnd.pick([0, 5, 20]), workingSetMiB: 128 } };
@@ -140,7 +141,7 @@ describe(`kill -9 of migration workers (seed ${FAULT_SEED}, ${process.env.FAULT_
         await assertNothingTwice(inventory, hosts[i]!);
       }
       await eventually('old servers de-provisioned', async () => (await inventory.listDeprovisionJobs({ state: 'pending' })).length === 0, 60_000, 100);
-      await assertInvariants(fig, { inventory, agentSecret: secret, temporal: client }, `after trial ${trial}`);
+      await assertInvariants(fig, { inventory, agentTls: pki.controlPlane, temporal: client }, `after trial ${trial}`);
       if (kills > 0) fig.trials++;
       else count(fig.faults, 'none (both migrations ended before the first kill)');
       process.stdout.write(`worker-kill trial ${trial}: ${kills} kill(s), ${Date.now() - t0} ms\n`);

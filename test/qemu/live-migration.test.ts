@@ -1,3 +1,4 @@
+import { testAgentPki } from '../support/agent-pki';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -33,8 +34,11 @@ interface Agent {
 const agents: RunningAgent[] = [];
 
 async function start(serverId: string, stateDir: string, qemu: StartAgentOptions['qemu'] = {}): Promise<Agent> {
+  const pki = await testAgentPki([serverId]);
   const agent = await startAgent({
     serverId,
+    tls: pki.server(serverId),
+    faultRoutes: true,
     capacity: SERVER,
     nicBandwidthBps: 10e9,
     backend: 'qemu',
@@ -43,7 +47,7 @@ async function start(serverId: string, stateDir: string, qemu: StartAgentOptions
     logger,
   });
   agents.push(agent);
-  return { agent, client: createAgentClient({ baseUrl: agent.url, timeoutMs: 20_000 }), url: agent.url };
+  return { agent, client: createAgentClient({ baseUrl: agent.url, tls: pki.controlPlane, serverId, timeoutMs: 20_000 }), url: agent.url };
 }
 
 let a: Agent;
@@ -276,15 +280,17 @@ test('a fleet file selects the backend per server; qemu agents start when asked 
       { id: 'fq-1', zone: 'z1', resourceClass: 'small', capacity: SERVER, nicBandwidthBps: 10e9, backend: 'qemu' },
     ],
   });
+  const pki = await testAgentPki(fleet.servers.map((x) => x.id));
   const fleetAgents = await startFleetAgents(fleet, {
     timeScale: 1,
+    tls: pki.server,
     logger,
     backendFilter: () => true,
     qemu: { stateDir: path.join(root, 'fleet'), migrationDir: dirs.migrate },
   });
   try {
     const kinds = await Promise.all(
-      [...fleetAgents.agents.values()].map(async (x) => (await createAgentClient({ baseUrl: x.url }).info()).backend),
+      [...fleetAgents.agents.values()].map(async (x) => (await createAgentClient({ baseUrl: x.url, tls: pki.controlPlane }).info()).backend),
     );
     expect(kinds).toEqual(['sim', 'qemu']);
   } finally {

@@ -8,6 +8,8 @@ import { loadEnv } from '../../common/config';
 import { startControlPlane } from '../../stack/control-plane';
 import { createAgentClient, type AgentClient } from '../../compute/agent-client';
 import { startFleetAgents, type FleetAgentsOptions } from '../../compute/fleet-agents';
+import type { AgentClientTls } from '../../compute/agent-tls';
+import { testAgentPki } from './agent-pki';
 import { createInventory, type Inventory } from '../../inventory';
 import { startMigration } from '../../client/migrations';
 import { statusQuery } from '../../workflows/messages';
@@ -18,6 +20,8 @@ import { testFleet } from './fleets';
 import { connectTestTemporal, type RunningWorker, type TestTemporal } from './temporal';
 
 export interface TestSystem {
+  /** The control plane's agent-plane certificate (what the suite's control plane calls the agents with). */
+  agentTls: AgentClientTls;
   db: TestDatabase;
   inventory: Inventory;
   temporal: TestTemporal;
@@ -46,6 +50,8 @@ export interface TestSystemOptions {
   qemu?: FleetAgentsOptions['qemu'];
   /** Agents already running elsewhere (a testbed's, in their namespaces), by server id: none is started here. */
   externalAgents?: ReadonlyMap<string, string>;
+  /** The control-plane certificate of the external agents' CA (a testbed's); default: the suite's own PKI. */
+  externalAgentTls?: AgentClientTls;
   /** Another Temporal frontend than the suite's (the cluster tests). */
   temporalAddress?: string;
 }
@@ -56,9 +62,12 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
   const fleet = opts.fleet ?? testFleet();
   const db = await createTestDatabase();
   const inventory = createInventory(db.pool);
+  const filter = opts.backendFilter ?? ((s: FleetServer) => s.backend === 'sim');
+  const pki = await testAgentPki(opts.externalAgents ? [] : fleet.servers.filter(filter).map((s) => s.id));
+  const agentTls = opts.externalAgentTls ?? pki.controlPlane;
   const fleetAgents = opts.externalAgents
     ? { agents: new Map<string, { url: string }>(), stop: async () => undefined }
-    : await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger, backendFilter: opts.backendFilter, qemu: opts.qemu });
+    : await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger, backendFilter: opts.backendFilter, qemu: opts.qemu, tls: pki.server, faultRoutes: true });
   const agentUrls = new Map<string, string>(opts.externalAgents ?? [...fleetAgents.agents].map(([id, a]) => [id, a.url]));
   await inventory.seedFleet(fleet, agentUrls);
   const temporal = await connectTestTemporal(opts.temporalAddress);
@@ -68,7 +77,7 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
     env: loadEnv({}),
     logger,
     store: { pool: db.pool, inventory, close: async () => undefined },
-    agentCredentials: {},
+    agentCredentials: { tls: agentTls },
     temporal: { address: temporal.address, namespace: 'default', taskQueue: temporal.taskQueue },
     scheduler: { databaseUrl: db.url, schedulerId: `sched-${randomBytes(3).toString('hex')}`, sweepIntervalMs: 1000, staleClaimMs: 5000 },
   });
@@ -87,10 +96,11 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
     temporal,
     fleet,
     agentUrls,
+    agentTls,
     agent(serverId) {
       let c = clients.get(serverId);
       if (!c) {
-        c = createAgentClient({ baseUrl: agentUrls.get(serverId)! });
+        c = createAgentClient({ baseUrl: agentUrls.get(serverId)!, tls: agentTls, serverId });
         clients.set(serverId, c);
       }
       return c;
@@ -104,7 +114,7 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
       const host = await inventory.createDedicatedHost({ tenantId: tenant.id, name: `host-${tag}`, zone: o.zone ?? 'zone-a', resourceClass: o.resourceClass ?? 'std', actor: `tenant:${tenant.id}` });
       const incarnation = await inventory.getIncarnation(host.currentIncarnationId);
       const server = await inventory.getServer(incarnation!.serverId);
-      await createAgentClient({ baseUrl: server!.agentUrl }).prepareIncarnation({ incarnationId: incarnation!.id, capacity: incarnation!.capacity });
+      await createAgentClient({ baseUrl: server!.agentUrl, tls: agentTls, serverId: server!.id }).prepareIncarnation({ incarnationId: incarnation!.id, capacity: incarnation!.capacity });
       const vmIds: string[] = [];
       const sizes = o.memoryMiB ?? [1024, 2048, 4096, 512];
       const dirty = o.dirtyRateMiBps ?? [0, 50, 10, 100];
@@ -112,7 +122,7 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
         const vmId = `vm-${tag}-${i}`;
         const spec: VmSpec = o.specs?.[i % o.specs.length] ?? { vcpus: 1, memoryMiB: sizes[i % sizes.length]!, diskGiB: 10, workload: { dirtyRateMiBps: dirty[i % dirty.length]!, workingSetMiB: Math.min(256, sizes[i % sizes.length]!) } };
         await inventory.placeVm({ vmId, tenantId: tenant.id, dedicatedHostId: host.id, name: `vm-${i}`, spec, actor: `tenant:${tenant.id}` });
-        await createAgentClient({ baseUrl: server!.agentUrl }).createVm({ vmId, incarnationId: incarnation!.id, spec });
+        await createAgentClient({ baseUrl: server!.agentUrl, tls: agentTls, serverId: server!.id }).createVm({ vmId, incarnationId: incarnation!.id, spec });
         vmIds.push(vmId);
       }
       return { tenantId: tenant.id, hostId: host.id, vmIds };

@@ -1,3 +1,4 @@
+import { loadControlPlaneTls } from '../../compute/agent-tls';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -36,7 +37,7 @@ beforeAll(async () => {
   await runQemuSetup();
   // 4 servers: a dedicated host holds a whole server, and each test leaves its host where it ended.
   st = await upTestbed({ name, root, servers: 4, nicBandwidthBps: 300e6, transport: 'tls', diskFillMiB: FILL_MIB }, logger);
-  sys = await startTestSystem({ fleet: st.fleet, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])) });
+  sys = await startTestSystem({ fleet: st.fleet, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])), externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
   tenant = startTenantClient(st);
 }, 300_000);
 

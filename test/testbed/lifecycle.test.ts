@@ -1,3 +1,4 @@
+import { loadControlPlaneTls } from '../../compute/agent-tls';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createAgentClient } from '../../compute/agent-client';
@@ -33,7 +34,7 @@ test('up, a VM running, up again without down (after a crash), then down: nothin
     const first = readTestbedState(dir)!;
     expect(first.servers).toHaveLength(2);
     // The agents outlive the `dhm testbed up` that made them, and answer from their namespaces.
-    const agent = createAgentClient({ baseUrl: first.servers[0]!.agentUrl });
+    const agent = createAgentClient({ baseUrl: first.servers[0]!.agentUrl, tls: loadControlPlaneTls(first.controlPlaneDir, 'controlPlaneDir') });
     expect((await agent.info()).serverId).toBe('tb-1');
     await agent.prepareIncarnation({ incarnationId: 'inc-1', capacity: { vcpus: 1, memoryMiB: 256, diskGiB: 1 } });
     await agent.createVm({ vmId: 'vm-1', incarnationId: 'inc-1', spec: { vcpus: 1, memoryMiB: 128, diskGiB: 1 } });

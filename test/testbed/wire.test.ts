@@ -1,3 +1,4 @@
+import { loadControlPlaneTls } from '../../compute/agent-tls';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -31,8 +32,8 @@ let b: AgentClient;
 beforeAll(async () => {
   await runQemuSetup();
   st = await upTestbed({ name, root, servers: 2, nicBandwidthBps: NIC_BPS, transport: 'insecure' }, logger);
-  a = createAgentClient({ baseUrl: st.servers[0]!.agentUrl });
-  b = createAgentClient({ baseUrl: st.servers[1]!.agentUrl });
+  a = createAgentClient({ baseUrl: st.servers[0]!.agentUrl, tls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
+  b = createAgentClient({ baseUrl: st.servers[1]!.agentUrl, tls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
   const capacity = { vcpus: 4, memoryMiB: 1024, diskGiB: 20 };
   await a.prepareIncarnation({ incarnationId: 'inc-a', capacity });
   await b.prepareIncarnation({ incarnationId: 'inc-b', capacity });
@@ -76,11 +77,25 @@ test('insecure: the agents warned at start, and the marker in guest memory cross
   const vmId = `vm-${randomBytes(3).toString('hex')}`;
   await bootOn(a, 'inc-a', [vmId]);
   const capture = await startCapture(st.servers[0]!, path.join(root, 'plain.pcap'), `tcp and dst host ${st.servers[1]!.fabricIp}`);
+  // The agent plane on the same fabric: the control plane's calls to A, and A's calls to B (announce, accept, commit).
+  const control = await startCapture(st.servers[0]!, path.join(root, 'control.pcap'), `tcp and host ${st.rootIp}`);
+  // A → B's agent port only: the migration stream (guest memory, which may hold any string) goes to QEMU's port.
+  const peer = await startCapture(st.servers[0]!, path.join(root, 'peer.pcap'), `tcp and dst host ${st.servers[1]!.fabricIp} and dst port ${new URL(st.servers[1]!.agentUrl).port}`);
+  const probeId = `probe-${randomBytes(4).toString('hex')}`;
+  expect(await a.getIncarnation(probeId)).toBeNull(); // the id travels in the request's path
   const job = await migrate(a, st.servers[1]!.agentUrl, 'inc-b', vmId);
   const wire = await capture.stop();
+  const controlWire = await control.stop();
+  const peerWire = await peer.stop();
   expect(job.state).toBe('completed');
   const seen = occurrences(wire, guestMarker(vmId));
   expect(seen).toBeGreaterThan(0);
+  // VM memory is plaintext here (transport insecure), the agent plane never is: no HTTP, no route, no id in clear.
+  expect(controlWire.length).toBeGreaterThan(4096); // the calls were captured (TLS records), not missed
+  expect(peerWire.length).toBeGreaterThan(2048);
+  for (const [what, buf] of [['A→B agent', peerWire], ['control plane↔A', controlWire]] as const)
+    expect({ what, http: occurrences(buf, 'HTTP/1.1'), incoming: occurrences(buf, '/v1/incoming-migrations/'), routes: occurrences(buf, '/v1/'), authorization: occurrences(buf, 'uthorization'), probeId: occurrences(buf, probeId) })
+      .toEqual({ what, http: 0, incoming: 0, routes: 0, authorization: 0, probeId: 0 });
   const rate = streamRate(job);
   expect(rate).toBeGreaterThanOrEqual(0.85 * B);
   const overall = job.bytesSent / (job.totalTimeMs! / 1000);

@@ -1,3 +1,4 @@
+import { loadControlPlaneTls } from '../../compute/agent-tls';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -33,7 +34,7 @@ let tenant: TenantClient;
 beforeAll(async () => {
   await runQemuSetup(); // cached: milliseconds once done
   st = await upTestbed({ name, root, servers: 3, nicBandwidthBps: NIC_BPS, transport: 'tls' }, logger);
-  sys = await startTestSystem({ fleet: st.fleet, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])) });
+  sys = await startTestSystem({ fleet: st.fleet, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])), externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
   tenant = startTenantClient(st);
 }, 300_000);
 
@@ -185,7 +186,7 @@ test('a partition between A and B mid-move: the move fails, the VM keeps running
   expect(t).toMatchObject({ requestsFailed: 0, reconnects: 0, connected: true, counterContinued: true });
   (figures.partition as Record<string, unknown>).clientMaxStallMs = t.clientMaxStallMs;
 
-  const report = await checkInvariants({ inventory: sys.inventory, agents: sys.agentUrls, temporal: sys.temporal.client });
+  const report = await checkInvariants({ inventory: sys.inventory, agents: sys.agentUrls, agentTls: sys.agentTls, temporal: sys.temporal.client });
   expect(report.violations).toEqual([]);
   await tenant.remove(vmId);
 }, 240_000);

@@ -58,7 +58,7 @@ describe('durability of a migration', () => {
     const logger = createLogger('test', 'warn');
     // Two schedulers start together: the row is done exactly once.
     const [a, b] = await Promise.all(
-      ['sched-a', 'sched-b'].map((schedulerId) => startScheduler({ inventory: sys.inventory, databaseUrl: sys.db.url, schedulerId, logger, sweepIntervalMs: 500 })),
+      ['sched-a', 'sched-b'].map((schedulerId) => startScheduler({ inventory: sys.inventory, databaseUrl: sys.db.url, schedulerId, logger, sweepIntervalMs: 500, agentTls: sys.agentTls })),
     );
     sys.scheduler = a!;
     try {

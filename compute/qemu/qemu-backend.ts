@@ -92,6 +92,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   /** Every QEMU process started and not yet reaped: what `close()` kills. */
   private readonly procs = new Set<QemuProcess>();
   private seq = 0;
+  /** Bytes of local disks destroyed since the agent started (what `/v1/info` reports). */
+  private wipedBytes = 0;
   /** Which server each incoming migration comes from (the identity its TLS client certificate must carry). */
   private readonly incomingSource = new Map<string, string>();
 
@@ -214,6 +216,21 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   /** Refused before any process starts: a spec QEMU cannot honour here (checked before capacity). */
   protected override checkSpec(spec: VmSpec): void {
     this.machineFor('check', spec, 'spec');
+  }
+
+  /** The local disk files here (their allocated bytes: a sparse disk holds what was written) and what was wiped. */
+  override localStorage(): { diskBytes: number; wipedBytes: number } {
+    let diskBytes = 0;
+    for (const m of [...this.vms.values(), ...this.incoming.values()])
+      for (const d of m.machine.disks ?? []) {
+        if (d.kind !== 'local') continue;
+        try {
+          diskBytes += fs.statSync(d.path).blocks * 512;
+        } catch {
+          // wiped meanwhile
+        }
+      }
+    return { diskBytes, wipedBytes: this.wipedBytes };
   }
 
   /** Network disks only with the fleet's storage service configured (fleet file `storage.nbd`). */
@@ -458,6 +475,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       if (d.kind !== 'local') continue;
       try {
         const bytes = wipeDiskFile(d.path);
+        this.wipedBytes += bytes;
         if (bytes) this.logger.info({ disk: d.name, file: d.path, bytes, why }, 'local disk wiped');
       } catch (err) {
         this.logger.error({ disk: d.name, file: d.path, err: err instanceof Error ? err.message : String(err) }, 'could not wipe a local disk');

@@ -199,6 +199,8 @@ export const FailureTypes = {
   /** Deleting a host: it still has VMs / it is migrating (the inventory's refusals; no activity deletes hosts today). */
   HostHasVms: Refusal.HOST_HAS_VMS,
   HostMigrating: Refusal.HOST_MIGRATING,
+  /** A VM provisioned mid-migration would exceed the tenant's VMs-per-host quota. */
+  QuotaExceeded: Refusal.QUOTA_EXCEEDED,
   MigrationEnded: 'MIGRATION_ENDED',
   /** The migration is continuing as new: the request was not taken; the same request sent again reaches the next run. */
   MigrationContinuing: 'MIGRATION_CONTINUING',

@@ -16,6 +16,13 @@ export interface ApiDeps {
   /** The inventory's database: health checks and the idempotency-key table. */
   pool: Pool;
   operatorToken: string;
+  /**
+   * Seals stored idempotent answers that carry a secret (a new tenant's token), separate from the operator token.
+   * Absent: a random key for this process (answers sealed by an earlier process can then no longer be replayed).
+   */
+  sealingKey?: string;
+  /** The idempotency table's bounds (defaults in idempotency.ts). */
+  idempotency?: { maxKeysPerPrincipal?: number; retentionHours?: number; sweepIntervalMs?: number };
   logger: Logger;
   /** Largest accepted request body (default 64 KiB); larger ones get 413. */
   bodyLimitBytes?: number;
@@ -49,7 +56,7 @@ export interface ApiLimits {
 
 export type Principal = { kind: 'operator' } | { kind: 'tenant'; tenant: Tenant };
 
-export interface ApiContext extends ApiDeps {
+export interface ApiContext extends Omit<ApiDeps, 'idempotency'> {
   idempotency: IdempotencyStore;
 }
 

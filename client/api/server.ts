@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import { UserFacingError } from '../../common/errors';
@@ -7,7 +7,7 @@ import { runReadiness } from '../../common/ops-server';
 import type { HostService } from '../host-service';
 import { type ApiContext, type ApiDeps, type ApiLimits, type Principal } from './context';
 import { ApiError, internalError, toErrorResponse } from './errors';
-import { createIdempotencyStore } from './idempotency';
+import { createIdempotencyStore, SWEEP_INTERVAL_MS } from './idempotency';
 import { buildOpenApiDocument } from './openapi';
 import { registerHealthRoutes } from './routes/health';
 import { registerHostRoutes } from './routes/hosts';
@@ -122,7 +122,22 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
   app.server.maxConnections = limits.maxConnections;
   // Without a registry of its own (tests, `dhm up`), the counters still work; process metrics are left to services.
   const metrics = deps.metrics ?? createMetrics({ role: 'api', defaultMetrics: false });
-  const ctx: ApiContext = { ...deps, hostService: timedHostService(deps.hostService, metrics), logger, idempotency: createIdempotencyStore(deps.pool, deps.operatorToken) };
+  const idempotency = createIdempotencyStore(deps.pool, {
+    sealingKey: deps.sealingKey ?? randomBytes(32).toString('base64url'),
+    maxKeysPerPrincipal: deps.idempotency?.maxKeysPerPrincipal,
+    retentionHours: deps.idempotency?.retentionHours,
+  });
+  const ctx: ApiContext = { ...deps, hostService: timedHostService(deps.hostService, metrics), logger, idempotency };
+  // Expired idempotency keys go by age, once at start and then periodically, whatever requests arrive.
+  const sweep = () =>
+    void idempotency.sweep().then(
+      (n) => n > 0 && logger.info({ deleted: n }, 'swept expired idempotency keys'),
+      (err: unknown) => logger.warn({ err }, 'could not sweep expired idempotency keys'),
+    );
+  const sweeper = setInterval(sweep, deps.idempotency?.sweepIntervalMs ?? SWEEP_INTERVAL_MS);
+  sweeper.unref();
+  app.addHook('onReady', async () => sweep());
+  app.addHook('onClose', async () => clearInterval(sweeper));
   const operatorDigest = sha256(deps.operatorToken);
 
   const authenticate = async (header: string | undefined): Promise<Principal | null> => {

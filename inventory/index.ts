@@ -27,7 +27,7 @@ export * from './contract';
 export { InventoryError, isInventoryError, INVENTORY_ERROR_CODES, type InventoryErrorCode } from './errors';
 export { migrateDatabase } from './migrate';
 export { DEPROVISION_CHANNEL } from './deprovision-outbox';
-export { tenantEventView } from './tenant-visibility';
+export { tenantEventView, TENANT_LOST_REASON } from './tenant-visibility';
 export { DEFAULT_QUOTAS } from './quotas';
 
 const { parse } = input;

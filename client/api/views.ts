@@ -1,6 +1,6 @@
 import { migrationIdFor, PHASES, type MigrationPhase } from '../../common/migration';
 import { MigrationPhaseKey } from '../../common/search-attributes';
-import { tenantEventView as tenantEventOf, type AuditEvent, type HostView, type Vm } from '../../inventory';
+import { tenantEventView as tenantEventOf, TENANT_LOST_REASON, type AuditEvent, type HostView, type Vm } from '../../inventory';
 import type { ApiContext, Principal } from './context';
 import { operatorEventView, operatorHostView, operatorVmView, tenantEventView, tenantHostView, tenantVmView } from './schemas';
 
@@ -71,7 +71,8 @@ export async function vmViews(ctx: ApiContext, p: Principal, vms: Vm[]) {
       deletedAt: v.deletedAt,
       ...(v.state === 'lost' && v.lostReason ? { lostReason: v.lostReason } : {}),
     };
-    if (p.kind === 'tenant') return tenantVmView.parse(base);
+    // The recorded reason names servers: the tenant is told why without them.
+    if (p.kind === 'tenant') return tenantVmView.parse(v.state === 'lost' ? { ...base, lostReason: TENANT_LOST_REASON } : base);
     return operatorVmView.parse({ ...base, tenantId: v.tenantId, incarnationId: v.incarnationId, physicalServerId: servers.get(v.incarnationId) ?? null });
   });
 }

@@ -13,7 +13,10 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY activities ./activities
+COPY api ./api
+COPY cli ./cli
 COPY client ./client
+COPY stack ./stack
 COPY common ./common
 COPY compute ./compute
 COPY inventory ./inventory

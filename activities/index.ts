@@ -1,5 +1,5 @@
 import type { Inventory } from '../inventory';
-import type { AgentDirectory } from './agent-directory';
+import type { AgentDirectory } from '../compute/agent-directory';
 import { classified } from './failures';
 import { createLiveMigration } from './live-migrate';
 import { createMigrationSteps } from './migration-steps';
@@ -20,4 +20,4 @@ export function createActivities(deps: ActivityDeps) {
 }
 
 export type MigrationActivities = ReturnType<typeof createActivities>;
-export { createAgentDirectory, type AgentDirectory } from './agent-directory';
+export { createAgentDirectory, type AgentDirectory } from '../compute/agent-directory';

@@ -2,7 +2,7 @@ import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activ
 import { FailureTypes, type MoveFigures } from '../common/migration';
 import type { AgentClient, MigrationJob } from '../compute/agent-client';
 import type { Inventory } from '../inventory';
-import type { AgentDirectory } from './agent-directory';
+import type { AgentDirectory } from '../compute/agent-directory';
 import { orNull } from './failures';
 import type { ServerIncarnation } from './migration-steps';
 

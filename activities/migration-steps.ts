@@ -2,7 +2,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { FailureTypes, type VmSpec } from '../common/migration';
 import type { Resources } from '../common/resources';
 import type { Inventory } from '../inventory';
-import type { AgentDirectory } from './agent-directory';
+import type { AgentDirectory } from '../compute/agent-directory';
 import { orNull } from './failures';
 
 export interface ServerIncarnation {

@@ -1,7 +1,7 @@
 import type { Resources } from '../common/resources';
 import type { AgentClient } from '../compute/agent-client';
 import type { Inventory } from '../inventory';
-import type { AgentDirectory } from './agent-directory';
+import type { AgentDirectory } from '../compute/agent-directory';
 import type { ServerIncarnation } from './migration-steps';
 
 /** Where a VM runs according to the agents (not the inventory): one side, both (mid-switchover), or neither (lost). */

@@ -5,11 +5,11 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const compiled = path.join(root, 'dist', 'client', 'cli', 'main.js');
+const compiled = path.join(root, 'dist', 'cli', 'main.js');
 if (fs.existsSync(compiled)) {
   require(compiled).main(process.argv.slice(2));
 } else {
   process.env.SWC_NODE_PROJECT = process.env.SWC_NODE_PROJECT || path.join(root, 'tsconfig.json');
   require('@swc-node/register');
-  require(path.join(root, 'client', 'cli', 'main.ts')).main(process.argv.slice(2));
+  require(path.join(root, 'cli', 'main.ts')).main(process.argv.slice(2));
 }

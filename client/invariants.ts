@@ -1,6 +1,6 @@
 import type { Client } from '@temporalio/client';
-import type { AgentDirectory } from '../activities/agent-directory';
-import { migrationIdFor } from '../common/migration';
+import type { AgentDirectory } from '../compute/agent-directory';
+import { migrationWorkflowId } from '../common/migration';
 import { createAgentClient, type AgentClient } from '../compute/agent-client';
 import type { HostIncarnation, Inventory, PhysicalServer } from '../inventory';
 
@@ -174,7 +174,7 @@ export async function checkInvariants(input: InvariantCheckInput): Promise<Invar
       }
       if (input.temporal) {
         try {
-          const d = await input.temporal.workflow.getHandle(migrationIdFor(host.id)).describe();
+          const d = await input.temporal.workflow.getHandle(migrationWorkflowId(host.id)).describe();
           if (d.status.name !== 'RUNNING') v(`host ${host.id}: still migrating but its workflow ${d.workflowId} is ${d.status.name}`);
         } catch (err) {
           v(`host ${host.id}: still migrating but its workflow cannot be found (${(err as Error).message})`);

@@ -12,7 +12,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { describeZodError, UserFacingError, zodErrorField } from '../common/errors';
 import {
   FailureTypes,
-  migrationIdFor,
+  migrationWorkflowId,
   migrationRequestSchema,
   type DeleteVmArgs,
   type DeleteVmResult,
@@ -26,7 +26,7 @@ import type { migrateDedicatedHost } from '../workflows/migrate-dedicated-host';
 
 export class MigrationAlreadyRunningError extends UserFacingError {
   constructor(readonly dedicatedHostId: string) {
-    super(`dedicated host ${dedicatedHostId} is already migrating (workflow ${migrationIdFor(dedicatedHostId)})`, 'dedicatedHostId');
+    super(`dedicated host ${dedicatedHostId} is already migrating (workflow ${migrationWorkflowId(dedicatedHostId)})`, 'dedicatedHostId');
     this.name = 'MigrationAlreadyRunningError';
   }
 }
@@ -53,7 +53,7 @@ export async function startMigration(client: Client, taskQueue: string, raw: unk
   try {
     return await client.workflow.start<typeof migrateDedicatedHost>('migrateDedicatedHost', {
       taskQueue,
-      workflowId: migrationIdFor(request.dedicatedHostId),
+      workflowId: migrationWorkflowId(request.dedicatedHostId),
       workflowIdConflictPolicy: WorkflowIdConflictPolicy.FAIL,
       workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
       args: [request],
@@ -71,7 +71,7 @@ export async function startMigration(client: Client, taskQueue: string, raw: unk
 }
 
 export function migrationHandle(client: Client, dedicatedHostId: string) {
-  return client.workflow.getHandle<typeof migrateDedicatedHost>(migrationIdFor(dedicatedHostId));
+  return client.workflow.getHandle<typeof migrateDedicatedHost>(migrationWorkflowId(dedicatedHostId));
 }
 
 export async function migrationStatus(client: Client, dedicatedHostId: string): Promise<MigrationStatus> {

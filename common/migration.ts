@@ -78,7 +78,8 @@ export const migrationRequestSchema = z
   .strict();
 export type MigrationRequest = z.infer<typeof migrationRequestSchema>;
 
-export function migrationIdFor(dedicatedHostId: string): string {
+/** The migration of a dedicated host is the workflow with this id: one at a time per host, reused by its next migration. The inventory's `host_migrations.id` names one run of it. */
+export function migrationWorkflowId(dedicatedHostId: string): string {
   return `migration-${dedicatedHostId}`;
 }
 

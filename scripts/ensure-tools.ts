@@ -1,8 +1,8 @@
 // `npm run tools`: make sure the Temporal CLI is available (builds it once with Go when it is not) and say where.
 // `npm run tools -- --cluster` also builds the Temporal server, its SQL tool and the Web UI server (cluster mode).
 import { loadEnv } from '../common/config';
-import { resolveTemporalServer } from '../client/temporal-cli';
-import { ensureClusterTools, TEMPORAL_SERVER_VERSION, TEMPORAL_UI_SERVER_VERSION } from '../client/temporal-server-tools';
+import { resolveTemporalServer } from '../stack/tools/temporal-cli';
+import { ensureClusterTools, TEMPORAL_SERVER_VERSION, TEMPORAL_UI_SERVER_VERSION } from '../stack/tools/temporal-server';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

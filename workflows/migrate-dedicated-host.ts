@@ -11,7 +11,7 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import { FailureTypes, TERMINAL_PHASES, migrationIdFor, migrationRequestSchema, type MigrationRequest, type MigrationResult } from '../common/migration';
+import { FailureTypes, TERMINAL_PHASES, migrationWorkflowId, migrationRequestSchema, type MigrationRequest, type MigrationResult } from '../common/migration';
 import { describeZodError } from '../common/errors';
 import { DedicatedHostIdKey, MigrationPhaseKey } from '../common/search-attributes';
 import { call, steps } from './activity-calls';
@@ -153,4 +153,4 @@ function waitForCapacity(state: MigrationState, err: unknown): Promise<void> | u
   return sleep(Math.min(left, 5_000));
 }
 
-export { migrationIdFor };
+export { migrationWorkflowId };

@@ -2,22 +2,22 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import pino from 'pino';
-import { Pool } from 'pg';
-import { createAgentDirectory, type AgentDirectory } from '../../activities/agent-directory';
-import { createHostService, type HostService } from '../../client/host-service';
-import { startDevStack, type DevStack } from '../../client/dev-stack';
-import { freePort } from '../../client/dev-stack/ports';
+import type { Pool } from 'pg';
+import type { AgentDirectory } from '../../compute/agent-directory';
+import type { HostService } from '../../api/host-service';
+import { startDevStack, type DevStack } from '../../stack';
+import { freePort } from '../../stack/ports';
 import { loadEnv } from '../../common/config';
 import type { Fleet } from '../../common/fleet';
 import type { Logger } from '../../common/logger';
 import { installTemporalRuntime } from '../../common/temporal-runtime';
 import { createAgentClient } from '../../compute/agent-client';
 import { startFleetAgents, type FleetAgents, type FleetAgentsOptions } from '../../compute/fleet-agents';
-import { createInventory, type Inventory } from '../../inventory';
-import { migrateDatabase } from '../../inventory/migrate';
+import type { Inventory } from '../../inventory';
+import { openInventoryStore, startControlPlane } from '../../stack/control-plane';
 import { mergeStats, type CallStats } from './stopwatch';
 import { stopInReverse } from '../../common/stop-in-reverse';
 
@@ -82,18 +82,22 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
     const bundlePath = path.join(stateDir, 'workflow-bundle.js');
     fs.writeFileSync(bundlePath, bundle.code);
 
-    const pool = new Pool({ connectionString: dev.databaseUrl, max: 20 });
-    pool.on('error', (err) => logger.warn({ err }, 'idle Postgres connection failed'));
-    stops.push(() => pool.end());
-    await migrateDatabase(pool);
-    const inventory = createInventory(pool);
-    const agents = createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl });
-
-    const connection = await Connection.connect({ address: dev.temporalAddress });
-    stops.push(() => connection.close());
-    const client = new Client({ connection, namespace: dev.namespace });
+    const store = await openInventoryStore({ databaseUrl: dev.databaseUrl, poolSize: 20, logger });
+    stops.push(store.close);
+    const { pool, inventory } = store;
     const taskQueue = `bench-${process.pid}`;
-    const hostService = createHostService({ inventory, agents, temporal: { client, taskQueue }, logger });
+    const plane = await startControlPlane({
+      env: loadEnv(env),
+      logger,
+      store,
+      agentCredentials: {},
+      temporal: { address: dev.temporalAddress, namespace: dev.namespace, taskQueue },
+      hostService: true,
+    });
+    stops.push(plane.stop);
+    const { agents } = plane;
+    const hostService = plane.hostService!;
+    const { client } = plane.temporal!;
 
     const fleets: FleetAgents[] = [];
     stops.push(async () => {

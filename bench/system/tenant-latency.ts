@@ -1,5 +1,5 @@
 import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
-import type { Via } from '../../client/host-service';
+import type { Via } from '../../api/host-service';
 import { startMigration } from '../../client/migrations';
 import type { Fleet } from '../../common/fleet';
 import { statusQuery } from '../../workflows/messages';

@@ -5,13 +5,12 @@
  * bench can say where a move's time goes; the parent asks for the figures over IPC. Prints `ready` on stdout once
  * polling, stops on SIGTERM.
  */
-import { NativeConnection } from '@temporalio/worker';
 import pino from 'pino';
-import { Pool } from 'pg';
-import { createAgentDirectory, type AgentDirectory } from '../../activities/agent-directory';
+import type { AgentDirectory } from '../../compute/agent-directory';
+import { loadEnv } from '../../common/config';
 import { installTemporalRuntime } from '../../common/temporal-runtime';
-import { createInventory, type Inventory } from '../../inventory';
-import { createMigrationWorker } from '../../workers/migration-worker';
+import type { Inventory } from '../../inventory';
+import { agentDirectoryFor, openInventoryStore, startControlPlane } from '../../stack/control-plane';
 import { Stopwatch } from './stopwatch';
 
 async function main(): Promise<void> {
@@ -23,31 +22,29 @@ async function main(): Promise<void> {
   const logger = pino({ name: 'dhm-bench-worker', level: process.env.BENCH_LOG_LEVEL ?? 'error' }, pino.destination(2));
   installTemporalRuntime(logger);
   const watch = new Stopwatch();
-  const pool = new Pool({ connectionString: env('BENCH_DATABASE_URL'), max: 20 });
-  pool.on('error', () => undefined);
-  const inventory = watch.wrap<Inventory>('inventory', createInventory(pool));
-  const directory = createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl });
+  const databaseUrl = env('BENCH_DATABASE_URL');
+  const opened = await openInventoryStore({ databaseUrl, poolSize: 20, logger });
+  const store = { ...opened, inventory: watch.wrap<Inventory>('inventory', opened.inventory) };
+  const directory = agentDirectoryFor(store.inventory, {});
   const agents: AgentDirectory = { forServer: async (id) => watch.wrap('agent', await directory.forServer(id)) };
-  const connection = await NativeConnection.connect({ address: env('BENCH_TEMPORAL_ADDRESS') });
-  const worker = await createMigrationWorker({
-    connection,
-    taskQueue: env('BENCH_TASK_QUEUE'),
-    workflowBundle: { codePath: env('BENCH_WORKFLOW_BUNDLE') },
-    identity: `bench-worker-${process.pid}`,
-    inventory,
+  const plane = await startControlPlane({
+    env: loadEnv(process.env),
+    logger,
+    store,
+    agentCredentials: {},
     agents,
-    shutdownGraceTime: '2s',
+    temporal: { address: env('BENCH_TEMPORAL_ADDRESS'), namespace: 'default', taskQueue: env('BENCH_TASK_QUEUE') },
+    worker: { workflowBundle: { codePath: env('BENCH_WORKFLOW_BUNDLE') }, identity: `bench-worker-${process.pid}`, shutdownGraceTime: '2s' },
   });
-  const running = worker.run();
-  process.once('SIGTERM', () => worker.shutdown());
+  const stopped = new Promise<void>((resolve) => process.once('SIGTERM', resolve));
   process.on('message', (m: unknown) => {
     if (m === 'stats') process.send?.({ stats: watch.snapshot() });
     if (m === 'reset') watch.reset();
   });
   process.stdout.write('ready\n');
-  await running;
-  await connection.close();
-  await pool.end();
+  await stopped;
+  await plane.stop();
+  await store.close();
 }
 
 main().then(

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
-import { createAgentDirectory } from '../../activities/agent-directory';
-import { startApiServer, type ApiLimits, type RunningApiServer } from '../../client/api/server';
-import { createHostService, type HostService } from '../../client/host-service';
+import { createAgentDirectory } from '../../compute/agent-directory';
+import { startApiServer, type ApiLimits, type RunningApiServer } from '../../api/server';
+import { createHostService, type HostService } from '../../api/host-service';
 import type { Fleet } from '../../common/fleet';
 import { startTestSystem, type TestSystem } from '../support/system';
 

@@ -1,4 +1,4 @@
-import { createIdempotencyStore } from '../../client/api/idempotency';
+import { createIdempotencyStore } from '../../api/idempotency';
 import { openTestDatabase } from '../inventory/helpers';
 import type { TestDatabase } from '../support/database';
 

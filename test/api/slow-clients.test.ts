@@ -1,6 +1,6 @@
 import * as net from 'node:net';
 import pino from 'pino';
-import { DEFAULT_API_LIMITS, startApiServer } from '../../client/api/server';
+import { DEFAULT_API_LIMITS, startApiServer } from '../../api/server';
 import { testFleet } from '../support/fleets';
 import { eventually } from '../support/system';
 import { startApiTestSystem, type ApiTestSystem } from './helpers';

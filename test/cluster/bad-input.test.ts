@@ -8,11 +8,11 @@ import pino from 'pino';
 import { UserFacingError } from '../../common/errors';
 import { createLogger } from '../../common/logger';
 import { CUSTOM_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
-import { freePort } from '../../client/dev-stack/ports';
-import { startTemporalCluster, type TemporalClusterOptions } from '../../client/dev-stack/temporal-cluster';
-import { ensureSearchAttributes } from '../../client/dev-stack/temporal-namespace';
-import { inspectSchema, prepareTemporalDatabases, sqlTool, visibilityDatabaseName } from '../../client/dev-stack/temporal-schema';
-import { TEMPORAL_SCHEMA_VERSIONS } from '../../client/temporal-server-tools';
+import { freePort } from '../../stack/ports';
+import { startTemporalCluster, type TemporalClusterOptions } from '../../stack/temporal-cluster';
+import { ensureSearchAttributes } from '../../stack/temporal-namespace';
+import { inspectSchema, prepareTemporalDatabases, sqlTool, visibilityDatabaseName } from '../../stack/temporal-schema';
+import { TEMPORAL_SCHEMA_VERSIONS } from '../../stack/tools/temporal-server';
 import { clusterTools, dropDatabases, startTestCluster, testDatabases, type TestCluster } from './support';
 
 const logger = createLogger('test-cluster', process.env.DHM_TEST_LOG_LEVEL ?? 'warn');

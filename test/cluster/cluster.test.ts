@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { resolveTemporalServer } from '../../client/temporal-cli';
-import { TEMPORAL_SERVER_VERSION } from '../../client/temporal-server-tools';
+import { resolveTemporalServer } from '../../stack/tools/temporal-cli';
+import { TEMPORAL_SERVER_VERSION } from '../../stack/tools/temporal-server';
 import { DedicatedHostIdKey } from '../../common/search-attributes';
 import { testFleet } from '../support/fleets';
 import { eventually, startTestSystem } from '../support/system';

@@ -1,4 +1,4 @@
-import { TEMPORAL_SERVER_VERSION } from '../../client/temporal-server-tools';
+import { TEMPORAL_SERVER_VERSION } from '../../stack/tools/temporal-server';
 import { eventually } from '../support/system';
 import { killDuringMigration } from './failover';
 import { printFigure, startTestCluster, type TestCluster } from './support';

@@ -5,10 +5,10 @@ import * as path from 'node:path';
 import { Client } from 'pg';
 import { loadEnv } from '../../common/config';
 import { createLogger } from '../../common/logger';
-import { freePort } from '../../client/dev-stack/ports';
-import { startTemporalCluster, type TemporalClusterHandle, type TemporalClusterOptions } from '../../client/dev-stack/temporal-cluster';
-import { visibilityDatabaseName, type TemporalDatabases } from '../../client/dev-stack/temporal-schema';
-import { ensureClusterTools, type ClusterTools } from '../../client/temporal-server-tools';
+import { freePort } from '../../stack/ports';
+import { startTemporalCluster, type TemporalClusterHandle, type TemporalClusterOptions } from '../../stack/temporal-cluster';
+import { visibilityDatabaseName, type TemporalDatabases } from '../../stack/temporal-schema';
+import { ensureClusterTools, type ClusterTools } from '../../stack/tools/temporal-server';
 
 /**
  * The cluster tests' own Temporal cluster: the real server processes (built by `npm run tools -- --cluster`) on the

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { UserFacingError } from '../../common/errors';
-import { ensureClusterTools, TEMPORAL_SERVER_VERSION, TEMPORAL_UI_SERVER_VERSION } from '../../client/temporal-server-tools';
+import { ensureClusterTools, TEMPORAL_SERVER_VERSION, TEMPORAL_UI_SERVER_VERSION } from '../../stack/tools/temporal-server';
 
 /** The tools folder's pinning: binaries answer `--version`; one of another version counts as missing. */
 describe('cluster tools in the tools folder', () => {

@@ -3,12 +3,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import { parse } from 'yaml';
-import { registerServiceCommands } from '../../client/cli/services';
+import { registerServiceCommands } from '../../cli/services';
 import { envSchema, loadEnv } from '../../common/config';
 import { CUSTOM_SEARCH_ATTRIBUTES } from '../../common/search-attributes';
 import { loadFleetFile } from '../../inventory/fleet-file';
-import { temporalDeployDir } from '../../client/dev-stack/temporal-cluster';
-import { TEMPORAL_SERVER_VERSION, TEMPORAL_UI_SERVER_VERSION } from '../../client/temporal-server-tools';
+import { temporalDeployDir } from '../../stack/temporal-cluster';
+import { TEMPORAL_SERVER_VERSION, TEMPORAL_UI_SERVER_VERSION } from '../../stack/tools/temporal-server';
 import { clusterTools } from '../cluster/support';
 
 const TEMPORAL_SERVICES = ['temporal-frontend', 'temporal-history-1', 'temporal-history-2', 'temporal-matching', 'temporal-worker'];

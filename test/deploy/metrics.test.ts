@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Worker } from '@temporalio/worker';
-import { createAgentDirectory } from '../../activities/agent-directory';
-import { startApiServer, type RunningApiServer } from '../../client/api/server';
-import { createHostService } from '../../client/host-service';
+import { createAgentDirectory } from '../../compute/agent-directory';
+import { startApiServer, type RunningApiServer } from '../../api/server';
+import { createHostService } from '../../api/host-service';
 import { createLogger } from '../../common/logger';
 import { createMetrics, type Metrics } from '../../common/metrics';
 import { startOpsServer, type OpsServer } from '../../common/ops-server';

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { freePort } from '../../client/dev-stack/ports';
+import { freePort } from '../../stack/ports';
 import { createInventory } from '../../inventory';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 import { spawnDhm, type DhmRun } from '../support/dhm-process';

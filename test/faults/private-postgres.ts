@@ -3,7 +3,7 @@
  * CommonJS sandbox cannot load. Usage: node -r @swc-node/register test/faults/private-postgres.ts <stateDir> <port>.
  * Prints one JSON line {"databaseUrl": …} once up; SIGTERM stops Postgres (its data stays in stateDir) and exits.
  */
-import { startDevStack } from '../../client/dev-stack';
+import { startDevStack } from '../../stack';
 import { loadEnv } from '../../common/config';
 import { createLogger } from '../../common/logger';
 

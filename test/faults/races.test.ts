@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { MigrationAlreadyRunningError, MigrationRequestRefused } from '../../client/migrations';
-import { createHostService, type HostService } from '../../client/host-service';
+import { createHostService, type HostService } from '../../api/host-service';
 import { createLogger } from '../../common/logger';
 import { InventoryError } from '../../inventory/errors';
 import { statusQuery } from '../../workflows/messages';

@@ -2,8 +2,8 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { isAlive } from '../../client/dev-stack/pidfile';
-import { cachedCliPath } from '../../client/temporal-cli';
+import { isAlive } from '../../stack/pidfile';
+import { cachedCliPath } from '../../stack/tools/temporal-cli';
 import { isolatedDhmEnv, spawnDhm, waitForOutput } from '../support/dhm-process';
 
 function pidsOf(stateDir: string): number[] {

@@ -2,8 +2,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Client } from 'pg';
-import { PASSWORD_FILE, startEmbeddedPostgres } from '../../client/dev-stack/embedded-postgres';
-import { freePort } from '../../client/dev-stack/ports';
+import { PASSWORD_FILE, startEmbeddedPostgres } from '../../stack/embedded-postgres';
+import { freePort } from '../../stack/ports';
 import { createLogger } from '../../common/logger';
 
 /**

@@ -3,9 +3,9 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { freePort } from '../../client/dev-stack/ports';
-import { isAlive } from '../../client/dev-stack/pidfile';
-import { ROOT_PLACEMENT_DIR } from '../../client/dev-stack/embedded-postgres';
+import { freePort } from '../../stack/ports';
+import { isAlive } from '../../stack/pidfile';
+import { ROOT_PLACEMENT_DIR } from '../../stack/embedded-postgres';
 import { isolatedDhmEnv, spawnDhm, waitForOutput, type DhmRun } from '../support/dhm-process';
 
 /**

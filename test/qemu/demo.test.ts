@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { freePort } from '../../client/dev-stack/ports';
+import { freePort } from '../../stack/ports';
 import { runQemuSetup } from '../../compute/qemu/tools';
 import { eventually } from '../support/system';
 import { processesMatching, qemuUnder } from './helpers';

@@ -2,8 +2,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { bundleWorkflowCode } from '@temporalio/worker';
-import { startDevStack } from '../../client/dev-stack';
-import { freePort } from '../../client/dev-stack/ports';
+import { startDevStack } from '../../stack';
+import { freePort } from '../../stack/ports';
 import { createLogger } from '../../common/logger';
 
 /**

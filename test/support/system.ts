@@ -3,14 +3,16 @@ import type { WorkflowHandle } from '@temporalio/client';
 import type { Fleet, FleetServer } from '../../common/fleet';
 import { createLogger } from '../../common/logger';
 import type { MigrationPolicyInput, MigrationStatus, VmSpec } from '../../common/migration';
-import { createActivities, createAgentDirectory, type AgentDirectory } from '../../activities';
+import { createActivities, type AgentDirectory } from '../../activities';
+import { loadEnv } from '../../common/config';
+import { startControlPlane } from '../../stack/control-plane';
 import { createAgentClient, type AgentClient } from '../../compute/agent-client';
 import { startFleetAgents, type FleetAgentsOptions } from '../../compute/fleet-agents';
 import { createInventory, type Inventory } from '../../inventory';
 import { startMigration } from '../../client/migrations';
 import { statusQuery } from '../../workflows/messages';
 import type { migrateDedicatedHost } from '../../workflows/migrate-dedicated-host';
-import { startScheduler, type RunningScheduler } from '../../workers/scheduler';
+import type { RunningScheduler } from '../../workers/scheduler';
 import { createTestDatabase, type TestDatabase } from './database';
 import { testFleet } from './fleets';
 import { connectTestTemporal, type RunningWorker, type TestTemporal } from './temporal';
@@ -60,19 +62,23 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
   const agentUrls = new Map<string, string>(opts.externalAgents ?? [...fleetAgents.agents].map(([id, a]) => [id, a.url]));
   await inventory.seedFleet(fleet, agentUrls);
   const temporal = await connectTestTemporal(opts.temporalAddress);
-  const agents = createAgentDirectory({
-    lookupAgentUrl: async (serverId) => {
-      const s = await inventory.getServer(serverId);
-      if (!s) throw new Error(`unknown server ${serverId}`);
-      return s.agentUrl;
-    },
+  // The product's composition root builds the agent directory and the scheduler; the worker is the suite's (its
+  // bundle, built once, and heartbeat settings the tests wait on).
+  const plane = await startControlPlane({
+    env: loadEnv({}),
+    logger,
+    store: { pool: db.pool, inventory, close: async () => undefined },
+    agentCredentials: {},
+    temporal: { address: temporal.address, namespace: 'default', taskQueue: temporal.taskQueue },
+    scheduler: { databaseUrl: db.url, schedulerId: `sched-${randomBytes(3).toString('hex')}`, sweepIntervalMs: 1000, staleClaimMs: 5000 },
   });
+  const { agents } = plane;
+  const scheduler = plane.scheduler!;
   const worker = await temporal.startWorker({
     activities: createActivities({ inventory, agents }),
     maxHeartbeatThrottleInterval: '500ms',
     defaultHeartbeatThrottleInterval: '500ms',
   });
-  const scheduler = await startScheduler({ inventory, databaseUrl: db.url, schedulerId: `sched-${randomBytes(3).toString('hex')}`, logger, sweepIntervalMs: 1000, staleClaimMs: 5000 });
   const clients = new Map<string, AgentClient>();
   let counter = 0;
   return {
@@ -118,7 +124,7 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
       return temporal.client.workflow.getHandle(`migration-${hostId}`).query(statusQuery);
     },
     async stop(this: TestSystem) {
-      await this.scheduler.stop();
+      await plane.stop();
       await temporal.close();
       await fleetAgents.stop();
       await db.drop();

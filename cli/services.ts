@@ -1,0 +1,169 @@
+import type { Command } from 'commander';
+import type { Pool } from 'pg';
+import { loadEnv, type Env } from '../common/config';
+import { UserFacingError } from '../common/errors';
+import { createLogger, type Logger } from '../common/logger';
+import { createMetrics, type Metrics } from '../common/metrics';
+import { startOpsServer, type ReadinessCheck } from '../common/ops-server';
+import { installTemporalRuntime } from '../common/temporal-runtime';
+import { startFleetAgents } from '../compute/fleet-agents';
+import { loadFleetFile } from '../inventory/fleet-file';
+import { openInventoryStore, startControlPlane, type ControlPlaneOptions, type InventoryStore } from '../stack/control-plane';
+import { untilSignal } from './up';
+
+/** What every long-running service needs from the environment; one line naming the variable when missing. */
+function required(env: Env, name: 'DATABASE_URL' | 'TEMPORAL_ADDRESS'): string {
+  const v = env[name];
+  if (!v) throw new UserFacingError(`${name}: required for this service (\`dhm up\` runs everything with embedded defaults)`, name);
+  return v;
+}
+
+function openStore(env: Env, logger: Logger): Promise<InventoryStore> {
+  return openInventoryStore({ databaseUrl: required(env, 'DATABASE_URL'), poolSize: env.DATABASE_POOL_SIZE, logger });
+}
+
+/** The control plane for one role, on the configured Temporal namespace and task queue. */
+function controlPlane(env: Env, logger: Logger, store: InventoryStore, roles: Partial<Pick<ControlPlaneOptions, 'worker' | 'scheduler' | 'api'>>) {
+  return startControlPlane({
+    env,
+    logger,
+    store,
+    agentCredentials: { secret: env.DHM_AGENT_SECRET },
+    temporal: { namespace: env.TEMPORAL_NAMESPACE, taskQueue: env.TEMPORAL_TASK_QUEUE },
+    ...roles,
+  });
+}
+
+/**
+ * The ops endpoints (/healthz, /readyz, /metrics) of a role without an HTTP API, on DHM_METRICS_PORT when set.
+ * Returns its stop function (a no-op when the port is unset).
+ */
+async function opsEndpoints(env: Env, logger: Logger, metrics: Metrics, readiness: Record<string, ReadinessCheck>): Promise<() => Promise<void>> {
+  if (env.DHM_METRICS_PORT === undefined) return async () => undefined;
+  const ops = await startOpsServer({ host: env.DHM_METRICS_HOST, port: env.DHM_METRICS_PORT, metrics, readiness, logger });
+  return ops.stop;
+}
+
+const postgresAnswers = (pool: Pool): ReadinessCheck => async () => void (await pool.query('SELECT 1'));
+
+/** Runs `body` until SIGTERM/SIGINT, then its stop function; exits 0 after a clean stop. */
+async function serve(name: string, body: (env: Env, logger: Logger) => Promise<() => Promise<void>>): Promise<void> {
+  const env = loadEnv();
+  const logger = createLogger(name, env.LOG_LEVEL);
+  const signal = untilSignal();
+  const stop = await body(env, logger);
+  logger.info('ready');
+  logger.info({ signal: await signal }, 'stopping');
+  await stop();
+  process.exit(0);
+}
+
+/** The separate processes of a production deployment; one image, the command selects the role. */
+export function registerServiceCommands(program: Command): void {
+  program
+    .command('worker')
+    .description('run a migration worker (workflows + activities) on TEMPORAL_TASK_QUEUE; SIGTERM hands moves over')
+    .action(() =>
+      serve('migration-worker', async (env, logger) => {
+        const sdkMetrics = env.DHM_TEMPORAL_METRICS_PORT;
+        installTemporalRuntime(logger, sdkMetrics === undefined ? {} : { metricsBindAddress: `${bindHost(env.DHM_METRICS_HOST)}:${sdkMetrics}` });
+        const store = await openStore(env, logger);
+        const metrics = createMetrics({ role: 'worker' });
+        const plane = await controlPlane(env, logger, store, { worker: { metrics } });
+        const { worker, connection } = plane.worker!;
+        const stopOps = await opsEndpoints(env, logger, metrics, {
+          postgres: postgresAnswers(store.pool),
+          temporal: async () => void (await connection.withDeadline(Date.now() + 2_000, () => connection.workflowService.getSystemInfo({}))),
+          worker: async () => {
+            if (worker.getState() !== 'RUNNING') throw new Error(`worker is ${worker.getState()}`);
+          },
+        });
+        return async () => {
+          await plane.stop();
+          await stopOps();
+          await store.close();
+        };
+      }),
+    );
+
+  program
+    .command('scheduler')
+    .description('run the scheduler that de-provisions servers whose host incarnation was deleted')
+    .action(() =>
+      serve('scheduler', async (env, logger) => {
+        const store = await openStore(env, logger);
+        const metrics = createMetrics({ role: 'scheduler' });
+        const plane = await controlPlane(env, logger, store, { scheduler: { databaseUrl: required(env, 'DATABASE_URL'), metrics } });
+        const scheduler = plane.scheduler!;
+        const stopOps = await opsEndpoints(env, logger, metrics, {
+          postgres: postgresAnswers(store.pool),
+          listen: async () => {
+            if (!scheduler.listening()) throw new Error('LISTEN connection down (sweeping only)');
+          },
+        });
+        return async () => {
+          await stopOps();
+          await plane.stop();
+          await store.close();
+        };
+      }),
+    );
+
+  program
+    .command('api')
+    .description('run the HTTP API')
+    .action(() =>
+      serve('api', async (env, logger) => {
+        if (!env.DHM_OPERATOR_TOKEN) throw new UserFacingError('DHM_OPERATOR_TOKEN: required for the API service', 'DHM_OPERATOR_TOKEN');
+        const store = await openStore(env, logger);
+        const plane = await controlPlane(env, logger, store, {
+          api: { operatorToken: env.DHM_OPERATOR_TOKEN, host: env.DHM_API_HOST, port: env.DHM_API_PORT, metrics: createMetrics({ role: 'api' }) },
+        });
+        return async () => {
+          await plane.stop();
+          await store.close();
+        };
+      }),
+    );
+
+  program
+    .command('agents')
+    .description('run sim host agents for the servers of a fleet file and register them in the inventory')
+    .option('--fleet <file>', 'fleet file (default DHM_FLEET_FILE or the built-in default)')
+    .action((o: { fleet?: string }) =>
+      serve('agents', async (env, logger) => {
+        const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
+        const store = await openStore(env, logger);
+        const { inventory, pool } = store;
+        const metrics = createMetrics({ role: 'agents' });
+        const agents = await startFleetAgents(fleet, {
+          timeScale: env.DHM_TIME_SCALE,
+          secret: env.DHM_AGENT_SECRET,
+          logger,
+          host: env.DHM_AGENT_HOST,
+          ...(env.DHM_AGENT_ADVERTISE_HOST ? { advertiseHost: env.DHM_AGENT_ADVERTISE_HOST } : {}),
+          metrics,
+        });
+        await inventory.seedFleet(fleet, new Map([...agents.agents].map(([id, a]) => [id, a.url])), { actor: 'agents' });
+        const stopOps = await opsEndpoints(env, logger, metrics, {
+          postgres: postgresAnswers(pool),
+          ...Object.fromEntries(
+            [...agents.agents.values()].map((a) => [a.serverId, async () => {
+              const r = await fetch(`${a.url}/readyz`, { signal: AbortSignal.timeout(2_000) });
+              if (!r.ok) throw new Error(`agent answers ${r.status}`);
+            }]),
+          ),
+        });
+        return async () => {
+          await stopOps();
+          await agents.stop();
+          await store.close();
+        };
+      }),
+    );
+}
+
+/** The SDK's exporter takes `host:port`; an IPv6 literal needs brackets. */
+function bindHost(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+}

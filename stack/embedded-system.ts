@@ -1,0 +1,151 @@
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { AgentDirectory } from '../compute/agent-directory';
+import type { Env } from '../common/config';
+import type { Fleet } from '../common/fleet';
+import type { Logger } from '../common/logger';
+import { installTemporalRuntime } from '../common/temporal-runtime';
+import { createAgentClient } from '../compute/agent-client';
+import { startFleetAgents, type FleetAgentsOptions } from '../compute/fleet-agents';
+import type { Inventory } from '../inventory';
+import { loadFleetFile } from '../inventory/fleet-file';
+import { startDevStack, type DevStack, type DevStackOptions } from '.';
+import type { HostService } from '../api/host-service';
+import { openInventoryStore, startControlPlane, type ControlPlane } from './control-plane';
+import { stopInReverse } from '../common/stop-in-reverse';
+
+export interface Credentials {
+  apiUrl: string;
+  operatorToken: string;
+  temporalAddress: string;
+  temporalUiUrl: string | null;
+}
+
+export interface EmbeddedSystem {
+  stack: DevStack;
+  inventory: Inventory;
+  agents: AgentDirectory;
+  hostService: HostService;
+  temporal: NonNullable<ControlPlane['temporal']>;
+  fleet: Fleet;
+  credentials: Credentials;
+  credentialsFile: string;
+  stop(): Promise<void>;
+}
+
+export function credentialsPath(env: Env): string {
+  return path.join(env.DHM_HOME, 'credentials.json');
+}
+
+/**
+ * Everything `dhm up` runs in one foreground process: Postgres and the Temporal dev server (or external ones), one
+ * host agent per server of the fleet file (sim ones unless `backendFilter` lets others run), a migration worker, the
+ * scheduler and the HTTP API.
+ */
+export async function startEmbeddedSystem(opts: {
+  env: Env;
+  logger: Logger;
+  fleet?: Fleet;
+  timeScale?: number;
+  stateDir?: string;
+  apiPort?: number;
+  /** Which fleet servers get an agent here (default: the `sim` ones; `qemu` servers run real VMs: opt in). */
+  backendFilter?: FleetAgentsOptions['backendFilter'];
+  /** Options of the `qemu` agents. */
+  qemu?: FleetAgentsOptions['qemu'];
+  /**
+   * Agents already running elsewhere (a testbed's, inside their namespaces), by server id: none is started here, and
+   * no bearer secret is sent to them (it would cross their network in plaintext; they take none).
+   */
+  externalAgents?: ReadonlyMap<string, string>;
+  /** Cluster mode (DHM_TEMPORAL_MODE=cluster): schema upgrade, readiness deadline. */
+  cluster?: DevStackOptions['cluster'];
+}): Promise<EmbeddedSystem> {
+  const { env, logger } = opts;
+  installTemporalRuntime(logger);
+  const stops: Array<() => Promise<void>> = [];
+  const stopAll = () => stopInReverse(stops, logger, 'the embedded system');
+  try {
+    const stack = await startDevStack({ env, logger, stateDir: opts.stateDir, cluster: opts.cluster });
+    stops.push(stack.stop);
+    const store = await openInventoryStore({ databaseUrl: stack.databaseUrl, poolSize: env.DATABASE_POOL_SIZE, logger });
+    stops.push(store.close);
+    const { inventory } = store;
+
+    const fleet = opts.fleet ?? loadFleetFile(env.DHM_FLEET_FILE);
+    const external = opts.externalAgents;
+    const agentSecret = external ? undefined : (env.DHM_AGENT_SECRET ?? randomBytes(24).toString('base64url'));
+    const fleetAgents = external
+      ? { agents: new Map<string, { url: string }>(), stop: async () => undefined }
+      : await startFleetAgents(fleet, {
+          timeScale: opts.timeScale ?? env.DHM_TIME_SCALE,
+          secret: agentSecret,
+          logger: logger.child({ component: 'agent' }),
+          backendFilter: opts.backendFilter,
+          qemu: opts.qemu,
+        });
+    stops.push(() => fleetAgents.stop());
+    const agentUrls = new Map(external ?? [...fleetAgents.agents].map(([id, a]) => [id, a.url]));
+    await inventory.seedFleet(fleet, agentUrls, { actor: 'dhm-up' });
+    if (agentSecret) await restoreSimulatedVms(inventory, agentUrls, agentSecret, logger);
+
+    // TLS / API key settings apply when the stack uses the configured TEMPORAL_ADDRESS, not its own dev server.
+    const operatorToken = env.DHM_OPERATOR_TOKEN ?? randomBytes(24).toString('base64url');
+    const plane = await startControlPlane({
+      env,
+      logger,
+      store,
+      agentCredentials: { secret: agentSecret },
+      temporal: { address: stack.temporalAddress, namespace: stack.namespace, taskQueue: env.TEMPORAL_TASK_QUEUE },
+      worker: {},
+      scheduler: { databaseUrl: stack.databaseUrl },
+      api: { operatorToken, host: env.DHM_API_HOST, port: opts.apiPort ?? env.DHM_API_PORT },
+    });
+    stops.push(plane.stop);
+    const api = plane.api!;
+    const { agents } = plane;
+    const hostService = plane.hostService!;
+    const temporal = plane.temporal!;
+
+    const credentials: Credentials = { apiUrl: api.url, operatorToken, temporalAddress: stack.temporalAddress, temporalUiUrl: stack.uiUrl };
+    const credentialsFile = path.join(opts.stateDir ?? env.DHM_HOME, 'credentials.json');
+    fs.writeFileSync(credentialsFile, `${JSON.stringify(credentials, null, 2)}\n`, { mode: 0o600 });
+    fs.chmodSync(credentialsFile, 0o600);
+    stops.push(async () => fs.rmSync(credentialsFile, { force: true }));
+
+    return { stack, inventory, agents, hostService, temporal, fleet, credentials, credentialsFile, stop: stopAll };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
+
+/**
+ * Sim agents keep VMs in memory, so after a restart of `dhm up` they are empty while the inventory still lists the
+ * tenants' VMs. Recreate them from the inventory so the embedded fleet matches what tenants were told.
+ */
+async function restoreSimulatedVms(inventory: Inventory, agentUrls: Map<string, string>, secret: string, logger: Logger): Promise<void> {
+  let restored = 0;
+  for (const host of await inventory.listHosts()) {
+    for (const incarnation of await inventory.listIncarnations({ dedicatedHostId: host.id })) {
+      const url = agentUrls.get(incarnation.serverId);
+      if (!url) continue;
+      const agent = createAgentClient({ baseUrl: url, secret });
+      await agent.prepareIncarnation({ incarnationId: incarnation.id, capacity: incarnation.capacity });
+      for (const vm of await inventory.listVms({ dedicatedHostId: host.id })) {
+        if (vm.incarnationId !== incarnation.id || vm.state !== 'running') continue;
+        const workload = vm.workload as { dirtyRateMiBps?: number; workingSetMiB?: number };
+        const spec = {
+          ...vm.spec,
+          ...(typeof workload.dirtyRateMiBps === 'number' && typeof workload.workingSetMiB === 'number'
+            ? { workload: { dirtyRateMiBps: workload.dirtyRateMiBps, workingSetMiB: workload.workingSetMiB } }
+            : {}),
+        };
+        await agent.createVm({ vmId: vm.id, incarnationId: incarnation.id, spec });
+        restored++;
+      }
+    }
+  }
+  if (restored) logger.info({ restored }, 'recreated simulated VMs from the inventory');
+}

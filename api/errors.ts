@@ -79,6 +79,7 @@ const REFUSAL_STATUS: Record<string, { status: number; code: string }> = {
 const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', '57P01', '57P02', '57P03', '53300']);
 const GRPC_UNAVAILABLE = 14;
 const GRPC_DEADLINE_EXCEEDED = 4;
+const GRPC_RESOURCE_EXHAUSTED = 8;
 
 /**
  * The HTTP answer for an error, or null when the error is unexpected (a bug or an outage without a known shape),
@@ -118,6 +119,10 @@ export function toErrorResponse(err: unknown): { status: number; body: ErrorBody
     return { status: e.statusCode, body: body(e.statusCode === 400 ? 'INVALID_INPUT' : 'BAD_REQUEST', String(e.message ?? 'bad request')) };
   }
   const grpc = isGrpcServiceError(err) ? err : err instanceof ServiceError && isGrpcServiceError(err.cause) ? err.cause : undefined;
+  // Temporal's own limits (updates in flight or in total per workflow, rate limits of the namespace): the request was
+  // not taken; the client should slow down and send it again, not see a server error.
+  if (grpc?.code === GRPC_RESOURCE_EXHAUSTED)
+    return { status: 429, body: body('TOO_MANY_REQUESTS', 'the migration is taking too many requests at once; retry shortly', undefined, { retryAfterSeconds: 1 }) };
   if ((typeof e.code === 'string' && UNAVAILABLE_CODES.has(e.code)) || grpc?.code === GRPC_UNAVAILABLE || grpc?.code === GRPC_DEADLINE_EXCEEDED)
     return { status: 503, body: body('UNAVAILABLE', 'a backing service is unavailable; try again') };
   return null;

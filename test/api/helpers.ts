@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
 import { createAgentDirectory } from '../../compute/agent-directory';
+import type { RateLimits } from '../../api/rate-limits';
 import { startApiServer, type ApiLimits, type RunningApiServer } from '../../api/server';
 import { createHostService, type HostService } from '../../api/host-service';
 import type { Fleet } from '../../common/fleet';
@@ -43,7 +44,15 @@ export interface ApiTestSystem {
 
 /** The real system (Postgres, Temporal worker, sim agents, scheduler) plus the API on a free loopback port. */
 export async function startApiTestSystem(
-  opts: { fleet?: Fleet; timeScale?: number; logLevel?: string; bodyLimitBytes?: number; limits?: Partial<ApiLimits> } = {},
+  opts: {
+    fleet?: Fleet;
+    timeScale?: number;
+    logLevel?: string;
+    bodyLimitBytes?: number;
+    limits?: Partial<ApiLimits>;
+    rateLimits?: Partial<RateLimits>;
+    maxRequestsInFlightPerMigration?: number;
+  } = {},
 ): Promise<ApiTestSystem> {
   const sys = await startTestSystem({ fleet: opts.fleet, timeScale: opts.timeScale });
   sys.db.pool.on('error', () => undefined); // the database is dropped at the end while idle clients may still close
@@ -51,7 +60,7 @@ export async function startApiTestSystem(
   const logger = pino({ level: opts.logLevel ?? 'warn' }, { write: (line: string) => void logs.push(line) });
   const agents = createAgentDirectory({ lookupAgentUrl: async (serverId) => (await sys.inventory.getServer(serverId)).agentUrl });
   const temporal = { client: sys.temporal.client, taskQueue: sys.temporal.taskQueue };
-  const hostService = createHostService({ inventory: sys.inventory, agents, temporal, logger });
+  const hostService = createHostService({ inventory: sys.inventory, agents, temporal, logger, maxRequestsInFlightPerMigration: opts.maxRequestsInFlightPerMigration });
   const operatorToken = `op_${randomBytes(24).toString('hex')}`;
   const api = await startApiServer({
     inventory: sys.inventory,
@@ -63,6 +72,7 @@ export async function startApiTestSystem(
     port: 0,
     ...(opts.bodyLimitBytes ? { bodyLimitBytes: opts.bodyLimitBytes } : {}),
     ...(opts.limits ? { limits: opts.limits } : {}),
+    ...(opts.rateLimits ? { rateLimits: opts.rateLimits } : {}),
   });
 
   const call = async (method: string, path: string, o: CallOptions = {}): Promise<ApiResponse> => {

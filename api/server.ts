@@ -1,6 +1,8 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import * as fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
+import type { Env } from '../common/config';
 import { UserFacingError } from '../common/errors';
 import { createMetrics, observeHttp, type Metrics } from '../common/metrics';
 import type { HostService } from './host-service';
@@ -252,6 +254,14 @@ export interface RunningApiServer {
   url: string;
   app: FastifyInstance;
   stop(): Promise<void>;
+}
+
+/** TLS (DHM_API_TLS_CERT / DHM_API_TLS_KEY, PEM files) and the sealing key (DHM_API_SEALING_KEY) from the environment. */
+export function apiSecurityFromEnv(env: Pick<Env, 'DHM_API_TLS_CERT' | 'DHM_API_TLS_KEY' | 'DHM_API_SEALING_KEY'>): Pick<ApiDeps, 'tls' | 'sealingKey'> {
+  return {
+    ...(env.DHM_API_TLS_CERT && env.DHM_API_TLS_KEY ? { tls: { cert: fs.readFileSync(env.DHM_API_TLS_CERT), key: fs.readFileSync(env.DHM_API_TLS_KEY) } } : {}),
+    ...(env.DHM_API_SEALING_KEY ? { sealingKey: env.DHM_API_SEALING_KEY } : {}),
+  };
 }
 
 /** Builds the API and listens (default 127.0.0.1; port 0 picks a free one). */

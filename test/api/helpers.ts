@@ -50,7 +50,13 @@ export async function startApiTestSystem(
     logLevel?: string;
     bodyLimitBytes?: number;
     limits?: Partial<ApiLimits>;
+    /** Default: far above what any test that is not about rates sends (those pass their own). */
     rateLimits?: Partial<RateLimits>;
+    /**
+     * `generous` (default): tenants made by `tenant()` get quotas no test that is not about quotas meets;
+     * `default`: they keep the inventory's defaults (2 hosts per zone and class, 50 requests/s).
+     */
+    tenantQuotas?: 'generous' | 'default';
     maxRequestsInFlightPerMigration?: number;
   } = {},
 ): Promise<ApiTestSystem> {
@@ -72,7 +78,7 @@ export async function startApiTestSystem(
     port: 0,
     ...(opts.bodyLimitBytes ? { bodyLimitBytes: opts.bodyLimitBytes } : {}),
     ...(opts.limits ? { limits: opts.limits } : {}),
-    ...(opts.rateLimits ? { rateLimits: opts.rateLimits } : {}),
+    rateLimits: opts.rateLimits ?? { perAddressPerSecond: 100_000, operatorPerSecond: 100_000 },
   });
 
   const call = async (method: string, path: string, o: CallOptions = {}): Promise<ApiResponse> => {
@@ -106,6 +112,8 @@ export async function startApiTestSystem(
     async tenant(name) {
       const r = await call('POST', '/v1/tenants', { token: operatorToken, body: { name: name ?? `tenant-${++n}` } });
       if (r.status !== 201) throw new Error(`creating a tenant: ${r.status} ${r.text}`);
+      if ((opts.tenantQuotas ?? 'generous') === 'generous')
+        await sys.inventory.setTenantQuotas({ tenantId: r.body.id, hostsPerZoneClass: 1000, requestsPerSecond: 100_000, actor: 'test' });
       return { id: r.body.id, token: r.body.token };
     },
     async host(token, o = {}) {

@@ -122,7 +122,7 @@ describe('the dhm CLI', () => {
     const plain = await run(['hosts'], { ...env, DHM_API_URL: 'http://198.18.0.1:7780', DHM_TOKEN: rotated.token });
     expect(plain.code).not.toBe(0);
     expect(plain.stderr).toMatch(/DHM_API_URL: .*plain HTTP.*DHM_ALLOW_PLAIN_HTTP=1/);
-  });
+  }, 300_000);
 
   it('bad arguments name the option and change nothing', async () => {
     const bad = await run(['vm', 'create', 'dh-x', '--name', 'n', '--memory', '-5'], env);

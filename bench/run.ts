@@ -7,11 +7,13 @@
  *   4. Fleet throughput: N hosts × 10 VMs at once, until errors; where it saturates and why.
  *   5. The qemu backend (real VMs), when its tools are set up.
  *
- * Prints a table, writes bench/results/<date>.json (quick: <date>.quick.json; --out PATH overrides) and the chart
+ * Prints a table, writes bench/results/<start time>.json (quick: <start time>.quick.json; never over an earlier run's; --out PATH overrides) and the chart
  * next to it (.svg). Exits non-zero only if a figure could not be computed — never because a target was missed.
  * Options: --quick, --out PATH, --only 1,2,3 (a subset, for development), --seed N,
  * --temporal dev|cluster|both (default: DHM_TEMPORAL_MODE or dev): benchmarks 2 and 4 on the dev server, on the
- * multi-process cluster, or on both in one run, printed side by side (3 and 5 run on the first).
+ * multi-process cluster, or on both in one run, printed side by side (3 and 5 run on the first);
+ * --workers 1,2 (default 2): benchmarks 2 and 4 once per number of worker processes, side by side, with the CPU of
+ * every process, the machine's and everyone else's, and the load average around each run.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -32,6 +34,8 @@ interface Args {
   only: Set<number>;
   seed: number;
   temporal: TemporalMode[];
+  /** Numbers of worker processes to run benchmarks 2 and 4 with (the first one also runs 3 and 5). */
+  workers?: number[];
 }
 type TemporalMode = 'dev' | 'cluster';
 
@@ -53,9 +57,14 @@ function parseArgs(argv: string[]): Args {
       const v = value();
       if (!['dev', 'cluster', 'both'].includes(v)) throw new Error(`--temporal must be dev, cluster or both (got ${v})`);
       args.temporal = v === 'both' ? ['dev', 'cluster'] : [v as TemporalMode];
+    } else if (a === '--workers') {
+      const v = value();
+      const counts = v.split(',').map(Number);
+      if (!counts.length || counts.some((n) => !Number.isInteger(n) || n < 1 || n > 8)) throw new Error(`--workers must be a list of worker counts from 1 to 8 (got ${v})`);
+      args.workers = [...new Set(counts)];
     }
     else if (a === '--help' || a === '-h') {
-      console.log('usage: npm run bench -- [--quick] [--out results.json] [--only 1,2,3,4,5] [--seed N] [--temporal dev|cluster|both]');
+      console.log('usage: npm run bench -- [--quick] [--out results.json] [--only 1,2,3,4,5] [--seed N] [--temporal dev|cluster|both] [--workers 1,2]');
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
@@ -87,7 +96,17 @@ function machine() {
   };
 }
 
-const today = () => new Date().toISOString().slice(0, 10);
+/**
+ * Where a run's artefacts go by default: its start time to the second (`2026-12-01T21-18-05`), and never a file an
+ * earlier run wrote — every figure the docs quote names a file that stays.
+ */
+function resultPath(startedAt: Date, quick: boolean): string {
+  const stamp = startedAt.toISOString().slice(0, 19).replace(/:/g, '-');
+  for (let n = 1; ; n++) {
+    const file = path.join(__dirname, 'results', `${stamp}${n > 1 ? `-${n}` : ''}${quick ? '.quick' : ''}.json`);
+    if (!fs.existsSync(file)) return file;
+  }
+}
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
@@ -102,7 +121,7 @@ async function main(): Promise<number> {
     try {
       return await fn();
     } catch (err) {
-      problems.push(`${name}: ${err instanceof Error ? err.message : String(err)}`);
+      problems.push(`${name}: ${causes(err)}`);
       console.error(`\n${name} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       return undefined;
     } finally {
@@ -127,49 +146,66 @@ async function main(): Promise<number> {
   const qemu = args.quick ? { ok: false as const, reason: 'not run with --quick (it boots real VMs)' } : await qemuAvailability();
   if (args.only.has(5) && !qemu.ok) b5 = { skipped: qemu.reason };
   const needStack = [2, 3, 4].some((n) => args.only.has(n)) || (args.only.has(5) && qemu.ok);
-  const byTemporal: Partial<Record<TemporalMode, { bench2?: OverheadFigures[]; bench4?: FleetThroughputFigures; bench4CpuPerProcess?: Record<string, number> }>> = {};
+  const byTemporal: Partial<Record<TemporalMode, ModeFigures>> = {};
+  const workerCounts = args.workers ?? [p.workers];
+  // One stack per Temporal and number of workers: the benchmarks' fleets and zones are made once per stack.
   for (const [modeIndex, mode] of (needStack ? args.temporal : []).entries()) {
-    const first = modeIndex === 0;
     const label = mode === 'cluster' ? 'the Temporal cluster (frontend, 2× history, matching, worker on Postgres)' : 'the Temporal dev server (SQLite)';
-    process.env.DHM_TEMPORAL_MODE = mode;
-    console.log(`\nstarting Postgres, ${label} and the workers …`);
-    const stack = await timed(`stack-${mode}`, async () => {
-      const s = await startBenchStack();
-      await s.setWorkers(p.workers);
-      return s;
-    });
-    const figures: NonNullable<(typeof byTemporal)[TemporalMode]> = {};
+    const figures: ModeFigures = {};
     byTemporal[mode] = figures;
-    try {
-      if (stack && args.only.has(2)) {
-        console.log(`\n2. Orchestration overhead (${label}, ${p.workers} workers, moves of ~0 s)`);
-        figures.bench2 = await timed(`bench2-${mode}`, () => benchOverhead(stack, p.overheadSizes, console.log));
-        if (first) b2 = figures.bench2;
+    for (const [wi, workers] of workerCounts.entries()) {
+      const first = modeIndex === 0 && wi === 0;
+      const suffix = workerCounts.length > 1 ? `-${workers}w` : '';
+      process.env.DHM_TEMPORAL_MODE = mode;
+      console.log(`\nstarting Postgres, ${label} and ${workers} worker${workers === 1 ? '' : 's'} …`);
+      const stack = await timed(`stack-${mode}${suffix}`, async () => {
+        const s = await startBenchStack();
+        await s.setWorkers(workers);
+        return s;
+      });
+      const seg: WorkersFigures = { workers, loadAverageStart: os.loadavg() };
+      if (workerCounts.length > 1) (figures.byWorkers ??= {})[workers] = seg;
+      try {
+        if (stack && args.only.has(2)) {
+          console.log(`\n2. Orchestration overhead (${label}, ${workers} worker${workers === 1 ? '' : 's'}, moves of ~0 s)`);
+          const perProcess = processCpuMeter(stack);
+          seg.bench2 = await timed(`bench2-${mode}${suffix}`, () => benchOverhead(stack, p.overheadSizes, console.log));
+          seg.bench2CpuPerProcess = perProcess();
+        }
+        if (stack && first && args.only.has(3)) {
+          console.log(`\n3. Tenant request latency during a ${p.latency.vms}-VM migration (${label})`);
+          b3 = await timed('bench3', () => benchTenantLatency(stack, p.latency, console.log));
+        }
+        if (stack && args.only.has(4)) {
+          console.log(`\n4. Fleet throughput (N hosts × 10 VMs at once, ${label}, ${workers} worker${workers === 1 ? '' : 's'})`);
+          const perProcess = processCpuMeter(stack);
+          seg.bench4 = await timed(`bench4-${mode}${suffix}`, () => benchFleetThroughput(stack, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log));
+          seg.bench4CpuPerProcess = perProcess();
+          console.log(`  CPU % per process over the sweep: ${perProcessText(seg.bench4CpuPerProcess)}`);
+        }
+        if (stack && first && args.only.has(5) && qemu.ok) {
+          console.log('\n5. qemu backend (a real 3-VM host)');
+          // A qemu backend that is there but does not work is reported as such, not as a failed run.
+          const s5 = performance.now();
+          b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({ skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}` }));
+          durationsMs.bench5 = Math.round(performance.now() - s5);
+        }
+      } finally {
+        seg.loadAverageEnd = os.loadavg();
+        if (stack) await timed(`stack-stop-${mode}${suffix}`, () => stack.stop());
       }
-      if (stack && first && args.only.has(3)) {
-        console.log(`\n3. Tenant request latency during a ${p.latency.vms}-VM migration (${label})`);
-        b3 = await timed('bench3', () => benchTenantLatency(stack, p.latency, console.log));
+      if (wi === 0) {
+        // The first worker count gives this Temporal's figures (and the single-mode tables).
+        Object.assign(figures, { bench2: seg.bench2, bench4: seg.bench4, bench4CpuPerProcess: seg.bench4CpuPerProcess });
+        if (first) {
+          b2 = seg.bench2;
+          b4 = seg.bench4;
+        }
       }
-      if (stack && args.only.has(4)) {
-        console.log(`\n4. Fleet throughput (N hosts × 10 VMs at once, ${label}, ${p.workers} workers)`);
-        const perProcess = processCpuMeter(stack);
-        figures.bench4 = await timed(`bench4-${mode}`, () => benchFleetThroughput(stack, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log));
-        figures.bench4CpuPerProcess = perProcess();
-        console.log(`  CPU % per process over the sweep: ${Object.entries(figures.bench4CpuPerProcess).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')}`);
-        if (first) b4 = figures.bench4;
-      }
-      if (stack && first && args.only.has(5) && qemu.ok) {
-        console.log('\n5. qemu backend (a real 3-VM host)');
-        // A qemu backend that is there but does not work is reported as such, not as a failed run.
-        const s5 = performance.now();
-        b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({ skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}` }));
-        durationsMs.bench5 = Math.round(performance.now() - s5);
-      }
-    } finally {
-      if (stack) await timed(`stack-stop-${mode}`, () => stack.stop());
     }
   }
-  if (Object.keys(byTemporal).length > 1) console.log(`\n${renderSideBySide(byTemporal)}`);
+  const sideBySideText = Object.keys(byTemporal).length > 1 || workerCounts.length > 1 ? renderSideBySide(byTemporal, workerCounts) : '';
+  if (sideBySideText) console.log(`\n${sideBySideText}`);
   if (b5 && 'skipped' in b5) console.log(`\n5. qemu backend: skipped: ${b5.skipped}`);
 
   durationsMs.total = Math.round(performance.now() - t0);
@@ -187,15 +223,16 @@ async function main(): Promise<number> {
     bench4: b4,
     bench5: b5,
     temporal: args.temporal,
+    workers: workerCounts,
     byTemporal,
     problems,
   };
-  const out = path.resolve(args.out ?? path.join(__dirname, 'results', `${today()}${args.quick ? '.quick' : ''}.json`));
+  const out = path.resolve(args.out ?? resultPath(startedAt, args.quick));
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   const chartPath = out.replace(/\.json$/, '') + '.svg';
   if (b1) fs.writeFileSync(chartPath, chart(b1));
-  const sideBySide = Object.keys(byTemporal).length > 1 ? `\n\n## Benchmarks 2 and 4, side by side\n\n\`\`\`\n${renderSideBySide(byTemporal)}\n\`\`\`\n` : '';
+  const sideBySide = sideBySideText ? `\n\n## Benchmarks 2 and 4, side by side\n\n\`\`\`\n${sideBySideText}\n\`\`\`\n` : '';
   fs.writeFileSync(out.replace(/\.json$/, '') + '.md', renderMarkdown(result) + sideBySide);
 
   console.log('\n' + renderSummary({ b1, b2, b3, b4, b5 }));
@@ -222,26 +259,90 @@ function processCpuMeter(stack: BenchStack): () => Record<string, number> {
   };
 }
 
-/** Benchmarks 2 and 4 on each Temporal, one row per measurement. */
-function renderSideBySide(by: Partial<Record<TemporalMode, { bench2?: OverheadFigures[]; bench4?: FleetThroughputFigures; bench4CpuPerProcess?: Record<string, number> }>>): string {
-  const modes = Object.keys(by) as TemporalMode[];
+/** Benchmarks 2 and 4 with one number of worker processes, and what the machine did meanwhile. */
+interface WorkersFigures {
+  workers: number;
+  bench2?: OverheadFigures[];
+  /** CPU % of a core of each Temporal process, Postgres and the workers over benchmark 2. */
+  bench2CpuPerProcess?: Record<string, number>;
+  bench4?: FleetThroughputFigures;
+  bench4CpuPerProcess?: Record<string, number>;
+  loadAverageStart: number[];
+  loadAverageEnd?: number[];
+}
+
+/** One Temporal's figures: those of the first worker count, and with `--workers a,b` those of each count. */
+interface ModeFigures {
+  bench2?: OverheadFigures[];
+  bench4?: FleetThroughputFigures;
+  bench4CpuPerProcess?: Record<string, number>;
+  byWorkers?: Record<number, WorkersFigures>;
+}
+
+/** Where a run stood at its best step: throughput per core, and the process that used the most CPU. */
+function fleetEfficiency(b4: FleetThroughputFigures, perProcess: Record<string, number> | undefined): { perMachineCore: number; perCoreUsed: number; coresUsed: number; others: number; top: string } | null {
+  const best = b4.steps.filter((s) => s.errors.length === 0).sort((a, b) => b.hostsPerMinute - a.hostsPerMinute)[0];
+  if (!best) return null;
+  const c = best.cpu;
+  const ours = c.temporal + c.workers + c.postgres + c.agentsAndBench;
+  const coresUsed = ours / 100;
+  const top = Object.entries(perProcess ?? {}).sort((a, b) => b[1] - a[1])[0];
+  return {
+    perMachineCore: best.hostsPerMinute / c.cores,
+    perCoreUsed: best.hostsPerMinute / coresUsed,
+    coresUsed,
+    others: Math.max(0, c.machine - ours),
+    top: top ? `${top[0]} ${top[1].toFixed(0)} %` : '—',
+  };
+}
+
+/** Benchmarks 2 and 4 on each Temporal and each number of worker processes, one row per measurement. */
+function renderSideBySide(by: Partial<Record<TemporalMode, ModeFigures>>, workerCounts: number[]): string {
+  const cols: { name: string; f: WorkersFigures }[] = [];
+  for (const mode of Object.keys(by) as TemporalMode[]) {
+    const m = by[mode]!;
+    if (m.byWorkers) for (const w of workerCounts.filter((n) => m.byWorkers![n])) cols.push({ name: `${mode} ×${w}w`, f: m.byWorkers[w]! });
+    else cols.push({ name: mode, f: { workers: workerCounts[0]!, bench2: m.bench2, bench4: m.bench4, bench4CpuPerProcess: m.bench4CpuPerProcess, loadAverageStart: [] } });
+  }
   const rows: Cell[][] = [];
-  const sizes = [...new Set(modes.flatMap((m) => (by[m]?.bench2 ?? []).map((o) => o.vms)))];
+  const sizes = [...new Set(cols.flatMap((c) => (c.f.bench2 ?? []).map((o) => o.vms)))];
   for (const n of sizes) {
-    const o = (m: TemporalMode) => by[m]?.bench2?.find((x) => x.vms === n);
-    rows.push([`2. ms per VM at ${n} VMs`, ...modes.map((m) => fmt(o(m)?.msPerVm ?? NaN, 1))]);
+    const o = (c: (typeof cols)[number]) => c.f.bench2?.find((x) => x.vms === n);
+    rows.push([`2. ms per VM at ${n} VMs`, ...cols.map((c) => fmt(o(c)?.msPerVm ?? NaN, 1))]);
+    rows.push([`2. wf task p50/p95 ms at ${n} VMs`, ...cols.map((c) => (o(c) ? `${fmt(o(c)!.history.workflowTaskMs.p50, 0)}/${fmt(o(c)!.history.workflowTaskMs.p95, 0)}` : '—'))]);
+    rows.push([`2. CPU % T/wk/pg, machine at ${n}`, ...cols.map((c) => (o(c) ? `${fmt(o(c)!.cpu.temporal, 0)}/${fmt(o(c)!.cpu.workers, 0)}/${fmt(o(c)!.cpu.postgres, 0)}, ${fmt(o(c)!.cpu.machine, 0)}` : '—'))]);
   }
-  const steps = [...new Set(modes.flatMap((m) => (by[m]?.bench4?.steps ?? []).map((s) => s.hosts)))];
+  if (cols.some((c) => c.f.bench2CpuPerProcess)) rows.push(['2. CPU % per process', ...cols.map((c) => perProcessText(c.f.bench2CpuPerProcess))]);
+  const steps = [...new Set(cols.flatMap((c) => (c.f.bench4?.steps ?? []).map((s) => s.hosts)))];
   for (const n of steps) {
-    const st = (m: TemporalMode) => by[m]?.bench4?.steps.find((x) => x.hosts === n);
-    rows.push([`4. hosts/min at N=${n}`, ...modes.map((m) => fmt(st(m)?.hostsPerMinute ?? NaN, 1))]);
-    rows.push([`4. workflow task ms at N=${n}`, ...modes.map((m) => fmt(st(m)?.workflowTaskMs ?? NaN, 0))]);
-    rows.push([`4. CPU % Temporal/workers/pg at N=${n}`, ...modes.map((m) => (st(m) ? `${fmt(st(m)!.cpu.temporal, 0)}/${fmt(st(m)!.cpu.workers, 0)}/${fmt(st(m)!.cpu.postgres, 0)}` : '—'))]);
+    const st = (c: (typeof cols)[number]) => c.f.bench4?.steps.find((x) => x.hosts === n);
+    rows.push([`4. hosts/min at N=${n}`, ...cols.map((c) => fmt(st(c)?.hostsPerMinute ?? NaN, 1))]);
+    rows.push([`4. wf task ms at N=${n}`, ...cols.map((c) => fmt(st(c)?.workflowTaskMs ?? NaN, 0))]);
+    rows.push([`4. act. wait ms at N=${n}`, ...cols.map((c) => fmt(st(c)?.activityScheduleToStartMs ?? NaN, 0))]);
+    rows.push([`4. CPU % T/wk/pg/agents at N=${n}`, ...cols.map((c) => (st(c) ? `${fmt(st(c)!.cpu.temporal, 0)}/${fmt(st(c)!.cpu.workers, 0)}/${fmt(st(c)!.cpu.postgres, 0)}/${fmt(st(c)!.cpu.agentsAndBench, 0)}` : '—'))]);
+    rows.push([`4. machine / others % at N=${n}`, ...cols.map((c) => (st(c) ? `${fmt(st(c)!.cpu.machine, 0)} / ${fmt(Math.max(0, st(c)!.cpu.machine - st(c)!.cpu.temporal - st(c)!.cpu.workers - st(c)!.cpu.postgres - st(c)!.cpu.agentsAndBench), 0)}` : '—'))]);
   }
-  rows.push(['4. best hosts/min', ...modes.map((m) => fmt(by[m]?.bench4?.bestHostsPerMinute ?? NaN, 1))]);
-  rows.push(['4. saturates at N', ...modes.map((m) => String(by[m]?.bench4?.saturatesAtN ?? '—'))]);
-  rows.push(['4. CPU % per process (sweep)', ...modes.map((m) => Object.entries(by[m]?.bench4CpuPerProcess ?? {}).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', '))]);
-  return `Side by side: ${modes.join(' vs ')}\n${textTable(['', ...modes], rows)}`;
+  rows.push(['4. best hosts/min', ...cols.map((c) => fmt(c.f.bench4?.bestHostsPerMinute ?? NaN, 1))]);
+  rows.push(['4. saturates at N', ...cols.map((c) => String(c.f.bench4?.saturatesAtN ?? '—'))]);
+  const eff = cols.map((c) => (c.f.bench4 ? fleetEfficiency(c.f.bench4, c.f.bench4CpuPerProcess) : null));
+  rows.push(['4. hosts/min per machine core', ...eff.map((e) => fmt(e?.perMachineCore ?? NaN, 1))]);
+  rows.push(['4. hosts/min per core used (best N)', ...eff.map((e) => (e ? `${fmt(e.perCoreUsed, 1)} (${fmt(e.coresUsed, 2)} cores)` : '—'))]);
+  rows.push(['4. others\' CPU % at best N', ...eff.map((e) => fmt(e?.others ?? NaN, 0))]);
+  rows.push(['4. top process (sweep)', ...eff.map((e) => e?.top ?? '—')]);
+  rows.push(['4. CPU % per process (sweep)', ...cols.map((c) => perProcessText(c.f.bench4CpuPerProcess))]);
+  rows.push(['load average start → end', ...cols.map((c) => (c.f.loadAverageStart.length ? `${c.f.loadAverageStart.map((l) => l.toFixed(1)).join(' ')} → ${(c.f.loadAverageEnd ?? []).map((l) => l.toFixed(1)).join(' ')}` : '—'))]);
+  return `Side by side: ${cols.map((c) => c.name).join(' vs ')} (T = Temporal, wk = workers, pg = Postgres; % of one core, the machine has ${os.cpus().length})\n${textTable(['', ...cols.map((c) => c.name)], rows)}`;
+}
+
+/** An error and its causes in one line (a failed workflow's reason is in its cause). */
+function causes(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err; e && parts.length < 5; e = (e as { cause?: unknown }).cause) parts.push(e instanceof Error ? e.message : String(e));
+  return parts.join(': ');
+}
+
+function perProcessText(p: Record<string, number> | undefined): string {
+  return p ? Object.entries(p).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ') : '—';
 }
 
 // ---- figures that must exist ------------------------------------------------------------------------------------

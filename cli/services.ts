@@ -5,10 +5,12 @@ import { UserFacingError } from '../common/errors';
 import { createLogger, type Logger } from '../common/logger';
 import { createMetrics, type Metrics } from '../common/metrics';
 import { startOpsServer, type ReadinessCheck } from '../common/ops-server';
+import { connectTemporalClient } from '../common/temporal-connection';
 import { installTemporalRuntime } from '../common/temporal-runtime';
 import { startFleetAgents } from '../compute/fleet-agents';
 import { loadFleetFile } from '../inventory/fleet-file';
 import { openInventoryStore, startControlPlane, type ControlPlaneOptions, type InventoryStore } from '../stack/control-plane';
+import { requireSearchAttributes } from '../stack/temporal-namespace';
 import { untilSignal } from './up';
 
 /** What every long-running service needs from the environment; one line naming the variable when missing. */
@@ -20,6 +22,19 @@ function required(env: Env, name: 'DATABASE_URL' | 'TEMPORAL_ADDRESS'): string {
 
 function openStore(env: Env, logger: Logger): Promise<InventoryStore> {
   return openInventoryStore({ databaseUrl: required(env, 'DATABASE_URL'), poolSize: env.DATABASE_POOL_SIZE, logger });
+}
+
+/**
+ * Before a role that starts or lists migrations touches anything: dhm's search attributes are on the namespace (a
+ * migration cannot start without them). Refused in one line naming what is missing and how to register it.
+ */
+async function checkNamespace(env: Env): Promise<void> {
+  const connection = await connectTemporalClient(env);
+  try {
+    await requireSearchAttributes(connection, env.TEMPORAL_NAMESPACE);
+  } finally {
+    await connection.close();
+  }
 }
 
 /** The control plane for one role, on the configured Temporal namespace and task queue. */
@@ -67,6 +82,7 @@ export function registerServiceCommands(program: Command): void {
       serve('migration-worker', async (env, logger) => {
         const sdkMetrics = env.DHM_TEMPORAL_METRICS_PORT;
         installTemporalRuntime(logger, sdkMetrics === undefined ? {} : { metricsBindAddress: `${bindHost(env.DHM_METRICS_HOST)}:${sdkMetrics}` });
+        await checkNamespace(env);
         const store = await openStore(env, logger);
         const metrics = createMetrics({ role: 'worker' });
         const plane = await controlPlane(env, logger, store, { worker: { metrics } });
@@ -115,6 +131,7 @@ export function registerServiceCommands(program: Command): void {
     .action(() =>
       serve('api', async (env, logger) => {
         if (!env.DHM_OPERATOR_TOKEN) throw new UserFacingError('DHM_OPERATOR_TOKEN: required for the API service', 'DHM_OPERATOR_TOKEN');
+        await checkNamespace(env);
         const store = await openStore(env, logger);
         const plane = await controlPlane(env, logger, store, {
           api: { operatorToken: env.DHM_OPERATOR_TOKEN, host: env.DHM_API_HOST, port: env.DHM_API_PORT, metrics: createMetrics({ role: 'api' }) },

@@ -6,6 +6,7 @@ import { CUSTOM_SEARCH_ATTRIBUTES } from '../common/search-attributes';
 import { waitFor } from './ports';
 
 const KEYWORD = temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD;
+const GRPC_NOT_FOUND = 5;
 const GRPC_ALREADY_EXISTS = 6;
 const GRPC_PERMISSION_DENIED = 7;
 const GRPC_UNIMPLEMENTED = 12;
@@ -52,4 +53,32 @@ export async function ensureSearchAttributes(connection: Connection, namespace: 
     if (still.length) throw new Error(`still missing ${still.join(', ')}`);
   }, 30_000, 250);
   return toAdd;
+}
+
+/**
+ * The roles' start check (`dhm worker`, `dhm api`): every search attribute of dhm is registered on the namespace, as
+ * Keyword. A role never registers them itself (that is an admin's act, or `dhm up`'s); without them a migration fails
+ * as it starts (the workflow upserts them) and the API cannot list migrations by host, so the role refuses to start,
+ * in one line naming what is missing and the commands that register it.
+ */
+export async function requireSearchAttributes(connection: Connection, namespace: string): Promise<void> {
+  let registered: Record<string, temporal.api.enums.v1.IndexedValueType>;
+  try {
+    registered = (await connection.operatorService.listSearchAttributes({ namespace })).customAttributes ?? {};
+  } catch (err) {
+    if (grpcCode(err) === GRPC_NOT_FOUND) {
+      throw new UserFacingError(`TEMPORAL_NAMESPACE: namespace ${namespace} does not exist on the Temporal server; create it: temporal operator namespace create --namespace ${namespace}`, 'TEMPORAL_NAMESPACE');
+    }
+    throw err;
+  }
+  const missing = Object.keys(CUSTOM_SEARCH_ATTRIBUTES).filter((name) => registered[name] === undefined);
+  const wrong = Object.keys(CUSTOM_SEARCH_ATTRIBUTES).filter((name) => registered[name] !== undefined && registered[name] !== KEYWORD);
+  if (!missing.length && !wrong.length) return;
+  const what = [
+    ...(missing.length ? [`lacks the search attribute${missing.length === 1 ? '' : 's'} ${missing.join(', ')}`] : []),
+    ...(wrong.length ? [`has ${wrong.map((n) => `${n} as ${temporal.api.enums.v1.IndexedValueType[registered[n]!]?.replace('INDEXED_VALUE_TYPE_', '') ?? registered[n]}`).join(', ')} (dhm needs Keyword)`] : []),
+  ].join(' and ');
+  const create = (n: string) => `temporal operator search-attribute create --namespace ${namespace} --name ${n} --type ${CUSTOM_SEARCH_ATTRIBUTES[n]}`;
+  const how = [...missing.map(create), ...wrong.map((n) => `temporal operator search-attribute remove --namespace ${namespace} --name ${n} --yes && ${create(n)}`)].join(' && ');
+  throw new UserFacingError(`TEMPORAL_NAMESPACE: namespace ${namespace} ${what}; register them: ${how} (or run dhm up against this TEMPORAL_ADDRESS once, which adds them)`, 'TEMPORAL_NAMESPACE');
 }

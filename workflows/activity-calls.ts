@@ -23,9 +23,10 @@ const retry: RetryPolicy = { initialInterval: '500ms', backoffCoefficient: 2, ma
 export const steps = proxyActivities<MigrationActivities>({ startToCloseTimeout: '30 seconds', retry });
 
 /**
- * A tenant's request runs its one short step as a local activity: it executes inside the workflow task that accepted
- * the request, so the answer needs one workflow task instead of an activity task plus a second workflow task — the
- * difference a tenant waits for while the host migrates (benchmark 3). Same timeout and retries as `steps`.
+ * Tenant requests' steps as local activities, only for runs that recorded the 'tenant-requests-as-local-activities'
+ * marker before 'tenant-requests-as-activities' (tenant-requests.ts says why new runs use `steps`): a local activity
+ * ran inside the workflow task that accepted the request, one workflow task per answer instead of an activity task
+ * and a second workflow task. Same timeout and retries as `steps`.
  */
 export const localSteps = proxyLocalActivities<MigrationActivities>({ startToCloseTimeout: '30 seconds', retry });
 

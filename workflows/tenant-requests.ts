@@ -107,7 +107,7 @@ export class TenantRequests {
       throw nonRetryable(FailureTypes.Conflict, `VM ${args.vmId} already exists`);
     }
     const target = state.target;
-    const via = patched('tenant-requests-as-local-activities') ? localSteps : steps;
+    const via = requestSteps();
     const result = await CancellationScope.nonCancellable(() =>
       call(via.provisionVmOnClone, `provision ${escapeMarkdown(args.name)} on clone ${target.incarnationId}`, {
         migrationId: state.migrationId,
@@ -135,7 +135,7 @@ export class TenantRequests {
       this.cancelMove(vm.vmId);
       await condition(() => vm.state !== 'moving');
     }
-    const via = patched('tenant-requests-as-local-activities') ? localSteps : steps;
+    const via = requestSteps();
     await CancellationScope.nonCancellable(() => call(via.deleteVm, `delete ${escapeMarkdown(vm.name)} (${vm.vmId}), was ${wasState}`, { migrationId: state.migrationId, vmId: vm.vmId }));
     state.deleted(vm);
     return { vmId: vm.vmId, deleted: true, wasState };
@@ -208,6 +208,22 @@ export class TenantRequests {
   private notHere(vmId: string): ApplicationFailure {
     return nonRetryable(FailureTypes.NotFound, `VM ${vmId} is not on dedicated host ${this.state.dedicatedHostId}`);
   }
+}
+
+/**
+ * How a request's one step runs. Local activities (from 'tenant-requests-as-local-activities' on) answered a tenant in
+ * one workflow task, but a local activity can straddle workflow tasks: the worker completes the task it has to answer
+ * a query (the API's status, the Web UI) or when the step outlives 80 % of the task timeout, and the next task brings
+ * new events (a move's end) while the step still runs. Its result then comes after those events as the task ran, but
+ * with them, in one activation, on replay (the history does not record where the result came), so the commands come
+ * in another order and the replay fails: a worker restart or a query on an uncached worker would wedge the migration
+ * (seen once after a history-process restart; test/workflow/replay-interleaving.test.ts makes it happen). Regular
+ * activities' results are events of their own, so from 'tenant-requests-as-activities' on the steps run as those
+ * again; runs that recorded the local-activity marker before replay as they ran.
+ */
+function requestSteps(): typeof steps {
+  if (patched('tenant-requests-as-activities')) return steps;
+  return patched('tenant-requests-as-local-activities') ? localSteps : steps;
 }
 
 /** An outcome as the Update's answer: the result, or the recorded failure (with the type it was recorded with). */

@@ -68,6 +68,7 @@ describe(`a Temporal ${TEMPORAL_SERVER_VERSION} cluster of separate processes on
     expect(out.guestFailures).toEqual([]);
     expect(out.guestOps).toBeGreaterThan(20);
     expect(out.violations).toEqual([]);
+    expect(out.replayError).toBeNull();
     // Started again, it joins back (a new membership session).
     const p = tc.cluster.process(out.victim);
     await p.start();

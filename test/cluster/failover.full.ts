@@ -23,6 +23,7 @@ describe(`faults of a Temporal ${TEMPORAL_SERVER_VERSION} cluster mid-migration`
     expect(out.guestFailures).toEqual([]);
     expect(out.guestOps).toBeGreaterThan(20);
     expect(out.violations).toEqual([]);
+    expect(out.replayError).toBeNull();
   };
 
   it('SIGKILL of matching, restarted after 3 s: the migration completes, the worker reconnects, every tenant request is answered', async () => {

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { temporal } from '@temporalio/proto';
+import { Worker } from '@temporalio/worker';
 import { checkInvariants } from '../../client/invariants';
 import { deleteVmDuringMigration, provisionVmDuringMigration } from '../../client/migrations';
 import { statusQuery } from '../../workflows/messages';
@@ -21,6 +22,9 @@ export interface FailoverOutcome {
   /** The process killed, and for a history process the shard and who owns it afterwards. */
   victim: string;
   shard?: { id: number; ownerAfter: string };
+  /** The replay of the finished history against today's workflow code: null when it replayed, else the error. */
+  replayError: string | null;
+  historyEvents: number;
 }
 
 /**
@@ -100,13 +104,18 @@ export async function killDuringMigration(tc: TestCluster, victimName: string | 
     await Promise.all(loops);
     const migrationMs = Date.now() - started;
 
-    const st = await sys.status(hostId).catch(async (err: Error) => {
-      // A query replays the whole history on a worker without it cached: keep the history of a replay failure.
-      const file = path.join(os.tmpdir(), `dhm-cluster-history-${handle.workflowId}.json`);
-      const history = await handle.fetchHistory();
-      fs.writeFileSync(file, JSON.stringify(temporal.api.history.v1.History.toObject(history as temporal.api.history.v1.History, { longs: String, enums: String, bytes: String })));
-      throw new Error(`${err.message} (history kept in ${file})`);
-    });
+    // The history a fault left must replay: a worker restarted later (or a query on a worker without it cached)
+    // replays it from the start, and a determinism error there would wedge the migration. Kept when it does not.
+    const history = (await handle.fetchHistory()) as temporal.api.history.v1.History;
+    const replayError = await Worker.runReplayHistory({ workflowBundle: { codePath: process.env.DHM_TEST_WORKFLOW_BUNDLE! } }, history, handle.workflowId).then(
+      () => null,
+      (err: Error) => {
+        const file = path.join(os.tmpdir(), `dhm-cluster-history-${handle.workflowId}-${Date.now()}.json`);
+        fs.writeFileSync(file, JSON.stringify(temporal.api.history.v1.History.toObject(history, { longs: String, enums: String, bytes: String })));
+        return `${err.message} (history kept in ${file})`;
+      },
+    );
+    const st = await sys.status(hostId);
     const host = (await sys.inventory.getHost(hostId))!;
     const live = (await sys.inventory.listVms({ dedicatedHostId: hostId })).filter((v) => v.state === 'running');
     const expected = [...vmIds.filter((id) => id !== pending?.vmId), prov.r.vmId].sort();
@@ -133,6 +142,8 @@ export async function killDuringMigration(tc: TestCluster, victimName: string | 
       provisionAnsweredMs: prov.ms,
       violations,
       victim,
+      replayError,
+      historyEvents: history.events.length,
       ...(owner && after ? { shard: { id: owner.shardId, ownerAfter: after.process } } : {}),
     };
     printFigure(`SIGKILL ${victim}${opts.restartAfterMs === undefined ? '' : `, restarted after ${opts.restartAfterMs} ms`}`, { killedPid, ...outcome, vms: st.vms.length });

@@ -96,6 +96,9 @@ export function createMigrationSteps({ inventory, agents }: { inventory: Invento
         tenantId,
         actor: actorOf(input.migrationId),
       });
+      // A repeat of a request whose VM was deleted since (a run may no longer carry it): never start it again.
+      if (vm.state === 'deleted')
+        throw ApplicationFailure.create({ type: FailureTypes.Conflict, message: `vmId: VM ${vm.id} was deleted; a new VM needs a new id`, nonRetryable: true });
       const agent = await agents.forServer(input.target.serverId);
       await agent.createVm({ vmId: vm.id, incarnationId: vm.incarnationId, spec: input.spec });
       return {

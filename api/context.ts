@@ -3,7 +3,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Pool } from 'pg';
 import type { z } from 'zod';
 import type { Logger } from '../common/logger';
-import type { Inventory, Tenant } from '../inventory';
+import type { Inventory, Tenant, TenantQuotas } from '../inventory';
+import type { RateLimits } from './rate-limits';
 import type { HostService } from './host-service';
 import { ApiError, invalidInput, internalError, toErrorResponse } from './errors';
 import { IDEMPOTENCY_HEADER, idsFor, parseIdempotencyKey, requestHash, type IdempotencyStore, type StoredAnswer } from './idempotency';
@@ -16,6 +17,17 @@ export interface ApiDeps {
   /** The inventory's database: health checks and the idempotency-key table. */
   pool: Pool;
   operatorToken: string;
+  /**
+   * Seals stored idempotent answers that carry a secret (a new tenant's token), separate from the operator token.
+   * Absent: a random key for this process (answers sealed by an earlier process can then no longer be replayed).
+   */
+  sealingKey?: string;
+  /** Request rates per address and of the operator (defaults in rate-limits.ts; tenants' are their quotas). */
+  rateLimits?: Partial<RateLimits>;
+  /** PEM certificate and key: the API speaks HTTPS only. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** The idempotency table's bounds (defaults in idempotency.ts). */
+  idempotency?: { maxKeysPerPrincipal?: number; retentionHours?: number; sweepIntervalMs?: number };
   logger: Logger;
   /** Largest accepted request body (default 64 KiB); larger ones get 413. */
   bodyLimitBytes?: number;
@@ -49,8 +61,10 @@ export interface ApiLimits {
 
 export type Principal = { kind: 'operator' } | { kind: 'tenant'; tenant: Tenant };
 
-export interface ApiContext extends ApiDeps {
+export interface ApiContext extends Omit<ApiDeps, 'idempotency'> {
   idempotency: IdempotencyStore;
+  /** A tenant's quotas changed through this process: its request rate applies at once. */
+  onQuotasChanged?: (tenantId: string, quotas: TenantQuotas) => void;
 }
 
 declare module 'fastify' {

@@ -58,6 +58,8 @@ const INVENTORY_STATUS: Record<InventoryError['code'], number> = {
   // Refusals of deleting a dedicated host: the code in the body names the reason.
   HOST_HAS_VMS: 409,
   HOST_MIGRATING: 409,
+  // A tenant's quota: the details name it (quota, limit, used); the operator raises it (PUT /v1/tenants/:id/quotas).
+  QUOTA_EXCEEDED: 409,
 };
 
 /** Refusals of the migration workflow's updates, by their failure type. */
@@ -67,6 +69,7 @@ const REFUSAL_STATUS: Record<string, { status: number; code: string }> = {
   INVALID_INPUT: { status: 400, code: 'INVALID_INPUT' },
   CONFLICT: { status: 409, code: 'CONFLICT' },
   WRONG_STATE: { status: 409, code: 'WRONG_STATE' },
+  QUOTA_EXCEEDED: { status: 409, code: 'QUOTA_EXCEEDED' },
   MIGRATION_ENDED: { status: 409, code: 'WRONG_STATE' },
   // Only after the client's own retries ran out: the migration did not come back from its hand-over in time.
   MIGRATION_CONTINUING: { status: 503, code: 'UNAVAILABLE' },
@@ -76,6 +79,7 @@ const REFUSAL_STATUS: Record<string, { status: number; code: string }> = {
 const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', '57P01', '57P02', '57P03', '53300']);
 const GRPC_UNAVAILABLE = 14;
 const GRPC_DEADLINE_EXCEEDED = 4;
+const GRPC_RESOURCE_EXHAUSTED = 8;
 
 /**
  * The HTTP answer for an error, or null when the error is unexpected (a bug or an outage without a known shape),
@@ -84,8 +88,9 @@ const GRPC_DEADLINE_EXCEEDED = 4;
 export function toErrorResponse(err: unknown): { status: number; body: ErrorBody } | null {
   if (err instanceof ApiError) return { status: err.status, body: body(err.code, err.message, err.field, err.details) };
   if (err instanceof InventoryError) {
-    // Only the capacity refusal has details worth showing (resource, needed, available); others may name ids.
-    const details = err.code === 'INSUFFICIENT_CAPACITY' ? err.details : undefined;
+    // Only the capacity and quota refusals have details worth showing (resource, needed, available; quota, limit,
+    // used); others may name ids.
+    const details = err.code === 'INSUFFICIENT_CAPACITY' || err.code === 'QUOTA_EXCEEDED' ? err.details : undefined;
     return { status: INVENTORY_STATUS[err.code], body: body(err.code, err.message, err.field, details) };
   }
   if (err instanceof MigrationAlreadyRunningError) return { status: 409, body: body('ALREADY_MIGRATING', err.message, 'id') };
@@ -93,7 +98,13 @@ export function toErrorResponse(err: unknown): { status: number; body: ErrorBody
     const m = REFUSAL_STATUS[err.type];
     if (!m) return null;
     const field =
-      err.type === 'INSUFFICIENT_CAPACITY' ? /\b(vcpus|memoryMiB|diskGiB)\b/.exec(err.message)?.[1] : err.type === 'NOT_FOUND' ? 'id' : undefined;
+      err.type === 'INSUFFICIENT_CAPACITY'
+        ? /\b(vcpus|memoryMiB|diskGiB)\b/.exec(err.message)?.[1]
+        : err.type === 'NOT_FOUND'
+          ? 'id'
+          : err.type === 'QUOTA_EXCEEDED'
+            ? /^(\w+):/.exec(err.message)?.[1]
+            : undefined;
     return { status: m.status, body: body(m.code, err.message, field) };
   }
   if (err instanceof UserFacingError) return { status: 400, body: body('INVALID_INPUT', err.message, err.field) };
@@ -108,6 +119,10 @@ export function toErrorResponse(err: unknown): { status: number; body: ErrorBody
     return { status: e.statusCode, body: body(e.statusCode === 400 ? 'INVALID_INPUT' : 'BAD_REQUEST', String(e.message ?? 'bad request')) };
   }
   const grpc = isGrpcServiceError(err) ? err : err instanceof ServiceError && isGrpcServiceError(err.cause) ? err.cause : undefined;
+  // Temporal's own limits (updates in flight or in total per workflow, rate limits of the namespace): the request was
+  // not taken; the client should slow down and send it again, not see a server error.
+  if (grpc?.code === GRPC_RESOURCE_EXHAUSTED)
+    return { status: 429, body: body('TOO_MANY_REQUESTS', 'the migration is taking too many requests at once; retry shortly', undefined, { retryAfterSeconds: 1 }) };
   if ((typeof e.code === 'string' && UNAVAILABLE_CODES.has(e.code)) || grpc?.code === GRPC_UNAVAILABLE || grpc?.code === GRPC_DEADLINE_EXCEEDED)
     return { status: 503, body: body('UNAVAILABLE', 'a backing service is unavailable; try again') };
   return null;

@@ -4,6 +4,7 @@ import type { Logger } from '../common/logger';
 import type { VmSpec } from '../common/migration';
 import { vmDisks } from '../common/vm-spec';
 import { InventoryError } from '../inventory/errors';
+import { ApiError } from './errors';
 import type { HostView, Inventory, Vm } from '../inventory';
 import { deleteVmDuringMigration, MigrationRequestRefused, provisionVmDuringMigration } from '../client/migrations';
 
@@ -14,6 +15,8 @@ export interface HostServiceDeps {
   logger: Logger;
   /** How long a request that meets a migration's last moments waits for the host to be active again. */
   settleTimeoutMs?: number;
+  /** Tenant requests in flight at once through one migration (default 8; Temporal allows 10 updates in flight). */
+  maxRequestsInFlightPerMigration?: number;
 }
 
 export type Via = 'normal' | 'migration';
@@ -29,13 +32,33 @@ export function createHostService(deps: HostServiceDeps) {
 
   const waitUntilActive = async (dedicatedHostId: string) => {
     const deadline = Date.now() + settleTimeoutMs;
-    for (;;) {
+    // Backoff from 10 ms: the host usually turns active within a few ms of the migration's last commit, and the
+    // tenant is waiting; a host that stays migrating is read every 500 ms, not 50 times a second per request.
+    for (let delay = 10; ; delay = Math.min(delay * 2, 500)) {
       const host = await inventory.getHost(dedicatedHostId);
       if (host.state === 'active') return host;
       if (Date.now() > deadline) throw new InventoryError('WRONG_STATE', `host ${dedicatedHostId} is still migrating; try again later`, 'dedicatedHostId');
-      // A short wait: the host turns active the moment the migration's last transaction commits, and the tenant is
-      // waiting (100 ms here was the worst part of a request that met a migration's end).
-      await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, Math.min(delay, Math.max(1, deadline - Date.now()))));
+    }
+  };
+
+  // Requests in flight per migrating host (so per tenant: a dedicated host has one): Temporal takes at most 10 updates
+  // in flight per workflow and answers more with RESOURCE_EXHAUSTED; beyond the cap a request is refused here, 429.
+  const maxInFlight = deps.maxRequestsInFlightPerMigration ?? 8;
+  const inFlight = new Map<string, number>();
+  const throughMigration = async <T>(dedicatedHostId: string, send: () => Promise<T>): Promise<T> => {
+    const n = inFlight.get(dedicatedHostId) ?? 0;
+    if (n >= maxInFlight)
+      throw new ApiError(429, 'TOO_MANY_REQUESTS', `dedicatedHostId: ${n} requests are already in flight on this migrating host (at most ${maxInFlight}); retry shortly`, 'dedicatedHostId', {
+        retryAfterSeconds: 1,
+      });
+    inFlight.set(dedicatedHostId, n + 1);
+    try {
+      return await send();
+    } finally {
+      const left = (inFlight.get(dedicatedHostId) ?? 1) - 1;
+      if (left > 0) inFlight.set(dedicatedHostId, left);
+      else inFlight.delete(dedicatedHostId);
     }
   };
 
@@ -78,13 +101,15 @@ export function createHostService(deps: HostServiceDeps) {
         await checkDiskKinds(host, input.spec);
         try {
           if (host.state === 'migrating') {
-            await provisionVmDuringMigration(deps.temporal.client, host.id, {
-              requestId: input.requestId,
-              vmId: input.vmId,
-              tenantId: host.tenantId,
-              name: input.name,
-              spec: input.spec,
-            });
+            await throughMigration(host.id, () =>
+              provisionVmDuringMigration(deps.temporal.client, host.id, {
+                requestId: input.requestId,
+                vmId: input.vmId,
+                tenantId: host.tenantId,
+                name: input.name,
+                spec: input.spec,
+              }),
+            );
             return { vm: await inventory.getVm(input.vmId), via: 'migration' };
           }
           const vm = await inventory.placeVm({ vmId: input.vmId, tenantId: input.tenantId, dedicatedHostId: host.id, name: input.name, spec: input.spec, actor: input.actor });
@@ -114,7 +139,7 @@ export function createHostService(deps: HostServiceDeps) {
         const host = await inventory.getHost(vm.dedicatedHostId);
         try {
           if (host.state === 'migrating') {
-            await deleteVmDuringMigration(deps.temporal.client, host.id, { requestId: input.requestId, vmId: vm.id });
+            await throughMigration(host.id, () => deleteVmDuringMigration(deps.temporal.client, host.id, { requestId: input.requestId, vmId: vm.id }));
             return { vm: await inventory.getVm(vm.id), via: 'migration' };
           }
           // The inventory first: its migration gate decides under the host's lock, so a migration that begins now

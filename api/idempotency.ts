@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes, randomUUID } from 'node:crypto';
 import type { Pool } from 'pg';
+import { UserFacingError } from '../common/errors';
 import { ApiError } from './errors';
 
 /**
@@ -62,10 +63,32 @@ export function idsFor(principal: string, route: string, key: string | undefined
   return (prefix: string) => (digest ? `${prefix}-${digest}` : `${prefix}-${randomUUID()}`);
 }
 
-export function createIdempotencyStore(pool: Pool, operatorToken: string) {
-  /** Answers that carry a secret are sealed with a key only the server (operator token) and the caller (key) know. */
+/** Keys a principal may hold at once; beyond it the oldest answered ones are evicted (a retry of those runs again, on the same ids). */
+export const MAX_KEYS_PER_PRINCIPAL = 10_000;
+/** How often the API sweeps keys older than the retention. */
+export const SWEEP_INTERVAL_MS = 10 * 60_000;
+/** Rows one sweep statement deletes at most (a long backlog goes in several statements, not one long lock). */
+const SWEEP_BATCH = 5_000;
+
+export interface IdempotencyStoreOptions {
+  /**
+   * The secret that seals stored answers carrying a secret (a tenant's token): its own key, not the operator token,
+   * so rotating the operator token neither exposes nor loses them, and knowing the operator token does not open them.
+   */
+  sealingKey: string;
+  maxKeysPerPrincipal?: number;
+  retentionHours?: number;
+}
+
+export function createIdempotencyStore(pool: Pool, opts: IdempotencyStoreOptions) {
+  if (typeof opts.sealingKey !== 'string' || opts.sealingKey.length < 32)
+    throw new UserFacingError('DHM_API_SEALING_KEY: the sealing key of stored answers must have at least 32 characters', 'DHM_API_SEALING_KEY');
+  const sealingKey = opts.sealingKey;
+  const maxKeys = opts.maxKeysPerPrincipal ?? MAX_KEYS_PER_PRINCIPAL;
+  const retentionHours = opts.retentionHours ?? RETENTION_HOURS;
+  /** Answers that carry a secret are sealed with a key only the server (sealing key) and the caller (key) know. */
   const sealKey = (principal: string, key: string) =>
-    Buffer.from(hkdfSync('sha256', operatorToken, `${principal}\n${key}`, 'dhm-api-idempotency-v1', 32));
+    Buffer.from(hkdfSync('sha256', sealingKey, `${principal}\n${key}`, 'dhm-api-idempotency-v2', 32));
   const seal = (principal: string, key: string, value: unknown) => {
     const iv = randomBytes(12);
     const cipher = createCipheriv('aes-256-gcm', sealKey(principal, key), iv);
@@ -81,7 +104,7 @@ export function createIdempotencyStore(pool: Pool, operatorToken: string) {
     try {
       return JSON.parse(Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8'));
     } catch {
-      // The operator token changed since: the first answer can no longer be shown.
+      // The sealing key changed since: the first answer can no longer be shown.
       throw new ApiError(409, 'IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: the first answer to this key can no longer be shown; use a new key', 'Idempotency-Key');
     }
   };
@@ -89,14 +112,17 @@ export function createIdempotencyStore(pool: Pool, operatorToken: string) {
   async function tryBegin(principal: string, key: string, route: string, hash: string): Promise<Begin> {
     await pool.query(
       `DELETE FROM api_idempotency_keys WHERE principal = $1 AND key = $2 AND created_at < now() - make_interval(hours => $3)`,
-      [principal, key, RETENTION_HOURS],
+      [principal, key, retentionHours],
     );
     const inserted = await pool.query(
       `INSERT INTO api_idempotency_keys (principal, key, route, request_hash) VALUES ($1, $2, $3, $4)
        ON CONFLICT (principal, key) DO NOTHING`,
       [principal, key, route, hash],
     );
-    if (inserted.rowCount === 1) return { kind: 'new' };
+    if (inserted.rowCount === 1) {
+      await evictBeyondBound(principal);
+      return { kind: 'new' };
+    }
     const { rows } = await pool.query<{ route: string; request_hash: string; status: number | null; body: unknown; age_ms: number }>(
       `SELECT route, request_hash, status, body, (extract(epoch FROM now() - created_at) * 1000)::float8 AS age_ms
          FROM api_idempotency_keys WHERE principal = $1 AND key = $2`,
@@ -117,7 +143,33 @@ export function createIdempotencyStore(pool: Pool, operatorToken: string) {
     return { kind: 'in-progress' };
   }
 
+  /**
+   * The principal's bound: its answered keys beyond the newest `maxKeys` go (oldest first). Reservations in flight are
+   * never evicted; the rate limits bound how many of those there can be.
+   */
+  async function evictBeyondBound(principal: string): Promise<void> {
+    await pool.query(
+      `DELETE FROM api_idempotency_keys WHERE principal = $1 AND status IS NOT NULL AND key IN (
+         SELECT key FROM api_idempotency_keys WHERE principal = $1 ORDER BY created_at DESC, key DESC OFFSET $2)`,
+      [principal, maxKeys],
+    );
+  }
+
   return {
+    /** Deletes keys older than the retention, in batches; returns how many went. */
+    async sweep(): Promise<number> {
+      let total = 0;
+      for (;;) {
+        const r = await pool.query(
+          `DELETE FROM api_idempotency_keys WHERE ctid IN (
+             SELECT ctid FROM api_idempotency_keys WHERE created_at < now() - make_interval(hours => $1) LIMIT $2)`,
+          [retentionHours, SWEEP_BATCH],
+        );
+        total += r.rowCount ?? 0;
+        if ((r.rowCount ?? 0) < SWEEP_BATCH) return total;
+      }
+    },
+
     /** Reserves the key for this request, or returns what a retry should answer. */
     async begin(principal: string, key: string, route: string, hash: string): Promise<Exclude<Begin, { kind: 'in-progress' }>> {
       const deadline = Date.now() + WAIT_FOR_FIRST_MS;

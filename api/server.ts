@@ -1,15 +1,17 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import * as fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
+import type { Env } from '../common/config';
 import { UserFacingError } from '../common/errors';
 import { createMetrics, observeHttp, type Metrics } from '../common/metrics';
-import { runReadiness } from '../common/ops-server';
 import type { HostService } from './host-service';
 import { type ApiContext, type ApiDeps, type ApiLimits, type Principal } from './context';
 import { ApiError, internalError, toErrorResponse } from './errors';
-import { createIdempotencyStore } from './idempotency';
+import { createIdempotencyStore, SWEEP_INTERVAL_MS } from './idempotency';
+import { DEFAULT_RATE_LIMITS, registerRateLimits } from './rate-limits';
 import { buildOpenApiDocument } from './openapi';
-import { registerHealthRoutes } from './routes/health';
+import { healthCache, registerHealthRoutes } from './routes/health';
 import { registerHostRoutes } from './routes/hosts';
 import { registerMigrationRoutes } from './routes/migrations';
 import { allowedMethods, register } from './routes/register';
@@ -95,7 +97,7 @@ export function parseJsonBody(text: string): unknown {
  * any id is read, so it says nothing about whether an object exists; on shared routes another tenant's object
  * answers 404 exactly like a missing one. The authorization header is redacted from every log line.
  */
-export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyInstance {
+export async function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): Promise<FastifyInstance> {
   if (typeof deps.operatorToken !== 'string' || deps.operatorToken.length < 16)
     throw new UserFacingError('DHM_OPERATOR_TOKEN: the operator token must have at least 16 characters', 'DHM_OPERATOR_TOKEN');
   const logger = deps.logger.child(
@@ -103,12 +105,14 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
     { redact: { paths: ['req.headers.authorization', 'headers.authorization', 'authorization', 'token', '*.token'], censor: '[redacted]' } },
   );
   const limits = apiLimits(deps.limits);
+  // Slow clients (DEFAULT_API_LIMITS). Node enforces the headers and request deadlines (408, then closes the
+  // socket) every `connectionsCheckingInterval`, which can only be set when the server is created.
+  const serverOptions = { headersTimeout: limits.headersTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.timeoutCheckIntervalMs };
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     bodyLimit: deps.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
-    // Slow clients (DEFAULT_API_LIMITS). Node enforces the headers and request deadlines (408, then closes the
-    // socket) every `connectionsCheckingInterval`, which can only be set when the server is created.
-    http: { headersTimeout: limits.headersTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.timeoutCheckIntervalMs },
+    // TLS when a certificate is given (DHM_API_TLS_CERT / DHM_API_TLS_KEY): tokens never cross the network in clear.
+    ...(deps.tls ? { https: { ...serverOptions, cert: deps.tls.cert, key: deps.tls.key } } : { http: serverOptions }),
     requestTimeout: limits.requestTimeoutMs,
     connectionTimeout: limits.idleTimeoutMs,
     keepAliveTimeout: limits.keepAliveTimeoutMs,
@@ -119,11 +123,33 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
       const message = `url: ${err.code === 'FST_ERR_BAD_URL' ? 'not a valid URL (bad percent-encoding)' : 'bad request'}`;
       void (reply as unknown as FastifyReply).code(400).send({ error: { code: 'INVALID_INPUT', message, field: 'url' } });
     },
-  });
+  }) as unknown as FastifyInstance;
   app.server.maxConnections = limits.maxConnections;
   // Without a registry of its own (tests, `dhm up`), the counters still work; process metrics are left to services.
   const metrics = deps.metrics ?? createMetrics({ role: 'api', defaultMetrics: false });
-  const ctx: ApiContext = { ...deps, hostService: timedHostService(deps.hostService, metrics), logger, idempotency: createIdempotencyStore(deps.pool, deps.operatorToken) };
+  const idempotency = createIdempotencyStore(deps.pool, {
+    sealingKey: deps.sealingKey ?? randomBytes(32).toString('base64url'),
+    maxKeysPerPrincipal: deps.idempotency?.maxKeysPerPrincipal,
+    retentionHours: deps.idempotency?.retentionHours,
+  });
+  const rates = await registerRateLimits(app, { inventory: deps.inventory, limits: { ...DEFAULT_RATE_LIMITS, ...deps.rateLimits }, logger });
+  const ctx: ApiContext = {
+    ...deps,
+    hostService: timedHostService(deps.hostService, metrics),
+    logger,
+    idempotency,
+    onQuotasChanged: (tenantId, q) => rates.setTenantRate(tenantId, q.requestsPerSecond),
+  };
+  // Expired idempotency keys go by age, once at start and then periodically, whatever requests arrive.
+  const sweep = () =>
+    void idempotency.sweep().then(
+      (n) => n > 0 && logger.info({ deleted: n }, 'swept expired idempotency keys'),
+      (err: unknown) => logger.warn({ err }, 'could not sweep expired idempotency keys'),
+    );
+  const sweeper = setInterval(sweep, deps.idempotency?.sweepIntervalMs ?? SWEEP_INTERVAL_MS);
+  sweeper.unref();
+  app.addHook('onReady', async () => sweep());
+  app.addHook('onClose', async () => clearInterval(sweeper));
   const operatorDigest = sha256(deps.operatorToken);
 
   const authenticate = async (header: string | undefined): Promise<Principal | null> => {
@@ -137,6 +163,8 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
   };
 
   app.decorateRequest('principal', null);
+  // Per address first, before any token is looked up: a flood costs no database work.
+  app.addHook('onRequest', rates.perAddress);
   app.addHook('onRequest', async (req) => {
     const access = req.routeOptions.config?.access ?? 'public';
     if (access === 'public') return;
@@ -145,6 +173,8 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
     if (access === 'operator' && principal.kind !== 'operator') throw new ApiError(403, 'FORBIDDEN', 'operators only');
     req.principal = principal;
   });
+  // Per token, once it is known (public routes have none: only the per-address limit applies to them).
+  app.addHook('onRequest', rates.perPrincipal);
 
   // JSON only; everything else is 415. Fastify enforces bodyLimit (413) before this runs.
   app.removeAllContentTypeParsers();
@@ -169,6 +199,8 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
     if (mapped) {
       if (mapped.status >= 500) req.log.error({ err }, 'a backing service is unavailable');
       if (mapped.status === 401) void reply.header('www-authenticate', 'Bearer');
+      const retryAfter = mapped.body.error.details?.retryAfterSeconds;
+      if (mapped.status === 429 && typeof retryAfter === 'number') void reply.header('retry-after', String(retryAfter));
       return reply.code(mapped.status).send(mapped.body);
     }
     req.log.error({ err, route: req.routeOptions.url }, 'unexpected error');
@@ -195,15 +227,12 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
     if (req.routeOptions.url === routes.startMigration.url) metrics.migrationsStarted.inc();
     else if (req.routeOptions.url === routes.cancelMigration.url) metrics.migrationCancelsRequested.inc();
   });
+  const health = healthCache(deps);
   register(
     app,
     routes.readyz,
     async (_req, reply) => {
-      const { client } = deps.temporal;
-      const { ok, checks } = await runReadiness({
-        postgres: async () => void (await deps.pool.query('SELECT 1')),
-        temporal: async () => void (await client.withDeadline(Date.now() + 2_000, () => client.workflowService.getSystemInfo({}))),
-      });
+      const { ok, checks } = await health.check();
       if (!ok) reply.log.warn({ checks }, 'not ready');
       return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'unavailable', checks });
     },
@@ -213,7 +242,7 @@ export function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): FastifyIn
 
   const openapi = buildOpenApiDocument();
   register(app, routes.openapi, async (_req, reply) => reply.send(openapi));
-  registerHealthRoutes(app, ctx);
+  registerHealthRoutes(app, health);
   registerTenantRoutes(app, ctx);
   registerServerRoutes(app, ctx);
   registerHostRoutes(app, ctx);
@@ -229,14 +258,22 @@ export interface RunningApiServer {
   stop(): Promise<void>;
 }
 
+/** TLS (DHM_API_TLS_CERT / DHM_API_TLS_KEY, PEM files) and the sealing key (DHM_API_SEALING_KEY) from the environment. */
+export function apiSecurityFromEnv(env: Pick<Env, 'DHM_API_TLS_CERT' | 'DHM_API_TLS_KEY' | 'DHM_API_SEALING_KEY'>): Pick<ApiDeps, 'tls' | 'sealingKey'> {
+  return {
+    ...(env.DHM_API_TLS_CERT && env.DHM_API_TLS_KEY ? { tls: { cert: fs.readFileSync(env.DHM_API_TLS_CERT), key: fs.readFileSync(env.DHM_API_TLS_KEY) } } : {}),
+    ...(env.DHM_API_SEALING_KEY ? { sealingKey: env.DHM_API_SEALING_KEY } : {}),
+  };
+}
+
 /** Builds the API and listens (default 127.0.0.1; port 0 picks a free one). */
 export async function startApiServer(deps: ApiDeps & { host?: string; port: number; metrics?: Metrics }): Promise<RunningApiServer> {
-  const app = buildApiServer(deps);
+  const app = await buildApiServer(deps);
   const host = deps.host ?? '127.0.0.1';
   // A burst of clients (1,000 at once in the hostile-input test) must queue, not be reset: Node's default is 511.
   await app.listen({ host, port: deps.port, backlog: 4096 });
   const { port } = app.server.address() as AddressInfo;
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const url = `${deps.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
   app.log.info({ url }, 'API listening');
   return {
     url,

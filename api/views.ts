@@ -1,7 +1,7 @@
 import { migrationWorkflowId, PHASES, type MigrationPhase } from '../common/migration';
 import { MigrationPhaseKey } from '../common/search-attributes';
 import { vmDisks } from '../common/vm-spec';
-import { tenantEventView as tenantEventOf, type AuditEvent, type HostView, type Vm, type Volume } from '../inventory';
+import { tenantEventView as tenantEventOf, TENANT_LOST_REASON, type AuditEvent, type HostView, type Vm, type Volume } from '../inventory';
 import type { ApiContext, Principal } from './context';
 import {
   operatorEventView,
@@ -82,7 +82,8 @@ export async function vmViews(ctx: ApiContext, p: Principal, vms: Vm[]) {
       deletedAt: v.deletedAt,
       ...(v.state === 'lost' && v.lostReason ? { lostReason: v.lostReason } : {}),
     };
-    if (p.kind === 'tenant') return tenantVmView.parse(base);
+    // The recorded reason names servers: the tenant is told why without them.
+    if (p.kind === 'tenant') return tenantVmView.parse(v.state === 'lost' ? { ...base, lostReason: TENANT_LOST_REASON } : base);
     return operatorVmView.parse({ ...base, tenantId: v.tenantId, incarnationId: v.incarnationId, physicalServerId: servers.get(v.incarnationId) ?? null });
   });
 }

@@ -20,11 +20,29 @@ export interface ApiClient {
   request<T>(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<T>;
 }
 
-/** The CLI talks to the API only: DHM_API_URL + DHM_TOKEN, else what `dhm up` wrote to .dhm/credentials.json. */
-export function apiClientFromEnvironment(overrides: { token?: string } = {}): ApiClient {
+/** A token file: its first line, trimmed; a missing, empty or unreadable one is refused naming the option. */
+function readTokenFile(file: string, option: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UserFacingError(`${option}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, option);
+  }
+  const token = text.split('\n')[0]!.trim();
+  if (!token) throw new UserFacingError(`${option}: ${file} is empty; it must hold the token on its first line`, option);
+  return token;
+}
+
+/**
+ * The CLI talks to the API only: DHM_API_URL + the token (DHM_TOKEN, DHM_TOKEN_FILE or --token-file; never on the
+ * command line, where other users of the machine can read it), else what `dhm up` wrote to .dhm/credentials.json.
+ */
+export function apiClientFromEnvironment(overrides: { tokenFile?: string } = {}): ApiClient {
   const env = loadEnv();
   let baseUrl = env.DHM_API_URL;
-  let token = overrides.token ?? env.DHM_TOKEN;
+  let token = overrides.tokenFile
+    ? readTokenFile(overrides.tokenFile, '--token-file')
+    : (env.DHM_TOKEN ?? (env.DHM_TOKEN_FILE ? readTokenFile(env.DHM_TOKEN_FILE, 'DHM_TOKEN_FILE') : undefined));
   if (!baseUrl || !token) {
     const file = credentialsPath(env);
     let creds: Credentials;
@@ -36,10 +54,26 @@ export function apiClientFromEnvironment(overrides: { token?: string } = {}): Ap
     baseUrl ??= creds.apiUrl;
     token ??= creds.operatorToken;
   }
-  return createApiClient(baseUrl, token);
+  return createApiClient(baseUrl, token, { allowPlainHttp: env.DHM_ALLOW_PLAIN_HTTP === '1' });
 }
 
-export function createApiClient(baseUrl: string, token: string): ApiClient {
+/** Loopback names and addresses: a token sent there over plain HTTP never leaves the machine. */
+export function isLoopback(hostname: string): boolean {
+  const h = hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || h.endsWith('.localhost');
+}
+
+/**
+ * A client of the API. A token is sent over plain HTTP only to a loopback address: anywhere else the URL must be
+ * https (the API with DHM_API_TLS_CERT/KEY; a private CA through NODE_EXTRA_CA_CERTS), unless DHM_ALLOW_PLAIN_HTTP=1.
+ */
+export function createApiClient(baseUrl: string, token: string, opts: { allowPlainHttp?: boolean } = {}): ApiClient {
+  const url = new URL(baseUrl);
+  if (url.protocol === 'http:' && !isLoopback(url.hostname) && !opts.allowPlainHttp)
+    throw new UserFacingError(
+      `DHM_API_URL: ${url.origin} is plain HTTP to a host that is not this machine, so the token would cross the network in clear; use https:// (the API serves it with DHM_API_TLS_CERT and DHM_API_TLS_KEY) or set DHM_ALLOW_PLAIN_HTTP=1 to send it anyway`,
+      'DHM_API_URL',
+    );
   return {
     baseUrl,
     async request<T>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {

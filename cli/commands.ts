@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { InvalidArgumentError, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import { UserFacingError } from '../common/errors';
 import { apiClientFromEnvironment, type ApiClient } from './api-client';
 import { summaryTable, watchMigration, fetchMigration } from './watch';
 
@@ -31,11 +32,64 @@ function table(rows: string[][]): string {
 type Host = { id: string; name: string; zone: string; resourceClass: string; state: string; vmCount: number; available: { vcpus: number; memoryMiB: number }; migration: { id: string; phase: string } | null; physicalServerId?: string };
 type Vm = { id: string; name: string; dedicatedHostId: string; state: string; vcpus: number; memoryMiB: number; diskGiB: number };
 
-const api = (cmd: Command): ApiClient => apiClientFromEnvironment({ token: cmd.optsWithGlobals().token as string | undefined });
+const api = (cmd: Command): ApiClient => {
+  const o = cmd.optsWithGlobals() as { token?: string; tokenFile?: string };
+  // A token on the command line is visible to every user of the machine (ps, /proc): refused, with where to put it.
+  if (o.token !== undefined)
+    throw new UserFacingError('--token: tokens are not taken on the command line (other users can read it); set DHM_TOKEN, or put it in a file and pass --token-file <path> (or DHM_TOKEN_FILE)', '--token');
+  return apiClientFromEnvironment({ tokenFile: o.tokenFile });
+};
 
-/** The read and write commands; every one talks to the API (never to Postgres), as the operator unless --token. */
+/** The read and write commands; every one talks to the API (never to Postgres), as the operator unless DHM_TOKEN or --token-file. */
 export function registerApiCommands(program: Command): void {
-  program.option('--token <token>', 'act with this API token (a tenant’s) instead of the operator token');
+  program.option('--token-file <path>', 'act with the API token (a tenant’s) in this file instead of the operator token (or set DHM_TOKEN)');
+  program.addOption(new Option('--token <token>').hideHelp());
+
+  program
+    .command('tenant-quotas <tenantId>')
+    .description('show a tenant’s quotas, or raise them (operator): hosts per zone and class, VMs per host, requests per second')
+    .option('--hosts-per-zone-class <n>', 'dedicated hosts per zone and resource class (default 2)')
+    .option('--vms-per-host <n>', 'VMs per dedicated host')
+    .option('--requests-per-second <n>', 'API requests per second of the tenant’s token')
+    .option('--json', 'print JSON')
+    .action(async function (this: Command, tenantId: string, o: { hostsPerZoneClass?: string; vmsPerHost?: string; requestsPerSecond?: string; json?: boolean }) {
+      const num = (v: string | undefined, flag: string) => {
+        if (v === undefined) return undefined;
+        if (v === 'default') return null;
+        if (!/^\d+$/.test(v)) throw new UserFacingError(`${flag}: must be a whole number or \`default\` (got ${v})`, flag);
+        return Number(v);
+      };
+      const body = Object.fromEntries(
+        Object.entries({
+          hostsPerZoneClass: num(o.hostsPerZoneClass, '--hosts-per-zone-class'),
+          vmsPerHost: num(o.vmsPerHost, '--vms-per-host'),
+          requestsPerSecond: num(o.requestsPerSecond, '--requests-per-second'),
+        }).filter(([, v]) => v !== undefined),
+      );
+      const path = `/v1/tenants/${encodeURIComponent(tenantId)}/quotas`;
+      const q = Object.keys(body).length
+        ? await api(this).request<Record<string, unknown>>('POST', path, body, { 'idempotency-key': randomUUID() })
+        : await api(this).request<Record<string, unknown>>('GET', path);
+      print(Boolean(o.json), q, () => `tenant ${tenantId}: ${q.hostsPerZoneClass} host(s) per zone and class, ${q.vmsPerHost} VM(s) per host, ${q.requestsPerSecond} request(s)/s`);
+    });
+
+  program
+    .command('tenant-rotate-token <tenantId>')
+    .description('a new token for the tenant (operator), printed once; the old one stops working at once')
+    .option('--json', 'print JSON')
+    .action(async function (this: Command, tenantId: string, o: { json?: boolean }) {
+      const t = await api(this).request<{ id: string; token: string }>('POST', `/v1/tenants/${encodeURIComponent(tenantId)}/token/rotate`, {}, { 'idempotency-key': randomUUID() });
+      print(Boolean(o.json), t, () => `tenant ${t.id}\ntoken: ${t.token}`);
+    });
+
+  program
+    .command('tenant-revoke-token <tenantId>')
+    .description('no token of the tenant works from now on, until a rotation (operator)')
+    .option('--json', 'print JSON')
+    .action(async function (this: Command, tenantId: string, o: { json?: boolean }) {
+      const r = await api(this).request<{ id: string; revokedAt: string }>('POST', `/v1/tenants/${encodeURIComponent(tenantId)}/token/revoke`, {}, { 'idempotency-key': randomUUID() });
+      print(Boolean(o.json), r, () => `tenant ${r.id}: token revoked at ${r.revokedAt}`);
+    });
 
   program
     .command('tenant-create <name>')

@@ -65,6 +65,15 @@ export const envSchema = z.object({
     .regex(/^[a-z_][a-z0-9_]{0,40}$/, 'must be a lower-case SQL name (letters, digits, _; at most 41 characters)')
     .default('temporal'),
   DHM_API_HOST: z.string().min(1).default('127.0.0.1'),
+  /** PEM files of the API's certificate and key: set both and the API speaks HTTPS only. */
+  DHM_API_TLS_CERT: readableFile.optional(),
+  DHM_API_TLS_KEY: readableFile.optional(),
+  /** Seals stored idempotent answers that carry a secret; `dhm up` keeps a generated one in DHM_HOME. At least 32 characters. */
+  DHM_API_SEALING_KEY: z.string().min(32, 'must be at least 32 characters').optional(),
+  /** CLI: send a token over plain HTTP to an address that is not loopback anyway (`1`); default: refused. */
+  DHM_ALLOW_PLAIN_HTTP: z.enum(['0', '1']).optional(),
+  /** CLI: a file holding the token (a tenant's) to act with, instead of DHM_TOKEN; tokens are never taken on argv. */
+  DHM_TOKEN_FILE: z.string().min(1).optional(),
   /** The API's operator token; `dhm up` generates one when unset and writes it to .dhm/credentials.json. */
   DHM_OPERATOR_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   /**
@@ -99,6 +108,8 @@ export const envSchema = z.object({
   LOG_FORMAT: z.enum(['json', 'pretty']).optional(),
 }).superRefine((env, ctx) => {
   // The pairs and combinations that only make sense together, each reported under the variable to fix.
+  if (env.DHM_API_TLS_CERT && !env.DHM_API_TLS_KEY) ctx.addIssue({ code: 'custom', path: ['DHM_API_TLS_KEY'], message: 'required with DHM_API_TLS_CERT' });
+  if (env.DHM_API_TLS_KEY && !env.DHM_API_TLS_CERT) ctx.addIssue({ code: 'custom', path: ['DHM_API_TLS_CERT'], message: 'required with DHM_API_TLS_KEY' });
   if (env.TEMPORAL_TLS_CERT && !env.TEMPORAL_TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TEMPORAL_TLS_KEY'], message: 'required with TEMPORAL_TLS_CERT' });
   if (env.TEMPORAL_TLS_KEY && !env.TEMPORAL_TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TEMPORAL_TLS_CERT'], message: 'required with TEMPORAL_TLS_KEY' });
   if (env.TEMPORAL_TLS === false && (env.TEMPORAL_TLS_CERT || env.TEMPORAL_TLS_CA || env.TEMPORAL_TLS_SERVER_NAME || env.TEMPORAL_API_KEY))

@@ -45,6 +45,8 @@ export const REFUSAL_CODES = [
   'HOST_HAS_VMS',
   /** A dedicated host is migrating, so it cannot be deleted. */
   'HOST_MIGRATING',
+  /** A tenant's quota (hosts per zone and class, VMs per host) is reached; the details name it, its limit and use. */
+  'QUOTA_EXCEEDED',
 ] as const;
 export type RefusalCode = (typeof REFUSAL_CODES)[number];
 export const Refusal = Object.freeze(Object.fromEntries(REFUSAL_CODES.map((c) => [c, c]))) as { readonly [C in RefusalCode]: C };

@@ -139,6 +139,11 @@ export interface VmMigrationStatus {
   attempts: number;
   figures?: MoveFigures;
   error?: string;
+  /**
+   * The VM's number in this migration, unique for its whole life (its agent job ids carry it). Absent in runs from
+   * before deleted VMs were dropped from the carried state: there it is the VM's index, as VMs were only appended.
+   */
+  ordinal?: number;
 }
 
 export interface ProvisionVmResult {
@@ -177,6 +182,10 @@ export interface MigrationStatus {
   /** How many runs this migration took (continue-as-new keeps history bounded). */
   run: number;
   requestsHandled: number;
+  /** The next VM's ordinal, once a run dropped deleted VMs from its state (before that: the number of VMs). */
+  nextVmOrdinal?: number;
+  /** Deleted VMs dropped from `vms` when a run continued as new (they still count in `counts.deleted`). */
+  deletedDropped?: number;
 }
 
 export type MigrationResult = Pick<MigrationStatus, 'migrationId' | 'dedicatedHostId' | 'phase' | 'source' | 'target' | 'counts' | 'finishedAt' | 'lastError'> & {
@@ -204,6 +213,8 @@ export const FailureTypes = {
   /** Deleting a host: it still has VMs / it is migrating (the inventory's refusals; no activity deletes hosts today). */
   HostHasVms: Refusal.HOST_HAS_VMS,
   HostMigrating: Refusal.HOST_MIGRATING,
+  /** A VM provisioned mid-migration would exceed the tenant's VMs-per-host quota. */
+  QuotaExceeded: Refusal.QUOTA_EXCEEDED,
   MigrationEnded: 'MIGRATION_ENDED',
   /** The migration is continuing as new: the request was not taken; the same request sent again reaches the next run. */
   MigrationContinuing: 'MIGRATION_CONTINUING',

@@ -17,6 +17,7 @@ import type {
   SeedResult,
   ServerState,
   Tenant,
+  TenantQuotas,
   Vm,
   VmSpec,
   Volume,
@@ -46,6 +47,17 @@ export interface Inventory {
   /** The tenant holding this token, or null. */
   findTenantByToken(token: string): Promise<Tenant | null>;
   getTenant(id: string): Promise<Tenant>;
+  /** Operator: a new token (returned only here); the old one stops working in the same transaction. */
+  rotateTenantToken(input: { tenantId: string } & Actor): Promise<Tenant & { token: string }>;
+  /** Operator: no token of the tenant works from now on, until a rotation. Idempotent. */
+  revokeTenantToken(input: { tenantId: string } & Actor): Promise<Tenant & { revokedAt: string }>;
+
+  /** The tenant's quotas, defaults filled in (quotas.ts). */
+  getTenantQuotas(tenantId: string): Promise<TenantQuotas>;
+  /** Operator: sets the named quotas (null: back to the default), audited; the others are kept. */
+  setTenantQuotas(input: { tenantId: string; hostsPerZoneClass?: number | null; vmsPerHost?: number | null; requestsPerSecond?: number | null } & Actor): Promise<TenantQuotas>;
+  /** Request rates set per tenant (tenants without one have the default): the API's rate limiter caches these. */
+  tenantRequestRates(): Promise<Map<string, number>>;
 
   /** A logical host on a free server of the zone and class, with the class's amounts. Idempotent if `dedicatedHostId` is given. */
   createDedicatedHost(input: CreateHostInput): Promise<HostView>;

@@ -5,6 +5,7 @@ import { allocatedOf, capacityFrom, pickFreeServer } from './capacity';
 import { forUpdate, iso, isoNN, newId, resOf } from './db';
 import { enqueueDeprovision } from './deprovision-outbox';
 import { InventoryError, notFound } from './errors';
+import { checkHostQuota } from './quotas';
 import { lockServers, updateServer } from './servers';
 import { visibleTo } from './tenant-visibility';
 import { getTenant } from './tenants';
@@ -240,6 +241,8 @@ export async function createDedicatedHost(
       throw new InventoryError('CONFLICT', `dedicatedHostId: ${p.dedicatedHostId} already names another host`, 'dedicatedHostId');
     }
   }
+  // The tenant's quota, under its row lock: concurrent creates of one tenant queue here, so only one takes the last slot.
+  await checkHostQuota(c, p);
   const zone = await c.query('SELECT 1 FROM zones WHERE id = $1', [p.zone]);
   // A well-formed name the fleet does not have is a missing object (404), not bad input: the API document cannot know the fleet.
   if (!zone.rowCount) throw new InventoryError('NOT_FOUND', `zone: unknown zone ${p.zone}`, 'zone');

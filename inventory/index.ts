@@ -10,6 +10,7 @@ import * as migrations from './host-migrations';
 import * as hosts from './hosts';
 import * as input from './inputs';
 import * as placements from './migration-placements';
+import * as quotas from './quotas';
 import * as servers from './servers';
 import * as tenants from './tenants';
 import * as vms from './vms';
@@ -27,8 +28,9 @@ export * from './contract';
 export { InventoryError, isInventoryError, INVENTORY_ERROR_CODES, type InventoryErrorCode } from './errors';
 export { migrateDatabase } from './migrate';
 export { DEPROVISION_CHANNEL } from './deprovision-outbox';
-export { tenantEventView } from './tenant-visibility';
+export { tenantEventView, TENANT_LOST_REASON } from './tenant-visibility';
 export { vmSpecOf } from './vms';
+export { DEFAULT_QUOTAS } from './quotas';
 
 const { parse } = input;
 
@@ -64,6 +66,12 @@ export function createInventory(pool: Pool): Inventory {
       return read((c) => tenants.findTenantByToken(c, token));
     },
     getTenant: inRead(input.idSchema, tenants.getTenant),
+    rotateTenantToken: inTx(input.tenantActionInput, tenants.rotateTenantToken),
+    revokeTenantToken: inTx(input.tenantActionInput, tenants.revokeTenantToken),
+
+    getTenantQuotas: inRead(input.idSchema, quotas.getQuotas),
+    setTenantQuotas: inTx(input.setQuotasInput, quotas.setQuotas),
+    tenantRequestRates: () => read(quotas.requestRates),
 
     createDedicatedHost: inTx(input.createHostInput, hosts.createDedicatedHost),
     deleteDedicatedHost: inTx(input.deleteHostInput, hosts.deleteDedicatedHost),

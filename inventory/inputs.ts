@@ -31,6 +31,18 @@ export function parse<S extends z.ZodType>(schema: S, input: unknown): z.output<
 
 export { idSchema };
 export const tenantInput = z.object({ name: nameSchema, actor: actorSchema });
+export const tenantActionInput = z.object({ tenantId: idSchema, actor: actorSchema });
+/** A quota: a whole number, or null for the default. */
+const quotaValue = (max: number, min = 0) => z.number().int().min(min).max(max).nullable().optional();
+export const setQuotasInput = z
+  .object({
+    tenantId: idSchema,
+    hostsPerZoneClass: quotaValue(100_000),
+    vmsPerHost: quotaValue(100_000),
+    requestsPerSecond: quotaValue(100_000, 1),
+    actor: actorSchema,
+  })
+  .strict();
 export const createHostInput = z.object({
   tenantId: idSchema,
   name: nameSchema,

@@ -34,6 +34,18 @@ export interface Tenant {
   createdAt: string;
 }
 
+/** A tenant's quotas, defaults filled in (inventory/quotas.ts); `updatedAt` null when none was ever set. */
+export interface TenantQuotas {
+  tenantId: string;
+  /** Dedicated hosts (not deleted) per zone and resource class. */
+  hostsPerZoneClass: number;
+  /** VMs (not deleted) per dedicated host. */
+  vmsPerHost: number;
+  /** API requests per second of the tenant's token. */
+  requestsPerSecond: number;
+  updatedAt: string | null;
+}
+
 export interface PhysicalServer {
   id: string;
   zone: string;

@@ -7,6 +7,7 @@ import { capacityFrom, changeAllocation, incarnationCapacity, insufficient, minR
 import { forUpdate, iso, isoNN, newId, pgConstraint, pgErrorCode, resOf } from './db';
 import { InventoryError, notFound } from './errors';
 import { checkMigrationGate, findHost, incarnationRow, liveIncarnations, lockHost, type HostRow, type IncarnationRow } from './hosts';
+import { checkVmQuota } from './quotas';
 import { visibleTo } from './tenant-visibility';
 import type { Vm } from './types';
 import { attachVolumes, detachVolumesOf } from './volumes';
@@ -108,6 +109,8 @@ export async function placeOn(
     throw new InventoryError('CONFLICT', `vmId: ${vmId} already names a different VM`, 'vmId');
   }
   checkMigrationGate(host, p.migrationId);
+  // Under the host's lock: placements on one host queue on it, so the count cannot be passed by a concurrent one.
+  await checkVmQuota(c, { tenantId: host.tenant_id, dedicatedHostId: host.id });
   const live = await liveIncarnations(c, host.id, true);
   let target: IncarnationRow | undefined;
   if (p.onClone) {

@@ -1,7 +1,7 @@
 import { Client } from '@temporalio/client';
 import type { NativeConnection, Worker } from '@temporalio/worker';
 import { Pool } from 'pg';
-import { startApiServer, type RunningApiServer } from '../api/server';
+import { apiSecurityFromEnv, startApiServer, type RunningApiServer } from '../api/server';
 import { createHostService, type HostService } from '../api/host-service';
 import type { Env } from '../common/config';
 import type { Logger } from '../common/logger';
@@ -66,7 +66,7 @@ export interface ControlPlaneOptions {
   /** Build the host service (tenant VM requests) — implied by `api`. */
   hostService?: boolean;
   /** Serve the HTTP API in this process. */
-  api?: { operatorToken: string; host?: string; port: number; metrics?: Metrics };
+  api?: { operatorToken: string; host?: string; port: number; metrics?: Metrics; sealingKey?: string };
 }
 
 export interface ControlPlane {
@@ -126,7 +126,7 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
       hostService = createHostService({ inventory, agents, temporal, logger: logger.child({ component: 'host-service' }) });
     }
     if (o.api && temporal && hostService) {
-      api = await startApiServer({ inventory, hostService, temporal, pool: store.pool, logger: logger.child({ component: 'api' }), ...o.api });
+      api = await startApiServer({ inventory, hostService, temporal, pool: store.pool, logger: logger.child({ component: 'api' }), ...apiSecurityFromEnv(env), ...o.api });
       stops.push(api.stop);
     }
     return { inventory, agents, temporal, worker, scheduler, hostService, api, stop };

@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -20,7 +20,10 @@ export interface EmbeddedPostgresHandle {
 }
 
 const USER = 'dhm';
-const PASSWORD = 'dhm-local';
+/** The fixed password data directories made before passwords were generated have; migrated on their first start. */
+const LEGACY_PASSWORD = 'dhm-local';
+/** The superuser's password, next to credentials.json in DHM_HOME, 0600. */
+export const PASSWORD_FILE = 'postgres.password';
 /** As root, Postgres (which refuses root) runs as this unprivileged system user. */
 export const POSTGRES_OS_USER = 'postgres';
 /** As root, binaries and data the Postgres user cannot reach in place are put here (root-owned, 0755 on the way). */
@@ -151,13 +154,13 @@ function minimalEnv(): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8', LC_MESSAGES: 'C' };
 }
 
-async function initialise(bin: string, dataDir: string, user: OsUser | null, logger: Logger): Promise<void> {
+async function initialise(bin: string, dataDir: string, password: string, user: OsUser | null, logger: Logger): Promise<void> {
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   if (user) fs.chownSync(dataDir, user.uid, user.gid);
   // The password goes to initdb in a file only Postgres's user can read, never on its command line.
   const pwDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-pg-'));
   const pwFile = path.join(pwDir, 'pw');
-  fs.writeFileSync(pwFile, `${PASSWORD}\n`, { mode: 0o600 });
+  fs.writeFileSync(pwFile, `${password}\n`, { mode: 0o600 });
   if (user) {
     fs.chownSync(pwDir, user.uid, user.gid);
     fs.chownSync(pwFile, user.uid, user.gid);
@@ -213,7 +216,14 @@ export async function startEmbeddedPostgres(opts: { dataDir: string; port: numbe
     throw new UserFacingError(`${opts.portVariable ?? 'DHM_PG_PORT'}: port ${port} is already in use by another process; stop it or choose another port`, opts.portVariable ?? 'DHM_PG_PORT');
   }
   const bin = reachableBinaries(shippedNativeDir(), user, log);
-  if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) await initialise(bin, dataDir, user, log);
+  const secrets = passwordStore(stateDir);
+  const fresh = !fs.existsSync(path.join(dataDir, 'PG_VERSION'));
+  let password = secrets.read();
+  if (fresh) {
+    password = secrets.generate();
+    await initialise(bin, dataDir, password, user, log);
+    secrets.commit();
+  }
   const child = spawn(
     path.join(bin, 'bin', 'postgres'),
     // TCP on loopback only: no UNIX socket in a shared /tmp for another local user to find.
@@ -223,7 +233,18 @@ export async function startEmbeddedPostgres(opts: { dataDir: string; port: numbe
   child.stderr?.on('data', (b: Buffer) => log.debug(b.toString('utf8').trim()));
   await waitForReady(child, dataDir, port);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const urlFor = (db: string) => `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}/${db}`;
+  if (password === undefined) {
+    // A data directory from before generated passwords (or a start that died between ALTER ROLE and keeping the new
+    // password): its superuser gets a generated password now, kept in DHM_HOME before the old one stops working.
+    try {
+      password = await migratePassword(port, secrets, log);
+    } catch (err) {
+      child.kill('SIGINT');
+      await exited;
+      throw err;
+    }
+  }
+  const urlFor = (db: string) => `postgres://${USER}:${encodeURIComponent(password!)}@127.0.0.1:${port}/${db}`;
   return {
     adminUrl: urlFor('postgres'),
     urlFor,
@@ -237,6 +258,69 @@ export async function startEmbeddedPostgres(opts: { dataDir: string; port: numbe
       clearTimeout(timer);
     },
   };
+}
+
+/**
+ * The superuser password in `<DHM_HOME>/postgres.password` (0600, owned by whoever runs dhm; Postgres itself keeps only
+ * its SCRAM hash). A new one is first written to `.pending`, and only renamed into place once Postgres has it, so a
+ * start killed half-way never loses the password that works.
+ */
+function passwordStore(stateDir: string) {
+  const file = path.join(stateDir, PASSWORD_FILE);
+  const pending = `${file}.pending`;
+  const readFile = (f: string): string | undefined => {
+    try {
+      fs.chmodSync(f, 0o600); // whatever the umask or an older dhm left: the owner only
+      const v = fs.readFileSync(f, 'utf8').trim();
+      return v || undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  };
+  return {
+    file,
+    read: () => readFile(file),
+    readPending: () => readFile(pending),
+    generate(): string {
+      const pw = randomBytes(24).toString('base64url');
+      fs.rmSync(pending, { force: true });
+      fs.writeFileSync(pending, `${pw}\n`, { mode: 0o600, flag: 'wx' });
+      return pw;
+    },
+    commit(): void {
+      fs.renameSync(pending, file);
+    },
+  };
+}
+
+/** Logs in with the legacy (or a pending) password and sets a generated one; returns it. */
+async function migratePassword(port: number, secrets: ReturnType<typeof passwordStore>, logger: Logger): Promise<string> {
+  const candidates = [secrets.readPending(), LEGACY_PASSWORD].filter((p): p is string => p !== undefined);
+  for (const old of candidates) {
+    const client = new Client({ host: '127.0.0.1', port, user: USER, password: old, database: 'postgres', connectionTimeoutMillis: 5_000 });
+    try {
+      await client.connect();
+    } catch (err) {
+      if ((err as { code?: string }).code === '28P01') continue; // invalid_password: try the next candidate
+      throw err;
+    } finally {
+      client.on('error', () => undefined);
+    }
+    try {
+      const next = old === LEGACY_PASSWORD ? secrets.generate() : old;
+      await client.query(`ALTER ROLE ${client.escapeIdentifier(USER)} PASSWORD ${client.escapeLiteral(next)}`);
+      secrets.commit();
+      logger.info({ file: secrets.file }, 'the embedded Postgres superuser now has a generated password (it had the fixed one of older dhm versions)');
+      return next;
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+  throw new UserFacingError(
+    `DHM_HOME: the embedded Postgres superuser's password is not in ${secrets.file} and is not the old fixed one; put it there (one line, mode 0600) or start with a fresh DHM_HOME`,
+    'DHM_HOME',
+  );
 }
 
 /** Creates the database if it does not exist (CREATE DATABASE has no IF NOT EXISTS). */

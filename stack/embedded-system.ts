@@ -116,7 +116,7 @@ export async function startEmbeddedSystem(opts: {
       temporal: { address: stack.temporalAddress, namespace: stack.namespace, taskQueue: env.TEMPORAL_TASK_QUEUE },
       worker: {},
       scheduler: { databaseUrl: stack.databaseUrl },
-      api: { operatorToken, host: env.DHM_API_HOST, port: opts.apiPort ?? env.DHM_API_PORT },
+      api: { operatorToken, host: env.DHM_API_HOST, port: opts.apiPort ?? env.DHM_API_PORT, sealingKey: env.DHM_API_SEALING_KEY ?? keptSecret(path.join(opts.stateDir ?? env.DHM_HOME, 'api-sealing.key')) },
     });
     stops.push(plane.stop);
     const api = plane.api!;
@@ -135,6 +135,24 @@ export async function startEmbeddedSystem(opts: {
     await stopAll();
     throw err;
   }
+}
+
+/**
+ * A secret generated once and kept in DHM_HOME (0600, owner only): the API's sealing key, so stored idempotent answers
+ * survive a restart of `dhm up` and are never sealed with the operator token.
+ */
+function keptSecret(file: string): string {
+  try {
+    fs.chmodSync(file, 0o600);
+    const v = fs.readFileSync(file, 'utf8').trim();
+    if (v.length >= 32) return v;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const secret = randomBytes(32).toString('base64url');
+  fs.writeFileSync(file, `${secret}\n`, { mode: 0o600 });
+  fs.chmodSync(file, 0o600);
+  return secret;
 }
 
 /**

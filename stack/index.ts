@@ -161,8 +161,13 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
  */
 function ensureStateDir(stateDir: string): void {
   try {
-    fs.mkdirSync(stateDir, { recursive: true, mode: process.getuid?.() === 0 ? 0o711 : 0o700 });
+    const mode = process.getuid?.() === 0 ? 0o711 : 0o700;
+    fs.mkdirSync(stateDir, { recursive: true, mode });
     fs.accessSync(stateDir, fs.constants.W_OK | fs.constants.X_OK);
+    // Private whatever the umask or whoever made it before: nobody else lists it or reads what it holds (credentials,
+    // the Postgres password, the Temporal store). Only a folder of our own is changed.
+    const st = fs.statSync(stateDir);
+    if (st.uid === process.getuid?.() && (st.mode & 0o777 & ~mode) !== 0) fs.chmodSync(stateDir, mode);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'ENOSPC' ? 'no space left on the disk' : code === 'ENOTDIR' || code === 'EEXIST' ? 'not a folder' : (err as Error).message;

@@ -56,6 +56,11 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   if (opts.uiPort !== null && (await portInUse(opts.uiPort))) {
     throw new UserFacingError(`DHM_TEMPORAL_UI_PORT: port ${opts.uiPort} is already in use by another process`, 'DHM_TEMPORAL_UI_PORT');
   }
+  // The store holds every workflow's history (tenants' VM names, the migration's state): owner-only whatever the
+  // umask. A store from before is made 0600 here; a new one is created by the server under umask 077 (below). The
+  // file cannot be made in advance: the dev server sets its schema up only when the file does not exist yet.
+  const dbFile = path.join(stateDir, 'temporal.db');
+  for (const f of [dbFile, `${dbFile}-wal`, `${dbFile}-shm`]) if (fs.existsSync(f)) fs.chmodSync(f, 0o600);
   const args = [
     'server',
     'start-dev',
@@ -63,7 +68,7 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     '--port', String(opts.port),
     '--http-port', String(await freePort()),
     '--metrics-port', String(await freePort()),
-    '--db-filename', path.join(stateDir, 'temporal.db'),
+    '--db-filename', dbFile,
     // Write-ahead log, synced at checkpoints: a write costs no fsync of its own, and a killed server loses nothing
     // committed (only an OS crash could lose the last transactions). The default rollback journal synced every
     // workflow update and made the store the bottleneck of the whole stack (benchmark 2).
@@ -75,8 +80,15 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     ...Object.entries(CUSTOM_SEARCH_ATTRIBUTES).flatMap(([k, t]) => ['--search-attribute', `${k}=${t}`]),
     ...(opts.extraArgs ?? []),
   ];
-  const logFile = fs.openSync(path.join(stateDir, 'temporal.log'), 'a');
-  const child: ChildProcess = spawn(opts.cliPath, args, { stdio: ['ignore', logFile, logFile] });
+  const logFile = fs.openSync(path.join(stateDir, 'temporal.log'), 'a', 0o600);
+  // The child inherits the umask at spawn: 077 just for it, so everything it creates is the owner's only.
+  const umask = process.umask(0o077);
+  let child: ChildProcess;
+  try {
+    child = spawn(opts.cliPath, args, { stdio: ['ignore', logFile, logFile] });
+  } finally {
+    process.umask(umask);
+  }
   fs.closeSync(logFile);
   if (child.pid) writePidFile(pidFile, child.pid);
   let exited: string | null = null;

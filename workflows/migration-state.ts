@@ -1,4 +1,4 @@
-import { log, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
+import { log, patched, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
 import {
   localDiskDataMiB,
   TERMINAL_PHASES,
@@ -124,7 +124,7 @@ export class MigrationState {
   }
   /** Short and unique per agent: the migration's random tail, the VM's ordinal (VMs are only ever appended), the try. */
   jobIdFor(vm: VmView, direction: 'out' | 'back'): string {
-    return `mig-${this.migrationId.slice(-12)}-${this.st.vms.indexOf(vm)}-${direction}-${vm.attempts}`;
+    return `mig-${this.migrationId.slice(-12)}-${vm.ordinal ?? this.st.vms.indexOf(vm)}-${direction}-${vm.attempts}`;
   }
   /** Where a lost VM is not. */
   nowhere(): string {
@@ -227,7 +227,10 @@ export class MigrationState {
     this.changed();
   }
   provisionedOnClone(vm: { vmId: string; name: string; spec: VmSpec }): void {
-    this.st.vms.push({ vmId: vm.vmId, name: vm.name, spec: resourcesOf(vm.spec), state: 'provisioned-on-clone', attempts: 0 });
+    // Ordinals are only ever handed out once; without dropped VMs the next one is the count, as it always was.
+    const ordinal = this.st.nextVmOrdinal ?? this.st.vms.length;
+    if (this.st.nextVmOrdinal !== undefined) this.st.nextVmOrdinal += 1;
+    this.st.vms.push({ vmId: vm.vmId, name: vm.name, spec: resourcesOf(vm.spec), state: 'provisioned-on-clone', attempts: 0, ...(this.st.nextVmOrdinal !== undefined ? { ordinal } : {}) });
     this.changed();
   }
   deleteAsked(vm: VmView): void {
@@ -271,7 +274,13 @@ export class MigrationState {
   // ---- views --------------------------------------------------------------------------------------------------
   /** What the `status` query answers. */
   view(): MigrationStatus {
-    return { ...this.st, counts: countStates(this.st.vms) };
+    return { ...this.st, counts: this.counts() };
+  }
+  /** VMs per state, the deleted VMs earlier runs dropped included. */
+  private counts(): Record<VmMigrationState, number> {
+    const counts = countStates(this.st.vms);
+    counts.deleted += this.st.deletedDropped ?? 0;
+    return counts;
   }
   result(): MigrationResult {
     const lost = this.vmsIn('lost');
@@ -281,14 +290,35 @@ export class MigrationState {
       phase: this.phase,
       source: this.source,
       target: this.target,
-      counts: countStates(this.st.vms),
+      counts: this.counts(),
       finishedAt: this.st.finishedAt,
       lastError: this.st.lastError,
       ...(lost.length ? { lostVms: lost.map((v) => v.vmId) } : {}),
     };
   }
+  /**
+   * What the next run needs. Deleted VMs are dropped (only their count is kept): a tenant creating and deleting VMs
+   * all migration long must not grow the carried state toward Temporal's payload limit. Every VM keeps its ordinal,
+   * so job ids stay unique after the drop.
+   */
   carry(): CarriedMigration {
-    return { status: this.st, deleteRequested: [...this.deleting], forceAutoConverge: [...this.autoConvergeNext], failure: this.failed };
+    if (!patched('bounded-carried-state'))
+      return { status: this.st, deleteRequested: [...this.deleting], forceAutoConverge: [...this.autoConvergeNext], failure: this.failed };
+    const vms = this.st.vms.map((v, i) => ({ ...v, ordinal: v.ordinal ?? i }));
+    const kept = vms.filter((v) => v.state !== 'deleted');
+    const status: MigrationStatus = {
+      ...this.st,
+      vms: kept,
+      nextVmOrdinal: this.st.nextVmOrdinal ?? this.st.vms.length,
+      deletedDropped: (this.st.deletedDropped ?? 0) + (vms.length - kept.length),
+    };
+    const alive = new Set(kept.map((v) => v.vmId));
+    return {
+      status,
+      deleteRequested: [...this.deleting].filter((id) => alive.has(id)),
+      forceAutoConverge: [...this.autoConvergeNext].filter((id) => alive.has(id)),
+      failure: this.failed,
+    };
   }
 }
 

@@ -4,6 +4,7 @@ import { call, moveSteps, steps } from './activity-calls';
 import { failureOf } from './failures';
 import type { MigrationState } from './migration-state';
 import { autoConvergeFor, bandwidthCapFor, orderVms } from './vm-order';
+import { escapeMarkdown } from './details';
 
 /**
  * The VMs' moves out to the clone (claim 1e): up to `maxParallel` at once, in the policy's order, each cancellable.
@@ -84,7 +85,7 @@ export class Moves {
     this.cancels.set(vm.vmId, () => scope.cancel());
     try {
       const figures = await scope.run(() =>
-        call(moveSteps.liveMigrateVm, `live-migrate ${vm.name} (${vm.vmId}) ${source.serverId} → ${target.serverId}`, {
+        call(moveSteps.liveMigrateVm, `live-migrate ${escapeMarkdown(vm.name)} (${vm.vmId}) ${source.serverId} → ${target.serverId}`, {
           migrationId: state.migrationId,
           jobId: vm.jobId!,
           vmId: vm.vmId,

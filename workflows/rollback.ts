@@ -5,6 +5,7 @@ import { failureOf, nonRetryable } from './failures';
 import { findLost, recordLost } from './lost-vms';
 import type { MigrationState } from './migration-state';
 import type { Moves } from './moves';
+import { escapeMarkdown } from './details';
 
 /**
  * Cancel or an unrecoverable failure: the compensations, in reverse, where no cancel can interrupt them. Stop the
@@ -58,7 +59,7 @@ async function bringHome(state: MigrationState, source: { serverId: string; inca
     for (let vm = queue.shift(); vm; vm = queue.shift()) {
       state.movingBack(vm);
       try {
-        await call(moveSteps.liveMigrateVm, `move ${vm.name} (${vm.vmId}) back to ${source.serverId}`, {
+        await call(moveSteps.liveMigrateVm, `move ${escapeMarkdown(vm.name)} (${vm.vmId}) back to ${source.serverId}`, {
           migrationId: state.migrationId,
           jobId: vm.jobId!,
           vmId: vm.vmId,

@@ -10,6 +10,7 @@ import {
 } from '../common/migration';
 import { describeZodError } from '../common/errors';
 import { call, localSteps, steps } from './activity-calls';
+import { escapeMarkdown } from './details';
 import { nonRetryable } from './failures';
 import { deleteVmSignal, deleteVmUpdate, provisionVmSignal, provisionVmUpdate, requestOutcomeQuery, type RequestOutcome } from './messages';
 import type { MigrationState } from './migration-state';
@@ -18,6 +19,11 @@ import type { MigrationState } from './migration-state';
 export type DeferredRequest = { kind: 'provision'; args: ProvisionVmArgs } | { kind: 'delete'; args: DeleteVmArgs };
 
 const MAX_REMEMBERED_OUTCOMES = 2000;
+/**
+ * Outcomes handed to the next run: the newest ones. They answer a client's retry of a request (seconds later), not
+ * the whole migration's requests, and 2,000 of them could take most of Temporal's payload limit.
+ */
+const MAX_CARRIED_OUTCOMES = 200;
 
 /**
  * Tenants' requests during the migration (claims 1f, 6, 7, 8): `provisionVm` and `deleteVm`, as Updates (validated
@@ -82,7 +88,9 @@ export class TenantRequests {
 
   /** What the next run needs: the outcomes (so a resent request gets its first answer) and the deferred signals. */
   carry(): { outcomes: RequestOutcome[]; deferred?: DeferredRequest[] } {
-    return { outcomes: [...this.outcomes.values()], ...(this.deferred.length ? { deferred: this.deferred } : {}) };
+    const all = [...this.outcomes.values()];
+    const outcomes = patched('bounded-carried-state') ? all.slice(-MAX_CARRIED_OUTCOMES) : all;
+    return { outcomes, ...(this.deferred.length ? { deferred: this.deferred } : {}) };
   }
 
   // ---- the two requests ---------------------------------------------------------------------------------------
@@ -101,7 +109,7 @@ export class TenantRequests {
     const target = state.target;
     const via = requestSteps();
     const result = await CancellationScope.nonCancellable(() =>
-      call(via.provisionVmOnClone, `provision ${args.name} on clone ${target.incarnationId}`, {
+      call(via.provisionVmOnClone, `provision ${escapeMarkdown(args.name)} on clone ${target.incarnationId}`, {
         migrationId: state.migrationId,
         dedicatedHostId: state.dedicatedHostId,
         target,
@@ -128,7 +136,7 @@ export class TenantRequests {
       await condition(() => vm.state !== 'moving');
     }
     const via = requestSteps();
-    await CancellationScope.nonCancellable(() => call(via.deleteVm, `delete ${vm.name} (${vm.vmId}), was ${wasState}`, { migrationId: state.migrationId, vmId: vm.vmId }));
+    await CancellationScope.nonCancellable(() => call(via.deleteVm, `delete ${escapeMarkdown(vm.name)} (${vm.vmId}), was ${wasState}`, { migrationId: state.migrationId, vmId: vm.vmId }));
     state.deleted(vm);
     return { vmId: vm.vmId, deleted: true, wasState };
   }

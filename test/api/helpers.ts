@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
 import { createAgentDirectory } from '../../compute/agent-directory';
+import type { RateLimits } from '../../api/rate-limits';
 import { startApiServer, type ApiLimits, type RunningApiServer } from '../../api/server';
 import { createHostService, type HostService } from '../../api/host-service';
 import type { Fleet } from '../../common/fleet';
@@ -47,7 +48,21 @@ export interface ApiTestSystem {
 
 /** The real system (Postgres, Temporal worker, sim agents, scheduler) plus the API on a free loopback port. */
 export async function startApiTestSystem(
-  opts: { fleet?: Fleet; timeScale?: number; logLevel?: string; bodyLimitBytes?: number; limits?: Partial<ApiLimits> } = {},
+  opts: {
+    fleet?: Fleet;
+    timeScale?: number;
+    logLevel?: string;
+    bodyLimitBytes?: number;
+    limits?: Partial<ApiLimits>;
+    /** Default: far above what any test that is not about rates sends (those pass their own). */
+    rateLimits?: Partial<RateLimits>;
+    /**
+     * `generous` (default): tenants made by `tenant()` get quotas no test that is not about quotas meets;
+     * `default`: they keep the inventory's defaults (2 hosts per zone and class, 50 requests/s).
+     */
+    tenantQuotas?: 'generous' | 'default';
+    maxRequestsInFlightPerMigration?: number;
+  } = {},
 ): Promise<ApiTestSystem> {
   const sys = await startTestSystem({ fleet: opts.fleet, timeScale: opts.timeScale });
   sys.db.pool.on('error', () => undefined); // the database is dropped at the end while idle clients may still close
@@ -55,7 +70,7 @@ export async function startApiTestSystem(
   const logger = pino({ level: opts.logLevel ?? 'warn' }, { write: (line: string) => void logs.push(line) });
   const agents = createAgentDirectory({ lookupAgentUrl: async (serverId) => (await sys.inventory.getServer(serverId)).agentUrl, tls: sys.agentTls });
   const temporal = { client: sys.temporal.client, taskQueue: sys.temporal.taskQueue };
-  const hostService = createHostService({ inventory: sys.inventory, agents, temporal, logger });
+  const hostService = createHostService({ inventory: sys.inventory, agents, temporal, logger, maxRequestsInFlightPerMigration: opts.maxRequestsInFlightPerMigration });
   const operatorToken = `op_${randomBytes(24).toString('hex')}`;
   const api = await startApiServer({
     inventory: sys.inventory,
@@ -67,6 +82,7 @@ export async function startApiTestSystem(
     port: 0,
     ...(opts.bodyLimitBytes ? { bodyLimitBytes: opts.bodyLimitBytes } : {}),
     ...(opts.limits ? { limits: opts.limits } : {}),
+    rateLimits: opts.rateLimits ?? { perAddressPerSecond: 100_000, operatorPerSecond: 100_000 },
   });
 
   const call = async (method: string, path: string, o: CallOptions = {}): Promise<ApiResponse> => {
@@ -100,6 +116,8 @@ export async function startApiTestSystem(
     async tenant(name) {
       const r = await call('POST', '/v1/tenants', { token: operatorToken, body: { name: name ?? `tenant-${++n}` } });
       if (r.status !== 201) throw new Error(`creating a tenant: ${r.status} ${r.text}`);
+      if ((opts.tenantQuotas ?? 'generous') === 'generous')
+        await sys.inventory.setTenantQuotas({ tenantId: r.body.id, hostsPerZoneClass: 1000, requestsPerSecond: 100_000, actor: 'test' });
       return { id: r.body.id, token: r.body.token };
     },
     async host(token, o = {}) {

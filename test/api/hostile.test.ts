@@ -2,6 +2,7 @@ import * as http from 'node:http';
 import fc from 'fast-check';
 import { testFleet } from '../support/fleets';
 import { startApiTestSystem, type ApiTestSystem, type CallOptions } from './helpers';
+import { eventually } from '../support/system';
 
 /**
  * Hostile input against the real API: SQL injection strings in every text field (stored and returned verbatim,
@@ -50,7 +51,9 @@ describe('hostile input', () => {
   const BAD_TOKEN = 'hunter2-not-a-real-token-0123456789';
 
   beforeAll(async () => {
-    t = await startApiTestSystem({ fleet: testFleet({ servers: 24 }), timeScale: 200, logLevel: 'info' });
+    // The rates of this block are far above what it sends: it is about input and concurrency; the limits have their
+    // own block below.
+    t = await startApiTestSystem({ fleet: testFleet({ servers: 24 }), timeScale: 200, logLevel: 'info', rateLimits: { perAddressPerSecond: 100_000, operatorPerSecond: 100_000 } });
     op = t.operatorToken;
     a = await t.tenant('fuzz A');
     b = await t.tenant('fuzz B');
@@ -327,5 +330,161 @@ describe('hostile input', () => {
     expect(all).toContain('incoming request');
     for (const secret of [op, a.token, b.token, BAD_TOKEN]) expect(all).not.toContain(secret);
     expect(all.toLowerCase()).not.toContain('bearer');
+  });
+});
+
+/** One request from a chosen loopback address (each "client" of the load tests has its own), with its latency. */
+function fromAddress(base: string, localAddress: string, method: string, path: string, o: { token?: string; body?: unknown } = {}) {
+  return new Promise<{ status: number; body: any; headers: http.IncomingHttpHeaders; ms: number }>((resolve, reject) => {
+    const started = performance.now();
+    const body = o.body === undefined ? undefined : JSON.stringify(o.body);
+    const req = http.request(`${base}${path}`, {
+      method,
+      localAddress,
+      agent: false,
+      headers: { ...(o.token ? { authorization: `Bearer ${o.token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+    });
+    req.on('response', (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => {
+        let parsed: unknown;
+        try {
+          parsed = text ? JSON.parse(text) : undefined;
+        } catch {
+          parsed = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, body: parsed, headers: res.headers, ms: performance.now() - started });
+      });
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+
+describe('hostile load: quotas, rate limits and update floods', () => {
+  let t: ApiTestSystem;
+  let op: string;
+  let victim: { id: string; token: string };
+  let victimHost: any;
+  const VICTIM_ADDR = '127.0.0.3';
+
+  /** The victim's latency: 15 reads one after the other, from its own address. */
+  const victimReads = async () => {
+    const ms: number[] = [];
+    for (let i = 0; i < 15; i++) {
+      const r = await fromAddress(t.api.url, VICTIM_ADDR, 'GET', `/v1/dedicated-hosts/${victimHost.id}`, { token: victim.token });
+      expect(r.status).toBe(200);
+      ms.push(r.ms);
+    }
+    return median(ms);
+  };
+
+  beforeAll(async () => {
+    // 100 requests/s per address (the default is 200: this machine cannot send much faster than that from one
+    // address), 50 per tenant token (the default quota).
+    t = await startApiTestSystem({ fleet: testFleet({ servers: 12 }), timeScale: 5, rateLimits: { perAddressPerSecond: 100 }, tenantQuotas: 'default' });
+    op = t.operatorToken;
+    victim = await t.tenant('victim');
+    victimHost = await t.host(victim.token, { name: 'victim host' });
+  });
+  afterAll(async () => {
+    await t?.stop();
+  });
+
+  it('hosts beyond the quota are refused 409 QUOTA_EXCEEDED naming it, nothing changes; the operator raises it; a tenant cannot; others unaffected', async () => {
+    const greedy = await t.tenant('greedy');
+    await t.host(greedy.token);
+    await t.host(greedy.token);
+    const before = await t.counts();
+    const r = await t.call('POST', '/v1/dedicated-hosts', { token: greedy.token, body: { name: 'third', zone: 'zone-a', resourceClass: 'std' } });
+    expect([r.status, r.body.error.code, r.body.error.field]).toEqual([409, 'QUOTA_EXCEEDED', 'hostsPerZoneClass']);
+    expect(r.body.error.details).toMatchObject({ quota: 'hostsPerZoneClass', limit: 2, used: 2 });
+    expect(await t.counts()).toEqual(before);
+    // Its own quota is the operator's to raise; another tenant's is not even visible.
+    expect((await t.call('POST', `/v1/tenants/${greedy.id}/quotas`, { token: greedy.token, body: { hostsPerZoneClass: 50 } })).status).toBe(403);
+    expect((await t.call('GET', `/v1/tenants/${victim.id}/quotas`, { token: greedy.token })).status).toBe(404);
+    expect((await t.call('GET', `/v1/tenants/${greedy.id}/quotas`, { token: greedy.token })).body).toMatchObject({ hostsPerZoneClass: 2, requestsPerSecond: 50 });
+    const bad = await t.call('POST', `/v1/tenants/${greedy.id}/quotas`, { token: op, body: { hostsPerZoneClass: -1 } });
+    expect([bad.status, bad.body.error.field]).toEqual([400, 'hostsPerZoneClass']);
+    expect(await t.counts()).toEqual(before);
+    const raised = await t.call('POST', `/v1/tenants/${greedy.id}/quotas`, { token: op, body: { hostsPerZoneClass: 3 } });
+    expect([raised.status, raised.body.hostsPerZoneClass]).toEqual([200, 3]);
+    await t.host(greedy.token);
+    // The other tenant still gets its hosts (the fleet has room; the quota kept the greedy one from taking it all).
+    await t.host(victim.token, { name: 'second' });
+  });
+
+  it('a tenant flooding the API gets 429 with Retry-After past its rate, never a 5xx; another tenant is served within its normal latency', async () => {
+    const attacker = await t.tenant('flooder');
+    const attackerHost = await t.host(attacker.token);
+    const baseline = await victimReads();
+    const before = await t.counts();
+    const flood = Promise.all(
+      Array.from({ length: 400 }, (_, i) =>
+        fromAddress(t.api.url, `127.0.1.${1 + (i % 10)}`, i % 5 === 0 ? 'POST' : 'GET', i % 5 === 0 ? `/v1/dedicated-hosts/${attackerHost.id}/vms` : `/v1/dedicated-hosts/${attackerHost.id}`, {
+          token: attacker.token,
+          ...(i % 5 === 0 ? { body: { name: 'x', vcpus: 1e6, memoryMiB: 1, diskGiB: 1 } } : {}),
+        }),
+      ),
+    );
+    const during = await victimReads();
+    const answers = await flood;
+    expect(answers.filter((r) => r.status >= 500)).toEqual([]);
+    const limited = answers.filter((r) => r.status === 429);
+    expect(limited.length).toBeGreaterThan(100);
+    for (const r of limited) {
+      expect(r.body.error.code).toBe('RATE_LIMITED');
+      expect(Number(r.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    }
+    expect(answers.every((r) => [200, 400, 429].includes(r.status))).toBe(true);
+    expect(await t.counts()).toEqual(before);
+    // The victim's reads stayed near their own baseline (same machine, same moment: a generous but real bound).
+    expect(during).toBeLessThan(Math.max(baseline * 5, baseline + 150));
+  });
+
+  it('a flood from one address (bad tokens, health checks) is limited per address before any token lookup; other addresses are served', async () => {
+    const baseline = await victimReads();
+    const answers = await Promise.all(
+      Array.from({ length: 600 }, (_, i) =>
+        i % 2 ? fromAddress(t.api.url, '127.0.2.1', 'GET', '/v1/dedicated-hosts', { token: `dhm_guess_${i}_0123456789abcdef` }) : fromAddress(t.api.url, '127.0.2.1', 'GET', '/healthz'),
+      ),
+    );
+    const during = await victimReads();
+    expect(answers.filter((r) => r.status >= 500)).toEqual([]);
+    expect(answers.filter((r) => r.status === 429).length).toBeGreaterThan(100);
+    expect(answers.every((r) => [200, 401, 429].includes(r.status))).toBe(true);
+    expect(during).toBeLessThan(Math.max(baseline * 5, baseline + 150));
+  });
+
+  it('an update flood on a migrating host: requests past the in-flight cap get 429, never a 5xx, and a refused one creates nothing', async () => {
+    const tenant = await t.tenant('updater');
+    await t.call('POST', `/v1/tenants/${tenant.id}/quotas`, { token: op, body: { requestsPerSecond: 1000 } });
+    const host = await t.host(tenant.token, { resourceClass: 'large' });
+    for (let i = 0; i < 4; i++) await t.vm(tenant.token, host.id, { memoryMiB: 2048, workload: { dirtyRateMiBps: 1, workingSetMiB: 64 } });
+    const started = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body: { policy: { maxParallel: 1, bandwidthCapBps: 2e6 } } });
+    expect(started.status).toBe(202);
+    await eventually('migrating', async () => (await t.call('GET', `/v1/dedicated-hosts/${host.id}`, { token: tenant.token })).body.state === 'migrating');
+    const answers = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        fromAddress(t.api.url, '127.0.3.1', 'POST', `/v1/dedicated-hosts/${host.id}/vms`, { token: tenant.token, body: { name: `flood-${i}`, vcpus: 1, memoryMiB: 64, diskGiB: 1 } }),
+      ),
+    );
+    expect(answers.filter((r) => r.status >= 500).map((r) => [r.status, r.body])).toEqual([]);
+    const created = answers.filter((r) => r.status === 201);
+    const refused = answers.filter((r) => r.status === 429);
+    expect(created.length + refused.length).toBe(40);
+    expect(refused.length).toBeGreaterThan(0);
+    for (const r of refused) {
+      expect(r.body.error.code).toBe('TOO_MANY_REQUESTS');
+      expect(r.headers['retry-after']).toBe('1');
+    }
+    // Nothing of a refused request exists; every accepted one does.
+    const vms = (await t.call('GET', `/v1/dedicated-hosts/${host.id}/vms`, { token: tenant.token })).body.vms.map((v: any) => v.name);
+    expect(vms.filter((n: string) => n.startsWith('flood-')).sort()).toEqual(created.map((r) => r.body.name).sort());
+    await t.call('POST', `/v1/migrations/migration-${host.id}/cancel`, { token: op, body: {} });
   });
 });

@@ -80,9 +80,10 @@ describe('dedicated hosts', () => {
 
   test('parallel creates for the last free servers: each server goes to exactly one host', async () => {
     const { zone, std } = await freshZone(inv, { std: 3 });
-    const t = await inv.createTenant('racer');
+    // One tenant each: creates of one tenant queue on its row (its quota), and this race is between tenants.
+    const tenants = await Promise.all(Array.from({ length: 10 }, (_, i) => inv.createTenant(`racer ${i}`)));
     const results = await Promise.allSettled(
-      Array.from({ length: 10 }, (_, i) => inv.createDedicatedHost({ tenantId: t.id, name: `h${i}`, zone, resourceClass: 'std-64', ...OP })),
+      tenants.map((t, i) => inv.createDedicatedHost({ tenantId: t.id, name: `h${i}`, zone, resourceClass: 'std-64', ...OP })),
     );
     const won = results.filter((r) => r.status === 'fulfilled').map((r) => (r as PromiseFulfilledResult<{ serverId: string }>).value.serverId);
     const lost = results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason.code);

@@ -404,6 +404,7 @@ describe('target selection (claim 2)', () => {
     const hostsN = 8;
     const { zone } = await freshZone(inv, { std: hostsN + 1 });
     const t = await inv.createTenant('racers');
+    await inv.setTenantQuotas({ tenantId: t.id, hostsPerZoneClass: hostsN, ...OP });
     const hosts = [];
     for (let i = 0; i < hostsN; i++)
       hosts.push(await inv.createDedicatedHost({ tenantId: t.id, name: `h${i}`, zone, resourceClass: 'std-64', ...OP }));

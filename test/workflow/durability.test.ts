@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { defaultPayloadConverter, type Payload } from '@temporalio/common';
+import type { MigrationStatus } from '../../common/migration';
 import { createActivities } from '../../activities';
 import { deleteVmDuringMigration, provisionVmDuringMigration, MigrationRequestRefused } from '../../client/migrations';
 import { createLogger } from '../../common/logger';
@@ -129,6 +131,20 @@ describe('durability of a migration', () => {
     expect(st.requestsHandled).toBeGreaterThanOrEqual(answers.ok);
     expect(st.requestsHandled).toBeLessThanOrEqual(answers.ok + endedRefusals);
     expect(st.run).toBeGreaterThan(1);
+    // The carried state is bounded: the last run started without the VMs deleted before it (only their count) and
+    // with at most 200 remembered outcomes, though more requests than that were answered before it.
+    const history = await handle.fetchHistory();
+    const started = history.events?.[0]?.workflowExecutionStartedEventAttributes;
+    const input = defaultPayloadConverter.fromPayload<{ carried?: { status: MigrationStatus; outcomes: unknown[] } }>(started!.input!.payloads![0] as Payload);
+    const carried = input.carried!;
+    expect(carried.status.vms.filter((v) => v.state === 'deleted')).toEqual([]);
+    expect(carried.status.deletedDropped).toBeGreaterThan(0);
+    expect(carried.outcomes.length).toBeLessThanOrEqual(200);
+    expect(st.counts.deleted).toBe(st.vms.filter((v) => v.state === 'deleted').length + (st.deletedDropped ?? 0));
+    // Ordinals (in agent job ids) stayed unique across the drops.
+    const ordinals = st.vms.map((v) => v.ordinal);
+    expect(ordinals.every((o) => typeof o === 'number')).toBe(true);
+    expect(new Set(ordinals).size).toBe(ordinals.length);
     // History of every run stays far below the 51,200-event limit.
     const desc = await handle.describe();
     expect(desc.historyLength).toBeLessThan(10_240);

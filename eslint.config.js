@@ -29,12 +29,22 @@ module.exports = tseslint.config(
             message: 'workflows/ must be deterministic: do side effects in activities/',
             allowTypeImports: true,
           })),
-          patterns: [{ group: ['node:*', '../activities/*', '../compute/*', '../inventory/*'], message: 'workflows/ imports only types from side-effecting code', allowTypeImports: true }],
+          patterns: [
+            {
+              group: ['node:*', '../activities/*', '../compute/*', '../inventory/*'],
+              message: 'workflows/ imports only types from side-effecting code',
+              allowTypeImports: true,
+            },
+          ],
         },
       ],
       'no-restricted-properties': [
         'error',
-        { object: 'Date', property: 'now', message: 'use the SDK’s deterministic time (Date.now is replaced inside workflows, but be explicit: workflowInfo / sleep)' },
+        {
+          object: 'Date',
+          property: 'now',
+          message: 'use the SDK’s deterministic time (Date.now is replaced inside workflows, but be explicit: workflowInfo / sleep)',
+        },
         { object: 'Math', property: 'random', message: 'use uuid4() or the SDK’s deterministic random' },
       ],
     },

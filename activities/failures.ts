@@ -17,7 +17,12 @@ export function asActivityFailure(err: unknown): unknown {
   if (err instanceof AgentError) {
     const e: AgentError = err;
     if (e.retryable) return ApplicationFailure.create({ type: FailureTypes.AgentUnavailable, message: e.message, nonRetryable: false });
-    return ApplicationFailure.create({ type: FailureTypes.AgentRefused, message: `${e.code}: ${e.message}`, nonRetryable: true, details: [{ code: e.code, field: e.field }] });
+    return ApplicationFailure.create({
+      type: FailureTypes.AgentRefused,
+      message: `${e.code}: ${e.message}`,
+      nonRetryable: true,
+      details: [{ code: e.code, field: e.field }],
+    });
   }
   return err;
 }

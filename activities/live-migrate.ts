@@ -65,7 +65,12 @@ async function pollUntilDone(
     const asked = Date.now();
     const reply = agent.getMigration(jobId, { waitMs: WAIT_MS });
     const job = await (cancelled ? Promise.race([reply, cancelled]) : reply);
-    if (!job) throw ApplicationFailure.create({ type: FailureTypes.MoveFailed, message: `agent ${agent.baseUrl} lost migration job ${jobId} (restarted?)`, nonRetryable: true });
+    if (!job)
+      throw ApplicationFailure.create({
+        type: FailureTypes.MoveFailed,
+        message: `agent ${agent.baseUrl} lost migration job ${jobId} (restarted?)`,
+        nonRetryable: true,
+      });
     if (job.state !== 'running') return job;
     onProgress(job);
     const early = POLL_MS - (Date.now() - asked);
@@ -76,7 +81,12 @@ async function pollUntilDone(
 /** One VM's live migration, driven by the source agent; the activity follows it, heartbeats progress and honours cancellation. */
 export function createLiveMigration({ inventory, agents }: { inventory: Inventory; agents: AgentDirectory }) {
   const recordArrival = async (input: { migrationId: string; vmId: string; to: ServerIncarnation }) => {
-    await inventory.moveVmPlacement({ vmId: input.vmId, migrationId: input.migrationId, toIncarnationId: input.to.incarnationId, actor: `migration:${input.migrationId}` });
+    await inventory.moveVmPlacement({
+      vmId: input.vmId,
+      migrationId: input.migrationId,
+      toIncarnationId: input.to.incarnationId,
+      actor: `migration:${input.migrationId}`,
+    });
   };
 
   return {
@@ -87,14 +97,17 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
       // Idempotent by job id: after a worker restart the agent answers with the job it already has (usually still
       // running), and the activity follows it rather than start over. The start waits like a long-poll, so a move that
       // ends within WAIT_MS costs this one round trip.
-      let job = await source.startMigration({
-        jobId: input.jobId,
-        vmId: input.vmId,
-        target: { agentUrl: target.baseUrl, incarnationId: input.to.incarnationId },
-        maxDowntimeMs: input.maxDowntimeMs,
-        bandwidthCapBps: input.bandwidthCapBps,
-        autoConverge: input.autoConverge,
-      }, { waitMs: WAIT_MS });
+      let job = await source.startMigration(
+        {
+          jobId: input.jobId,
+          vmId: input.vmId,
+          target: { agentUrl: target.baseUrl, incarnationId: input.to.incarnationId },
+          maxDowntimeMs: input.maxDowntimeMs,
+          bandwidthCapBps: input.bandwidthCapBps,
+          autoConverge: input.autoConverge,
+        },
+        { waitMs: WAIT_MS },
+      );
       const heartbeat = (j: MigrationJob) => ctx.heartbeat(progressOf(j));
       try {
         if (job.state === 'running') {
@@ -112,7 +125,12 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
         } catch (cancelErr) {
           ctx.log.info('cancel found the move already finished', { jobId: input.jobId, error: String(cancelErr) });
         }
-        const final = await pollUntilDone(source, input.jobId, () => undefined, (ms) => new Promise((r) => setTimeout(r, ms)));
+        const final = await pollUntilDone(
+          source,
+          input.jobId,
+          () => undefined,
+          (ms) => new Promise((r) => setTimeout(r, ms)),
+        );
         if (final.state === 'completed') await recordArrival(input);
         throw err;
       }
@@ -133,7 +151,13 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
      * Where is the VM after an interrupted move? Stops the job if it still runs, then makes the inventory agree with
      * the agents. The workflow decides what to do next from the answer.
      */
-    async settleVm(input: { migrationId: string; vmId: string; jobId: string; from: ServerIncarnation; to: ServerIncarnation }): Promise<{ location: 'source' | 'target' | 'gone' | 'lost'; figures?: MoveFigures }> {
+    async settleVm(input: {
+      migrationId: string;
+      vmId: string;
+      jobId: string;
+      from: ServerIncarnation;
+      to: ServerIncarnation;
+    }): Promise<{ location: 'source' | 'target' | 'gone' | 'lost'; figures?: MoveFigures }> {
       const vm = await orNull(inventory.getVm(input.vmId));
       if (!vm || vm.state === 'deleted') return { location: 'gone' };
       const source = await agents.forServer(input.from.serverId);
@@ -144,7 +168,12 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
         } catch {
           // finished in the meantime; the poll below tells how
         }
-        job = await pollUntilDone(source, input.jobId, () => undefined, (ms) => new Promise((r) => setTimeout(r, ms)));
+        job = await pollUntilDone(
+          source,
+          input.jobId,
+          () => undefined,
+          (ms) => new Promise((r) => setTimeout(r, ms)),
+        );
       }
       if (job?.state === 'completed') {
         await recordArrival(input);

@@ -86,7 +86,8 @@ export function createMigrationSteps({ inventory, agents }: { inventory: Invento
       tenantId?: string;
     }) {
       const tenantId = input.tenantId ?? (await orNull(inventory.getHost(input.dedicatedHostId)))?.tenantId;
-      if (!tenantId) throw ApplicationFailure.create({ type: FailureTypes.NotFound, message: `dedicated host ${input.dedicatedHostId} not found`, nonRetryable: true });
+      if (!tenantId)
+        throw ApplicationFailure.create({ type: FailureTypes.NotFound, message: `dedicated host ${input.dedicatedHostId} not found`, nonRetryable: true });
       const vm = await inventory.provisionVmOnClone({
         vmId: input.vmId,
         migrationId: input.migrationId,

@@ -114,15 +114,17 @@ export function toErrorResponse(err: unknown): { status: number; body: ErrorBody
   // Fastify's own refusals (body too large, unsupported media type, ...).
   if (typeof e.code === 'string' && e.code.startsWith('FST_') && typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     if (e.statusCode === 413) return { status: 413, body: body('PAYLOAD_TOO_LARGE', 'body: request body is larger than allowed', 'body') };
-    if (e.statusCode === 415)
-      return { status: 415, body: body('UNSUPPORTED_MEDIA_TYPE', 'body: send JSON with Content-Type: application/json', 'body') };
+    if (e.statusCode === 415) return { status: 415, body: body('UNSUPPORTED_MEDIA_TYPE', 'body: send JSON with Content-Type: application/json', 'body') };
     return { status: e.statusCode, body: body(e.statusCode === 400 ? 'INVALID_INPUT' : 'BAD_REQUEST', String(e.message ?? 'bad request')) };
   }
   const grpc = isGrpcServiceError(err) ? err : err instanceof ServiceError && isGrpcServiceError(err.cause) ? err.cause : undefined;
   // Temporal's own limits (updates in flight or in total per workflow, rate limits of the namespace): the request was
   // not taken; the client should slow down and send it again, not see a server error.
   if (grpc?.code === GRPC_RESOURCE_EXHAUSTED)
-    return { status: 429, body: body('TOO_MANY_REQUESTS', 'the migration is taking too many requests at once; retry shortly', undefined, { retryAfterSeconds: 1 }) };
+    return {
+      status: 429,
+      body: body('TOO_MANY_REQUESTS', 'the migration is taking too many requests at once; retry shortly', undefined, { retryAfterSeconds: 1 }),
+    };
   if ((typeof e.code === 'string' && UNAVAILABLE_CODES.has(e.code)) || grpc?.code === GRPC_UNAVAILABLE || grpc?.code === GRPC_DEADLINE_EXCEEDED)
     return { status: 503, body: body('UNAVAILABLE', 'a backing service is unavailable; try again') };
   return null;

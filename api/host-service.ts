@@ -49,9 +49,15 @@ export function createHostService(deps: HostServiceDeps) {
   const throughMigration = async <T>(dedicatedHostId: string, send: () => Promise<T>): Promise<T> => {
     const n = inFlight.get(dedicatedHostId) ?? 0;
     if (n >= maxInFlight)
-      throw new ApiError(429, 'TOO_MANY_REQUESTS', `dedicatedHostId: ${n} requests are already in flight on this migrating host (at most ${maxInFlight}); retry shortly`, 'dedicatedHostId', {
-        retryAfterSeconds: 1,
-      });
+      throw new ApiError(
+        429,
+        'TOO_MANY_REQUESTS',
+        `dedicatedHostId: ${n} requests are already in flight on this migrating host (at most ${maxInFlight}); retry shortly`,
+        'dedicatedHostId',
+        {
+          retryAfterSeconds: 1,
+        },
+      );
     inFlight.set(dedicatedHostId, n + 1);
     try {
       return await send();
@@ -72,12 +78,17 @@ export function createHostService(deps: HostServiceDeps) {
     if (disks.every((d) => d.kind === 'local')) return;
     const servers = [host.serverId];
     if (host.state === 'migrating')
-      for (const inc of await inventory.listIncarnations({ dedicatedHostId: host.id })) if (inc.role === 'clone' && inc.state === 'live') servers.push(inc.serverId);
+      for (const inc of await inventory.listIncarnations({ dedicatedHostId: host.id }))
+        if (inc.role === 'clone' && inc.state === 'live') servers.push(inc.serverId);
     for (const serverId of servers) {
       const { diskKinds } = await (await agents.forServer(serverId)).info();
       disks.forEach((d, i) => {
         if (!diskKinds.includes(d.kind))
-          throw new InventoryError('CONFLICT', `disks.${i}.kind: this dedicated host's servers do not serve ${d.kind} disks (they serve: ${diskKinds.join(', ')})`, `disks.${i}.kind`);
+          throw new InventoryError(
+            'CONFLICT',
+            `disks.${i}.kind: this dedicated host's servers do not serve ${d.kind} disks (they serve: ${diskKinds.join(', ')})`,
+            `disks.${i}.kind`,
+          );
       });
     }
   };
@@ -87,7 +98,14 @@ export function createHostService(deps: HostServiceDeps) {
 
   return {
     /** A new dedicated host on a free matching server, with its first incarnation ready on that server's agent. */
-    async createDedicatedHost(input: { tenantId: string; name: string; zone: string; resourceClass: string; dedicatedHostId?: string; actor: string }): Promise<HostView> {
+    async createDedicatedHost(input: {
+      tenantId: string;
+      name: string;
+      zone: string;
+      resourceClass: string;
+      dedicatedHostId?: string;
+      actor: string;
+    }): Promise<HostView> {
       const host = await inventory.createDedicatedHost(input);
       const incarnation = await inventory.getIncarnation(host.currentIncarnationId);
       const agent = await agents.forServer(incarnation.serverId);
@@ -95,7 +113,15 @@ export function createHostService(deps: HostServiceDeps) {
       return host;
     },
 
-    async createVm(input: { dedicatedHostId: string; tenantId?: string; vmId: string; name: string; spec: VmSpec; requestId: string; actor: string }): Promise<{ vm: Vm; via: Via }> {
+    async createVm(input: {
+      dedicatedHostId: string;
+      tenantId?: string;
+      vmId: string;
+      name: string;
+      spec: VmSpec;
+      requestId: string;
+      actor: string;
+    }): Promise<{ vm: Vm; via: Via }> {
       for (let attempt = 0; ; attempt++) {
         const host = await inventory.getHost(input.dedicatedHostId, { tenantId: input.tenantId });
         await checkDiskKinds(host, input.spec);
@@ -112,7 +138,14 @@ export function createHostService(deps: HostServiceDeps) {
             );
             return { vm: await inventory.getVm(input.vmId), via: 'migration' };
           }
-          const vm = await inventory.placeVm({ vmId: input.vmId, tenantId: input.tenantId, dedicatedHostId: host.id, name: input.name, spec: input.spec, actor: input.actor });
+          const vm = await inventory.placeVm({
+            vmId: input.vmId,
+            tenantId: input.tenantId,
+            dedicatedHostId: host.id,
+            name: input.name,
+            spec: input.spec,
+            actor: input.actor,
+          });
           // A repeated creation of a VM that was deleted since must not start it again behind the inventory's back.
           if (vm.state === 'deleted') throw new InventoryError('CONFLICT', `vmId: VM ${vm.id} was deleted; a new VM needs a new id`, 'vmId');
           const incarnation = await inventory.getIncarnation(vm.incarnationId);

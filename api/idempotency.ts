@@ -51,7 +51,9 @@ function canonicalJson(v: unknown): string {
 }
 
 export function requestHash(route: string, body: unknown): string {
-  return createHash('sha256').update(`${route}\n${canonicalJson(body)}`).digest('hex');
+  return createHash('sha256')
+    .update(`${route}\n${canonicalJson(body)}`)
+    .digest('hex');
 }
 
 /**
@@ -87,8 +89,7 @@ export function createIdempotencyStore(pool: Pool, opts: IdempotencyStoreOptions
   const maxKeys = opts.maxKeysPerPrincipal ?? MAX_KEYS_PER_PRINCIPAL;
   const retentionHours = opts.retentionHours ?? RETENTION_HOURS;
   /** Answers that carry a secret are sealed with a key only the server (sealing key) and the caller (key) know. */
-  const sealKey = (principal: string, key: string) =>
-    Buffer.from(hkdfSync('sha256', sealingKey, `${principal}\n${key}`, 'dhm-api-idempotency-v2', 32));
+  const sealKey = (principal: string, key: string) => Buffer.from(hkdfSync('sha256', sealingKey, `${principal}\n${key}`, 'dhm-api-idempotency-v2', 32));
   const seal = (principal: string, key: string, value: unknown) => {
     const iv = randomBytes(12);
     const cipher = createCipheriv('aes-256-gcm', sealKey(principal, key), iv);
@@ -105,15 +106,21 @@ export function createIdempotencyStore(pool: Pool, opts: IdempotencyStoreOptions
       return JSON.parse(Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8'));
     } catch {
       // The sealing key changed since: the first answer can no longer be shown.
-      throw new ApiError(409, 'IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: the first answer to this key can no longer be shown; use a new key', 'Idempotency-Key');
+      throw new ApiError(
+        409,
+        'IDEMPOTENCY_KEY_REUSED',
+        'Idempotency-Key: the first answer to this key can no longer be shown; use a new key',
+        'Idempotency-Key',
+      );
     }
   };
 
   async function tryBegin(principal: string, key: string, route: string, hash: string): Promise<Begin> {
-    await pool.query(
-      `DELETE FROM api_idempotency_keys WHERE principal = $1 AND key = $2 AND created_at < now() - make_interval(hours => $3)`,
-      [principal, key, retentionHours],
-    );
+    await pool.query(`DELETE FROM api_idempotency_keys WHERE principal = $1 AND key = $2 AND created_at < now() - make_interval(hours => $3)`, [
+      principal,
+      key,
+      retentionHours,
+    ]);
     const inserted = await pool.query(
       `INSERT INTO api_idempotency_keys (principal, key, route, request_hash) VALUES ($1, $2, $3, $4)
        ON CONFLICT (principal, key) DO NOTHING`,
@@ -177,17 +184,24 @@ export function createIdempotencyStore(pool: Pool, opts: IdempotencyStoreOptions
         const r = await tryBegin(principal, key, route, hash);
         if (r.kind !== 'in-progress') return r;
         if (Date.now() > deadline)
-          throw new ApiError(409, 'IDEMPOTENCY_KEY_IN_USE', 'Idempotency-Key: the first request with this key is still running; retry later', 'Idempotency-Key');
+          throw new ApiError(
+            409,
+            'IDEMPOTENCY_KEY_IN_USE',
+            'Idempotency-Key: the first request with this key is still running; retry later',
+            'Idempotency-Key',
+          );
         await new Promise((resolve) => setTimeout(resolve, delay)); // bounded by the deadline above
       }
     },
 
     async complete(principal: string, key: string, answer: StoredAnswer, opts: { sealed: boolean }): Promise<void> {
       const stored = opts.sealed ? seal(principal, key, answer.body) : answer.body;
-      await pool.query(
-        `UPDATE api_idempotency_keys SET status = $3, body = $4, completed_at = now() WHERE principal = $1 AND key = $2 AND status IS NULL`,
-        [principal, key, answer.status, JSON.stringify(stored)],
-      );
+      await pool.query(`UPDATE api_idempotency_keys SET status = $3, body = $4, completed_at = now() WHERE principal = $1 AND key = $2 AND status IS NULL`, [
+        principal,
+        key,
+        answer.status,
+        JSON.stringify(stored),
+      ]);
     },
 
     /** Gives the key back after an answer that must not be replayed (5xx): a retry runs the request again. */

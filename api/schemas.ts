@@ -20,8 +20,7 @@ import { SERVER_STATES } from '../inventory/types';
 const PRINTABLE_TEXT = /^[^\u0000-\u001f\u007f-\u009f\uD800-\uDFFF]*$/u;
 
 /** Free text typed by people (names): 1..max characters, no control characters, well-formed Unicode. */
-export const textSchema = (max: number) =>
-  z.string().min(1).max(max).regex(PRINTABLE_TEXT, 'must not contain control characters or lone surrogates');
+export const textSchema = (max: number) => z.string().min(1).max(max).regex(PRINTABLE_TEXT, 'must not contain control characters or lone surrogates');
 
 export { idSchema };
 
@@ -56,9 +55,7 @@ export const volumeParams = z.object({ id: volumeIdSchema.describe('volume id') 
 export const migrationParams = z.object({ id: migrationIdSchema.describe('migration id = workflow id') }).strict();
 export const tenantParams = z.object({ id: idSchema.describe('tenant id') }).strict();
 
-export const serversQuery = z
-  .object({ zone: idSchema.optional(), resourceClass: idSchema.optional(), state: z.enum(SERVER_STATES).optional() })
-  .strict();
+export const serversQuery = z.object({ zone: idSchema.optional(), resourceClass: idSchema.optional(), state: z.enum(SERVER_STATES).optional() }).strict();
 export const vmsQuery = z.object({ includeDeleted: queryBool.optional() }).strict();
 export const eventsQuery = z
   .object({
@@ -124,7 +121,9 @@ export const startMigrationBody = z
     targetServerId: idSchema.optional().describe('a specific free server of the same zone and class; omitted: picked'),
     policy: migrationPolicySchema
       .optional()
-      .describe("fields left out come from dhm's own schedule for this host (streams from the source NIC, largest first, auto-converge only where needed, downtime target a third of maxDowntimeMs)"),
+      .describe(
+        "fields left out come from dhm's own schedule for this host (streams from the source NIC, largest first, auto-converge only where needed, downtime target a third of maxDowntimeMs)",
+      ),
   })
   .strict();
 
@@ -212,7 +211,9 @@ export const tenantVmView = z.object({
   diskGiB: intAmount,
   workload: z.record(z.string(), z.unknown()),
   disks: z.array(diskSchema).describe('as normalized: a VM created without disks has one local disk "root" of diskGiB'),
-  state: z.enum(['running', 'deleted', 'lost']).describe('lost: no server runs it any more (its server failed while the host migrated); delete it to close the record'),
+  state: z
+    .enum(['running', 'deleted', 'lost'])
+    .describe('lost: no server runs it any more (its server failed while the host migrated); delete it to close the record'),
   createdAt: isoTime,
   deletedAt: isoTime.nullable(),
   lostReason: z.string().optional(),
@@ -337,7 +338,14 @@ export const migrationView = z.object({
       state: z.enum(VM_MIGRATION_STATES),
       attempts: z.number().int(),
       figures: z
-        .object({ rounds: z.number(), bytesSent: z.number(), memoryBytes: z.number(), downtimeMs: z.number(), totalTimeMs: z.number(), diskBytesCopied: z.number().optional() })
+        .object({
+          rounds: z.number(),
+          bytesSent: z.number(),
+          memoryBytes: z.number(),
+          downtimeMs: z.number(),
+          totalTimeMs: z.number(),
+          diskBytesCopied: z.number().optional(),
+        })
         .optional(),
       error: z.string().optional(),
       progress: moveProgress.optional().describe('live, from the move activity’s last heartbeat'),

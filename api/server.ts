@@ -48,7 +48,8 @@ export function apiLimits(overrides: Partial<ApiLimits> = {}): ApiLimits {
   for (const [key, value] of Object.entries(overrides) as Array<[keyof ApiLimits, number | undefined]>) {
     if (value === undefined) continue;
     if (!(key in DEFAULT_API_LIMITS)) throw new UserFacingError(`limits.${key}: unknown API limit`, `limits.${key}`);
-    if (!Number.isSafeInteger(value) || value <= 0) throw new UserFacingError(`limits.${key}: must be a positive integer (got ${String(value)})`, `limits.${key}`);
+    if (!Number.isSafeInteger(value) || value <= 0)
+      throw new UserFacingError(`limits.${key}: must be a positive integer (got ${String(value)})`, `limits.${key}`);
     limits[key] = value;
   }
   if (limits.headersTimeoutMs > limits.requestTimeoutMs)
@@ -107,7 +108,11 @@ export async function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): Pro
   const limits = apiLimits(deps.limits);
   // Slow clients (DEFAULT_API_LIMITS). Node enforces the headers and request deadlines (408, then closes the
   // socket) every `connectionsCheckingInterval`, which can only be set when the server is created.
-  const serverOptions = { headersTimeout: limits.headersTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.timeoutCheckIntervalMs };
+  const serverOptions = {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    connectionsCheckingInterval: limits.timeoutCheckIntervalMs,
+  };
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     bodyLimit: deps.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
@@ -215,7 +220,13 @@ export async function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): Pro
       return reply
         .code(405)
         .header('allow', allow.join(', '))
-        .send({ error: { code: 'METHOD_NOT_ALLOWED', message: `${req.method.slice(0, 20)} is not served on ${path.slice(0, 200)}; allowed: ${allow.join(', ')}`, field: 'method' } });
+        .send({
+          error: {
+            code: 'METHOD_NOT_ALLOWED',
+            message: `${req.method.slice(0, 20)} is not served on ${path.slice(0, 200)}; allowed: ${allow.join(', ')}`,
+            field: 'method',
+          },
+        });
     return reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method.slice(0, 20)} ${path.slice(0, 200)}` } });
   });
 
@@ -238,7 +249,9 @@ export async function buildApiServer(deps: ApiDeps & { metrics?: Metrics }): Pro
     },
     { logLevel: 'warn' },
   );
-  register(app, routes.metrics, async (_req, reply) => reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()), { logLevel: 'warn' });
+  register(app, routes.metrics, async (_req, reply) => reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()), {
+    logLevel: 'warn',
+  });
 
   const openapi = buildOpenApiDocument();
   register(app, routes.openapi, async (_req, reply) => reply.send(openapi));

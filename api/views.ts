@@ -103,6 +103,15 @@ export function eventViews(p: Principal, events: AuditEvent[]) {
 
 /** A volume: operators also see whose it is. */
 export function volumeView(p: Principal, v: Volume) {
-  const base = { id: v.id, name: v.name, zone: v.zone, sizeGiB: v.sizeGiB, state: v.state, attachedVmId: v.attachedVmId, createdAt: v.createdAt, deletedAt: v.deletedAt };
+  const base = {
+    id: v.id,
+    name: v.name,
+    zone: v.zone,
+    sizeGiB: v.sizeGiB,
+    state: v.state,
+    attachedVmId: v.attachedVmId,
+    createdAt: v.createdAt,
+    deletedAt: v.deletedAt,
+  };
   return p.kind === 'tenant' ? tenantVolumeView.parse(base) : operatorVolumeView.parse({ ...base, tenantId: v.tenantId });
 }

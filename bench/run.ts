@@ -60,10 +60,10 @@ function parseArgs(argv: string[]): Args {
     } else if (a === '--workers') {
       const v = value();
       const counts = v.split(',').map(Number);
-      if (!counts.length || counts.some((n) => !Number.isInteger(n) || n < 1 || n > 8)) throw new Error(`--workers must be a list of worker counts from 1 to 8 (got ${v})`);
+      if (!counts.length || counts.some((n) => !Number.isInteger(n) || n < 1 || n > 8))
+        throw new Error(`--workers must be a list of worker counts from 1 to 8 (got ${v})`);
       args.workers = [...new Set(counts)];
-    }
-    else if (a === '--help' || a === '-h') {
+    } else if (a === '--help' || a === '-h') {
       console.log('usage: npm run bench -- [--quick] [--out results.json] [--only 1,2,3,4,5] [--seed N] [--temporal dev|cluster|both] [--workers 1,2]');
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
@@ -130,7 +130,9 @@ async function main(): Promise<number> {
   };
   const m = machine();
   console.log(`dhm benchmarks (${args.quick ? 'quick' : 'full'}) — ${startedAt.toISOString()}`);
-  console.log(`machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}; load average ${loadStart.map((l) => l.toFixed(2)).join(' ')}\n`);
+  console.log(
+    `machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}; load average ${loadStart.map((l) => l.toFixed(2)).join(' ')}\n`,
+  );
 
   let b1: EvacuationBenchResult | undefined;
   if (args.only.has(1)) {
@@ -179,7 +181,9 @@ async function main(): Promise<number> {
         if (stack && args.only.has(4)) {
           console.log(`\n4. Fleet throughput (N hosts × 10 VMs at once, ${label}, ${workers} worker${workers === 1 ? '' : 's'})`);
           const perProcess = processCpuMeter(stack);
-          seg.bench4 = await timed(`bench4-${mode}${suffix}`, () => benchFleetThroughput(stack, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log));
+          seg.bench4 = await timed(`bench4-${mode}${suffix}`, () =>
+            benchFleetThroughput(stack, { sweep: p.fleetSweep, timeLimitMs: p.fleetStepLimitMs }, console.log),
+          );
           seg.bench4CpuPerProcess = perProcess();
           console.log(`  CPU % per process over the sweep: ${perProcessText(seg.bench4CpuPerProcess)}`);
         }
@@ -187,7 +191,9 @@ async function main(): Promise<number> {
           console.log('\n5. qemu backend (a real 3-VM host)');
           // A qemu backend that is there but does not work is reported as such, not as a failed run.
           const s5 = performance.now();
-          b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({ skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}` }));
+          b5 = await benchQemu(stack, console.log).catch((err: unknown) => ({
+            skipped: `the qemu backend did not work here: ${err instanceof Error ? err.message : String(err)}`,
+          }));
           durationsMs.bench5 = Math.round(performance.now() - s5);
         }
       } finally {
@@ -236,7 +242,9 @@ async function main(): Promise<number> {
   fs.writeFileSync(out.replace(/\.json$/, '') + '.md', renderMarkdown(result) + sideBySide);
 
   console.log('\n' + renderSummary({ b1, b2, b3, b4, b5 }));
-  console.log(`\nwrote ${path.relative(process.cwd(), out)}${b1 ? ` and ${path.relative(process.cwd(), chartPath)}` : ''} in ${(durationsMs.total / 1000).toFixed(0)} s`);
+  console.log(
+    `\nwrote ${path.relative(process.cwd(), out)}${b1 ? ` and ${path.relative(process.cwd(), chartPath)}` : ''} in ${(durationsMs.total / 1000).toFixed(0)} s`,
+  );
   if (problems.length) {
     console.error(`\nfigures that could not be computed:\n  ${problems.join('\n  ')}`);
     return 1;
@@ -280,7 +288,10 @@ interface ModeFigures {
 }
 
 /** Where a run stood at its best step: throughput per core, and the process that used the most CPU. */
-function fleetEfficiency(b4: FleetThroughputFigures, perProcess: Record<string, number> | undefined): { perMachineCore: number; perCoreUsed: number; coresUsed: number; others: number; top: string } | null {
+function fleetEfficiency(
+  b4: FleetThroughputFigures,
+  perProcess: Record<string, number> | undefined,
+): { perMachineCore: number; perCoreUsed: number; coresUsed: number; others: number; top: string } | null {
   const best = b4.steps.filter((s) => s.errors.length === 0).sort((a, b) => b.hostsPerMinute - a.hostsPerMinute)[0];
   if (!best) return null;
   const c = best.cpu;
@@ -302,15 +313,27 @@ function renderSideBySide(by: Partial<Record<TemporalMode, ModeFigures>>, worker
   for (const mode of Object.keys(by) as TemporalMode[]) {
     const m = by[mode]!;
     if (m.byWorkers) for (const w of workerCounts.filter((n) => m.byWorkers![n])) cols.push({ name: `${mode} ×${w}w`, f: m.byWorkers[w]! });
-    else cols.push({ name: mode, f: { workers: workerCounts[0]!, bench2: m.bench2, bench4: m.bench4, bench4CpuPerProcess: m.bench4CpuPerProcess, loadAverageStart: [] } });
+    else
+      cols.push({
+        name: mode,
+        f: { workers: workerCounts[0]!, bench2: m.bench2, bench4: m.bench4, bench4CpuPerProcess: m.bench4CpuPerProcess, loadAverageStart: [] },
+      });
   }
   const rows: Cell[][] = [];
   const sizes = [...new Set(cols.flatMap((c) => (c.f.bench2 ?? []).map((o) => o.vms)))];
   for (const n of sizes) {
     const o = (c: (typeof cols)[number]) => c.f.bench2?.find((x) => x.vms === n);
     rows.push([`2. ms per VM at ${n} VMs`, ...cols.map((c) => fmt(o(c)?.msPerVm ?? NaN, 1))]);
-    rows.push([`2. wf task p50/p95 ms at ${n} VMs`, ...cols.map((c) => (o(c) ? `${fmt(o(c)!.history.workflowTaskMs.p50, 0)}/${fmt(o(c)!.history.workflowTaskMs.p95, 0)}` : '—'))]);
-    rows.push([`2. CPU % T/wk/pg, machine at ${n}`, ...cols.map((c) => (o(c) ? `${fmt(o(c)!.cpu.temporal, 0)}/${fmt(o(c)!.cpu.workers, 0)}/${fmt(o(c)!.cpu.postgres, 0)}, ${fmt(o(c)!.cpu.machine, 0)}` : '—'))]);
+    rows.push([
+      `2. wf task p50/p95 ms at ${n} VMs`,
+      ...cols.map((c) => (o(c) ? `${fmt(o(c)!.history.workflowTaskMs.p50, 0)}/${fmt(o(c)!.history.workflowTaskMs.p95, 0)}` : '—')),
+    ]);
+    rows.push([
+      `2. CPU % T/wk/pg, machine at ${n}`,
+      ...cols.map((c) =>
+        o(c) ? `${fmt(o(c)!.cpu.temporal, 0)}/${fmt(o(c)!.cpu.workers, 0)}/${fmt(o(c)!.cpu.postgres, 0)}, ${fmt(o(c)!.cpu.machine, 0)}` : '—',
+      ),
+    ]);
   }
   if (cols.some((c) => c.f.bench2CpuPerProcess)) rows.push(['2. CPU % per process', ...cols.map((c) => perProcessText(c.f.bench2CpuPerProcess))]);
   const steps = [...new Set(cols.flatMap((c) => (c.f.bench4?.steps ?? []).map((s) => s.hosts)))];
@@ -319,18 +342,37 @@ function renderSideBySide(by: Partial<Record<TemporalMode, ModeFigures>>, worker
     rows.push([`4. hosts/min at N=${n}`, ...cols.map((c) => fmt(st(c)?.hostsPerMinute ?? NaN, 1))]);
     rows.push([`4. wf task ms at N=${n}`, ...cols.map((c) => fmt(st(c)?.workflowTaskMs ?? NaN, 0))]);
     rows.push([`4. act. wait ms at N=${n}`, ...cols.map((c) => fmt(st(c)?.activityScheduleToStartMs ?? NaN, 0))]);
-    rows.push([`4. CPU % T/wk/pg/agents at N=${n}`, ...cols.map((c) => (st(c) ? `${fmt(st(c)!.cpu.temporal, 0)}/${fmt(st(c)!.cpu.workers, 0)}/${fmt(st(c)!.cpu.postgres, 0)}/${fmt(st(c)!.cpu.agentsAndBench, 0)}` : '—'))]);
-    rows.push([`4. machine / others % at N=${n}`, ...cols.map((c) => (st(c) ? `${fmt(st(c)!.cpu.machine, 0)} / ${fmt(Math.max(0, st(c)!.cpu.machine - st(c)!.cpu.temporal - st(c)!.cpu.workers - st(c)!.cpu.postgres - st(c)!.cpu.agentsAndBench), 0)}` : '—'))]);
+    rows.push([
+      `4. CPU % T/wk/pg/agents at N=${n}`,
+      ...cols.map((c) =>
+        st(c) ? `${fmt(st(c)!.cpu.temporal, 0)}/${fmt(st(c)!.cpu.workers, 0)}/${fmt(st(c)!.cpu.postgres, 0)}/${fmt(st(c)!.cpu.agentsAndBench, 0)}` : '—',
+      ),
+    ]);
+    rows.push([
+      `4. machine / others % at N=${n}`,
+      ...cols.map((c) =>
+        st(c)
+          ? `${fmt(st(c)!.cpu.machine, 0)} / ${fmt(Math.max(0, st(c)!.cpu.machine - st(c)!.cpu.temporal - st(c)!.cpu.workers - st(c)!.cpu.postgres - st(c)!.cpu.agentsAndBench), 0)}`
+          : '—',
+      ),
+    ]);
   }
   rows.push(['4. best hosts/min', ...cols.map((c) => fmt(c.f.bench4?.bestHostsPerMinute ?? NaN, 1))]);
   rows.push(['4. saturates at N', ...cols.map((c) => String(c.f.bench4?.saturatesAtN ?? '—'))]);
   const eff = cols.map((c) => (c.f.bench4 ? fleetEfficiency(c.f.bench4, c.f.bench4CpuPerProcess) : null));
   rows.push(['4. hosts/min per machine core', ...eff.map((e) => fmt(e?.perMachineCore ?? NaN, 1))]);
   rows.push(['4. hosts/min per core used (best N)', ...eff.map((e) => (e ? `${fmt(e.perCoreUsed, 1)} (${fmt(e.coresUsed, 2)} cores)` : '—'))]);
-  rows.push(['4. others\' CPU % at best N', ...eff.map((e) => fmt(e?.others ?? NaN, 0))]);
+  rows.push(["4. others' CPU % at best N", ...eff.map((e) => fmt(e?.others ?? NaN, 0))]);
   rows.push(['4. top process (sweep)', ...eff.map((e) => e?.top ?? '—')]);
   rows.push(['4. CPU % per process (sweep)', ...cols.map((c) => perProcessText(c.f.bench4CpuPerProcess))]);
-  rows.push(['load average start → end', ...cols.map((c) => (c.f.loadAverageStart.length ? `${c.f.loadAverageStart.map((l) => l.toFixed(1)).join(' ')} → ${(c.f.loadAverageEnd ?? []).map((l) => l.toFixed(1)).join(' ')}` : '—'))]);
+  rows.push([
+    'load average start → end',
+    ...cols.map((c) =>
+      c.f.loadAverageStart.length
+        ? `${c.f.loadAverageStart.map((l) => l.toFixed(1)).join(' ')} → ${(c.f.loadAverageEnd ?? []).map((l) => l.toFixed(1)).join(' ')}`
+        : '—',
+    ),
+  ]);
   return `Side by side: ${cols.map((c) => c.name).join(' vs ')} (T = Temporal, wk = workers, pg = Postgres; % of one core, the machine has ${os.cpus().length})\n${textTable(['', ...cols.map((c) => c.name)], rows)}`;
 }
 
@@ -342,12 +384,20 @@ function causes(err: unknown): string {
 }
 
 function perProcessText(p: Record<string, number> | undefined): string {
-  return p ? Object.entries(p).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ') : '—';
+  return p
+    ? Object.entries(p)
+        .map(([k, v]) => `${k} ${v.toFixed(0)}`)
+        .join(', ')
+    : '—';
 }
 
 // ---- figures that must exist ------------------------------------------------------------------------------------
 
-function validate(r: { b1?: EvacuationBenchResult; b2?: OverheadFigures[]; b3?: TenantLatencyFigures; b4?: FleetThroughputFigures; b5?: unknown }, only: Set<number>, problems: string[]): void {
+function validate(
+  r: { b1?: EvacuationBenchResult; b2?: OverheadFigures[]; b3?: TenantLatencyFigures; b4?: FleetThroughputFigures; b5?: unknown },
+  only: Set<number>,
+  problems: string[],
+): void {
   const need = (name: string, v: number) => {
     if (!Number.isFinite(v)) problems.push(`${name} is ${v}`);
   };
@@ -355,15 +405,16 @@ function validate(r: { b1?: EvacuationBenchResult; b2?: OverheadFigures[]; b3?: 
     for (const h of r.b1.hosts)
       for (const s of SCHEDULE_NAMES) {
         const f = h.schedules[s];
-        for (const k of ['makespanS', 'lowerBoundS', 'ratio', 'maxDowntimeMs', 'p95DowntimeMs', 'bytesSent'] as const) need(`bench1 ${h.vms} VMs ${s} ${k}`, f[k]);
+        for (const k of ['makespanS', 'lowerBoundS', 'ratio', 'maxDowntimeMs', 'p95DowntimeMs', 'bytesSent'] as const)
+          need(`bench1 ${h.vms} VMs ${s} ${k}`, f[k]);
       }
   if (only.has(2) && r.b2) for (const o of r.b2) (['msPerVm', 'eventsPerVm'] as const).forEach((k) => need(`bench2 ${o.vms} VMs ${k}`, o[k]));
   if (only.has(3) && r.b3)
     for (const path of ['migrating', 'normal'] as const) (['p50Ms', 'p95Ms', 'p99Ms'] as const).forEach((k) => need(`bench3 ${path} ${k}`, r.b3![path][k]));
   if (only.has(3) && r.b3)
-    for (const kind of ['bare', 'withLocalActivity'] as const) (['p50Ms', 'p99Ms'] as const).forEach((k) => need(`bench3 update floor ${kind} ${k}`, r.b3!.updateFloor[kind][k]));
-  if (only.has(5) && r.b5 && !('skipped' in (r.b5 as object)))
-    for (const v of (r.b5 as QemuFigures).vms) need(`bench5 ${v.vmId} downtime`, v.downtimeMs);
+    for (const kind of ['bare', 'withLocalActivity'] as const)
+      (['p50Ms', 'p99Ms'] as const).forEach((k) => need(`bench3 update floor ${kind} ${k}`, r.b3!.updateFloor[kind][k]));
+  if (only.has(5) && r.b5 && !('skipped' in (r.b5 as object))) for (const v of (r.b5 as QemuFigures).vms) need(`bench5 ${v.vmId} downtime`, v.downtimeMs);
   if (only.has(4) && r.b4) {
     if (r.b4.largestCleanN < 1) problems.push('bench4: not even one host migrated without errors');
     need('bench4 best hosts/min', r.b4.bestHostsPerMinute);
@@ -396,7 +447,21 @@ function bench1Rows(b1: EvacuationBenchResult): Cell[][] {
     }),
   );
 }
-const BENCH1_HEADER = ['VMs', 'ΣM GiB', 'ΣM/B s', 'schedule', 'makespan s', '×ΣM/B', '×bound*', 'max dt ms', 'p95 dt ms', 'sent ×ΣM', 'not conv.', 'throttled', 'link %'];
+const BENCH1_HEADER = [
+  'VMs',
+  'ΣM GiB',
+  'ΣM/B s',
+  'schedule',
+  'makespan s',
+  '×ΣM/B',
+  '×bound*',
+  'max dt ms',
+  'p95 dt ms',
+  'sent ×ΣM',
+  'not conv.',
+  'throttled',
+  'link %',
+];
 
 function renderBench1(b1: EvacuationBenchResult, kind: 'text' | 'md'): string {
   const table = kind === 'text' ? textTable : markdownTable;
@@ -408,27 +473,44 @@ function renderBench1(b1: EvacuationBenchResult, kind: 'text' | 'md'): string {
     );
   lines.push(table(BENCH1_HEADER, bench1Rows(b1), 4));
   lines.push('');
-  lines.push(`${kind === 'md' ? '\\' : ''}*bound = max(ΣM/B, largest M / S): no VM moves faster than one stream. "not conv." = first attempts that did not converge (retried with auto-converge).`);
+  lines.push(
+    `${kind === 'md' ? '\\' : ''}*bound = max(ΣM/B, largest M / S): no VM moves faster than one stream. "not conv." = first attempts that did not converge (retried with auto-converge).`,
+  );
   for (const h of b1.hosts)
     lines.push(
       `${kind === 'md' ? '- ' : '  '}${h.vms} VMs: dhm within ${LOWER_BOUND_TARGET}× ΣM/B: ${yesNo(h.targets.withinLowerBound)} (${fmt(h.schedules.dhm.ratio, 3)}); no slower than the best baseline (${h.bestBaseline}, ${fmt(h.schedules[h.bestBaseline].ratio, 3)}): ${yesNo(h.targets.noWorseThanBestBaseline)}; lower p95 downtime than it (${fmt(h.schedules.dhm.p95DowntimeMs, 0)} vs ${fmt(h.schedules[h.bestBaseline].p95DowntimeMs, 0)} ms): ${yesNo(h.targets.betterP95ThanBestBaseline)}`,
     );
   lines.push('');
-  lines.push(kind === 'text' ? '  What each of dhm\'s choices buys (one undone at a time):' : 'What each of dhm\'s choices buys (one undone at a time):\n');
+  lines.push(kind === 'text' ? "  What each of dhm's choices buys (one undone at a time):" : "What each of dhm's choices buys (one undone at a time):\n");
   const abHeader = ['variant', ...b1.ablations.flatMap((a) => [`${a.vms}: ×ΣM/B`, `${a.vms}: p95 ms`, `${a.vms}: n.c./thr.`])];
   const names = b1.ablations[0]?.rows.map((r) => r.schedule) ?? [];
   lines.push(
     table(
       abHeader,
-      names.map((n, i) => [n, ...b1.ablations.flatMap((a) => [fmt(a.rows[i]!.ratio, 3), fmt(a.rows[i]!.p95DowntimeMs, 0), `${a.rows[i]!.nonConverged}/${a.rows[i]!.throttled}`])]),
+      names.map((n, i) => [
+        n,
+        ...b1.ablations.flatMap((a) => [fmt(a.rows[i]!.ratio, 3), fmt(a.rows[i]!.p95DowntimeMs, 0), `${a.rows[i]!.nonConverged}/${a.rows[i]!.throttled}`]),
+      ]),
     ),
   );
   if (b1.robustness.length) {
     lines.push('');
-    lines.push(kind === 'text' ? `  The same on ${b1.robustness[0]!.hosts} other seeds per size:` : `The same on ${b1.robustness[0]!.hosts} other seeds per size:\n`);
+    lines.push(
+      kind === 'text' ? `  The same on ${b1.robustness[0]!.hosts} other seeds per size:` : `The same on ${b1.robustness[0]!.hosts} other seeds per size:\n`,
+    );
     lines.push(
       table(
-        ['VMs', 'dhm mean ×ΣM/B', 'dhm worst', 'worst ×bound*', 'sent ×ΣM mean/worst', `≤${LOWER_BOUND_TARGET}× ΣM/B`, `≤${LOWER_BOUND_TARGET}× bound*`, 'beats best baseline', 'best baseline mean'],
+        [
+          'VMs',
+          'dhm mean ×ΣM/B',
+          'dhm worst',
+          'worst ×bound*',
+          'sent ×ΣM mean/worst',
+          `≤${LOWER_BOUND_TARGET}× ΣM/B`,
+          `≤${LOWER_BOUND_TARGET}× bound*`,
+          'beats best baseline',
+          'best baseline mean',
+        ],
         b1.robustness.map((r) => [
           r.vms,
           fmt(r.dhmMeanRatio, 3),
@@ -449,7 +531,21 @@ function renderBench1(b1: EvacuationBenchResult, kind: 'text' | 'md'): string {
 function renderBench2(b2: OverheadFigures[], kind: 'text' | 'md'): string {
   const table = kind === 'text' ? textTable : markdownTable;
   return table(
-    ['VMs', 'wall ms', 'ms/VM', 'events/VM', 'activities', 'wf tasks', 'act. wait p50/p95 ms', 'move p50/p95 ms', 'wf task p50 ms', 'SQLite call ms', 'pg place ms', 'CPU % temporal/workers/pg/agents', 'machine %'],
+    [
+      'VMs',
+      'wall ms',
+      'ms/VM',
+      'events/VM',
+      'activities',
+      'wf tasks',
+      'act. wait p50/p95 ms',
+      'move p50/p95 ms',
+      'wf task p50 ms',
+      'SQLite call ms',
+      'pg place ms',
+      'CPU % temporal/workers/pg/agents',
+      'machine %',
+    ],
     b2.map((o) => [
       o.vms,
       fmt(o.wallMs, 0),
@@ -470,18 +566,35 @@ function renderBench2(b2: OverheadFigures[], kind: 'text' | 'md'): string {
 
 function renderBench3(b3: TenantLatencyFigures, kind: 'text' | 'md'): string {
   const table = kind === 'text' ? textTable : markdownTable;
-  const row = (name: string, s: TenantLatencyFigures['normal']) => [name, s.requests, s.errors, fmt(s.p50Ms, 0), fmt(s.p95Ms, 0), fmt(s.p99Ms, 0), fmt(s.maxMs, 0), Object.entries(s.via).map(([k, v]) => `${k} ${v}`).join(', ')];
+  const row = (name: string, s: TenantLatencyFigures['normal']) => [
+    name,
+    s.requests,
+    s.errors,
+    fmt(s.p50Ms, 0),
+    fmt(s.p95Ms, 0),
+    fmt(s.p99Ms, 0),
+    fmt(s.maxMs, 0),
+    Object.entries(s.via)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', '),
+  ];
   return [
-    table(['path', 'requests', 'errors', 'p50 ms', 'p95 ms', 'p99 ms', 'max ms', 'served by'], [
-      row(`host migrating (${b3.vms} VMs)`, b3.migrating),
-      row('host not migrating', b3.normal),
-      // Temporal alone, before the migration: the part of the migrating path no change in dhm can remove.
-      ...(b3.updateFloor
-        ? ([['bare update', b3.updateFloor.bare], ['update + no-op local activity', b3.updateFloor.withLocalActivity]] as const).map(([name, f]) => [
-            `floor: ${name}`, b3.updateFloor.requests, 0, fmt(f.p50Ms, 0), fmt(f.p95Ms, 0), fmt(f.p99Ms, 0), '—', 'trivial workflow',
-          ])
-        : []),
-    ]),
+    table(
+      ['path', 'requests', 'errors', 'p50 ms', 'p95 ms', 'p99 ms', 'max ms', 'served by'],
+      [
+        row(`host migrating (${b3.vms} VMs)`, b3.migrating),
+        row('host not migrating', b3.normal),
+        // Temporal alone, before the migration: the part of the migrating path no change in dhm can remove.
+        ...(b3.updateFloor
+          ? (
+              [
+                ['bare update', b3.updateFloor.bare],
+                ['update + no-op local activity', b3.updateFloor.withLocalActivity],
+              ] as const
+            ).map(([name, f]) => [`floor: ${name}`, b3.updateFloor.requests, 0, fmt(f.p50Ms, 0), fmt(f.p95Ms, 0), fmt(f.p99Ms, 0), '—', 'trivial workflow'])
+          : []),
+      ],
+    ),
     `${kind === 'md' ? '\n' : '  '}${b3.ratePerSecond} requests/s on each path for the ${fmt(b3.migrationWallMs / 1000, 1)} s of the migration; p99 migrating / normal = ${fmt(b3.p99Ratio, 2)}. "floor": Temporal's own update round trip on this dev server to a trivial workflow, one at a time on the quiet machine before the migration. Not counted: one warm-up request per path before the streams (${b3.warmUpMs ? `${fmt(b3.warmUpMs.migrating, 0)} and ${fmt(b3.warmUpMs.normal, 0)} ms` : 'not recorded'}). Machine CPU ${fmt(b3.cpu.machine, 0)} % of ${100 * b3.cpu.cores} % (dhm's processes ${fmt(b3.cpu.temporal + b3.cpu.workers + b3.cpu.postgres + b3.cpu.agentsAndBench, 0)} %).`,
   ].join('\n');
 }
@@ -490,7 +603,22 @@ function renderBench4(b4: FleetThroughputFigures, kind: 'text' | 'md'): string {
   const table = kind === 'text' ? textTable : markdownTable;
   return [
     table(
-      ['N hosts', 'done', 'wall s', 'hosts/min', 'host p50 s', 'act. wait ms', 'move ms', 'wf task ms', 'SQLite call ms', 'SQLite write time %', 'pg place ms', 'CPU % temporal/workers/pg/agents', 'machine %', 'errors'],
+      [
+        'N hosts',
+        'done',
+        'wall s',
+        'hosts/min',
+        'host p50 s',
+        'act. wait ms',
+        'move ms',
+        'wf task ms',
+        'SQLite call ms',
+        'SQLite write time %',
+        'pg place ms',
+        'CPU % temporal/workers/pg/agents',
+        'machine %',
+        'errors',
+      ],
       b4.steps.map((s) => [
         s.hosts,
         `${s.completed}/${s.hosts}`,
@@ -518,13 +646,27 @@ function renderBench5(b5: QemuFigures | { skipped: string }, kind: 'text' | 'md'
   return [
     table(
       ['VM', 'ram.total MiB', 'downtime ms (QEMU)', 'move ms', 'Mbit/s (QEMU)', 'sent ×RAM', 'rounds'],
-      b5.vms.map((v) => [v.vmId, fmt(v.ramMiB, 0), fmt(v.downtimeMs, 0), fmt(v.totalTimeMs, 0), fmt(v.mbps, 0), fmt(v.bytesSent / (v.ramMiB * 2 ** 20), 2), v.rounds]),
+      b5.vms.map((v) => [
+        v.vmId,
+        fmt(v.ramMiB, 0),
+        fmt(v.downtimeMs, 0),
+        fmt(v.totalTimeMs, 0),
+        fmt(v.mbps, 0),
+        fmt(v.bytesSent / (v.ramMiB * 2 ** 20), 2),
+        v.rounds,
+      ]),
     ),
     `${kind === 'md' ? '\n' : '  '}Host of ${b5.vms.length} VMs, one stream at a time: wall ${fmt(b5.wallMs / 1000, 1)} s (first move's start to last move's end) vs Σ ram.total / ${fmt(b5.measuredMbps, 0)} Mbit/s measured = ${fmt(b5.boundMs / 1000, 1)} s (${fmt(b5.wallMs / b5.boundMs, 2)}×).`,
   ].join('\n');
 }
 
-function renderSummary(r: { b1?: EvacuationBenchResult; b2?: OverheadFigures[]; b3?: TenantLatencyFigures; b4?: FleetThroughputFigures; b5?: QemuFigures | { skipped: string } }): string {
+function renderSummary(r: {
+  b1?: EvacuationBenchResult;
+  b2?: OverheadFigures[];
+  b3?: TenantLatencyFigures;
+  b4?: FleetThroughputFigures;
+  b5?: QemuFigures | { skipped: string };
+}): string {
   const lines = ['Summary'];
   if (r.b2) lines.push('\n2. Orchestration overhead\n' + renderBench2(r.b2, 'text'));
   if (r.b3) lines.push('\n3. Tenant request latency\n' + renderBench3(r.b3, 'text'));
@@ -559,7 +701,10 @@ function renderMarkdown(result: {
 
 function chart(b1: EvacuationBenchResult): string {
   return makespanChart(
-    b1.hosts.map((h) => ({ label: `${h.vms} VMs (ΣM ${fmt(h.memoryGiB, 0)} GiB)`, bars: SCHEDULE_NAMES.map((n) => ({ name: n, value: h.schedules[n].ratio })) })),
+    b1.hosts.map((h) => ({
+      label: `${h.vms} VMs (ΣM ${fmt(h.memoryGiB, 0)} GiB)`,
+      bars: SCHEDULE_NAMES.map((n) => ({ name: n, value: h.schedules[n].ratio })),
+    })),
     { title: `Host evacuation makespan ÷ ΣM/B (sim, seed ${b1.options.seed}, 10 Gbit/s, S = 0.4·B)`, target: LOWER_BOUND_TARGET },
   );
 }

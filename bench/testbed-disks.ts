@@ -37,7 +37,11 @@ function qemuFiles(server: TestbedServer, vmId: string): { files: string[]; seri
     const args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     if (!args.some((a) => a.includes('qemu-system'))) continue;
     if (args[args.indexOf('-name') + 1] !== vmId) continue;
-    const files = args.filter((_, i) => args[i - 1] === '-blockdev').map((a) => JSON.parse(a) as { driver: string; filename?: string }).filter((b) => b.driver === 'file').map((b) => b.filename!);
+    const files = args
+      .filter((_, i) => args[i - 1] === '-blockdev')
+      .map((a) => JSON.parse(a) as { driver: string; filename?: string })
+      .filter((b) => b.driver === 'file')
+      .map((b) => b.filename!);
     return { files, serial: args[args.indexOf('-serial') + 1]!.replace(/^file:/, '') };
   }
   return null;
@@ -51,7 +55,10 @@ async function main(): Promise<void> {
   const logger = createLogger('bench-testbed-disks', 'warn');
   await runQemuSetup();
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-bench-disks-'));
-  const st = await upTestbed({ name: `bd${process.pid.toString(36).slice(-5)}`, root, servers: 2, nicBandwidthBps: nicBps, transport: 'tls', diskFillMiB: fillMiB }, logger);
+  const st = await upTestbed(
+    { name: `bd${process.pid.toString(36).slice(-5)}`, root, servers: 2, nicBandwidthBps: nicBps, transport: 'tls', diskFillMiB: fillMiB },
+    logger,
+  );
   const started = new Date();
   try {
     const tls = loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir');
@@ -72,7 +79,13 @@ async function main(): Promise<void> {
     const jobs: Array<MigrationJob & { wallMs: number }> = [];
     for (const vmId of ids) {
       const t = Date.now();
-      await a!.startMigration({ jobId: `bench-${vmId}`, vmId, target: { agentUrl: st.servers[1]!.agentUrl, incarnationId: 'inc-dst' }, maxDowntimeMs: 300, autoConverge: true });
+      await a!.startMigration({
+        jobId: `bench-${vmId}`,
+        vmId,
+        target: { agentUrl: st.servers[1]!.agentUrl, incarnationId: 'inc-dst' },
+        maxDowntimeMs: 300,
+        autoConverge: true,
+      });
       let j: MigrationJob | null = null;
       while (!j || j.state === 'running') j = await a!.getMigration(`bench-${vmId}`, { waitMs: 1_000 });
       if (j.state !== 'completed') throw new Error(`move of ${vmId} ${j.state}: ${JSON.stringify(j.error)}`);
@@ -121,7 +134,9 @@ async function main(): Promise<void> {
       '',
       '| VM | disk data MiB | disk copied MiB (job) | memory sent MiB | downtime ms | QEMU RAM ms | move wall ms | blocks verified |',
       '|---|---|---|---|---|---|---|---|',
-      ...summary.vms.map((v) => `| ${v.vmId} | ${v.diskDataMiB} | ${v.diskCopiedMiB} | ${v.memorySentMiB} | ${v.downtimeMs} | ${v.ramMs} | ${v.wallMs} | ${v.diskVerified} |`),
+      ...summary.vms.map(
+        (v) => `| ${v.vmId} | ${v.diskDataMiB} | ${v.diskCopiedMiB} | ${v.memorySentMiB} | ${v.downtimeMs} | ${v.ramMs} | ${v.wallMs} | ${v.diskVerified} |`,
+      ),
       '',
       `Host: ${wallMs} ms wall; Σ(memory + disk data)/B = ${summary.boundDataMs} ms (× ${summary.wallOverBoundData}); Σ(memory + nominal disk)/B = ${summary.boundNominalMs} ms (× ${summary.wallOverBoundNominal}).`,
       '',

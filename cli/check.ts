@@ -21,13 +21,24 @@ export function registerCheckCommand(program: Command): void {
     .action(async (opts: { json?: boolean; temporal: boolean }) => {
       const env = loadEnv();
       if (!env.DATABASE_URL) throw new UserFacingError('DATABASE_URL: required for dhm check', 'DATABASE_URL');
-      const requiredDir = (v: string | undefined) => v ?? (() => { throw new UserFacingError('DHM_AGENT_CLIENT_TLS_DIR: required for dhm check (the control plane\'s agent-plane certificate)', 'DHM_AGENT_CLIENT_TLS_DIR'); })();
+      const requiredDir = (v: string | undefined) =>
+        v ??
+        (() => {
+          throw new UserFacingError(
+            "DHM_AGENT_CLIENT_TLS_DIR: required for dhm check (the control plane's agent-plane certificate)",
+            'DHM_AGENT_CLIENT_TLS_DIR',
+          );
+        })();
       const pool = new Pool({ connectionString: env.DATABASE_URL, max: 2 });
       let connection: Connection | undefined;
       try {
         if (opts.temporal && env.TEMPORAL_ADDRESS) connection = await Connection.connect({ address: env.TEMPORAL_ADDRESS });
         const temporal = connection ? new Client({ connection, namespace: env.TEMPORAL_NAMESPACE }) : undefined;
-        const report = await checkInvariants({ inventory: createInventory(pool), agentTls: loadControlPlaneTls(requiredDir(env.DHM_AGENT_CLIENT_TLS_DIR), 'DHM_AGENT_CLIENT_TLS_DIR'), temporal });
+        const report = await checkInvariants({
+          inventory: createInventory(pool),
+          agentTls: loadControlPlaneTls(requiredDir(env.DHM_AGENT_CLIENT_TLS_DIR), 'DHM_AGENT_CLIENT_TLS_DIR'),
+          temporal,
+        });
         if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
         else {
           const c = report.checked;

@@ -29,14 +29,27 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (c ?? '').padEnd(widths[i]!)).join('  ')).join('\n');
 }
 
-type Host = { id: string; name: string; zone: string; resourceClass: string; state: string; vmCount: number; available: { vcpus: number; memoryMiB: number }; migration: { id: string; phase: string } | null; physicalServerId?: string };
+type Host = {
+  id: string;
+  name: string;
+  zone: string;
+  resourceClass: string;
+  state: string;
+  vmCount: number;
+  available: { vcpus: number; memoryMiB: number };
+  migration: { id: string; phase: string } | null;
+  physicalServerId?: string;
+};
 type Vm = { id: string; name: string; dedicatedHostId: string; state: string; vcpus: number; memoryMiB: number; diskGiB: number };
 
 const api = (cmd: Command): ApiClient => {
   const o = cmd.optsWithGlobals() as { token?: string; tokenFile?: string };
   // A token on the command line is visible to every user of the machine (ps, /proc): refused, with where to put it.
   if (o.token !== undefined)
-    throw new UserFacingError('--token: tokens are not taken on the command line (other users can read it); set DHM_TOKEN, or put it in a file and pass --token-file <path> (or DHM_TOKEN_FILE)', '--token');
+    throw new UserFacingError(
+      '--token: tokens are not taken on the command line (other users can read it); set DHM_TOKEN, or put it in a file and pass --token-file <path> (or DHM_TOKEN_FILE)',
+      '--token',
+    );
   return apiClientFromEnvironment({ tokenFile: o.tokenFile });
 };
 
@@ -52,7 +65,11 @@ export function registerApiCommands(program: Command): void {
     .option('--vms-per-host <n>', 'VMs per dedicated host')
     .option('--requests-per-second <n>', 'API requests per second of the tenant’s token')
     .option('--json', 'print JSON')
-    .action(async function (this: Command, tenantId: string, o: { hostsPerZoneClass?: string; vmsPerHost?: string; requestsPerSecond?: string; json?: boolean }) {
+    .action(async function (
+      this: Command,
+      tenantId: string,
+      o: { hostsPerZoneClass?: string; vmsPerHost?: string; requestsPerSecond?: string; json?: boolean },
+    ) {
       const num = (v: string | undefined, flag: string) => {
         if (v === undefined) return undefined;
         if (v === 'default') return null;
@@ -70,7 +87,11 @@ export function registerApiCommands(program: Command): void {
       const q = Object.keys(body).length
         ? await api(this).request<Record<string, unknown>>('POST', path, body, { 'idempotency-key': randomUUID() })
         : await api(this).request<Record<string, unknown>>('GET', path);
-      print(Boolean(o.json), q, () => `tenant ${tenantId}: ${q.hostsPerZoneClass} host(s) per zone and class, ${q.vmsPerHost} VM(s) per host, ${q.requestsPerSecond} request(s)/s`);
+      print(
+        Boolean(o.json),
+        q,
+        () => `tenant ${tenantId}: ${q.hostsPerZoneClass} host(s) per zone and class, ${q.vmsPerHost} VM(s) per host, ${q.requestsPerSecond} request(s)/s`,
+      );
     });
 
   program
@@ -78,7 +99,12 @@ export function registerApiCommands(program: Command): void {
     .description('a new token for the tenant (operator), printed once; the old one stops working at once')
     .option('--json', 'print JSON')
     .action(async function (this: Command, tenantId: string, o: { json?: boolean }) {
-      const t = await api(this).request<{ id: string; token: string }>('POST', `/v1/tenants/${encodeURIComponent(tenantId)}/token/rotate`, {}, { 'idempotency-key': randomUUID() });
+      const t = await api(this).request<{ id: string; token: string }>(
+        'POST',
+        `/v1/tenants/${encodeURIComponent(tenantId)}/token/rotate`,
+        {},
+        { 'idempotency-key': randomUUID() },
+      );
       print(Boolean(o.json), t, () => `tenant ${t.id}\ntoken: ${t.token}`);
     });
 
@@ -87,7 +113,12 @@ export function registerApiCommands(program: Command): void {
     .description('no token of the tenant works from now on, until a rotation (operator)')
     .option('--json', 'print JSON')
     .action(async function (this: Command, tenantId: string, o: { json?: boolean }) {
-      const r = await api(this).request<{ id: string; revokedAt: string }>('POST', `/v1/tenants/${encodeURIComponent(tenantId)}/token/revoke`, {}, { 'idempotency-key': randomUUID() });
+      const r = await api(this).request<{ id: string; revokedAt: string }>(
+        'POST',
+        `/v1/tenants/${encodeURIComponent(tenantId)}/token/revoke`,
+        {},
+        { 'idempotency-key': randomUUID() },
+      );
       print(Boolean(o.json), r, () => `tenant ${r.id}: token revoked at ${r.revokedAt}`);
     });
 
@@ -109,7 +140,18 @@ export function registerApiCommands(program: Command): void {
       print(Boolean(o.json), hosts, () =>
         table([
           ['HOST', 'NAME', 'ZONE', 'CLASS', 'STATE', 'VMS', 'FREE vCPU', 'FREE MiB', 'MIGRATION', 'SERVER'],
-          ...hosts.map((h) => [h.id, h.name, h.zone, h.resourceClass, h.state, String(h.vmCount), String(h.available.vcpus), String(h.available.memoryMiB), h.migration ? `${h.migration.id} (${h.migration.phase})` : '', h.physicalServerId ?? '']),
+          ...hosts.map((h) => [
+            h.id,
+            h.name,
+            h.zone,
+            h.resourceClass,
+            h.state,
+            String(h.vmCount),
+            String(h.available.vcpus),
+            String(h.available.memoryMiB),
+            h.migration ? `${h.migration.id} (${h.migration.phase})` : '',
+            h.physicalServerId ?? '',
+          ]),
         ]),
       );
     });
@@ -121,7 +163,12 @@ export function registerApiCommands(program: Command): void {
     .requiredOption('--class <resourceClass>', 'resource class')
     .option('--json', 'print JSON')
     .action(async function (this: Command, name: string, o: { zone: string; class: string; json?: boolean }) {
-      const h = await api(this).request<Host>('POST', '/v1/dedicated-hosts', { name, zone: o.zone, resourceClass: o.class }, { 'idempotency-key': randomUUID() });
+      const h = await api(this).request<Host>(
+        'POST',
+        '/v1/dedicated-hosts',
+        { name, zone: o.zone, resourceClass: o.class },
+        { 'idempotency-key': randomUUID() },
+      );
       print(Boolean(o.json), h, () => `dedicated host ${h.id} (${h.name}) in ${h.zone}, ${h.resourceClass}`);
     });
 
@@ -131,7 +178,9 @@ export function registerApiCommands(program: Command): void {
     .description('delete an empty dedicated host that is not migrating; its server is de-provisioned and returns to the pool')
     .option('--json', 'print JSON')
     .action(async function (this: Command, id: string, o: { json?: boolean }) {
-      const r = await api(this).request<{ id: string; deletedAt: string }>('DELETE', `/v1/dedicated-hosts/${encodeURIComponent(id)}`, undefined, { 'idempotency-key': randomUUID() });
+      const r = await api(this).request<{ id: string; deletedAt: string }>('DELETE', `/v1/dedicated-hosts/${encodeURIComponent(id)}`, undefined, {
+        'idempotency-key': randomUUID(),
+      });
       print(Boolean(o.json), r, () => `dedicated host ${r.id} deleted; its server goes to the scheduler to be de-provisioned`);
     });
 
@@ -142,7 +191,10 @@ export function registerApiCommands(program: Command): void {
     .action(async function (this: Command, host: string, o: { json?: boolean }) {
       const { vms } = await api(this).request<{ vms: Vm[] }>('GET', `/v1/dedicated-hosts/${encodeURIComponent(host)}/vms`);
       print(Boolean(o.json), vms, () =>
-        table([['VM', 'NAME', 'HOST', 'STATE', 'vCPU', 'MiB', 'GiB'], ...vms.map((v) => [v.id, v.name, v.dedicatedHostId, v.state, String(v.vcpus), String(v.memoryMiB), String(v.diskGiB)])]),
+        table([
+          ['VM', 'NAME', 'HOST', 'STATE', 'vCPU', 'MiB', 'GiB'],
+          ...vms.map((v) => [v.id, v.name, v.dedicatedHostId, v.state, String(v.vcpus), String(v.memoryMiB), String(v.diskGiB)]),
+        ]),
       );
     });
 
@@ -155,7 +207,12 @@ export function registerApiCommands(program: Command): void {
     .option('--disk <GiB>', 'disk in GiB', positiveInt('--disk'), 10)
     .option('--json', 'print JSON')
     .action(async function (this: Command, host: string, o: { name: string; vcpus: number; memory: number; disk: number; json?: boolean }) {
-      const v = await api(this).request<Vm>('POST', `/v1/dedicated-hosts/${encodeURIComponent(host)}/vms`, { name: o.name, vcpus: o.vcpus, memoryMiB: o.memory, diskGiB: o.disk }, { 'idempotency-key': randomUUID() });
+      const v = await api(this).request<Vm>(
+        'POST',
+        `/v1/dedicated-hosts/${encodeURIComponent(host)}/vms`,
+        { name: o.name, vcpus: o.vcpus, memoryMiB: o.memory, diskGiB: o.disk },
+        { 'idempotency-key': randomUUID() },
+      );
       print(Boolean(o.json), v, () => `VM ${v.id} (${v.name}) on dedicated host ${v.dedicatedHostId}`);
     });
   vm.command('delete <vm>')
@@ -176,7 +233,11 @@ export function registerApiCommands(program: Command): void {
     .option('--auto-converge', 'throttle guests that dirty memory faster than it can be sent')
     .option('--watch', 'follow it with progress bars until it ends')
     .option('--json', 'print JSON')
-    .action(async function (this: Command, host: string, o: { target?: string; maxParallel?: number; maxDowntime?: number; bandwidthCap?: number; autoConverge?: boolean; watch?: boolean; json?: boolean }) {
+    .action(async function (
+      this: Command,
+      host: string,
+      o: { target?: string; maxParallel?: number; maxDowntime?: number; bandwidthCap?: number; autoConverge?: boolean; watch?: boolean; json?: boolean },
+    ) {
       const policy = {
         ...(o.maxParallel ? { maxParallel: o.maxParallel } : {}),
         ...(o.maxDowntime ? { maxDowntimeMs: o.maxDowntime } : {}),

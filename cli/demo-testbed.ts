@@ -67,20 +67,53 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
   try {
     say('Making the testbed: 3 servers, each its own network namespace (NIC shaped to 300 Mbit/s), a qemu agent inside...');
     // Every local disk gets 32 MiB of data at its end (the mirror's bulk); the guests write numbered blocks to every disk.
-    st = await upTestbed({ name: `demo${randomBytes(2).toString('hex')}`, root: path.join(env.DHM_HOME, 'testbed'), servers: 3, nicBandwidthBps: 300e6, transport: 'tls', attached: true, diskFillMiB: 32 }, logger);
+    st = await upTestbed(
+      {
+        name: `demo${randomBytes(2).toString('hex')}`,
+        root: path.join(env.DHM_HOME, 'testbed'),
+        servers: 3,
+        nicBandwidthBps: 300e6,
+        transport: 'tls',
+        attached: true,
+        diskFillMiB: 32,
+      },
+      logger,
+    );
     say(`Starting the control plane in the root namespace (agents at ${st.servers.map((s) => s.agentUrl).join(', ')})...`);
-    system = await startEmbeddedSystem({ env, logger, fleet: st.fleet, stateDir, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])), externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
+    system = await startEmbeddedSystem({
+      env,
+      logger,
+      fleet: st.fleet,
+      stateDir,
+      externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])),
+      externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir'),
+    });
     tenant = startTenantClient(st);
 
     const operator = createApiClient(system.credentials.apiUrl, system.credentials.operatorToken);
     const key = () => ({ 'idempotency-key': randomUUID() });
     const t = await operator.request<{ id: string; token: string }>('POST', '/v1/tenants', { name: `demo-tenant-${Date.now()}` }, key());
     const tenantApi: ApiClient = createApiClient(system.credentials.apiUrl, t.token);
-    const host = await tenantApi.request<{ id: string }>('POST', '/v1/dedicated-hosts', { name: 'demo-host', zone: 'tb-zone', resourceClass: 'tb-small' }, key());
+    const host = await tenantApi.request<{ id: string }>(
+      'POST',
+      '/v1/dedicated-hosts',
+      { name: 'demo-host', zone: 'tb-zone', resourceClass: 'tb-small' },
+      key(),
+    );
     // `app` also has a network volume (the testbed's storage service): both ends attach it, only memory moves.
     const volume = await tenantApi.request<{ id: string }>('POST', '/v1/volumes', { name: 'app-data', zone: 'tb-zone', sizeGiB: 1 }, key());
     await createVolume(st.storage, logger, volume.id, 1024);
-    const bodies = VMS.map((b) => (b.name === 'app' ? { ...b, disks: [{ name: 'root', kind: 'local', sizeGiB: b.diskGiB }, { name: 'data', kind: 'network', volumeId: volume.id }] } : b));
+    const bodies = VMS.map((b) =>
+      b.name === 'app'
+        ? {
+            ...b,
+            disks: [
+              { name: 'root', kind: 'local', sizeGiB: b.diskGiB },
+              { name: 'data', kind: 'network', volumeId: volume.id },
+            ],
+          }
+        : b,
+    );
     const disksOf = new Map<string, Disk[]>();
     const vms: VmView[] = [];
     for (const body of bodies) {
@@ -90,11 +123,24 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
     }
     for (const v of vms) await tenant.add(v.id, guestNic(v.id).ip);
     say(`Waiting for the ${vms.length} guests to boot and answer the tenant on their NICs...`);
-    await waitUntil('the guests to answer', () => answering(tenant!, vms.map((v) => v.id)), 180_000);
+    await waitUntil(
+      'the guests to answer',
+      () =>
+        answering(
+          tenant!,
+          vms.map((v) => v.id),
+        ),
+      180_000,
+    );
     const before = await operator.request<{ physicalServerId?: string }>('GET', `/v1/dedicated-hosts/${host.id}`);
 
     say(`Migrating ${host.id} off ${before.physicalServerId} over TCP with TLS while the tenant's connections stay open...`);
-    const started = await operator.request<{ id: string }>('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { policy: { maxParallel: 1, maxDowntimeMs: 300 } }, key());
+    const started = await operator.request<{ id: string }>(
+      'POST',
+      `/v1/dedicated-hosts/${host.id}/migrations`,
+      { policy: { maxParallel: 1, maxDowntimeMs: 300 } },
+      key(),
+    );
     const midway = { provisioned: null as string | null, provisionedAnswered: false, deleted: null as string | null };
     const tenantWork = (async () => {
       await waitUntil('the first VM to move', async () => (await fetchMigration(operator, started.id)).vms.some((v) => v.state === 'moved'), 600_000);
@@ -118,7 +164,10 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
     const after = await operator.request<{ physicalServerId?: string }>('GET', `/v1/dedicated-hosts/${host.id}`);
     // Per moved VM: the local disks' bytes the source's mirror copied (its agent job), and every disk checked on the
     // target for every block the guest reported written, in order, with correct checksums.
-    const sourceAgent = createAgentClient({ baseUrl: st.servers.find((x) => x.id === before.physicalServerId)!.agentUrl, tls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
+    const sourceAgent = createAgentClient({
+      baseUrl: st.servers.find((x) => x.id === before.physicalServerId)!.agentUrl,
+      tls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir'),
+    });
     const targetServer = st.servers.find((x) => x.id === after.physicalServerId);
     const disks = new Map<string, { diskBytesCopied: number | null; diskVerified: boolean | null }>();
     for (const v of final.vms) {
@@ -134,7 +183,17 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
 
     const perVm = (vmId: string, extra: { name: string; state: string; downtimeMs: number | null; answeredFromTenant?: boolean }) => {
       const x: VmTraffic | undefined = traffic.get(vmId);
-      return { vmId, ...extra, ...(disks.get(vmId) ?? { diskBytesCopied: null, diskVerified: null }), clientMaxStallMs: x?.clientMaxStallMs ?? null, requestsDone: x?.requestsDone ?? 0, requestsFailed: x?.requestsFailed ?? 0, reconnects: x?.reconnects ?? 0, counterContinued: x?.counterContinued ?? null, ...(x?.backwards.length ? { backwards: x.backwards } : {}) };
+      return {
+        vmId,
+        ...extra,
+        ...(disks.get(vmId) ?? { diskBytesCopied: null, diskVerified: null }),
+        clientMaxStallMs: x?.clientMaxStallMs ?? null,
+        requestsDone: x?.requestsDone ?? 0,
+        requestsFailed: x?.requestsFailed ?? 0,
+        reconnects: x?.reconnects ?? 0,
+        counterContinued: x?.counterContinued ?? null,
+        ...(x?.backwards.length ? { backwards: x.backwards } : {}),
+      };
     };
     const vmReports = final.vms.map((v) =>
       v.vmId === midway.provisioned

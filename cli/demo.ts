@@ -137,10 +137,21 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
     const freeBefore = await availableServers(operator);
     const tenant = await operator.request<{ id: string; token: string }>('POST', '/v1/tenants', { name: `demo-tenant-${Date.now()}` }, key());
     const tenantApi: ApiClient = createApiClient(system.credentials.apiUrl, tenant.token);
-    const host = await tenantApi.request<{ id: string }>('POST', '/v1/dedicated-hosts', { name: 'demo-host', zone: 'zone-a', resourceClass: qemu ? QEMU_CLASS : 'std-64' }, key());
+    const host = await tenantApi.request<{ id: string }>(
+      'POST',
+      '/v1/dedicated-hosts',
+      { name: 'demo-host', zone: 'zone-a', resourceClass: qemu ? QEMU_CLASS : 'std-64' },
+      key(),
+    );
     made = { tenantApi, hostId: host.id, freeBefore };
     const vmBodies = qemu
-      ? QEMU_DEMO_VMS.map((v) => ({ name: v.name, vcpus: v.vcpus, memoryMiB: v.memMiB, diskGiB: 2, workload: { dirtyRateMiBps: v.dirty, workingSetMiB: v.workingSetMiB } }))
+      ? QEMU_DEMO_VMS.map((v) => ({
+          name: v.name,
+          vcpus: v.vcpus,
+          memoryMiB: v.memMiB,
+          diskGiB: 2,
+          workload: { dirtyRateMiBps: v.dirty, workingSetMiB: v.workingSetMiB },
+        }))
       : DEMO_VMS.map((v) => ({
           name: v.name,
           vcpus: v.vcpus,
@@ -155,7 +166,10 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
     }
     if (qemu) {
       say(`Waiting for the ${vms.length} guests to boot (QEMU under TCG)...`);
-      await guestsBooted(system, vms.map((v) => v.id));
+      await guestsBooted(
+        system,
+        vms.map((v) => v.id),
+      );
     }
     const live = new Set(vms.map((v) => v.id));
     traffic = guestTraffic(system, () => [...live]);
@@ -163,7 +177,12 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
 
     say(`Migrating ${host.id} off ${before.physicalServerId} while guests keep working...`);
     // qemu: at most two guests move at once (each move is a second QEMU process on this machine).
-    const started = await operator.request<{ id: string }>('POST', `/v1/dedicated-hosts/${host.id}/migrations`, qemu ? { policy: { maxParallel: 2, autoConverge: true } } : {}, key());
+    const started = await operator.request<{ id: string }>(
+      'POST',
+      `/v1/dedicated-hosts/${host.id}/migrations`,
+      qemu ? { policy: { maxParallel: 2, autoConverge: true } } : {},
+      key(),
+    );
     const migStart = Date.now();
 
     // Mid-way, the tenant keeps working: two new VMs (they land on the clone) and one deletion.
@@ -207,13 +226,22 @@ export async function runDemo(opts: { timeScale: number; backend?: DemoBackend; 
     say('');
     say(`Result: ${final.phase}. Host ${after.id} kept its id; it now runs on ${after.physicalServerId} (was ${before.physicalServerId}).`);
     if (qemu) say(`Total time: ${wallS.toFixed(1)} s of real time (real VMs: QEMU live migrations under TCG, no time scale)`);
-    else say(`Total time: ${simulatedS.toFixed(0)} s simulated (${wallS.toFixed(1)} s at ${opts.timeScale}x), bandwidth lower bound Σ(M + D)/B = ${lowerBoundS.toFixed(0)} s → ${(simulatedS / lowerBoundS).toFixed(2)}x`);
-    say(`Downtime per VM${qemu ? ' (as QEMU measured it)' : ''}: max ${Math.max(...downtimes).toFixed(1)} ms, mean ${(downtimes.reduce((a, b) => a + b, 0) / downtimes.length).toFixed(1)} ms`);
-    say(`Guest operations during the migration: ${traffic.stats.ops} done, ${traffic.stats.failed} failed${traffic.stats.failed ? ` (${traffic.stats.lastError})` : ''}`);
+    else
+      say(
+        `Total time: ${simulatedS.toFixed(0)} s simulated (${wallS.toFixed(1)} s at ${opts.timeScale}x), bandwidth lower bound Σ(M + D)/B = ${lowerBoundS.toFixed(0)} s → ${(simulatedS / lowerBoundS).toFixed(2)}x`,
+      );
+    say(
+      `Downtime per VM${qemu ? ' (as QEMU measured it)' : ''}: max ${Math.max(...downtimes).toFixed(1)} ms, mean ${(downtimes.reduce((a, b) => a + b, 0) / downtimes.length).toFixed(1)} ms`,
+    );
+    say(
+      `Guest operations during the migration: ${traffic.stats.ops} done, ${traffic.stats.failed} failed${traffic.stats.failed ? ` (${traffic.stats.lastError})` : ''}`,
+    );
     const vmsWord = (n: number) => `${n} VM${n === 1 ? '' : 's'}`;
     say(`Tenant requests during the migration: ${vmsWord(tenantRequests.provisioned)} provisioned on the clone, ${vmsWord(tenantRequests.deleted)} deleted`);
     if (system.credentials.temporalUiUrl && !qemu) {
-      say(`Web UI: ${system.credentials.temporalUiUrl}/namespaces/${system.temporal.namespace}/workflows/${encodeURIComponent(started.id)}  (run \`dhm up\` to browse it after the demo)`);
+      say(
+        `Web UI: ${system.credentials.temporalUiUrl}/namespaces/${system.temporal.namespace}/workflows/${encodeURIComponent(started.id)}  (run \`dhm up\` to browse it after the demo)`,
+      );
     }
     code = final.phase === 'completed' && traffic.stats.failed === 0 ? 0 : 1;
   } finally {
@@ -247,7 +275,11 @@ async function cleanUp(operator: ApiClient, tenantApi: ApiClient, hostId: string
   const host = await tenantApi.request<{ migration: { id: string } | null }>('GET', `/v1/dedicated-hosts/${hostId}`);
   if (host.migration) {
     await operator.request('POST', `/v1/migrations/${host.migration.id}/cancel`, {}, { 'idempotency-key': randomUUID() }).catch(() => undefined);
-    await waitUntil('the migration to end', async () => !(await tenantApi.request<{ migration: unknown }>('GET', `/v1/dedicated-hosts/${hostId}`)).migration, 300_000);
+    await waitUntil(
+      'the migration to end',
+      async () => !(await tenantApi.request<{ migration: unknown }>('GET', `/v1/dedicated-hosts/${hostId}`)).migration,
+      300_000,
+    );
   }
   const { vms } = await tenantApi.request<{ vms: Array<{ id: string; state: string }> }>('GET', `/v1/dedicated-hosts/${hostId}/vms`);
   for (const vm of vms) await tenantApi.request('DELETE', `/v1/vms/${vm.id}`, undefined, { 'idempotency-key': randomUUID() });

@@ -10,10 +10,7 @@ import { registerUpCommand } from './up';
 
 /** Entry point of the `dhm` command. Problems the user can fix end with one line on stderr and exit code 2. */
 export function main(argv: string[]): void {
-  const program = new Command('dhm')
-    .description('Live migration of dedicated hosts')
-    .showHelpAfterError()
-    .exitOverride();
+  const program = new Command('dhm').description('Live migration of dedicated hosts').showHelpAfterError().exitOverride();
   registerUpCommand(program);
   registerDemoCommand(program);
   registerApiCommands(program);

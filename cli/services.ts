@@ -66,7 +66,10 @@ async function opsEndpoints(env: Env, logger: Logger, metrics: Metrics, readines
   return ops.stop;
 }
 
-const postgresAnswers = (pool: Pool): ReadinessCheck => async () => void (await pool.query('SELECT 1'));
+const postgresAnswers =
+  (pool: Pool): ReadinessCheck =>
+  async () =>
+    void (await pool.query('SELECT 1'));
 
 /** Runs `body` until SIGTERM/SIGINT, then its stop function; exits 0 after a clean stop. */
 async function serve(name: string, body: (env: Env, logger: Logger) => Promise<() => Promise<void>>): Promise<void> {
@@ -159,7 +162,9 @@ export function registerServiceCommands(program: Command): void {
         const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
         // Credentials before anything else: without them nothing is bound and nothing is connected to.
         const tlsDir = required(env, 'DHM_AGENT_TLS_DIR');
-        const creds = new Map(fleet.servers.filter((s) => s.backend === 'sim').map((s) => [s.id, loadServerTls(path.join(tlsDir, s.id), s.id, 'DHM_AGENT_TLS_DIR')]));
+        const creds = new Map(
+          fleet.servers.filter((s) => s.backend === 'sim').map((s) => [s.id, loadServerTls(path.join(tlsDir, s.id), s.id, 'DHM_AGENT_TLS_DIR')]),
+        );
         const metrics = createMetrics({ role: 'agents' });
         const agents = await startFleetAgents(fleet, {
           timeScale: env.DHM_TIME_SCALE,
@@ -171,11 +176,19 @@ export function registerServiceCommands(program: Command): void {
           metrics,
         });
         // Agents hold no database credentials: the inventory learns their URLs from `dhm fleet-seed` (or `dhm up`).
-        const stopOps = await opsEndpoints(env, logger, metrics, Object.fromEntries(
-          [...agents.agents.values()].map((a) => [a.serverId, async () => {
-            if (!a.ready()) throw new Error('agent is stopping');
-          }]),
-        ));
+        const stopOps = await opsEndpoints(
+          env,
+          logger,
+          metrics,
+          Object.fromEntries(
+            [...agents.agents.values()].map((a) => [
+              a.serverId,
+              async () => {
+                if (!a.ready()) throw new Error('agent is stopping');
+              },
+            ]),
+          ),
+        );
         logger.info({ agents: Object.fromEntries([...agents.agents].map(([id, a]) => [id, a.url])) }, 'agents listening');
         return async () => {
           await stopOps();
@@ -186,7 +199,7 @@ export function registerServiceCommands(program: Command): void {
 
   program
     .command('fleet-seed')
-    .description('seed the inventory with a fleet file\'s servers and their agents\' URLs (https://<agent host>:<agentPort>)')
+    .description("seed the inventory with a fleet file's servers and their agents' URLs (https://<agent host>:<agentPort>)")
     .option('--fleet <file>', 'fleet file (default DHM_FLEET_FILE or the built-in default)')
     .requiredOption('--agent-host <host>', 'the host name the agents are reached by (as DHM_AGENT_ADVERTISE_HOST of `dhm agents`)')
     .action(async (o: { fleet?: string; agentHost: string }) => {
@@ -207,13 +220,17 @@ export function registerServiceCommands(program: Command): void {
 
   program
     .command('pki')
-    .description('make (once) the agent plane\'s fleet CA, the control plane\'s certificate and one per server of a fleet file')
+    .description("make (once) the agent plane's fleet CA, the control plane's certificate and one per server of a fleet file")
     .option('--fleet <file>', 'fleet file (default DHM_FLEET_FILE or the built-in default)')
     .requiredOption('--out <dir>', 'folder (0700): ca/ (keep its key here), control-plane/ (DHM_AGENT_CLIENT_TLS_DIR), servers/ (DHM_AGENT_TLS_DIR)')
     .action(async (o: { fleet?: string; out: string }) => {
       const env = loadEnv();
       const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
-      const pki = await ensureAgentPki(path.resolve(o.out), fleet.servers.map((s) => s.id), { field: '--out' });
+      const pki = await ensureAgentPki(
+        path.resolve(o.out),
+        fleet.servers.map((s) => s.id),
+        { field: '--out' },
+      );
       process.stdout.write(`${JSON.stringify({ ca: pki.caDir, controlPlane: pki.controlPlaneDir, servers: path.join(pki.root, 'servers') })}\n`);
     });
 }

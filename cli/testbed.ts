@@ -16,7 +16,9 @@ function wholeNumber(name: string) {
 
 /** `dhm testbed up|down|status`: namespaced servers on this machine (compute/testbed); needs root and iproute2. */
 export function registerTestbedCommand(program: Command): void {
-  const tb = program.command('testbed').description('real (namespaced) servers on this machine: each its own network namespace, NIC shaped, a qemu agent inside');
+  const tb = program
+    .command('testbed')
+    .description('real (namespaced) servers on this machine: each its own network namespace, NIC shaped, a qemu agent inside');
   const root = () => path.join(loadEnv().DHM_HOME, 'testbed');
 
   tb.command('up')
@@ -29,7 +31,15 @@ export function registerTestbedCommand(program: Command): void {
       const env = loadEnv();
       const logger = createLogger('testbed', env.LOG_LEVEL);
       const st = await upTestbed(
-        { name: o.name, root: root(), servers: o.servers, nicBandwidthBps: o.nicMbps * 1e6, transport: o.insecure ? 'insecure' : 'tls', attached: false, logLevel: env.LOG_LEVEL },
+        {
+          name: o.name,
+          root: root(),
+          servers: o.servers,
+          nicBandwidthBps: o.nicMbps * 1e6,
+          transport: o.insecure ? 'insecure' : 'tls',
+          attached: false,
+          logLevel: env.LOG_LEVEL,
+        },
         logger,
       );
       process.stdout.write(`${JSON.stringify(summary(st), null, 2)}\n`);

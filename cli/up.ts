@@ -30,7 +30,10 @@ export function registerUpCommand(program: Command): void {
     .command('up')
     .description('run dhm on this machine: Postgres, the Temporal dev server, sim host agents, a worker, the scheduler and the API')
     .option('--fleet <file>', 'fleet file (JSON) to seed and run agents for', undefined)
-    .option('--temporal <mode>', 'dev: the CLI\'s dev server (default); cluster: frontend, history ×2, matching and worker processes on Postgres (DHM_TEMPORAL_MODE)')
+    .option(
+      '--temporal <mode>',
+      "dev: the CLI's dev server (default); cluster: frontend, history ×2, matching and worker processes on Postgres (DHM_TEMPORAL_MODE)",
+    )
     .option('--upgrade-temporal-schema', 'cluster: upgrade an older Temporal schema to the one the server needs (back the database up first)')
     .action(async (opts: { fleet?: string; temporal?: string; upgradeTemporalSchema?: boolean }) => {
       if (opts.temporal !== undefined && !['dev', 'cluster'].includes(opts.temporal)) {

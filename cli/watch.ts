@@ -30,8 +30,12 @@ function fraction(vm: VmView): number {
 
 /** A moving VM's two parts, for its bar: local disk copied of its data, and memory sent. */
 export function partsInfo(p: MoveProgressView): string {
-  const mem = p.memory ? `memory ${(p.memory.bytesTransferred / MIB).toFixed(0)}/${(p.memory.bytesTotal / MIB).toFixed(0)} MiB (${(p.memory.bytesRemaining / MIB).toFixed(0)} left)` : `${(p.bytesSent / MIB).toFixed(0)} MiB sent`;
-  const disk = p.disk ? `disk ${(p.disk.bytesCopied / MIB).toFixed(0)}/${(p.disk.bytesTotal / MIB).toFixed(0)} MiB (${(p.disk.bytesRemaining / MIB).toFixed(0)} left), ` : '';
+  const mem = p.memory
+    ? `memory ${(p.memory.bytesTransferred / MIB).toFixed(0)}/${(p.memory.bytesTotal / MIB).toFixed(0)} MiB (${(p.memory.bytesRemaining / MIB).toFixed(0)} left)`
+    : `${(p.bytesSent / MIB).toFixed(0)} MiB sent`;
+  const disk = p.disk
+    ? `disk ${(p.disk.bytesCopied / MIB).toFixed(0)}/${(p.disk.bytesTotal / MIB).toFixed(0)} MiB (${(p.disk.bytesRemaining / MIB).toFixed(0)} left), `
+    : '';
   return `${disk}${mem}`;
 }
 

@@ -108,8 +108,7 @@ export async function checkInvariants(input: InvariantCheckInput): Promise<Invar
   }
   const vmLocations = new Map<string, { serverId: string; incarnationId: string }[]>();
   for (const [serverId, incs] of agentView)
-    for (const [incarnationId, vmIds] of incs)
-      for (const vmId of vmIds) vmLocations.set(vmId, [...(vmLocations.get(vmId) ?? []), { serverId, incarnationId }]);
+    for (const [incarnationId, vmIds] of incs) for (const vmId of vmIds) vmLocations.set(vmId, [...(vmLocations.get(vmId) ?? []), { serverId, incarnationId }]);
 
   // --- hosts, incarnations, VMs -------------------------------------------------------------------------------
   const liveIncarnations = new Map<string, HostIncarnation>();
@@ -188,7 +187,8 @@ export async function checkInvariants(input: InvariantCheckInput): Promise<Invar
 
   // --- agents run nothing the inventory does not have --------------------------------------------------------
   for (const [vmId, at] of vmLocations)
-    if (!runningVmIds.has(vmId)) v(`vm ${vmId}: runs on ${at.map((l) => `${l.serverId}/${l.incarnationId}`).join(', ')} but the inventory has no running VM of that id (leak)`);
+    if (!runningVmIds.has(vmId))
+      v(`vm ${vmId}: runs on ${at.map((l) => `${l.serverId}/${l.incarnationId}`).join(', ')} but the inventory has no running VM of that id (leak)`);
   for (const [serverId, incs] of agentView)
     for (const incId of incs.keys()) {
       const inc = liveIncarnations.get(incId);

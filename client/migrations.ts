@@ -81,7 +81,8 @@ export async function migrationStatus(client: Client, dedicatedHostId: string): 
 function refusal(err: unknown): never {
   // The migration closed between the caller seeing the host migrating and the update reaching it: the request was
   // not taken, and the host is (or is about to be) back on the normal path — the same answer as a late request gets.
-  if (err instanceof WorkflowNotFoundError) throw new MigrationRequestRefused(FailureTypes.MigrationEnded, `the migration is over (${err.message}); send the request through the normal path`);
+  if (err instanceof WorkflowNotFoundError)
+    throw new MigrationRequestRefused(FailureTypes.MigrationEnded, `the migration is over (${err.message}); send the request through the normal path`);
   if (err instanceof WorkflowUpdateFailedError) {
     const cause = err.cause;
     const type = cause instanceof ApplicationFailure && cause.type ? cause.type : 'INVALID_INPUT';
@@ -111,13 +112,21 @@ async function sendUpdate<T>(send: () => Promise<T>): Promise<T> {
 }
 
 /** Provisions a VM on the migrating host's clone through the workflow (claims 1f, 6, 7). */
-export async function provisionVmDuringMigration(client: Client, dedicatedHostId: string, args: Omit<ProvisionVmArgs, 'requestId'> & { requestId?: string }): Promise<ProvisionVmResult> {
+export async function provisionVmDuringMigration(
+  client: Client,
+  dedicatedHostId: string,
+  args: Omit<ProvisionVmArgs, 'requestId'> & { requestId?: string },
+): Promise<ProvisionVmResult> {
   const requestId = args.requestId ?? randomUUID();
   return sendUpdate(() => migrationHandle(client, dedicatedHostId).executeUpdate(provisionVmUpdate, { args: [{ ...args, requestId }], updateId: requestId }));
 }
 
 /** Deletes a VM of the migrating host wherever it is at that moment (claim 8). */
-export async function deleteVmDuringMigration(client: Client, dedicatedHostId: string, args: Omit<DeleteVmArgs, 'requestId'> & { requestId?: string }): Promise<DeleteVmResult> {
+export async function deleteVmDuringMigration(
+  client: Client,
+  dedicatedHostId: string,
+  args: Omit<DeleteVmArgs, 'requestId'> & { requestId?: string },
+): Promise<DeleteVmResult> {
   const requestId = args.requestId ?? randomUUID();
   return sendUpdate(() => migrationHandle(client, dedicatedHostId).executeUpdate(deleteVmUpdate, { args: [{ ...args, requestId }], updateId: requestId }));
 }

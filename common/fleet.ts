@@ -42,9 +42,7 @@ export type FleetMigration = z.infer<typeof fleetMigrationSchema>;
  */
 export const fleetStorageSchema = z
   .object({
-    nbd: z
-      .object({ host: z.string().min(1), port: z.number().int().min(1).max(65535).default(10809), serverName: idSchema.default('storage') })
-      .strict(),
+    nbd: z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535).default(10809), serverName: idSchema.default('storage') }).strict(),
   })
   .strict();
 export type FleetStorage = z.infer<typeof fleetStorageSchema>;
@@ -63,8 +61,7 @@ export const fleetSchema = z
     fleet.servers.forEach((s, i) => {
       if (ids.has(s.id)) ctx.addIssue({ code: 'custom', path: ['servers', i, 'id'], message: `duplicate server id ${s.id}` });
       ids.add(s.id);
-      if (!fleet.zones.includes(s.zone))
-        ctx.addIssue({ code: 'custom', path: ['servers', i, 'zone'], message: `unknown zone ${s.zone}` });
+      if (!fleet.zones.includes(s.zone)) ctx.addIssue({ code: 'custom', path: ['servers', i, 'zone'], message: `unknown zone ${s.zone}` });
       const cls = fleet.resourceClasses[s.resourceClass];
       if (!cls) {
         ctx.addIssue({ code: 'custom', path: ['servers', i, 'resourceClass'], message: `unknown resource class ${s.resourceClass}` });

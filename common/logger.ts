@@ -23,5 +23,8 @@ export function logFormat(env: NodeJS.ProcessEnv = process.env, isTty = Boolean(
 export function createLogger(component: string, level = process.env.LOG_LEVEL || 'info', format: LogFormat = logFormat()): Logger {
   const options = { name: 'dhm', level, base: { component, pid: process.pid } };
   if (format === 'json') return pino(options);
-  return pino(options, pretty({ sync: true, colorize: Boolean(process.stdout.isTTY), ignore: 'pid,hostname,name', messageKey: 'msg', translateTime: 'SYS:HH:MM:ss.l' }));
+  return pino(
+    options,
+    pretty({ sync: true, colorize: Boolean(process.stdout.isTTY), ignore: 'pid,hostname,name', messageKey: 'msg', translateTime: 'SYS:HH:MM:ss.l' }),
+  );
 }

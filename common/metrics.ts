@@ -31,10 +31,23 @@ export function createMetrics(opts: { role?: string; defaultMetrics?: boolean } 
   return {
     registry,
     migrationsStarted: new Counter({ name: 'dhm_migrations_started_total', help: 'Host migrations started through the API', registers }),
-    migrationCancelsRequested: new Counter({ name: 'dhm_migration_cancels_requested_total', help: 'Cancels of running migrations accepted by the API', registers }),
+    migrationCancelsRequested: new Counter({
+      name: 'dhm_migration_cancels_requested_total',
+      help: 'Cancels of running migrations accepted by the API',
+      registers,
+    }),
     migrationsCompleted: new Counter({ name: 'dhm_migrations_completed_total', help: 'Host migrations finalized (clone became the host)', registers }),
-    migrationsRolledBack: new Counter({ name: 'dhm_migrations_rolled_back_total', help: 'Host migrations rolled back (clone removed, target released)', registers }),
-    vmMoves: new Counter({ name: 'dhm_vm_moves_total', help: 'Live VM moves finished, out to the clone or back to the source', labelNames: ['direction'], registers }),
+    migrationsRolledBack: new Counter({
+      name: 'dhm_migrations_rolled_back_total',
+      help: 'Host migrations rolled back (clone removed, target released)',
+      registers,
+    }),
+    vmMoves: new Counter({
+      name: 'dhm_vm_moves_total',
+      help: 'Live VM moves finished, out to the clone or back to the source',
+      labelNames: ['direction'],
+      registers,
+    }),
     vmDowntime: new Histogram({
       name: 'dhm_vm_downtime_seconds',
       help: 'Per-VM stop-and-copy downtime of a live move',
@@ -57,7 +70,12 @@ export function createMetrics(opts: { role?: string; defaultMetrics?: boolean } 
       registers,
     }),
     deprovisions: new Counter({ name: 'dhm_deprovisions_total', help: 'Old incarnations torn down by the scheduler', labelNames: ['outcome'], registers }),
-    httpRequests: new Counter({ name: 'dhm_http_requests_total', help: 'HTTP requests served', labelNames: ['service', 'method', 'route', 'status'], registers }),
+    httpRequests: new Counter({
+      name: 'dhm_http_requests_total',
+      help: 'HTTP requests served',
+      labelNames: ['service', 'method', 'route', 'status'],
+      registers,
+    }),
     httpRequestDuration: new Histogram({
       name: 'dhm_http_request_duration_seconds',
       help: 'HTTP request latency',
@@ -69,7 +87,13 @@ export function createMetrics(opts: { role?: string; defaultMetrics?: boolean } 
 }
 
 /** Fastify `onResponse` bookkeeping by route pattern (never the raw URL: ids would explode the label set). */
-export function observeHttp(metrics: Metrics, service: string, req: { method: string; routeOptions?: { url?: string } }, status: number, seconds: number): void {
+export function observeHttp(
+  metrics: Metrics,
+  service: string,
+  req: { method: string; routeOptions?: { url?: string } },
+  status: number,
+  seconds: number,
+): void {
   const route = req.routeOptions?.url ?? 'unmatched';
   metrics.httpRequests.inc({ service, method: req.method, route, status: String(status) });
   metrics.httpRequestDuration.observe({ service, method: req.method, route }, seconds);

@@ -58,7 +58,12 @@ export const migrationPolicySchema = z
     onVmFailure: z.enum(ON_VM_FAILURE).default('rollback'),
     order: z.enum(VM_ORDERS).default('largest-first'),
     /** How long to wait for a matching free server before giving up (0: fail at once). */
-    waitForCapacitySeconds: z.number().int().min(0).max(7 * 24 * 3600).default(0),
+    waitForCapacitySeconds: z
+      .number()
+      .int()
+      .min(0)
+      .max(7 * 24 * 3600)
+      .default(0),
     /** State of the old server once de-provisioned. */
     afterDeprovision: afterDeprovisionSchema.default('available'),
     /** Continue-as-new once the history has this many events (the server's own suggestion applies too). */
@@ -112,7 +117,18 @@ export type DeleteVmArgs = z.infer<typeof deleteVmArgsSchema>;
  * its server failed (recorded in the inventory; the migration ends `failed`). `stranded`: a rollback could not move it
  * back to the source; it stays on the clone, which is kept (the migration ends `failed`).
  */
-export const VM_MIGRATION_STATES = ['pending', 'moving', 'moved', 'failed', 'deleted', 'provisioned-on-clone', 'moving-back', 'returned', 'stranded', 'lost'] as const;
+export const VM_MIGRATION_STATES = [
+  'pending',
+  'moving',
+  'moved',
+  'failed',
+  'deleted',
+  'provisioned-on-clone',
+  'moving-back',
+  'returned',
+  'stranded',
+  'lost',
+] as const;
 export type VmMigrationState = (typeof VM_MIGRATION_STATES)[number];
 
 export interface MoveFigures {
@@ -188,7 +204,10 @@ export interface MigrationStatus {
   deletedDropped?: number;
 }
 
-export type MigrationResult = Pick<MigrationStatus, 'migrationId' | 'dedicatedHostId' | 'phase' | 'source' | 'target' | 'counts' | 'finishedAt' | 'lastError'> & {
+export type MigrationResult = Pick<
+  MigrationStatus,
+  'migrationId' | 'dedicatedHostId' | 'phase' | 'source' | 'target' | 'counts' | 'finishedAt' | 'lastError'
+> & {
   /** VMs no agent ran any more when the migration looked (their server failed); recorded `lost` in the inventory. */
   lostVms?: string[];
 };

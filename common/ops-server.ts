@@ -41,7 +41,13 @@ export async function runReadiness(checks: Record<string, ReadinessCheck>): Prom
  * (the process is alive: 200 unless it is stopping), `GET /readyz` (its dependencies answer: 200, else 503 naming
  * them) and `GET /metrics` (Prometheus text). Unauthenticated: bind it to a network only the monitoring reaches.
  */
-export async function startOpsServer(opts: { host: string; port: number; metrics: Metrics; readiness: Record<string, ReadinessCheck>; logger: Logger }): Promise<OpsServer> {
+export async function startOpsServer(opts: {
+  host: string;
+  port: number;
+  metrics: Metrics;
+  readiness: Record<string, ReadinessCheck>;
+  logger: Logger;
+}): Promise<OpsServer> {
   let stopping = false;
   const json = (res: http.ServerResponse, status: number, body: unknown) => {
     res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));

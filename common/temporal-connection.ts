@@ -20,8 +20,7 @@ export function temporalConnectionOptions(env: Env, address?: string): TemporalC
   if (!target) throw new UserFacingError('TEMPORAL_ADDRESS: required for this service (`dhm up` runs everything with embedded defaults)', 'TEMPORAL_ADDRESS');
   // The embedded dev server (another address than the configured one) is plain text on loopback.
   if (address !== undefined && address !== env.TEMPORAL_ADDRESS) return { address: target };
-  const wantsTls =
-    env.TEMPORAL_TLS ?? Boolean(env.TEMPORAL_TLS_CERT || env.TEMPORAL_TLS_CA || env.TEMPORAL_TLS_SERVER_NAME || env.TEMPORAL_API_KEY);
+  const wantsTls = env.TEMPORAL_TLS ?? Boolean(env.TEMPORAL_TLS_CERT || env.TEMPORAL_TLS_CA || env.TEMPORAL_TLS_SERVER_NAME || env.TEMPORAL_API_KEY);
   const opts: TemporalConnectionOptions = { address: target };
   if (wantsTls) {
     const tls: TLSConfig = {};

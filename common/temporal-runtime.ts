@@ -13,13 +13,17 @@ export function installTemporalRuntime(logger: Logger, opts: { metricsBindAddres
   if (installed) return;
   installed = true;
   const sdk = logger.child({ component: 'temporal-sdk' });
-  const levels: Record<LogLevel, 'trace' | 'debug' | 'info' | 'warn' | 'error'> = { TRACE: 'trace', DEBUG: 'debug', INFO: 'info', WARN: 'warn', ERROR: 'error' };
+  const levels: Record<LogLevel, 'trace' | 'debug' | 'info' | 'warn' | 'error'> = {
+    TRACE: 'trace',
+    DEBUG: 'debug',
+    INFO: 'info',
+    WARN: 'warn',
+    ERROR: 'error',
+  };
   Runtime.install({
     // The process decides when to stop (and in which order); the SDK must not react to signals on its own.
     shutdownSignals: [],
-    ...(opts.metricsBindAddress
-      ? { telemetryOptions: { metrics: { prometheus: { bindAddress: opts.metricsBindAddress, countersTotalSuffix: true } } } }
-      : {}),
+    ...(opts.metricsBindAddress ? { telemetryOptions: { metrics: { prometheus: { bindAddress: opts.metricsBindAddress, countersTotalSuffix: true } } } } : {}),
     logger: new DefaultLogger('INFO', (entry) => {
       const level = levels[entry.level];
       // The bundler reports every module at INFO; that is noise in a service log.

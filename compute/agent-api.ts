@@ -112,9 +112,7 @@ export type GuestOpResult = z.infer<typeof guestOpResultSchema>;
 
 // ---- migrations ------------------------------------------------------------------------------------------------
 
-export const migrationTargetSchema = z
-  .object({ agentUrl: z.url({ protocol: /^https$/ }), incarnationId: agentIdSchema })
-  .strict();
+export const migrationTargetSchema = z.object({ agentUrl: z.url({ protocol: /^https$/ }), incarnationId: agentIdSchema }).strict();
 
 export const startMigrationBodySchema = z
   .object({
@@ -236,18 +234,14 @@ export const incomingViewSchema = z.object({
 export type IncomingView = z.infer<typeof incomingViewSchema>;
 
 /** At switchover the source hands over the VM's state; the target starts it. */
-export const commitIncomingBodySchema = z
-  .object({ vmId: agentIdSchema, spec: vmSpecSchema, counter: z.number().int().min(0) })
-  .strict();
+export const commitIncomingBodySchema = z.object({ vmId: agentIdSchema, spec: vmSpecSchema, counter: z.number().int().min(0) }).strict();
 export type CommitIncomingBody = z.infer<typeof commitIncomingBodySchema>;
 
 /**
  * The control plane tells a target to expect a job before the source starts it: a peer server may then call the
  * incoming-migration routes of that job, for that VM and incarnation, and only that source server (mTLS identity).
  */
-export const expectIncomingBodySchema = z
-  .object({ vmId: agentIdSchema, incarnationId: agentIdSchema, sourceServerId: z.string().min(1).max(128) })
-  .strict();
+export const expectIncomingBodySchema = z.object({ vmId: agentIdSchema, incarnationId: agentIdSchema, sourceServerId: z.string().min(1).max(128) }).strict();
 export type ExpectIncomingBody = z.infer<typeof expectIncomingBodySchema>;
 export const expectedIncomingSchema = expectIncomingBodySchema.extend({ jobId: z.string() });
 export type ExpectedIncoming = z.infer<typeof expectedIncomingSchema>;

@@ -25,17 +25,7 @@ import { AgentError, callAgent, type CallTarget } from './agent-http';
 import { agentHttpsAgent, type AgentClientTls } from './agent-tls';
 
 export { AgentError } from './agent-http';
-export type {
-  AgentInfo,
-  Faults,
-  GuestOp,
-  GuestOpResult,
-  IncarnationView,
-  MigrationJob,
-  StartMigrationInput,
-  VmSpec,
-  VmView,
-} from './agent-api';
+export type { AgentInfo, Faults, GuestOp, GuestOpResult, IncarnationView, MigrationJob, StartMigrationInput, VmSpec, VmView } from './agent-api';
 
 export interface AgentClientOptions {
   baseUrl: string;
@@ -122,7 +112,12 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
       } catch (err) {
         if (!(err instanceof AgentError && err.code === 'VM_MOVED' && err.movedTo) || hop >= MAX_MOVED_HOPS) throw err;
         if (!err.movedTo.startsWith('https://'))
-          throw new AgentError({ status: 0, code: 'REDIRECT_REFUSED', message: `VM_MOVED to ${err.movedTo}: not an agent of the fleet (https only)`, retryable: false });
+          throw new AgentError({
+            status: 0,
+            code: 'REDIRECT_REFUSED',
+            message: `VM_MOVED to ${err.movedTo}: not an agent of the fleet (https only)`,
+            retryable: false,
+          });
         target = at(err.movedTo);
       }
     }
@@ -155,13 +150,10 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
   return {
     baseUrl: opts.baseUrl,
     info: () => callAgent(home, 'GET', paths.info, undefined, agentInfoSchema),
-    prepareIncarnation: ({ incarnationId, capacity }) =>
-      callAgent(home, 'PUT', paths.incarnation(incarnationId), { capacity }, incarnationViewSchema),
-    getIncarnation: (incarnationId) =>
-      nullIfNotFound(callAgent(home, 'GET', paths.incarnation(incarnationId), undefined, incarnationViewSchema)),
+    prepareIncarnation: ({ incarnationId, capacity }) => callAgent(home, 'PUT', paths.incarnation(incarnationId), { capacity }, incarnationViewSchema),
+    getIncarnation: (incarnationId) => nullIfNotFound(callAgent(home, 'GET', paths.incarnation(incarnationId), undefined, incarnationViewSchema)),
     teardownIncarnation: (incarnationId) => callAgent(home, 'DELETE', paths.incarnation(incarnationId), undefined, null),
-    createVm: ({ vmId, incarnationId, spec }) =>
-      callAgent(home, 'PUT', paths.vm(vmId), { incarnationId, spec }, vmViewSchema),
+    createVm: ({ vmId, incarnationId, spec }) => callAgent(home, 'PUT', paths.vm(vmId), { incarnationId, spec }, vmViewSchema),
     getVm: (vmId) => nullIfNotFound(callAgent(home, 'GET', paths.vm(vmId), undefined, vmViewSchema)),
     deleteVm: (vmId) => followingMoves((t) => callAgent(t, 'DELETE', paths.vm(vmId), undefined, null)),
     startMigration: async ({ jobId, ...body }, o) => {

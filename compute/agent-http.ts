@@ -42,21 +42,9 @@ export interface CallTarget {
  * else becomes an `AgentError` carrying the agent's code and field. A URL that is not https is refused before any
  * connection; so is an agent whose certificate names another server than `serverId`.
  */
-export async function callAgent<S extends z.ZodType>(
-  target: CallTarget,
-  method: Method,
-  path: string,
-  body: unknown,
-  replySchema: S,
-): Promise<z.infer<S>>;
+export async function callAgent<S extends z.ZodType>(target: CallTarget, method: Method, path: string, body: unknown, replySchema: S): Promise<z.infer<S>>;
 export async function callAgent(target: CallTarget, method: Method, path: string, body: unknown, replySchema: null): Promise<void>;
-export async function callAgent(
-  target: CallTarget,
-  method: Method,
-  path: string,
-  body: unknown,
-  replySchema: z.ZodType | null,
-): Promise<unknown> {
+export async function callAgent(target: CallTarget, method: Method, path: string, body: unknown, replySchema: z.ZodType | null): Promise<unknown> {
   const url = target.baseUrl.replace(/\/+$/, '') + path;
   if (!url.startsWith('https://'))
     throw new AgentError({ status: 0, code: 'INSECURE_URL', message: `${method} ${url}: agents are reached over https only`, retryable: false });
@@ -74,7 +62,12 @@ export async function callAgent(
     });
   }
   if (target.serverId !== undefined && res.peer !== target.serverId)
-    throw new AgentError({ status: 0, code: 'WRONG_AGENT', message: `${method} ${url}: answered by server ${res.peer ?? '(none)'}, not ${target.serverId}`, retryable: true });
+    throw new AgentError({
+      status: 0,
+      code: 'WRONG_AGENT',
+      message: `${method} ${url}: answered by server ${res.peer ?? '(none)'}, not ${target.serverId}`,
+      retryable: true,
+    });
   const ok = res.status >= 200 && res.status < 300;
   const text = res.text;
 

@@ -136,9 +136,7 @@ export function registerAgentRoutes(
     if (!job) throw notFound('jobId', `no migration ${jobId} here`);
     return send(reply, migrationJobSchema, job);
   });
-  app.post(routes.cancelMigration, async (req, reply) =>
-    send(reply, migrationJobSchema, await backend.cancelMigration(id(req.params, 'jobId'))),
-  );
+  app.post(routes.cancelMigration, async (req, reply) => send(reply, migrationJobSchema, await backend.cancelMigration(id(req.params, 'jobId'))));
 
   // ---- inbound migrations: the control plane names the job, its VM and its source; then the source calls the rest
   app.put(routes.expectIncoming, async (req, reply) => {
@@ -164,9 +162,7 @@ export function registerAgentRoutes(
 
   // ---- faults (test only): not even a route unless the agent was started for tests
   if (!opts.faultRoutes) return;
-  app.put(routes.faults, async (req, reply) =>
-    send(reply, faultsStateSchema, backend.setFaults(parseOr400(faultsSchema, req.body))),
-  );
+  app.put(routes.faults, async (req, reply) => send(reply, faultsStateSchema, backend.setFaults(parseOr400(faultsSchema, req.body))));
   app.get(routes.faults, async (_req, reply) => send(reply, faultsStateSchema, backend.faults()));
 }
 

@@ -95,9 +95,8 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   const opts = parseConfig(config);
   // No credentials, no agent: refused before anything is made or bound (a caller in plain JS may leave it out).
   if (!tls?.cert || !tls.key || !tls.ca || !tls.clientCert || !tls.clientKey)
-    throw new UserFacingError('tls: required: the server\'s agent-plane certificates (compute/agent-tls.ts); an agent never runs without them', 'tls');
-  if (tls.serverId !== opts.serverId)
-    throw new UserFacingError(`tls: the certificates are server ${tls.serverId}'s, not ${opts.serverId}'s`, 'tls');
+    throw new UserFacingError("tls: required: the server's agent-plane certificates (compute/agent-tls.ts); an agent never runs without them", 'tls');
+  if (tls.serverId !== opts.serverId) throw new UserFacingError(`tls: the certificates are server ${tls.serverId}'s, not ${opts.serverId}'s`, 'tls');
   // An address no interface has cannot be bound; say which setting is wrong before anything starts.
   if (isIP(opts.host) !== 0 && opts.host !== '0.0.0.0' && opts.host !== '::' && !localAddresses().has(opts.host))
     throw new UserFacingError(`host: ${opts.host} is not an address of any interface here (DHM_AGENT_HOST)`, 'host');
@@ -152,8 +151,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
       if (caller.kind === 'server') {
         if (!PEER_ROUTES.has(route)) return refuse(`server ${caller.serverId} may call only the incoming-migration routes`);
         const jobId = (req.params as Record<string, string>).jobId ?? '';
-        if (expected.get(jobId)?.sourceServerId !== caller.serverId)
-          return refuse(`no migration ${jobId} from server ${caller.serverId} is expected here`);
+        if (expected.get(jobId)?.sourceServerId !== caller.serverId) return refuse(`no migration ${jobId} from server ${caller.serverId} is expected here`);
       }
     }
     // An "unreachable" agent still takes the faults route, so a test can make it reachable again.
@@ -175,19 +173,18 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
       return reply.code(err.status).send(errorBody(err.code, err.message, err.field, err.movedTo));
     }
     const status = (err as FastifyError).statusCode;
-    if (status !== undefined && status >= 400 && status < 500)
-      return reply.code(status).send(errorBody('INVALID_INPUT', `body: ${err.message}`, 'body'));
+    if (status !== undefined && status >= 400 && status < 500) return reply.code(status).send(errorBody('INVALID_INPUT', `body: ${err.message}`, 'body'));
     req.log.error({ err }, 'unexpected error');
     return reply.code(500).send(errorBody('INTERNAL', err.message));
   });
-  app.setNotFoundHandler((req, reply) =>
-    reply.code(404).send(errorBody('NO_SUCH_ROUTE', `no route ${req.method} ${req.url.split('?')[0]}`)),
-  );
+  app.setNotFoundHandler((req, reply) => reply.code(404).send(errorBody('NO_SUCH_ROUTE', `no route ${req.method} ${req.url.split('?')[0]}`)));
 
   if (metrics) app.addHook('onResponse', async (req, reply) => observeHttp(metrics, 'agent', req, reply.statusCode, reply.elapsedTime / 1000));
   // Ready: listening and not stopping (the backend keeps its VMs in this process; it has no other dependency).
   let closing = false;
-  app.get(READYZ, { logLevel: 'warn' }, async (_req, reply) => (closing ? reply.code(503).send({ ok: false, status: 'stopping' }) : { ok: true, serverId: opts.serverId, bootId }));
+  app.get(READYZ, { logLevel: 'warn' }, async (_req, reply) =>
+    closing ? reply.code(503).send({ ok: false, status: 'stopping' }) : { ok: true, serverId: opts.serverId, bootId },
+  );
 
   registerAgentRoutes(
     app,

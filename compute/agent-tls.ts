@@ -41,7 +41,14 @@ const read = (dir: string, f: string) => fs.readFileSync(path.join(dir, f), 'utf
 /** A server's credential folder (fleet-ca.ts file names), checked: the agent refuses to start with anything less. */
 export function loadServerTls(dir: string, serverId: string, field: string): AgentServerTls {
   checkServerCreds(dir, serverId, path.join(dir, 'ca-cert.pem'), field);
-  return { serverId, ca: read(dir, 'ca-cert.pem'), cert: read(dir, 'server-cert.pem'), key: read(dir, 'server-key.pem'), clientCert: read(dir, 'client-cert.pem'), clientKey: read(dir, 'client-key.pem') };
+  return {
+    serverId,
+    ca: read(dir, 'ca-cert.pem'),
+    cert: read(dir, 'server-cert.pem'),
+    key: read(dir, 'server-key.pem'),
+    clientCert: read(dir, 'client-cert.pem'),
+    clientKey: read(dir, 'client-key.pem'),
+  };
 }
 
 /** The control plane's credential folder: `ca-cert.pem`, `client-cert.pem` (CN=dhm control plane, by that CA), `client-key.pem` (0600). */
@@ -54,7 +61,8 @@ export function loadControlPlaneTls(dir: string, field: string): AgentClientTls 
   const ca = new X509Certificate(read(dir, 'ca-cert.pem'));
   const cert = new X509Certificate(read(dir, 'client-cert.pem'));
   if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) fail(`${path.join(dir, 'client-cert.pem')} is not issued by ${path.join(dir, 'ca-cert.pem')}`);
-  if (!cert.subject.split('\n').includes(`CN=${CONTROL_PLANE_CN}`)) fail(`${path.join(dir, 'client-cert.pem')} is not the control plane's (CN=${CONTROL_PLANE_CN})`);
+  if (!cert.subject.split('\n').includes(`CN=${CONTROL_PLANE_CN}`))
+    fail(`${path.join(dir, 'client-cert.pem')} is not the control plane's (CN=${CONTROL_PLANE_CN})`);
   return { ca: read(dir, 'ca-cert.pem'), cert: read(dir, 'client-cert.pem'), key: read(dir, 'client-key.pem') };
 }
 
@@ -63,7 +71,11 @@ export const peerClientTls = (t: AgentServerTls): AgentClientTls => ({ ca: t.ca,
 
 function commonName(cert: PeerCertificate | X509Certificate | undefined): string | undefined {
   if (!cert) return undefined;
-  if (cert instanceof X509Certificate) return cert.subject.split('\n').find((l) => l.startsWith('CN='))?.slice(3);
+  if (cert instanceof X509Certificate)
+    return cert.subject
+      .split('\n')
+      .find((l) => l.startsWith('CN='))
+      ?.slice(3);
   const cn = (cert.subject as Record<string, string | string[]> | undefined)?.CN;
   return Array.isArray(cn) ? undefined : cn; // two CNs: ambiguous, nobody
 }
@@ -96,7 +108,8 @@ export function agentHttpsAgent(tls: AgentClientTls): https.Agent {
     ca: tls.ca,
     cert: tls.cert,
     key: tls.key,
-    checkServerIdentity: (_host, cert) => (serverIdOf(cert) ? undefined : new Error(`the certificate of ${_host} names no fleet server (${JSON.stringify(cert.subject)})`)),
+    checkServerIdentity: (_host, cert) =>
+      serverIdOf(cert) ? undefined : new Error(`the certificate of ${_host} names no fleet server (${JSON.stringify(cert.subject)})`),
   });
 }
 

@@ -1,7 +1,18 @@
 import type { Logger } from 'pino';
 import type { Resources } from '../common/resources';
 import { vmDisks, type DiskKind } from '../common/vm-spec';
-import type { AcceptIncomingBody, BackendKind, Faults, FaultsState, IncarnationView, IncomingView, MigrationJob, StartMigrationInput, VmSpec, VmView } from './agent-api';
+import type {
+  AcceptIncomingBody,
+  BackendKind,
+  Faults,
+  FaultsState,
+  IncarnationView,
+  IncomingView,
+  MigrationJob,
+  StartMigrationInput,
+  VmSpec,
+  VmView,
+} from './agent-api';
 import { AgentError } from './agent-http';
 import { AgentFailure, conflict, notFound } from './errors';
 import { IncarnationLedger } from './incarnation-ledger';
@@ -54,8 +65,7 @@ export interface BackendIncoming {
 const resourcesOf = (spec: VmSpec): Resources => ({ vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB });
 const sameSpec = (a: VmSpec, b: VmSpec) => JSON.stringify(a) === JSON.stringify(b);
 const sameUrl = (a: string, b: string) => a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
-const vmMoved = (vmId: string, movedTo: string) =>
-  new AgentFailure(409, 'VM_MOVED', `VM ${vmId} has migrated to ${movedTo}`, 'vmId', movedTo);
+const vmMoved = (vmId: string, movedTo: string) => new AgentFailure(409, 'VM_MOVED', `VM ${vmId} has migrated to ${movedTo}`, 'vmId', movedTo);
 
 /**
  * The bookkeeping every `ComputeBackend` shares, whatever runs its VMs: incarnations (via the ledger), the VM map and
@@ -247,8 +257,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     }
     const vm = this.vmHere(input.vmId);
     this.checkUsable(vm);
-    if (vm.migrationJobId)
-      throw conflict('MIGRATION_IN_PROGRESS', 'vmId', `VM ${input.vmId} is already migrating (job ${vm.migrationJobId})`);
+    if (vm.migrationJobId) throw conflict('MIGRATION_IN_PROGRESS', 'vmId', `VM ${input.vmId} is already migrating (job ${vm.migrationJobId})`);
     if (sameUrl(input.target.agentUrl, this.opts.selfUrl()))
       throw conflict('SAME_SERVER', 'target.agentUrl', `the target is this server (${this.opts.serverId})`);
 
@@ -343,8 +352,7 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   releaseIncoming(jobId: string): void {
     const r = this.incoming.get(jobId);
     if (!r) return;
-    if (this.incomingCommitted(r))
-      throw conflict('INCOMING_COMMITTED', 'jobId', `incoming migration ${jobId} was committed; the VM runs here`);
+    if (this.incomingCommitted(r)) throw conflict('INCOMING_COMMITTED', 'jobId', `incoming migration ${jobId} was committed; the VM runs here`);
     void this.dropIncoming(r);
   }
 
@@ -376,7 +384,11 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
     const served = this.diskKinds();
     vmDisks(spec).forEach((d, i) => {
       if (!served.includes(d.kind))
-        throw conflict('DISK_KIND_UNSUPPORTED', `spec.disks.${i}.kind`, `server ${this.opts.serverId} (${this.kind}) does not serve ${d.kind} disks (it serves: ${served.join(', ')})`);
+        throw conflict(
+          'DISK_KIND_UNSUPPORTED',
+          `spec.disks.${i}.kind`,
+          `server ${this.opts.serverId} (${this.kind}) does not serve ${d.kind} disks (it serves: ${served.join(', ')})`,
+        );
     });
   }
 
@@ -437,7 +449,15 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   }
 
   protected incomingView(r: R): IncomingView {
-    return { jobId: r.jobId, vmId: r.vmId, incarnationId: r.incarnationId, serverId: this.opts.serverId, bootId: this.opts.bootId, state: r.state, ...this.incomingExtras(r) };
+    return {
+      jobId: r.jobId,
+      vmId: r.vmId,
+      incarnationId: r.incarnationId,
+      serverId: this.opts.serverId,
+      bootId: this.opts.bootId,
+      state: r.state,
+      ...this.incomingExtras(r),
+    };
   }
 
   protected viewOf(vm: V): VmView {
@@ -512,12 +532,6 @@ function checkSameJob(a: StartMigrationInput, b: StartMigrationInput): void {
 /** The target's refusal, renamed into the fields of the caller's startMigration request. */
 function relayTargetRefusal(err: AgentError): AgentFailure {
   const field =
-    err.field === 'incarnationId'
-      ? 'target.incarnationId'
-      : err.field === 'sourceServerId'
-        ? 'target.agentUrl'
-        : err.field === 'jobId'
-          ? 'jobId'
-          : err.field; // vmId and spec.* read the same from the caller's side
+    err.field === 'incarnationId' ? 'target.incarnationId' : err.field === 'sourceServerId' ? 'target.agentUrl' : err.field === 'jobId' ? 'jobId' : err.field; // vmId and spec.* read the same from the caller's side
   return new AgentFailure(err.status, err.code, `target refused the VM: ${err.message}`, field);
 }

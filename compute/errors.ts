@@ -17,5 +17,4 @@ export class AgentFailure extends Error {
 
 export const invalidInput = (field: string, message: string) => new AgentFailure(400, 'INVALID_INPUT', message, field);
 export const notFound = (field: string, message: string) => new AgentFailure(404, 'NOT_FOUND', message, field);
-export const conflict = (code: string, field: string | undefined, message: string) =>
-  new AgentFailure(409, code, message, field);
+export const conflict = (code: string, field: string | undefined, message: string) => new AgentFailure(409, code, message, field);

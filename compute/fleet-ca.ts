@@ -54,8 +54,21 @@ export async function ensureFleetCa(dir: string, name = 'dhm fleet CA'): Promise
   if (fs.existsSync(ca.certPath) && fs.existsSync(ca.keyPath)) return ca;
   await newKey(ca.keyPath);
   await openssl([
-    'req', '-x509', '-new', '-key', ca.keyPath, '-out', ca.certPath, '-days', String(CA_DAYS), '-subj', `/CN=${name}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+    'req',
+    '-x509',
+    '-new',
+    '-key',
+    ca.keyPath,
+    '-out',
+    ca.certPath,
+    '-days',
+    String(CA_DAYS),
+    '-subj',
+    `/CN=${name}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
   ]);
   return ca;
 }
@@ -78,8 +91,22 @@ async function issueCert(ca: FleetCa, cn: string, role: 'server' | 'client', san
   );
   // A serial per certificate from the random source, not a shared serial file: issuing in parallel stays safe.
   await openssl([
-    'x509', '-req', '-in', csr, '-CA', ca.certPath, '-CAkey', ca.keyPath, '-set_serial', `0x${randomBytes(16).toString('hex')}`,
-    '-out', path.join(outDir, `${role}-cert.pem`), '-days', String(CERT_DAYS), '-extfile', ext,
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    ca.certPath,
+    '-CAkey',
+    ca.keyPath,
+    '-set_serial',
+    `0x${randomBytes(16).toString('hex')}`,
+    '-out',
+    path.join(outDir, `${role}-cert.pem`),
+    '-days',
+    String(CERT_DAYS),
+    '-extfile',
+    ext,
   ]);
   fs.rmSync(csr, { force: true });
   fs.rmSync(ext, { force: true });

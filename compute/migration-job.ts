@@ -16,7 +16,10 @@ export interface JobError {
 }
 
 /** What a backend measures of its job: the snapshot's progress fields. */
-export type JobProgress = Pick<MigrationJob, 'round' | 'bytesSent' | 'bytesRemaining' | 'memoryBytes' | 'dirtyRateBps' | 'throughputBps' | 'throttlePct' | 'memory' | 'disk'>;
+export type JobProgress = Pick<
+  MigrationJob,
+  'round' | 'bytesSent' | 'bytesRemaining' | 'memoryBytes' | 'dirtyRateBps' | 'throughputBps' | 'throttlePct' | 'memory' | 'disk'
+>;
 
 /** The VM as a job sees it: which job owns it now. */
 export interface JobVm {
@@ -95,7 +98,8 @@ export abstract class MigrationJobBase<V extends JobVm> {
     if (this.state !== 'running') return this.snapshot();
     await this.stopForCancel();
     // A backend may lose the race to a switchover already under way (QEMU completing as migrate_cancel arrives).
-    if ((this.state as MigrationState) === 'completed') throw conflict('MIGRATION_COMPLETED', 'jobId', `migration ${this.jobId} completed before the cancel took effect`);
+    if ((this.state as MigrationState) === 'completed')
+      throw conflict('MIGRATION_COMPLETED', 'jobId', `migration ${this.jobId} completed before the cancel took effect`);
     await this.released; // so the caller sees the target's capacity free again when cancel returns
     return this.snapshot();
   }
@@ -135,9 +139,9 @@ export abstract class MigrationJobBase<V extends JobVm> {
       .catch((err: unknown) => this.log.warn({ err: err instanceof Error ? err.message : err }, 'clean-up before releasing the target failed'))
       .then(() => this.jobHost.peer.release(this.input.target.agentUrl, this.jobId))
       .catch((err: unknown) => {
-      // The target may be down; its reservation for this VM gives way to the next attempt (see acceptIncoming).
-      this.log.debug({ err: err instanceof Error ? err.message : err }, 'could not release the target reservation');
-    });
+        // The target may be down; its reservation for this VM gives way to the next attempt (see acceptIncoming).
+        this.log.debug({ err: err instanceof Error ? err.message : err }, 'could not release the target reservation');
+      });
   }
 
   /**

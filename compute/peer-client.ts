@@ -1,12 +1,4 @@
-import {
-  incomingViewSchema,
-  paths,
-  vmViewSchema,
-  type AcceptIncomingBody,
-  type CommitIncomingBody,
-  type IncomingView,
-  type VmView,
-} from './agent-api';
+import { incomingViewSchema, paths, vmViewSchema, type AcceptIncomingBody, type CommitIncomingBody, type IncomingView, type VmView } from './agent-api';
 import { callAgent } from './agent-http';
 import { agentHttpsAgent, type AgentClientTls } from './agent-tls';
 

@@ -64,10 +64,7 @@ export async function audit(c: PoolClient, e: AuditInput): Promise<void> {
 }
 
 /** Events oldest first, filtered by host and/or migration; page with afterId. */
-export async function listEvents(
-  c: PoolClient,
-  p: { dedicatedHostId?: string; migrationId?: string; afterId?: number; limit: number },
-): Promise<AuditEvent[]> {
+export async function listEvents(c: PoolClient, p: { dedicatedHostId?: string; migrationId?: string; afterId?: number; limit: number }): Promise<AuditEvent[]> {
   const { rows } = await c.query<EventRow>(
     `SELECT * FROM audit_events
       WHERE ($1::text IS NULL OR dedicated_host_id = $1) AND ($2::text IS NULL OR migration_id = $2) AND id > $3

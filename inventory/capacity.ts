@@ -25,8 +25,7 @@ export const minResources = (a: Resources, b: Resources): Resources => ({
   diskGiB: Math.min(a.diskGiB, b.diskGiB),
 });
 
-export const sameResources = (a: Resources, b: Resources): boolean =>
-  a.vcpus === b.vcpus && a.memoryMiB === b.memoryMiB && a.diskGiB === b.diskGiB;
+export const sameResources = (a: Resources, b: Resources): boolean => a.vcpus === b.vcpus && a.memoryMiB === b.memoryMiB && a.diskGiB === b.diskGiB;
 
 export function incarnationCapacity(r: IncarnationRow): IncarnationCapacity {
   const allocated = allocatedOf(r);
@@ -55,12 +54,11 @@ export function capacityFrom(host: HostRow, live: IncarnationRow[]): CapacityVie
 export function insufficient(need: Resources, available: Resources, where: string): InventoryError | null {
   const k = shortfall(need, available);
   if (!k) return null;
-  return new InventoryError(
-    'INSUFFICIENT_CAPACITY',
-    `insufficient ${k} on ${where}: needs ${need[k]}, available ${Math.max(0, available[k])}`,
-    k,
-    { resource: k, needed: need[k], available: Math.max(0, available[k]) },
-  );
+  return new InventoryError('INSUFFICIENT_CAPACITY', `insufficient ${k} on ${where}: needs ${need[k]}, available ${Math.max(0, available[k])}`, k, {
+    resource: k,
+    needed: need[k],
+    available: Math.max(0, available[k]),
+  });
 }
 
 /* ---------------------------------------------------------------- SQL */
@@ -91,20 +89,18 @@ const byParam = (first: number) => (d: Dimension) => `$${first + DIMENSIONS.inde
 
 /** Adds `delta` to an incarnation's allocation (negative amounts free). The caller holds the incarnation's row lock. */
 export async function changeAllocation(c: PoolClient, incarnationId: string, delta: Resources): Promise<void> {
-  await c.query(`UPDATE host_incarnations SET ${allocationChangeSql(byParam(2))} WHERE id = $1`, [
-    incarnationId,
-    delta.vcpus,
-    delta.memoryMiB,
-    delta.diskGiB,
-  ]);
+  await c.query(`UPDATE host_incarnations SET ${allocationChangeSql(byParam(2))} WHERE id = $1`, [incarnationId, delta.vcpus, delta.memoryMiB, delta.diskGiB]);
 }
 
 /** Moves `amount` of allocation from one incarnation to another in one statement. The caller holds both row locks. */
 export async function shiftAllocation(c: PoolClient, fromId: string, toId: string, amount: Resources): Promise<void> {
-  await c.query(
-    `UPDATE host_incarnations SET ${allocationChangeSql((d) => towards('$2', byParam(3)(d)))} WHERE id IN ($1, $2)`,
-    [fromId, toId, amount.vcpus, amount.memoryMiB, amount.diskGiB],
-  );
+  await c.query(`UPDATE host_incarnations SET ${allocationChangeSql((d) => towards('$2', byParam(3)(d)))} WHERE id IN ($1, $2)`, [
+    fromId,
+    toId,
+    amount.vcpus,
+    amount.memoryMiB,
+    amount.diskGiB,
+  ]);
 }
 
 export const negate = (r: Resources): Resources => ({ vcpus: -r.vcpus, memoryMiB: -r.memoryMiB, diskGiB: -r.diskGiB });

@@ -55,7 +55,9 @@ export interface Inventory {
   /** The tenant's quotas, defaults filled in (quotas.ts). */
   getTenantQuotas(tenantId: string): Promise<TenantQuotas>;
   /** Operator: sets the named quotas (null: back to the default), audited; the others are kept. */
-  setTenantQuotas(input: { tenantId: string; hostsPerZoneClass?: number | null; vmsPerHost?: number | null; requestsPerSecond?: number | null } & Actor): Promise<TenantQuotas>;
+  setTenantQuotas(
+    input: { tenantId: string; hostsPerZoneClass?: number | null; vmsPerHost?: number | null; requestsPerSecond?: number | null } & Actor,
+  ): Promise<TenantQuotas>;
   /** Request rates set per tenant (tenants without one have the default): the API's rate limiter caches these. */
   tenantRequestRates(): Promise<Map<string, number>>;
 

@@ -99,10 +99,7 @@ export async function enqueueDeprovision(
 }
 
 /** Claims up to `limit` pending jobs (SKIP LOCKED); a claim older than staleAfterMs is taken over. */
-export async function claimDeprovisionJobs(
-  c: PoolClient,
-  p: { schedulerId: string; limit: number; staleAfterMs: number },
-): Promise<DeprovisionJob[]> {
+export async function claimDeprovisionJobs(c: PoolClient, p: { schedulerId: string; limit: number; staleAfterMs: number }): Promise<DeprovisionJob[]> {
   // SKIP LOCKED: two schedulers claiming at once take disjoint rows; a stale claim (its scheduler died) is retaken.
   const { rows } = await c.query<{ id: string }>(
     `WITH picked AS (
@@ -135,10 +132,7 @@ async function lockJob(c: PoolClient, jobId: number): Promise<OutboxRow> {
 }
 
 const markDone = (c: PoolClient, jobId: string, lastError?: string) =>
-  c.query(`UPDATE deprovision_outbox SET state = 'done', done_at = now(), last_error = coalesce($2, last_error) WHERE id = $1`, [
-    jobId,
-    lastError ?? null,
-  ]);
+  c.query(`UPDATE deprovision_outbox SET state = 'done', done_at = now(), last_error = coalesce($2, last_error) WHERE id = $1`, [jobId, lastError ?? null]);
 
 /** Server → the job's after-state, job done. Idempotent for the claimer; CONFLICT for anyone else. */
 export async function completeDeprovisionJob(c: PoolClient, p: { jobId: number; schedulerId: string }): Promise<DeprovisionJob> {
@@ -169,10 +163,7 @@ export async function completeDeprovisionJob(c: PoolClient, p: { jobId: number; 
 }
 
 /** Gives a claimed job back after a failed attempt (error recorded), or gives up: server `failed`, job done. */
-export async function releaseDeprovisionJob(
-  c: PoolClient,
-  p: { jobId: number; schedulerId: string; error: string; giveUp: boolean },
-): Promise<DeprovisionJob> {
+export async function releaseDeprovisionJob(c: PoolClient, p: { jobId: number; schedulerId: string; error: string; giveUp: boolean }): Promise<DeprovisionJob> {
   const job = await lockJob(c, p.jobId);
   if (job.state === 'done' || job.claimed_by !== p.schedulerId)
     throw new InventoryError('CONFLICT', `jobId: job ${p.jobId} is not claimed by ${p.schedulerId}`, 'jobId');
@@ -192,9 +183,8 @@ export async function releaseDeprovisionJob(
 }
 
 export async function listDeprovisionJobs(c: PoolClient, state: 'pending' | 'done' | undefined): Promise<DeprovisionJob[]> {
-  const { rows } = await c.query<{ id: string }>(
-    'SELECT id FROM deprovision_outbox WHERE ($1::deprovision_state IS NULL OR state = $1) ORDER BY id',
-    [state ?? null],
-  );
+  const { rows } = await c.query<{ id: string }>('SELECT id FROM deprovision_outbox WHERE ($1::deprovision_state IS NULL OR state = $1) ORDER BY id', [
+    state ?? null,
+  ]);
   return (await jobRows(c, { ids: rows.map((r) => r.id) })).map(toJob);
 }

@@ -37,9 +37,7 @@ export function isInventoryError(err: unknown, code?: InventoryErrorCode): err i
 }
 
 /** A zod failure on a method's input as INVALID_INPUT naming the first bad field. */
-export function invalidInput(err: {
-  issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }>;
-}): InventoryError {
+export function invalidInput(err: { issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }> }): InventoryError {
   return new InventoryError('INVALID_INPUT', describeZodError(err), zodErrorField(err));
 }
 

@@ -5,10 +5,7 @@ import { InventoryError } from './errors';
 
 /** The fleet `dhm up`, the demo and the tests use unless told otherwise (found from a build in dist/ too). */
 export function defaultFleetPath(): string {
-  const candidates = [
-    path.join(__dirname, 'fleets', 'default.json'),
-    path.resolve(__dirname, '..', '..', 'inventory', 'fleets', 'default.json'),
-  ];
+  const candidates = [path.join(__dirname, 'fleets', 'default.json'), path.resolve(__dirname, '..', '..', 'inventory', 'fleets', 'default.json')];
   return candidates.find((p) => fs.existsSync(p)) ?? candidates[0]!;
 }
 
@@ -28,10 +25,15 @@ export function parseFleet(text: string, source = 'fleet'): Fleet {
       .slice(0, 10)
       .map((i) => (i.field ? `${i.field}: ${i.message}` : i.message))
       .join('; ');
-    throw new InventoryError('INVALID_INPUT', `${source}: ${listed}${issues.length > 10 ? ` (and ${issues.length - 10} more)` : ''}`, first.field || undefined, {
-      file: source,
-      issues,
-    });
+    throw new InventoryError(
+      'INVALID_INPUT',
+      `${source}: ${listed}${issues.length > 10 ? ` (and ${issues.length - 10} more)` : ''}`,
+      first.field || undefined,
+      {
+        file: source,
+        issues,
+      },
+    );
   }
   return r.data;
 }

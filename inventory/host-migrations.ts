@@ -88,8 +88,7 @@ export async function beginMigration(c: PoolClient, p: { dedicatedHostId: string
   const host = await lockHost(c, p.dedicatedHostId);
   const prev = await migrationRow(c, p.migrationId);
   if (prev) {
-    if (prev.dedicated_host_id !== host.id)
-      throw new InventoryError('CONFLICT', `migrationId: ${p.migrationId} is a migration of another host`, 'migrationId');
+    if (prev.dedicated_host_id !== host.id) throw new InventoryError('CONFLICT', `migrationId: ${p.migrationId} is a migration of another host`, 'migrationId');
     if (prev.state === 'running') return snapshot(c, host, prev);
     throw new InventoryError(
       'CONFLICT',
@@ -206,7 +205,13 @@ export async function createCloneIncarnation(
   const clone = await insertIncarnation(c, { id: incId, hostId: host.id, serverId: server.id, role: 'clone', amounts: resOf(host), migrationId: m.id });
   await c.query('UPDATE host_migrations SET clone_incarnation_id = $2 WHERE id = $1', [m.id, incId]);
   const base = { actor: p.actor, dedicatedHostId: host.id, migrationId: m.id };
-  await audit(c, { ...base, action: 'incarnation.created', entityType: 'host_incarnation', entityId: incId, physical: { serverId: server.id, role: 'clone', capacity: resOf(host) } });
+  await audit(c, {
+    ...base,
+    action: 'incarnation.created',
+    entityType: 'host_incarnation',
+    entityId: incId,
+    physical: { serverId: server.id, role: 'clone', capacity: resOf(host) },
+  });
   await audit(c, { ...base, action: 'server.allocated', entityType: 'physical_server', entityId: server.id, physical: { incarnationId: incId } });
   return toIncarnation(clone);
 }
@@ -299,7 +304,13 @@ export async function rollbackMigration(c: PoolClient, p: { dedicatedHostId: str
         vmIds: left,
       });
     await deleteIncarnation(c, clone.id);
-    await audit(c, { ...base, action: 'incarnation.deleted', entityType: 'host_incarnation', entityId: clone.id, physical: { serverId: clone.server_id, role: 'clone' } });
+    await audit(c, {
+      ...base,
+      action: 'incarnation.deleted',
+      entityType: 'host_incarnation',
+      entityId: clone.id,
+      physical: { serverId: clone.server_id, role: 'clone' },
+    });
   }
   if (m.target_server_id) {
     const srv = (await serverRow(c, m.target_server_id, true))!;

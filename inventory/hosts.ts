@@ -93,14 +93,9 @@ async function hostRow(c: PoolClient, id: string, lock: boolean): Promise<HostRo
  * The host row, locked when asked. A deleted host, and another tenant's (tenant-visibility.ts), answer NOT_FOUND
  * exactly like a missing one; `includeDeleted` is for records that outlive their host (a deleted VM's).
  */
-export async function findHost(
-  c: PoolClient,
-  id: string,
-  opts: { tenantId?: string; lock?: boolean; includeDeleted?: boolean } = {},
-): Promise<HostRow> {
+export async function findHost(c: PoolClient, id: string, opts: { tenantId?: string; lock?: boolean; includeDeleted?: boolean } = {}): Promise<HostRow> {
   const host = await hostRow(c, id, opts.lock ?? false);
-  if (!visibleTo(host, opts.tenantId) || (host.state === 'deleted' && !opts.includeDeleted))
-    throw notFound('dedicated host', id, 'dedicatedHostId');
+  if (!visibleTo(host, opts.tenantId) || (host.state === 'deleted' && !opts.includeDeleted)) throw notFound('dedicated host', id, 'dedicatedHostId');
   return host;
 }
 
@@ -135,10 +130,7 @@ export async function insertIncarnation(
 
 /** Marks an incarnation deleted; it must hold no running VM (the database checks at commit). */
 export async function deleteIncarnation(c: PoolClient, id: string): Promise<IncarnationRow> {
-  const { rows } = await c.query<IncarnationRow>(
-    `UPDATE host_incarnations SET state = 'deleted', deleted_at = now() WHERE id = $1 RETURNING *`,
-    [id],
-  );
+  const { rows } = await c.query<IncarnationRow>(`UPDATE host_incarnations SET state = 'deleted', deleted_at = now() WHERE id = $1 RETURNING *`, [id]);
   return rows[0]!;
 }
 
@@ -152,8 +144,7 @@ export function checkMigrationGate(host: HostRow, migrationId: string | undefine
       'dedicatedHostId',
       { migrationId: host.migration_id },
     );
-  if (!host.migration_id)
-    throw new InventoryError('WRONG_STATE', `migration ${migrationId} is not running on host ${host.id}`, 'migrationId');
+  if (!host.migration_id) throw new InventoryError('WRONG_STATE', `migration ${migrationId} is not running on host ${host.id}`, 'migrationId');
   throw new InventoryError('CONFLICT', `host ${host.id} is migrating under migration ${host.migration_id}, not ${migrationId}`, 'migrationId');
 }
 
@@ -203,9 +194,7 @@ export async function getHost(c: PoolClient, id: string, tenantId?: string): Pro
 }
 
 export async function listHosts(c: PoolClient, tenantId: string | undefined): Promise<HostView[]> {
-  const { rows } = await c.query<HostViewRow>(`${HOST_VIEW_SQL} AND ($1::text IS NULL OR h.tenant_id = $1) ORDER BY h.created_at, h.id`, [
-    tenantId ?? null,
-  ]);
+  const { rows } = await c.query<HostViewRow>(`${HOST_VIEW_SQL} AND ($1::text IS NULL OR h.tenant_id = $1) ORDER BY h.created_at, h.id`, [tenantId ?? null]);
   return rows.map(toHostView);
 }
 
@@ -276,7 +265,13 @@ export async function createDedicatedHost(
     details: { name: p.name, zone: p.zone, resourceClass: p.resourceClass, capacity: amounts },
     physical: { serverId: server.id, incarnationId: incId },
   });
-  await audit(c, { ...base, action: 'incarnation.created', entityType: 'host_incarnation', entityId: incId, physical: { serverId: server.id, role: 'primary' } });
+  await audit(c, {
+    ...base,
+    action: 'incarnation.created',
+    entityType: 'host_incarnation',
+    entityId: incId,
+    physical: { serverId: server.id, role: 'primary' },
+  });
   await audit(c, { ...base, action: 'server.allocated', entityType: 'physical_server', entityId: server.id, physical: { incarnationId: incId } });
   return getHost(c, hostId);
 }
@@ -300,7 +295,10 @@ export async function deleteDedicatedHost(
   if (vms.length > 0)
     throw new InventoryError(
       'HOST_HAS_VMS',
-      `dedicatedHostId: host ${host.id} still has ${vms.length} VM(s) (${vms.slice(0, 5).map((v) => v.id).join(', ')}${vms.length > 5 ? ', …' : ''}); delete them first`,
+      `dedicatedHostId: host ${host.id} still has ${vms.length} VM(s) (${vms
+        .slice(0, 5)
+        .map((v) => v.id)
+        .join(', ')}${vms.length > 5 ? ', …' : ''}); delete them first`,
       'dedicatedHostId',
       { vmIds: vms.map((v) => v.id) },
     );
@@ -308,12 +306,18 @@ export async function deleteDedicatedHost(
   if (!inc) throw new Error(`inventory invariant broken: host ${host.id} has no live current incarnation`);
   await lockServers(c, [inc.server_id]);
   const deleted = await deleteIncarnation(c, inc.id);
-  const { rows } = await c.query<HostRow>(
-    `UPDATE dedicated_hosts SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING *`,
-    [host.id],
-  );
+  const { rows } = await c.query<HostRow>(`UPDATE dedicated_hosts SET state = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING *`, [
+    host.id,
+  ]);
   const base = { actor: p.actor, dedicatedHostId: host.id };
-  await audit(c, { ...base, action: 'host.deleted', entityType: 'dedicated_host', entityId: host.id, details: { name: host.name }, physical: { incarnationId: inc.id, serverId: inc.server_id } });
+  await audit(c, {
+    ...base,
+    action: 'host.deleted',
+    entityType: 'dedicated_host',
+    entityId: host.id,
+    details: { name: host.name },
+    physical: { incarnationId: inc.id, serverId: inc.server_id },
+  });
   await audit(c, { ...base, action: 'incarnation.deleted', entityType: 'host_incarnation', entityId: inc.id, physical: { serverId: inc.server_id } });
   const deprovisionJob = await enqueueDeprovision(c, { ...base, incarnationId: inc.id, serverId: inc.server_id, afterState: p.afterState, migrationId: null });
   return { host: toHost(rows[0]!), deletedIncarnation: toIncarnation(deleted), deprovisionJob };

@@ -116,7 +116,8 @@ export function createInventory(pool: Pool): Inventory {
     listEvents: inRead(input.eventsInput, audit.listEvents),
 
     createVolume: inTx(input.createVolumeInput, volumes.createVolume),
-    getVolume: (id, opts = {}) => inRead(input.volumeLookupInput, (c, p) => volumes.getVolume(c, p.volumeId, p.tenantId))({ volumeId: id, tenantId: opts.tenantId }),
+    getVolume: (id, opts = {}) =>
+      inRead(input.volumeLookupInput, (c, p) => volumes.getVolume(c, p.volumeId, p.tenantId))({ volumeId: id, tenantId: opts.tenantId }),
     listVolumes: (opts = {}) => inRead(input.idSchema.optional(), volumes.listVolumes)(opts.tenantId),
     deleteVolume: inTx(input.deleteVolumeInput, volumes.deleteVolume),
   };

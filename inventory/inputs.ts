@@ -88,7 +88,12 @@ export const finalizeInput = hostMigrationInput.extend({ afterState: afterDeprov
 export const claimInput = z.object({
   schedulerId: schedulerIdSchema,
   limit: z.number().int().min(1).max(1000).default(10),
-  staleAfterMs: z.number().int().min(0).max(7 * 24 * 3600 * 1000).default(5 * 60 * 1000),
+  staleAfterMs: z
+    .number()
+    .int()
+    .min(0)
+    .max(7 * 24 * 3600 * 1000)
+    .default(5 * 60 * 1000),
 });
 export const jobInput = z.object({ jobId: z.number().int().positive(), schedulerId: schedulerIdSchema });
 export const releaseJobInput = jobInput.extend({ error: z.string().max(10_000), giveUp: z.boolean().default(false) });

@@ -73,8 +73,7 @@ export async function migrateDatabase(pool: Pool, opts: { dir?: string } = {}): 
         const mig = migrations.find((m) => m.version === version);
         // An applied file that changed or vanished means this database and this code disagree: stop, don't guess.
         if (!mig) throw new Error(`database has migration ${version}_${row.name}, which this code does not know (newer code ran here?)`);
-        if (mig.checksum !== row.checksum)
-          throw new Error(`migration ${mig.id} was edited after it was applied; add a new migration instead`);
+        if (mig.checksum !== row.checksum) throw new Error(`migration ${mig.id} was edited after it was applied; add a new migration instead`);
       }
       const applied: string[] = [];
       for (const mig of migrations) {
@@ -82,11 +81,7 @@ export async function migrateDatabase(pool: Pool, opts: { dir?: string } = {}): 
         await client.query('BEGIN');
         try {
           await client.query(mig.sql);
-          await client.query('INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)', [
-            mig.version,
-            mig.name,
-            mig.checksum,
-          ]);
+          await client.query('INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)', [mig.version, mig.name, mig.checksum]);
           await client.query('COMMIT');
         } catch (err) {
           await client.query('ROLLBACK').catch(() => undefined);

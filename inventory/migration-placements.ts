@@ -17,7 +17,10 @@ import { placeOn, toVm, vmRow, type PlaceInput, type VmRow } from './vms';
 export type ProvisionedVm = Vm & { capacity: CapacityView };
 
 /** A new VM during the migration, placed on the clone after the aggregate check (claims 1f, 6, 7). Idempotent by vmId. */
-export async function provisionVmOnClone(c: PoolClient, p: Omit<PlaceInput, 'onClone' | 'incarnationId'> & { vmId: string; migrationId: string }): Promise<ProvisionedVm> {
+export async function provisionVmOnClone(
+  c: PoolClient,
+  p: Omit<PlaceInput, 'onClone' | 'incarnationId'> & { vmId: string; migrationId: string },
+): Promise<ProvisionedVm> {
   const host = await lockHost(c, p.dedicatedHostId, p.tenantId);
   // A retry after the VM was placed gets the first answer even if the migration has moved on since.
   const existing = await vmRow(c, p.vmId, false);

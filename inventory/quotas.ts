@@ -38,7 +38,10 @@ const toQuotas = (tenantId: string, r: QuotaRow | undefined): TenantQuotas => ({
 });
 
 async function quotaRow(c: PoolClient, tenantId: string): Promise<QuotaRow | undefined> {
-  const { rows } = await c.query<QuotaRow>('SELECT hosts_per_zone_class, vms_per_host, requests_per_second, updated_at FROM tenant_quotas WHERE tenant_id = $1', [tenantId]);
+  const { rows } = await c.query<QuotaRow>(
+    'SELECT hosts_per_zone_class, vms_per_host, requests_per_second, updated_at FROM tenant_quotas WHERE tenant_id = $1',
+    [tenantId],
+  );
   return rows[0];
 }
 

@@ -55,11 +55,7 @@ export async function lockServers(c: PoolClient, ids: string[]): Promise<void> {
  * Sets a server's state and/or the migration holding it (`reservedByMigration: null` releases it). The caller holds
  * the server's row lock and has checked the transition; the database checks the rest at commit.
  */
-export async function updateServer(
-  c: PoolClient,
-  id: string,
-  change: { state?: ServerState; reservedByMigration?: string | null },
-): Promise<ServerRow> {
+export async function updateServer(c: PoolClient, id: string, change: { state?: ServerState; reservedByMigration?: string | null }): Promise<ServerRow> {
   const { rows } = await c.query<ServerRow>(
     `UPDATE physical_servers SET state = coalesce($2::server_state, state),
             reserved_by_migration = CASE WHEN $3 THEN $4 ELSE reserved_by_migration END, updated_at = now()
@@ -75,10 +71,7 @@ export async function getServer(c: PoolClient, id: string): Promise<PhysicalServ
   return toServer(srv);
 }
 
-export async function listServers(
-  c: PoolClient,
-  p: { zone?: string; resourceClass?: string; state?: ServerState },
-): Promise<PhysicalServer[]> {
+export async function listServers(c: PoolClient, p: { zone?: string; resourceClass?: string; state?: ServerState }): Promise<PhysicalServer[]> {
   const { rows } = await c.query<ServerRow>(
     `SELECT * FROM physical_servers
       WHERE ($1::text IS NULL OR zone = $1) AND ($2::text IS NULL OR resource_class = $2)

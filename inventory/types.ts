@@ -173,15 +173,7 @@ export interface DeprovisionJob {
   doneAt: string | null;
 }
 
-export type AuditEntityType =
-  | 'tenant'
-  | 'dedicated_host'
-  | 'host_incarnation'
-  | 'vm'
-  | 'physical_server'
-  | 'host_migration'
-  | 'deprovision_job'
-  | 'volume';
+export type AuditEntityType = 'tenant' | 'dedicated_host' | 'host_incarnation' | 'vm' | 'physical_server' | 'host_migration' | 'deprovision_job' | 'volume';
 
 export interface AuditEvent {
   id: number;

@@ -147,7 +147,8 @@ export async function placeOn(
     vm = rows[0]!;
   } catch (err) {
     // The same id placed concurrently on another host (this host's lock does not cover that).
-    if (pgErrorCode(err) === '23505' && pgConstraint(err) === 'vms_pkey') throw new InventoryError('CONFLICT', `vmId: ${vmId} already names a different VM`, 'vmId');
+    if (pgErrorCode(err) === '23505' && pgConstraint(err) === 'vms_pkey')
+      throw new InventoryError('CONFLICT', `vmId: ${vmId} already names a different VM`, 'vmId');
     throw err;
   }
   // After the insert (the attachment names the VM), in the same transaction: a refused volume places nothing.
@@ -167,7 +168,12 @@ export async function placeOn(
   const placedOn = target;
   const after = live.map((i) =>
     i.id === placedOn.id
-      ? { ...i, allocated_vcpus: i.allocated_vcpus + spec.vcpus, allocated_memory_mib: i.allocated_memory_mib + spec.memoryMiB, allocated_disk_gib: i.allocated_disk_gib + spec.diskGiB }
+      ? {
+          ...i,
+          allocated_vcpus: i.allocated_vcpus + spec.vcpus,
+          allocated_memory_mib: i.allocated_memory_mib + spec.memoryMiB,
+          allocated_disk_gib: i.allocated_disk_gib + spec.diskGiB,
+        }
       : i,
   );
   return { vm, host, live: after };

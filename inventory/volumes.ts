@@ -58,15 +58,19 @@ export async function createVolume(c: PoolClient, p: CreateVolumeInput): Promise
   const id = p.volumeId ?? newId('vol');
   const prev = await volumeRow(c, id, false);
   if (prev) {
-    if (prev.tenant_id === p.tenantId && prev.name === p.name && prev.zone === p.zone && prev.size_gib === p.sizeGiB && prev.state === 'available') return toVolume(prev);
+    if (prev.tenant_id === p.tenantId && prev.name === p.name && prev.zone === p.zone && prev.size_gib === p.sizeGiB && prev.state === 'available')
+      return toVolume(prev);
     throw new InventoryError('CONFLICT', `volumeId: ${id} already names a different volume`, 'volumeId');
   }
   const zone = await c.query('SELECT 1 FROM zones WHERE id = $1', [p.zone]);
   if (zone.rowCount === 0) throw notFound('zone', p.zone, 'zone');
-  const { rows } = await c.query<VolumeRow>(
-    `INSERT INTO volumes (id, tenant_id, zone, name, size_gib) VALUES ($1, $2, $3, $4, $5) RETURNING *`,
-    [id, p.tenantId, p.zone, p.name, p.sizeGiB],
-  );
+  const { rows } = await c.query<VolumeRow>(`INSERT INTO volumes (id, tenant_id, zone, name, size_gib) VALUES ($1, $2, $3, $4, $5) RETURNING *`, [
+    id,
+    p.tenantId,
+    p.zone,
+    p.name,
+    p.sizeGiB,
+  ]);
   await audit(c, { actor: p.actor, action: 'volume.created', entityType: 'volume', entityId: id, details: { name: p.name, zone: p.zone, sizeGiB: p.sizeGiB } });
   return toVolume(rows[0]!);
 }

@@ -126,7 +126,15 @@ export async function startControlPlane(o: ControlPlaneOptions): Promise<Control
       hostService = createHostService({ inventory, agents, temporal, logger: logger.child({ component: 'host-service' }) });
     }
     if (o.api && temporal && hostService) {
-      api = await startApiServer({ inventory, hostService, temporal, pool: store.pool, logger: logger.child({ component: 'api' }), ...apiSecurityFromEnv(env), ...o.api });
+      api = await startApiServer({
+        inventory,
+        hostService,
+        temporal,
+        pool: store.pool,
+        logger: logger.child({ component: 'api' }),
+        ...apiSecurityFromEnv(env),
+        ...o.api,
+      });
       stops.push(api.stop);
     }
     return { inventory, agents, temporal, worker, scheduler, hostService, api, stop };

@@ -42,7 +42,8 @@ function shippedNativeDir(): string {
   } catch {
     // The package's `exports` hides package.json from require.resolve; find it on the module paths instead.
     const hit = (require.resolve.paths(pkg) ?? []).map((p) => path.join(p, pkg, 'native')).find((p) => fs.existsSync(p));
-    if (!hit) throw new UserFacingError(`Postgres: the npm package ${pkg} is not installed; run npm ci (or set DATABASE_URL to your own Postgres)`, 'DATABASE_URL');
+    if (!hit)
+      throw new UserFacingError(`Postgres: the npm package ${pkg} is not installed; run npm ci (or set DATABASE_URL to your own Postgres)`, 'DATABASE_URL');
     dir = hit;
   }
   return dir;
@@ -73,11 +74,18 @@ function lookupUser(name: string): OsUser | null {
 function ensurePostgresUser(logger: Logger): OsUser {
   const found = lookupUser(POSTGRES_OS_USER);
   if (found) return found;
-  const made = spawnSync('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', POSTGRES_OS_USER], { encoding: 'utf8' });
+  const made = spawnSync(
+    'useradd',
+    ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', POSTGRES_OS_USER],
+    { encoding: 'utf8' },
+  );
   const user = lookupUser(POSTGRES_OS_USER);
   if (!user) {
     const why = made.error ? made.error.message : made.stderr.trim() || `useradd exited with ${made.status}`;
-    throw new UserFacingError(`Postgres: running as root needs an unprivileged '${POSTGRES_OS_USER}' user and creating it failed (${why}); create it (useradd --system ${POSTGRES_OS_USER}) or set DATABASE_URL`, 'DATABASE_URL');
+    throw new UserFacingError(
+      `Postgres: running as root needs an unprivileged '${POSTGRES_OS_USER}' user and creating it failed (${why}); create it (useradd --system ${POSTGRES_OS_USER}) or set DATABASE_URL`,
+      'DATABASE_URL',
+    );
   }
   logger.info({ user: POSTGRES_OS_USER, uid: user.uid }, 'created the unprivileged system user Postgres runs as');
   return user;
@@ -127,7 +135,10 @@ function placeDataDir(stateDir: string, user: OsUser | null): string {
 /** One line for a failed initdb or start: the path, the reason and the fix. */
 function explain(output: string, dataDir: string, what: string): UserFacingError {
   if (/No space left on device/i.test(output))
-    return new UserFacingError(`DHM_HOME: no space left on the disk of ${dataDir} (${what}); free some space or set DHM_HOME to a folder on another disk`, 'DHM_HOME');
+    return new UserFacingError(
+      `DHM_HOME: no space left on the disk of ${dataDir} (${what}); free some space or set DHM_HOME to a folder on another disk`,
+      'DHM_HOME',
+    );
   if (/Permission denied/i.test(output))
     return new UserFacingError(`DHM_HOME: Postgres may not write ${dataDir} (${what}: permission denied); set DHM_HOME to a folder you own`, 'DHM_HOME');
   const last = output.trim().split('\n').filter(Boolean).slice(-2).join(' ').slice(0, 300);
@@ -167,7 +178,12 @@ async function initialise(bin: string, dataDir: string, password: string, user: 
   }
   try {
     logger.info({ dataDir }, 'initialising a new Postgres data directory');
-    const r = await run(path.join(bin, 'bin', 'initdb'), [`--pgdata=${dataDir}`, '--auth=password', `--username=${USER}`, `--pwfile=${pwFile}`, '--encoding=UTF8', '--no-locale'], user, logger);
+    const r = await run(
+      path.join(bin, 'bin', 'initdb'),
+      [`--pgdata=${dataDir}`, '--auth=password', `--username=${USER}`, `--pwfile=${pwFile}`, '--encoding=UTF8', '--no-locale'],
+      user,
+      logger,
+    );
     if (r.code !== 0) {
       // A half-made data directory would make every later start fail: remove it so the next start begins afresh.
       for (const f of fs.readdirSync(dataDir)) fs.rmSync(path.join(dataDir, f), { recursive: true, force: true });
@@ -213,7 +229,10 @@ export async function startEmbeddedPostgres(opts: { dataDir: string; port: numbe
   const stale = await stopStaleProcess(path.join(dataDir, 'postmaster.pid'), 'postgres', 'SIGINT');
   if (stale) logger.warn({ pid: stale }, 'stopped a Postgres left running by an earlier stack');
   if (await portInUse(port)) {
-    throw new UserFacingError(`${opts.portVariable ?? 'DHM_PG_PORT'}: port ${port} is already in use by another process; stop it or choose another port`, opts.portVariable ?? 'DHM_PG_PORT');
+    throw new UserFacingError(
+      `${opts.portVariable ?? 'DHM_PG_PORT'}: port ${port} is already in use by another process; stop it or choose another port`,
+      opts.portVariable ?? 'DHM_PG_PORT',
+    );
   }
   const bin = reachableBinaries(shippedNativeDir(), user, log);
   const secrets = passwordStore(stateDir);

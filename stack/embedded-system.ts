@@ -84,11 +84,15 @@ export async function startEmbeddedSystem(opts: {
     let agentTls: AgentClientTls;
     let pki: AgentPki | undefined;
     if (external) {
-      if (!opts.externalAgentTls) throw new UserFacingError('externalAgentTls: required with externalAgents (their fleet CA\'s control-plane certificate)', 'externalAgentTls');
+      if (!opts.externalAgentTls)
+        throw new UserFacingError("externalAgentTls: required with externalAgents (their fleet CA's control-plane certificate)", 'externalAgentTls');
       agentTls = opts.externalAgentTls;
     } else {
       const filter = opts.backendFilter ?? ((s: FleetServer) => s.backend === 'sim');
-      pki = await ensureAgentPki(path.join(opts.stateDir ?? env.DHM_HOME, 'pki'), fleet.servers.filter(filter).map((s) => s.id));
+      pki = await ensureAgentPki(
+        path.join(opts.stateDir ?? env.DHM_HOME, 'pki'),
+        fleet.servers.filter(filter).map((s) => s.id),
+      );
       agentTls = pki.controlPlane;
     }
     const fleetAgents = !pki
@@ -116,7 +120,12 @@ export async function startEmbeddedSystem(opts: {
       temporal: { address: stack.temporalAddress, namespace: stack.namespace, taskQueue: env.TEMPORAL_TASK_QUEUE },
       worker: {},
       scheduler: { databaseUrl: stack.databaseUrl },
-      api: { operatorToken, host: env.DHM_API_HOST, port: opts.apiPort ?? env.DHM_API_PORT, sealingKey: env.DHM_API_SEALING_KEY ?? keptSecret(path.join(opts.stateDir ?? env.DHM_HOME, 'api-sealing.key')) },
+      api: {
+        operatorToken,
+        host: env.DHM_API_HOST,
+        port: opts.apiPort ?? env.DHM_API_PORT,
+        sealingKey: env.DHM_API_SEALING_KEY ?? keptSecret(path.join(opts.stateDir ?? env.DHM_HOME, 'api-sealing.key')),
+      },
     });
     stops.push(plane.stop);
     const api = plane.api!;

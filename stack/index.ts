@@ -96,7 +96,16 @@ export async function startDevStack(opts: DevStackOptions): Promise<DevStack> {
         logger,
       });
       stops.push(cluster.stop);
-      return { databaseUrl, adminDatabaseUrl, temporalAddress: cluster.address, namespace: env.TEMPORAL_NAMESPACE, uiUrl: cluster.uiUrl, temporalMode: 'cluster', cluster, stop: stopAll };
+      return {
+        databaseUrl,
+        adminDatabaseUrl,
+        temporalAddress: cluster.address,
+        namespace: env.TEMPORAL_NAMESPACE,
+        uiUrl: cluster.uiUrl,
+        temporalMode: 'cluster',
+        cluster,
+        stop: stopAll,
+      };
     }
     const source = await resolveTemporalServer({ log: (l) => logger.info(l) });
     let temporalAddress: string;
@@ -170,7 +179,14 @@ function ensureStateDir(stateDir: string): void {
     if (st.uid === process.getuid?.() && (st.mode & 0o777 & ~mode) !== 0) fs.chmodSync(stateDir, mode);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
-    const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'ENOSPC' ? 'no space left on the disk' : code === 'ENOTDIR' || code === 'EEXIST' ? 'not a folder' : (err as Error).message;
+    const why =
+      code === 'EACCES' || code === 'EPERM'
+        ? 'permission denied'
+        : code === 'ENOSPC'
+          ? 'no space left on the disk'
+          : code === 'ENOTDIR' || code === 'EEXIST'
+            ? 'not a folder'
+            : (err as Error).message;
     throw new UserFacingError(`DHM_HOME: cannot use ${path.resolve(stateDir)} (${why}); set DHM_HOME to a folder you can write to`, 'DHM_HOME');
   }
 }
@@ -184,7 +200,10 @@ function claimStateDir(stateDir: string): void {
   try {
     const owner = Number(fs.readFileSync(lock, 'utf8').trim());
     if (Number.isInteger(owner) && owner > 1 && owner !== process.pid && isAlive(owner)) {
-      throw new UserFacingError(`DHM_HOME: ${stateDir} is in use by another dhm stack (pid ${owner}); stop it first or set DHM_HOME to another folder`, 'DHM_HOME');
+      throw new UserFacingError(
+        `DHM_HOME: ${stateDir} is in use by another dhm stack (pid ${owner}); stop it first or set DHM_HOME to another folder`,
+        'DHM_HOME',
+      );
     }
   } catch (err) {
     if (err instanceof UserFacingError) throw err;

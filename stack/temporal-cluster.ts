@@ -171,18 +171,43 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
   const specs: Array<{ name: string; service: ClusterService | 'ui'; env: NodeJS.ProcessEnv; grpcPort: number; membershipPort?: number }> = [];
   for (let i = 1; i <= opts.historyProcesses; i++) {
     const [grpc, membership] = [await freePort(), await membershipPort()];
-    specs.push({ name: `history-${i}`, service: 'history', env: { ...common, TEMPORAL_HISTORY_PORT: String(grpc), TEMPORAL_HISTORY_MEMBERSHIP_PORT: String(membership) }, grpcPort: grpc, membershipPort: membership });
+    specs.push({
+      name: `history-${i}`,
+      service: 'history',
+      env: { ...common, TEMPORAL_HISTORY_PORT: String(grpc), TEMPORAL_HISTORY_MEMBERSHIP_PORT: String(membership) },
+      grpcPort: grpc,
+      membershipPort: membership,
+    });
   }
   const base = specs[0]!.env;
-  specs.push({ name: 'matching', service: 'matching', env: base, grpcPort: Number(common.TEMPORAL_MATCHING_PORT), membershipPort: Number(common.TEMPORAL_MATCHING_MEMBERSHIP_PORT) });
+  specs.push({
+    name: 'matching',
+    service: 'matching',
+    env: base,
+    grpcPort: Number(common.TEMPORAL_MATCHING_PORT),
+    membershipPort: Number(common.TEMPORAL_MATCHING_MEMBERSHIP_PORT),
+  });
   specs.push({ name: 'frontend', service: 'frontend', env: base, grpcPort: opts.port, membershipPort: Number(common.TEMPORAL_FRONTEND_MEMBERSHIP_PORT) });
-  specs.push({ name: 'worker', service: 'worker', env: base, grpcPort: Number(common.TEMPORAL_WORKER_PORT), membershipPort: Number(common.TEMPORAL_WORKER_MEMBERSHIP_PORT) });
+  specs.push({
+    name: 'worker',
+    service: 'worker',
+    env: base,
+    grpcPort: Number(common.TEMPORAL_WORKER_PORT),
+    membershipPort: Number(common.TEMPORAL_WORKER_MEMBERSHIP_PORT),
+  });
   if (opts.uiPort !== null) {
     specs.push({
       name: 'ui',
       service: 'ui',
       grpcPort: opts.uiPort,
-      env: { PATH: common.PATH, HOME: common.HOME, TEMPORAL_UI_TEMPORAL_ADDRESS: address, TEMPORAL_UI_HOST: '127.0.0.1', TEMPORAL_UI_PORT: String(opts.uiPort), TEMPORAL_UI_NAMESPACE: opts.namespace },
+      env: {
+        PATH: common.PATH,
+        HOME: common.HOME,
+        TEMPORAL_UI_TEMPORAL_ADDRESS: address,
+        TEMPORAL_UI_HOST: '127.0.0.1',
+        TEMPORAL_UI_PORT: String(opts.uiPort),
+        TEMPORAL_UI_NAMESPACE: opts.namespace,
+      },
     });
   }
 
@@ -226,9 +251,13 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
         Math.max(1000, timeoutMs - (Date.now() - started)),
         200,
       ).catch((err: Error) => {
-        const cause = err instanceof ClusterStartError ? err.message : /exited at start/.test(err.message) ? err.message.replace(/^.*?: (the Temporal)/, '$1') : null;
+        const cause =
+          err instanceof ClusterStartError ? err.message : /exited at start/.test(err.message) ? err.message.replace(/^.*?: (the Temporal)/, '$1') : null;
         if (cause) throw new UserFacingError(`Temporal cluster: ${cause}`, 'DHM_TEMPORAL_MODE');
-        throw new UserFacingError(`Temporal cluster: not serving after ${Math.round(deadline / 1000)} s (${what}: ${err.message.replace(/^.*?: /, '')}); see the logs in ${dir}`, 'DHM_TEMPORAL_MODE');
+        throw new UserFacingError(
+          `Temporal cluster: not serving after ${Math.round(deadline / 1000)} s (${what}: ${err.message.replace(/^.*?: /, '')}); see the logs in ${dir}`,
+          'DHM_TEMPORAL_MODE',
+        );
       });
 
     await ready(`${servers[0]!.name} in the membership table`, async () => {
@@ -374,7 +403,10 @@ class ManagedProcess implements ClusterProcess {
   async start() {
     if (!this.exited) throw new Error(`${this.name} is already running`);
     const log = fs.openSync(this.logFile, 'a');
-    fs.writeSync(log, `--- ${new Date().toISOString()} ${this.name}: ${path.basename(this.binary)} ${this.args.join(' ')} (server ${TEMPORAL_SERVER_VERSION})\n`);
+    fs.writeSync(
+      log,
+      `--- ${new Date().toISOString()} ${this.name}: ${path.basename(this.binary)} ${this.args.join(' ')} (server ${TEMPORAL_SERVER_VERSION})\n`,
+    );
     const child = spawn(this.binary, this.args, { env: this.env, stdio: ['ignore', log, log] });
     fs.closeSync(log);
     this.child = child;

@@ -64,18 +64,27 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   const args = [
     'server',
     'start-dev',
-    '--ip', '127.0.0.1',
-    '--port', String(opts.port),
-    '--http-port', String(await freePort()),
-    '--metrics-port', String(await freePort()),
-    '--db-filename', dbFile,
+    '--ip',
+    '127.0.0.1',
+    '--port',
+    String(opts.port),
+    '--http-port',
+    String(await freePort()),
+    '--metrics-port',
+    String(await freePort()),
+    '--db-filename',
+    dbFile,
     // Write-ahead log, synced at checkpoints: a write costs no fsync of its own, and a killed server loses nothing
     // committed (only an OS crash could lose the last transactions). The default rollback journal synced every
     // workflow update and made the store the bottleneck of the whole stack (benchmark 2).
-    '--sqlite-pragma', 'journal_mode=wal',
-    '--sqlite-pragma', 'synchronous=normal',
-    '--namespace', opts.namespace,
-    '--log-level', 'warn',
+    '--sqlite-pragma',
+    'journal_mode=wal',
+    '--sqlite-pragma',
+    'synchronous=normal',
+    '--namespace',
+    opts.namespace,
+    '--log-level',
+    'warn',
     ...(opts.uiPort === null ? ['--headless'] : ['--ui-port', String(opts.uiPort)]),
     ...Object.entries(CUSTOM_SEARCH_ATTRIBUTES).flatMap(([k, t]) => ['--search-attribute', `${k}=${t}`]),
     ...(opts.extraArgs ?? []),
@@ -136,5 +145,8 @@ function diskFull(stateDir: string): UserFacingError | null {
     return null;
   }
   if (!/database or disk is full|no space left on device/i.test(log)) return null;
-  return new UserFacingError(`DHM_HOME: no space left on the disk of ${stateDir} (the Temporal dev server's database); free some space or set DHM_HOME to a folder on another disk`, 'DHM_HOME');
+  return new UserFacingError(
+    `DHM_HOME: no space left on the disk of ${stateDir} (the Temporal dev server's database); free some space or set DHM_HOME to a folder on another disk`,
+    'DHM_HOME',
+  );
 }

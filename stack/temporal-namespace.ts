@@ -41,17 +41,30 @@ export async function ensureSearchAttributes(connection: Connection, namespace: 
     await connection.operatorService.addSearchAttributes({ namespace, searchAttributes: Object.fromEntries(toAdd.map((name) => [name, KEYWORD])) });
   } catch (err) {
     const code = grpcCode(err);
-    const how = toAdd.map((n) => `temporal operator search-attribute create --namespace ${namespace} --name ${n} --type ${CUSTOM_SEARCH_ATTRIBUTES[n]}`).join(' && ');
+    const how = toAdd
+      .map((n) => `temporal operator search-attribute create --namespace ${namespace} --name ${n} --type ${CUSTOM_SEARCH_ATTRIBUTES[n]}`)
+      .join(' && ');
     if (code === GRPC_PERMISSION_DENIED || code === GRPC_UNIMPLEMENTED) {
-      throw new UserFacingError(`${field}: namespace ${namespace} lacks the search attributes ${toAdd.join(', ')} and dhm may not add them (${(err as Error).message}); an admin must run: ${how}`, field);
+      throw new UserFacingError(
+        `${field}: namespace ${namespace} lacks the search attributes ${toAdd.join(', ')} and dhm may not add them (${(err as Error).message}); an admin must run: ${how}`,
+        field,
+      );
     }
-    throw new UserFacingError(`${field}: namespace ${namespace} lacks the search attributes ${toAdd.join(', ')} and adding them failed (${(err as Error).message}); run: ${how}`, field);
+    throw new UserFacingError(
+      `${field}: namespace ${namespace} lacks the search attributes ${toAdd.join(', ')} and adding them failed (${(err as Error).message}); run: ${how}`,
+      field,
+    );
   }
-  await waitFor(`search attributes ${toAdd.join(', ')} on ${namespace}`, async () => {
-    const now = await present();
-    const still = toAdd.filter((n) => !now.includes(n));
-    if (still.length) throw new Error(`still missing ${still.join(', ')}`);
-  }, 30_000, 250);
+  await waitFor(
+    `search attributes ${toAdd.join(', ')} on ${namespace}`,
+    async () => {
+      const now = await present();
+      const still = toAdd.filter((n) => !now.includes(n));
+      if (still.length) throw new Error(`still missing ${still.join(', ')}`);
+    },
+    30_000,
+    250,
+  );
   return toAdd;
 }
 
@@ -67,7 +80,10 @@ export async function requireSearchAttributes(connection: Connection, namespace:
     registered = (await connection.operatorService.listSearchAttributes({ namespace })).customAttributes ?? {};
   } catch (err) {
     if (grpcCode(err) === GRPC_NOT_FOUND) {
-      throw new UserFacingError(`TEMPORAL_NAMESPACE: namespace ${namespace} does not exist on the Temporal server; create it: temporal operator namespace create --namespace ${namespace}`, 'TEMPORAL_NAMESPACE');
+      throw new UserFacingError(
+        `TEMPORAL_NAMESPACE: namespace ${namespace} does not exist on the Temporal server; create it: temporal operator namespace create --namespace ${namespace}`,
+        'TEMPORAL_NAMESPACE',
+      );
     }
     throw err;
   }
@@ -76,9 +92,19 @@ export async function requireSearchAttributes(connection: Connection, namespace:
   if (!missing.length && !wrong.length) return;
   const what = [
     ...(missing.length ? [`lacks the search attribute${missing.length === 1 ? '' : 's'} ${missing.join(', ')}`] : []),
-    ...(wrong.length ? [`has ${wrong.map((n) => `${n} as ${temporal.api.enums.v1.IndexedValueType[registered[n]!]?.replace('INDEXED_VALUE_TYPE_', '') ?? registered[n]}`).join(', ')} (dhm needs Keyword)`] : []),
+    ...(wrong.length
+      ? [
+          `has ${wrong.map((n) => `${n} as ${temporal.api.enums.v1.IndexedValueType[registered[n]!]?.replace('INDEXED_VALUE_TYPE_', '') ?? registered[n]}`).join(', ')} (dhm needs Keyword)`,
+        ]
+      : []),
   ].join(' and ');
   const create = (n: string) => `temporal operator search-attribute create --namespace ${namespace} --name ${n} --type ${CUSTOM_SEARCH_ATTRIBUTES[n]}`;
-  const how = [...missing.map(create), ...wrong.map((n) => `temporal operator search-attribute remove --namespace ${namespace} --name ${n} --yes && ${create(n)}`)].join(' && ');
-  throw new UserFacingError(`TEMPORAL_NAMESPACE: namespace ${namespace} ${what}; register them: ${how} (or run dhm up against this TEMPORAL_ADDRESS once, which adds them)`, 'TEMPORAL_NAMESPACE');
+  const how = [
+    ...missing.map(create),
+    ...wrong.map((n) => `temporal operator search-attribute remove --namespace ${namespace} --name ${n} --yes && ${create(n)}`),
+  ].join(' && ');
+  throw new UserFacingError(
+    `TEMPORAL_NAMESPACE: namespace ${namespace} ${what}; register them: ${how} (or run dhm up against this TEMPORAL_ADDRESS once, which adds them)`,
+    'TEMPORAL_NAMESPACE',
+  );
 }

@@ -77,7 +77,13 @@ export function sqlTool(sqlToolPath: string, db: TemporalDatabases, database: st
  * refused with the fix: tables that are not Temporal's, an older schema (upgraded only when `upgrade` is set,
  * because it is a one-way step an operator takes after a backup), or a newer one (an older server would corrupt it).
  */
-export async function prepareTemporalDatabases(opts: { sqlTool: string; db: TemporalDatabases; anyDatabase: string; upgrade: boolean; logger: Logger }): Promise<void> {
+export async function prepareTemporalDatabases(opts: {
+  sqlTool: string;
+  db: TemporalDatabases;
+  anyDatabase: string;
+  upgrade: boolean;
+  logger: Logger;
+}): Promise<void> {
   const { db, logger } = opts;
   const stores: Array<[Store, string]> = [
     ['temporal', db.name],
@@ -90,18 +96,30 @@ export async function prepareTemporalDatabases(opts: { sqlTool: string; db: Temp
     try {
       state = await inspectSchema(db, database, opts.anyDatabase);
     } catch (err) {
-      throw new UserFacingError(`Temporal database ${database} on ${db.host}:${db.port}: cannot read it as ${db.user} (${(err as Error).message}); grant that user access or use DHM_TEMPORAL_DATABASE for another`, 'DHM_TEMPORAL_DATABASE');
+      throw new UserFacingError(
+        `Temporal database ${database} on ${db.host}:${db.port}: cannot read it as ${db.user} (${(err as Error).message}); grant that user access or use DHM_TEMPORAL_DATABASE for another`,
+        'DHM_TEMPORAL_DATABASE',
+      );
     }
     const where = `Temporal database ${database} on ${db.host}:${db.port}`;
     if (state.kind === 'foreign') {
-      throw new UserFacingError(`${where} holds ${state.tables} tables but no Temporal schema (no schema_version row); give the cluster an empty database with DHM_TEMPORAL_DATABASE, or drop this one`, 'DHM_TEMPORAL_DATABASE');
+      throw new UserFacingError(
+        `${where} holds ${state.tables} tables but no Temporal schema (no schema_version row); give the cluster an empty database with DHM_TEMPORAL_DATABASE, or drop this one`,
+        'DHM_TEMPORAL_DATABASE',
+      );
     }
     if (state.kind === 'versioned' && compareVersions(state.version, want) > 0) {
-      throw new UserFacingError(`${where} has schema ${state.version}, newer than the ${want} server ${TEMPORAL_SERVER_VERSION} runs on; run the server version that upgraded it, or use DHM_TEMPORAL_DATABASE for another database`, 'DHM_TEMPORAL_DATABASE');
+      throw new UserFacingError(
+        `${where} has schema ${state.version}, newer than the ${want} server ${TEMPORAL_SERVER_VERSION} runs on; run the server version that upgraded it, or use DHM_TEMPORAL_DATABASE for another database`,
+        'DHM_TEMPORAL_DATABASE',
+      );
     }
     if (state.kind === 'versioned' && compareVersions(state.version, want) === 0) continue;
     if (state.kind === 'versioned' && compareVersions(state.version, '0.0') > 0 && !opts.upgrade) {
-      throw new UserFacingError(`${where} has schema ${state.version}; server ${TEMPORAL_SERVER_VERSION} needs ${want}: back it up, then run \`dhm up --temporal cluster --upgrade-temporal-schema\` once`, 'DHM_TEMPORAL_DATABASE');
+      throw new UserFacingError(
+        `${where} has schema ${state.version}; server ${TEMPORAL_SERVER_VERSION} needs ${want}: back it up, then run \`dhm up --temporal cluster --upgrade-temporal-schema\` once`,
+        'DHM_TEMPORAL_DATABASE',
+      );
     }
     const started = Date.now();
     if (state.kind === 'absent') await sqlTool(opts.sqlTool, db, database, ['create']);

@@ -26,7 +26,11 @@ export function renderMigrationDetails(st: MigrationStatus): string {
     `## Migration of dedicated host \`${st.dedicatedHostId}\``,
     `**Phase:** ${st.phase}${st.waitingForCapacitySince ? ` (waiting for a free server since ${st.waitingForCapacitySince})` : ''}`,
     `**Source:** ${st.source ? `${st.source.serverId} (${st.source.incarnationId})` : '—'} → **clone:** ${st.target ? `${st.target.serverId} (${st.target.incarnationId})` : '—'}`,
-    `**VMs:** ${Object.entries(c).map(([k, n]) => `${n} ${k}`).join(', ') || 'none'}${st.deletedDropped ? ` (and ${st.deletedDropped} deleted earlier)` : ''}; requests handled: ${st.requestsHandled}`,
+    `**VMs:** ${
+      Object.entries(c)
+        .map(([k, n]) => `${n} ${k}`)
+        .join(', ') || 'none'
+    }${st.deletedDropped ? ` (and ${st.deletedDropped} deleted earlier)` : ''}; requests handled: ${st.requestsHandled}`,
   ];
   if (st.lastError) lines.push(`**Last error:** ${escapeMarkdown(st.lastError)}`);
   // Memory and local disk separately: the disk column is the data the mirror copies, then what it sent (re-sends included).

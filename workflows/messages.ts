@@ -1,11 +1,5 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type {
-  DeleteVmArgs,
-  DeleteVmResult,
-  MigrationStatus,
-  ProvisionVmArgs,
-  ProvisionVmResult,
-} from '../common/migration';
+import type { DeleteVmArgs, DeleteVmResult, MigrationStatus, ProvisionVmArgs, ProvisionVmResult } from '../common/migration';
 
 /**
  * The migration workflow's messages, defined once here and imported by every client. Updates are the
@@ -21,5 +15,4 @@ export const statusQuery = defineQuery<MigrationStatus>('status');
 export const requestOutcomeQuery = defineQuery<RequestOutcome | null, [string]>('requestOutcome');
 
 export type RequestOutcome =
-  | { requestId: string; ok: true; result: ProvisionVmResult | DeleteVmResult }
-  | { requestId: string; ok: false; error: { type: string; message: string } };
+  { requestId: string; ok: true; result: ProvisionVmResult | DeleteVmResult } | { requestId: string; ok: false; error: { type: string; message: string } };

@@ -68,13 +68,23 @@ export async function migrateDedicatedHost(input: MigrateDedicatedHostInput): Pr
   try {
     if (state.phase === 'validating') {
       // Validation that needs the inventory (unknown host, already migrating) ends the workflow before anything changed.
-      state.begun(await call(steps.beginMigration, `mark ${state.dedicatedHostId} migrating, snapshot its VMs`, { migrationId, dedicatedHostId: state.dedicatedHostId, actor: state.status.requestedBy }));
+      state.begun(
+        await call(steps.beginMigration, `mark ${state.dedicatedHostId} migrating, snapshot its VMs`, {
+          migrationId,
+          dedicatedHostId: state.dedicatedHostId,
+          actor: state.status.requestedBy,
+        }),
+      );
     }
     if (state.phase === 'reserving-target') {
       // Same zone and class, at least the host's capacity (claim 2). None free: wait until the policy's deadline.
       for (;;) {
         try {
-          const reserved = await call(steps.reserveTarget, `reserve a server matching ${state.source!.serverId}`, { migrationId, dedicatedHostId: state.dedicatedHostId, targetServerId: request.targetServerId });
+          const reserved = await call(steps.reserveTarget, `reserve a server matching ${state.source!.serverId}`, {
+            migrationId,
+            dedicatedHostId: state.dedicatedHostId,
+            targetServerId: request.targetServerId,
+          });
           state.targetReserved(reserved.serverId);
           break;
         } catch (err) {
@@ -86,7 +96,11 @@ export async function migrateDedicatedHost(input: MigrateDedicatedHostInput): Pr
     }
     if (state.phase === 'provisioning-clone') {
       // Exactly the host's resources (claim 4), in the inventory and on the target's agent.
-      await call(steps.provisionClone, `provision clone ${state.target!.incarnationId} on ${state.target!.serverId}`, { migrationId, dedicatedHostId: state.dedicatedHostId, target: state.target! });
+      await call(steps.provisionClone, `provision clone ${state.target!.incarnationId} on ${state.target!.serverId}`, {
+        migrationId,
+        dedicatedHostId: state.dedicatedHostId,
+        target: state.target!,
+      });
       state.cloneProvisioned();
     }
     if (state.phase === 'migrating-vms') {

@@ -150,7 +150,15 @@ export class MigrationState {
     this.st.vms = snapshot.vms.map((v) => {
       // Zero for every VM of a migration begun before disks existed: its schedule is the memory-only one, replayed alike.
       const diskMiB = localDiskDataMiB(v.spec);
-      return { vmId: v.vmId, name: v.name, spec: resourcesOf(v.spec), dirtyRateMiBps: v.spec.workload?.dirtyRateMiBps, ...(diskMiB > 0 ? { diskMiB } : {}), state: 'pending' as VmMigrationState, attempts: 0 };
+      return {
+        vmId: v.vmId,
+        name: v.name,
+        spec: resourcesOf(v.spec),
+        dirtyRateMiBps: v.spec.workload?.dirtyRateMiBps,
+        ...(diskMiB > 0 ? { diskMiB } : {}),
+        state: 'pending' as VmMigrationState,
+        attempts: 0,
+      };
     });
     upsertSearchAttributes([{ key: SourceServerIdKey, value: snapshot.source.serverId }]);
     this.setPhase('reserving-target');
@@ -230,7 +238,14 @@ export class MigrationState {
     // Ordinals are only ever handed out once; without dropped VMs the next one is the count, as it always was.
     const ordinal = this.st.nextVmOrdinal ?? this.st.vms.length;
     if (this.st.nextVmOrdinal !== undefined) this.st.nextVmOrdinal += 1;
-    this.st.vms.push({ vmId: vm.vmId, name: vm.name, spec: resourcesOf(vm.spec), state: 'provisioned-on-clone', attempts: 0, ...(this.st.nextVmOrdinal !== undefined ? { ordinal } : {}) });
+    this.st.vms.push({
+      vmId: vm.vmId,
+      name: vm.name,
+      spec: resourcesOf(vm.spec),
+      state: 'provisioned-on-clone',
+      attempts: 0,
+      ...(this.st.nextVmOrdinal !== undefined ? { ordinal } : {}),
+    });
     this.changed();
   }
   deleteAsked(vm: VmView): void {

@@ -100,7 +100,13 @@ export class Moves {
     } catch (err) {
       // Whatever stopped the move, ask the agents where the VM really is before deciding anything.
       const where = await CancellationScope.nonCancellable(() =>
-        call(steps.settleVm, `settle ${vm.vmId} after an interrupted move`, { migrationId: state.migrationId, vmId: vm.vmId, jobId: vm.jobId!, from: source, to: target }),
+        call(steps.settleVm, `settle ${vm.vmId} after an interrupted move`, {
+          migrationId: state.migrationId,
+          vmId: vm.vmId,
+          jobId: vm.jobId!,
+          from: source,
+          to: target,
+        }),
       );
       if (where.location === 'target') {
         state.moved(vm, where.figures);

@@ -23,8 +23,14 @@ export async function rollBack(state: MigrationState, moves: Moves, reason: stri
     if (reportsLost && target && source) {
       // Only VMs that still run somewhere can be brought home, and the host stays on the source: a source agent
       // that restarted (a rebooted server) needs its incarnation back.
-      await findLost(state, state.vms.filter((v) => v.state !== 'deleted' && v.state !== 'lost'));
-      await call(steps.ensureIncarnationOnAgent, `make sure ${source.incarnationId} exists on ${source.serverId}`, { server: source, capacity: state.status.capacity! });
+      await findLost(
+        state,
+        state.vms.filter((v) => v.state !== 'deleted' && v.state !== 'lost'),
+      );
+      await call(steps.ensureIncarnationOnAgent, `make sure ${source.incarnationId} exists on ${source.serverId}`, {
+        server: source,
+        capacity: state.status.capacity!,
+      });
     }
     if (target && source) {
       await bringHome(state, source, target);
@@ -38,10 +44,15 @@ export async function rollBack(state: MigrationState, moves: Moves, reason: stri
     }
     state.backHome();
     if (reportsLost) await recordLost(state); // before the inventory's rollback, which refuses a clone that still has VMs
-    await call(steps.rollbackMigration, `roll back: delete clone, release target`, { migrationId: state.migrationId, dedicatedHostId: state.dedicatedHostId, target });
+    await call(steps.rollbackMigration, `roll back: delete clone, release target`, {
+      migrationId: state.migrationId,
+      dedicatedHostId: state.dedicatedHostId,
+      target,
+    });
     const lost = state.vmsIn('lost');
     // Rolled back, but not to where it started: say what is missing instead of "rolled back".
-    if (lost.length) state.finish('failed', `${reason}; rolled back, but ${lost.length} VM(s) were lost with their server: ${lost.map((v) => v.vmId).join(', ')}`);
+    if (lost.length)
+      state.finish('failed', `${reason}; rolled back, but ${lost.length} VM(s) were lost with their server: ${lost.map((v) => v.vmId).join(', ')}`);
     else state.finish('rolled-back');
   });
   const message = state.status.lastError ?? reason;
@@ -52,7 +63,11 @@ export async function rollBack(state: MigrationState, moves: Moves, reason: stri
 }
 
 /** Moves the clone's VMs back a few at a time; auto-converge on, since staying split is worse than a throttled guest. */
-async function bringHome(state: MigrationState, source: { serverId: string; incarnationId: string }, target: { serverId: string; incarnationId: string }): Promise<void> {
+async function bringHome(
+  state: MigrationState,
+  source: { serverId: string; incarnationId: string },
+  target: { serverId: string; incarnationId: string },
+): Promise<void> {
   const queue = state.vmsIn('moved', 'provisioned-on-clone');
   const policy = state.policy;
   const worker = async () => {

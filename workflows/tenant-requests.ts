@@ -102,7 +102,14 @@ export class TenantRequests {
     const existing = state.vm(args.vmId);
     if (existing) {
       if (existing.state === 'provisioned-on-clone') {
-        return { vmId: existing.vmId, name: existing.name, dedicatedHostId: state.dedicatedHostId, incarnationId: state.target.incarnationId, spec: existing.spec, state: 'provisioned-on-clone' };
+        return {
+          vmId: existing.vmId,
+          name: existing.name,
+          dedicatedHostId: state.dedicatedHostId,
+          incarnationId: state.target.incarnationId,
+          spec: existing.spec,
+          state: 'provisioned-on-clone',
+        };
       }
       throw nonRetryable(FailureTypes.Conflict, `VM ${args.vmId} already exists`);
     }
@@ -136,7 +143,9 @@ export class TenantRequests {
       await condition(() => vm.state !== 'moving');
     }
     const via = requestSteps();
-    await CancellationScope.nonCancellable(() => call(via.deleteVm, `delete ${escapeMarkdown(vm.name)} (${vm.vmId}), was ${wasState}`, { migrationId: state.migrationId, vmId: vm.vmId }));
+    await CancellationScope.nonCancellable(() =>
+      call(via.deleteVm, `delete ${escapeMarkdown(vm.name)} (${vm.vmId}), was ${wasState}`, { migrationId: state.migrationId, vmId: vm.vmId }),
+    );
     state.deleted(vm);
     return { vmId: vm.vmId, deleted: true, wasState };
   }
@@ -193,17 +202,26 @@ export class TenantRequests {
     } catch (err) {
       const type = (err as ApplicationFailure).type;
       if (type === FailureTypes.MigrationContinuing) this.deferred.push(req);
-      else if (typeof req.args?.requestId === 'string') this.remember({ requestId: req.args.requestId, ok: false, error: { type: FailureTypes.InvalidInput, message: (err as Error).message } });
+      else if (typeof req.args?.requestId === 'string')
+        this.remember({ requestId: req.args.requestId, ok: false, error: { type: FailureTypes.InvalidInput, message: (err as Error).message } });
       return;
     }
-    await (req.kind === 'provision' ? this.once(req.args.requestId, () => this.provisionVm(req.args)) : this.once(req.args.requestId, () => this.deleteVm(req.args)));
+    await (req.kind === 'provision'
+      ? this.once(req.args.requestId, () => this.provisionVm(req.args))
+      : this.once(req.args.requestId, () => this.deleteVm(req.args)));
   }
 
   private ended(): ApplicationFailure {
-    return nonRetryable(FailureTypes.MigrationEnded, `the migration of ${this.state.dedicatedHostId} is ${this.state.phase}; send the request through the normal path`);
+    return nonRetryable(
+      FailureTypes.MigrationEnded,
+      `the migration of ${this.state.dedicatedHostId} is ${this.state.phase}; send the request through the normal path`,
+    );
   }
   private continuing(): ApplicationFailure {
-    return nonRetryable(FailureTypes.MigrationContinuing, `the migration of ${this.state.dedicatedHostId} is handing over to its next run; send the request again`);
+    return nonRetryable(
+      FailureTypes.MigrationContinuing,
+      `the migration of ${this.state.dedicatedHostId} is handing over to its next run; send the request again`,
+    );
   }
   private notHere(vmId: string): ApplicationFailure {
     return nonRetryable(FailureTypes.NotFound, `VM ${vmId} is not on dedicated host ${this.state.dedicatedHostId}`);
@@ -236,6 +254,7 @@ function unwrap<T>(o: RequestOutcome): T {
 function requestError(err: unknown): { type: string; message: string } {
   if (err instanceof ApplicationFailure) return { type: err.type ?? 'Error', message: err.message };
   if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure) return { type: err.cause.type ?? 'Error', message: err.cause.message };
-  if (err instanceof CancelledFailure) return { type: FailureTypes.MigrationEnded, message: 'the migration was cancelled; send the request through the normal path' };
+  if (err instanceof CancelledFailure)
+    return { type: FailureTypes.MigrationEnded, message: 'the migration was cancelled; send the request through the normal path' };
   throw err;
 }

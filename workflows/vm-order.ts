@@ -96,7 +96,10 @@ export function bandwidthCapFor(
   const stream = Math.min(link, policy.streamCapBytesPerSec);
   if (stream >= link) return base;
   const others = vms.filter((v) => v.vmId !== vm.vmId);
-  const host: HostVm[] = [{ vmId: vm.vmId, spec: vm.spec, diskMiB: vm.diskMiB, state: 'moving' }, ...others.filter((v) => v.state === 'pending' || v.state === 'moving' || v.state === 'moved')];
+  const host: HostVm[] = [
+    { vmId: vm.vmId, spec: vm.spec, diskMiB: vm.diskMiB, state: 'moving' },
+    ...others.filter((v) => v.state === 'pending' || v.state === 'moving' || v.state === 'moved'),
+  ];
   const critical = criticalVm(host, streams, link, stream);
   if (critical === undefined || critical === vm.vmId || !others.some((v) => v.vmId === critical && v.state === 'moving')) return base;
   const share = Math.floor((link - stream) / (streams - 1));

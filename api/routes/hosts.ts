@@ -1,7 +1,17 @@
 import type { FastifyInstance } from 'fastify';
 import { ApiError } from '../errors';
 import { actorOf, idempotent, parseWith, principalOf, send, tenantScope, type ApiContext } from '../context';
-import { eventListReply, hostDeletedReply, hostListReply, operatorHostView, operatorVmView, routes, tenantHostView, tenantVmView, vmListReply } from '../schemas';
+import {
+  eventListReply,
+  hostDeletedReply,
+  hostListReply,
+  operatorHostView,
+  operatorVmView,
+  routes,
+  tenantHostView,
+  tenantVmView,
+  vmListReply,
+} from '../schemas';
 import { eventViews, hostView, hostViews, vmView, vmViews } from '../views';
 import { register } from './register';
 
@@ -77,7 +87,13 @@ export function registerHostRoutes(app: FastifyInstance, ctx: ApiContext): void 
         vmId: newId('vm'),
         requestId: newId('api'),
         name: body.name,
-        spec: { vcpus: body.vcpus, memoryMiB: body.memoryMiB, diskGiB: body.diskGiB, ...(body.workload ? { workload: body.workload } : {}), ...(body.disks ? { disks: body.disks } : {}) },
+        spec: {
+          vcpus: body.vcpus,
+          memoryMiB: body.memoryMiB,
+          diskGiB: body.diskGiB,
+          ...(body.workload ? { workload: body.workload } : {}),
+          ...(body.disks ? { disks: body.disks } : {}),
+        },
         actor: actorOf(p),
       });
       return { status: 201, schema: p.kind === 'tenant' ? tenantVmView : operatorVmView, body: await vmView(ctx, p, vm) };

@@ -63,7 +63,8 @@ export function registerMigrationRoutes(app: FastifyInstance, ctx: ApiContext): 
       const why = targetMismatch(host, srv, host.serverId);
       // Well-formed, but this server cannot take this host: a conflict with the fleet's state, not bad input.
       if (why) throw new ApiError(409, 'TARGET_MISMATCH', `targetServerId: server ${srv.id} ${why}`, 'targetServerId');
-      if (srv.state !== 'available') throw new ApiError(409, 'WRONG_STATE', `targetServerId: server ${srv.id} is ${srv.state}, not available`, 'targetServerId');
+      if (srv.state !== 'available')
+        throw new ApiError(409, 'WRONG_STATE', `targetServerId: server ${srv.id} is ${srv.state}, not available`, 'targetServerId');
       return;
     }
     if (waitsForCapacity) return;

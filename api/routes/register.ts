@@ -16,7 +16,12 @@ const PATHS: ReadonlyArray<{ pattern: RegExp; methods: string[] }> = (() => {
   const byUrl = new Map<string, string[]>();
   for (const spec of Object.values(routes) as RouteSpec[]) byUrl.set(spec.url, [...(byUrl.get(spec.url) ?? []), spec.method]);
   return [...byUrl].map(([url, methods]) => ({
-    pattern: new RegExp(`^${url.split('/').map((seg) => (seg.startsWith(':') ? '[^/]+' : seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('/')}/?$`),
+    pattern: new RegExp(
+      `^${url
+        .split('/')
+        .map((seg) => (seg.startsWith(':') ? '[^/]+' : seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
+        .join('/')}/?$`,
+    ),
     methods: methods.includes('GET') ? [...methods, 'HEAD'] : methods,
   }));
 })();

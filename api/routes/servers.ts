@@ -11,10 +11,7 @@ export function registerServerRoutes(app: FastifyInstance, ctx: ApiContext): voi
     const [servers, hosts] = await Promise.all([ctx.inventory.listServers(q), ctx.inventory.listHosts()]);
     const perHost = await Promise.all(
       hosts.map(async (h) => {
-        const [incs, vms] = await Promise.all([
-          ctx.inventory.listIncarnations({ dedicatedHostId: h.id }),
-          ctx.inventory.listVms({ dedicatedHostId: h.id }),
-        ]);
+        const [incs, vms] = await Promise.all([ctx.inventory.listIncarnations({ dedicatedHostId: h.id }), ctx.inventory.listVms({ dedicatedHostId: h.id })]);
         return incs.map((inc) => ({ inc, tenantId: h.tenantId, vmCount: vms.filter((v) => v.incarnationId === inc.id).length }));
       }),
     );
@@ -26,7 +23,14 @@ export function registerServerRoutes(app: FastifyInstance, ctx: ApiContext): voi
         return {
           ...s,
           runs: r
-            ? { dedicatedHostId: r.inc.dedicatedHostId, tenantId: r.tenantId, incarnationId: r.inc.id, role: r.inc.role, allocated: r.inc.allocated, vmCount: r.vmCount }
+            ? {
+                dedicatedHostId: r.inc.dedicatedHostId,
+                tenantId: r.tenantId,
+                incarnationId: r.inc.id,
+                role: r.inc.role,
+                allocated: r.inc.allocated,
+                vmCount: r.vmCount,
+              }
             : null,
         };
       }),

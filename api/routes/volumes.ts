@@ -16,7 +16,14 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: ApiContext): voi
     if (tenantId === undefined) throw new ApiError(400, 'INVALID_INPUT', 'tenantId: required when an operator creates a volume', 'tenantId');
     return idempotent(ctx, req, reply, async (newId) => {
       if (p.kind === 'operator') await ctx.inventory.getTenant(tenantId);
-      const volume = await ctx.inventory.createVolume({ tenantId, name: body.name, zone: body.zone, sizeGiB: body.sizeGiB, volumeId: newId('vol'), actor: actorOf(p) });
+      const volume = await ctx.inventory.createVolume({
+        tenantId,
+        name: body.name,
+        zone: body.zone,
+        sizeGiB: body.sizeGiB,
+        volumeId: newId('vol'),
+        actor: actorOf(p),
+      });
       return { status: 201, schema: p.kind === 'tenant' ? tenantVolumeView : operatorVolumeView, body: volumeView(p, volume) };
     });
   });

@@ -24,7 +24,9 @@ export function makespanChart(groups: ChartGroup[], opts: { title: string; targe
   const groupW = plotW / Math.max(1, groups.length);
   const barW = Math.min(40, (groupW * 0.8) / Math.max(1, names.length));
   const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+  );
   out.push(`<rect width="${width}" height="${height}" fill="white"/>`);
   out.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${esc(opts.title)}</text>`);
   for (let v = 0; v <= yMax + 1e-9; v += 0.5) {
@@ -38,7 +40,9 @@ export function makespanChart(groups: ChartGroup[], opts: { title: string; targe
       const color = COLORS[names.indexOf(b.name) % COLORS.length]!;
       const x = x0 + bi * barW;
       const v = Number.isFinite(b.value) ? b.value : 0;
-      out.push(`<rect x="${x + 2}" y="${y(v)}" width="${barW - 4}" height="${m.top + plotH - y(v)}" fill="${color}"><title>${esc(`${g.label}, ${b.name}: ${v.toFixed(2)}×`)}</title></rect>`);
+      out.push(
+        `<rect x="${x + 2}" y="${y(v)}" width="${barW - 4}" height="${m.top + plotH - y(v)}" fill="${color}"><title>${esc(`${g.label}, ${b.name}: ${v.toFixed(2)}×`)}</title></rect>`,
+      );
       out.push(`<text x="${x + barW / 2}" y="${y(v) - 4}" text-anchor="middle" font-size="10">${Number.isFinite(b.value) ? b.value.toFixed(2) : 'n/a'}</text>`);
     });
     out.push(`<text x="${m.left + gi * groupW + groupW / 2}" y="${m.top + plotH + 18}" text-anchor="middle">${esc(g.label)}</text>`);

@@ -66,7 +66,10 @@ function evaluate(vms: number, seed: number, link: BenchLink): HostFigures {
   const spec = linkSpec(link);
   const host = generateHost(vms, hostSeed(seed, vms), spec.bytesPerSec);
   const schedules = schedulesFor(link, host);
-  const figures = Object.fromEntries(SCHEDULE_NAMES.map((name) => [name, strip(simulateEvacuation(host, schedules[name], spec))])) as Record<ScheduleName, ScheduleFigures>;
+  const figures = Object.fromEntries(SCHEDULE_NAMES.map((name) => [name, strip(simulateEvacuation(host, schedules[name], spec))])) as Record<
+    ScheduleName,
+    ScheduleFigures
+  >;
   const baselines = SCHEDULE_NAMES.filter((n) => n !== 'dhm');
   const bestBaseline = baselines.reduce((best, n) => (figures[n].makespanS < figures[best].makespanS ? n : best), baselines[0]!);
   const dhm = figures.dhm;

@@ -144,7 +144,8 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
     throw err;
   });
   const queue = schedule.order(vmsIn).map((vm) => ({ vm, retry: false }));
-  if (queue.length !== vmsIn.length || new Set(queue.map((q) => q.vm.vmId)).size !== vmsIn.length) throw new Error(`schedule ${schedule.name} lost or repeated VMs`);
+  if (queue.length !== vmsIn.length || new Set(queue.map((q) => q.vm.vmId)).size !== vmsIn.length)
+    throw new Error(`schedule ${schedule.name} lost or repeated VMs`);
   const streamCap = link.streamCapFraction * link.bytesPerSec;
   const running: Attempt[] = [];
   const moved: BenchVm[] = [];

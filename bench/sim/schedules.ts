@@ -36,9 +36,13 @@ export function scheduleFromPolicy(name: string, policy: PolicyLike): Schedule {
     maxParallel: policy.maxParallel,
     order: (vms) => {
       const byId = new Map(vms.map((v) => [v.vmId, v]));
-      return orderVms(vms.map((v) => statusOf(v)), policy.order).map((s) => byId.get(s.vmId)!);
+      return orderVms(
+        vms.map((v) => statusOf(v)),
+        policy.order,
+      ).map((s) => byId.get(s.vmId)!);
     },
-    autoConverge: (vm) => autoConvergeFor({ autoConverge: policy.autoConverge, autoConvergeAboveDirtyRateMiBps: policy.autoConvergeAboveDirtyRateMiBps }, statusOf(vm), false),
+    autoConverge: (vm) =>
+      autoConvergeFor({ autoConverge: policy.autoConverge, autoConvergeAboveDirtyRateMiBps: policy.autoConvergeAboveDirtyRateMiBps }, statusOf(vm), false),
     maxDowntimeMs: policy.maxDowntimeMs,
     bandwidthCapBps: (vm, host) =>
       bandwidthCapFor(

@@ -54,7 +54,15 @@ function fleetFor(n: number): Fleet {
   return {
     zones: [zone],
     resourceClasses: { [CLASS]: CAPACITY },
-    servers: Array.from({ length: 2 * n }, (_, i) => ({ id: `fl-${n}-${i}`, zone, resourceClass: CLASS, capacity: CAPACITY, nicBandwidthBps: 10e9, agentPort: 0, backend: 'sim' as const })),
+    servers: Array.from({ length: 2 * n }, (_, i) => ({
+      id: `fl-${n}-${i}`,
+      zone,
+      resourceClass: CLASS,
+      capacity: CAPACITY,
+      nicBandwidthBps: 10e9,
+      agentPort: 0,
+      backend: 'sim' as const,
+    })),
   };
 }
 
@@ -76,7 +84,14 @@ async function step(stack: BenchStack, n: number, timeLimitMs: number): Promise<
   const cpu = cpuMeter(stack);
   const started = performance.now();
   const handles = await Promise.all(
-    hosts.map((h) => startMigration(stack.client, stack.taskQueue, { dedicatedHostId: h.hostId, policy, requestedBy: 'bench' }) as Promise<WorkflowHandleWithFirstExecutionRunId>),
+    hosts.map(
+      (h) =>
+        startMigration(stack.client, stack.taskQueue, {
+          dedicatedHostId: h.hostId,
+          policy,
+          requestedBy: 'bench',
+        }) as Promise<WorkflowHandleWithFirstExecutionRunId>,
+    ),
   );
   const errors: string[] = [];
   const durations: number[] = [];
@@ -84,7 +99,13 @@ async function step(stack: BenchStack, n: number, timeLimitMs: number): Promise<
   const limit = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), timeLimitMs)));
   const outcomes = await Promise.all(
     handles.map(async (h) => {
-      const r = await Promise.race([h.result().then((v) => ({ v }), (err: unknown) => ({ err })), limit]);
+      const r = await Promise.race([
+        h.result().then(
+          (v) => ({ v }),
+          (err: unknown) => ({ err }),
+        ),
+        limit,
+      ]);
       if (r === 'timeout') return 'timeout';
       durations.push(performance.now() - started);
       if ('err' in r) return `failed: ${r.err instanceof Error ? r.err.message : String(r.err)}`;
@@ -103,7 +124,11 @@ async function step(stack: BenchStack, n: number, timeLimitMs: number): Promise<
     await Promise.all(handles.map((h) => h.terminate('benchmark step timed out').catch(() => undefined)));
   }
   const figures = await Promise.all(handles.map((h) => historyFigures(stack.client, h.workflowId, h.firstExecutionRunId).catch(() => undefined)));
-  const med = (f: (x: NonNullable<(typeof figures)[number]>) => number) => quantile(figures.flatMap((x) => (x ? [f(x)] : [])), 0.5);
+  const med = (f: (x: NonNullable<(typeof figures)[number]>) => number) =>
+    quantile(
+      figures.flatMap((x) => (x ? [f(x)] : [])),
+      0.5,
+    );
   const completed = outcomes.filter((o) => o === 'ok').length;
   return {
     hosts: n,

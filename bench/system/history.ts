@@ -35,7 +35,8 @@ export async function historyFigures(client: Client, workflowId: string, firstRu
     all.push(events);
     runId = undefined;
     for (const e of events)
-      if (e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW) runId = e.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
+      if (e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW)
+        runId = e.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
   }
   const s2s: number[] = [];
   const s2c: number[] = [];

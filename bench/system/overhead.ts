@@ -40,7 +40,15 @@ export function overheadFleet(sizes: number[]): Fleet {
     zones: [OVERHEAD_ZONE],
     resourceClasses: { [CLASS]: CAPACITY },
     servers: sizes.flatMap((_, i) =>
-      ['src', 'dst'].map((role) => ({ id: `ovh-${i}-${role}`, zone: OVERHEAD_ZONE, resourceClass: CLASS, capacity: CAPACITY, nicBandwidthBps: 10e9, agentPort: 0, backend: 'sim' as const })),
+      ['src', 'dst'].map((role) => ({
+        id: `ovh-${i}-${role}`,
+        zone: OVERHEAD_ZONE,
+        resourceClass: CLASS,
+        capacity: CAPACITY,
+        nicBandwidthBps: 10e9,
+        agentPort: 0,
+        backend: 'sim' as const,
+      })),
     ),
   };
 }
@@ -65,9 +73,21 @@ export async function benchOverhead(stack: BenchStack, sizes: number[], log: (li
     const cpuFigures = cpu();
     const calls = await stack.workerStats({ reset: true });
     const temporalPersistence = persistenceBetween(metricsBefore, await scrape(metrics), wallMs);
-    if (result.phase !== 'completed' || result.counts.moved !== vms) throw new Error(`overhead host of ${vms} VMs ended ${result.phase} with ${result.counts.moved} moved`);
+    if (result.phase !== 'completed' || result.counts.moved !== vms)
+      throw new Error(`overhead host of ${vms} VMs ended ${result.phase} with ${result.counts.moved} moved`);
     const history = await historyFigures(stack.client, handle.workflowId, handle.firstExecutionRunId);
-    const figures: OverheadFigures = { vms, maxParallel: OVERHEAD_MAX_PARALLEL, wallMs, msPerVm: wallMs / vms, eventsPerVm: history.events / vms, history, cpu: cpuFigures, calls, temporalPersistence, phase: result.phase };
+    const figures: OverheadFigures = {
+      vms,
+      maxParallel: OVERHEAD_MAX_PARALLEL,
+      wallMs,
+      msPerVm: wallMs / vms,
+      eventsPerVm: history.events / vms,
+      history,
+      cpu: cpuFigures,
+      calls,
+      temporalPersistence,
+      phase: result.phase,
+    };
     log(`  ${vms} VMs: ${wallMs.toFixed(0)} ms, ${figures.msPerVm.toFixed(1)} ms/VM, ${figures.eventsPerVm.toFixed(1)} events/VM`);
     out.push(figures);
   }

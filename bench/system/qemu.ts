@@ -48,23 +48,31 @@ function qemuFleet(): Fleet {
   return {
     zones: [ZONE],
     resourceClasses: { [CLASS]: HOST },
-    servers: [1, 2].map((i) => ({ id: `q-${i}`, zone: ZONE, resourceClass: CLASS, capacity: { vcpus: 8, memoryMiB: 4096, diskGiB: 100 }, nicBandwidthBps: 10e9, agentPort: 0, backend: 'qemu' as const })),
+    servers: [1, 2].map((i) => ({
+      id: `q-${i}`,
+      zone: ZONE,
+      resourceClass: CLASS,
+      capacity: { vcpus: 8, memoryMiB: 4096, diskGiB: 100 },
+      nicBandwidthBps: 10e9,
+      agentPort: 0,
+      backend: 'qemu' as const,
+    })),
   };
 }
 
 export async function benchQemu(stack: BenchStack, log: (line: string) => void): Promise<QemuFigures> {
   await stack.addFleet(qemuFleet(), 1, { qemu: { migrationDir: path.join(stack.stateDir, 'qemu-migrate'), maxVmMemoryMiB: 512, maxVmVcpus: 2 } });
   // An idle guest and two that rewrite 16 and 32 MiB of their memory (a guest's dirtier may use at most 1/8 of its RAM).
-  const vms = [
-    { memoryMiB: 128 },
-    { memoryMiB: 192, dirtyRateMiBps: 24, workingSetMiB: 16 },
-    { memoryMiB: 256, dirtyRateMiBps: 64, workingSetMiB: 32 },
-  ];
+  const vms = [{ memoryMiB: 128 }, { memoryMiB: 192, dirtyRateMiBps: 24, workingSetMiB: 16 }, { memoryMiB: 256, dirtyRateMiBps: 64, workingSetMiB: 32 }];
   const host = await stack.createHost({ zone: ZONE, resourceClass: CLASS, vms, concurrency: 1, agentTimeoutMs: 60_000 });
   // QEMU has no per-stream cap below the NIC here: dhm's rule gives one stream at a time (which also keeps this
   // 2-core machine to one destination QEMU booting at once).
   const policy = autoSchedulePolicy({ nicBandwidthBps: 10e9, streamCapFraction: 1 });
-  const handle = (await startMigration(stack.client, stack.taskQueue, { dedicatedHostId: host.hostId, policy, requestedBy: 'bench' })) as WorkflowHandleWithFirstExecutionRunId;
+  const handle = (await startMigration(stack.client, stack.taskQueue, {
+    dedicatedHostId: host.hostId,
+    policy,
+    requestedBy: 'bench',
+  })) as WorkflowHandleWithFirstExecutionRunId;
   const result = await handle.result();
   if (result.phase !== 'completed') throw new Error(`the qemu host's migration ended ${result.phase}: ${result.lastError ?? ''}`);
   const st = await handle.query(statusQuery);
@@ -91,6 +99,8 @@ export async function benchQemu(stack: BenchStack, log: (line: string) => void):
   const bytesPerSec = out.reduce((s, v) => s + v.bytesSent, 0) / (out.reduce((s, v) => s + v.totalTimeMs, 0) / 1000);
   const boundMs = (out.reduce((s, v) => s + v.ramMiB * 2 ** 20, 0) / bytesPerSec) * 1000;
   const figures: QemuFigures = { vms: out, wallMs: lastEnd - firstStart, boundMs, measuredMbps: (bytesPerSec * 8) / 1e6, policy };
-  log(`  ${out.length} VMs moved in ${(figures.wallMs / 1000).toFixed(1)} s (Σ ram.total / the ${figures.measuredMbps.toFixed(0)} Mbit/s QEMU measured: ${(boundMs / 1000).toFixed(1)} s); QEMU downtime ${out.map((v) => `${v.downtimeMs.toFixed(0)} ms`).join(', ')}`);
+  log(
+    `  ${out.length} VMs moved in ${(figures.wallMs / 1000).toFixed(1)} s (Σ ram.total / the ${figures.measuredMbps.toFixed(0)} Mbit/s QEMU measured: ${(boundMs / 1000).toFixed(1)} s); QEMU downtime ${out.map((v) => `${v.downtimeMs.toFixed(0)} ms`).join(', ')}`,
+  );
   return figures;
 }

@@ -163,8 +163,17 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
       workerPids: () => workers.map((w) => w.pid!).filter(Boolean),
       async addFleet(fleet, timeScale, o = {}) {
         // `qemu` servers get an agent too when qemu options are given (the qemu backend is optional on a machine).
-        pki = await ensureAgentPki(pkiRoot, fleet.servers.map((s) => s.id));
-        const options = { timeScale, logger, tls: pki.server, faultRoutes: true, ...(o.qemu ? { backendFilter: () => true, qemu: o.qemu } : {}) } as FleetAgentsOptions;
+        pki = await ensureAgentPki(
+          pkiRoot,
+          fleet.servers.map((s) => s.id),
+        );
+        const options = {
+          timeScale,
+          logger,
+          tls: pki.server,
+          faultRoutes: true,
+          ...(o.qemu ? { backendFilter: () => true, qemu: o.qemu } : {}),
+        } as FleetAgentsOptions;
         const f = await startFleetAgents(fleet, options);
         fleets.push(f);
         await inventory.seedFleet(fleet, new Map([...f.agents].map(([id, a]) => [id, a.url])), { actor: 'bench' });
@@ -172,18 +181,22 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
       async setWorkers(count) {
         await stopWorkers();
         const started = Array.from({ length: count }, () =>
-          spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '-r', '@swc-node/register', path.join(__dirname, 'worker-main.ts')], {
-            cwd: path.resolve(__dirname, '..', '..'),
-            env: {
-              ...process.env,
-              BENCH_DATABASE_URL: dev.databaseUrl,
-              BENCH_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir,
-              BENCH_TEMPORAL_ADDRESS: dev.temporalAddress,
-              BENCH_TASK_QUEUE: taskQueue,
-              BENCH_WORKFLOW_BUNDLE: bundlePath,
+          spawn(
+            process.execPath,
+            [...(process.env.BENCH_WORKER_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '-r', '@swc-node/register', path.join(__dirname, 'worker-main.ts')],
+            {
+              cwd: path.resolve(__dirname, '..', '..'),
+              env: {
+                ...process.env,
+                BENCH_DATABASE_URL: dev.databaseUrl,
+                BENCH_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir,
+                BENCH_TEMPORAL_ADDRESS: dev.temporalAddress,
+                BENCH_TASK_QUEUE: taskQueue,
+                BENCH_WORKFLOW_BUNDLE: bundlePath,
+              },
+              stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
             },
-            stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
-          }),
+          ),
         );
         workers = started;
         await Promise.all(
@@ -231,7 +244,13 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
       async createHost(o) {
         const t = `b${++tag}`;
         const tenant = await inventory.createTenant(`tenant-${t}`, { actor: 'bench' });
-        const host = await inventory.createDedicatedHost({ tenantId: tenant.id, name: `host-${t}`, zone: o.zone, resourceClass: o.resourceClass, actor: 'bench' });
+        const host = await inventory.createDedicatedHost({
+          tenantId: tenant.id,
+          name: `host-${t}`,
+          zone: o.zone,
+          resourceClass: o.resourceClass,
+          actor: 'bench',
+        });
         const incarnation = await inventory.getIncarnation(host.currentIncarnationId);
         const server = await inventory.getServer(incarnation.serverId);
         const agent = createAgentClient({ baseUrl: server.agentUrl, tls: pki.controlPlane, serverId: server.id, timeoutMs: o.agentTimeoutMs });

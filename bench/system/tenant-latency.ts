@@ -52,7 +52,15 @@ export function latencyFleet(): Fleet {
   return {
     zones: [LATENCY_ZONE],
     resourceClasses: { [CLASS]: CAPACITY },
-    servers: [1, 2, 3].map((i) => ({ id: `lat-${i}`, zone: LATENCY_ZONE, resourceClass: CLASS, capacity: CAPACITY, nicBandwidthBps: 10e9, agentPort: 0, backend: 'sim' as const })),
+    servers: [1, 2, 3].map((i) => ({
+      id: `lat-${i}`,
+      zone: LATENCY_ZONE,
+      resourceClass: CLASS,
+      capacity: CAPACITY,
+      nicBandwidthBps: 10e9,
+      agentPort: 0,
+      backend: 'sim' as const,
+    })),
   };
 }
 
@@ -151,10 +159,16 @@ export async function benchTenantLatency(
   const policy = autoSchedulePolicy({ nicBandwidthBps: 10e9, streamCapFraction: 0.4 });
   // What any update costs here, before dhm adds its work: the part of the migrating path no dhm change can remove.
   const updateFloor = await measureUpdateFloor({ client: stack.client, temporalAddress: stack.dev.temporalAddress, requests: 60 });
-  log(`  Temporal update floor (quiet, trivial workflow): p50 ${updateFloor.bare.p50Ms.toFixed(0)} ms bare, ${updateFloor.withLocalActivity.p50Ms.toFixed(0)} ms with a no-op local activity`);
+  log(
+    `  Temporal update floor (quiet, trivial workflow): p50 ${updateFloor.bare.p50Ms.toFixed(0)} ms bare, ${updateFloor.withLocalActivity.p50Ms.toFixed(0)} ms with a no-op local activity`,
+  );
   const cpu = cpuMeter(stack);
   const started = performance.now();
-  const handle = (await startMigration(stack.client, stack.taskQueue, { dedicatedHostId: migratingHost.hostId, policy, requestedBy: 'bench' })) as WorkflowHandleWithFirstExecutionRunId;
+  const handle = (await startMigration(stack.client, stack.taskQueue, {
+    dedicatedHostId: migratingHost.hostId,
+    policy,
+    requestedBy: 'bench',
+  })) as WorkflowHandleWithFirstExecutionRunId;
   // Tenants' requests start once VMs are moving (before that, updates wait for the clone to be ready).
   for (;;) {
     const st = await handle.query(statusQuery);
@@ -169,7 +183,15 @@ export async function benchTenantLatency(
     const t0 = performance.now();
     const vmId = `${tag}-warm-up`;
     const spec = { vcpus: 1, memoryMiB: 256, diskGiB: 1 };
-    await stack.hostService.createVm({ dedicatedHostId: host.hostId, tenantId: host.tenantId, vmId, name: vmId, spec, requestId: `${tag}-warm-up`, actor: `tenant:${host.tenantId}` });
+    await stack.hostService.createVm({
+      dedicatedHostId: host.hostId,
+      tenantId: host.tenantId,
+      vmId,
+      name: vmId,
+      spec,
+      requestId: `${tag}-warm-up`,
+      actor: `tenant:${host.tenantId}`,
+    });
     return performance.now() - t0;
   };
   const [warmM, warmN] = await Promise.all([warmUp(migratingHost, 'lm'), warmUp(normalHost, 'ln')]);
@@ -184,7 +206,9 @@ export async function benchTenantLatency(
   if (result.phase !== 'completed') throw new Error(`latency host migration ended ${result.phase}`);
   const ms = stats(m);
   const ns = stats(n);
-  log(`  migrating host: p50 ${ms.p50Ms.toFixed(0)} / p95 ${ms.p95Ms.toFixed(0)} / p99 ${ms.p99Ms.toFixed(0)} ms over ${ms.requests}; normal path: p50 ${ns.p50Ms.toFixed(0)} / p95 ${ns.p95Ms.toFixed(0)} / p99 ${ns.p99Ms.toFixed(0)} ms over ${ns.requests}`);
+  log(
+    `  migrating host: p50 ${ms.p50Ms.toFixed(0)} / p95 ${ms.p95Ms.toFixed(0)} / p99 ${ms.p99Ms.toFixed(0)} ms over ${ms.requests}; normal path: p50 ${ns.p50Ms.toFixed(0)} / p95 ${ns.p95Ms.toFixed(0)} / p99 ${ns.p99Ms.toFixed(0)} ms over ${ns.requests}`,
+  );
   return {
     vms: opts.vms,
     ratePerSecond: opts.ratePerSecond,

@@ -126,7 +126,13 @@ export function createQemuBackend(input: {
     storageDir: o.storageDir ?? path.join(stateDir, 'disks'),
     diskFillMiB: o.diskFillMiB,
     ...(o.networkStorage
-      ? { networkStorage: { host: o.networkStorage.host, port: o.networkStorage.port, ...(o.transport === 'tls' ? { tlsHostname: o.networkStorage.serverName } : {}) } }
+      ? {
+          networkStorage: {
+            host: o.networkStorage.host,
+            port: o.networkStorage.port,
+            ...(o.transport === 'tls' ? { tlsHostname: o.networkStorage.serverName } : {}),
+          },
+        }
       : {}),
     migrationDir,
     maxVmMemoryMiB: o.maxVmMemoryMiB ?? Math.min(input.capacity.memoryMiB, Math.floor(os.totalmem() / 2 ** 20 / 2)),

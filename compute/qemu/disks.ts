@@ -40,10 +40,13 @@ export function diskArgs(d: MachineDisk): string[] {
           ...(d.nbd.tlsCredsId ? { 'tls-creds': d.nbd.tlsCredsId, 'tls-hostname': d.nbd.tlsHostname } : {}),
         };
   return [
-    '-blockdev', JSON.stringify(proto),
+    '-blockdev',
+    JSON.stringify(proto),
     // detect-zeroes: zero writes become holes (and the mirror sends them as NBD write-zeroes, not data).
-    '-blockdev', JSON.stringify({ driver: 'raw', file: `${d.node}-proto`, 'node-name': d.node, discard: 'unmap', 'detect-zeroes': 'unmap' }),
-    '-device', `virtio-blk-pci,drive=${d.node},id=vd-${d.node},serial=dhm-${d.node}`,
+    '-blockdev',
+    JSON.stringify({ driver: 'raw', file: `${d.node}-proto`, 'node-name': d.node, discard: 'unmap', 'detect-zeroes': 'unmap' }),
+    '-device',
+    `virtio-blk-pci,drive=${d.node},id=vd-${d.node},serial=dhm-${d.node}`,
   ];
 }
 
@@ -109,4 +112,3 @@ function overwriteWithZeros(file: string, size: number): void {
     fs.closeSync(fd);
   }
 }
-

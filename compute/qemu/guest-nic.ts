@@ -65,10 +65,7 @@ export function deleteTap(tap: string): void {
 
 /** QEMU arguments of the NIC (identical on both ends of a migration). */
 export function nicArgs(nic: GuestNic): string[] {
-  return [
-    '-netdev', `tap,id=net0,ifname=${nic.tap},script=no,downscript=no`,
-    '-device', `virtio-net-pci,netdev=net0,mac=${nic.mac},romfile=`,
-  ];
+  return ['-netdev', `tap,id=net0,ifname=${nic.tap},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=net0,mac=${nic.mac},romfile=`];
 }
 
 /**

@@ -174,7 +174,14 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       this.progressAt = Date.now();
       await qmp.execute('migrate', { uri });
       this.log.info(
-        { target: this.input.target, uri, tls: 'tls-creds' in tls && tls['tls-creds'] !== '', maxBandwidthBps: this.maxBandwidth(), maxDowntimeMs: this.input.maxDowntimeMs, autoConverge: this.input.autoConverge },
+        {
+          target: this.input.target,
+          uri,
+          tls: 'tls-creds' in tls && tls['tls-creds'] !== '',
+          maxBandwidthBps: this.maxBandwidth(),
+          maxDowntimeMs: this.input.maxDowntimeMs,
+          autoConverge: this.input.autoConverge,
+        },
         'migration started',
       );
       await this.poll(qmp, started);
@@ -267,8 +274,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       return null;
     }
     const maxRounds = this.input.maxRounds ?? DEFAULT_MAX_ROUNDS;
-    if (rounds >= maxRounds)
-      return { state: 'failed', code: 'NotConverging', message: `not converging after ${rounds} rounds (maxRounds ${maxRounds})` };
+    if (rounds >= maxRounds) return { state: 'failed', code: 'NotConverging', message: `not converging after ${rounds} rounds (maxRounds ${maxRounds})` };
     const memory = q.ram?.total ?? this.memoryBytes;
     if (this.bytesSent > MAX_SENT_FACTOR * memory)
       return { state: 'failed', code: 'NotConverging', message: `sent ${this.bytesSent} bytes, more than ${MAX_SENT_FACTOR}× the VM's memory` };
@@ -293,7 +299,14 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       await this.movedToTarget();
     }
     this.log.info(
-      { downtimeMs: this.downtimeMs, totalTimeMs: this.totalTimeMs, setupTimeMs: q['setup-time'], bytesSent: this.bytesSent, rounds: this.round + 1, lastCounter: counter },
+      {
+        downtimeMs: this.downtimeMs,
+        totalTimeMs: this.totalTimeMs,
+        setupTimeMs: q['setup-time'],
+        bytesSent: this.bytesSent,
+        rounds: this.round + 1,
+        lastCounter: counter,
+      },
       'migration completed',
     );
   }
@@ -409,7 +422,10 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     if (!uri.startsWith('tcp:')) return { 'tls-creds': '' };
     const wantTls = s.transport === 'tls';
     if (target.tls !== wantTls)
-      throw new StepError('TransportMismatch', `the target listens ${target.tls ? 'with TLS' : 'in plaintext'} but this server's migration.transport is ${s.transport}`);
+      throw new StepError(
+        'TransportMismatch',
+        `the target listens ${target.tls ? 'with TLS' : 'in plaintext'} but this server's migration.transport is ${s.transport}`,
+      );
     if (!wantTls) return { 'tls-creds': '' };
     const id = `tls-${createHash('sha256').update(this.jobId).digest('hex').slice(0, 12)}`;
     await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir: s.tlsDir!, endpoint: 'client', 'verify-peer': true }).catch((err: unknown) => {
@@ -425,8 +441,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     while (!view.migrationUri) {
       if (this.stop || this.abort.signal.aborted) return null;
       if (!this.vm.proc.running) throw new Error('the VM exited');
-      if (Date.now() > deadline)
-        throw new StepError('TargetUnavailable', `the target's destination did not listen within ${timeoutMs} ms`);
+      if (Date.now() > deadline) throw new StepError('TargetUnavailable', `the target's destination did not listen within ${timeoutMs} ms`);
       await sleep(50, this.abort.signal);
       view = await this.host.pollIncoming(this.input, this.vm).catch((err: unknown) => {
         if (err instanceof AgentError && !err.retryable) throw new StepError('TargetUnavailable', `the target dropped the incoming migration: ${err.message}`);

@@ -111,7 +111,8 @@ export class DiskMirror {
       total += j.len;
       copied += j.offset;
       if (j.error) return { state: 'failed', message: `mirror of ${d.node} failed: ${j.error}`, progress: this.last };
-      if (j.status === 'concluded' || j.status === 'aborting') return { state: 'failed', message: `mirror of ${d.node} ended (${j.status})`, progress: this.last };
+      if (j.status === 'concluded' || j.status === 'aborting')
+        return { state: 'failed', message: `mirror of ${d.node} ended (${j.status})`, progress: this.last };
       if (!j.ready) ready = false;
     }
     this.last = { bytesTotal: total, bytesCopied: copied, bytesRemaining: Math.max(0, total - copied) };
@@ -127,7 +128,8 @@ export class DiskMirror {
 
   async setSpeed(speedBps: number): Promise<void> {
     for (const d of this.disks)
-      if (this.started.has(this.jobName(d))) await this.qmp.execute('block-job-set-speed', { device: this.jobName(d), speed: Math.max(0, Math.round(speedBps)) }).catch(() => undefined);
+      if (this.started.has(this.jobName(d)))
+        await this.qmp.execute('block-job-set-speed', { device: this.jobName(d), speed: Math.max(0, Math.round(speedBps)) }).catch(() => undefined);
   }
 
   /**
@@ -164,7 +166,8 @@ export class DiskMirror {
   async abort(): Promise<void> {
     if (this.qmp.closed) return;
     const jobs = await this.jobs().catch(() => new Map<string, JobInfo>());
-    for (const [id, j] of jobs) if (this.started.has(id) && j.status !== 'concluded') await this.qmp.execute('block-job-cancel', { device: id, force: true }).catch(() => undefined);
+    for (const [id, j] of jobs)
+      if (this.started.has(id) && j.status !== 'concluded') await this.qmp.execute('block-job-cancel', { device: id, force: true }).catch(() => undefined);
     await this.waitConcluded().catch(() => undefined);
     await this.dismissAll();
     await this.detach();
@@ -194,7 +197,12 @@ export class DiskMirror {
 
   private async jobs(): Promise<Map<string, JobInfo>> {
     const raw = await this.qmp.execute('query-block-jobs', undefined, { timeoutMs: 5_000 });
-    return new Map(z.array(jobInfoSchema).parse(raw).map((j) => [j.device, j]));
+    return new Map(
+      z
+        .array(jobInfoSchema)
+        .parse(raw)
+        .map((j) => [j.device, j]),
+    );
   }
 }
 

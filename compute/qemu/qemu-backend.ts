@@ -77,8 +77,7 @@ interface Incoming extends BackendIncoming {
   nbdStarted: boolean;
 }
 
-const vmFailed = (vm: QemuVm) =>
-  new AgentFailure(409, 'VM_FAILED', `VM ${vm.vmId} has failed: ${vm.failure?.message ?? 'unknown'}`, 'vmId');
+const vmFailed = (vm: QemuVm) => new AgentFailure(409, 'VM_FAILED', `VM ${vm.vmId} has failed: ${vm.failure?.message ?? 'unknown'}`, 'vmId');
 
 /**
  * The `qemu` backend: every VM is a QEMU process (TCG) on this machine, driven over QMP; migrations are QEMU live
@@ -125,8 +124,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       const vm = this.vmHere(vmId);
       this.checkUsable(vm);
       const counter = vm.counter();
-      if (op.kind === 'read' && vm.state !== 'paused-for-switchover')
-        return { vmId, counter, servedBy: this.opts.serverId };
+      if (op.kind === 'read' && vm.state !== 'paused-for-switchover') return { vmId, counter, servedBy: this.opts.serverId };
       if (op.kind === 'increment') {
         floor ??= counter;
         if (counter > floor) return { vmId, counter, servedBy: this.opts.serverId };
@@ -312,8 +310,20 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     fs.rmSync(socketPath, { force: true });
     const proc = this.spawn(`in-${++this.seq}`, input.vmId, machine, true);
     return {
-      jobId, vmId: input.vmId, incarnationId: input.incarnationId, spec: input.spec, machine, proc, socketPath,
-      uri: null, tls: false, state: 'reserved', resumed: false, ended: null, nbdAddress: null, nbdStarted: false,
+      jobId,
+      vmId: input.vmId,
+      incarnationId: input.incarnationId,
+      spec: input.spec,
+      machine,
+      proc,
+      socketPath,
+      uri: null,
+      tls: false,
+      state: 'reserved',
+      resumed: false,
+      ended: null,
+      nbdAddress: null,
+      nbdStarted: false,
     };
   }
 
@@ -436,8 +446,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     void proc.exited.then((exit) => {
       this.procs.delete(proc);
       this.logger.debug({ pid: proc.pid, vmId, incoming, exit }, 'QEMU process reaped');
-      for (const r of this.incoming.values())
-        if (r.proc === proc && r.state === 'reserved') r.ended ??= `QEMU exited (${describeExit(exit)})`;
+      for (const r of this.incoming.values()) if (r.proc === proc && r.state === 'reserved') r.ended ??= `QEMU exited (${describeExit(exit)})`;
     });
     return proc;
   }
@@ -449,11 +458,18 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
    */
   private attachDisks(machine: MachineSpec, vmId: string, spec: VmSpec, jobId: string | null): void {
     const ns = this.opts.networkStorage;
-    const tag = createHash('sha256').update(`${vmId}\0${jobId ?? ''}`).digest('hex').slice(0, 16);
+    const tag = createHash('sha256')
+      .update(`${vmId}\0${jobId ?? ''}`)
+      .digest('hex')
+      .slice(0, 16);
     const fillBytes = (size: number) => Math.min(this.opts.diskFillMiB * 2 ** 20, Math.floor(size / 2 / BLOCK_BYTES) * BLOCK_BYTES);
     const disks: MachineDisk[] = vmDisks(spec).map((d, i): MachineDisk => {
       if (d.kind === 'network') {
-        const nbd: NetworkStorage = { host: ns!.host, port: ns!.port, ...(this.settings.transport === 'tls' && ns!.tlsHostname ? { tlsHostname: ns!.tlsHostname, tlsCredsId: STORAGE_TLS_ID } : {}) };
+        const nbd: NetworkStorage = {
+          host: ns!.host,
+          port: ns!.port,
+          ...(this.settings.transport === 'tls' && ns!.tlsHostname ? { tlsHostname: ns!.tlsHostname, tlsCredsId: STORAGE_TLS_ID } : {}),
+        };
         return { node: diskNode(i), name: d.name, kind: 'network', volumeId: d.volumeId, nbd };
       }
       return { node: diskNode(i), name: d.name, kind: 'local', path: path.join(this.opts.storageDir, `${tag}-${i}.raw`), sizeBytes: gibToBytes(d.sizeGiB) };

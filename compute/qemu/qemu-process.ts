@@ -44,15 +44,24 @@ export function machineArgs(tools: QemuTools, m: MachineSpec): string[] {
   return [
     ...tools.dataDirs.flatMap((d) => ['-L', d]),
     // TCG always: /dev/kvm may exist on these machines without being usable.
-    '-machine', 'q35,accel=tcg',
-    '-m', String(m.memoryMiB),
-    '-smp', String(m.vcpus),
-    '-nodefaults', '-no-user-config', '-display', 'none',
+    '-machine',
+    'q35,accel=tcg',
+    '-m',
+    String(m.memoryMiB),
+    '-smp',
+    String(m.vcpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
     // A guest that panics or reboots makes QEMU exit (the VM is reported failed) instead of restarting its counter.
     '-no-reboot',
-    '-kernel', tools.kernel,
-    '-initrd', tools.initrd,
-    '-append', append.join(' '),
+    '-kernel',
+    tools.kernel,
+    '-initrd',
+    tools.initrd,
+    '-append',
+    append.join(' '),
     ...(m.nic ? nicArgs(m.nic) : []),
     ...(m.storageTlsDir ? ['-object', `tls-creds-x509,id=${STORAGE_TLS_ID},dir=${m.storageTlsDir},endpoint=client,verify-peer=on`] : []),
     ...disks.flatMap(diskArgs),
@@ -110,17 +119,20 @@ export class QemuProcess {
     for (const f of [this.qmpPath, this.inspectPath, this.serialPath]) fs.rmSync(f, { force: true });
     const args = [
       ...machineArgs(opts.tools, opts.machine),
-      '-name', opts.name,
-      '-qmp', `unix:${this.qmpPath},server=on,wait=off`,
-      '-qmp', `unix:${this.inspectPath},server=on,wait=off`,
-      '-serial', `file:${this.serialPath}`,
+      '-name',
+      opts.name,
+      '-qmp',
+      `unix:${this.qmpPath},server=on,wait=off`,
+      '-qmp',
+      `unix:${this.inspectPath},server=on,wait=off`,
+      '-serial',
+      `file:${this.serialPath}`,
       ...(opts.incoming ? ['-incoming', 'defer'] : []),
       // QEMU's own seccomp filter: no obsolete syscalls, no setuid/setgid, no fork/exec, no scheduler/affinity changes.
-      '-sandbox', QEMU_SANDBOX,
+      '-sandbox',
+      QEMU_SANDBOX,
     ];
-    const [cmd, ...argv] = SETPRIV
-      ? [SETPRIV, '--pdeathsig', 'KILL', '--', opts.tools.qemuBinary, ...args]
-      : [opts.tools.qemuBinary, ...args];
+    const [cmd, ...argv] = SETPRIV ? [SETPRIV, '--pdeathsig', 'KILL', '--', opts.tools.qemuBinary, ...args] : [opts.tools.qemuBinary, ...args];
     this.child = spawn(cmd!, argv, {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: qemuEnv(opts.tools),

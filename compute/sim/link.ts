@@ -141,13 +141,16 @@ export class SimLink {
     let next = Infinity;
     for (const f of this.flows) if (f.rateBps > 0) next = Math.min(next, this.t + (f.pending / f.rateBps) * 1000);
     if (!Number.isFinite(next)) return;
-    this.timer = setTimeout(() => {
-      try {
-        this.sync();
-      } catch (err) {
-        this.onError(err);
-      }
-      this.schedule();
-    }, Math.max(1, Math.ceil(this.clock.wallDelayUntil(next))));
+    this.timer = setTimeout(
+      () => {
+        try {
+          this.sync();
+        } catch (err) {
+          this.onError(err);
+        }
+        this.schedule();
+      },
+      Math.max(1, Math.ceil(this.clock.wallDelayUntil(next))),
+    );
   }
 }

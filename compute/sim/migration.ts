@@ -161,7 +161,13 @@ export class SimMigration extends MigrationJobBase<SimVm> {
     this.endMs = endMs;
     void this.movedToTarget(); // synchronous here: the job is completed when this returns
     this.log.info(
-      { downtimeMs: this.downtimeMs, totalTimeMs: this.totalTimeMs, bytesSent: this.move.bytesSent, diskBytesCopied: this.move.mirror?.bytesCopied ?? 0, rounds: this.move.precopy.round + 1 },
+      {
+        downtimeMs: this.downtimeMs,
+        totalTimeMs: this.totalTimeMs,
+        bytesSent: this.move.bytesSent,
+        diskBytesCopied: this.move.mirror?.bytesCopied ?? 0,
+        rounds: this.move.precopy.round + 1,
+      },
       'migration completed',
     );
   }

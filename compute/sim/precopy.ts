@@ -121,10 +121,7 @@ export class PrecopyFlow implements Flow {
     }
     if (this.p.autoConverge) {
       if (rest > AUTO_CONVERGE.triggerRatio * this.roundBytes)
-        this.throttlePct =
-          this.throttlePct === 0
-            ? AUTO_CONVERGE.initialPct
-            : Math.min(AUTO_CONVERGE.maxPct, this.throttlePct + AUTO_CONVERGE.stepPct);
+        this.throttlePct = this.throttlePct === 0 ? AUTO_CONVERGE.initialPct : Math.min(AUTO_CONVERGE.maxPct, this.throttlePct + AUTO_CONVERGE.stepPct);
       if (this.round + 1 >= AUTO_CONVERGE_ROUND_LIMIT)
         return this.giveUp(tMs, 'NotConverging', `not converging after ${this.round + 1} rounds even with auto-converge`);
     } else if (this.round + 1 >= this.p.maxRounds) {

@@ -34,20 +34,23 @@ export class SimVmMove {
   ) {
     // The move's cap S is shared: once the mirror streams the guest's writes, the memory gets what is left of it.
     const memoryCap = p.diskBytes > 0 ? Math.max(1, p.capBps - p.diskWriteBps) : p.capBps;
-    this.precopy = new PrecopyFlow({ ...p, capBps: memoryCap }, {
-      onPause: (t) => events.onPause(t),
-      onCopied: (t) => {
-        this.memoryOnLink = false;
-        // The guest is paused and its last writes are mirrored: the switchover completes the mirror.
-        this.completeMirror();
-        events.onCopied(t);
+    this.precopy = new PrecopyFlow(
+      { ...p, capBps: memoryCap },
+      {
+        onPause: (t) => events.onPause(t),
+        onCopied: (t) => {
+          this.memoryOnLink = false;
+          // The guest is paused and its last writes are mirrored: the switchover completes the mirror.
+          this.completeMirror();
+          events.onCopied(t);
+        },
+        onGiveUp: (t, code, message) => {
+          this.memoryOnLink = false;
+          this.completeMirror();
+          events.onGiveUp(t, code, message);
+        },
       },
-      onGiveUp: (t, code, message) => {
-        this.memoryOnLink = false;
-        this.completeMirror();
-        events.onGiveUp(t, code, message);
-      },
-    });
+    );
     const mirror: DiskMirrorParams = { diskBytes: p.diskBytes, writeBps: p.diskWriteBps, capBps: p.capBps, maxPasses: p.maxRounds };
     this.mirror =
       p.diskBytes > 0
@@ -102,7 +105,10 @@ export class SimVmMove {
   /** The simulated time its next chunk ends (Infinity: nothing is moving). */
   nextChunkEndMs(nowMs: number): number {
     let next = Infinity;
-    for (const f of [this.memoryOnLink ? this.precopy : null, this.mirror && this.mirror.phase !== 'done' && this.mirror.phase !== 'gave-up' ? this.mirror : null])
+    for (const f of [
+      this.memoryOnLink ? this.precopy : null,
+      this.mirror && this.mirror.phase !== 'done' && this.mirror.phase !== 'gave-up' ? this.mirror : null,
+    ])
       if (f && f.rateBps > 0 && f.pending > 0) next = Math.min(next, nowMs + (f.pending / f.rateBps) * 1000);
     return next;
   }

@@ -17,7 +17,7 @@ export const testbedAgentConfigSchema = z
     readyFile: z.string().min(1),
     logLevel: z.string().default('warn'),
     /** The server's agent-plane certificates (compute/fleet-ca.ts files): required, checked before the agent binds. */
-    tlsDir: z.string({ error: 'required: the folder of this server\'s certificates (an agent never runs without credentials)' }).min(1),
+    tlsDir: z.string({ error: "required: the folder of this server's certificates (an agent never runs without credentials)" }).min(1),
     /** The fault-injection routes; tests only. */
     faultRoutes: z.boolean().default(false),
     agent: z

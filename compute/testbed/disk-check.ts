@@ -29,13 +29,21 @@ export function vmQemu(server: TestbedServer, vmId: string): { pid: number; seri
  * Checks every disk of a VM running on `server` for the guest's numbered blocks: each must hold every block the guest
  * has reported written (here, or on `alsoReported`: the serial log of where it ran before), in order, checksums right.
  */
-export function verifyVmDisks(server: TestbedServer, storage: StorageService, vmId: string, disks: Disk[], alsoReported: number | null = null): { verified: boolean; disks: Array<DiskBlocksReport & { name: string }> } {
+export function verifyVmDisks(
+  server: TestbedServer,
+  storage: StorageService,
+  vmId: string,
+  disks: Disk[],
+  alsoReported: number | null = null,
+): { verified: boolean; disks: Array<DiskBlocksReport & { name: string }> } {
   const q = vmQemu(server, vmId);
   if (!q) return { verified: false, disks: [] };
   const expectAtLeast = Math.max(lastDiskBlock(q.serialPath) ?? -1, alsoReported ?? -1) + 1;
   const reports = disks.map((d, i) => {
     const file = d.kind === 'local' ? q.files.get(`disk${i}`) : volumeFile(storage, d.volumeId);
-    const r: DiskBlocksReport = file ? verifyDiskBlocks(file, { expectAtLeast, live: true }) : { blocks: 0, bad: { index: 0, reason: 'no file' }, tornTail: false, ok: false };
+    const r: DiskBlocksReport = file
+      ? verifyDiskBlocks(file, { expectAtLeast, live: true })
+      : { blocks: 0, bad: { index: 0, reason: 'no file' }, tornTail: false, ok: false };
     return { name: d.name, ...r };
   });
   return { verified: reports.length > 0 && reports.every((r) => r.ok), disks: reports };

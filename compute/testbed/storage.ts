@@ -33,15 +33,25 @@ export const volumeFile = (s: StorageService, volumeId: string) => path.join(s.d
 export function storageDaemonArgs(s: StorageService, tools: QemuTools, o: { tls: boolean; clients: string[] }): string[] {
   if (!tools.storageDaemon) throw new Error(`qemu-storage-daemon is missing from ${tools.dir}: run scripts/qemu/setup.sh`);
   // Only the fleet's servers' client certificates (their subjects) may attach volumes.
-  const authz = { 'qom-type': 'authz-list', id: 'authz0', policy: 'deny', rules: o.clients.map((c) => ({ match: tlsIdentity(c), policy: 'allow', format: 'exact' })) };
+  const authz = {
+    'qom-type': 'authz-list',
+    id: 'authz0',
+    policy: 'deny',
+    rules: o.clients.map((c) => ({ match: tlsIdentity(c), policy: 'allow', format: 'exact' })),
+  };
   const nbd = [`addr.type=inet`, `addr.host=${s.ip}`, `addr.port=${s.port}`, ...(o.tls ? ['tls-creds=tls0', 'tls-authz=authz0'] : [])].join(',');
   return [
-    'env', `LD_LIBRARY_PATH=${tools.libraryPath.join(':')}`, `QEMU_MODULE_DIR=${tools.moduleDir}`,
+    'env',
+    `LD_LIBRARY_PATH=${tools.libraryPath.join(':')}`,
+    `QEMU_MODULE_DIR=${tools.moduleDir}`,
     tools.storageDaemon,
     ...(o.tls ? ['--object', `tls-creds-x509,id=tls0,dir=${s.credsDir},endpoint=server,verify-peer=on`, '--object', JSON.stringify(authz)] : []),
-    '--nbd-server', nbd,
-    '--chardev', `socket,id=mon0,path=${s.qmpPath},server=on,wait=off`,
-    '--monitor', 'chardev=mon0',
+    '--nbd-server',
+    nbd,
+    '--chardev',
+    `socket,id=mon0,path=${s.qmpPath},server=on,wait=off`,
+    '--monitor',
+    'chardev=mon0',
   ];
 }
 

@@ -49,7 +49,21 @@ class VmConnection {
   private everConnected = false;
 
   constructor(vmId: string, ip: string) {
-    this.t = { vmId, ip, requestsDone: 0, requestsFailed: 0, reconnects: 0, clientMaxStallMs: 0, counterContinued: true, firstCounter: null, lastCounter: null, connected: false, outOfOrder: 0, backwards: [], errors: [] };
+    this.t = {
+      vmId,
+      ip,
+      requestsDone: 0,
+      requestsFailed: 0,
+      reconnects: 0,
+      clientMaxStallMs: 0,
+      counterContinued: true,
+      firstCounter: null,
+      lastCounter: null,
+      connected: false,
+      outOfOrder: 0,
+      backwards: [],
+      errors: [],
+    };
     this.connect();
     this.timer = setInterval(() => this.tick(), INTERVAL_MS);
   }
@@ -177,7 +191,13 @@ export interface TenantClient {
 /** Starts the tenant client in the testbed's tenant namespace. */
 export function startTenantClient(st: TestbedState): TenantClient {
   const bin = path.resolve(__dirname, '..', '..', 'bin', 'dhm.js');
-  const child: ChildProcess = spawnInTestbed(st, st.tenantNamespace, 'tenant client', [process.execPath, bin, 'testbed', 'tenant-client', '--testbed', st.dir], st.dir);
+  const child: ChildProcess = spawnInTestbed(
+    st,
+    st.tenantNamespace,
+    'tenant client',
+    [process.execPath, bin, 'testbed', 'tenant-client', '--testbed', st.dir],
+    st.dir,
+  );
   const waiting: Array<(line: string) => void> = [];
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr = (stderr + String(d)).slice(-2000)));

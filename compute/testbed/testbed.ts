@@ -55,7 +55,9 @@ export const testbedOptionsSchema = z
     servers: z.number().int().min(1),
     /** Bits/s each server's egress is shaped to; the fleet's nicBandwidthBps is set to it (the model's B is the testbed's). */
     nicBandwidthBps: z.number().min(1e6).max(4e9).default(300e6),
-    capacity: z.object({ vcpus: z.number().int().positive(), memoryMiB: z.number().int().positive(), diskGiB: z.number().int().positive() }).default({ vcpus: 4, memoryMiB: 1024, diskGiB: 20 }),
+    capacity: z
+      .object({ vcpus: z.number().int().positive(), memoryMiB: z.number().int().positive(), diskGiB: z.number().int().positive() })
+      .default({ vcpus: 4, memoryMiB: 1024, diskGiB: 20 }),
     transport: z.enum(['tls', 'insecure']).default('tls'),
     toolsDir: z.string().min(1).optional(),
     /** Agents die with this process (tests); `dhm testbed up` leaves them running until `down`. */
@@ -116,12 +118,14 @@ export const serverId = (i: number) => `tb-${i}`;
 
 /** Refuses, in one line naming the field, a testbed this machine or the address range cannot hold. */
 export function checkTestbedSize(servers: number): void {
-  if (servers > MAX_SERVERS)
-    throw new UserFacingError(`servers: at most ${MAX_SERVERS} (a testbed's fabric is one 198.18.x.0/24), got ${servers}`, 'servers');
+  if (servers > MAX_SERVERS) throw new UserFacingError(`servers: at most ${MAX_SERVERS} (a testbed's fabric is one 198.18.x.0/24), got ${servers}`, 'servers');
   const freeMiB = Math.floor(os.freemem() / 2 ** 20);
   const fits = Math.floor(freeMiB / PER_SERVER_MIB);
   if (servers > fits)
-    throw new UserFacingError(`servers: this machine has ${freeMiB} MiB free, room for ${fits} servers at ${PER_SERVER_MIB} MiB each, got ${servers}`, 'servers');
+    throw new UserFacingError(
+      `servers: this machine has ${freeMiB} MiB free, room for ${fits} servers at ${PER_SERVER_MIB} MiB each, got ${servers}`,
+      'servers',
+    );
 }
 
 /** Root and the commands the testbed runs, checked before anything is made. */
@@ -134,7 +138,13 @@ function checkHostTools(): void {
 }
 
 /** The fleet the testbed runs: one zone, one class, every server a qemu server with the shaped NIC. */
-export function testbedFleet(o: { servers: number; nicBandwidthBps: number; capacity: FleetServer['capacity']; transport: 'tls' | 'insecure'; storageIp?: string }): Fleet {
+export function testbedFleet(o: {
+  servers: number;
+  nicBandwidthBps: number;
+  capacity: FleetServer['capacity'];
+  transport: 'tls' | 'insecure';
+  storageIp?: string;
+}): Fleet {
   return {
     ...(o.storageIp ? { storage: { nbd: { host: o.storageIp, port: STORAGE_NBD_PORT, serverName: STORAGE_NAME } } } : {}),
     zones: ['tb-zone'],
@@ -198,7 +208,12 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
   };
   const save = () => fs.writeFileSync(stateFile(dir), JSON.stringify(state, null, 2), { mode: 0o600 });
   // Recorded before anything is made, so a crash at any step leaves a state `down` can clean.
-  state.namespaces = [state.fabricNamespace, state.tenantNamespace, state.storage.namespace, ...Array.from({ length: o.servers }, (_, k) => nsName(o.name, `s${k + 1}`))];
+  state.namespaces = [
+    state.fabricNamespace,
+    state.tenantNamespace,
+    state.storage.namespace,
+    ...Array.from({ length: o.servers }, (_, k) => nsName(o.name, `s${k + 1}`)),
+  ];
   save();
   try {
     const t0 = Date.now();
@@ -271,7 +286,22 @@ async function makeServer(st: TestbedState, i: number, vteps: string[], nicBps: 
   await attachToFabric(st, ns, `s${i}`, fabricIp);
   // Egress only: it is the direction a migration leaves a server in.
   await tcIn(ns, 'qdisc', 'add', 'dev', 'eth0', 'root', 'handle', '1:', 'htb', 'default', '10');
-  await tcIn(ns, 'class', 'add', 'dev', 'eth0', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', `${Math.round(nicBps)}bit`, 'ceil', `${Math.round(nicBps)}bit`);
+  await tcIn(
+    ns,
+    'class',
+    'add',
+    'dev',
+    'eth0',
+    'parent',
+    '1:',
+    'classid',
+    '1:10',
+    'htb',
+    'rate',
+    `${Math.round(nicBps)}bit`,
+    'ceil',
+    `${Math.round(nicBps)}bit`,
+  );
   await vxlan(ns, fabricIp, vteps);
   await ipIn(ns, 'link', 'add', TENANT_BRIDGE, 'type', 'bridge');
   await ipIn(ns, 'link', 'set', 'vx0', 'master', TENANT_BRIDGE, 'mtu', String(TENANT_MTU), 'up');
@@ -312,7 +342,13 @@ async function makeTenant(st: TestbedState, vteps: string[]): Promise<void> {
 }
 
 /** One line of the testbed: an agent started inside its server's namespace, bound to its fabric address. */
-async function startAgentIn(st: TestbedState, s: TestbedServer, peers: string[], o: z.infer<typeof testbedOptionsSchema>, logger: Logger): Promise<{ pid: number; url: string }> {
+async function startAgentIn(
+  st: TestbedState,
+  s: TestbedServer,
+  peers: string[],
+  o: z.infer<typeof testbedOptionsSchema>,
+  logger: Logger,
+): Promise<{ pid: number; url: string }> {
   const fleetServer = st.fleet.servers.find((f) => f.id === s.id)!;
   const readyFile = path.join(s.dir, 'agent.ready');
   fs.rmSync(readyFile, { force: true });

@@ -41,5 +41,12 @@ export async function resolveTemporalServer(
 }
 
 async function buildWithGo(toolsDir: string, log: (line: string) => void): Promise<void> {
-  await goInstallAtomic({ toolsDir, packages: [MODULE], binaries: { temporal: 'temporal' }, what: `the Temporal CLI ${TEMPORAL_CLI_VERSION}`, expected: '3-6 minutes', log });
+  await goInstallAtomic({
+    toolsDir,
+    packages: [MODULE],
+    binaries: { temporal: 'temporal' },
+    what: `the Temporal CLI ${TEMPORAL_CLI_VERSION}`,
+    expected: '3-6 minutes',
+    log,
+  });
 }

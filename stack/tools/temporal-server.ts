@@ -41,8 +41,13 @@ export async function ensureClusterTools(opts: { toolsDir: string; log: (line: s
   const uiOk = hasVersion(tools.uiServer, TEMPORAL_UI_SERVER_VERSION);
   if (serverOk && uiOk) return tools;
   if (opts.build === false || !onPath('go')) {
-    const missing = [!serverOk && `temporal-server/temporal-sql-tool ${TEMPORAL_SERVER_VERSION}`, !uiOk && `temporal-ui-server ${TEMPORAL_UI_SERVER_VERSION}`].filter(Boolean).join(' and ');
-    throw new UserFacingError(`DHM_TEMPORAL_MODE: the cluster needs ${missing} in ${path.dirname(tools.server)}; install Go and run \`npm run tools -- --cluster\``, 'DHM_TEMPORAL_MODE');
+    const missing = [!serverOk && `temporal-server/temporal-sql-tool ${TEMPORAL_SERVER_VERSION}`, !uiOk && `temporal-ui-server ${TEMPORAL_UI_SERVER_VERSION}`]
+      .filter(Boolean)
+      .join(' and ');
+    throw new UserFacingError(
+      `DHM_TEMPORAL_MODE: the cluster needs ${missing} in ${path.dirname(tools.server)}; install Go and run \`npm run tools -- --cluster\``,
+      'DHM_TEMPORAL_MODE',
+    );
   }
   if (!serverOk) {
     await goInstallAtomic({

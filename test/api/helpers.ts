@@ -39,7 +39,14 @@ export interface ApiTestSystem {
   vm(
     token: string,
     hostId: string,
-    spec?: Partial<{ name: string; vcpus: number; memoryMiB: number; diskGiB: number; workload: { dirtyRateMiBps: number; workingSetMiB: number }; disks: unknown[] }>,
+    spec?: Partial<{
+      name: string;
+      vcpus: number;
+      memoryMiB: number;
+      diskGiB: number;
+      workload: { dirtyRateMiBps: number; workingSetMiB: number };
+      disks: unknown[];
+    }>,
   ): Promise<any>;
   /** Row counts of the inventory's tables and the server states: "nothing changed" compares two of these. */
   counts(): Promise<Record<string, string | number>>;
@@ -70,7 +77,13 @@ export async function startApiTestSystem(
   const logger = pino({ level: opts.logLevel ?? 'warn' }, { write: (line: string) => void logs.push(line) });
   const agents = createAgentDirectory({ lookupAgentUrl: async (serverId) => (await sys.inventory.getServer(serverId)).agentUrl, tls: sys.agentTls });
   const temporal = { client: sys.temporal.client, taskQueue: sys.temporal.taskQueue };
-  const hostService = createHostService({ inventory: sys.inventory, agents, temporal, logger, maxRequestsInFlightPerMigration: opts.maxRequestsInFlightPerMigration });
+  const hostService = createHostService({
+    inventory: sys.inventory,
+    agents,
+    temporal,
+    logger,
+    maxRequestsInFlightPerMigration: opts.maxRequestsInFlightPerMigration,
+  });
   const operatorToken = `op_${randomBytes(24).toString('hex')}`;
   const api = await startApiServer({
     inventory: sys.inventory,

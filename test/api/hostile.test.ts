@@ -53,7 +53,12 @@ describe('hostile input', () => {
   beforeAll(async () => {
     // The rates of this block are far above what it sends: it is about input and concurrency; the limits have their
     // own block below.
-    t = await startApiTestSystem({ fleet: testFleet({ servers: 24 }), timeScale: 200, logLevel: 'info', rateLimits: { perAddressPerSecond: 100_000, operatorPerSecond: 100_000 } });
+    t = await startApiTestSystem({
+      fleet: testFleet({ servers: 24 }),
+      timeScale: 200,
+      logLevel: 'info',
+      rateLimits: { perAddressPerSecond: 100_000, operatorPerSecond: 100_000 },
+    });
     op = t.operatorToken;
     a = await t.tenant('fuzz A');
     b = await t.tenant('fuzz B');
@@ -114,7 +119,10 @@ describe('hostile input', () => {
       const r = await post(deep);
       expect([r.status, r.body.error.code, r.body.error.field]).toEqual([400, 'INVALID_INPUT', 'body']);
     }
-    const vmDeep = await post(`{"name":"v","vcpus":1,"memoryMiB":1,"diskGiB":1,"workload":${'['.repeat(100)}${']'.repeat(100)}}`, `/v1/dedicated-hosts/${hostA.id}/vms`);
+    const vmDeep = await post(
+      `{"name":"v","vcpus":1,"memoryMiB":1,"diskGiB":1,"workload":${'['.repeat(100)}${']'.repeat(100)}}`,
+      `/v1/dedicated-hosts/${hostA.id}/vms`,
+    );
     expect(vmDeep.status).toBe(400);
     for (const [raw, field] of [
       ['{"name":"x","__proto__":{"admin":true}}', '__proto__'],
@@ -167,23 +175,22 @@ describe('hostile input', () => {
     const extra = fc.dictionary(text, json, { minKeys: 1, maxKeys: 2 });
     /** Every field present and mostly valid; sometimes one dropped, sometimes unknown ones added. */
     const nearValid = (shape: Record<string, fc.Arbitrary<unknown>>) =>
-      fc
-        .tuple(
-          fc.record(shape),
-          sometimes(fc.constantFrom(...Object.keys(shape))),
-          sometimes(extra),
-        )
-        .map(([o, drop, e]) => {
-          const out: Record<string, unknown> = { ...(e ?? {}), ...o };
-          if (drop !== undefined) delete out[drop];
-          return out;
-        });
+      fc.tuple(fc.record(shape), sometimes(fc.constantFrom(...Object.keys(shape))), sometimes(extra)).map(([o, drop, e]) => {
+        const out: Record<string, unknown> = { ...(e ?? {}), ...o };
+        if (drop !== undefined) delete out[drop];
+        return out;
+      });
     const bodyOf = (shape: Record<string, fc.Arbitrary<unknown>>): fc.Arbitrary<Pick<CallOptions, 'body' | 'rawBody' | 'contentType'>> =>
       fc.oneof(
         { weight: 5, arbitrary: nearValid(shape).map((body) => ({ body })) },
         { weight: 2, arbitrary: json.map((body) => ({ body })) },
         { weight: 1, arbitrary: text.map((rawBody) => ({ rawBody })) },
-        { weight: 1, arbitrary: fc.tuple(text, fc.constantFrom('text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=latin1')).map(([rawBody, contentType]) => ({ rawBody, contentType })) },
+        {
+          weight: 1,
+          arbitrary: fc
+            .tuple(text, fc.constantFrom('text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=latin1'))
+            .map(([rawBody, contentType]) => ({ rawBody, contentType })),
+        },
         { weight: 1, arbitrary: fc.constant({}) },
       );
     const segment = (real: string[]) =>
@@ -195,7 +202,10 @@ describe('hostile input', () => {
     const query = fc.oneof(
       { weight: 8, arbitrary: fc.constant('') },
       { weight: 2, arbitrary: fc.array(fc.tuple(text, text), { maxLength: 3 }).map((kv) => `?${kv.map(([k, v]) => `${pct(k)}=${pct(v)}`).join('&')}`) },
-      { weight: 1, arbitrary: fc.constantFrom('?limit=5', '?afterId=1', '?includeDeleted=true', '?state=available', '?phase=completed', '?limit=-3', '?limit=1e3') },
+      {
+        weight: 1,
+        arbitrary: fc.constantFrom('?limit=5', '?afterId=1', '?includeDeleted=true', '?state=available', '?phase=completed', '?limit=-3', '?limit=1e3'),
+      },
     );
     // Header values fetch can send: Latin-1 without controls (DEL included).
     const headerChar = fc.oneof(fc.integer({ min: 0x20, max: 0x7e }), fc.integer({ min: 0x80, max: 0xff })).map((c) => String.fromCharCode(c));
@@ -214,8 +224,16 @@ describe('hostile input', () => {
         field(
           fc.array(
             fc.oneof(
-              fc.record({ name: field(fc.constantFrom('root', 'data', 'Bad Name')), kind: field(fc.constant('local')), sizeGiB: field(fc.integer({ min: 0, max: 6 })) }),
-              fc.record({ name: field(fc.constantFrom('vol', 'data')), kind: field(fc.constantFrom('network', 'tape')), volumeId: field(fc.constantFrom(volA.id, volB.id, 'vol-missing')) }),
+              fc.record({
+                name: field(fc.constantFrom('root', 'data', 'Bad Name')),
+                kind: field(fc.constant('local')),
+                sizeGiB: field(fc.integer({ min: 0, max: 6 })),
+              }),
+              fc.record({
+                name: field(fc.constantFrom('vol', 'data')),
+                kind: field(fc.constantFrom('network', 'tape')),
+                volumeId: field(fc.constantFrom(volA.id, volB.id, 'vol-missing')),
+              }),
             ),
             { minLength: 0, maxLength: 9 },
           ),
@@ -234,32 +252,88 @@ describe('hostile input', () => {
 
     type Req = { method: string; path: string; opts: CallOptions };
     const route = (method: string, path: fc.Arbitrary<string>, body?: fc.Arbitrary<Pick<CallOptions, 'body' | 'rawBody' | 'contentType'>>) =>
-      fc.record({ path, q: query, body: body ?? fc.constant({}), who: principal, key: idemKey }).map(
-        ({ path: p, q, body: bd, who, key }): Req => ({ method, path: `${p}${q}`, opts: { ...bd, token: who(), ...(key !== undefined ? { idempotencyKey: key } : {}) } }),
-      );
+      fc.record({ path, q: query, body: body ?? fc.constant({}), who: principal, key: idemKey }).map(({ path: p, q, body: bd, who, key }): Req => ({
+        method,
+        path: `${p}${q}`,
+        opts: { ...bd, token: who(), ...(key !== undefined ? { idempotencyKey: key } : {}) },
+      }));
     const requests = fc.oneof(
       route('GET', fc.constant('/healthz')),
       route('GET', fc.constant('/openapi.json')),
       route('POST', fc.constant('/v1/tenants'), bodyOf({ name: field(fc.string({ minLength: 1, maxLength: 30 })) })),
       route('GET', fc.constant('/v1/physical-servers')),
-      route('POST', fc.constant('/v1/dedicated-hosts'), bodyOf({ name: field(fc.string({ minLength: 1, maxLength: 30 })), zone: field(fc.constantFrom('zone-a', 'zone-b')), resourceClass: field(fc.constantFrom('std', 'small')), tenantId: field(fc.constantFrom(a.id, b.id)) })),
+      route(
+        'POST',
+        fc.constant('/v1/dedicated-hosts'),
+        bodyOf({
+          name: field(fc.string({ minLength: 1, maxLength: 30 })),
+          zone: field(fc.constantFrom('zone-a', 'zone-b')),
+          resourceClass: field(fc.constantFrom('std', 'small')),
+          tenantId: field(fc.constantFrom(a.id, b.id)),
+        }),
+      ),
       route('GET', fc.constant('/v1/dedicated-hosts')),
-      route('GET', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}`)),
-      route('GET', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/vms`)),
-      route('POST', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/vms`), bodyOf(vmShape)),
-      route('GET', segment(vmIds).map((v) => `/v1/vms/${v}`)),
-      route('DELETE', segment(vmIds.slice(1)).map((v) => `/v1/vms/${v}`)),
-      route('GET', segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/events`)),
+      route(
+        'GET',
+        segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}`),
+      ),
+      route(
+        'GET',
+        segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/vms`),
+      ),
+      route(
+        'POST',
+        segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/vms`),
+        bodyOf(vmShape),
+      ),
+      route(
+        'GET',
+        segment(vmIds).map((v) => `/v1/vms/${v}`),
+      ),
+      route(
+        'DELETE',
+        segment(vmIds.slice(1)).map((v) => `/v1/vms/${v}`),
+      ),
+      route(
+        'GET',
+        segment(hostIds).map((h) => `/v1/dedicated-hosts/${h}/events`),
+      ),
       // Migrations: the small host has no free server to go to, the others are not real hosts or get bad bodies.
-      route('POST', segment([smallHost.id, 'dh-missing']).map((h) => `/v1/dedicated-hosts/${h}/migrations`), bodyOf({ targetServerId: field(fc.constantFrom('zone-a-small-1', 'zone-a-std-1')), policy: field(policyShape) })),
-      route('POST', fc.constant('/v1/volumes'), bodyOf({ name: field(fc.string({ minLength: 1, maxLength: 30 })), zone: field(fc.constantFrom('zone-a', 'zone-b')), sizeGiB: field(fc.integer({ min: 1, max: 50 })), tenantId: field(fc.constantFrom(a.id, b.id)) })),
+      route(
+        'POST',
+        segment([smallHost.id, 'dh-missing']).map((h) => `/v1/dedicated-hosts/${h}/migrations`),
+        bodyOf({ targetServerId: field(fc.constantFrom('zone-a-small-1', 'zone-a-std-1')), policy: field(policyShape) }),
+      ),
+      route(
+        'POST',
+        fc.constant('/v1/volumes'),
+        bodyOf({
+          name: field(fc.string({ minLength: 1, maxLength: 30 })),
+          zone: field(fc.constantFrom('zone-a', 'zone-b')),
+          sizeGiB: field(fc.integer({ min: 1, max: 50 })),
+          tenantId: field(fc.constantFrom(a.id, b.id)),
+        }),
+      ),
       route('GET', fc.constant('/v1/volumes')),
-      route('GET', segment(volumeIds).map((v) => `/v1/volumes/${v}`)),
+      route(
+        'GET',
+        segment(volumeIds).map((v) => `/v1/volumes/${v}`),
+      ),
       // The tenants' volumes are attached (so a delete is refused, changing nothing) or missing.
-      route('DELETE', segment(volumeIds).map((v) => `/v1/volumes/${v}`)),
+      route(
+        'DELETE',
+        segment(volumeIds).map((v) => `/v1/volumes/${v}`),
+      ),
       route('GET', fc.constant('/v1/migrations')),
-      route('GET', segment(migrationIds).map((m) => `/v1/migrations/${m}`)),
-      route('POST', segment(migrationIds).map((m) => `/v1/migrations/${m}/cancel`), bodyOf({ force: field(fc.boolean()) })),
+      route(
+        'GET',
+        segment(migrationIds).map((m) => `/v1/migrations/${m}`),
+      ),
+      route(
+        'POST',
+        segment(migrationIds).map((m) => `/v1/migrations/${m}/cancel`),
+        bodyOf({ force: field(fc.boolean()) }),
+      ),
     );
 
     const statuses = new Map<number, number>();
@@ -320,7 +394,10 @@ describe('hostile input', () => {
     expect(elapsedMs).toBeLessThan(60_000);
     expect(await t.counts()).toEqual(before);
     expect((await t.call('GET', '/healthz')).status).toBe(200);
-    const vm = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, { token: a.token, body: { name: 'after the storm', vcpus: 1, memoryMiB: 64, diskGiB: 1 } });
+    const vm = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, {
+      token: a.token,
+      body: { name: 'after the storm', vcpus: 1, memoryMiB: 64, diskGiB: 1 },
+    });
     expect(vm.status).toBe(201);
   });
 
@@ -407,7 +484,10 @@ describe('hostile load: quotas, rate limits and update floods', () => {
     // Its own quota is the operator's to raise; another tenant's is not even visible.
     expect((await t.call('POST', `/v1/tenants/${greedy.id}/quotas`, { token: greedy.token, body: { hostsPerZoneClass: 50 } })).status).toBe(403);
     expect((await t.call('GET', `/v1/tenants/${victim.id}/quotas`, { token: greedy.token })).status).toBe(404);
-    expect((await t.call('GET', `/v1/tenants/${greedy.id}/quotas`, { token: greedy.token })).body).toMatchObject({ hostsPerZoneClass: 2, requestsPerSecond: 50 });
+    expect((await t.call('GET', `/v1/tenants/${greedy.id}/quotas`, { token: greedy.token })).body).toMatchObject({
+      hostsPerZoneClass: 2,
+      requestsPerSecond: 50,
+    });
     const bad = await t.call('POST', `/v1/tenants/${greedy.id}/quotas`, { token: op, body: { hostsPerZoneClass: -1 } });
     expect([bad.status, bad.body.error.field]).toEqual([400, 'hostsPerZoneClass']);
     expect(await t.counts()).toEqual(before);
@@ -425,10 +505,16 @@ describe('hostile load: quotas, rate limits and update floods', () => {
     const before = await t.counts();
     const flood = Promise.all(
       Array.from({ length: 400 }, (_, i) =>
-        fromAddress(t.api.url, `127.0.1.${1 + (i % 10)}`, i % 5 === 0 ? 'POST' : 'GET', i % 5 === 0 ? `/v1/dedicated-hosts/${attackerHost.id}/vms` : `/v1/dedicated-hosts/${attackerHost.id}`, {
-          token: attacker.token,
-          ...(i % 5 === 0 ? { body: { name: 'x', vcpus: 1e6, memoryMiB: 1, diskGiB: 1 } } : {}),
-        }),
+        fromAddress(
+          t.api.url,
+          `127.0.1.${1 + (i % 10)}`,
+          i % 5 === 0 ? 'POST' : 'GET',
+          i % 5 === 0 ? `/v1/dedicated-hosts/${attackerHost.id}/vms` : `/v1/dedicated-hosts/${attackerHost.id}`,
+          {
+            token: attacker.token,
+            ...(i % 5 === 0 ? { body: { name: 'x', vcpus: 1e6, memoryMiB: 1, diskGiB: 1 } } : {}),
+          },
+        ),
       ),
     );
     const during = await victimReads();
@@ -450,7 +536,9 @@ describe('hostile load: quotas, rate limits and update floods', () => {
     const baseline = await victimReads();
     const answers = await Promise.all(
       Array.from({ length: 600 }, (_, i) =>
-        i % 2 ? fromAddress(t.api.url, '127.0.2.1', 'GET', '/v1/dedicated-hosts', { token: `dhm_guess_${i}_0123456789abcdef` }) : fromAddress(t.api.url, '127.0.2.1', 'GET', '/healthz'),
+        i % 2
+          ? fromAddress(t.api.url, '127.0.2.1', 'GET', '/v1/dedicated-hosts', { token: `dhm_guess_${i}_0123456789abcdef` })
+          : fromAddress(t.api.url, '127.0.2.1', 'GET', '/healthz'),
       ),
     );
     const during = await victimReads();
@@ -465,12 +553,18 @@ describe('hostile load: quotas, rate limits and update floods', () => {
     await t.call('POST', `/v1/tenants/${tenant.id}/quotas`, { token: op, body: { requestsPerSecond: 1000 } });
     const host = await t.host(tenant.token, { resourceClass: 'large' });
     for (let i = 0; i < 4; i++) await t.vm(tenant.token, host.id, { memoryMiB: 2048, workload: { dirtyRateMiBps: 1, workingSetMiB: 64 } });
-    const started = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body: { policy: { maxParallel: 1, bandwidthCapBps: 2e6 } } });
+    const started = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, {
+      token: op,
+      body: { policy: { maxParallel: 1, bandwidthCapBps: 2e6 } },
+    });
     expect(started.status).toBe(202);
     await eventually('migrating', async () => (await t.call('GET', `/v1/dedicated-hosts/${host.id}`, { token: tenant.token })).body.state === 'migrating');
     const answers = await Promise.all(
       Array.from({ length: 40 }, (_, i) =>
-        fromAddress(t.api.url, '127.0.3.1', 'POST', `/v1/dedicated-hosts/${host.id}/vms`, { token: tenant.token, body: { name: `flood-${i}`, vcpus: 1, memoryMiB: 64, diskGiB: 1 } }),
+        fromAddress(t.api.url, '127.0.3.1', 'POST', `/v1/dedicated-hosts/${host.id}/vms`, {
+          token: tenant.token,
+          body: { name: `flood-${i}`, vcpus: 1, memoryMiB: 64, diskGiB: 1 },
+        }),
       ),
     );
     expect(answers.filter((r) => r.status >= 500).map((r) => [r.status, r.body])).toEqual([]);

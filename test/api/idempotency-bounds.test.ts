@@ -17,7 +17,9 @@ afterAll(async () => {
 
 const SEALING = 'a-sealing-key-of-at-least-32-characters-0001';
 const keysOf = async (principal: string) =>
-  (await db.pool.query<{ key: string }>('SELECT key FROM api_idempotency_keys WHERE principal = $1 ORDER BY created_at, key', [principal])).rows.map((r) => r.key);
+  (await db.pool.query<{ key: string }>('SELECT key FROM api_idempotency_keys WHERE principal = $1 ORDER BY created_at, key', [principal])).rows.map(
+    (r) => r.key,
+  );
 
 async function answered(store: ReturnType<typeof createIdempotencyStore>, principal: string, key: string) {
   const begun = await store.begin(principal, key, 'POST /v1/x', 'a'.repeat(64));
@@ -38,7 +40,9 @@ test('a principal holds at most its bound: the oldest answered keys go, in-fligh
 test('the sweep deletes keys older than the retention and keeps the others', async () => {
   const store = createIdempotencyStore(db.pool, { sealingKey: SEALING });
   for (let i = 0; i < 4; i++) await answered(store, 'tenant:sweep', `s-${i}`);
-  await db.pool.query(`UPDATE api_idempotency_keys SET created_at = now() - interval '25 hours', completed_at = now() - interval '25 hours' WHERE principal = 'tenant:sweep' AND key IN ('s-0', 's-1')`);
+  await db.pool.query(
+    `UPDATE api_idempotency_keys SET created_at = now() - interval '25 hours', completed_at = now() - interval '25 hours' WHERE principal = 'tenant:sweep' AND key IN ('s-0', 's-1')`,
+  );
   expect(await store.sweep()).toBeGreaterThanOrEqual(2);
   expect(await keysOf('tenant:sweep')).toEqual(['s-2', 's-3']);
   expect(await store.sweep()).toBe(0);
@@ -50,7 +54,10 @@ test('sealed answers open with the sealing key only: another sealing key cannot 
   await store.complete('operator', 'seal-1', { status: 201, body: { token: 'dhm_secret_token_value' } }, { sealed: true });
   const raw = await db.pool.query(`SELECT body::text AS body FROM api_idempotency_keys WHERE key = 'seal-1'`);
   expect(raw.rows[0].body).not.toContain('dhm_secret_token_value');
-  expect(await store.begin('operator', 'seal-1', 'POST /v1/tenants', 'b'.repeat(64))).toEqual({ kind: 'replay', answer: { status: 201, body: { token: 'dhm_secret_token_value' } } });
+  expect(await store.begin('operator', 'seal-1', 'POST /v1/tenants', 'b'.repeat(64))).toEqual({
+    kind: 'replay',
+    answer: { status: 201, body: { token: 'dhm_secret_token_value' } },
+  });
   const other = createIdempotencyStore(db.pool, { sealingKey: 'another-sealing-key-of-at-least-32-chars-02' });
   await expect(other.begin('operator', 'seal-1', 'POST /v1/tenants', 'b'.repeat(64))).rejects.toMatchObject({ status: 409, code: 'IDEMPOTENCY_KEY_REUSED' });
   expect(() => createIdempotencyStore(db.pool, { sealingKey: 'short' })).toThrow(/DHM_API_SEALING_KEY/);

@@ -65,7 +65,10 @@ describe('a migration through the HTTP API', () => {
     expect(JSON.stringify(seen.body)).not.toContain(target.serverId);
     // ...and another tenant learns nothing of it.
     expect((await t.call('GET', `/v1/dedicated-hosts/${host.id}`, { token: other.token })).status).toBe(404);
-    const intrude = await t.call('POST', `/v1/dedicated-hosts/${host.id}/vms`, { token: other.token, body: { name: 'x', vcpus: 1, memoryMiB: 256, diskGiB: 5 } });
+    const intrude = await t.call('POST', `/v1/dedicated-hosts/${host.id}/vms`, {
+      token: other.token,
+      body: { name: 'x', vcpus: 1, memoryMiB: 256, diskGiB: 5 },
+    });
     expect(intrude.status).toBe(404);
     expect((await t.call('DELETE', `/v1/vms/${small.id}`, { token: other.token })).status).toBe(404);
     expect((await t.call('GET', `/v1/migrations/${migrationId}`, { token: tenant.token })).status).toBe(403);
@@ -92,7 +95,10 @@ describe('a migration through the HTTP API', () => {
     expect(placed.body).toMatchObject({ incarnationId: target.incarnationId, physicalServerId: target.serverId, dedicatedHostId: host.id });
     expect((await t.sys.agent(target.serverId).getVm(created.body.id))?.state).toBe('running');
     // Claim 7: what the host and its clone cannot hold together is refused, naming the resource; nothing is created.
-    const tooBig = await t.call('POST', `/v1/dedicated-hosts/${host.id}/vms`, { token: tenant.token, body: { name: 'too big', vcpus: 2, memoryMiB: 60_000, diskGiB: 10 } });
+    const tooBig = await t.call('POST', `/v1/dedicated-hosts/${host.id}/vms`, {
+      token: tenant.token,
+      body: { name: 'too big', vcpus: 2, memoryMiB: 60_000, diskGiB: 10 },
+    });
     expect(tooBig.status).toBe(409);
     expect(tooBig.body.error).toMatchObject({ code: 'INSUFFICIENT_CAPACITY', field: 'memoryMiB' });
     expect(Number((await t.counts()).vms)).toBe(Number(countsBefore.vms) + 1);
@@ -165,10 +171,15 @@ describe('a migration through the HTTP API', () => {
       await t.vm(tenant.token, host.id, { name: 'a', memoryMiB: 1024 });
       const r = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body });
       expect(r.status).toBe(202);
-      const m = await eventually('migration done', async () => {
-        const g = await t.call('GET', `/v1/migrations/${r.body.id}`, { token: op });
-        return ['completed', 'rolled-back', 'failed'].includes(g.body?.phase) ? g.body : null;
-      }, 60_000, 100);
+      const m = await eventually(
+        'migration done',
+        async () => {
+          const g = await t.call('GET', `/v1/migrations/${r.body.id}`, { token: op });
+          return ['completed', 'rolled-back', 'failed'].includes(g.body?.phase) ? g.body : null;
+        },
+        60_000,
+        100,
+      );
       expect(m.phase).toBe('completed');
       return m.policy as Record<string, unknown>;
     };

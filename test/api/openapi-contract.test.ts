@@ -22,7 +22,14 @@ interface Operation {
 let t: ApiTestSystem;
 let doc: JsonSchema;
 let ajv: Ajv2020;
-const known = { hosts: [] as string[], vms: [] as string[], servers: [] as string[], tenants: [] as string[], tenantTokens: [] as string[], volumes: [] as string[] };
+const known = {
+  hosts: [] as string[],
+  vms: [] as string[],
+  servers: [] as string[],
+  tenants: [] as string[],
+  tenantTokens: [] as string[],
+  volumes: [] as string[],
+};
 
 beforeAll(async () => {
   t = await startApiTestSystem({ timeScale: 2000 });
@@ -51,7 +58,8 @@ afterAll(async () => {
 
 function operations(): Operation[] {
   const out: Operation[] = [];
-  for (const [path, item] of Object.entries<JsonSchema>(doc.paths)) for (const m of METHODS) if (item[m]) out.push({ method: m.toUpperCase(), path, op: item[m] });
+  for (const [path, item] of Object.entries<JsonSchema>(doc.paths))
+    for (const m of METHODS) if (item[m]) out.push({ method: m.toUpperCase(), path, op: item[m] });
   return out;
 }
 
@@ -60,7 +68,13 @@ function deref(node: unknown): unknown {
   if (Array.isArray(node)) return node.map(deref);
   if (!node || typeof node !== 'object') return node;
   const o = node as JsonSchema;
-  if (typeof o.$ref === 'string') return deref(o.$ref.replace(/^#\//, '').split('/').reduce((n: any, p: string) => n?.[p], doc));
+  if (typeof o.$ref === 'string')
+    return deref(
+      o.$ref
+        .replace(/^#\//, '')
+        .split('/')
+        .reduce((n: any, p: string) => n?.[p], doc),
+    );
   return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, deref(v)]));
 }
 
@@ -130,7 +144,11 @@ describe('the OpenAPI document is the truth', () => {
         const seed = SEED + round * 1000 + k;
         const req = generate(o, seed);
         const token = req.principal === 'operator' ? t.operatorToken : req.principal === 'tenant' ? known.tenantTokens[seed % known.tenantTokens.length] : null;
-        const r = await t.call(o.method, req.url, { token, ...(req.hasBody ? { body: req.body } : {}), ...(req.idempotencyKey !== undefined ? { idempotencyKey: req.idempotencyKey } : {}) });
+        const r = await t.call(o.method, req.url, {
+          token,
+          ...(req.hasBody ? { body: req.body } : {}),
+          ...(req.idempotencyKey !== undefined ? { idempotencyKey: req.idempotencyKey } : {}),
+        });
         sent++;
         const name = `${o.method} ${o.path}`;
         perOperation.set(name, (perOperation.get(name) ?? 0) + 1);
@@ -148,15 +166,19 @@ describe('the OpenAPI document is the truth', () => {
         if (!type) continue;
         if (type === 'application/json') {
           const validate = ajv.compile(deref(media!.schema) as object);
-          if (!validate(r.body)) failures.push(`${where}: ${r.status} body does not match the document: ${ajv.errorsText(validate.errors)} in ${r.text.slice(0, 200)}`);
-        } else if (!(r.headers.get('content-type') ?? '').startsWith(type)) failures.push(`${where}: content type ${r.headers.get('content-type')} instead of ${type}`);
+          if (!validate(r.body))
+            failures.push(`${where}: ${r.status} body does not match the document: ${ajv.errorsText(validate.errors)} in ${r.text.slice(0, 200)}`);
+        } else if (!(r.headers.get('content-type') ?? '').startsWith(type))
+          failures.push(`${where}: content type ${r.headers.get('content-type')} instead of ${type}`);
       }
     }
     expect(failures.slice(0, 20)).toEqual([]);
     expect(sent).toBeGreaterThanOrEqual(500);
     for (const o of ops) expect([`${o.method} ${o.path}`, perOperation.get(`${o.method} ${o.path}`)]).toEqual([`${o.method} ${o.path}`, PER_OPERATION]);
     // The generated requests reached the routes' real work, not only their refusals: most routes answered a success.
-    process.stderr.write(`[openapi contract] ${sent} requests over ${ops.length} routes; statuses ${JSON.stringify(Object.fromEntries(statuses))}; a success on ${succeeded.size}: ${[...succeeded].join(', ')}\n`);
+    process.stderr.write(
+      `[openapi contract] ${sent} requests over ${ops.length} routes; statuses ${JSON.stringify(Object.fromEntries(statuses))}; a success on ${succeeded.size}: ${[...succeeded].join(', ')}\n`,
+    );
     expect(succeeded.size).toBeGreaterThanOrEqual(Math.ceil((ops.length * 2) / 3));
     expect(statuses.get(404) ?? 0).toBeGreaterThan(0);
   });
@@ -194,6 +216,8 @@ describe('the OpenAPI document is the truth', () => {
     const includeDeleted = doc.paths['/v1/dedicated-hosts/{id}/vms'].get.parameters.find((p: JsonSchema) => p.name === 'includeDeleted');
     expect(includeDeleted.schema).toMatchObject({ enum: ['true', 'false'] });
     for (const [path, item] of Object.entries<JsonSchema>(doc.paths))
-      for (const m of METHODS) if (item[m]?.requestBody || item[m]?.parameters?.some((p: JsonSchema) => p.name === 'Idempotency-Key')) expect([path, m, Object.keys(item[m].responses)]).toEqual([path, m, expect.arrayContaining(['400'])]);
+      for (const m of METHODS)
+        if (item[m]?.requestBody || item[m]?.parameters?.some((p: JsonSchema) => p.name === 'Idempotency-Key'))
+          expect([path, m, Object.keys(item[m].responses)]).toEqual([path, m, expect.arrayContaining(['400'])]);
   });
 });

@@ -347,11 +347,17 @@ describe('HTTP API routes', () => {
       const noTenant = await t.call('POST', '/v1/dedicated-hosts', { token: op, body: { name: 'x', zone: 'zone-a', resourceClass: 'std' } });
       expect(noTenant.status).toBe(400);
       expect(noTenant.body.error.field).toBe('tenantId');
-      const unknownTenant = await t.call('POST', '/v1/dedicated-hosts', { token: op, body: { name: 'x', zone: 'zone-a', resourceClass: 'std', tenantId: 'tn-nobody' } });
+      const unknownTenant = await t.call('POST', '/v1/dedicated-hosts', {
+        token: op,
+        body: { name: 'x', zone: 'zone-a', resourceClass: 'std', tenantId: 'tn-nobody' },
+      });
       expect(unknownTenant.status).toBe(404);
       expect(unknownTenant.body.error.field).toBe('tenantId');
       // A tenant cannot create a host for someone else.
-      const forOther = await t.call('POST', '/v1/dedicated-hosts', { token: a.token, body: { name: 'x', zone: 'zone-a', resourceClass: 'std', tenantId: b.id } });
+      const forOther = await t.call('POST', '/v1/dedicated-hosts', {
+        token: a.token,
+        body: { name: 'x', zone: 'zone-a', resourceClass: 'std', tenantId: b.id },
+      });
       expect(forOther.status).toBe(400);
       expect(forOther.body.error.field).toBe('tenantId');
       expect(await t.counts()).toEqual(before);
@@ -475,19 +481,31 @@ describe('HTTP API routes', () => {
         expect([body, r.status, r.body.error.code, r.body.error.field]).toEqual([body, 400, 'INVALID_INPUT', field]);
       }
       // JSON numbers beyond doubles parse as Infinity: still a 400 naming the field.
-      const infinite = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, { token: a.token, rawBody: '{"name":"v","vcpus":1e309,"memoryMiB":512,"diskGiB":10}' });
+      const infinite = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, {
+        token: a.token,
+        rawBody: '{"name":"v","vcpus":1e309,"memoryMiB":512,"diskGiB":10}',
+      });
       expect([infinite.status, infinite.body.error.field]).toEqual([400, 'vcpus']);
       expect(await t.counts()).toEqual(before);
     });
 
     it('409 INSUFFICIENT_CAPACITY naming the resource when the host is full; 404 for another tenant’s host; nothing created', async () => {
       const before = await t.counts();
-      const full = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, { token: a.token, body: { name: 'too big', vcpus: 32, memoryMiB: 1024, diskGiB: 10 } });
+      const full = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/vms`, {
+        token: a.token,
+        body: { name: 'too big', vcpus: 32, memoryMiB: 1024, diskGiB: 10 },
+      });
       expect(full.status).toBe(409);
       expect(full.body.error).toMatchObject({ code: 'INSUFFICIENT_CAPACITY', field: 'vcpus' });
       expect(full.body.error.details).toMatchObject({ resource: 'vcpus', needed: 32 });
-      const intoOther = await t.call('POST', `/v1/dedicated-hosts/${hostB.id}/vms`, { token: a.token, body: { name: 'intruder', vcpus: 1, memoryMiB: 512, diskGiB: 10 } });
-      const intoMissing = await t.call('POST', `/v1/dedicated-hosts/${missingHost}/vms`, { token: a.token, body: { name: 'intruder', vcpus: 1, memoryMiB: 512, diskGiB: 10 } });
+      const intoOther = await t.call('POST', `/v1/dedicated-hosts/${hostB.id}/vms`, {
+        token: a.token,
+        body: { name: 'intruder', vcpus: 1, memoryMiB: 512, diskGiB: 10 },
+      });
+      const intoMissing = await t.call('POST', `/v1/dedicated-hosts/${missingHost}/vms`, {
+        token: a.token,
+        body: { name: 'intruder', vcpus: 1, memoryMiB: 512, diskGiB: 10 },
+      });
       expectSameAsMissing(intoOther, intoMissing, hostB.id, missingHost);
       expect(await t.counts()).toEqual(before);
     });
@@ -627,7 +645,10 @@ describe('HTTP API routes', () => {
       const mismatch = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/migrations`, { token: op, body: { targetServerId: 'zone-a-small-1' } });
       expect([mismatch.status, mismatch.body.error.code, mismatch.body.error.field]).toEqual([409, 'TARGET_MISMATCH', 'targetServerId']);
       const hostBOp = await t.call('GET', `/v1/dedicated-hosts/${hostB.id}`, { token: op });
-      const busyTarget = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/migrations`, { token: op, body: { targetServerId: hostBOp.body.physicalServerId } });
+      const busyTarget = await t.call('POST', `/v1/dedicated-hosts/${hostA.id}/migrations`, {
+        token: op,
+        body: { targetServerId: hostBOp.body.physicalServerId },
+      });
       expect(busyTarget.status).toBe(409);
       expect(busyTarget.body.error).toMatchObject({ code: 'WRONG_STATE', field: 'targetServerId' });
       // The only small server is taken by the small host: nowhere to go.
@@ -643,10 +664,18 @@ describe('HTTP API routes', () => {
       const tenant = await t.tenant('migrating tenant');
       const host = await t.host(tenant.token, { name: 'to move' });
       await t.vm(tenant.token, host.id, { name: 'small', memoryMiB: 256 });
-      const start = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body: { policy: { maxParallel: 2 } }, idempotencyKey: `mig-${host.id}` });
+      const start = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, {
+        token: op,
+        body: { policy: { maxParallel: 2 } },
+        idempotencyKey: `mig-${host.id}`,
+      });
       expect(start.status).toBe(202);
       expect(start.body).toEqual({ id: `migration-${host.id}`, dedicatedHostId: host.id, phase: 'validating' });
-      const retry = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body: { policy: { maxParallel: 2 } }, idempotencyKey: `mig-${host.id}` });
+      const retry = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, {
+        token: op,
+        body: { policy: { maxParallel: 2 } },
+        idempotencyKey: `mig-${host.id}`,
+      });
       expect(retry).toMatchObject({ status: 202, body: start.body });
       const second = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body: {} });
       expect(second.status).toBe(409);
@@ -708,7 +737,10 @@ describe('HTTP API routes', () => {
       const host = await t.host(tenant.token, { name: 'to cancel' });
       await t.vm(tenant.token, host.id, { name: 'big-1', memoryMiB: 8192, workload: { dirtyRateMiBps: 1, workingSetMiB: 64 } });
       await t.vm(tenant.token, host.id, { name: 'big-2', memoryMiB: 8192, workload: { dirtyRateMiBps: 1, workingSetMiB: 64 } });
-      const start = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, { token: op, body: { policy: { maxParallel: 1, bandwidthCapBps: 2e6 } } });
+      const start = await t.call('POST', `/v1/dedicated-hosts/${host.id}/migrations`, {
+        token: op,
+        body: { policy: { maxParallel: 1, bandwidthCapBps: 2e6 } },
+      });
       expect(start.status).toBe(202);
       const moving = await eventually('a VM moving', async () => {
         const r = await t.call('GET', `/v1/migrations/${start.body.id}`, { token: op });

@@ -49,7 +49,12 @@ describe('API security', () => {
     const inc = await t.sys.inventory.getIncarnation((await t.sys.inventory.getHost(host.id)).currentIncarnationId);
     const mig = `mig-scrub-${Date.now()}`;
     await t.sys.inventory.beginMigration({ dedicatedHostId: host.id, migrationId: mig, actor: 'test' });
-    await t.sys.inventory.markVmLost({ vmId: vm.id, migrationId: mig, reason: `running neither on ${inc.serverId} nor on zone-a-std-9 (its server restarted or failed)`, actor: 'test' });
+    await t.sys.inventory.markVmLost({
+      vmId: vm.id,
+      migrationId: mig,
+      reason: `running neither on ${inc.serverId} nor on zone-a-std-9 (its server restarted or failed)`,
+      actor: 'test',
+    });
     const seen = await t.call('GET', `/v1/vms/${vm.id}`, { token: tn.token });
     expect(seen.body.state).toBe('lost');
     expect(seen.body.lostReason).toEqual(expect.any(String));
@@ -79,7 +84,11 @@ describe('API security', () => {
   });
 
   it('Temporal’s RESOURCE_EXHAUSTED (too many updates in flight) is a 429 with a retry hint, not a 500', () => {
-    const grpc = Object.assign(new Error('8 RESOURCE_EXHAUSTED: limit exceeded'), { code: GrpcStatus.RESOURCE_EXHAUSTED, details: 'limit exceeded', metadata: {} });
+    const grpc = Object.assign(new Error('8 RESOURCE_EXHAUSTED: limit exceeded'), {
+      code: GrpcStatus.RESOURCE_EXHAUSTED,
+      details: 'limit exceeded',
+      metadata: {},
+    });
     const mapped = toErrorResponse(grpc);
     expect(mapped).toMatchObject({ status: 429, body: { error: { code: 'TOO_MANY_REQUESTS', details: { retryAfterSeconds: 1 } } } });
   });
@@ -89,7 +98,29 @@ describe('API security', () => {
     try {
       const key = path.join(dir, 'key.pem');
       const cert = path.join(dir, 'cert.pem');
-      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'ec',
+          '-pkeyopt',
+          'ec_paramgen_curve:prime256v1',
+          '-nodes',
+          '-keyout',
+          key,
+          '-out',
+          cert,
+          '-days',
+          '1',
+          '-subj',
+          '/CN=localhost',
+          '-addext',
+          'subjectAltName=IP:127.0.0.1',
+        ],
+        { stdio: 'ignore' },
+      );
       const api = await startApiServer({
         inventory: t.sys.inventory,
         hostService: t.hostService,

@@ -187,7 +187,9 @@ describe('slow clients', () => {
     const control = new Promise<string>((resolve) => {
       const body = JSON.stringify({ name: 'slow-but-in-time' });
       const s = net.connect(Number(new URL(t.api.url).port), '127.0.0.1', () => {
-        s.write(`POST /v1/tenants HTTP/1.1\r\nHost: dhm\r\nAuthorization: Bearer ${op}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`);
+        s.write(
+          `POST /v1/tenants HTTP/1.1\r\nHost: dhm\r\nAuthorization: Bearer ${op}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`,
+        );
         let i = 0;
         const timer = setInterval(() => (i < body.length ? s.write(body[i++]!) : clearInterval(timer)), 20);
       });
@@ -257,7 +259,12 @@ describe('slow clients', () => {
     expect(wrong).toEqual([]);
     expect(results.filter((r) => r.status >= 500)).toEqual([]);
     expect(results.length).toBeGreaterThanOrEqual(40);
-    expect(pct(results.map((r) => r.slowOpen), 50)).toBeGreaterThanOrEqual(SLOW_SOCKETS * 0.9);
+    expect(
+      pct(
+        results.map((r) => r.slowOpen),
+        50,
+      ),
+    ).toBeGreaterThanOrEqual(SLOW_SOCKETS * 0.9);
     expect(created.length).toBeGreaterThan(0);
 
     // The slow sockets (the test hangs up on none before the server has): each was closed by the server within its
@@ -309,8 +316,21 @@ describe('slow clients', () => {
       ordinaryRequests: results.length,
       ordinaryCreated: created.length,
       ordinary5xx: results.filter((r) => r.status >= 500).length,
-      ordinaryLatencyMs: { p50: pct(results.map((r) => r.ms), 50), p99: pct(results.map((r) => r.ms), 99), max: Math.max(...results.map((r) => r.ms)) },
-      slowOpenWhileServedMedian: pct(results.map((r) => r.slowOpen), 50),
+      ordinaryLatencyMs: {
+        p50: pct(
+          results.map((r) => r.ms),
+          50,
+        ),
+        p99: pct(
+          results.map((r) => r.ms),
+          99,
+        ),
+        max: Math.max(...results.map((r) => r.ms)),
+      },
+      slowOpenWhileServedMedian: pct(
+        results.map((r) => r.slowOpen),
+        50,
+      ),
       closeAfterMs: {
         headers: { p50: pct(byKind('headers'), 50), max: Math.max(...byKind('headers')) },
         body: { p50: pct(byKind('body'), 50), max: Math.max(...byKind('body')) },
@@ -349,7 +369,11 @@ describe('slow clients', () => {
           socket.once('error', reject);
         });
       for (let i = 0; i < cap; i++) held.push((await connect()).socket);
-      await eventually('the server to count the held connections', async () => (await new Promise<number>((r) => api.app.server.getConnections((_e, n) => r(n)))) === cap, 5_000);
+      await eventually(
+        'the server to count the held connections',
+        async () => (await new Promise<number>((r) => api.app.server.getConnections((_e, n) => r(n)))) === cap,
+        5_000,
+      );
       // One more: the kernel accepts it, the server closes it at once without a byte.
       const extra = await connect();
       extraSocket = extra.socket;
@@ -363,10 +387,14 @@ describe('slow clients', () => {
       expect(got).toBe('');
       // The held ones leave: the next request is served.
       for (const s of held.splice(0)) s.destroy();
-      const res = await eventually('a request to be served again', async () => {
-        const r = await fetch(`${api.url}/healthz`).catch(() => undefined);
-        return r?.status === 200 ? r : undefined;
-      }, 5_000);
+      const res = await eventually(
+        'a request to be served again',
+        async () => {
+          const r = await fetch(`${api.url}/healthz`).catch(() => undefined);
+          return r?.status === 200 ? r : undefined;
+        },
+        5_000,
+      );
       expect(res.status).toBe(200);
     } finally {
       for (const s of held) s.destroy();

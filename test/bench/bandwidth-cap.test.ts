@@ -12,7 +12,9 @@ describe('bandwidthCapFor', () => {
   it('caps the other moves at (B − S)/(streams − 1) while the critical VM is in flight', () => {
     expect(bandwidthCapFor(policy, skewed[1]!, withStates({ a: 'moving' }))).toBe(Math.floor((1.25e9 - 0.5e9) / 2));
     // Later moves too, with VMs already moved (the critical VM is judged on the whole host, not on what is left).
-    expect(bandwidthCapFor(policy, skewed[7]!, withStates({ a: 'moving', b: 'moved', c: 'moved', d: 'moving', e: 'moved', f: 'moved', g: 'moved' }))).toBe(375_000_000);
+    expect(bandwidthCapFor(policy, skewed[7]!, withStates({ a: 'moving', b: 'moved', c: 'moved', d: 'moving', e: 'moved', f: 'moved', g: 'moved' }))).toBe(
+      375_000_000,
+    );
     // The policy's own cap still wins when it is lower.
     expect(bandwidthCapFor({ ...policy, bandwidthCapBps: 1e8 }, skewed[1]!, withStates({ a: 'moving' }))).toBe(1e8);
   });
@@ -38,7 +40,13 @@ describe('bandwidthCapFor', () => {
     const first = bandwidthCapFor(policy, skewed[2]!, states);
     expect(first).toBe(375_000_000);
     for (let i = 0; i < 5; i++) expect(bandwidthCapFor(policy, skewed[2]!, [...states].reverse())).toBe(first);
-    expect(bandwidthCapFor(policy, skewed[2]!, states.filter((v) => v.vmId !== 'c'))).toBe(first); // with or without the VM itself
+    expect(
+      bandwidthCapFor(
+        policy,
+        skewed[2]!,
+        states.filter((v) => v.vmId !== 'c'),
+      ),
+    ).toBe(first); // with or without the VM itself
     expect(Number.isInteger(first)).toBe(true);
   });
 });

@@ -20,7 +20,8 @@ describe('benchmark 1 (host evacuation on the sim model) computes its figures', 
       expect(h.streamBoundS).toBeGreaterThanOrEqual(h.lowerBoundS);
       for (const name of SCHEDULE_NAMES) {
         const f = h.schedules[name];
-        for (const v of [f.makespanS, f.ratio, f.ratioToStreamBound, f.maxDowntimeMs, f.p95DowntimeMs, f.bytesSent, f.bytesRatio, f.linkUtilisation]) expect(Number.isFinite(v)).toBe(true);
+        for (const v of [f.makespanS, f.ratio, f.ratioToStreamBound, f.maxDowntimeMs, f.p95DowntimeMs, f.bytesSent, f.bytesRatio, f.linkUtilisation])
+          expect(Number.isFinite(v)).toBe(true);
         // Every byte crosses the link once, and no VM moves faster than one stream.
         expect(f.makespanS).toBeGreaterThanOrEqual(h.lowerBoundS * (1 - 1e-9));
         expect(f.makespanS).toBeGreaterThanOrEqual(h.streamBoundS * (1 - 1e-9));

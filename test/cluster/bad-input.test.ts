@@ -67,7 +67,9 @@ async function refusedStart(db: ReturnType<typeof testDatabases>, extra: Partial
     expect(err.message).not.toMatch(/\n/);
     process.stdout.write(`refused: ${err.message}\n`);
     expect(serverProcessesFor(db.name)).toEqual([]);
-    const left = fs.existsSync(path.join(stateDir, 'temporal-cluster')) ? fs.readdirSync(path.join(stateDir, 'temporal-cluster')).filter((f) => f.endsWith('.pid')) : [];
+    const left = fs.existsSync(path.join(stateDir, 'temporal-cluster'))
+      ? fs.readdirSync(path.join(stateDir, 'temporal-cluster')).filter((f) => f.endsWith('.pid'))
+      : [];
     expect(left).toEqual([]);
     return err.message;
   } finally {
@@ -86,7 +88,7 @@ describe('the cluster refuses bad databases and a cluster that does not serve, w
     for (const db of dbs) await dropDatabases(db);
   });
 
-  test('a database holding tables that are not Temporal\'s', async () => {
+  test("a database holding tables that are not Temporal's", async () => {
     const db = fresh();
     await sql(db, db.anyDatabase, `CREATE DATABASE ${db.name}`);
     await sql(db, db.name, 'CREATE TABLE orders (id int)');
@@ -108,7 +110,10 @@ describe('the cluster refuses bad databases and a cluster that does not serve, w
     expect(await inspectSchema(db, db.name, db.anyDatabase)).toEqual({ kind: 'versioned', version: '1.17' });
     await prepareTemporalDatabases({ sqlTool: tools.sqlTool, db, anyDatabase: db.anyDatabase, upgrade: true, logger });
     expect(await inspectSchema(db, db.name, db.anyDatabase)).toEqual({ kind: 'versioned', version: TEMPORAL_SCHEMA_VERSIONS.temporal });
-    expect(await inspectSchema(db, visibilityDatabaseName(db.name), db.anyDatabase)).toEqual({ kind: 'versioned', version: TEMPORAL_SCHEMA_VERSIONS.visibility });
+    expect(await inspectSchema(db, visibilityDatabaseName(db.name), db.anyDatabase)).toEqual({
+      kind: 'versioned',
+      version: TEMPORAL_SCHEMA_VERSIONS.visibility,
+    });
   });
 
   test('a newer schema than the server knows', async () => {

@@ -26,7 +26,12 @@ describe(`a Temporal ${TEMPORAL_SERVER_VERSION} cluster of separate processes on
 
   it('serves with five server processes, SQL persistence and visibility, membership through the database, and the Web UI', async () => {
     const { cluster } = tc;
-    expect(cluster.info).toEqual({ serverVersion: TEMPORAL_SERVER_VERSION.replace(/^v/, ''), historyShardCount: 8, persistenceStore: 'postgres12', visibilityStore: 'postgres12' });
+    expect(cluster.info).toEqual({
+      serverVersion: TEMPORAL_SERVER_VERSION.replace(/^v/, ''),
+      historyShardCount: 8,
+      persistenceStore: 'postgres12',
+      visibilityStore: 'postgres12',
+    });
     const servers = cluster.processes.filter((p) => p.service !== 'ui');
     expect(servers.map((p) => p.name)).toEqual(['history-1', 'history-2', 'matching', 'frontend', 'worker']);
     expect(new Set(servers.map((p) => p.pid())).size).toBe(5);
@@ -48,11 +53,27 @@ describe(`a Temporal ${TEMPORAL_SERVER_VERSION} cluster of separate processes on
       expect(desc.typedSearchAttributes.get(DedicatedHostIdKey)).toBe(hostId);
       const cli = await resolveTemporalServer({ build: false });
       if (cli.kind !== 'existing-path') throw new Error('the Temporal CLI is needed (npm run tools)');
-      const listed = await eventually('the CLI lists the migration by DedicatedHostId', async () => {
-        const { stdout } = await run(cli.path, ['workflow', 'list', '--address', tc.cluster.address, '--namespace', 'default', '--query', `DedicatedHostId = '${hostId}'`, '-o', 'json']);
-        const rows = JSON.parse(stdout || '[]') as Array<{ execution: { workflowId: string }; status: string }>;
-        return rows.length === 1 && rows[0]!.status === 'WORKFLOW_EXECUTION_STATUS_COMPLETED' ? rows : null;
-      }, 20_000, 500);
+      const listed = await eventually(
+        'the CLI lists the migration by DedicatedHostId',
+        async () => {
+          const { stdout } = await run(cli.path, [
+            'workflow',
+            'list',
+            '--address',
+            tc.cluster.address,
+            '--namespace',
+            'default',
+            '--query',
+            `DedicatedHostId = '${hostId}'`,
+            '-o',
+            'json',
+          ]);
+          const rows = JSON.parse(stdout || '[]') as Array<{ execution: { workflowId: string }; status: string }>;
+          return rows.length === 1 && rows[0]!.status === 'WORKFLOW_EXECUTION_STATUS_COMPLETED' ? rows : null;
+        },
+        20_000,
+        500,
+      );
       expect(listed[0]!.execution.workflowId).toBe(`migration-${hostId}`);
     } finally {
       await sys.stop();

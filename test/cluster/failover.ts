@@ -33,7 +33,11 @@ export interface FailoverOutcome {
  * moves one cluster process is SIGKILLed (and, for `restartAfterMs`, started again as a deployment would). The
  * migration must complete, every tenant request get its answer, no VM be lost and the invariants hold.
  */
-export async function killDuringMigration(tc: TestCluster, victimName: string | 'shard owner', opts: { restartAfterMs?: number } = {}): Promise<FailoverOutcome> {
+export async function killDuringMigration(
+  tc: TestCluster,
+  victimName: string | 'shard owner',
+  opts: { restartAfterMs?: number } = {},
+): Promise<FailoverOutcome> {
   const { cluster } = tc;
   // Slow enough that the moves outlast the stall (~5-10 s): the requests sent after the kill must find it running.
   const sys = await startTestSystem({ temporalAddress: cluster.address, fleet: testFleet({ servers: 4 }), timeScale: 10 });
@@ -92,7 +96,11 @@ export async function killDuringMigration(tc: TestCluster, victimName: string | 
 
     // Tenant requests through Temporal right after the kill: each must get its answer.
     const pending = (await sys.status(hostId).catch(() => null))?.vms.find((v) => v.state === 'pending');
-    const provision = provisionVmDuringMigration(sys.temporal.client, hostId, { vmId: `vm-fo-${hostId}`, name: 'fo', spec: { vcpus: 1, memoryMiB: 512, diskGiB: 5 } }).then((r) => ({ r, ms: Date.now() - killedAt }));
+    const provision = provisionVmDuringMigration(sys.temporal.client, hostId, {
+      vmId: `vm-fo-${hostId}`,
+      name: 'fo',
+      spec: { vcpus: 1, memoryMiB: 512, diskGiB: 5 },
+    }).then((r) => ({ r, ms: Date.now() - killedAt }));
     const del = pending ? deleteVmDuringMigration(sys.temporal.client, hostId, { vmId: pending.vmId }) : Promise.resolve(null);
     const [prov, deleted] = await Promise.all([provision, del]);
     await restart;
@@ -128,7 +136,8 @@ export async function killDuringMigration(tc: TestCluster, victimName: string | 
     }
     if (prov.r.incarnationId !== host.currentIncarnationId) violations.push('the VM provisioned after the kill is not on the clone');
     // It was pending when asked; by the time the Update lands it may be moving or moved: deleted wherever it is (claim 8).
-    if (pending && (deleted?.deleted !== true || !['pending', 'moving', 'moved'].includes(deleted.wasState))) violations.push(`delete of ${pending.vmId} answered ${JSON.stringify(deleted)}`);
+    if (pending && (deleted?.deleted !== true || !['pending', 'moving', 'moved'].includes(deleted.wasState)))
+      violations.push(`delete of ${pending.vmId} answered ${JSON.stringify(deleted)}`);
     await eventually('old server de-provisioned', async () => (await sys.inventory.getServer(source))!.state === 'available', 30_000, 100);
     const inv = await checkInvariants({ inventory: sys.inventory, agentTls: sys.agentTls, temporal: sys.temporal.client });
     violations.push(...inv.violations);
@@ -146,7 +155,11 @@ export async function killDuringMigration(tc: TestCluster, victimName: string | 
       historyEvents: history.events.length,
       ...(owner && after ? { shard: { id: owner.shardId, ownerAfter: after.process } } : {}),
     };
-    printFigure(`SIGKILL ${victim}${opts.restartAfterMs === undefined ? '' : `, restarted after ${opts.restartAfterMs} ms`}`, { killedPid, ...outcome, vms: st.vms.length });
+    printFigure(`SIGKILL ${victim}${opts.restartAfterMs === undefined ? '' : `, restarted after ${opts.restartAfterMs} ms`}`, {
+      killedPid,
+      ...outcome,
+      vms: st.vms.length,
+    });
     return outcome;
   } finally {
     await sys.stop();

@@ -29,7 +29,14 @@ export function clusterTools(): Promise<ClusterTools> {
 /** The suite's Postgres server, as the cluster's database settings, with a fresh database name. */
 export function testDatabases(name = `tc_${randomBytes(4).toString('hex')}`): TemporalDatabases & { anyDatabase: string } {
   const url = new URL(process.env.DHM_TEST_DATABASE_URL!);
-  return { host: url.hostname, port: Number(url.port), user: decodeURIComponent(url.username), password: decodeURIComponent(url.password), name, anyDatabase: url.pathname.slice(1) };
+  return {
+    host: url.hostname,
+    port: Number(url.port),
+    user: decodeURIComponent(url.username),
+    password: decodeURIComponent(url.password),
+    name,
+    anyDatabase: url.pathname.slice(1),
+  };
 }
 
 export async function dropDatabases(db: TemporalDatabases & { anyDatabase: string }): Promise<void> {
@@ -42,7 +49,9 @@ export async function dropDatabases(db: TemporalDatabases & { anyDatabase: strin
   }
 }
 
-export async function startTestCluster(opts: Partial<Pick<TemporalClusterOptions, 'shards' | 'historyProcesses' | 'readyTimeoutMs'>> & { ui?: boolean } = {}): Promise<TestCluster> {
+export async function startTestCluster(
+  opts: Partial<Pick<TemporalClusterOptions, 'shards' | 'historyProcesses' | 'readyTimeoutMs'>> & { ui?: boolean } = {},
+): Promise<TestCluster> {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-cluster-'));
   const db = testDatabases();
   const { anyDatabase } = db;

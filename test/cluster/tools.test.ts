@@ -21,7 +21,11 @@ describe('cluster tools in the tools folder', () => {
     fake('temporal-sql-tool', `temporal-sql-tool version ${TEMPORAL_SERVER_VERSION.slice(1)}`);
     fake('temporal-ui-server', `Temporal UI version ${TEMPORAL_UI_SERVER_VERSION.slice(1)}`);
     const tools = await ensureClusterTools({ toolsDir: dir, log: () => undefined, build: false });
-    expect(tools).toEqual({ server: path.join(dir, 'bin', 'temporal-server'), sqlTool: path.join(dir, 'bin', 'temporal-sql-tool'), uiServer: path.join(dir, 'bin', 'temporal-ui-server') });
+    expect(tools).toEqual({
+      server: path.join(dir, 'bin', 'temporal-server'),
+      sqlTool: path.join(dir, 'bin', 'temporal-sql-tool'),
+      uiServer: path.join(dir, 'bin', 'temporal-ui-server'),
+    });
   });
 
   test('a server of another version, or none, is named with the command that builds the pinned one', async () => {

@@ -27,7 +27,27 @@ async function listen(server: http.Server): Promise<number> {
 /** A self-signed certificate: a server outside the fleet. */
 function selfSigned(): { key: string; cert: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-outsider-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', path.join(dir, 'k.pem'), '-out', path.join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=srv-outsider'], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      path.join(dir, 'k.pem'),
+      '-out',
+      path.join(dir, 'c.pem'),
+      '-days',
+      '1',
+      '-subj',
+      '/CN=srv-outsider',
+    ],
+    { stdio: 'ignore' },
+  );
   const out = { key: fs.readFileSync(path.join(dir, 'k.pem'), 'utf8'), cert: fs.readFileSync(path.join(dir, 'c.pem'), 'utf8') };
   fs.rmSync(dir, { recursive: true, force: true });
   return out;
@@ -66,21 +86,39 @@ describe('host agent lifecycle, auth and reachability', () => {
     const a = await agents.start('srv-1');
     // No client certificate: the handshake is refused, whatever the route (probes included).
     for (const path of ['/v1/info', '/healthz', '/v1/incarnations/i'])
-      await expect(agentFetch(`${a.url}${path}`, { method: path.includes('incarnations') ? 'PUT' : 'GET', headers: { 'content-type': 'application/json' }, body: path.includes('incarnations') ? JSON.stringify({ capacity: HOST_CAPACITY }) : undefined }, null)).rejects.toThrow();
+      await expect(
+        agentFetch(
+          `${a.url}${path}`,
+          {
+            method: path.includes('incarnations') ? 'PUT' : 'GET',
+            headers: { 'content-type': 'application/json' },
+            body: path.includes('incarnations') ? JSON.stringify({ capacity: HOST_CAPACITY }) : undefined,
+          },
+          null,
+        ),
+      ).rejects.toThrow();
     // A certificate of another CA (a self-made "control plane"): refused the same way.
     const other = await ensureAgentPki(fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-other-ca-')), []);
     await expect(agentFetch(`${a.url}/v1/info`, {}, other.controlPlane)).rejects.toThrow();
-    const err = await rejected(createAgentClient({ baseUrl: a.url, tls: other.controlPlane }).prepareIncarnation({ incarnationId: 'i', capacity: HOST_CAPACITY }));
+    const err = await rejected(
+      createAgentClient({ baseUrl: a.url, tls: other.controlPlane }).prepareIncarnation({ incarnationId: 'i', capacity: HOST_CAPACITY }),
+    );
     expect(err).toMatchObject({ status: 0, code: 'NETWORK_ERROR' });
     // Plain HTTP to the same port: not an agent URL (refused by the client before connecting), and not spoken.
-    expect(await rejected(createAgentClient({ baseUrl: a.url.replace('https:', 'http:'), tls: (await testAgentPki()).controlPlane }).info())).toMatchObject({ code: 'INSECURE_URL', retryable: false });
-    const plain = await fetch(`${a.url.replace('https:', 'http:')}/v1/info`).then((r) => r.status, (e: Error) => e.name);
+    expect(await rejected(createAgentClient({ baseUrl: a.url.replace('https:', 'http:'), tls: (await testAgentPki()).controlPlane }).info())).toMatchObject({
+      code: 'INSECURE_URL',
+      retryable: false,
+    });
+    const plain = await fetch(`${a.url.replace('https:', 'http:')}/v1/info`).then(
+      (r) => r.status,
+      (e: Error) => e.name,
+    );
     expect(plain).not.toBe(200);
     expect((await a.client.info()).incarnations).toEqual([]); // the control plane's certificate works, and nothing was created
     expect((await agentFetch(`${a.url}/healthz`)).status).toBe(200);
   });
 
-  test('a peer server\'s certificate is refused on control-plane routes, and on incoming routes of jobs not expected from it', async () => {
+  test("a peer server's certificate is refused on control-plane routes, and on incoming routes of jobs not expected from it", async () => {
     const a = await agents.start('srv-a', { timeScale: 1000 });
     const b = await agents.start('srv-b', { timeScale: 1000 });
     const pki = await testAgentPki(['srv-c']);
@@ -95,7 +133,11 @@ describe('host agent lifecycle, auth and reachability', () => {
       ['PUT', '/v1/expected-migrations/j1', { vmId: 'v', incarnationId: 'i-b', sourceServerId: 'srv-a' }],
       ['PUT', '/v1/faults', { unreachable: true }],
     ] as const) {
-      const res = await agentFetch(`${b.url}${route}`, { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined }, asPeerA);
+      const res = await agentFetch(
+        `${b.url}${route}`,
+        { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined },
+        asPeerA,
+      );
       expect([method, route, res.status, ((await res.json()) as { error: { code: string } }).error.code]).toEqual([method, route, 403, 'FORBIDDEN']);
     }
     // An incoming migration nobody announced: refused.
@@ -129,16 +171,25 @@ describe('host agent lifecycle, auth and reachability', () => {
     expect(await a.client.guestOp('v', { kind: 'read' })).toMatchObject({ servedBy: 'srv-b' });
   });
 
-  test('a VM_MOVED redirect is followed only to a fleet server: not to plain HTTP, not to another CA\'s certificate', async () => {
+  test("a VM_MOVED redirect is followed only to a fleet server: not to plain HTTP, not to another CA's certificate", async () => {
     const pki = await testAgentPki(['srv-evil']);
     // A fleet member gone bad (its own valid certificate) answers VM_MOVED towards servers of its choosing.
     const hits: string[] = [];
-    const outsider = await listen(https.createServer({ ...selfSigned(), requestCert: false }, (req, res) => (hits.push(`${req.method} ${req.url} ${req.headers.authorization ?? ''}`), res.end('{}'))));
+    const outsider = await listen(
+      https.createServer(
+        { ...selfSigned(), requestCert: false },
+        (req, res) => (hits.push(`${req.method} ${req.url} ${req.headers.authorization ?? ''}`), res.end('{}')),
+      ),
+    );
     const plain = await listen(http.createServer((req, res) => (hits.push(`${req.method} ${req.url}`), res.end('{}'))));
     let movedTo = '';
-    const evil = await listen(https.createServer({ key: pki.server('srv-evil').key, cert: pki.server('srv-evil').cert, ca: pki.server('srv-evil').ca }, (_req, res) => {
-      res.writeHead(409, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'VM_MOVED', message: 'moved', field: 'vmId', movedTo } }));
-    }));
+    const evil = await listen(
+      https.createServer({ key: pki.server('srv-evil').key, cert: pki.server('srv-evil').cert, ca: pki.server('srv-evil').ca }, (_req, res) => {
+        res
+          .writeHead(409, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ error: { code: 'VM_MOVED', message: 'moved', field: 'vmId', movedTo } }));
+      }),
+    );
     const client = createAgentClient({ baseUrl: `https://127.0.0.1:${evil}`, tls: pki.controlPlane });
     movedTo = `http://127.0.0.1:${plain}`;
     expect(await rejected(client.guestOp('v', { kind: 'increment' }))).toMatchObject({ code: 'REDIRECT_REFUSED', retryable: false });
@@ -196,6 +247,8 @@ describe('host agent lifecycle, auth and reachability', () => {
     } finally {
       await started.stop();
     }
-    await expect(createAgentClient({ baseUrl: started.agents.get('f-1')!.url, tls: pki.controlPlane, timeoutMs: 2000 }).info()).rejects.toMatchObject({ retryable: true });
+    await expect(createAgentClient({ baseUrl: started.agents.get('f-1')!.url, tls: pki.controlPlane, timeoutMs: 2000 }).info()).rejects.toMatchObject({
+      retryable: true,
+    });
   });
 });

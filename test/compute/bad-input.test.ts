@@ -129,7 +129,13 @@ describe('bad input is refused with a 4xx naming the field, and changes nothing'
       ['unknown target incarnation', 404, 'NOT_FOUND', 'target.incarnationId', () => ({ target: { agentUrl: target.url, incarnationId: 'nope' } })],
       ['the same server (its own URL)', 409, 'SAME_SERVER', 'target.agentUrl', () => ({ target: { agentUrl: source.url, incarnationId: 'src' } })],
       // Another name for the same agent: only the target, comparing server ids, can tell.
-      ['the same server (another URL for it)', 409, 'SAME_SERVER', 'target.agentUrl', () => ({ target: { agentUrl: source.url.replace('127.0.0.1', 'localhost'), incarnationId: 'src' } })],
+      [
+        'the same server (another URL for it)',
+        409,
+        'SAME_SERVER',
+        'target.agentUrl',
+        () => ({ target: { agentUrl: source.url.replace('127.0.0.1', 'localhost'), incarnationId: 'src' } }),
+      ],
       ['a negative downtime limit', 400, 'INVALID_INPUT', 'maxDowntimeMs', () => ({ maxDowntimeMs: -5 })],
       ['zero rounds', 400, 'INVALID_INPUT', 'maxRounds', () => ({ maxRounds: 0 })],
       ['a target URL that is not one', 400, 'INVALID_INPUT', 'target.agentUrl', () => ({ target: { agentUrl: 'not a url', incarnationId: 'dst' } })],

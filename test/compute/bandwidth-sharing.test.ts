@@ -16,7 +16,13 @@ describe('two concurrent migrations from one server share its NIC', () => {
     const { source, target } = await startPair(agents, { nicBandwidthBps: 8 * B, streamCapFraction: 1, timeScale });
     for (const vmId of ['solo', 'a', 'b']) await source.client.createVm({ vmId, incarnationId: 'src', spec: spec(8192) });
     const start = (vmId: string) =>
-      source.client.startMigration({ jobId: `job-${vmId}`, vmId, target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false });
+      source.client.startMigration({
+        jobId: `job-${vmId}`,
+        vmId,
+        target: { agentUrl: target.url, incarnationId: 'dst' },
+        maxDowntimeMs: 300,
+        autoConverge: false,
+      });
 
     await start('solo');
     const solo = await finished(source.client, 'job-solo');
@@ -35,7 +41,9 @@ describe('two concurrent migrations from one server share its NIC', () => {
 
     // Mid-run, far from either end, both report half the NIC.
     for (const fraction of [0.25, 0.5]) {
-      await waitFor(`job-a to pass ${fraction * 100} %`, async () => ((await source.client.getMigration('job-a'))!.bytesSent >= fraction * M ? true : undefined));
+      await waitFor(`job-a to pass ${fraction * 100} %`, async () =>
+        (await source.client.getMigration('job-a'))!.bytesSent >= fraction * M ? true : undefined,
+      );
       const [a, b] = await Promise.all([source.client.getMigration('job-a'), source.client.getMigration('job-b')]);
       expect(a!.state).toBe('running');
       expect(b!.state).toBe('running');

@@ -89,7 +89,9 @@ describe('cancel, completion and failures', () => {
     expect(moved).toMatchObject({ status: 409, code: 'VM_MOVED', movedTo: target.url, field: 'vmId' });
     // A replayed commit (as after a lost reply) changes nothing on the target; the reservation cannot be undone.
     const peer = createPeerClient({ tls: peerClientTls((await testAgentPki()).server('server-a')) });
-    expect(await peer.commit(target.url, 'done-1', { vmId: 'vm', spec: spec(8192, { dirtyRateMiBps: 100, workingSetMiB: 1024 }), counter: 0 })).toMatchObject({ counter: 10 });
+    expect(await peer.commit(target.url, 'done-1', { vmId: 'vm', spec: spec(8192, { dirtyRateMiBps: 100, workingSetMiB: 1024 }), counter: 0 })).toMatchObject({
+      counter: 10,
+    });
     expect(await rejection(peer.release(target.url, 'done-1'))).toMatchObject({ status: 409, code: 'INCOMING_COMMITTED' });
 
     expect(await source.client.getVm('vm')).toBeNull();
@@ -110,7 +112,13 @@ describe('cancel, completion and failures', () => {
     await source.client.deleteVm('vm'); // already gone: fine
 
     await source.client.createVm({ vmId: 'vm2', incarnationId: 'src', spec: spec(1024) });
-    await source.client.startMigration({ jobId: 'd-2', vmId: 'vm2', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false });
+    await source.client.startMigration({
+      jobId: 'd-2',
+      vmId: 'vm2',
+      target: { agentUrl: target.url, incarnationId: 'dst' },
+      maxDowntimeMs: 300,
+      autoConverge: false,
+    });
     expect((await finished(source.client, 'd-2')).state).toBe('completed');
     await source.client.deleteVm('vm2'); // through the old server: followed to the new one
     expect(await target.client.getVm('vm2')).toBeNull();

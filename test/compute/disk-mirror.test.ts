@@ -27,7 +27,13 @@ describe('the sim models local disks', () => {
   async function migrate(spec: VmSpec, timeScale = 2000) {
     const pair = await startPair(agents, { nicBandwidthBps: NIC_BITS, streamCapFraction: 1, timeScale });
     await pair.source.client.createVm({ vmId: 'vm-d', incarnationId: 'src', spec });
-    await pair.source.client.startMigration({ jobId: 'job-d', vmId: 'vm-d', target: { agentUrl: pair.target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false });
+    await pair.source.client.startMigration({
+      jobId: 'job-d',
+      vmId: 'vm-d',
+      target: { agentUrl: pair.target.url, incarnationId: 'dst' },
+      maxDowntimeMs: 300,
+      autoConverge: false,
+    });
     return pair;
   }
 
@@ -47,7 +53,7 @@ describe('the sim models local disks', () => {
     expect(job.disk!.bytesCopied).toBeGreaterThan(4 * GIB);
     expect(job.bytesSent).toBeCloseTo(job.disk!.bytesCopied + job.memory.bytesTransferred, 0);
     // Bulk 4 GiB at 125 MB/s ≈ 34.4 s, re-sends at 10 MiB/s ≈ 9 % more, then 1 GiB memory at B − writes: ≈ 46 s.
-    const resent = 4 * GIB * (10 * MIB) / (B - 10 * MIB);
+    const resent = (4 * GIB * (10 * MIB)) / (B - 10 * MIB);
     const expectedMs = ((4 * GIB + resent) / B + (1024 * MIB) / (B - 10 * MIB)) * 1000;
     expect(relErr(job.totalTimeMs!, expectedMs)).toBeLessThan(0.05);
     expect(await target.client.getVm('vm-d')).toMatchObject({ serverId: 'server-b', spec: expect.objectContaining({ diskGiB: 20 }) });
@@ -92,9 +98,19 @@ describe('the sim wipes local disks (de-provisioning, deleted VMs, dropped copie
   test("after a move the source keeps the old copy until its incarnation is torn down, which wipes it (idempotently); a deleted VM's disks are wiped at once", async () => {
     const { source, target } = await startPair(agents, { nicBandwidthBps: NIC_BITS, streamCapFraction: 1, timeScale: 5000 });
     await source.client.createVm({ vmId: 'vm-w', incarnationId: 'src', spec: diskVm({ memoryMiB: 256, usedGiB: 1, writeMiBps: 1 }) });
-    await source.client.createVm({ vmId: 'vm-net', incarnationId: 'src', spec: diskVm({ memoryMiB: 256, usedGiB: 0, writeMiBps: 0, disks: [{ name: 'root', kind: 'network', volumeId: 'vol-n' }] }) });
+    await source.client.createVm({
+      vmId: 'vm-net',
+      incarnationId: 'src',
+      spec: diskVm({ memoryMiB: 256, usedGiB: 0, writeMiBps: 0, disks: [{ name: 'root', kind: 'network', volumeId: 'vol-n' }] }),
+    });
     expect((await source.client.info()).localStorage).toEqual({ diskBytes: 20 * GIB, wipedBytes: 0 }); // the network disk is not here
-    await source.client.startMigration({ jobId: 'job-w', vmId: 'vm-w', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false });
+    await source.client.startMigration({
+      jobId: 'job-w',
+      vmId: 'vm-w',
+      target: { agentUrl: target.url, incarnationId: 'dst' },
+      maxDowntimeMs: 300,
+      autoConverge: false,
+    });
     expect((await finished(source.client, 'job-w')).state).toBe('completed');
     expect((await target.client.info()).localStorage).toEqual({ diskBytes: 20 * GIB, wipedBytes: 0 });
     expect((await source.client.info()).localStorage).toEqual({ diskBytes: 20 * GIB, wipedBytes: 0 });
@@ -109,7 +125,13 @@ describe('the sim wipes local disks (de-provisioning, deleted VMs, dropped copie
   test("a cancelled move's partial copy on the target is wiped with its reservation", async () => {
     const { source, target } = await startPair(agents, { nicBandwidthBps: NIC_BITS, streamCapFraction: 1, timeScale: 200 });
     await source.client.createVm({ vmId: 'vm-c', incarnationId: 'src', spec: diskVm({ memoryMiB: 256, usedGiB: 10, writeMiBps: 1 }) });
-    await source.client.startMigration({ jobId: 'job-c', vmId: 'vm-c', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false });
+    await source.client.startMigration({
+      jobId: 'job-c',
+      vmId: 'vm-c',
+      target: { agentUrl: target.url, incarnationId: 'dst' },
+      maxDowntimeMs: 300,
+      autoConverge: false,
+    });
     expect((await target.client.info()).localStorage.diskBytes).toBe(20 * GIB);
     expect((await source.client.cancelMigration('job-c')).state).toBe('cancelled');
     expect((await target.client.info()).localStorage).toEqual({ diskBytes: 0, wipedBytes: 20 * GIB });

@@ -53,7 +53,13 @@ describe('guest operations through a live migration', () => {
     // (JIT, first connections between the agents) are not counted as stall below.
     await source.client.createVm({ vmId: 'warm', incarnationId: 'src', spec: spec(64, { dirtyRateMiBps: 10, workingSetMiB: 64 }) });
     const warm = incrementer(source.client, 'warm');
-    await source.client.startMigration({ jobId: 'warm', vmId: 'warm', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 50, autoConverge: false });
+    await source.client.startMigration({
+      jobId: 'warm',
+      vmId: 'warm',
+      target: { agentUrl: target.url, incarnationId: 'dst' },
+      maxDowntimeMs: 50,
+      autoConverge: false,
+    });
     expect((await finished(source.client, 'warm')).state).toBe('completed');
     await waitFor('the warm-up VM served by the target', () => warm.seen.some((r) => r.servedBy === 'server-b'));
     await warm.stop();
@@ -122,7 +128,13 @@ describe('guest operations through a live migration', () => {
     await source.client.createVm({ vmId: 'vm', incarnationId: 'src', spec: spec(512) });
     expect(await source.client.guestOp('vm', { kind: 'read' })).toEqual({ vmId: 'vm', counter: 0, servedBy: 'server-a' });
     expect(await source.client.guestOp('vm', { kind: 'increment' })).toEqual({ vmId: 'vm', counter: 1, servedBy: 'server-a' });
-    await source.client.startMigration({ jobId: 'j', vmId: 'vm', target: { agentUrl: target.url, incarnationId: 'dst' }, maxDowntimeMs: 100, autoConverge: false });
+    await source.client.startMigration({
+      jobId: 'j',
+      vmId: 'vm',
+      target: { agentUrl: target.url, incarnationId: 'dst' },
+      maxDowntimeMs: 100,
+      autoConverge: false,
+    });
     await finished(source.client, 'j');
     // Through the source (redirected) or the target directly: same VM, same counter.
     expect(await source.client.guestOp('vm', { kind: 'read' })).toEqual({ vmId: 'vm', counter: 1, servedBy: 'server-b' });

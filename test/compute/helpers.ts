@@ -24,10 +24,7 @@ export interface TestAgent {
 export class Agents {
   private readonly running: RunningAgent[] = [];
 
-  async start(
-    serverId: string,
-    opts: Partial<Omit<StartAgentOptions, 'serverId' | 'logger'>> = {},
-  ): Promise<TestAgent> {
+  async start(serverId: string, opts: Partial<Omit<StartAgentOptions, 'serverId' | 'logger'>> = {}): Promise<TestAgent> {
     const pki = await testAgentPki([serverId]);
     const agent = await startAgent({
       serverId,

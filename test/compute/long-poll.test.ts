@@ -11,7 +11,13 @@ describe('following a migration by long-poll', () => {
     const pair = await startPair(agents, { timeScale });
     await pair.source.client.createVm({ vmId: 'vm', incarnationId: 'src', spec: spec(8192, { dirtyRateMiBps: 100, workingSetMiB: 1024 }) });
     const start = (jobId: string) =>
-      pair.source.client.startMigration({ jobId, vmId: 'vm', target: { agentUrl: pair.target.url, incarnationId: 'dst' }, maxDowntimeMs: 300, autoConverge: false });
+      pair.source.client.startMigration({
+        jobId,
+        vmId: 'vm',
+        target: { agentUrl: pair.target.url, incarnationId: 'dst' },
+        maxDowntimeMs: 300,
+        autoConverge: false,
+      });
     return { ...pair, start };
   }
 
@@ -83,7 +89,11 @@ describe('following a migration by long-poll', () => {
     // Idempotent by job id: the repeat is the same finished job, not a second move.
     expect(await source.client.startMigration({ jobId: 'lp-5', ...body }, { waitMs: 20_000 })).toEqual(job);
     // A bad waitMs changes nothing: no job is started.
-    const res = await agentFetch(`${source.url}${paths.migration('lp-6')}?waitMs=soon`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const res = await agentFetch(`${source.url}${paths.migration('lp-6')}?waitMs=soon`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ error: { code: 'INVALID_INPUT', field: 'waitMs' } });
     expect(await source.client.getMigration('lp-6')).toBeNull();

@@ -60,12 +60,28 @@ const cases: Case[] = [
   { name: 'idle VM: one round, downtime is the switchover cost', memoryMiB: 4096, dirtyMiBps: 0, workingSetMiB: 0, nicBitsPerSec: 10e9, maxDowntimeMs: 300 },
   { name: 'busy VM, working set caps round 1', memoryMiB: 8192, dirtyMiBps: 200, workingSetMiB: 1024, nicBitsPerSec: 10e9, maxDowntimeMs: 300 },
   { name: '1 Gbit/s NIC', memoryMiB: 2048, dirtyMiBps: 20, workingSetMiB: 512, nicBitsPerSec: 1e9, maxDowntimeMs: 300 },
-  { name: 'per-migration bandwidth cap below the stream cap', memoryMiB: 16384, dirtyMiBps: 500, workingSetMiB: 4096, nicBitsPerSec: 25e9, maxDowntimeMs: 500, bandwidthCapBps: 1e9 },
+  {
+    name: 'per-migration bandwidth cap below the stream cap',
+    memoryMiB: 16384,
+    dirtyMiBps: 500,
+    workingSetMiB: 4096,
+    nicBitsPerSec: 25e9,
+    maxDowntimeMs: 500,
+    bandwidthCapBps: 1e9,
+  },
   { name: 'link slowed 2x by a fault', memoryMiB: 1024, dirtyMiBps: 30, workingSetMiB: 256, nicBitsPerSec: 10e9, maxDowntimeMs: 100, linkSlowdown: 2 },
   { name: 'tight downtime: many shrinking rounds', memoryMiB: 4096, dirtyMiBps: 100, workingSetMiB: 4096, nicBitsPerSec: 10e9, maxDowntimeMs: 5 },
   { name: 'round limit: rest stuck at W', memoryMiB: 4096, dirtyMiBps: 600, workingSetMiB: 1024, nicBitsPerSec: 10e9, maxDowntimeMs: 300, maxRounds: 5 },
   { name: '3·M limit: D above the stream bandwidth', memoryMiB: 1024, dirtyMiBps: 480, workingSetMiB: 1024, nicBitsPerSec: 10e9, maxDowntimeMs: 50 },
-  { name: 'auto-converge throttles D until it fits', memoryMiB: 2048, dirtyMiBps: 600, workingSetMiB: 2048, nicBitsPerSec: 10e9, maxDowntimeMs: 300, autoConverge: true },
+  {
+    name: 'auto-converge throttles D until it fits',
+    memoryMiB: 2048,
+    dirtyMiBps: 600,
+    workingSetMiB: 2048,
+    nicBitsPerSec: 10e9,
+    maxDowntimeMs: 300,
+    autoConverge: true,
+  },
 ];
 
 describe('sim pre-copy model: reported totals match an independent calculation within 5 %', () => {

@@ -77,23 +77,26 @@ describe('docker-compose.yml against the code', () => {
   });
 
   const calling = dhm.filter(([, s]) => ['api', 'worker', 'scheduler'].includes(roleOf(s))).map(([name]) => name);
-  test.each(dhm.filter(([, s]) => roleOf(s) !== 'pki').map(([name]) => name))('%s: every variable it sets is one the config accepts, with a valid value', (name) => {
-    const env = services[name]!.environment!;
-    const keys = Object.keys(envSchema.shape);
-    for (const k of Object.keys(env)) expect(keys).toContain(k);
-    const parsed = loadEnv(env);
-    if (roleOf(services[name]!) === 'agents') {
-      // Agents hold no database credentials and no Temporal address: only their certificates.
-      expect([parsed.DATABASE_URL, parsed.TEMPORAL_ADDRESS, parsed.DHM_AGENT_TLS_DIR]).toEqual([undefined, undefined, '/pki/servers']);
-      return;
-    }
-    // Both databases are separate: dhm's own Postgres, never Temporal's.
-    expect(new URL(parsed.DATABASE_URL!).hostname).toBe('dhm-postgres');
-    expect(parsed.TEMPORAL_ADDRESS).toBe('temporal-frontend:7233');
-    if (calling.includes(name)) expect(parsed.DHM_AGENT_CLIENT_TLS_DIR).toBe('/pki/control-plane');
-  });
+  test.each(dhm.filter(([, s]) => roleOf(s) !== 'pki').map(([name]) => name))(
+    '%s: every variable it sets is one the config accepts, with a valid value',
+    (name) => {
+      const env = services[name]!.environment!;
+      const keys = Object.keys(envSchema.shape);
+      for (const k of Object.keys(env)) expect(keys).toContain(k);
+      const parsed = loadEnv(env);
+      if (roleOf(services[name]!) === 'agents') {
+        // Agents hold no database credentials and no Temporal address: only their certificates.
+        expect([parsed.DATABASE_URL, parsed.TEMPORAL_ADDRESS, parsed.DHM_AGENT_TLS_DIR]).toEqual([undefined, undefined, '/pki/servers']);
+        return;
+      }
+      // Both databases are separate: dhm's own Postgres, never Temporal's.
+      expect(new URL(parsed.DATABASE_URL!).hostname).toBe('dhm-postgres');
+      expect(parsed.TEMPORAL_ADDRESS).toBe('temporal-frontend:7233');
+      if (calling.includes(name)) expect(parsed.DHM_AGENT_CLIENT_TLS_DIR).toBe('/pki/control-plane');
+    },
+  );
 
-  test('the agent plane\'s PKI: made by the pki job; agents mount only servers/, the control plane only control-plane/, nobody the CA key', () => {
+  test("the agent plane's PKI: made by the pki job; agents mount only servers/, the control plane only control-plane/, nobody the CA key", () => {
     expect(services.pki!.volumes).toEqual(['dhm-pki-ca:/pki/ca', 'dhm-pki-servers:/pki/servers', 'dhm-pki-control-plane:/pki/control-plane']);
     for (const [name, s] of dhm) {
       if (roleOf(s) === 'pki') continue;
@@ -153,13 +156,18 @@ describe('docker-compose.yml against the code', () => {
     for (const [name, s] of Object.entries(services)) {
       for (const [dep, { condition }] of Object.entries(s.depends_on ?? {})) {
         expect(services[dep]).toBeDefined();
-        if (condition === 'service_healthy') expect({ name, dep, healthcheck: services[dep]!.healthcheck !== undefined }).toEqual({ name, dep, healthcheck: true });
-        else expect({ name, dep, condition, restart: services[dep]!.restart }).toEqual({ name, dep, condition: 'service_completed_successfully', restart: 'no' });
+        if (condition === 'service_healthy')
+          expect({ name, dep, healthcheck: services[dep]!.healthcheck !== undefined }).toEqual({ name, dep, healthcheck: true });
+        else
+          expect({ name, dep, condition, restart: services[dep]!.restart }).toEqual({ name, dep, condition: 'service_completed_successfully', restart: 'no' });
       }
     }
     // Temporal: persistence in its own Postgres, the schema job before the servers, the set-up job after the frontend.
     for (const name of TEMPORAL_SERVICES) {
-      expect(services[name]!.depends_on).toMatchObject({ 'temporal-postgres': { condition: 'service_healthy' }, 'temporal-schema': { condition: 'service_completed_successfully' } });
+      expect(services[name]!.depends_on).toMatchObject({
+        'temporal-postgres': { condition: 'service_healthy' },
+        'temporal-schema': { condition: 'service_completed_successfully' },
+      });
     }
     expect(services['temporal-setup']!.depends_on).toMatchObject({ 'temporal-frontend': { condition: 'service_healthy' } });
     expect(services['temporal-ui']).toBeDefined();
@@ -199,13 +207,20 @@ describe('docker-compose.yml against the code', () => {
       expect(Number(/max_connections=(\d+)/.exec(pgCmd)?.[1])).toBeGreaterThanOrEqual(150);
     });
 
-    test('the server itself renders that configuration from a container\'s environment, and accepts the dynamic config', async () => {
+    test("the server itself renders that configuration from a container's environment, and accepts the dynamic config", async () => {
       const tools = await clusterTools();
       const dir = path.join(ROOT, 'deploy', 'temporal');
       const env = server('temporal-history-1').environment!;
       // render-config reads --config as given (start joins it to --root).
-      const out = execFileSync(tools.server, ['--config', path.join(dir, 'config'), 'render-config'], { env: { PATH: process.env.PATH, ...env }, encoding: 'utf8' });
-      const cfg = parse(out) as { persistence: { numHistoryShards: number; datastores: Record<string, { sql: { pluginName: string; connectAddr: string; databaseName: string } }> }; services: Record<string, { rpc: { grpcPort: number; bindOnIP: string } }>; publicClient: { hostPort: string } };
+      const out = execFileSync(tools.server, ['--config', path.join(dir, 'config'), 'render-config'], {
+        env: { PATH: process.env.PATH, ...env },
+        encoding: 'utf8',
+      });
+      const cfg = parse(out) as {
+        persistence: { numHistoryShards: number; datastores: Record<string, { sql: { pluginName: string; connectAddr: string; databaseName: string } }> };
+        services: Record<string, { rpc: { grpcPort: number; bindOnIP: string } }>;
+        publicClient: { hostPort: string };
+      };
       expect(cfg.persistence.numHistoryShards).toBe(Number(env.TEMPORAL_HISTORY_SHARDS));
       expect(Object.values(cfg.persistence.datastores).map((d) => [d.sql.pluginName, d.sql.connectAddr, d.sql.databaseName])).toEqual([
         ['postgres12', 'temporal-postgres:5432', 'temporal'],

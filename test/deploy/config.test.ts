@@ -94,7 +94,11 @@ describe('configuration from the environment', () => {
     const url = refusal({ DATABASE_URL: 'mysql://dhm:hunter2-password@db/dhm' });
     expect(url.message).toMatch(/^DATABASE_URL: /);
     expect(url.message).not.toContain('hunter2-password');
-    const secrets = { DHM_OPERATOR_TOKEN: 'op-token-0123456789abcdef', DHM_AGENT_SECRET: 'agent-secret-0123456789', TEMPORAL_API_KEY: 'cloud-api-key-0123456789' };
+    const secrets = {
+      DHM_OPERATOR_TOKEN: 'op-token-0123456789abcdef',
+      DHM_AGENT_SECRET: 'agent-secret-0123456789',
+      TEMPORAL_API_KEY: 'cloud-api-key-0123456789',
+    };
     for (const err of [refusal({ ...secrets, LOG_LEVEL: 'loud' }), refusal({ ...secrets, DHM_NOPE: '1' }), refusal({ ...secrets, TEMPORAL_TLS: 'false' })])
       for (const v of Object.values(secrets)) expect(err.message).not.toContain(v);
   });
@@ -102,7 +106,13 @@ describe('configuration from the environment', () => {
   test('Temporal TLS, mTLS and API key options come from the environment', () => {
     expect(temporalConnectionOptions(loadEnv({ TEMPORAL_ADDRESS: 'temporal:7233' }))).toEqual({ address: 'temporal:7233' });
     const mtls = temporalConnectionOptions(
-      loadEnv({ TEMPORAL_ADDRESS: 'ns.acct.tmprl.cloud:7233', TEMPORAL_TLS_CERT: pem, TEMPORAL_TLS_KEY: pem, TEMPORAL_TLS_CA: pem, TEMPORAL_TLS_SERVER_NAME: 'frontend' }),
+      loadEnv({
+        TEMPORAL_ADDRESS: 'ns.acct.tmprl.cloud:7233',
+        TEMPORAL_TLS_CERT: pem,
+        TEMPORAL_TLS_KEY: pem,
+        TEMPORAL_TLS_CA: pem,
+        TEMPORAL_TLS_SERVER_NAME: 'frontend',
+      }),
     );
     expect(mtls.tls?.serverNameOverride).toBe('frontend');
     expect(Buffer.from(mtls.tls!.clientCertPair!.crt).toString()).toContain('BEGIN CERTIFICATE');

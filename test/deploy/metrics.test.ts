@@ -86,7 +86,16 @@ describe('Prometheus metrics during migrations', () => {
     });
     const temporal = { client: sys.temporal.client, taskQueue };
     const hostService = createHostService({ inventory: sys.inventory, agents, temporal, logger });
-    api = await startApiServer({ inventory: sys.inventory, hostService, temporal, pool: sys.db.pool, operatorToken, logger, port: 0, metrics: createMetrics({ role: 'api' }) });
+    api = await startApiServer({
+      inventory: sys.inventory,
+      hostService,
+      temporal,
+      pool: sys.db.pool,
+      operatorToken,
+      logger,
+      port: 0,
+      metrics: createMetrics({ role: 'api' }),
+    });
   });
 
   afterAll(async () => {
@@ -123,10 +132,15 @@ describe('Prometheus metrics during migrations', () => {
     expect(sample(afterUpdate, 'dhm_tenant_request_duration_seconds_count', { operation: 'create_vm', path: 'migration', outcome: 'ok' })).toBe(1);
     expect(sample(afterUpdate, 'dhm_tenant_request_duration_seconds_sum', { operation: 'create_vm', path: 'migration' })).toBeGreaterThan(0);
 
-    const done = await eventually('the migration completed', async () => {
-      const r = await call('GET', `/v1/migrations/${start.body.id}`);
-      return r.body.workflowStatus === 'COMPLETED' ? r.body : null;
-    }, 60_000, 200);
+    const done = await eventually(
+      'the migration completed',
+      async () => {
+        const r = await call('GET', `/v1/migrations/${start.body.id}`);
+        return r.body.workflowStatus === 'COMPLETED' ? r.body : null;
+      },
+      60_000,
+      200,
+    );
     expect(done.phase).toBe('completed');
     const afterDone = await scrape(ops.url);
     expect(sample(afterDone, 'dhm_migrations_completed_total')).toBe(1);
@@ -140,7 +154,12 @@ describe('Prometheus metrics during migrations', () => {
     const second = await sys.createHostWithVms({ vms: 2, memoryMiB: [8192, 8192], dirtyRateMiBps: [2, 2] });
     const start2 = await call('POST', `/v1/dedicated-hosts/${second.hostId}/migrations`, { policy: { maxParallel: 1, bandwidthCapBps: 10e6 } });
     expect(start2.status).toBe(202);
-    await eventually('a VM moving', async () => (await call('GET', `/v1/migrations/${start2.body.id}`)).body.vms?.some((v: any) => v.state === 'moving'), 30_000, 50);
+    await eventually(
+      'a VM moving',
+      async () => (await call('GET', `/v1/migrations/${start2.body.id}`)).body.vms?.some((v: any) => v.state === 'moving'),
+      30_000,
+      50,
+    );
     expect((await call('POST', `/v1/migrations/${start2.body.id}/cancel`)).status).toBe(202);
     await eventually('the rollback counted', async () => sample(await scrape(ops.url), 'dhm_migrations_rolled_back_total') === 1, 60_000, 200);
     const apiEnd = await scrape(api.url);

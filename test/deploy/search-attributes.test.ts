@@ -82,10 +82,15 @@ describe('the roles check the namespace for dhm search attributes at start', () 
   const register = (names: string[], type = KEYWORD) =>
     connection.operatorService.addSearchAttributes({ namespace, searchAttributes: Object.fromEntries(names.map((n) => [n, type])) });
   const registered = async (names: string[]) =>
-    eventually(`search attributes ${names.join(', ')} on ${namespace}`, async () => {
-      const now = (await connection.operatorService.listSearchAttributes({ namespace })).customAttributes ?? {};
-      return names.every((n) => now[n] !== undefined);
-    }, 30_000, 200);
+    eventually(
+      `search attributes ${names.join(', ')} on ${namespace}`,
+      async () => {
+        const now = (await connection.operatorService.listSearchAttributes({ namespace })).customAttributes ?? {};
+        return names.every((n) => now[n] !== undefined);
+      },
+      30_000,
+      200,
+    );
 
   it('refuses on a namespace without them, naming each and the command; then naming only those still missing, and one of the wrong type', async () => {
     const all = Object.keys(CUSTOM_SEARCH_ATTRIBUTES);
@@ -98,7 +103,9 @@ describe('the roles check the namespace for dhm search attributes at start', () 
     await register(['DedicatedHostId', 'MigrationPhase']);
     await registered(['DedicatedHostId', 'MigrationPhase']);
     const some = await refused(await start('api'));
-    expect(some).toMatch(new RegExp(`^dhm: TEMPORAL_NAMESPACE: namespace ${namespace} lacks the search attributes SourceServerId, TargetServerId; register them: `));
+    expect(some).toMatch(
+      new RegExp(`^dhm: TEMPORAL_NAMESPACE: namespace ${namespace} lacks the search attributes SourceServerId, TargetServerId; register them: `),
+    );
     expect(some).not.toContain('--name DedicatedHostId');
     expect(await tableExists()).toBe(false);
 
@@ -107,20 +114,32 @@ describe('the roles check the namespace for dhm search attributes at start', () 
     await registered(['SourceServerId']);
     const wrong = await refused(await start('worker'));
     expect(wrong).toContain('lacks the search attribute TargetServerId and has SourceServerId as TEXT (dhm needs Keyword)');
-    expect(wrong).toContain(`temporal operator search-attribute remove --namespace ${namespace} --name SourceServerId --yes && temporal operator search-attribute create --namespace ${namespace} --name SourceServerId --type Keyword`);
+    expect(wrong).toContain(
+      `temporal operator search-attribute remove --namespace ${namespace} --name SourceServerId --yes && temporal operator search-attribute create --namespace ${namespace} --name SourceServerId --type Keyword`,
+    );
   }, 180_000);
 
   it('refuses a namespace that does not exist, naming it and how to create it', async () => {
     const ghost = `${namespace}-none`;
-    expect(await refused(await start('worker', ghost))).toBe(`dhm: TEMPORAL_NAMESPACE: namespace ${ghost} does not exist on the Temporal server; create it: temporal operator namespace create --namespace ${ghost}`);
+    expect(await refused(await start('worker', ghost))).toBe(
+      `dhm: TEMPORAL_NAMESPACE: namespace ${ghost} does not exist on the Temporal server; create it: temporal operator namespace create --namespace ${ghost}`,
+    );
     expect(await tableExists()).toBe(false);
   }, 60_000);
 
   it('starts once every one is registered as Keyword', async () => {
     const other = `${namespace}-ok`;
     await ensureNamespace(connection, other, 1);
-    await connection.operatorService.addSearchAttributes({ namespace: other, searchAttributes: Object.fromEntries(Object.keys(CUSTOM_SEARCH_ATTRIBUTES).map((n) => [n, KEYWORD])) });
-    await eventually('all registered', async () => Object.keys((await connection.operatorService.listSearchAttributes({ namespace: other })).customAttributes ?? {}).length >= 4, 30_000, 200);
+    await connection.operatorService.addSearchAttributes({
+      namespace: other,
+      searchAttributes: Object.fromEntries(Object.keys(CUSTOM_SEARCH_ATTRIBUTES).map((n) => [n, KEYWORD])),
+    });
+    await eventually(
+      'all registered',
+      async () => Object.keys((await connection.operatorService.listSearchAttributes({ namespace: other })).customAttributes ?? {}).length >= 4,
+      30_000,
+      200,
+    );
     for (const role of ['worker', 'api'] as const) {
       const run = spawnDhm([role], {
         DHM_HOME: dir,
@@ -134,10 +153,15 @@ describe('the roles check the namespace for dhm search attributes at start', () 
         LOG_LEVEL: 'info',
       });
       runs.push(run);
-      await eventually(`${role} ready`, async () => {
-        if (run.child.exitCode !== null) throw new Error(`exited: ${run.output().slice(-1500)}`);
-        return /"msg":"ready"/.test(run.output());
-      }, 90_000, 100);
+      await eventually(
+        `${role} ready`,
+        async () => {
+          if (run.child.exitCode !== null) throw new Error(`exited: ${run.output().slice(-1500)}`);
+          return /"msg":"ready"/.test(run.output());
+        },
+        90_000,
+        100,
+      );
       run.child.kill('SIGTERM');
       expect(await run.exited).toBe(0);
     }

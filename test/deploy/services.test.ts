@@ -30,15 +30,27 @@ describe('service processes: ops endpoints, SDK metrics, agents bound and advert
   });
 
   const start = (args: string[], env: NodeJS.ProcessEnv) => {
-    const run = spawnDhm(args, { DHM_HOME: dir, DATABASE_URL: db.url, TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!, DHM_AGENT_SECRET: 'services-test-agent-secret', LOG_LEVEL: 'info', ...env });
+    const run = spawnDhm(args, {
+      DHM_HOME: dir,
+      DATABASE_URL: db.url,
+      TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!,
+      DHM_AGENT_SECRET: 'services-test-agent-secret',
+      LOG_LEVEL: 'info',
+      ...env,
+    });
     runs.push(run);
     return run;
   };
   const ready = (run: DhmRun) =>
-    eventually('service ready', async () => {
-      if (run.child.exitCode !== null) throw new Error(`exited: ${run.output().slice(-1500)}`);
-      return /"msg":"ready"/.test(run.output());
-    }, 90_000, 100);
+    eventually(
+      'service ready',
+      async () => {
+        if (run.child.exitCode !== null) throw new Error(`exited: ${run.output().slice(-1500)}`);
+        return /"msg":"ready"/.test(run.output());
+      },
+      90_000,
+      100,
+    );
 
   it('agents, worker and scheduler serve /healthz, /readyz, /metrics; the worker exports SDK metrics; SIGTERM exits 0', async () => {
     const fleet = testFleet({ servers: 2 });
@@ -48,17 +60,29 @@ describe('service processes: ops endpoints, SDK metrics, agents bound and advert
     fs.writeFileSync(fleetFile, JSON.stringify(fleet));
     const [agentsOps, workerOps, workerSdk, schedulerOps] = [await freePort(), await freePort(), await freePort(), await freePort()];
 
-    const agents = start(['agents', '--fleet', fleetFile], { DHM_AGENT_HOST: '0.0.0.0', DHM_AGENT_ADVERTISE_HOST: 'localhost', DHM_METRICS_PORT: String(agentsOps) });
+    const agents = start(['agents', '--fleet', fleetFile], {
+      DHM_AGENT_HOST: '0.0.0.0',
+      DHM_AGENT_ADVERTISE_HOST: 'localhost',
+      DHM_METRICS_PORT: String(agentsOps),
+    });
     await ready(agents);
     const inventory = createInventory(db.pool);
     for (const s of fleet.servers) expect((await inventory.getServer(s.id)).agentUrl).toBe(`http://localhost:${s.agentPort}`);
 
-    const worker = start(['worker'], { TEMPORAL_TASK_QUEUE: 'services-test', DHM_METRICS_PORT: String(workerOps), DHM_TEMPORAL_METRICS_PORT: String(workerSdk) });
+    const worker = start(['worker'], {
+      TEMPORAL_TASK_QUEUE: 'services-test',
+      DHM_METRICS_PORT: String(workerOps),
+      DHM_TEMPORAL_METRICS_PORT: String(workerSdk),
+    });
     const scheduler = start(['scheduler'], { DHM_METRICS_PORT: String(schedulerOps) });
     await ready(worker);
     await ready(scheduler);
 
-    for (const [port, role] of [[agentsOps, 'agents'], [workerOps, 'worker'], [schedulerOps, 'scheduler']] as const) {
+    for (const [port, role] of [
+      [agentsOps, 'agents'],
+      [workerOps, 'worker'],
+      [schedulerOps, 'scheduler'],
+    ] as const) {
       const base = `http://127.0.0.1:${port}`;
       expect((await fetch(`${base}/healthz`)).status).toBe(200);
       const readyz = await fetch(`${base}/readyz`);
@@ -75,10 +99,15 @@ describe('service processes: ops endpoints, SDK metrics, agents bound and advert
     expect((await fetch(`http://127.0.0.1:${port}/v1/info`)).status).toBe(401);
     expect(await (await fetch(`http://127.0.0.1:${agentsOps}/metrics`)).text()).toContain('dhm_http_requests_total{service="agent"');
     // The Temporal SDK's exporter (core's Prometheus endpoint): worker poll and slot metrics.
-    const sdk = await eventually('SDK metrics', async () => {
-      const text = await (await fetch(`http://127.0.0.1:${workerSdk}/metrics`)).text();
-      return /temporal_\w+/.test(text) ? text : null;
-    }, 30_000, 250);
+    const sdk = await eventually(
+      'SDK metrics',
+      async () => {
+        const text = await (await fetch(`http://127.0.0.1:${workerSdk}/metrics`)).text();
+        return /temporal_\w+/.test(text) ? text : null;
+      },
+      30_000,
+      250,
+    );
     expect(sdk).toMatch(/temporal_(worker_task_slots_available|num_pollers|request)/);
 
     for (const run of [worker, scheduler, agents]) run.child.kill('SIGTERM');

@@ -37,7 +37,16 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
 
   async function startServerAgent(serverId: string): Promise<RunningAgent> {
     const s = fleet.servers.find((x) => x.id === serverId)!;
-    const a = await startAgent({ serverId, capacity: s.capacity, nicBandwidthBps: s.nicBandwidthBps, timeScale: 20, port: ports.get(serverId) ?? 0, tls: (pki ??= await testAgentPki(fleet.servers.map((x) => x.id))).server(serverId), faultRoutes: true, logger });
+    const a = await startAgent({
+      serverId,
+      capacity: s.capacity,
+      nicBandwidthBps: s.nicBandwidthBps,
+      timeScale: 20,
+      port: ports.get(serverId) ?? 0,
+      tls: (pki ??= await testAgentPki(fleet.servers.map((x) => x.id))).server(serverId),
+      faultRoutes: true,
+      logger,
+    });
     ports.set(serverId, Number(new URL(a.url).port));
     agents.set(serverId, a);
     return a;
@@ -57,8 +66,20 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     await inventory.seedFleet(fleet, new Map([...agents].map(([id, a]) => [id, a.url])));
     temporal = await connectTestTemporal();
     const directory = createAgentDirectory({ lookupAgentUrl: async (id) => (await inventory.getServer(id)).agentUrl, tls: pki.controlPlane });
-    await temporal.startWorker({ activities: createActivities({ inventory, agents: directory }), maxHeartbeatThrottleInterval: '500ms', defaultHeartbeatThrottleInterval: '500ms' });
-    scheduler = await startScheduler({ inventory, databaseUrl: db.url, schedulerId: 'sched-agent-crash', logger, agentTls: pki.controlPlane, sweepIntervalMs: 500, staleClaimMs: 5000 });
+    await temporal.startWorker({
+      activities: createActivities({ inventory, agents: directory }),
+      maxHeartbeatThrottleInterval: '500ms',
+      defaultHeartbeatThrottleInterval: '500ms',
+    });
+    scheduler = await startScheduler({
+      inventory,
+      databaseUrl: db.url,
+      schedulerId: 'sched-agent-crash',
+      logger,
+      agentTls: pki.controlPlane,
+      sweepIntervalMs: 500,
+      staleClaimMs: 5000,
+    });
   }, 60_000);
 
   afterAll(async () => {
@@ -96,77 +117,97 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
   const invariants = (when: string) => assertInvariants(fig, { inventory, agentTls: pki.controlPlane, temporal: temporal.client }, when);
   const settled = () => eventually('de-provisioning done', async () => (await inventory.listDeprovisionJobs({ state: 'pending' })).length === 0, 30_000, 100);
 
-  it('an agent unreachable for a while (source or target): every VM runs exactly once, where the inventory says', async () => {
-    // One host, migrated back and forth: each trial starts from where the previous one left it. A trial counts only if
-    // its outage began while the migration ran; one that ended first is checked all the same, then run again (bounded).
-    const { hostId, vmIds } = await createHost(`u${randomBytes(2).toString('hex')}`, 3);
-    let faulted = 0;
-    for (let trial = 0; faulted < FAULT_TRIALS && trial < 3 * FAULT_TRIALS; trial++) {
-      const sourceServerId = (await inventory.getHost(hostId)).serverId;
-      const handle = await startMigration(temporal.client, temporal.taskQueue, { dedicatedHostId: hostId, policy: { maxParallel: rnd.int(1, 2), bandwidthCapBps: 200e6 }, requestedBy: 'operator:faults' });
-      const result = handle.result();
-      let ended = false;
-      void result.catch(() => undefined).finally(() => (ended = true));
-      // A moment once the target is known (so either side can be hit), within the 1–2 s the three moves take (three
-      // 2 GiB VMs at 200 MB/s, time scale 20), then a random outage.
-      const st = await eventually('target reserved', async () => (await handle.query(statusQuery)).target?.serverId ?? (ended ? 'ended' : null), 30_000, 25);
-      await faultMoment(rnd.int(0, 1000), () => ended);
-      const side = rnd.pick(['source', 'target'] as const);
-      const serverId = side === 'source' ? sourceServerId : st;
-      const fired = !ended && serverId !== 'ended';
-      if (fired) {
-        await client(serverId).setFaults({ unreachable: true });
-        count(fig.faults, `${side} agent unreachable`);
-        await faultMoment(rnd.int(500, 4000), () => ended);
-        await client(serverId).setFaults({ unreachable: false });
+  it(
+    'an agent unreachable for a while (source or target): every VM runs exactly once, where the inventory says',
+    async () => {
+      // One host, migrated back and forth: each trial starts from where the previous one left it. A trial counts only if
+      // its outage began while the migration ran; one that ended first is checked all the same, then run again (bounded).
+      const { hostId, vmIds } = await createHost(`u${randomBytes(2).toString('hex')}`, 3);
+      let faulted = 0;
+      for (let trial = 0; faulted < FAULT_TRIALS && trial < 3 * FAULT_TRIALS; trial++) {
+        const sourceServerId = (await inventory.getHost(hostId)).serverId;
+        const handle = await startMigration(temporal.client, temporal.taskQueue, {
+          dedicatedHostId: hostId,
+          policy: { maxParallel: rnd.int(1, 2), bandwidthCapBps: 200e6 },
+          requestedBy: 'operator:faults',
+        });
+        const result = handle.result();
+        let ended = false;
+        void result.catch(() => undefined).finally(() => (ended = true));
+        // A moment once the target is known (so either side can be hit), within the 1–2 s the three moves take (three
+        // 2 GiB VMs at 200 MB/s, time scale 20), then a random outage.
+        const st = await eventually('target reserved', async () => (await handle.query(statusQuery)).target?.serverId ?? (ended ? 'ended' : null), 30_000, 25);
+        await faultMoment(rnd.int(0, 1000), () => ended);
+        const side = rnd.pick(['source', 'target'] as const);
+        const serverId = side === 'source' ? sourceServerId : st;
+        const fired = !ended && serverId !== 'ended';
+        if (fired) {
+          await client(serverId).setFaults({ unreachable: true });
+          count(fig.faults, `${side} agent unreachable`);
+          await faultMoment(rnd.int(500, 4000), () => ended);
+          await client(serverId).setFaults({ unreachable: false });
+        }
+        const r = await outcome(handle);
+        count(fig.migrations, r.phase);
+        expect(['completed', 'rolled-back']).toContain(r.phase);
+        const at = await whereRunning(vmIds);
+        const host = await inventory.getHost(hostId);
+        for (const vmId of vmIds) {
+          expect(at.get(vmId)).toEqual([host.serverId]); // once, on the host's current server (source after a rollback)
+        }
+        if (r.phase === 'rolled-back') expect(host.serverId).toBe(sourceServerId);
+        await settled();
+        await invariants(`after unreachable trial ${trial}`);
+        if (fired) {
+          faulted++;
+          fig.trials++;
+        } else count(fig.faults, 'none (the migration ended before the outage)');
       }
-      const r = await outcome(handle);
-      count(fig.migrations, r.phase);
-      expect(['completed', 'rolled-back']).toContain(r.phase);
-      const at = await whereRunning(vmIds);
-      const host = await inventory.getHost(hostId);
-      for (const vmId of vmIds) {
-        expect(at.get(vmId)).toEqual([host.serverId]); // once, on the host's current server (source after a rollback)
-      }
-      if (r.phase === 'rolled-back') expect(host.serverId).toBe(sourceServerId);
-      await settled();
-      await invariants(`after unreachable trial ${trial}`);
-      if (fired) {
-        faulted++;
-        fig.trials++;
-      } else count(fig.faults, 'none (the migration ended before the outage)');
-    }
-    expect(faulted).toBe(FAULT_TRIALS);
-  }, 60_000 + 2 * FAULT_TRIALS * 60_000);
+      expect(faulted).toBe(FAULT_TRIALS);
+    },
+    60_000 + 2 * FAULT_TRIALS * 60_000,
+  );
 
-  it('an agent daemon restarts mid-move (source or target) while its server keeps running: no VM is lost, the policy decides the rest', async () => {
-    // The daemon, not the server: unreachable for a while, then back with its migration jobs aborted and forgotten.
-    // One host, migrated back and forth: each trial starts from where the previous one left it.
-    const { hostId, vmIds } = await createHost(`d${randomBytes(2).toString('hex')}`, 3);
-    for (let trial = 0; trial < Math.max(2, Math.ceil(FAULT_TRIALS / 2)); trial++) {
-      const side = trial % 2 === 0 ? 'source' : 'target';
-      const sourceServerId = (await inventory.getHost(hostId)).serverId;
-      const handle = await startMigration(temporal.client, temporal.taskQueue, { dedicatedHostId: hostId, policy: { maxParallel: rnd.int(1, 2), bandwidthCapBps: 100e6 } });
-      const st = await eventually('a VM moving', async () => {
-        const x: MigrationStatus = await handle.query(statusQuery);
-        return x.vms.some((v) => v.state === 'moving') && x.target ? x : null;
-      }, 60_000, 10);
-      const serverId = side === 'source' ? sourceServerId : st.target!.serverId;
-      await agents.get(serverId)!.restartDaemon(rnd.int(0, 1500));
-      count(fig.faults, `${side} agent daemon restarted`);
-      const r = await outcome(handle);
-      count(fig.migrations, `${r.phase} (${side} daemon restarted)`);
-      expect(['completed', 'rolled-back']).toContain(r.phase);
-      expect(r.vms.filter((v) => v.state === 'lost')).toEqual([]);
-      const host = await inventory.getHost(hostId);
-      if (r.phase === 'rolled-back') expect(host.serverId).toBe(sourceServerId);
-      const at = await whereRunning(vmIds);
-      for (const vmId of vmIds) expect(at.get(vmId)).toEqual([host.serverId]); // once, where the inventory says
-      await settled();
-      await invariants(`after a ${side} daemon restart`);
-      fig.trials++;
-    }
-  }, 120_000 + FAULT_TRIALS * 40_000);
+  it(
+    'an agent daemon restarts mid-move (source or target) while its server keeps running: no VM is lost, the policy decides the rest',
+    async () => {
+      // The daemon, not the server: unreachable for a while, then back with its migration jobs aborted and forgotten.
+      // One host, migrated back and forth: each trial starts from where the previous one left it.
+      const { hostId, vmIds } = await createHost(`d${randomBytes(2).toString('hex')}`, 3);
+      for (let trial = 0; trial < Math.max(2, Math.ceil(FAULT_TRIALS / 2)); trial++) {
+        const side = trial % 2 === 0 ? 'source' : 'target';
+        const sourceServerId = (await inventory.getHost(hostId)).serverId;
+        const handle = await startMigration(temporal.client, temporal.taskQueue, {
+          dedicatedHostId: hostId,
+          policy: { maxParallel: rnd.int(1, 2), bandwidthCapBps: 100e6 },
+        });
+        const st = await eventually(
+          'a VM moving',
+          async () => {
+            const x: MigrationStatus = await handle.query(statusQuery);
+            return x.vms.some((v) => v.state === 'moving') && x.target ? x : null;
+          },
+          60_000,
+          10,
+        );
+        const serverId = side === 'source' ? sourceServerId : st.target!.serverId;
+        await agents.get(serverId)!.restartDaemon(rnd.int(0, 1500));
+        count(fig.faults, `${side} agent daemon restarted`);
+        const r = await outcome(handle);
+        count(fig.migrations, `${r.phase} (${side} daemon restarted)`);
+        expect(['completed', 'rolled-back']).toContain(r.phase);
+        expect(r.vms.filter((v) => v.state === 'lost')).toEqual([]);
+        const host = await inventory.getHost(hostId);
+        if (r.phase === 'rolled-back') expect(host.serverId).toBe(sourceServerId);
+        const at = await whereRunning(vmIds);
+        for (const vmId of vmIds) expect(at.get(vmId)).toEqual([host.serverId]); // once, where the inventory says
+        await settled();
+        await invariants(`after a ${side} daemon restart`);
+        fig.trials++;
+      }
+    },
+    120_000 + FAULT_TRIALS * 40_000,
+  );
 
   /**
    * A server "reboots" (its agent restarts: the sim keeps VMs in the agent's memory, so they die with it) after one VM
@@ -178,14 +219,22 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     const { hostId, vmIds, sourceServerId } = await createHost(`${side[0]}${randomBytes(2).toString('hex')}`, 3);
     // One move at a time, ~1 s each, so the reboot lands between the first switchover and the last.
     const handle = await startMigration(temporal.client, temporal.taskQueue, { dedicatedHostId: hostId, policy: { maxParallel: 1, bandwidthCapBps: 100e6 } });
-    const st = await eventually('one VM moved, the next one moving', async () => {
-      const s: MigrationStatus = await handle.query(statusQuery);
-      return s.vms.some((v) => v.state === 'moved') && s.vms.some((v) => v.state === 'moving') ? s : null;
-    }, 60_000, 10);
+    const st = await eventually(
+      'one VM moved, the next one moving',
+      async () => {
+        const s: MigrationStatus = await handle.query(statusQuery);
+        return s.vms.some((v) => v.state === 'moved') && s.vms.some((v) => v.state === 'moving') ? s : null;
+      },
+      60_000,
+      10,
+    );
     const rebooted = side === 'source' ? sourceServerId : st.target!.serverId;
     await restartAgent(rebooted);
     count(fig.faults, `${side} agent restarted (server reboot)`);
-    const failure = await handle.result().then(() => null, (err: unknown) => err as { cause?: { type?: string; message?: string } });
+    const failure = await handle.result().then(
+      () => null,
+      (err: unknown) => err as { cause?: { type?: string; message?: string } },
+    );
     const r = await outcome(handle);
     count(fig.migrations, `${r.phase} (${side} rebooted)`);
 
@@ -195,7 +244,12 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     expect(lost.length).toBeGreaterThan(0);
     expect(r.phase).toBe('failed');
     expect(failure?.cause?.type).toBe(FailureTypes.VmsLost);
-    expect(r.vms.filter((v) => v.state === 'lost').map((v) => v.vmId).sort()).toEqual(lost);
+    expect(
+      r.vms
+        .filter((v) => v.state === 'lost')
+        .map((v) => v.vmId)
+        .sort(),
+    ).toEqual(lost);
     for (const vmId of lost) expect(r.lastError).toContain(vmId);
     // The survivors run once, on the source, where the inventory says; the host is active there again.
     const host = await inventory.getHost(hostId);
@@ -212,7 +266,12 @@ describe(`host agents failing mid-move (seed ${FAULT_SEED}, ${FAULT_TRIALS} tria
     const { checkInvariants } = await import('../../client/invariants');
     const report = await checkInvariants({ inventory, agentTls: pki.controlPlane, temporal: temporal.client });
     expect(report.violations).toEqual([]);
-    expect(report.lostVms.filter((l) => l.dedicatedHostId === hostId).map((l) => l.vmId).sort()).toEqual(lost);
+    expect(
+      report.lostVms
+        .filter((l) => l.dedicatedHostId === hostId)
+        .map((l) => l.vmId)
+        .sort(),
+    ).toEqual(lost);
     fig.invariantChecks++;
     // The tenant can close the record; deleting a lost VM frees nothing twice.
     await inventory.deleteVm({ vmId: lost[0]!, actor: 'test' });

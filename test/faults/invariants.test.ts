@@ -50,7 +50,10 @@ describe('checkInvariants', () => {
     const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: sys.db.url, TEMPORAL_ADDRESS: sys.temporal.address, LOG_LEVEL: 'warn' };
     delete env.DHM_AGENT_SECRET; // the test system's agents take no secret
     try {
-      const { stdout } = await promisify(execFile)(process.execPath, [path.resolve(__dirname, '..', '..', 'bin', 'dhm.js'), 'check', ...args], { env, timeout: 60_000 });
+      const { stdout } = await promisify(execFile)(process.execPath, [path.resolve(__dirname, '..', '..', 'bin', 'dhm.js'), 'check', ...args], {
+        env,
+        timeout: 60_000,
+      });
       return { code: 0, stdout };
     } catch (err) {
       const e = err as { code?: number; stdout?: string };

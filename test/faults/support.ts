@@ -76,7 +76,7 @@ export async function assertInvariants(f: Figures, input: InvariantCheckInput, w
 /** Every migration's work was done once: one `vm.moved` per VM and direction, one finalize, one de-provisioning. */
 export async function assertNothingTwice(inventory: Inventory, dedicatedHostId: string): Promise<void> {
   const events = [];
-  for (let afterId = 0; ; ) {
+  for (let afterId = 0; ;) {
     const page = await inventory.listEvents({ dedicatedHostId, afterId, limit: 500 });
     events.push(...page);
     if (page.length < 500) break;
@@ -96,7 +96,10 @@ export async function assertNothingTwice(inventory: Inventory, dedicatedHostId: 
 export async function assertDeprovisionedOnce(inventory: Inventory): Promise<number> {
   const jobs = await inventory.listDeprovisionJobs();
   const bad = jobs.filter((j) => j.state !== 'done' || j.attempts !== 1);
-  if (bad.length) throw new Error(`outbox rows not done exactly once: ${JSON.stringify(bad.map((j) => ({ id: j.id, state: j.state, attempts: j.attempts, claimedBy: j.claimedBy, lastError: j.lastError })))}`);
+  if (bad.length)
+    throw new Error(
+      `outbox rows not done exactly once: ${JSON.stringify(bad.map((j) => ({ id: j.id, state: j.state, attempts: j.attempts, claimedBy: j.claimedBy, lastError: j.lastError })))}`,
+    );
   return jobs.length;
 }
 
@@ -125,10 +128,15 @@ export function spawnService(role: string, env: NodeJS.ProcessEnv): Service {
 }
 
 export async function untilReady(s: Service, timeoutMs = 90_000): Promise<void> {
-  await eventually(`dhm ${s.role} ready`, async () => {
-    if (!s.alive()) throw new Error(`dhm ${s.role} exited: ${s.output().slice(-1500)}`);
-    return /"msg":"ready"/.test(s.output());
-  }, timeoutMs, 100);
+  await eventually(
+    `dhm ${s.role} ready`,
+    async () => {
+      if (!s.alive()) throw new Error(`dhm ${s.role} exited: ${s.output().slice(-1500)}`);
+      return /"msg":"ready"/.test(s.output());
+    },
+    timeoutMs,
+    100,
+  );
 }
 
 /** SIGTERM (then SIGKILL after a deadline) every service still running; resolves when all have exited. */

@@ -12,7 +12,6 @@ import { spawnDhm, type DhmRun } from '../support/dhm-process';
 import { testFleet } from '../support/fleets';
 import { eventually } from '../support/system';
 
-
 type Service = DhmRun;
 const service = (role: string, env: NodeJS.ProcessEnv): Service => spawnDhm([role], env);
 
@@ -34,17 +33,33 @@ describe('two worker processes and a scheduler process', () => {
     db = await createTestDatabase();
     inventory = createInventory(db.pool);
     const fleet = testFleet({ servers: 3 });
-    agents = await startFleetAgents(fleet, { timeScale: 20, tls: (pki = await testAgentPki(fleet.servers.map((x) => x.id))).server, faultRoutes: true, logger: createLogger('test', 'warn') });
+    agents = await startFleetAgents(fleet, {
+      timeScale: 20,
+      tls: (pki = await testAgentPki(fleet.servers.map((x) => x.id))).server,
+      faultRoutes: true,
+      logger: createLogger('test', 'warn'),
+    });
     await inventory.seedFleet(fleet, new Map([...agents.agents].map(([id, a]) => [id, a.url])));
     connection = await Connection.connect({ address: process.env.DHM_TEST_TEMPORAL_ADDRESS! });
     client = new Client({ connection });
-    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!, TEMPORAL_TASK_QUEUE: taskQueue, DHM_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir, LOG_LEVEL: 'info' };
+    const env = {
+      DATABASE_URL: db.url,
+      TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!,
+      TEMPORAL_TASK_QUEUE: taskQueue,
+      DHM_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir,
+      LOG_LEVEL: 'info',
+    };
     services.push(service('worker', env), service('worker', env), service('scheduler', env));
     for (const s of services) {
-      await eventually('service ready', async () => {
-        if (s.child.exitCode !== null) throw new Error(`service exited: ${s.output().slice(-1500)}`);
-        return /"msg":"ready"/.test(s.output());
-      }, 90_000, 100);
+      await eventually(
+        'service ready',
+        async () => {
+          if (s.child.exitCode !== null) throw new Error(`service exited: ${s.output().slice(-1500)}`);
+          return /"msg":"ready"/.test(s.output());
+        },
+        90_000,
+        100,
+      );
     }
   });
 
@@ -69,13 +84,18 @@ describe('two worker processes and a scheduler process', () => {
     }
     const handle = await startMigration(client, taskQueue, { dedicatedHostId: host.id, policy: { maxParallel: 1, bandwidthCapBps: 200e6 } });
     // Find the worker process that runs the move in flight, and kill it without warning.
-    const victim = await eventually('a move with a known worker', async () => {
-      const desc = await handle.describe();
-      const pa = desc.raw.pendingActivities?.find((a) => a.activityType?.name === 'liveMigrateVm' && a.lastWorkerIdentity);
-      if (!pa) return null;
-      const pid = Number(/^(\d+)@/.exec(pa.lastWorkerIdentity!)?.[1]);
-      return services.find((s) => s.child.pid === pid && s.child.exitCode === null) ?? null;
-    }, 60_000, 100);
+    const victim = await eventually(
+      'a move with a known worker',
+      async () => {
+        const desc = await handle.describe();
+        const pa = desc.raw.pendingActivities?.find((a) => a.activityType?.name === 'liveMigrateVm' && a.lastWorkerIdentity);
+        if (!pa) return null;
+        const pid = Number(/^(\d+)@/.exec(pa.lastWorkerIdentity!)?.[1]);
+        return services.find((s) => s.child.pid === pid && s.child.exitCode === null) ?? null;
+      },
+      60_000,
+      100,
+    );
     victim.child.kill('SIGKILL');
     await victim.exited;
     const result = await handle.result();

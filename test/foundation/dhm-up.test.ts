@@ -81,7 +81,11 @@ describe('dhm up: the embedded stack as a user runs it', () => {
 
   it.each([
     ['DATABASE_URL', { DATABASE_URL: 'mysql://nope' }, /^dhm: DATABASE_URL: must be a URL starting with postgres:\/\/ or postgresql:\/\//m],
-    ['DATABASE_URL unreachable', { DATABASE_URL: 'postgres://u:secret@127.0.0.1:1/db' }, /^dhm: DATABASE_URL: cannot connect to postgres:\/\/u:\*\*\*@127\.0\.0\.1:1\/db/m],
+    [
+      'DATABASE_URL unreachable',
+      { DATABASE_URL: 'postgres://u:secret@127.0.0.1:1/db' },
+      /^dhm: DATABASE_URL: cannot connect to postgres:\/\/u:\*\*\*@127\.0\.0\.1:1\/db/m,
+    ],
     ['TEMPORAL_ADDRESS', { TEMPORAL_ADDRESS: 'not an address' }, /^dhm: TEMPORAL_ADDRESS: must be host:port/m],
     ['DHM_PG_PORT', { DHM_PG_PORT: '99999' }, /^dhm: DHM_PG_PORT: /m],
     ['DHM_TYPO', { DHM_TYPO: '1' }, /^dhm: DHM_TYPO: unknown setting/m],

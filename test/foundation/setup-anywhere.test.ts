@@ -136,7 +136,10 @@ describe('dhm up starts from any folder a user can write to', () => {
   describe('when it cannot start: one line naming the path or variable and the fix, exit ≠ 0, nothing left running', () => {
     const expectOneLineRefusal = async (run: DhmRun, pattern: RegExp) => {
       expect(await run.exited).not.toBe(0);
-      const dhmLines = run.output().split('\n').filter((l) => l.startsWith('dhm: '));
+      const dhmLines = run
+        .output()
+        .split('\n')
+        .filter((l) => l.startsWith('dhm: '));
       expect(dhmLines).toEqual([expect.stringMatching(pattern)]);
       expect(run.output()).not.toMatch(/^\s+at /m); // no stack trace
     };
@@ -146,7 +149,10 @@ describe('dhm up starts from any folder a user can write to', () => {
       try {
         const file = path.join(stateDir, 'a-file');
         fs.writeFileSync(file, 'x');
-        await expectOneLineRefusal(spawnDhm(['up'], { ...env, DHM_HOME: path.join(file, 'home') }), /^dhm: DHM_HOME: cannot use .*a-file\/home \(not a folder\); set DHM_HOME to a folder you can write to$/);
+        await expectOneLineRefusal(
+          spawnDhm(['up'], { ...env, DHM_HOME: path.join(file, 'home') }),
+          /^dhm: DHM_HOME: cannot use .*a-file\/home \(not a folder\); set DHM_HOME to a folder you can write to$/,
+        );
         if (!isRoot) {
           const locked = path.join(stateDir, 'locked');
           fs.mkdirSync(locked, { mode: 0o500 });
@@ -158,33 +164,38 @@ describe('dhm up starts from any folder a user can write to', () => {
       }
     });
 
-    it(isRoot ? 'a full disk (DHM_HOME on a 4 MiB tmpfs): named, and the half-made data directory is not left to break the next start' : 'DATABASE_URL is named when the embedded Postgres is not wanted', async () => {
-      if (!isRoot) {
-        const { env } = await isolatedDhmEnv('dhm-nodisk-');
-        await expectOneLineRefusal(spawnDhm(['up'], { ...env, DATABASE_URL: 'postgres://u:p@127.0.0.1:1/db' }), /^dhm: DATABASE_URL: cannot connect/);
-        return;
-      }
-      const mount = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-full-'));
-      fs.chmodSync(mount, 0o755);
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0755', 'tmpfs', mount]);
-      try {
-        const { env } = await isolatedDhmEnv('dhm-unused-');
-        const run = spawnDhm(['up'], { ...env, DHM_HOME: path.join(mount, '.dhm') });
-        await expectOneLineRefusal(run, /^dhm: DHM_HOME: no space left on the disk of .*; free some space or set DHM_HOME to a folder on another disk$/);
-        expect(fs.readdirSync(path.join(mount, '.dhm', 'postgres'))).toEqual([]);
-        const pids = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p));
-        const leftovers = pids.filter((p) => {
-          try {
-            return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(mount);
-          } catch {
-            return false;
-          }
-        });
-        expect(leftovers).toEqual([]);
-      } finally {
-        execFileSync('umount', [mount]);
-        fs.rmSync(mount, { recursive: true, force: true });
-      }
-    });
+    it(
+      isRoot
+        ? 'a full disk (DHM_HOME on a 4 MiB tmpfs): named, and the half-made data directory is not left to break the next start'
+        : 'DATABASE_URL is named when the embedded Postgres is not wanted',
+      async () => {
+        if (!isRoot) {
+          const { env } = await isolatedDhmEnv('dhm-nodisk-');
+          await expectOneLineRefusal(spawnDhm(['up'], { ...env, DATABASE_URL: 'postgres://u:p@127.0.0.1:1/db' }), /^dhm: DATABASE_URL: cannot connect/);
+          return;
+        }
+        const mount = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-full-'));
+        fs.chmodSync(mount, 0o755);
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0755', 'tmpfs', mount]);
+        try {
+          const { env } = await isolatedDhmEnv('dhm-unused-');
+          const run = spawnDhm(['up'], { ...env, DHM_HOME: path.join(mount, '.dhm') });
+          await expectOneLineRefusal(run, /^dhm: DHM_HOME: no space left on the disk of .*; free some space or set DHM_HOME to a folder on another disk$/);
+          expect(fs.readdirSync(path.join(mount, '.dhm', 'postgres'))).toEqual([]);
+          const pids = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p));
+          const leftovers = pids.filter((p) => {
+            try {
+              return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(mount);
+            } catch {
+              return false;
+            }
+          });
+          expect(leftovers).toEqual([]);
+        } finally {
+          execFileSync('umount', [mount]);
+          fs.rmSync(mount, { recursive: true, force: true });
+        }
+      },
+    );
   });
 });

@@ -29,7 +29,7 @@ describe('the embedded stack', () => {
   });
 
   it('applies the inventory schema to every test database', async () => {
-    const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM schema_migrations");
+    const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM schema_migrations');
     expect(rows[0].n).toBeGreaterThan(0);
   });
 });

@@ -42,15 +42,35 @@ describe('disks in the VM spec', () => {
   });
 
   it('local disks adding up to more than diskGiB are refused naming disks; exactly diskGiB is accepted', () => {
-    const over = issues({ ...base, disks: [{ name: 'a', kind: 'local', sizeGiB: 30 }, { name: 'b', kind: 'local', sizeGiB: 11 }] });
+    const over = issues({
+      ...base,
+      disks: [
+        { name: 'a', kind: 'local', sizeGiB: 30 },
+        { name: 'b', kind: 'local', sizeGiB: 11 },
+      ],
+    });
     expect(over).toEqual([{ path: 'disks', message: expect.stringContaining('diskGiB (40)') }]);
-    expect(issues({ ...base, disks: [{ name: 'a', kind: 'local', sizeGiB: 30 }, { name: 'b', kind: 'local', sizeGiB: 10 }] })).toEqual([]);
+    expect(
+      issues({
+        ...base,
+        disks: [
+          { name: 'a', kind: 'local', sizeGiB: 30 },
+          { name: 'b', kind: 'local', sizeGiB: 10 },
+        ],
+      }),
+    ).toEqual([]);
   });
 
   it('names unique, at most 8 disks, at least one when given, kinds known, fields of the other kind refused', () => {
-    expect(issues({ ...base, disks: [{ name: 'a', kind: 'local', sizeGiB: 1 }, { name: 'a', kind: 'network', volumeId: 'v' }] })).toEqual([
-      { path: 'disks.1.name', message: expect.stringContaining('a names two disks') },
-    ]);
+    expect(
+      issues({
+        ...base,
+        disks: [
+          { name: 'a', kind: 'local', sizeGiB: 1 },
+          { name: 'a', kind: 'network', volumeId: 'v' },
+        ],
+      }),
+    ).toEqual([{ path: 'disks.1.name', message: expect.stringContaining('a names two disks') }]);
     const nine = Array.from({ length: 9 }, (_, i) => ({ name: `d${i}`, kind: 'network', volumeId: `v${i}` }));
     expect(issues({ ...base, disks: nine }).map((i) => i.path)).toEqual(['disks']);
     expect(issues({ ...base, disks: nine.slice(0, 8) })).toEqual([]);

@@ -128,12 +128,13 @@ test('a live incarnation sits on an allocated server; a server with a live incar
 });
 
 test('a host’s current incarnation is live, and a deleted incarnation holds nothing', async () => {
-  await expect(
-    sql([`UPDATE host_incarnations SET state = 'deleted', deleted_at = now() WHERE id = $1`, [incOf(other)]]),
-  ).rejects.toMatchObject({ code: '23514', constraint: 'current_incarnation_is_live' });
-  await expect(
-    sql([`UPDATE host_incarnations SET state = 'deleted', deleted_at = now() WHERE id = $1`, [incOf(host)]]),
-  ).rejects.toMatchObject({ code: '23514' });
+  await expect(sql([`UPDATE host_incarnations SET state = 'deleted', deleted_at = now() WHERE id = $1`, [incOf(other)]])).rejects.toMatchObject({
+    code: '23514',
+    constraint: 'current_incarnation_is_live',
+  });
+  await expect(sql([`UPDATE host_incarnations SET state = 'deleted', deleted_at = now() WHERE id = $1`, [incOf(host)]])).rejects.toMatchObject({
+    code: '23514',
+  });
 });
 
 test('states are enums, ids are unique and well-formed, migrating means a migration id', async () => {

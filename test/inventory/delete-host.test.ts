@@ -93,7 +93,11 @@ test('deleting again, or another tenant deleting, answers NOT_FOUND and changes 
   const { host, tenantId } = await tenantWithHost(inv, zone);
   const { tenantId: otherTenant } = await tenantWithHost(inv, zone);
   let before = await dbState(db.pool);
-  await expectInventoryError(inv.deleteDedicatedHost({ dedicatedHostId: host.id, tenantId: otherTenant, actor: `tenant:${otherTenant}` }), 'NOT_FOUND', 'dedicatedHostId');
+  await expectInventoryError(
+    inv.deleteDedicatedHost({ dedicatedHostId: host.id, tenantId: otherTenant, actor: `tenant:${otherTenant}` }),
+    'NOT_FOUND',
+    'dedicatedHostId',
+  );
   await expectInventoryError(inv.deleteDedicatedHost({ dedicatedHostId: 'dh-missing', ...OP }), 'NOT_FOUND', 'dedicatedHostId');
   await expectInventoryError(inv.deleteDedicatedHost({ dedicatedHostId: host.id, afterState: 'gone' as never, ...OP }), 'INVALID_INPUT', 'afterState');
   expect(await dbState(db.pool)).toEqual(before);
@@ -147,7 +151,11 @@ test('a migrating host is refused HOST_MIGRATING, even without VMs; after the ro
   const target = await inv.reserveTargetServer({ dedicatedHostId: host.id, migrationId: mig, actor: m });
   await inv.createCloneIncarnation({ dedicatedHostId: host.id, migrationId: mig, serverId: target.id, actor: m });
   const before = await dbState(db.pool);
-  const err = await expectInventoryError(inv.deleteDedicatedHost({ dedicatedHostId: host.id, tenantId, actor: `tenant:${tenantId}` }), 'HOST_MIGRATING', 'dedicatedHostId');
+  const err = await expectInventoryError(
+    inv.deleteDedicatedHost({ dedicatedHostId: host.id, tenantId, actor: `tenant:${tenantId}` }),
+    'HOST_MIGRATING',
+    'dedicatedHostId',
+  );
   expect(err.details).toEqual({ migrationId: mig });
   expect(await dbState(db.pool)).toEqual(before);
 

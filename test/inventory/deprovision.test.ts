@@ -43,7 +43,14 @@ test('claim → complete: the server goes to the after-state, the job is done; c
   const { oldServer, job, host, migrationId } = await finalized('maintenance');
   expect((await inv.getServer(oldServer)).state).toBe('deprovisioning');
   const claimed = await claim('sched-a', job.id);
-  expect(claimed).toMatchObject({ id: job.id, serverId: oldServer, agentUrl: expect.stringMatching(/^http:/), claimedBy: 'sched-a', attempts: 1, state: 'pending' });
+  expect(claimed).toMatchObject({
+    id: job.id,
+    serverId: oldServer,
+    agentUrl: expect.stringMatching(/^http:/),
+    claimedBy: 'sched-a',
+    attempts: 1,
+    state: 'pending',
+  });
   const done = await inv.completeDeprovisionJob({ jobId: job.id, schedulerId: 'sched-a' });
   expect(done).toMatchObject({ id: job.id, state: 'done', claimedBy: 'sched-a' });
   expect((await inv.getServer(oldServer)).state).toBe('maintenance');

@@ -45,7 +45,10 @@ describe('finalize is atomic: the swap and the delete happen together or not at 
   ])('connection killed while blocked on %s → nothing half-done; a retry then finalizes once', async (table, statement) => {
     const { zone, std } = await freshZone(inv, { std: 2 });
     const { host } = await tenantWithHost(inv, zone);
-    await placeVms(inv, host, [{ vcpus: 4, memoryMiB: 4096, diskGiB: 40 }, { vcpus: 2, memoryMiB: 2048, diskGiB: 20 }]);
+    await placeVms(inv, host, [
+      { vcpus: 4, memoryMiB: 4096, diskGiB: 40 },
+      { vcpus: 2, memoryMiB: 2048, diskGiB: 20 },
+    ]);
     const m = await migrateToClone(inv, host.id);
     const before = await dbState(db.pool);
 

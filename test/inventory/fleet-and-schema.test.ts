@@ -122,11 +122,19 @@ describe('seedFleet', () => {
     changed.servers[idle]!.capacity = { ...STD, diskGiB: 4000 };
     expect((await inv.seedFleet(changed, moved)).updated).toEqual([changed.servers[idle]!.id]);
     const events = await inv.listEvents({});
-    expect(events.filter((e) => e.action === 'server.added').map((e) => e.entityId).sort()).toEqual(fleet.servers.map((s) => s.id).sort());
+    expect(
+      events
+        .filter((e) => e.action === 'server.added')
+        .map((e) => e.entityId)
+        .sort(),
+    ).toEqual(fleet.servers.map((s) => s.id).sort());
     // Updated: every server once for its new agent URL (third seed), then the idle one for its disk.
-    expect(events.filter((e) => e.action === 'server.updated').map((e) => e.entityId).sort()).toEqual(
-      [...fleet.servers.map((s) => s.id), changed.servers[idle]!.id].sort(),
-    );
+    expect(
+      events
+        .filter((e) => e.action === 'server.updated')
+        .map((e) => e.entityId)
+        .sort(),
+    ).toEqual([...fleet.servers.map((s) => s.id), changed.servers[idle]!.id].sort());
   });
 
   test('a server without an agent URL, or an invalid fleet, is refused naming the field', async () => {

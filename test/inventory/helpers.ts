@@ -53,9 +53,7 @@ export function zoneFleet(zone: string, counts: { std?: number; mem?: number; bi
     servers: [
       ...Array.from({ length: counts.std ?? 0 }, (_, i) => server('std', i + 1, 'std-64', STD)),
       ...Array.from({ length: counts.mem ?? 0 }, (_, i) => server('mem', i + 1, 'mem-32', MEM)),
-      ...Array.from({ length: counts.bigStd ?? 0 }, (_, i) =>
-        server('big', i + 1, 'std-64', { vcpus: 96, memoryMiB: 393_216, diskGiB: 4000 }),
-      ),
+      ...Array.from({ length: counts.bigStd ?? 0 }, (_, i) => server('big', i + 1, 'std-64', { vcpus: 96, memoryMiB: 393_216, diskGiB: 4000 })),
     ],
   };
 }
@@ -64,11 +62,7 @@ export function agentUrls(fleet: Fleet): Map<string, string> {
   return new Map(fleet.servers.map((s, i) => [s.id, `http://127.0.0.1:${20000 + i}`]));
 }
 
-export async function tenantWithHost(
-  inv: Inventory,
-  zone: string,
-  resourceClass = 'std-64',
-): Promise<{ tenantId: string; host: HostView }> {
+export async function tenantWithHost(inv: Inventory, zone: string, resourceClass = 'std-64'): Promise<{ tenantId: string; host: HostView }> {
   const tenant = await inv.createTenant(`tenant of ${zone}`);
   const host = await inv.createDedicatedHost({ tenantId: tenant.id, name: 'db-host', zone, resourceClass, actor: `tenant:${tenant.id}` });
   return { tenantId: tenant.id, host };
@@ -97,19 +91,14 @@ export async function migrateToClone(inv: Inventory, hostId: string, mig = migra
 }
 
 /** Asserts an InventoryError with this code (and field, when given); returns it for more checks. */
-export async function expectInventoryError(
-  p: Promise<unknown>,
-  code: InventoryErrorCode,
-  field?: string,
-): Promise<InventoryError> {
+export async function expectInventoryError(p: Promise<unknown>, code: InventoryErrorCode, field?: string): Promise<InventoryError> {
   let caught: unknown;
   try {
     await p;
   } catch (err) {
     caught = err;
   }
-  if (!(caught instanceof InventoryError))
-    throw new Error(`expected InventoryError ${code}, got ${caught === undefined ? 'success' : String(caught)}`);
+  if (!(caught instanceof InventoryError)) throw new Error(`expected InventoryError ${code}, got ${caught === undefined ? 'success' : String(caught)}`);
   expect({ code: caught.code, field: caught.field }).toEqual({ code, field: field ?? caught.field });
   return caught;
 }

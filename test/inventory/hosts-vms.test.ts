@@ -190,7 +190,10 @@ describe('VM placement', () => {
     expect((await inv.listVms({ dedicatedHostId: host.id })).map((v) => v.id)).toEqual([b!.id]);
     expect((await inv.listVms({ dedicatedHostId: host.id, includeDeleted: true })).map((v) => v.id)).toEqual([a!.id, b!.id]);
     const ev = (await inv.listEvents({ dedicatedHostId: host.id })).filter((e) => e.entityId === a!.id);
-    expect(ev.map((e) => [e.action, e.actor])).toEqual([['vm.placed', `tenant:${host.tenantId}`], ['vm.deleted', 'operator']]);
+    expect(ev.map((e) => [e.action, e.actor])).toEqual([
+      ['vm.placed', `tenant:${host.tenantId}`],
+      ['vm.deleted', 'operator'],
+    ]);
   });
 
   test('parallel placements never overshoot capacity', async () => {

@@ -60,7 +60,13 @@ describe('a whole migration', () => {
     expect(fin.host).toMatchObject({ id: host.id, tenantId, capacity: STD, state: 'active', migrationId: null, currentIncarnationId: clone.id });
     expect(fin.currentIncarnation).toMatchObject({ id: clone.id, role: 'primary', state: 'live' });
     expect(fin.deletedIncarnation).toMatchObject({ id: host.currentIncarnationId, state: 'deleted', serverId: std[0] });
-    expect(fin.deprovisionJob).toMatchObject({ serverId: std[0], incarnationId: host.currentIncarnationId, state: 'pending', afterState: 'available', migrationId: mig });
+    expect(fin.deprovisionJob).toMatchObject({
+      serverId: std[0],
+      incarnationId: host.currentIncarnationId,
+      state: 'pending',
+      afterState: 'available',
+      migrationId: mig,
+    });
     expect(fin.migration).toMatchObject({ state: 'finalized', targetServerId: std[1], cloneIncarnationId: clone.id });
     expect((await inv.getServer(std[0]!)).state).toBe('deprovisioning');
     expect(await inv.getServer(std[1]!)).toMatchObject({ state: 'allocated', reservedByMigration: null });
@@ -115,8 +121,8 @@ describe('a whole migration', () => {
     expect(await inv.createCloneIncarnation({ migrationId: mig, dedicatedHostId: host.id, serverId: target.id, actor })).toEqual(clone);
     await twice(() => inv.moveVmPlacement({ vmId: vm!.id, migrationId: mig, toIncarnationId: clone.id, actor }));
     const newVm = vmId();
-    await twice(() =>
-      inv.provisionVmOnClone({ vmId: newVm, migrationId: mig, dedicatedHostId: host.id, name: 'new', spec: small, tenantId, actor }),
+    await twice(
+      () => inv.provisionVmOnClone({ vmId: newVm, migrationId: mig, dedicatedHostId: host.id, name: 'new', spec: small, tenantId, actor }),
       // The capacity in the reply is "now"; the VM is the same.
       (a, b) => expect({ ...b, capacity: undefined }).toEqual({ ...a, capacity: undefined }),
     );
@@ -134,7 +140,15 @@ describe('a whole migration', () => {
     const { host, tenantId } = await tenantWithHost(inv, zone);
     const vms = await placeVms(inv, host, [small, small]);
     const m = await migrateToClone(inv, host.id);
-    const extra = await inv.provisionVmOnClone({ vmId: vmId(), migrationId: m.migrationId, dedicatedHostId: host.id, name: 'mid', spec: small, tenantId, actor: m.actor });
+    const extra = await inv.provisionVmOnClone({
+      vmId: vmId(),
+      migrationId: m.migrationId,
+      dedicatedHostId: host.id,
+      name: 'mid',
+      spec: small,
+      tenantId,
+      actor: m.actor,
+    });
     // Rolling back with VMs on the clone is refused and changes nothing.
     const before = await dbState(db.pool);
     const err = await expectInventoryError(inv.rollbackMigration({ migrationId: m.migrationId, dedicatedHostId: host.id, actor: m.actor }), 'WRONG_STATE');
@@ -219,7 +233,15 @@ describe('while a host migrates', () => {
 
     const before = await dbState(db.pool);
     const err = await expectInventoryError(
-      inv.provisionVmOnClone({ vmId: vmId(), migrationId: mig, dedicatedHostId: host.id, name: 'too-big', spec: { vcpus: 32, memoryMiB: 1024, diskGiB: 10 }, tenantId, actor }),
+      inv.provisionVmOnClone({
+        vmId: vmId(),
+        migrationId: mig,
+        dedicatedHostId: host.id,
+        name: 'too-big',
+        spec: { vcpus: 32, memoryMiB: 1024, diskGiB: 10 },
+        tenantId,
+        actor,
+      }),
       'INSUFFICIENT_CAPACITY',
       'vcpus',
     );
@@ -273,7 +295,15 @@ describe('while a host migrates', () => {
       ...vms.map((v) => inv.moveVmPlacement({ vmId: v.id, migrationId: m.mig, toIncarnationId: m.clone.id, actor: m.actor })),
       ...vms.slice(0, 2).map((v) => inv.deleteVm({ vmId: v.id, migrationId: m.mig, actor: m.actor })),
       ...Array.from({ length: 20 }, (_, i) =>
-        inv.provisionVmOnClone({ vmId: vmId(), migrationId: m.mig, dedicatedHostId: host.id, name: `n${i}`, spec: { vcpus: 4, memoryMiB: 4096, diskGiB: 50 }, tenantId, actor: m.actor }),
+        inv.provisionVmOnClone({
+          vmId: vmId(),
+          migrationId: m.mig,
+          dedicatedHostId: host.id,
+          name: `n${i}`,
+          spec: { vcpus: 4, memoryMiB: 4096, diskGiB: 50 },
+          tenantId,
+          actor: m.actor,
+        }),
       ),
     ]);
     const refusals = results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason.code);
@@ -320,11 +350,7 @@ describe('migration ids', () => {
     const long = `migration-${host.id}.${'a'.repeat(128)}`.slice(0, 128);
     const snap = await inv.beginMigration({ dedicatedHostId: host.id, migrationId: long, ...OP });
     expect(snap.migration.id).toBe(long);
-    await expectInventoryError(
-      inv.reserveTargetServer({ migrationId: `${long}x`, dedicatedHostId: host.id, ...OP }),
-      'INVALID_INPUT',
-      'migrationId',
-    );
+    await expectInventoryError(inv.reserveTargetServer({ migrationId: `${long}x`, dedicatedHostId: host.id, ...OP }), 'INVALID_INPUT', 'migrationId');
     expect((await inv.getMigration(long)).state).toBe('running');
     await inv.rollbackMigration({ migrationId: long, dedicatedHostId: host.id, ...OP });
   });
@@ -369,7 +395,11 @@ describe('target selection (claim 2)', () => {
     const t = await inv.reserveTargetServer({ migrationId: mig, dedicatedHostId: host.id, targetServerId: bigStd[0], ...OP });
     expect(t).toMatchObject({ id: bigStd[0], state: 'reserved' });
     expect(await inv.reserveTargetServer({ migrationId: mig, dedicatedHostId: host.id, targetServerId: bigStd[0], ...OP })).toEqual(t);
-    await expectInventoryError(inv.reserveTargetServer({ migrationId: mig, dedicatedHostId: host.id, targetServerId: host.serverId, ...OP }), 'CONFLICT', 'targetServerId');
+    await expectInventoryError(
+      inv.reserveTargetServer({ migrationId: mig, dedicatedHostId: host.id, targetServerId: host.serverId, ...OP }),
+      'CONFLICT',
+      'targetServerId',
+    );
     // Claim 4 on a bigger server: the clone still gets the host's amounts, not the server's.
     const clone = await inv.createCloneIncarnation({ migrationId: mig, dedicatedHostId: host.id, serverId: t.id, ...OP });
     expect(clone.capacity).toEqual(STD);
@@ -406,14 +436,11 @@ describe('target selection (claim 2)', () => {
     const t = await inv.createTenant('racers');
     await inv.setTenantQuotas({ tenantId: t.id, hostsPerZoneClass: hostsN, ...OP });
     const hosts = [];
-    for (let i = 0; i < hostsN; i++)
-      hosts.push(await inv.createDedicatedHost({ tenantId: t.id, name: `h${i}`, zone, resourceClass: 'std-64', ...OP }));
+    for (let i = 0; i < hostsN; i++) hosts.push(await inv.createDedicatedHost({ tenantId: t.id, name: `h${i}`, zone, resourceClass: 'std-64', ...OP }));
     for (let round = 0; round < 3; round++) {
       const migs = hosts.map(() => migrationId());
       await Promise.all(hosts.map((h, i) => inv.beginMigration({ dedicatedHostId: h.id, migrationId: migs[i]!, ...OP })));
-      const results = await Promise.allSettled(
-        hosts.map((h, i) => inv.reserveTargetServer({ migrationId: migs[i]!, dedicatedHostId: h.id, ...OP })),
-      );
+      const results = await Promise.allSettled(hosts.map((h, i) => inv.reserveTargetServer({ migrationId: migs[i]!, dedicatedHostId: h.id, ...OP })));
       const winners = results.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []));
       const losers = results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason.code);
       expect(winners).toHaveLength(1);

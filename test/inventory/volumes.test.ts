@@ -15,7 +15,7 @@ inventoryPerFile((d, i) => {
 const small = { vcpus: 1, memoryMiB: 1024, diskGiB: 10 };
 
 describe('volumes', () => {
-  test('create, list, get and delete are the tenant\'s own; another tenant\'s volume answers like a missing one', async () => {
+  test("create, list, get and delete are the tenant's own; another tenant's volume answers like a missing one", async () => {
     const { zone } = await freshZone(inv, { std: 1 });
     const a = await inv.createTenant('a');
     const b = await inv.createTenant('b');
@@ -72,7 +72,7 @@ describe('volumes', () => {
     expect(plain.disks).toBeUndefined();
   });
 
-  test('refusals change nothing: unknown or another tenant\'s volume 404, another zone\'s 409, local disks beyond free storage 409 naming diskGiB', async () => {
+  test("refusals change nothing: unknown or another tenant's volume 404, another zone's 409, local disks beyond free storage 409 naming diskGiB", async () => {
     const { zone } = await freshZone(inv, { std: 1 });
     const other = await freshZone(inv, { std: 1 });
     const { tenantId, host } = await tenantWithHost(inv, zone);
@@ -80,8 +80,14 @@ describe('volumes', () => {
     await inv.createVolume({ tenantId: stranger.id, name: 'theirs', zone, sizeGiB: 5, volumeId: 'vol-theirs', actor: 'x' });
     await inv.createVolume({ tenantId, name: 'far', zone: other.zone, sizeGiB: 5, volumeId: 'vol-far', actor: 'x' });
     const before = await dbState(db.pool);
-    const place = (spec: object) => inv.placeVm({ vmId: vmId(), tenantId, dedicatedHostId: host.id, name: 'x', spec: { ...small, ...spec } as never, actor: 'x' });
-    const net = (volumeId: string) => ({ disks: [{ name: 'root', kind: 'local', sizeGiB: 1 }, { name: 'data', kind: 'network', volumeId }] });
+    const place = (spec: object) =>
+      inv.placeVm({ vmId: vmId(), tenantId, dedicatedHostId: host.id, name: 'x', spec: { ...small, ...spec } as never, actor: 'x' });
+    const net = (volumeId: string) => ({
+      disks: [
+        { name: 'root', kind: 'local', sizeGiB: 1 },
+        { name: 'data', kind: 'network', volumeId },
+      ],
+    });
     await expectInventoryError(place(net('vol-nope')), 'NOT_FOUND', 'disks.1.volumeId');
     await expectInventoryError(place(net('vol-theirs')), 'NOT_FOUND', 'disks.1.volumeId');
     await expectInventoryError(place(net('vol-far')), 'CONFLICT', 'disks.1.volumeId');
@@ -97,7 +103,14 @@ describe('volumes', () => {
     const { tenantId, host } = await tenantWithHost(inv, zone);
     await inv.createVolume({ tenantId, name: 'data', zone, sizeGiB: 5, volumeId: 'vol-m1', actor: 'x' });
     const id = vmId();
-    await inv.placeVm({ vmId: id, tenantId, dedicatedHostId: host.id, name: 'db', spec: { ...small, disks: [{ name: 'data', kind: 'network', volumeId: 'vol-m1' }] }, actor: 'x' });
+    await inv.placeVm({
+      vmId: id,
+      tenantId,
+      dedicatedHostId: host.id,
+      name: 'db',
+      spec: { ...small, disks: [{ name: 'data', kind: 'network', volumeId: 'vol-m1' }] },
+      actor: 'x',
+    });
     const mig = migrationId();
     const { clone } = await migrateToClone(inv, host.id, mig);
     expect((await inv.getVm(id)).incarnationId).toBe(clone.id);

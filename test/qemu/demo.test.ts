@@ -61,7 +61,9 @@ test('dhm demo --backend qemu: three real guests move while they work; exit 0 an
   proc.stderr!.on('data', (d) => (stderr += d));
   const code = await new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c)));
   const seconds = (Date.now() - t0) / 1000;
-  process.stderr.write(`\n[dhm demo --backend qemu] exit ${code} after ${seconds.toFixed(1)} s\n${stdout}\n${stderr ? `stderr:\n${stderr.slice(-3000)}\n` : ''}`);
+  process.stderr.write(
+    `\n[dhm demo --backend qemu] exit ${code} after ${seconds.toFixed(1)} s\n${stdout}\n${stderr ? `stderr:\n${stderr.slice(-3000)}\n` : ''}`,
+  );
   expect(code).toBe(0);
 
   expect(stdout).toMatch(/Starting the embedded system \(Postgres, Temporal dev server, 3 qemu servers/);

@@ -31,26 +31,43 @@ afterAll(() => {
 test('QEMU runs from DHM_HOME/qemu (0700), with a minimal environment and -sandbox on', async () => {
   const pki = await testAgentPki(['hq-1']);
   process.env.DHM_TEST_SECRET_MARKER = 'must-not-reach-qemu';
-  const agent = await startAgent({ serverId: 'hq-1', tls: pki.server('hq-1'), capacity: SERVER, nicBandwidthBps: 1e9, backend: 'qemu', qemu: { maxVmMemoryMiB: 256, maxVmVcpus: 1 }, logger });
+  const agent = await startAgent({
+    serverId: 'hq-1',
+    tls: pki.server('hq-1'),
+    capacity: SERVER,
+    nicBandwidthBps: 1e9,
+    backend: 'qemu',
+    qemu: { maxVmMemoryMiB: 256, maxVmVcpus: 1 },
+    logger,
+  });
   try {
     const base = path.join(process.env.DHM_HOME!, 'qemu');
     expect(fs.statSync(base).mode & 0o777).toBe(0o700);
     const client = createAgentClient({ baseUrl: agent.url, tls: pki.controlPlane, serverId: 'hq-1' });
     await client.prepareIncarnation({ incarnationId: 'inc-h', capacity: { vcpus: 2, memoryMiB: 512, diskGiB: 5 } });
     await client.createVm({ vmId: 'vm-h', incarnationId: 'inc-h', spec: { vcpus: 1, memoryMiB: 128, diskGiB: 1 } });
-    const [pid] = await waitFor('the VM\'s QEMU', () => (qemuUnder(base).length === 1 ? qemuUnder(base) : undefined), 30_000, 50);
+    const [pid] = await waitFor("the VM's QEMU", () => (qemuUnder(base).length === 1 ? qemuUnder(base) : undefined), 30_000, 50);
     const stateDirs = fs.readdirSync(base).filter((d) => d.startsWith('hq-1-'));
     expect(stateDirs).toHaveLength(1);
     expect(fs.statSync(path.join(base, stateDirs[0]!)).mode & 0o777).toBe(0o700);
     // setpriv execs QEMU in place: once the sandbox is installed the pid is QEMU's and the filter is on (mode 2).
-    const status = await waitFor('QEMU\'s seccomp filter', () => {
-      const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-      return /^Seccomp:\s+2$/m.test(s) ? s : undefined;
-    }, 30_000, 50);
+    const status = await waitFor(
+      "QEMU's seccomp filter",
+      () => {
+        const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+        return /^Seccomp:\s+2$/m.test(s) ? s : undefined;
+      },
+      30_000,
+      50,
+    );
     expect(status).toMatch(/^Seccomp:\s+2$/m);
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     expect(argv[argv.indexOf('-sandbox') + 1]).toBe(QEMU_SANDBOX);
-    const environ = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter(Boolean).map((kv) => kv.split('=')[0]);
+    const environ = fs
+      .readFileSync(`/proc/${pid}/environ`, 'utf8')
+      .split('\0')
+      .filter(Boolean)
+      .map((kv) => kv.split('=')[0]);
     expect(environ.sort()).toEqual(['LD_LIBRARY_PATH', 'PATH', 'QEMU_MODULE_DIR']);
     expect((await client.guestOp('vm-h', { kind: 'read' })).servedBy).toBe('hq-1'); // and the VM works
   } finally {
@@ -67,7 +84,16 @@ test('a state folder of another user, or a symbolic link, is refused naming it; 
   if (other !== null) fs.chownSync(foreign, other, other);
   const link = path.join(root, 'link');
   fs.symlinkSync(path.join(root, 'home'), link);
-  const start = (stateDir: string) => startAgent({ serverId: 'hq-2', tls: pki.server('hq-2'), capacity: SERVER, nicBandwidthBps: 1e9, backend: 'qemu', qemu: { stateDir, migrationDir: path.join(root, 'mig') }, logger });
+  const start = (stateDir: string) =>
+    startAgent({
+      serverId: 'hq-2',
+      tls: pki.server('hq-2'),
+      capacity: SERVER,
+      nicBandwidthBps: 1e9,
+      backend: 'qemu',
+      qemu: { stateDir, migrationDir: path.join(root, 'mig') },
+      logger,
+    });
   if (other !== null) await expect(start(foreign)).rejects.toThrow(/^qemu\.stateDir: .*foreign belongs to uid 65534/);
   await expect(start(link)).rejects.toThrow(/^qemu\.stateDir: .*link is a symbolic link/);
   expect(qemuUnder(root)).toEqual([]);

@@ -81,7 +81,13 @@ const rejection = async (p: Promise<unknown>): Promise<AgentError> => {
   throw new Error('expected the call to fail');
 };
 
-const migrate = (from: Agent, to: Agent, incarnationId: string, jobId: string, policy: Partial<{ maxDowntimeMs: number; bandwidthCapBps: number; autoConverge: boolean; maxRounds: number }>) =>
+const migrate = (
+  from: Agent,
+  to: Agent,
+  incarnationId: string,
+  jobId: string,
+  policy: Partial<{ maxDowntimeMs: number; bandwidthCapBps: number; autoConverge: boolean; maxRounds: number }>,
+) =>
   from.client.startMigration({
     jobId,
     vmId: 'vm-1',
@@ -165,10 +171,15 @@ test('live-migrates a running VM: the guest counts on from the source, QEMU meas
 
   const [srcLog] = serialLogs(dirs.a, 'vm-');
   const dstLog = serialLogs(dirs.b, 'in-').at(-1)!;
-  const c = await waitFor('the moved guest to print', () => {
-    const x = continuity(srcLog!, dstLog);
-    return x.targetFirst !== undefined && x;
-  }, 10_000, 50);
+  const c = await waitFor(
+    'the moved guest to print',
+    () => {
+      const x = continuity(srcLog!, dstLog);
+      return x.targetFirst !== undefined && x;
+    },
+    10_000,
+    50,
+  );
   expect(c.targetFirst).toBe(c.sourceLast! + 1);
   figures.liveMigration.note = `source's last counter ${c.sourceLast}, target's first ${c.targetFirst}`;
 
@@ -182,10 +193,15 @@ test('live-migrates a running VM: the guest counts on from the source, QEMU meas
 
 test('cancel mid-move (low bandwidth cap): the VM runs on at the source and no destination process is left', async () => {
   await migrate(b, a, 'ia', 'job-2', { bandwidthCapBps: 4 * MIB });
-  const moving = await waitFor('the move to be under way', async () => {
-    const j = (await b.client.getMigration('job-2'))!;
-    return j.state === 'running' && j.bytesSent > 2 * MIB && j;
-  }, 30_000, 50);
+  const moving = await waitFor(
+    'the move to be under way',
+    async () => {
+      const j = (await b.client.getMigration('job-2'))!;
+      return j.state === 'running' && j.bytesSent > 2 * MIB && j;
+    },
+    30_000,
+    50,
+  );
   expect(qemuUnder(dirs.a)).toHaveLength(1); // the destination
   expect(moving.bytesRemaining).toBeGreaterThan(0);
 
@@ -215,20 +231,30 @@ test('a guest that dirties faster than its bandwidth cap fails NotConverging and
 test('the same guest and cap with auto-converge: QEMU throttles the guest and the move completes', async () => {
   await migrate(b, a, 'ia', 'job-4', { bandwidthCapBps: 8 * MIB, maxDowntimeMs: 100, autoConverge: true });
   let maxThrottle = 0;
-  const job = await waitFor('job-4 to finish', async () => {
-    const j = (await b.client.getMigration('job-4'))!;
-    maxThrottle = Math.max(maxThrottle, j.throttlePct);
-    return j.state !== 'running' && j;
-  }, 90_000, 100);
+  const job = await waitFor(
+    'job-4 to finish',
+    async () => {
+      const j = (await b.client.getMigration('job-4'))!;
+      maxThrottle = Math.max(maxThrottle, j.throttlePct);
+      return j.state !== 'running' && j;
+    },
+    90_000,
+    100,
+  );
   expect(job).toMatchObject({ state: 'completed' });
   expect(maxThrottle).toBeGreaterThan(0);
   figures.autoConverge = { ...pick(job), throttlePct: maxThrottle };
   expect(qemuUnder(dirs.b)).toEqual([]);
   expect(await a.client.getVm('vm-1')).toMatchObject({ serverId: 'qa' });
-  const c = await waitFor('the moved guest to print', () => {
-    const x = continuity(serialLogs(dirs.b, 'in-').at(-1)!, serialLogs(dirs.a, 'in-').at(-1)!);
-    return x.targetFirst !== undefined && x;
-  }, 10_000, 50);
+  const c = await waitFor(
+    'the moved guest to print',
+    () => {
+      const x = continuity(serialLogs(dirs.b, 'in-').at(-1)!, serialLogs(dirs.a, 'in-').at(-1)!);
+      return x.targetFirst !== undefined && x;
+    },
+    10_000,
+    50,
+  );
   // Throttled to 99 %, the guest can be stopped after bumping its counter but before the UART has put the whole line
   // into the source's log: one number may be missing there. A reboot would start again at 1, far from this.
   expect(c.targetFirst! - c.sourceLast!).toBeGreaterThanOrEqual(1);
@@ -240,10 +266,15 @@ test('a QEMU process that dies is reported as the VM failing, never a hang', asy
   const [pid] = qemuUnder(dirs.a);
   expect(pid).toBeDefined();
   process.kill(pid!, 'SIGKILL');
-  const failed = await waitFor('the VM to be reported failed', async () => {
-    const err = await rejection(a.client.getVm('vm-1')).catch(() => null);
-    return err ?? undefined;
-  }, 10_000, 50);
+  const failed = await waitFor(
+    'the VM to be reported failed',
+    async () => {
+      const err = await rejection(a.client.getVm('vm-1')).catch(() => null);
+      return err ?? undefined;
+    },
+    10_000,
+    50,
+  );
   expect(failed).toMatchObject({ status: 409, code: 'VM_FAILED' });
   expect(failed.message).toMatch(/SIGKILL/);
   const t = Date.now();

@@ -171,7 +171,13 @@ test('a dedicated host with 3 real VMs moves through the workflow: guests count 
     expect(f.memoryBytes).toBeGreaterThanOrEqual(vm.spec.memoryMiB * MIB);
     const job = await sys.agent(source.serverId).getMigration(vm.jobId!);
     expect(job).toMatchObject({ state: 'completed', downtimeMs: f.downtimeMs, totalTimeMs: f.totalTimeMs });
-    perVm[vm.vmId] = { memoryMiB: vm.spec.memoryMiB, downtimeMs: f.downtimeMs, totalTimeMs: f.totalTimeMs, rounds: f.rounds, sentMiB: Math.round(f.bytesSent / MIB) };
+    perVm[vm.vmId] = {
+      memoryMiB: vm.spec.memoryMiB,
+      downtimeMs: f.downtimeMs,
+      totalTimeMs: f.totalTimeMs,
+      rounds: f.rounds,
+      sentMiB: Math.round(f.bytesSent / MIB),
+    };
   }
 
   // The source QEMU processes are gone (quit after the switchover); the target runs all three.

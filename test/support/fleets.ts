@@ -13,9 +13,25 @@ export function testFleet(opts: { servers?: number; zones?: string[]; withBigSer
   }
   const large = { vcpus: 512, memoryMiB: 262144, diskGiB: 4000 };
   for (let i = 1; i <= 2; i++) {
-    servers.push({ id: `${zones[0]}-large-${i}`, zone: zones[0]!, resourceClass: 'large', capacity: large, nicBandwidthBps: 10e9, agentPort: 0, backend: 'sim' });
+    servers.push({
+      id: `${zones[0]}-large-${i}`,
+      zone: zones[0]!,
+      resourceClass: 'large',
+      capacity: large,
+      nicBandwidthBps: 10e9,
+      agentPort: 0,
+      backend: 'sim',
+    });
   }
-  servers.push({ id: `${zones[0]}-small-1`, zone: zones[0]!, resourceClass: 'small', capacity: { vcpus: 8, memoryMiB: 16384, diskGiB: 200 }, nicBandwidthBps: 10e9, agentPort: 0, backend: 'sim' });
+  servers.push({
+    id: `${zones[0]}-small-1`,
+    zone: zones[0]!,
+    resourceClass: 'small',
+    capacity: { vcpus: 8, memoryMiB: 16384, diskGiB: 200 },
+    nicBandwidthBps: 10e9,
+    agentPort: 0,
+    backend: 'sim',
+  });
   return {
     zones,
     resourceClasses: { std, large, small: { vcpus: 8, memoryMiB: 16384, diskGiB: 200 } },

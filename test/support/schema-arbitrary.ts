@@ -42,8 +42,10 @@ function stringArbitrary(s: JsonSchema, ctx: SchemaContext): fc.Arbitrary<string
 }
 
 function numberArbitrary(s: JsonSchema, integer: boolean): fc.Arbitrary<number> {
-  const lo = s.minimum ?? (s.exclusiveMinimum !== undefined ? s.exclusiveMinimum + (integer ? 1 : Number.EPSILON * Math.max(1, Math.abs(s.exclusiveMinimum))) : -1e6);
-  const hi = s.maximum ?? (s.exclusiveMaximum !== undefined ? s.exclusiveMaximum - (integer ? 1 : Number.EPSILON * Math.max(1, Math.abs(s.exclusiveMaximum))) : 1e6);
+  const lo =
+    s.minimum ?? (s.exclusiveMinimum !== undefined ? s.exclusiveMinimum + (integer ? 1 : Number.EPSILON * Math.max(1, Math.abs(s.exclusiveMinimum))) : -1e6);
+  const hi =
+    s.maximum ?? (s.exclusiveMaximum !== undefined ? s.exclusiveMaximum - (integer ? 1 : Number.EPSILON * Math.max(1, Math.abs(s.exclusiveMaximum))) : 1e6);
   const min = Math.max(lo, integer ? Number.MIN_SAFE_INTEGER : -Number.MAX_VALUE);
   const max = Math.min(hi, integer ? Number.MAX_SAFE_INTEGER : Number.MAX_VALUE);
   if (integer) {
@@ -128,7 +130,11 @@ export function arbitraryOf(schema: JsonSchema, ctx: SchemaContext, depth = 0): 
       for (const [k, v] of Object.entries(props)) model[k] = arbitraryOf(v, ctx, depth + 1);
       const extra =
         s.additionalProperties && typeof s.additionalProperties === 'object' && depth < 3
-          ? fc.dictionary(fc.string({ minLength: 1, maxLength: 8 }).filter((k) => !(k in props)), arbitraryOf(s.additionalProperties, ctx, depth + 1), { maxKeys: 2 })
+          ? fc.dictionary(
+              fc.string({ minLength: 1, maxLength: 8 }).filter((k) => !(k in props)),
+              arbitraryOf(s.additionalProperties, ctx, depth + 1),
+              { maxKeys: 2 },
+            )
           : fc.constant({});
       return fc
         .tuple(fc.record(model, { requiredKeys: [...required].filter((k) => k in model) }), extra)

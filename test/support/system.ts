@@ -35,7 +35,14 @@ export interface TestSystem {
    * A tenant with one dedicated host and `vms` VMs on it (sizes cycle through `memoryMiB`, dirty rates through
    * `dirtyRateMiBps`; or whole specs cycle through `specs` when given).
    */
-  createHostWithVms(opts: { vms: number; memoryMiB?: number[]; dirtyRateMiBps?: number[]; specs?: VmSpec[]; zone?: string; resourceClass?: string }): Promise<{ tenantId: string; hostId: string; vmIds: string[] }>;
+  createHostWithVms(opts: {
+    vms: number;
+    memoryMiB?: number[];
+    dirtyRateMiBps?: number[];
+    specs?: VmSpec[];
+    zone?: string;
+    resourceClass?: string;
+  }): Promise<{ tenantId: string; hostId: string; vmIds: string[] }>;
   startMigration(hostId: string, policy?: MigrationPolicyInput, targetServerId?: string): Promise<WorkflowHandle<typeof migrateDedicatedHost>>;
   status(hostId: string): Promise<MigrationStatus>;
   stop(): Promise<void>;
@@ -67,7 +74,14 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
   const agentTls = opts.externalAgentTls ?? pki.controlPlane;
   const fleetAgents = opts.externalAgents
     ? { agents: new Map<string, { url: string }>(), stop: async () => undefined }
-    : await startFleetAgents(fleet, { timeScale: opts.timeScale ?? 200, logger, backendFilter: opts.backendFilter, qemu: opts.qemu, tls: pki.server, faultRoutes: true });
+    : await startFleetAgents(fleet, {
+        timeScale: opts.timeScale ?? 200,
+        logger,
+        backendFilter: opts.backendFilter,
+        qemu: opts.qemu,
+        tls: pki.server,
+        faultRoutes: true,
+      });
   const agentUrls = new Map<string, string>(opts.externalAgents ?? [...fleetAgents.agents].map(([id, a]) => [id, a.url]));
   await inventory.seedFleet(fleet, agentUrls);
   const temporal = await connectTestTemporal(opts.temporalAddress);
@@ -111,16 +125,30 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
     async createHostWithVms(o) {
       const tag = `${++counter}-${randomBytes(2).toString('hex')}`;
       const tenant = await inventory.createTenant(`tenant-${tag}`);
-      const host = await inventory.createDedicatedHost({ tenantId: tenant.id, name: `host-${tag}`, zone: o.zone ?? 'zone-a', resourceClass: o.resourceClass ?? 'std', actor: `tenant:${tenant.id}` });
+      const host = await inventory.createDedicatedHost({
+        tenantId: tenant.id,
+        name: `host-${tag}`,
+        zone: o.zone ?? 'zone-a',
+        resourceClass: o.resourceClass ?? 'std',
+        actor: `tenant:${tenant.id}`,
+      });
       const incarnation = await inventory.getIncarnation(host.currentIncarnationId);
       const server = await inventory.getServer(incarnation!.serverId);
-      await createAgentClient({ baseUrl: server!.agentUrl, tls: agentTls, serverId: server!.id }).prepareIncarnation({ incarnationId: incarnation!.id, capacity: incarnation!.capacity });
+      await createAgentClient({ baseUrl: server!.agentUrl, tls: agentTls, serverId: server!.id }).prepareIncarnation({
+        incarnationId: incarnation!.id,
+        capacity: incarnation!.capacity,
+      });
       const vmIds: string[] = [];
       const sizes = o.memoryMiB ?? [1024, 2048, 4096, 512];
       const dirty = o.dirtyRateMiBps ?? [0, 50, 10, 100];
       for (let i = 0; i < o.vms; i++) {
         const vmId = `vm-${tag}-${i}`;
-        const spec: VmSpec = o.specs?.[i % o.specs.length] ?? { vcpus: 1, memoryMiB: sizes[i % sizes.length]!, diskGiB: 10, workload: { dirtyRateMiBps: dirty[i % dirty.length]!, workingSetMiB: Math.min(256, sizes[i % sizes.length]!) } };
+        const spec: VmSpec = o.specs?.[i % o.specs.length] ?? {
+          vcpus: 1,
+          memoryMiB: sizes[i % sizes.length]!,
+          diskGiB: 10,
+          workload: { dirtyRateMiBps: dirty[i % dirty.length]!, workingSetMiB: Math.min(256, sizes[i % sizes.length]!) },
+        };
         await inventory.placeVm({ vmId, tenantId: tenant.id, dedicatedHostId: host.id, name: `vm-${i}`, spec, actor: `tenant:${tenant.id}` });
         await createAgentClient({ baseUrl: server!.agentUrl, tls: agentTls, serverId: server!.id }).createVm({ vmId, incarnationId: incarnation!.id, spec });
         vmIds.push(vmId);

@@ -42,13 +42,34 @@ const nothingUnder = (dir: string) => !fs.existsSync(dir) && processesMatching(d
 
 test('an agent address that is on no interface: refused naming the field, nothing listens, no folder made', async () => {
   const stateDir = path.join(root, 'no-such-address');
-  const err = await refusal(startAgent({ serverId: 's-1', tls: await tlsFor('s-1'), capacity, nicBandwidthBps: 1e9, host: '198.18.254.77', backend: 'qemu', qemu: { stateDir }, logger }));
+  const err = await refusal(
+    startAgent({
+      serverId: 's-1',
+      tls: await tlsFor('s-1'),
+      capacity,
+      nicBandwidthBps: 1e9,
+      host: '198.18.254.77',
+      backend: 'qemu',
+      qemu: { stateDir },
+      logger,
+    }),
+  );
   expect(err.message).toMatch(/^host: 198\.18\.254\.77 is not an address of any interface here/);
   expect(err.field).toBe('host');
   expect(err.message.split('\n')).toHaveLength(1);
   expect(nothingUnder(stateDir)).toBe(true);
 
-  const err2 = await refusal(startAgent({ serverId: 's-1', tls: await tlsFor('s-1'), capacity, nicBandwidthBps: 1e9, backend: 'qemu', qemu: { stateDir, migrationHost: '198.18.254.78', transport: 'insecure' }, logger }));
+  const err2 = await refusal(
+    startAgent({
+      serverId: 's-1',
+      tls: await tlsFor('s-1'),
+      capacity,
+      nicBandwidthBps: 1e9,
+      backend: 'qemu',
+      qemu: { stateDir, migrationHost: '198.18.254.78', transport: 'insecure' },
+      logger,
+    }),
+  );
   expect(err2.message).toMatch(/^qemu\.migrationHost: 198\.18\.254\.78 is not an address of any interface here/);
   expect(nothingUnder(stateDir)).toBe(true);
 });
@@ -58,7 +79,15 @@ test("a certificate that is not the fleet's: refused naming qemu.tlsDir, nothing
   const otherCa = await ensureFleetCa(path.join(root, 'other-ca'), 'someone else');
   const stateDir = path.join(root, 'wrong-cert');
   const agentTls = await tlsFor('s-1');
-  const opts = (tlsDir: string) => ({ serverId: 's-1', tls: agentTls, capacity, nicBandwidthBps: 1e9, backend: 'qemu' as const, qemu: { stateDir, migrationHost: '127.0.0.1', tlsDir, fleetCaCert: fleetCa.certPath }, logger });
+  const opts = (tlsDir: string) => ({
+    serverId: 's-1',
+    tls: agentTls,
+    capacity,
+    nicBandwidthBps: 1e9,
+    backend: 'qemu' as const,
+    qemu: { stateDir, migrationHost: '127.0.0.1', tlsDir, fleetCaCert: fleetCa.certPath },
+    logger,
+  });
 
   // Issued by another CA altogether.
   const foreign = await issueServerCreds(otherCa, 's-1', ['127.0.0.1'], path.join(root, 'creds-foreign'));
@@ -88,14 +117,33 @@ test("a certificate that is not the fleet's: refused naming qemu.tlsDir, nothing
 test('a migration from a server outside the fleet: 403 naming sourceServerId, no destination QEMU started', async () => {
   const stateDir = path.join(root, 'target');
   const pki = await testAgentPki(['tb-2', 'intruder-9']);
-  const agent = await startAgent({ serverId: 'tb-2', tls: pki.server('tb-2'), capacity, nicBandwidthBps: 1e9, backend: 'qemu', qemu: { stateDir, migrationDir: path.join(root, 'migrate'), peers: ['tb-1', 'tb-2'] }, logger });
+  const agent = await startAgent({
+    serverId: 'tb-2',
+    tls: pki.server('tb-2'),
+    capacity,
+    nicBandwidthBps: 1e9,
+    backend: 'qemu',
+    qemu: { stateDir, migrationDir: path.join(root, 'migrate'), peers: ['tb-1', 'tb-2'] },
+    logger,
+  });
   try {
     // A server the CA knows but the fleet does not (its own valid certificate), for a job the control plane announced.
     const peer = createPeerClient({ tls: peerClientTls(pki.server('intruder-9')) });
-    const res = await agentFetch(`${agent.url}/v1/incarnations/inc-1`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ capacity }) });
+    const res = await agentFetch(`${agent.url}/v1/incarnations/inc-1`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ capacity }),
+    });
     expect(res.status).toBe(200);
-    await createAgentClient({ baseUrl: agent.url, tls: pki.controlPlane }).expectIncoming({ jobId: 'job-1', vmId: 'vm-1', incarnationId: 'inc-1', sourceServerId: 'intruder-9' });
-    const err = await refusal(peer.accept(agent.url, 'job-1', { vmId: 'vm-1', incarnationId: 'inc-1', spec: { vcpus: 1, memoryMiB: 128, diskGiB: 1 }, sourceServerId: 'intruder-9' }));
+    await createAgentClient({ baseUrl: agent.url, tls: pki.controlPlane }).expectIncoming({
+      jobId: 'job-1',
+      vmId: 'vm-1',
+      incarnationId: 'inc-1',
+      sourceServerId: 'intruder-9',
+    });
+    const err = await refusal(
+      peer.accept(agent.url, 'job-1', { vmId: 'vm-1', incarnationId: 'inc-1', spec: { vcpus: 1, memoryMiB: 128, diskGiB: 1 }, sourceServerId: 'intruder-9' }),
+    );
     expect(err).toBeInstanceOf(AgentError);
     expect(err).toMatchObject({ status: 403, code: 'SOURCE_NOT_IN_FLEET', field: 'sourceServerId' });
     expect(err.message).toMatch(/^sourceServerId: intruder-9 is not a server of this fleet$/);

@@ -37,7 +37,11 @@ beforeAll(async () => {
   await runQemuSetup();
   // 4 servers: a dedicated host holds a whole server, and each test leaves its host where it ended.
   st = await upTestbed({ name, root, servers: 4, nicBandwidthBps: 300e6, transport: 'tls', diskFillMiB: FILL_MIB }, logger);
-  sys = await startTestSystem({ fleet: st.fleet, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])), externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
+  sys = await startTestSystem({
+    fleet: st.fleet,
+    externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])),
+    externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir'),
+  });
   tenant = startTenantClient(st);
 }, 300_000);
 
@@ -49,7 +53,8 @@ afterAll(async () => {
       fs.copyFileSync(path.join(s.dir, 'agent.log'), path.join(keep, `${name}-${s.id}.log`));
       const agentDir = path.join(s.dir, 'agent');
       for (const d of fs.existsSync(agentDir) ? fs.readdirSync(agentDir) : [])
-        if (fs.existsSync(path.join(agentDir, d, 'serial.log'))) fs.copyFileSync(path.join(agentDir, d, 'serial.log'), path.join(keep, `${name}-${s.id}-${d}.serial`));
+        if (fs.existsSync(path.join(agentDir, d, 'serial.log')))
+          fs.copyFileSync(path.join(agentDir, d, 'serial.log'), path.join(keep, `${name}-${s.id}-${d}.serial`));
     }
   await sys?.stop();
   if (st) await downTestbed(st.dir, logger);
@@ -101,17 +106,26 @@ async function hostWithVms(o: { vms: number; specs: VmSpec[]; resourceClass: str
 
 /** A server no host holds (a move's target). */
 async function freeServer(not: string): Promise<TestbedServer> {
-  return eventually('a free server', async () => {
-    for (const s of st.servers) if (s.id !== not && (await sys.inventory.getServer(s.id))?.state === 'available') return s;
-    return null;
-  }, 60_000, 200);
+  return eventually(
+    'a free server',
+    async () => {
+      for (const s of st.servers) if (s.id !== not && (await sys.inventory.getServer(s.id))?.state === 'available') return s;
+      return null;
+    },
+    60_000,
+    200,
+  );
 }
 
 /** Deletes a test's VMs wherever they are (a failed test must not leave guests loading the machine for the next). */
 async function deleteVms(vmIds: string[]): Promise<void> {
   for (const vmId of vmIds) {
     await tenant.remove(vmId).catch(() => undefined);
-    for (const s of st.servers) await sys.agent(s.id).deleteVm(vmId).catch(() => undefined);
+    for (const s of st.servers)
+      await sys
+        .agent(s.id)
+        .deleteVm(vmId)
+        .catch(() => undefined);
   }
 }
 
@@ -129,21 +143,31 @@ async function guestWriting(s: TestbedServer, vmId: string, blocks: number): Pro
 }
 
 async function answering(vmIds: string[]): Promise<void> {
-  await eventually('every VM to answer the tenant', async () => {
-    const mine = (await tenant.stats()).filter((t) => vmIds.includes(t.vmId));
-    return mine.length === vmIds.length && mine.every((t) => t.connected && t.requestsDone > 20);
-  }, 120_000, 200);
+  await eventually(
+    'every VM to answer the tenant',
+    async () => {
+      const mine = (await tenant.stats()).filter((t) => vmIds.includes(t.vmId));
+      return mine.length === vmIds.length && mine.every((t) => t.connected && t.requestsDone > 20);
+    },
+    120_000,
+    200,
+  );
 }
 
 const fillRange = (sizeBytes: number): [number, number] => [sizeBytes - FILL_MIB * MIB, sizeBytes];
 
 async function jobOf(hostId: string, vmId: string): Promise<{ jobId: string; sourceId: string }> {
-  return eventually(`the move of ${vmId} to start`, async () => {
-    const status = await sys.status(hostId);
-    if (['completed', 'rolled-back', 'failed'].includes(status.phase)) throw new Error(`the migration ended (${status.phase}: ${status.lastError ?? ''})`);
-    const vm = status.vms.find((v) => v.vmId === vmId);
-    return vm?.jobId ? { jobId: vm.jobId, sourceId: (await sourceOf(hostId)).server.id } : null;
-  }, 60_000, 50);
+  return eventually(
+    `the move of ${vmId} to start`,
+    async () => {
+      const status = await sys.status(hostId);
+      if (['completed', 'rolled-back', 'failed'].includes(status.phase)) throw new Error(`the migration ended (${status.phase}: ${status.lastError ?? ''})`);
+      const vm = status.vms.find((v) => v.vmId === vmId);
+      return vm?.jobId ? { jobId: vm.jobId, sourceId: (await sourceOf(hostId)).server.id } : null;
+    },
+    60_000,
+    50,
+  );
 }
 
 test('a host of 3 VMs (a local disk, a network disk, both) moves through the workflow: every block on the target in order with correct checksums, the fill copied, 0 failed requests, source disks gone after de-provisioning, no export or block job left', async () => {
@@ -152,7 +176,15 @@ test('a host of 3 VMs (a local disk, a network disk, both) moves through the wor
   const specs: VmSpec[] = [
     { vcpus: 1, memoryMiB: 128, diskGiB: 1, disks: [{ name: 'data', kind: 'local', sizeGiB: 1 }] },
     { vcpus: 1, memoryMiB: 128, diskGiB: 1, disks: [{ name: 'vol', kind: 'network', volumeId: vol1 }] },
-    { vcpus: 1, memoryMiB: 128, diskGiB: 1, disks: [{ name: 'root', kind: 'local', sizeGiB: 1 }, { name: 'vol', kind: 'network', volumeId: vol2 }] },
+    {
+      vcpus: 1,
+      memoryMiB: 128,
+      diskGiB: 1,
+      disks: [
+        { name: 'root', kind: 'local', sizeGiB: 1 },
+        { name: 'vol', kind: 'network', volumeId: vol2 },
+      ],
+    },
   ];
   const { hostId, vmIds } = await hostWithVms({ vms: 3, specs, resourceClass: 'tb-small', zone: 'tb-zone', volumes: [vol1, vol2] });
   const source = await sourceOf(hostId);
@@ -172,11 +204,16 @@ test('a host of 3 VMs (a local disk, a network disk, both) moves through the wor
   // The agent's job reports the local disk's copy apart from memory while it runs.
   const { jobId } = await jobOf(hostId, vmIds[0]!);
   const seen: MigrationJob[] = [];
-  await eventually('the first VM\'s job to end', async () => {
-    const j = await sys.agent(source.server.id).getMigration(jobId);
-    if (j) seen.push(j);
-    return j && j.state !== 'running';
-  }, 120_000, 100);
+  await eventually(
+    "the first VM's job to end",
+    async () => {
+      const j = await sys.agent(source.server.id).getMigration(jobId);
+      if (j) seen.push(j);
+      return j && j.state !== 'running';
+    },
+    120_000,
+    100,
+  );
   const result = await handle.result();
   expect(result.phase).toBe('completed');
   const last = seen[seen.length - 1]!;
@@ -209,12 +246,25 @@ test('a host of 3 VMs (a local disk, a network disk, both) moves through the wor
     expect(await blockLeftovers(q)).toEqual({ jobs: [], exports: [], mirrorNodes: [] });
     const t = (await tenant.stats()).find((x) => x.vmId === vmId)!;
     const f = status.vms.find((v) => v.vmId === vmId)!.figures!;
-    perVm[vmId] = { disks: reports.map((r) => `${r.kind}:${r.blocks}`), blocksAtStart: b.blocks, lastOnSource: sourceLast, downtimeMs: f.downtimeMs, totalTimeMs: f.totalTimeMs, clientMaxStallMs: t.clientMaxStallMs, requestsDone: t.requestsDone };
+    perVm[vmId] = {
+      disks: reports.map((r) => `${r.kind}:${r.blocks}`),
+      blocksAtStart: b.blocks,
+      lastOnSource: sourceLast,
+      downtimeMs: f.downtimeMs,
+      totalTimeMs: f.totalTimeMs,
+      clientMaxStallMs: t.clientMaxStallMs,
+      requestsDone: t.requestsDone,
+    };
   }
   figures.move = { vms: perVm, job: { disk: last.disk, memory: last.memory, totalTimeMs: last.totalTimeMs, downtimeMs: last.downtimeMs } };
 
   // De-provisioning: the scheduler tears the old incarnation down; its server's storage is empty, no QEMU runs there.
-  await eventually('the old server de-provisioned', async () => (await sys.inventory.listEvents({ dedicatedHostId: hostId })).some((e) => e.action === 'deprovision.completed'), 60_000, 200);
+  await eventually(
+    'the old server de-provisioned',
+    async () => (await sys.inventory.listEvents({ dedicatedHostId: hostId })).some((e) => e.action === 'deprovision.completed'),
+    60_000,
+    200,
+  );
   expect(fs.readdirSync(source.server.storageDir)).toEqual([]);
   expect(qemuOn(source.server)).toEqual([]);
   expect((await storageExports(st.storage, logger)).sort()).toEqual([vol1, vol2].sort());
@@ -238,11 +288,16 @@ test('a cancel in the middle of the mirror: the VM keeps running on the source w
   const handle = await sys.startMigration(hostId, { maxParallel: 1, maxDowntimeMs: 300, bandwidthCapBps: 2 * MIB });
   const { jobId } = await jobOf(hostId, vmId);
   const targetId = (await sys.status(hostId)).target!.serverId;
-  const mid = await eventually('the mirror to be under way', async () => {
-    const j = await sys.agent(source.server.id).getMigration(jobId);
-    if (j && j.state !== 'running') throw new Error(`the job ended first: ${JSON.stringify(j)}`);
-    return j?.disk && j.disk.bytesCopied > 2 * MIB && j.disk.bytesRemaining > 4 * MIB ? j : null;
-  }, 60_000, 100);
+  const mid = await eventually(
+    'the mirror to be under way',
+    async () => {
+      const j = await sys.agent(source.server.id).getMigration(jobId);
+      if (j && j.state !== 'running') throw new Error(`the job ended first: ${JSON.stringify(j)}`);
+      return j?.disk && j.disk.bytesCopied > 2 * MIB && j.disk.bytesRemaining > 4 * MIB ? j : null;
+    },
+    60_000,
+    100,
+  );
   expect(mid.bytesSent).toBe(0); // memory has not started: this is the mirror's part
   await handle.cancel();
   await handle.result().catch(() => undefined);
@@ -266,7 +321,7 @@ test('a cancel in the middle of the mirror: the VM keeps running on the source w
   figures.cancel = { copiedMiBAtCancel: Math.round(mid.disk!.bytesCopied / MIB), ofMiB: Math.round(mid.disk!.bytesTotal / MIB) };
 }, 300_000);
 
-test('the target\'s storage fills up mid-mirror (a 12 MiB quota for a disk with 24 MiB of data): the move fails cleanly, the VM keeps running on the source with its disk intact, nothing is left on the target', async () => {
+test("the target's storage fills up mid-mirror (a 12 MiB quota for a disk with 24 MiB of data): the move fails cleanly, the VM keeps running on the source with its disk intact, nothing is left on the target", async () => {
   const spec: VmSpec = { vcpus: 1, memoryMiB: 128, diskGiB: 1 };
   const { hostId, vmIds } = await hostWithVms({ vms: 1, specs: [spec], resourceClass: 'tb-small', zone: 'tb-zone' });
   const [vmId] = vmIds as [string];
@@ -305,4 +360,3 @@ test('the target\'s storage fills up mid-mirror (a 12 MiB quota for a disk with 
     await inAgentMounts(target, ['umount', target.storageDir]);
   }
 }, 300_000);
-

@@ -46,7 +46,12 @@ test('up, a VM running, up again without down (after a crash), then down: nothin
     expect(second.servers).toHaveLength(1);
     for (const p of first.pids) expect(fs.existsSync(`/proc/${p.pid}`) && fs.readFileSync(`/proc/${p.pid}/cmdline`, 'utf8').includes(p.match)).toBe(false);
     expect(fs.existsSync(`/proc/${qemuPid}/cmdline`) && fs.readFileSync(`/proc/${qemuPid}/cmdline`, 'utf8').includes(first.dir)).toBe(false);
-    expect((await listNamespaces()).filter((n) => n.startsWith(`dhmtb-${name}-`)).sort()).toEqual([`dhmtb-${name}-fabric`, `dhmtb-${name}-s1`, `dhmtb-${name}-storage`, `dhmtb-${name}-tenant`]);
+    expect((await listNamespaces()).filter((n) => n.startsWith(`dhmtb-${name}-`)).sort()).toEqual([
+      `dhmtb-${name}-fabric`,
+      `dhmtb-${name}-s1`,
+      `dhmtb-${name}-storage`,
+      `dhmtb-${name}-tenant`,
+    ]);
 
     const out = await dhm(['testbed', 'down', '--name', name], env);
     expect(out).toMatch(/namespace dhmtb-.*-s1/);

@@ -32,9 +32,13 @@ export interface Capture {
 }
 
 export async function startCapture(server: TestbedServer, file: string, filter: string): Promise<Capture> {
-  const child: ChildProcess = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', server.namespace, 'tcpdump', '-i', 'eth0', '-U', '-s', '0', '-w', file, filter], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const child: ChildProcess = spawn(
+    'setpriv',
+    ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', server.namespace, 'tcpdump', '-i', 'eth0', '-U', '-s', '0', '-w', file, filter],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += String(d)));
   const exited = new Promise<void>((r) => child.on('exit', () => r()));
@@ -97,7 +101,10 @@ export function qemuOfVm(server: TestbedServer, vmId: string): QemuOfVm | null {
     }
     if (args[args.indexOf('-name') + 1] !== vmId) continue;
     const serial = args[args.indexOf('-serial') + 1]!.replace(/^file:/, '');
-    const inspect = args.find((a) => a.includes('inspect.sock'))!.replace(/^unix:/, '').split(',')[0]!;
+    const inspect = args
+      .find((a) => a.includes('inspect.sock'))!
+      .replace(/^unix:/, '')
+      .split(',')[0]!;
     const files = new Map<string, string>();
     args.forEach((a, i) => {
       if (args[i - 1] !== '-blockdev') return;
@@ -128,7 +135,7 @@ export function rangeHash(file: string, from: number, to: number): string {
   const h = createHash('sha256');
   const buf = Buffer.alloc(4 << 20);
   try {
-    for (let off = from; off < to; ) {
+    for (let off = from; off < to;) {
       const n = fs.readSync(fd, buf, 0, Math.min(buf.length, to - off), off);
       if (n <= 0) break;
       h.update(buf.subarray(0, n));

@@ -52,10 +52,15 @@ const SPEC: VmSpec = { vcpus: 1, memoryMiB: 256, diskGiB: 2, workload: { dirtyRa
 
 async function bootOn(agent: AgentClient, incarnationId: string, vmIds: string[]): Promise<void> {
   for (const vmId of vmIds) await agent.createVm({ vmId, incarnationId, spec: SPEC });
-  await eventually('the guests to count', async () => {
-    for (const vmId of vmIds) if ((await agent.guestOp(vmId, { kind: 'read' })).counter < 3) return false;
-    return true;
-  }, 120_000, 200);
+  await eventually(
+    'the guests to count',
+    async () => {
+      for (const vmId of vmIds) if ((await agent.guestOp(vmId, { kind: 'read' })).counter < 3) return false;
+      return true;
+    },
+    120_000,
+    200,
+  );
 }
 
 /**
@@ -66,10 +71,15 @@ const streamRate = (j: { bytesSent: number; totalTimeMs?: number; downtimeMs?: n
 
 async function migrate(from: AgentClient, to: string, incarnationId: string, vmId: string) {
   await from.startMigration({ jobId: `job-${vmId}`, vmId, target: { agentUrl: to, incarnationId }, maxDowntimeMs: 300, autoConverge: false });
-  return eventually(`${vmId} to move`, async () => {
-    const j = await from.getMigration(`job-${vmId}`, { waitMs: 5_000 });
-    return j && j.state !== 'running' ? j : null;
-  }, 120_000, 10);
+  return eventually(
+    `${vmId} to move`,
+    async () => {
+      const j = await from.getMigration(`job-${vmId}`, { waitMs: 5_000 });
+      return j && j.state !== 'running' ? j : null;
+    },
+    120_000,
+    10,
+  );
 }
 
 test('insecure: the agents warned at start, and the marker in guest memory crosses the fabric in plaintext; one migration alone reaches ≥ 85 % of the shaped NIC', async () => {
@@ -80,7 +90,11 @@ test('insecure: the agents warned at start, and the marker in guest memory cross
   // The agent plane on the same fabric: the control plane's calls to A, and A's calls to B (announce, accept, commit).
   const control = await startCapture(st.servers[0]!, path.join(root, 'control.pcap'), `tcp and host ${st.rootIp}`);
   // A → B's agent port only: the migration stream (guest memory, which may hold any string) goes to QEMU's port.
-  const peer = await startCapture(st.servers[0]!, path.join(root, 'peer.pcap'), `tcp and dst host ${st.servers[1]!.fabricIp} and dst port ${new URL(st.servers[1]!.agentUrl).port}`);
+  const peer = await startCapture(
+    st.servers[0]!,
+    path.join(root, 'peer.pcap'),
+    `tcp and dst host ${st.servers[1]!.fabricIp} and dst port ${new URL(st.servers[1]!.agentUrl).port}`,
+  );
   const probeId = `probe-${randomBytes(4).toString('hex')}`;
   expect(await a.getIncarnation(probeId)).toBeNull(); // the id travels in the request's path
   const job = await migrate(a, st.servers[1]!.agentUrl, 'inc-b', vmId);
@@ -93,13 +107,29 @@ test('insecure: the agents warned at start, and the marker in guest memory cross
   // VM memory is plaintext here (transport insecure), the agent plane never is: no HTTP, no route, no id in clear.
   expect(controlWire.length).toBeGreaterThan(4096); // the calls were captured (TLS records), not missed
   expect(peerWire.length).toBeGreaterThan(2048);
-  for (const [what, buf] of [['A→B agent', peerWire], ['control plane↔A', controlWire]] as const)
-    expect({ what, http: occurrences(buf, 'HTTP/1.1'), incoming: occurrences(buf, '/v1/incoming-migrations/'), routes: occurrences(buf, '/v1/'), authorization: occurrences(buf, 'uthorization'), probeId: occurrences(buf, probeId) })
-      .toEqual({ what, http: 0, incoming: 0, routes: 0, authorization: 0, probeId: 0 });
+  for (const [what, buf] of [
+    ['A→B agent', peerWire],
+    ['control plane↔A', controlWire],
+  ] as const)
+    expect({
+      what,
+      http: occurrences(buf, 'HTTP/1.1'),
+      incoming: occurrences(buf, '/v1/incoming-migrations/'),
+      routes: occurrences(buf, '/v1/'),
+      authorization: occurrences(buf, 'uthorization'),
+      probeId: occurrences(buf, probeId),
+    }).toEqual({ what, http: 0, incoming: 0, routes: 0, authorization: 0, probeId: 0 });
   const rate = streamRate(job);
   expect(rate).toBeGreaterThanOrEqual(0.85 * B);
   const overall = job.bytesSent / (job.totalTimeMs! / 1000);
-  figures.alone = { markerSeen: seen, sentMiB: Math.round(job.bytesSent / MIB), totalTimeMs: job.totalTimeMs, downtimeMs: job.downtimeMs, streamPctOfB: Math.round((100 * rate) / B), overallPctOfB: Math.round((100 * overall) / B) };
+  figures.alone = {
+    markerSeen: seen,
+    sentMiB: Math.round(job.bytesSent / MIB),
+    totalTimeMs: job.totalTimeMs,
+    downtimeMs: job.downtimeMs,
+    streamPctOfB: Math.round((100 * rate) / B),
+    overallPctOfB: Math.round((100 * overall) / B),
+  };
   expect(qemuOn(st.servers[0]!)).toEqual([]);
 }, 180_000);
 

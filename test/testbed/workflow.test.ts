@@ -34,7 +34,11 @@ let tenant: TenantClient;
 beforeAll(async () => {
   await runQemuSetup(); // cached: milliseconds once done
   st = await upTestbed({ name, root, servers: 3, nicBandwidthBps: NIC_BPS, transport: 'tls' }, logger);
-  sys = await startTestSystem({ fleet: st.fleet, externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])), externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir') });
+  sys = await startTestSystem({
+    fleet: st.fleet,
+    externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])),
+    externalAgentTls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir'),
+  });
   tenant = startTenantClient(st);
 }, 300_000);
 
@@ -101,7 +105,12 @@ test('a host of 3 VMs with NICs moves A → B over TCP with TLS: no request fail
 
   // The connections keep being answered from B for another second.
   const doneAtMove = new Map((await tenant.stats()).map((t) => [t.vmId, t.requestsDone]));
-  await eventually('answers after the move', async () => (await tenant.stats()).filter((t) => vmIds.includes(t.vmId)).every((t) => t.requestsDone > doneAtMove.get(t.vmId)! + 50), 20_000, 100);
+  await eventually(
+    'answers after the move',
+    async () => (await tenant.stats()).filter((t) => vmIds.includes(t.vmId)).every((t) => t.requestsDone > doneAtMove.get(t.vmId)! + 50),
+    20_000,
+    100,
+  );
   const after = new Map((await tenant.stats()).map((t) => [t.vmId, t]));
 
   const perVm: Record<string, unknown> = {};
@@ -116,7 +125,14 @@ test('a host of 3 VMs with NICs moves A → B over TCP with TLS: no request fail
     expect(t.clientMaxStallMs).toBeGreaterThanOrEqual(f.downtimeMs! - 20);
     expect(t.clientMaxStallMs).toBeLessThan(f.downtimeMs! + 5_000);
     sent += f.bytesSent;
-    perVm[vm.vmId] = { memoryMiB: vm.spec.memoryMiB, downtimeMs: f.downtimeMs, totalTimeMs: f.totalTimeMs, clientMaxStallMs: t.clientMaxStallMs, requestsDone: t.requestsDone, sentMiB: Math.round(f.bytesSent / MIB) };
+    perVm[vm.vmId] = {
+      memoryMiB: vm.spec.memoryMiB,
+      downtimeMs: f.downtimeMs,
+      totalTimeMs: f.totalTimeMs,
+      clientMaxStallMs: t.clientMaxStallMs,
+      requestsDone: t.requestsDone,
+      sentMiB: Math.round(f.bytesSent / MIB),
+    };
   }
 
   // Source QEMUs quit; B runs all three, and its tenant bridge has learnt their MACs (on its taps).
@@ -157,10 +173,15 @@ test('a partition between A and B mid-move: the move fails, the VM keeps running
   const tPartition = Date.now();
   let healed = false;
   try {
-    const job = await eventually('the move to fail', async () => {
-      const j = await sys.agent(source.server.id).getMigration(jobId);
-      return j && j.state !== 'running' ? j : null;
-    }, 60_000, 100);
+    const job = await eventually(
+      'the move to fail',
+      async () => {
+        const j = await sys.agent(source.server.id).getMigration(jobId);
+        return j && j.state !== 'running' ? j : null;
+      },
+      60_000,
+      100,
+    );
     expect(job.state).toBe('failed');
     expect(job.error?.code).toBe('MigrationStalled');
     // Still on A, still answering the same connection.

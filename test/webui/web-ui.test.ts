@@ -18,7 +18,15 @@ describe('the migration in the Temporal Web UI', () => {
     // The flags keep Chromium off the network this machine does not have, and run it as root.
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
   });
   afterAll(async () => {
@@ -40,8 +48,15 @@ describe('the migration in the Temporal Web UI', () => {
     await link.first().click();
     await page.getByText('migrateDedicatedHost').first().waitFor({ timeout: 30_000 });
     // Per-VM activity summaries in the event history timeline.
-    for (const vmId of vmIds) await page.getByText(new RegExp(`live-migrate vm-\\d+ \\(${vmId}\\)`)).first().waitFor({ timeout: 30_000 });
-    await page.getByText(/finalizeMigration • make .* the host/).first().waitFor();
+    for (const vmId of vmIds)
+      await page
+        .getByText(new RegExp(`live-migrate vm-\\d+ \\(${vmId}\\)`))
+        .first()
+        .waitFor({ timeout: 30_000 });
+    await page
+      .getByText(/finalizeMigration • make .* the host/)
+      .first()
+      .waitFor();
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'web-ui-history.png'), fullPage: true });
     // Summary (static) and current details (kept by the workflow) under User Metadata.

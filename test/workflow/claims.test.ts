@@ -59,7 +59,12 @@ async function saveHistory(sys: TestSystem, hostId: string, name: string) {
   if (!process.env.DHM_TEST_RECORD_HISTORIES) return;
   const history = await sys.temporal.client.workflow.getHandle(`migration-${hostId}`).fetchHistory();
   fs.mkdirSync(FIXTURES, { recursive: true });
-  const json = temporal.api.history.v1.History.toObject(history as temporal.api.history.v1.History, { longs: String, enums: String, bytes: String, defaults: false });
+  const json = temporal.api.history.v1.History.toObject(history as temporal.api.history.v1.History, {
+    longs: String,
+    enums: String,
+    bytes: String,
+    defaults: false,
+  });
   fs.writeFileSync(path.join(FIXTURES, `${name}.json`), JSON.stringify(json));
 }
 
@@ -116,7 +121,8 @@ describe('migrating a dedicated host (claims.md, one test per row)', () => {
         const allowed = new Set([...vmIds, ...asked.creating].filter((id) => !deletedBefore.has(id)));
         const missing = required.filter((id) => !live.includes(id));
         const extra = live.filter((id) => !allowed.has(id));
-        if (missing.length || extra.length || new Set(live).size !== live.length) viewProblems.push(`check ${listChecks}: missing [${missing}], extra [${extra}], listed [${live}]`);
+        if (missing.length || extra.length || new Set(live).size !== live.length)
+          viewProblems.push(`check ${listChecks}: missing [${missing}], extra [${extra}], listed [${live}]`);
         listChecks++;
         if (st && (st.phase === 'completed' || st.phase === 'rolled-back' || st.phase === 'failed')) return;
         await new Promise((r) => setTimeout(r, 100)); // poll interval; the loop ends on the terminal phase condition
@@ -205,7 +211,9 @@ describe('migrating a dedicated host (claims.md, one test per row)', () => {
     expect(hostAfter.state).toBe('active');
     expect(hostAfter.currentIncarnationId).toBe(clone.id);
     const liveVms = (await sys.inventory.listVms({ dedicatedHostId: hostId })).filter((v) => v.state === 'running');
-    expect(liveVms.map((v) => v.id).sort()).toEqual([...vmIds.filter((id) => ![moving.vmId, moved.vmId, pending!.vmId].includes(id)), 'vm-new-1', 'vm-new-2'].sort());
+    expect(liveVms.map((v) => v.id).sort()).toEqual(
+      [...vmIds.filter((id) => ![moving.vmId, moved.vmId, pending!.vmId].includes(id)), 'vm-new-1', 'vm-new-2'].sort(),
+    );
     for (const vm of liveVms) {
       expect(vm.incarnationId).toBe(clone.id);
       expect((await sys.agent(targetServerId).getVm(vm.id))?.state).toBe('running');
@@ -239,7 +247,11 @@ describe('migrating a dedicated host (claims.md, one test per row)', () => {
       return s.vms.some((v) => v.state === 'moved') && s.vms.some((v) => v.state === 'moving') ? s : null;
     });
     // A VM provisioned mid-way must come home too.
-    await provisionVmDuringMigration(sys.temporal.client, hostId, { vmId: `vm-cancel-new-${hostId}`, name: 'new', spec: { vcpus: 1, memoryMiB: 1024, diskGiB: 10 } });
+    await provisionVmDuringMigration(sys.temporal.client, hostId, {
+      vmId: `vm-cancel-new-${hostId}`,
+      name: 'new',
+      spec: { vcpus: 1, memoryMiB: 1024, diskGiB: 10 },
+    });
     await handle.cancel();
     const err = await handle.result().catch((e) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
@@ -290,7 +302,16 @@ describe('migrating a dedicated host (claims.md, one test per row)', () => {
       const a = await race.createHostWithVms({ vms: 1 });
       const b = await race.createHostWithVms({ vms: 1 });
       const [ha, hb] = await Promise.all([race.startMigration(a.hostId), race.startMigration(b.hostId)]);
-      const results = await Promise.all([ha.result().then((r) => r.phase, () => 'failed'), hb.result().then((r) => r.phase, () => 'failed')]);
+      const results = await Promise.all([
+        ha.result().then(
+          (r) => r.phase,
+          () => 'failed',
+        ),
+        hb.result().then(
+          (r) => r.phase,
+          () => 'failed',
+        ),
+      ]);
       expect([...results].sort()).toEqual(['completed', 'failed']);
       const loser = results[0] === 'completed' ? b.hostId : a.hostId;
       const lst = await race.status(loser);
@@ -327,7 +348,11 @@ describe('migrating a dedicated host (claims.md, one test per row)', () => {
     const { hostId: h2 } = await sys.createHostWithVms({ vms: 2, memoryMiB: [4096] });
     const run = await sys.startMigration(h2, { maxParallel: 1, bandwidthCapBps: 100e6 });
     await eventually('migrating', async () => (await sys.status(h2)).phase === 'migrating-vms');
-    const bad = await provisionVmDuringMigration(sys.temporal.client, h2, { vmId: 'vm-bad', name: 'bad', spec: { vcpus: 0, memoryMiB: 1024, diskGiB: 1 } }).catch((e) => e);
+    const bad = await provisionVmDuringMigration(sys.temporal.client, h2, {
+      vmId: 'vm-bad',
+      name: 'bad',
+      spec: { vcpus: 0, memoryMiB: 1024, diskGiB: 1 },
+    }).catch((e) => e);
     expect(bad).toBeInstanceOf(MigrationRequestRefused);
     expect(bad.message).toMatch(/spec\.vcpus/);
     await expect(sys.inventory.getVm('vm-bad')).rejects.toThrow(/no VM/);

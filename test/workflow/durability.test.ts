@@ -60,7 +60,9 @@ describe('durability of a migration', () => {
     const logger = createLogger('test', 'warn');
     // Two schedulers start together: the row is done exactly once.
     const [a, b] = await Promise.all(
-      ['sched-a', 'sched-b'].map((schedulerId) => startScheduler({ inventory: sys.inventory, databaseUrl: sys.db.url, schedulerId, logger, sweepIntervalMs: 500, agentTls: sys.agentTls })),
+      ['sched-a', 'sched-b'].map((schedulerId) =>
+        startScheduler({ inventory: sys.inventory, databaseUrl: sys.db.url, schedulerId, logger, sweepIntervalMs: 500, agentTls: sys.agentTls }),
+      ),
     );
     sys.scheduler = a!;
     try {
@@ -90,7 +92,10 @@ describe('durability of a migration', () => {
     // a request in flight — until the migration has ended or 500 were sent. The hand-overs must not wait for a quiet
     // moment that never comes (requests meanwhile are refused with MIGRATION_CONTINUING and resent by the client).
     let ended = false;
-    void handle.result().catch(() => undefined).finally(() => (ended = true));
+    void handle
+      .result()
+      .catch(() => undefined)
+      .finally(() => (ended = true));
     const client = async (c: number) => {
       for (;;) {
         if (next >= 500 || ended) return;
@@ -110,8 +115,7 @@ describe('durability of a migration', () => {
           if (err instanceof MigrationRequestRefused) {
             answers.refused.set(err.type, (answers.refused.get(err.type) ?? 0) + 1);
             if (err.type !== 'MIGRATION_ENDED') answers.lost.push(`${requestId}: ${err.type} ${err.message}`);
-          }
-          else answers.lost.push(`${requestId}: ${String(err)}`);
+          } else answers.lost.push(`${requestId}: ${String(err)}`);
         }
       }
     };

@@ -38,56 +38,81 @@ describe('replay of a migration whose requests straddle workflow tasks', () => {
   it.each([
     ['the only VM', 1],
     ['the first of two, with a delete of the other one waiting behind the provision', 2],
-  ])('a provision held while %s arrives: the history replays', async (_what, vms) => {
-    const { hostId, vmIds } = await sys.createHostWithVms({ vms, memoryMiB: [1024], dirtyRateMiBps: [0] });
-    const handle = await sys.startMigration(hostId, { maxParallel: 1 });
-    const st = await eventually('one VM moving, the others pending', async () => {
-      const s = await sys.status(hostId);
-      return s.vms.filter((v) => v.state === 'moving').length === 1 && s.vms.filter((v) => v.state === 'pending').length === vms - 1 ? s : null;
-    }, 30_000, 20);
-    const pending = st.vms.find((v) => v.state === 'pending')?.vmId;
-    expect(st.vms.map((v) => v.vmId).sort()).toEqual([...vmIds].sort());
+  ])(
+    'a provision held while %s arrives: the history replays',
+    async (_what, vms) => {
+      const { hostId, vmIds } = await sys.createHostWithVms({ vms, memoryMiB: [1024], dirtyRateMiBps: [0] });
+      const handle = await sys.startMigration(hostId, { maxParallel: 1 });
+      const st = await eventually(
+        'one VM moving, the others pending',
+        async () => {
+          const s = await sys.status(hostId);
+          return s.vms.filter((v) => v.state === 'moving').length === 1 && s.vms.filter((v) => v.state === 'pending').length === vms - 1 ? s : null;
+        },
+        30_000,
+        20,
+      );
+      const pending = st.vms.find((v) => v.state === 'pending')?.vmId;
+      expect(st.vms.map((v) => v.vmId).sort()).toEqual([...vmIds].sort());
 
-    // Hold the provision: it locks the host row first (FOR NO KEY UPDATE); FOR SHARE lets the arrival through.
-    const lock = await sys.db.pool.connect();
-    let released = false;
-    const release = async () => {
-      if (released) return;
-      released = true;
-      await lock.query('COMMIT');
-      lock.release();
-    };
-    try {
-      await lock.query('BEGIN');
-      await lock.query('SELECT id FROM dedicated_hosts WHERE id = $1 FOR SHARE', [hostId]);
-      const provision = provisionVmDuringMigration(sys.temporal.client, hostId, { vmId: `vm-straddle-${hostId}`, name: 'straddle', spec: { vcpus: 1, memoryMiB: 512, diskGiB: 5 } });
-      await eventually('the provision accepted', async () => (await events(handle)).some((e) => e.eventType === T.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED), 20_000, 50);
-      const del = pending ? deleteVmDuringMigration(sys.temporal.client, hostId, { vmId: pending }) : Promise.resolve(null);
-      // Released once the arrival was handed to the worker in a workflow task after the one that accepted the
-      // provision (no query here: with a local activity running, the worker completes that task by itself before
-      // the task timeout; with a regular activity the arrival simply comes in a task of its own).
-      await eventually('the arrival handed to the worker, the provision still held', async () => {
-        const evs = await events(handle);
-        const accepted = evs.findIndex((e) => e.eventType === T.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED);
-        const arrived = evs.findIndex((e, i) => i > accepted && e.eventType === T.EVENT_TYPE_ACTIVITY_TASK_COMPLETED && activityName(evs, e) === 'liveMigrateVm');
-        return arrived >= 0 && evs.slice(arrived).some((e) => e.eventType === T.EVENT_TYPE_WORKFLOW_TASK_STARTED);
-      }, 30_000, 20);
-      await release();
-      const [prov, deleted] = await Promise.all([provision, del]);
-      expect(prov.state).toBe('provisioned-on-clone');
-      if (pending) expect(deleted?.deleted).toBe(true);
-    } finally {
-      await release();
-    }
-    const result = await handle.result();
-    expect(result.phase).toBe('completed');
-    const history = (await handle.fetchHistory()) as History;
-    if (process.env.DHM_TEST_RECORD_HISTORIES) {
-      const file = path.join(FIXTURES, `straddled-requests.${vms}-vm.json`);
-      fs.writeFileSync(file, JSON.stringify(temporal.api.history.v1.History.toObject(history, { longs: String, enums: String, bytes: String })));
-    }
-    await Worker.runReplayHistory({ workflowBundle: { codePath: process.env.DHM_TEST_WORKFLOW_BUNDLE! } }, history, handle.workflowId);
-  }, 120_000);
+      // Hold the provision: it locks the host row first (FOR NO KEY UPDATE); FOR SHARE lets the arrival through.
+      const lock = await sys.db.pool.connect();
+      let released = false;
+      const release = async () => {
+        if (released) return;
+        released = true;
+        await lock.query('COMMIT');
+        lock.release();
+      };
+      try {
+        await lock.query('BEGIN');
+        await lock.query('SELECT id FROM dedicated_hosts WHERE id = $1 FOR SHARE', [hostId]);
+        const provision = provisionVmDuringMigration(sys.temporal.client, hostId, {
+          vmId: `vm-straddle-${hostId}`,
+          name: 'straddle',
+          spec: { vcpus: 1, memoryMiB: 512, diskGiB: 5 },
+        });
+        await eventually(
+          'the provision accepted',
+          async () => (await events(handle)).some((e) => e.eventType === T.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED),
+          20_000,
+          50,
+        );
+        const del = pending ? deleteVmDuringMigration(sys.temporal.client, hostId, { vmId: pending }) : Promise.resolve(null);
+        // Released once the arrival was handed to the worker in a workflow task after the one that accepted the
+        // provision (no query here: with a local activity running, the worker completes that task by itself before
+        // the task timeout; with a regular activity the arrival simply comes in a task of its own).
+        await eventually(
+          'the arrival handed to the worker, the provision still held',
+          async () => {
+            const evs = await events(handle);
+            const accepted = evs.findIndex((e) => e.eventType === T.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED);
+            const arrived = evs.findIndex(
+              (e, i) => i > accepted && e.eventType === T.EVENT_TYPE_ACTIVITY_TASK_COMPLETED && activityName(evs, e) === 'liveMigrateVm',
+            );
+            return arrived >= 0 && evs.slice(arrived).some((e) => e.eventType === T.EVENT_TYPE_WORKFLOW_TASK_STARTED);
+          },
+          30_000,
+          20,
+        );
+        await release();
+        const [prov, deleted] = await Promise.all([provision, del]);
+        expect(prov.state).toBe('provisioned-on-clone');
+        if (pending) expect(deleted?.deleted).toBe(true);
+      } finally {
+        await release();
+      }
+      const result = await handle.result();
+      expect(result.phase).toBe('completed');
+      const history = (await handle.fetchHistory()) as History;
+      if (process.env.DHM_TEST_RECORD_HISTORIES) {
+        const file = path.join(FIXTURES, `straddled-requests.${vms}-vm.json`);
+        fs.writeFileSync(file, JSON.stringify(temporal.api.history.v1.History.toObject(history, { longs: String, enums: String, bytes: String })));
+      }
+      await Worker.runReplayHistory({ workflowBundle: { codePath: process.env.DHM_TEST_WORKFLOW_BUNDLE! } }, history, handle.workflowId);
+    },
+    120_000,
+  );
 });
 
 async function events(handle: { fetchHistory(): Promise<unknown> }): Promise<temporal.api.history.v1.IHistoryEvent[]> {

@@ -15,7 +15,13 @@ describe('replay of recorded migration histories', () => {
   it('has recorded histories to replay (completed, cancelled, retried; before and after the hand-over, lost-VM and local-activity patches; a rollback that strands a VM; requests that straddle workflow tasks)', () => {
     const names = ['completed-with-requests', 'cancelled', 'retry-auto-converge'];
     expect(files).toEqual(
-      expect.arrayContaining([...names.map((n) => `${n}.json`), ...names.map((n) => `${n}.v2.json`), 'rollback-incomplete.json', 'straddled-requests.1-vm.json', 'straddled-requests.2-vm.json']),
+      expect.arrayContaining([
+        ...names.map((n) => `${n}.json`),
+        ...names.map((n) => `${n}.v2.json`),
+        'rollback-incomplete.json',
+        'straddled-requests.1-vm.json',
+        'straddled-requests.2-vm.json',
+      ]),
     );
   });
 

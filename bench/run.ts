@@ -450,10 +450,10 @@ function bench1Rows(b1: EvacuationBenchResult): Cell[][] {
 const BENCH1_HEADER = [
   'VMs',
   'ΣM GiB',
-  'ΣM/B s',
+  'Σ(M+D)/B s',
   'schedule',
   'makespan s',
-  '×ΣM/B',
+  '×Σ(M+D)/B',
   '×bound*',
   'max dt ms',
   'p95 dt ms',
@@ -474,15 +474,15 @@ function renderBench1(b1: EvacuationBenchResult, kind: 'text' | 'md'): string {
   lines.push(table(BENCH1_HEADER, bench1Rows(b1), 4));
   lines.push('');
   lines.push(
-    `${kind === 'md' ? '\\' : ''}*bound = max(ΣM/B, largest M / S): no VM moves faster than one stream. "not conv." = first attempts that did not converge (retried with auto-converge).`,
+    `${kind === 'md' ? '\\' : ''}*bound = max(Σ(M+D)/B, largest (M+D) / S), M memory, D the data on local disks: no VM moves faster than one stream. "not conv." = first attempts that did not converge (retried with auto-converge).`,
   );
   for (const h of b1.hosts)
     lines.push(
-      `${kind === 'md' ? '- ' : '  '}${h.vms} VMs: dhm within ${LOWER_BOUND_TARGET}× ΣM/B: ${yesNo(h.targets.withinLowerBound)} (${fmt(h.schedules.dhm.ratio, 3)}); no slower than the best baseline (${h.bestBaseline}, ${fmt(h.schedules[h.bestBaseline].ratio, 3)}): ${yesNo(h.targets.noWorseThanBestBaseline)}; lower p95 downtime than it (${fmt(h.schedules.dhm.p95DowntimeMs, 0)} vs ${fmt(h.schedules[h.bestBaseline].p95DowntimeMs, 0)} ms): ${yesNo(h.targets.betterP95ThanBestBaseline)}`,
+      `${kind === 'md' ? '- ' : '  '}${h.vms} VMs: dhm within ${LOWER_BOUND_TARGET}× Σ(M+D)/B: ${yesNo(h.targets.withinLowerBound)} (${fmt(h.schedules.dhm.ratio, 3)}); no slower than the best baseline (${h.bestBaseline}, ${fmt(h.schedules[h.bestBaseline].ratio, 3)}): ${yesNo(h.targets.noWorseThanBestBaseline)}; lower p95 downtime than it (${fmt(h.schedules.dhm.p95DowntimeMs, 0)} vs ${fmt(h.schedules[h.bestBaseline].p95DowntimeMs, 0)} ms): ${yesNo(h.targets.betterP95ThanBestBaseline)}`,
     );
   lines.push('');
   lines.push(kind === 'text' ? "  What each of dhm's choices buys (one undone at a time):" : "What each of dhm's choices buys (one undone at a time):\n");
-  const abHeader = ['variant', ...b1.ablations.flatMap((a) => [`${a.vms}: ×ΣM/B`, `${a.vms}: p95 ms`, `${a.vms}: n.c./thr.`])];
+  const abHeader = ['variant', ...b1.ablations.flatMap((a) => [`${a.vms}: ×Σ(M+D)/B`, `${a.vms}: p95 ms`, `${a.vms}: n.c./thr.`])];
   const names = b1.ablations[0]?.rows.map((r) => r.schedule) ?? [];
   lines.push(
     table(
@@ -502,11 +502,11 @@ function renderBench1(b1: EvacuationBenchResult, kind: 'text' | 'md'): string {
       table(
         [
           'VMs',
-          'dhm mean ×ΣM/B',
+          'dhm mean ×Σ(M+D)/B',
           'dhm worst',
           'worst ×bound*',
           'sent ×ΣM mean/worst',
-          `≤${LOWER_BOUND_TARGET}× ΣM/B`,
+          `≤${LOWER_BOUND_TARGET}× Σ(M+D)/B`,
           `≤${LOWER_BOUND_TARGET}× bound*`,
           'beats best baseline',
           'best baseline mean',
@@ -705,7 +705,7 @@ function chart(b1: EvacuationBenchResult): string {
       label: `${h.vms} VMs (ΣM ${fmt(h.memoryGiB, 0)} GiB)`,
       bars: SCHEDULE_NAMES.map((n) => ({ name: n, value: h.schedules[n].ratio })),
     })),
-    { title: `Host evacuation makespan ÷ ΣM/B (sim, seed ${b1.options.seed}, 10 Gbit/s, S = 0.4·B)`, target: LOWER_BOUND_TARGET },
+    { title: `Host evacuation makespan ÷ Σ(M+D)/B (sim, seed ${b1.options.seed}, 10 Gbit/s, S = 0.4·B)`, target: LOWER_BOUND_TARGET },
   );
 }
 

@@ -33,7 +33,7 @@ export function makespanChart(groups: ChartGroup[], opts: { title: string; targe
     out.push(`<line x1="${m.left}" x2="${width - m.right}" y1="${y(v)}" y2="${y(v)}" stroke="#eeeeee"/>`);
     out.push(`<text x="${m.left - 6}" y="${y(v) + 4}" text-anchor="end">${v.toFixed(1)}</text>`);
   }
-  out.push(`<text transform="translate(14 ${m.top + plotH / 2}) rotate(-90)" text-anchor="middle">makespan ÷ (ΣM / B)</text>`);
+  out.push(`<text transform="translate(14 ${m.top + plotH / 2}) rotate(-90)" text-anchor="middle">makespan ÷ (Σ(M+D) / B)</text>`);
   groups.forEach((g, gi) => {
     const x0 = m.left + gi * groupW + (groupW - barW * g.bars.length) / 2;
     g.bars.forEach((b, bi) => {
@@ -51,7 +51,7 @@ export function makespanChart(groups: ChartGroup[], opts: { title: string; targe
     out.push(`<line x1="${m.left}" x2="${width - m.right}" y1="${y(v)}" y2="${y(v)}" stroke="${color}" stroke-dasharray="${dash}"/>`);
     out.push(`<text x="${width - m.right - 4}" y="${y(v) - 4}" text-anchor="end" fill="${color}">${esc(label)}</text>`);
   };
-  rule(1, 'lower bound ΣM/B', '2 3', '#333333');
+  rule(1, 'lower bound Σ(M+D)/B', '2 3', '#333333');
   rule(opts.target, `target ${opts.target}×`, '6 3', '#d62728');
   out.push(`<line x1="${m.left}" x2="${m.left}" y1="${m.top}" y2="${m.top + plotH}" stroke="#333333"/>`);
   names.forEach((n, i) => {

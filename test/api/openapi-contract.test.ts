@@ -28,6 +28,8 @@ const known = {
   servers: [] as string[],
   tenants: [] as string[],
   tenantTokens: [] as string[],
+  /** Tenants whose tokens the generated rotate/revoke requests may change (not the ones the other requests use). */
+  tokenTargets: [] as string[],
   volumes: [] as string[],
 };
 
@@ -49,6 +51,7 @@ beforeAll(async () => {
       for (let v = 0; v < 2; v++) known.vms.push((await t.vm(tenant.token, host.id, { memoryMiB: 256 })).id);
     }
   }
+  for (let i = 0; i < 2; i++) known.tokenTargets.push((await t.tenant(`contract token target ${i}`)).id);
   known.servers = (await t.call('GET', '/v1/physical-servers', { token: t.operatorToken })).body.servers.map((s: { id: string }) => s.id);
 });
 
@@ -95,6 +98,17 @@ interface GeneratedRequest {
   idempotencyKey?: string;
 }
 
+/** For an id in a route's path, the ids of the collection the path names (a caller asks for its own tenant's quotas, not a VM's). */
+function knownInPath(path: string): string[] | null {
+  const collection = path.split('/')[2];
+  if (collection === 'tenants') return path.includes('/token/') ? known.tokenTargets : known.tenants;
+  if (collection === 'dedicated-hosts') return known.hosts;
+  if (collection === 'vms') return known.vms;
+  if (collection === 'volumes') return known.volumes;
+  if (collection === 'physical-servers') return known.servers;
+  return null;
+}
+
 function generate(o: Operation, seed: number): GeneratedRequest {
   const ctx = { root: doc, known: knownFor };
   const secured = (o.op.security ?? []).length > 0;
@@ -105,7 +119,16 @@ function generate(o: Operation, seed: number): GeneratedRequest {
   for (const [i, p] of (o.op.parameters ?? []).entries()) {
     const include = p.required || sampleOne(fc.boolean(), seed + 101 * (i + 1));
     if (!include) continue;
-    const value = String(sampleOne(arbitraryOf(p.schema, ctx), seed + 7 * (i + 1)));
+    const inPath = p.in === 'path' ? knownInPath(o.path) : null;
+    const value = String(
+      sampleOne(
+        arbitraryOf(
+          p.schema,
+          inPath ? { ...ctx, known: (sc: JsonSchema) => (typeof sc.pattern === 'string' && !sc.pattern.includes('migration') ? inPath : knownFor(sc)) } : ctx,
+        ),
+        seed + 7 * (i + 1),
+      ),
+    );
     if (p.in === 'path') url = url.replace(`{${p.name}}`, encodeURIComponent(value));
     else if (p.in === 'query') query.push(`${encodeURIComponent(p.name)}=${encodeURIComponent(value)}`);
     else if (p.in === 'header' && p.name === 'Idempotency-Key') idempotencyKey = value;

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { checkInvariants } from '../../client/invariants';
 import { startTestSystem, eventually, type TestSystem } from '../support/system';
+import { testAgentPki } from '../support/agent-pki';
 
 /**
  * The invariant checker (client/invariants.ts) sees each invariant break: every case breaks one thing on purpose
@@ -47,8 +48,16 @@ describe('checkInvariants', () => {
 
   /** `dhm check` as an operator runs it: its exit code and output. */
   async function dhmCheck(...args: string[]): Promise<{ code: number; stdout: string }> {
-    const env: NodeJS.ProcessEnv = { ...process.env, DATABASE_URL: sys.db.url, TEMPORAL_ADDRESS: sys.temporal.address, LOG_LEVEL: 'warn' };
-    delete env.DHM_AGENT_SECRET; // the test system's agents take no secret
+    // The control plane's agent-plane certificate of this test process (the test system's agents trust its CA).
+    const pki = await testAgentPki();
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      DATABASE_URL: sys.db.url,
+      TEMPORAL_ADDRESS: sys.temporal.address,
+      DHM_AGENT_CLIENT_TLS_DIR: pki.controlPlaneDir,
+      LOG_LEVEL: 'warn',
+    };
+    delete env.DHM_AGENT_SECRET; // retired: a process given it refuses to start
     try {
       const { stdout } = await promisify(execFile)(process.execPath, [path.resolve(__dirname, '..', '..', 'bin', 'dhm.js'), 'check', ...args], {
         env,

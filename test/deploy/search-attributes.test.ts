@@ -10,6 +10,7 @@ import { freePort } from '../../stack/ports';
 import { ensureNamespace } from '../../stack/temporal-namespace';
 import { spawnDhm, type DhmRun } from '../support/dhm-process';
 import { eventually } from '../support/system';
+import { testAgentPki } from '../support/agent-pki';
 
 const KEYWORD = temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD;
 const TEXT = temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_TEXT;
@@ -56,7 +57,7 @@ describe('the roles check the namespace for dhm search attributes at start', () 
       TEMPORAL_NAMESPACE: ns,
       TEMPORAL_TASK_QUEUE: `sa-${randomBytes(3).toString('hex')}`,
       DHM_OPERATOR_TOKEN: 'search-attributes-test-operator-token',
-      DHM_AGENT_SECRET: 'search-attributes-test-agent-secret',
+      DHM_AGENT_CLIENT_TLS_DIR: (await testAgentPki()).controlPlaneDir,
       DHM_API_PORT: String(await freePort()),
       LOG_LEVEL: 'warn',
     });
@@ -148,7 +149,7 @@ describe('the roles check the namespace for dhm search attributes at start', () 
         TEMPORAL_NAMESPACE: other,
         TEMPORAL_TASK_QUEUE: `sa-ok-${randomBytes(3).toString('hex')}`,
         DHM_OPERATOR_TOKEN: 'search-attributes-test-operator-token',
-        DHM_AGENT_SECRET: 'search-attributes-test-agent-secret',
+        DHM_AGENT_CLIENT_TLS_DIR: (await testAgentPki()).controlPlaneDir,
         DHM_API_PORT: String(await freePort()),
         LOG_LEVEL: 'info',
       });

@@ -162,6 +162,6 @@ export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
 /** Config errors quote the bad value, but never a secret or a password inside a URL. */
 function redact(name: string, value: string | undefined): string | undefined {
   if (value === undefined) return value;
-  if (/TOKEN|SECRET|PASSWORD|API_KEY/.test(name)) return '***';
+  if (/TOKEN|SECRET|PASSWORD|API_KEY|SEALING_KEY/.test(name)) return '***';
   return value.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@');
 }

@@ -36,7 +36,11 @@ const BAD: Record<string, string> = {
   DHM_TEMPORAL_DATABASE: 'Temporal-DB',
   DHM_API_PORT: '-1',
   DHM_OPERATOR_TOKEN: 'short-op-secret',
-  DHM_AGENT_SECRET: 'short-agent-sec',
+  DHM_API_TLS_CERT: '/nonexistent/dhm-api-cert.pem',
+  DHM_API_TLS_KEY: '/nonexistent/dhm-api-key.pem',
+  DHM_API_SEALING_KEY: 'short-sealing-key',
+  DHM_ALLOW_PLAIN_HTTP: 'yes',
+  DHM_AGENT_FAULTS: 'maybe',
   DHM_AGENT_ADVERTISE_HOST: 'http://agents:7801',
   DHM_METRICS_PORT: '65536',
   DHM_TEMPORAL_METRICS_PORT: '0',
@@ -47,6 +51,9 @@ const BAD: Record<string, string> = {
 };
 /** Any non-empty text is valid for these (names, paths, opaque secrets); empty means unset. */
 const FREE_FORM = [
+  'DHM_TOKEN_FILE',
+  'DHM_AGENT_TLS_DIR',
+  'DHM_AGENT_CLIENT_TLS_DIR',
   'TEMPORAL_NAMESPACE',
   'TEMPORAL_CLI',
   'TEMPORAL_TASK_QUEUE',
@@ -59,7 +66,7 @@ const FREE_FORM = [
   'DHM_METRICS_HOST',
   'DHM_TOKEN',
 ];
-const SECRETS = ['DHM_OPERATOR_TOKEN', 'DHM_AGENT_SECRET', 'TEMPORAL_API_KEY', 'DHM_TOKEN'];
+const SECRETS = ['DHM_OPERATOR_TOKEN', 'DHM_API_SEALING_KEY', 'TEMPORAL_API_KEY', 'DHM_TOKEN'];
 
 describe('configuration from the environment', () => {
   let dir: string;
@@ -88,6 +95,10 @@ describe('configuration from the environment', () => {
     expect(refusal({ TEMPORAL_TLS: 'false', TEMPORAL_API_KEY: 'cloud-key-1234567890' }).message).toMatch(/^TEMPORAL_TLS: /);
     expect(refusal({ DHM_METRICS_PORT: '9464', DHM_TEMPORAL_METRICS_PORT: '9464' }).message).toMatch(/^DHM_TEMPORAL_METRICS_PORT: must differ/);
     expect(refusal({ DHM_METRIC_PORT: '9464' }).message).toMatch(/^DHM_METRIC_PORT: unknown setting/);
+    // A retired setting is refused by name with what replaced it, and its value is not echoed.
+    const retired = refusal({ DHM_AGENT_SECRET: 'agent-secret-0123456789' }).message;
+    expect(retired).toMatch(/^DHM_AGENT_SECRET: no longer used: .*DHM_AGENT_CLIENT_TLS_DIR/);
+    expect(retired).not.toContain('agent-secret-0123456789');
   });
 
   test('secrets are never echoed: not in a URL, not when another variable is wrong', () => {
@@ -96,7 +107,7 @@ describe('configuration from the environment', () => {
     expect(url.message).not.toContain('hunter2-password');
     const secrets = {
       DHM_OPERATOR_TOKEN: 'op-token-0123456789abcdef',
-      DHM_AGENT_SECRET: 'agent-secret-0123456789',
+      DHM_API_SEALING_KEY: 'sealing-key-0123456789abcdef0123456789',
       TEMPORAL_API_KEY: 'cloud-api-key-0123456789',
     };
     for (const err of [refusal({ ...secrets, LOG_LEVEL: 'loud' }), refusal({ ...secrets, DHM_NOPE: '1' }), refusal({ ...secrets, TEMPORAL_TLS: 'false' })])

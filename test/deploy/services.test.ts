@@ -5,6 +5,7 @@ import { freePort } from '../../stack/ports';
 import { createInventory } from '../../inventory';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 import { spawnDhm, type DhmRun } from '../support/dhm-process';
+import { agentFetch, testAgentPki } from '../support/agent-pki';
 import { testFleet } from '../support/fleets';
 import { eventually } from '../support/system';
 
@@ -16,6 +17,7 @@ import { eventually } from '../support/system';
 describe('service processes: ops endpoints, SDK metrics, agents bound and advertised', () => {
   let db: TestDatabase;
   let dir: string;
+  let pkiControlPlaneDir = '';
   const runs: DhmRun[] = [];
 
   beforeAll(async () => {
@@ -29,13 +31,12 @@ describe('service processes: ops endpoints, SDK metrics, agents bound and advert
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  const start = (args: string[], env: NodeJS.ProcessEnv) => {
+  /** A role's process; the control-plane roles get the database, Temporal and the control plane's agent certificate. */
+  const start = (args: string[], env: NodeJS.ProcessEnv, controlPlane = true) => {
     const run = spawnDhm(args, {
       DHM_HOME: dir,
-      DATABASE_URL: db.url,
-      TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!,
-      DHM_AGENT_SECRET: 'services-test-agent-secret',
       LOG_LEVEL: 'info',
+      ...(controlPlane ? { DATABASE_URL: db.url, TEMPORAL_ADDRESS: process.env.DHM_TEST_TEMPORAL_ADDRESS!, DHM_AGENT_CLIENT_TLS_DIR: pkiControlPlaneDir } : {}),
       ...env,
     });
     runs.push(run);
@@ -60,14 +61,24 @@ describe('service processes: ops endpoints, SDK metrics, agents bound and advert
     fs.writeFileSync(fleetFile, JSON.stringify(fleet));
     const [agentsOps, workerOps, workerSdk, schedulerOps] = [await freePort(), await freePort(), await freePort(), await freePort()];
 
-    const agents = start(['agents', '--fleet', fleetFile], {
-      DHM_AGENT_HOST: '0.0.0.0',
-      DHM_AGENT_ADVERTISE_HOST: 'localhost',
-      DHM_METRICS_PORT: String(agentsOps),
-    });
+    // The agents' certificates (the test PKI's fleet CA); agents get no database: `dhm fleet-seed` registers them.
+    const pki = await testAgentPki(fleet.servers.map((s) => s.id));
+    pkiControlPlaneDir = pki.controlPlaneDir;
+    const agents = start(
+      ['agents', '--fleet', fleetFile],
+      {
+        DHM_AGENT_HOST: '0.0.0.0',
+        DHM_AGENT_ADVERTISE_HOST: 'localhost',
+        DHM_AGENT_TLS_DIR: path.dirname(pki.serverDir(fleet.servers[0]!.id)),
+        DHM_METRICS_PORT: String(agentsOps),
+      },
+      false,
+    );
     await ready(agents);
+    const seed = start(['fleet-seed', '--fleet', fleetFile, '--agent-host', 'localhost'], {});
+    expect(await seed.exited).toBe(0);
     const inventory = createInventory(db.pool);
-    for (const s of fleet.servers) expect((await inventory.getServer(s.id)).agentUrl).toBe(`http://localhost:${s.agentPort}`);
+    for (const s of fleet.servers) expect((await inventory.getServer(s.id)).agentUrl).toBe(`https://localhost:${s.agentPort}`);
 
     const worker = start(['worker'], {
       TEMPORAL_TASK_QUEUE: 'services-test',
@@ -88,15 +99,16 @@ describe('service processes: ops endpoints, SDK metrics, agents bound and advert
       const readyz = await fetch(`${base}/readyz`);
       const body = (await readyz.json()) as { status: string; checks: Record<string, string> };
       expect({ role, status: readyz.status, body }).toMatchObject({ role, status: 200, body: { status: 'ok' } });
-      expect(body.checks.postgres).toBe('ok');
+      if (role !== 'agents') expect(body.checks.postgres).toBe('ok');
       const metrics = await (await fetch(`${base}/metrics`)).text();
       expect(metrics).toContain(`role="${role}"`);
       expect(metrics).toContain('dhm_process_resident_memory_bytes');
     }
-    // The agents' own ports, reached on the wildcard bind; /readyz needs no secret, other routes do.
+    // The agents' own ports, reached on the wildcard bind: the control plane's certificate gets an answer, no
+    // certificate gets no handshake.
     const port = fleet.servers[0]!.agentPort;
-    expect((await fetch(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
-    expect((await fetch(`http://127.0.0.1:${port}/v1/info`)).status).toBe(401);
+    expect((await agentFetch(`https://127.0.0.1:${port}/v1/info`)).status).toBe(200);
+    await expect(agentFetch(`https://127.0.0.1:${port}/v1/info`, {}, null)).rejects.toThrow();
     expect(await (await fetch(`http://127.0.0.1:${agentsOps}/metrics`)).text()).toContain('dhm_http_requests_total{service="agent"');
     // The Temporal SDK's exporter (core's Prometheus endpoint): worker poll and slot metrics.
     const sdk = await eventually(

@@ -231,7 +231,7 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
     for (const s of state.servers) await issueServerCreds(ca, s.id, [s.fabricIp], s.credsDir);
     await issueClientCreds(ca, CONTROL_PLANE_CN, state.controlPlaneDir);
     save();
-    await startStorage(state, tools, o.transport === 'tls' ? ca : null, logger);
+    await startStorage(state, tools, o.transport === 'tls' ? ca : null, o.attached, logger);
     if (o.transport === 'insecure') logger.warn({ testbed: o.name }, 'migration.transport is insecure: VM memory crosses the fabric in plaintext');
 
     // Agents start in parallel: each is a Node process that needs a second or two of CPU to load.
@@ -317,19 +317,27 @@ async function makeServer(st: TestbedState, i: number, vteps: string[], nicBps: 
 }
 
 /** The storage service: its own namespace on the fabric, its credentials, qemu-storage-daemon in it. */
-async function startStorage(st: TestbedState, tools: ReturnType<typeof loadQemuTools>, ca: FleetCa | null, logger: Logger): Promise<void> {
+async function startStorage(st: TestbedState, tools: ReturnType<typeof loadQemuTools>, ca: FleetCa | null, attached: boolean, logger: Logger): Promise<void> {
   const tls = ca !== null;
   const s = st.storage;
   await attachToFabric(st, s.namespace, 'storage', s.ip);
   fs.mkdirSync(path.join(s.dir, 'volumes'), { recursive: true, mode: 0o700 });
   if (ca) await issueServerCreds(ca, s.serverName, [s.ip], s.credsDir);
   const args = storageDaemonArgs(s, tools, { tls, clients: st.servers.map((x) => x.id) });
-  const child = spawnInTestbed(st, s.namespace, 'storage service', args, s.dir);
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr = (stderr + String(d)).slice(-2000)));
-  child.stdout.resume();
+  // Like the agents: tied to this process only when attached (tests); `dhm testbed up` leaves it running until `down`
+  // (pipes or a parent-death signal would keep the command from returning, or kill the service when it does).
+  const logFile = path.join(s.dir, 'storage.log');
+  const log = fs.openSync(logFile, 'a');
+  const argv = ['netns', 'exec', s.namespace, ...args];
+  const [cmd, cmdArgs] = attached ? ['setpriv', ['--pdeathsig', 'KILL', '--', 'ip', ...argv]] : ['ip', argv];
+  const child = spawn(cmd as string, cmdArgs as string[], { stdio: ['ignore', log, log], detached: !attached });
+  fs.closeSync(log);
+  st.pids.push({ pid: child.pid!, role: 'storage service', match: s.dir });
+  fs.writeFileSync(stateFile(st.dir), JSON.stringify(st, null, 2), { mode: 0o600 });
+  if (!attached) child.unref();
   await waitStorageReady(s, logger, () => child.exitCode === null).catch((err: unknown) => {
-    throw new Error(`${(err as Error).message}: ${stderr.trim()}`);
+    const tail = fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').slice(-2000).trim() : '';
+    throw new Error(`${(err as Error).message}: ${tail}`);
   });
 }
 

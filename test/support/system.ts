@@ -162,6 +162,8 @@ export async function startTestSystem(opts: TestSystemOptions = {}): Promise<Tes
       return temporal.client.workflow.getHandle(`migration-${hostId}`).query(statusQuery);
     },
     async stop(this: TestSystem) {
+      // A test may have replaced the scheduler (durability: two schedulers racing); stop the one it holds now too.
+      await this.scheduler.stop();
       await plane.stop();
       await temporal.close();
       await fleetAgents.stop();

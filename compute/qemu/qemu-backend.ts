@@ -9,6 +9,7 @@ import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../b
 import { AgentFailure, conflict, invalidInput, notFound } from '../errors';
 import { vmDisks, type DiskKind } from '../../common/vm-spec';
 import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, wipeDiskFile, type MachineDisk, type NetworkStorage } from './disks';
+import { measureDirtyRate, type DirtyRateResult } from './dirty-rate';
 import { createTap, deleteTap, guestMarker, guestNic, probeGuest } from './guest-nic';
 import { QemuMigration, type QemuMigrationHost, type QemuMigrationSettings } from './migration';
 import { describeExit, QemuProcess, STORAGE_TLS_ID, type MachineSpec } from './qemu-process';
@@ -133,6 +134,21 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       }
       await sleep(GUEST_POLL_MS);
     }
+  }
+
+  /**
+   * The VM's dirty rate measured by QEMU (`calc-dirty-rate`, page sampling; see dirty-rate.ts), for the control plane
+   * to decide a move's settings from. One measurement per VM at a time (QEMU runs one): a second caller waits its turn.
+   */
+  async measureDirtyRate(vmId: string, sampleMs: number): Promise<DirtyRateResult & { vmId: string }> {
+    this.assertOpen();
+    const vm = this.vmHere(vmId);
+    this.checkUsable(vm);
+    const run = vm.measuring.then(async () => measureDirtyRate(await vm.proc.qmp(), sampleMs));
+    vm.measuring = run.catch(() => undefined);
+    const r = await run;
+    this.logger.info({ vmId, dirtyRateBps: Math.round(r.dirtyRateBps), windowsBps: r.windowsBps, windowMs: r.windowMs }, 'dirty rate measured');
+    return { vmId, ...r };
   }
 
   // ---- inbound migrations ------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 # "dhm-counter N" to ttyS0 every 0.5 s; N lives in this shell's memory, so after a live migration the
 # destination's serial log goes on at the source's last N + 1, while a reboot would start again at 1.
 # With dhm.dirty_mib=W on the kernel command line it also keeps rewriting a W MiB tmpfs buffer (dirtying guest
-# memory for pre-copy to chase); dhm.dirty_rate_mibps=D (0 = as fast as the vCPU can) slows it down.
+# memory for pre-copy to chase) at dhm.dirty_rate_mibps=D MiB/s of changed pages (0 = as fast as the vCPU can).
 # With dhm.ip=A/P (a VM with a NIC) it loads the virtio modules, brings eth0 up with that address (MTU 1450: the
 # tenant network is VXLAN) and serves the counter on TCP port 7000 (each request line is answered "<line> <N>").
 # dhm.marker=M writes M many times into guest memory (tests look for it on the wire).
@@ -109,22 +109,47 @@ if [ "$dirty_mib" -gt "$cap" ]; then
 fi
 
 if [ "$dirty_mib" -gt 0 ]; then
-  mount -t tmpfs -o size=$((dirty_mib + 2))m tmpfs /dirty
-  # Random, not zero, bytes: QEMU sends zero pages as a flag, so zeros would not load the migration stream.
-  dd if=/dev/urandom of=/dirty/pattern bs=65536 count=16 2>/dev/null
-  pause=""
-  [ "$dirty_rate" -gt 0 ] && pause=$(awk -v w="$dirty_mib" -v d="$dirty_rate" 'BEGIN { printf "%.3f", w / d }')
-  # One cat per pass (forks are slow under TCG); `1<>` rewrites the same pages instead of truncating.
-  files=""
-  i=0
-  while [ "$i" -lt "$dirty_mib" ]; do
-    files="$files /dirty/pattern"
-    i=$((i + 1))
-  done
+  mount -t tmpfs -o size=$((dirty_mib + 5))m tmpfs /dirty
+  # Two random 2 MiB patterns, not zeros (QEMU sends zero pages as a flag) and not one pattern: passes alternate
+  # between them, so every write changes the page's content. A rewrite with identical bytes still costs pre-copy a
+  # resend, but QEMU's calc-dirty-rate (page-sampling) compares page hashes and would read it as clean.
+  dd if=/dev/urandom of=/dirty/a bs=1048576 count=2 2>/dev/null
+  dd if=/dev/urandom of=/dirty/b bs=1048576 count=2 2>/dev/null
+  # Paced per chunk against /proc/uptime (centiseconds, no fork to read it): the buffer's pages change at
+  # dirty_rate MiB/s, evenly, until the vCPU cannot keep up (0 = as fast as it can). Chunks of 1 MiB below 8 MiB/s,
+  # else 2 MiB (one dd fork each: forks are what limits a TCG guest, ~15-20 MiB/s with 2 MiB chunks on a busy host).
+  chunk=2
+  [ "$dirty_rate" -gt 0 ] && [ "$dirty_rate" -lt 8 ] && chunk=1
+  # A writer that fell more than a second behind (a throttled or paused guest) starts a fresh schedule instead of
+  # bursting to catch up.
   (
+    k=0
+    pass=0
+    n=0
+    read up _ </proc/uptime
+    t0=$((${up%.*} * 100 + 1${up#*.} - 100))
     while :; do
-      cat $files 1<>/dirty/buf
-      [ -n "$pause" ] && sleep "$pause"
+      src=/dirty/a
+      [ $((pass % 2)) -eq 1 ] && src=/dirty/b
+      c=$chunk
+      [ $((k + c)) -gt "$dirty_mib" ] && c=$((dirty_mib - k))
+      dd if=$src of=/dirty/buf bs=1048576 count=$c seek=$k conv=notrunc 2>/dev/null
+      k=$((k + c))
+      n=$((n + c))
+      if [ "$k" -ge "$dirty_mib" ]; then
+        k=0
+        pass=$((pass + 1))
+      fi
+      [ "$dirty_rate" -gt 0 ] || continue
+      read up _ </proc/uptime
+      now=$((${up%.*} * 100 + 1${up#*.} - 100))
+      due=$((t0 + n * 100 / dirty_rate))
+      if [ "$due" -gt "$now" ]; then
+        d=$((due - now))
+        sleep "$((d / 100)).$(printf %02d $((d % 100)))"
+      elif [ $((now - due)) -gt 100 ]; then
+        t0=$((now - n * 100 / dirty_rate))
+      fi
     done
   ) &
 fi

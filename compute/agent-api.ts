@@ -123,6 +123,18 @@ export const startMigrationBodySchema = z
     bandwidthCapBps: z.number().positive().max(1e13).optional(),
     autoConverge: z.boolean(),
     maxRounds: z.number().int().min(1).max(1000).optional(),
+    /**
+     * Migration channels of this move (QEMU's multifd with `multifd-channels`): one VM's move may then use up to this
+     * many times one channel's throughput, up to the whole NIC. Omitted: 1, a single stream.
+     */
+    channels: z.number().int().min(1).max(64).optional(),
+    /**
+     * Switch the move to post-copy when pre-copy does not converge (QEMU's `postcopy-ram` + `migrate-start-postcopy`)
+     * instead of failing it: the VM then runs on the target and fetches its missing pages from the source. The risk:
+     * from that moment the VM's memory is split over two servers, so a network break during post-copy loses it unless
+     * the move is paused and recovered (`migrate-pause` / `migrate-recover`). Omitted: false.
+     */
+    postCopy: z.boolean().optional(),
   })
   .strict();
 export type StartMigrationBody = z.infer<typeof startMigrationBodySchema>;
@@ -207,6 +219,9 @@ export const acceptIncomingBodySchema = z
     incarnationId: agentIdSchema,
     spec: vmSpecSchema,
     sourceServerId: z.string().min(1),
+    /** The move's channels and post-copy permission (qemu: the destination's multifd and postcopy-ram must match the source's). */
+    channels: z.number().int().min(1).max(64).optional(),
+    postCopy: z.boolean().optional(),
   })
   .strict();
 export type AcceptIncomingBody = z.infer<typeof acceptIncomingBodySchema>;

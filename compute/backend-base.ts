@@ -475,6 +475,8 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
         incarnationId: input.target.incarnationId,
         spec: vm.spec,
         sourceServerId: this.opts.serverId,
+        ...(input.channels ? { channels: input.channels } : {}),
+        ...(input.postCopy ? { postCopy: true } : {}),
       });
     } catch (err) {
       if (err instanceof AgentError && err.status >= 400 && err.status < 500 && err.status !== 401 && err.status !== 403) {

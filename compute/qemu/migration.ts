@@ -6,6 +6,7 @@ import { MigrationJobBase, type JobHost, type JobProgress } from '../migration-j
 import type { PeerClient } from '../peer-client';
 import { mibToBytes } from '../units';
 import { DiskMirror, type DiskProgress } from './mirror';
+import { featureCapabilities, featureParameters, moveFeatures, type MoveFeatures } from './move-features';
 import { describeExit } from './qemu-process';
 import type { QemuVm } from './qemu-vm';
 import { QmpError, type QmpClient } from './qmp';
@@ -50,7 +51,10 @@ export interface QemuMigrationHost extends JobHost<QemuVm> {
   readonly logger: Logger;
   readonly settings: QemuMigrationSettings;
   readonly serverId: string;
-  /** Asks the target again (accept is idempotent) for where its destination listens, once it does. */
+  /**
+   * Asks the target again (accept is idempotent) for where its destination listens, once it does. During a paused
+   * post-copy the same call asks the target to listen again for the recovery (see qemu-backend's recoverIncoming).
+   */
   pollIncoming(job: StartMigrationInput, vm: QemuVm): Promise<IncomingView>;
   /** Divides the bandwidth (fault injection). */
   linkSlowdown(): number;
@@ -88,6 +92,14 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   private diskProgress: DiskProgress | null;
   /** The mirrors were completed at pre-switchover and the migration continued. */
   private switchedOver = false;
+  /** multifd channels and post-copy permission of this move (both ends derive the same). */
+  private readonly features: MoveFeatures;
+  /** `migrate-start-postcopy` was sent: from then on the VM runs on the target and cannot come back. */
+  private postcopy = false;
+  /** The post-copy stream was paused (by us on a stall, or by QEMU on a broken socket); the recovery runs. */
+  private recovering: Promise<void> | null = null;
+  /** Where the last stream went: a recovery waits for the target to listen somewhere new. */
+  private uri = '';
 
   constructor(
     private readonly host: QemuMigrationHost,
@@ -101,6 +113,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     const local = (vm.machine.disks ?? []).filter((d) => d.kind === 'local');
     const total = local.reduce((a, d) => a + d.sizeBytes, 0);
     this.diskProgress = local.length ? { bytesTotal: total, bytesCopied: 0, bytesRemaining: total } : null;
+    this.features = moveFeatures(input, vm.machine);
   }
 
   /** The target has accepted and is starting its destination: run the migration in the background. */
@@ -160,6 +173,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
           { capability: 'auto-converge', state: this.input.autoConverge },
           // With local disks the mirrors are completed while the guest is stopped, before the target may run it.
           { capability: 'pause-before-switchover', state: this.mirror !== null },
+          ...featureCapabilities(this.features),
         ],
       });
       await qmp.execute('migrate-set-parameters', {
@@ -167,11 +181,15 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
         'downtime-limit': Math.max(1, Math.min(QEMU_MAX_DOWNTIME_MS, Math.round(this.input.maxDowntimeMs))),
         'cpu-throttle-initial': s.throttleInitialPct,
         'cpu-throttle-increment': s.throttleStepPct,
+        ...featureParameters(this.features),
+        // The policy's cap holds in post-copy too (QEMU's own default there is unlimited).
+        ...(this.features.postCopy ? { 'max-postcopy-bandwidth': this.input.bandwidthCapBps ? this.maxBandwidth() : 0 } : {}),
         ...tls,
       });
       if (this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
       this.migrateSent = true; // set before the write, so a cancel from now on sends migrate_cancel after it
       this.progressAt = Date.now();
+      this.uri = uri;
       await qmp.execute('migrate', { uri });
       this.log.info(
         {
@@ -181,6 +199,8 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
           maxBandwidthBps: this.maxBandwidth(),
           maxDowntimeMs: this.input.maxDowntimeMs,
           autoConverge: this.input.autoConverge,
+          channels: this.features.channels,
+          postCopy: this.features.postCopy,
         },
         'migration started',
       );
@@ -188,6 +208,8 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     } catch (err) {
       if (this.abort.signal.aborted || this.state !== 'running') return;
       const message = err instanceof Error ? err.message : String(err);
+      // After migrate-start-postcopy the VM cannot come back here: never cancel and resume this copy.
+      if (this.postcopy) return this.postcopyLost(message);
       const exit = this.vm.proc.exitInfo;
       if (exit) return this.endWith({ state: 'failed', code: 'VmFailed', message: `the VM's QEMU process exited (${describeExit(exit)})` });
       // QEMU is alive but we lost track: make sure no migration goes on behind our back before the VM counts as here.
@@ -215,6 +237,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
           if ((q['total-time'] ?? 0) > 0) return this.completed(q);
           break;
         case 'failed':
+          if (this.postcopy) return this.postcopyLost(q['error-desc'] ?? 'QEMU reported the post-copy failed');
           return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: q['error-desc'] ?? 'QEMU reported the migration failed' });
         case 'cancelled':
           return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
@@ -225,9 +248,21 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
         case 'device':
           this.vm.state = 'paused-for-switchover';
           break;
+        case 'postcopy-active':
+        case 'postcopy-paused':
+        case 'postcopy-recover-setup':
+        case 'postcopy-recover':
+          await this.postcopyStep(qmp, q, started);
+          break;
         default:
-          if (!this.stop) {
+          // Once post-copy was asked for, QEMU may report `active` a little longer: nothing to give up any more.
+          if (!this.stop && !this.postcopy) {
             const stop = this.giveUpReason(q, Date.now() - started);
+            if (stop?.code === 'NotConverging' && this.features.postCopy && !this.postcopy && Date.now() - started <= s.maxMigrationMs) {
+              // Post-copy is for a pre-copy that cannot converge, not for one that ran out of time.
+              await this.startPostcopy(qmp, stop.message);
+              break;
+            }
             if (stop) {
               this.stop = stop;
               this.log.warn({ round: this.round, bytesSent: this.bytesSent, reason: stop.message }, 'giving up the migration');
@@ -279,6 +314,77 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     if (this.bytesSent > MAX_SENT_FACTOR * memory)
       return { state: 'failed', code: 'NotConverging', message: `sent ${this.bytesSent} bytes, more than ${MAX_SENT_FACTOR}× the VM's memory` };
     return null;
+  }
+
+  /**
+   * Pre-copy does not converge: switch to post-copy. The guest stops here, its device state and the pages still dirty
+   * go over, and it resumes on the target, which fetches every page it touches that has not arrived from this side.
+   * From this moment the job cannot be cancelled: the VM's memory is split over two servers.
+   */
+  private async startPostcopy(qmp: QmpClient, why: string): Promise<void> {
+    this.committing = true;
+    this.postcopy = true;
+    this.vm.state = 'paused-for-switchover';
+    this.log.warn({ round: this.round, bytesSent: this.bytesSent, reason: why }, 'pre-copy does not converge: switching to post-copy');
+    await qmp.execute('migrate-start-postcopy');
+  }
+
+  /**
+   * During post-copy: a stream that sends nothing for `stallTimeoutMs` (a partition: TCP would retransmit for many
+   * minutes) is paused with `migrate-pause`; a paused stream (by us, or by QEMU on a broken socket) is recovered: the
+   * target is asked to listen again (`migrate-recover` there), then this side resumes with `migrate` resume:true.
+   * Neither end gives up the VM meanwhile; only `maxMigrationMs` since the start ends the job (`PostcopyFailed`).
+   */
+  private async postcopyStep(qmp: QmpClient, q: QueryMigrate, started: number): Promise<void> {
+    this.postcopy = true;
+    this.committing = true;
+    this.vm.state = 'paused-for-switchover';
+    const s = this.host.settings;
+    const now = Date.now();
+    if (this.bytesSent > this.progressBytes) {
+      this.progressBytes = this.bytesSent;
+      this.progressAt = now;
+    }
+    if (q.status === 'postcopy-active' && now - this.progressAt > s.stallTimeoutMs && !this.recovering) {
+      this.log.warn({ stalledMs: now - this.progressAt }, 'post-copy stream stalled: pausing it (migrate-pause)');
+      await qmp.execute('migrate-pause').catch((err: unknown) => this.log.warn({ err: String(err) }, 'migrate-pause failed'));
+      this.progressAt = now;
+      return;
+    }
+    if (q.status === 'postcopy-paused' && !this.recovering) {
+      this.recovering = this.recover(qmp, started).finally(() => {
+        this.recovering = null;
+        this.progressAt = Date.now();
+      });
+    }
+    if (now - started > s.maxMigrationMs && q.status !== 'postcopy-active')
+      throw new StepError('PostcopyFailed', `post-copy not recovered within ${s.maxMigrationMs} ms`);
+  }
+
+  /** Asks the target for a new listening address until it has one (the network may still be down), then resumes. */
+  private async recover(qmp: QmpClient, started: number): Promise<void> {
+    const s = this.host.settings;
+    this.log.warn({ uri: this.uri }, 'post-copy paused: recovering');
+    for (;;) {
+      if (this.abort.signal.aborted || Date.now() - started > s.maxMigrationMs) return;
+      const view = await this.host.pollIncoming(this.input, this.vm).catch(() => null);
+      if (view?.migrationUri && view.migrationUri !== this.uri) {
+        this.uri = view.migrationUri;
+        await qmp.execute('migrate', { uri: view.migrationUri, resume: true });
+        this.log.warn({ uri: view.migrationUri }, 'post-copy resumed (migrate resume:true)');
+        return;
+      }
+      await sleep(1_000, this.abort.signal);
+    }
+  }
+
+  /**
+   * Post-copy failed for good: neither end has the whole VM. The source is not resumed (its copy is stale) and is
+   * kept for an operator; the VM is marked failed here.
+   */
+  private postcopyLost(message: string): void {
+    this.vm.failure = { code: 'PostcopyFailed', message };
+    this.endHere('failed', { code: 'PostcopyFailed', message: `post-copy failed; the VM is lost on both ends: ${message}` });
   }
 
   private async completed(q: QueryMigrate): Promise<void> {

@@ -12,8 +12,9 @@ import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, wipeDi
 import { measureDirtyRate, type DirtyRateResult } from './dirty-rate';
 import { createTap, deleteTap, guestMarker, guestNic, probeGuest } from './guest-nic';
 import { QemuMigration, type QemuMigrationHost, type QemuMigrationSettings } from './migration';
+import { featureCapabilities, featureParameters, moveFeatures, type MoveFeatures } from './move-features';
 import { describeExit, QemuProcess, STORAGE_TLS_ID, type MachineSpec } from './qemu-process';
-import type { QmpClient } from './qmp';
+import { QmpError, type QmpClient } from './qmp';
 import { queryMigrateSchema } from './query-migrate';
 import { QemuVm } from './qemu-vm';
 import type { QemuTools } from './tools';
@@ -76,6 +77,10 @@ interface Incoming extends BackendIncoming {
   nbdAddress: string | null;
   /** The NBD server runs in the destination (to be stopped before the export can be called gone). */
   nbdStarted: boolean;
+  /** multifd channels and post-copy, as the source derives them from the same request (move-features.ts). */
+  features: MoveFeatures;
+  /** A post-copy recovery (pause, then listen again) is being set up. */
+  recovering: boolean;
 }
 
 const vmFailed = (vm: QemuVm) => new AgentFailure(409, 'VM_FAILED', `VM ${vm.vmId} has failed: ${vm.failure?.message ?? 'unknown'}`, 'vmId');
@@ -213,7 +218,20 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       incarnationId: job.target.incarnationId,
       spec: vm.spec,
       sourceServerId: this.opts.serverId,
+      ...(job.channels ? { channels: job.channels } : {}),
+      ...(job.postCopy ? { postCopy: true } : {}),
     });
+  }
+
+  /**
+   * A source asking again for a VM that already runs here in post-copy wants to recover a broken stream: the
+   * destination is paused (`migrate-pause`, if QEMU has not noticed the break itself) and listens again
+   * (`migrate-recover`) on a fresh port; the new address is answered from then on (the source waits for it to change).
+   */
+  override acceptIncoming(jobId: string, input: AcceptIncomingBody): IncomingView {
+    const r = this.incoming.get(jobId);
+    if (r && r.vmId === input.vmId && r.features.postCopy && this.incomingCommitted(r) && !r.recovering) void this.recoverIncoming(r);
+    return super.acceptIncoming(jobId, input);
   }
 
   linkSlowdown(): number {
@@ -340,6 +358,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       ended: null,
       nbdAddress: null,
       nbdStarted: false,
+      features: moveFeatures(input, machine),
+      recovering: false,
     };
   }
 
@@ -389,7 +409,9 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       qmp.on('event', (e) => {
         if (e.event === 'MIGRATION' && e.data.status !== 'setup') connected = true;
       });
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }, ...featureCapabilities(r.features)] });
+      const params = featureParameters(r.features);
+      if (Object.keys(params).length) await qmp.execute('migrate-set-parameters', params);
       r.uri = await this.startListening(qmp, r);
       log.info({ uri: r.uri, tls: r.tls }, 'destination listening');
       // A source that never connects (it died, or gave up before sending) must not leave a QEMU waiting here forever.
@@ -433,6 +455,44 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     const port = q['socket-address']?.[0]?.port;
     if (port === undefined) throw new Error('QEMU did not report the port it listens on');
     return `tcp:${hostPart}:${String(port)}`;
+  }
+
+  /**
+   * Out of band: the destination's main loop may be blocked (a vCPU, or a device emulating DMA under the big lock,
+   * waits on a page the broken stream cannot bring), so in-band QMP (query-migrate too) would not answer.
+   */
+  private async recoverIncoming(r: Incoming): Promise<void> {
+    const host = this.opts.migrationHost;
+    if (!host || !r.proc.running) return;
+    r.recovering = true;
+    const log = this.logger.child({ jobId: r.jobId, vmId: r.vmId });
+    try {
+      const qmp = await r.proc.qmp();
+      // Refused unless post-copy is active (QEMU may have paused by itself on a broken socket): either way it is paused next.
+      await qmp.executeOob('migrate-pause').then(
+        () => log.warn('source reports the post-copy stream broken: destination paused (migrate-pause)'),
+        () => undefined,
+      );
+      const hostPart = host.includes(':') ? `[${host}]` : host;
+      const uri = `tcp:${hostPart}:${await freeTcpPort(host)}`;
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        try {
+          // Refused until the destination has reached postcopy-paused.
+          await qmp.executeOob('migrate-recover', { uri });
+          break;
+        } catch (err) {
+          if (!(err instanceof QmpError && err.code === 'COMMAND') || Date.now() > deadline) throw err;
+          await sleep(200);
+        }
+      }
+      r.uri = uri;
+      log.warn({ uri }, 'destination listens for the post-copy recovery (migrate-recover)');
+    } catch (err) {
+      log.warn({ err: err instanceof Error ? err.message : String(err) }, 'post-copy recovery could not be set up here');
+    } finally {
+      r.recovering = false;
+    }
   }
 
   /** The incoming becomes a VM here. */

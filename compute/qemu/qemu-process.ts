@@ -171,6 +171,7 @@ export class QemuProcess {
       connectTimeoutMs: 15_000,
       signal: this.exitAbort.signal,
       logger: this.log,
+      oob: true,
     }).then((client) => {
       if (!this.running) client.close();
       return client;

@@ -73,6 +73,11 @@ export interface QmpConnectOptions {
   /** Aborting stops the connect retries at once (e.g. the QEMU process has exited). */
   signal?: AbortSignal;
   logger?: Logger;
+  /**
+   * Negotiate out-of-band execution when QEMU offers it (`executeOob`): a destination in post-copy whose vCPU waits on
+   * a page that cannot arrive holds the main loop, and only OOB commands (migrate-pause, migrate-recover) still run.
+   */
+  oob?: boolean;
 }
 
 interface Pending {
@@ -123,7 +128,9 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [Error |
         const { socket, greeting, leftover } = await openAndGreet(opts.socketPath, Math.max(remaining, 1), opts.signal);
         const client = new QmpClient(socket, greeting, opts.commandTimeoutMs ?? 10_000, opts.logger, leftover);
         try {
-          await client.execute('qmp_capabilities', undefined, { timeoutMs: Math.max(deadline - Date.now(), 1_000) });
+          const oob = opts.oob === true && greeting.capabilities.includes('oob');
+          await client.execute('qmp_capabilities', oob ? { enable: ['oob'] } : undefined, { timeoutMs: Math.max(deadline - Date.now(), 1_000) });
+          client.oob = oob;
         } catch (err) {
           client.close();
           throw err;
@@ -139,6 +146,9 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [Error |
       }
     }
   }
+
+  /** Out-of-band execution was negotiated (see `QmpConnectOptions.oob`). */
+  oob = false;
 
   get closed(): boolean {
     return this.closedWith !== null;
@@ -156,6 +166,25 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [Error |
       }, timeoutMs);
       this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
       this.socket.write(JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id }) + '\n');
+    });
+  }
+
+  /**
+   * Runs a command out of band (`exec-oob`): answered even while the main loop is blocked. Only commands QEMU marks
+   * allow-oob (migrate-pause, migrate-recover, ...). Without negotiated OOB it runs in band.
+   */
+  executeOob<T = unknown>(command: string, args?: Record<string, unknown>, opts: { timeoutMs?: number } = {}): Promise<T> {
+    if (!this.oob) return this.execute<T>(command, args, opts);
+    if (this.closedWith) return Promise.reject(new QmpError('CLOSED', `${command}: ${this.closedWith.message}`));
+    const id = this.nextId++;
+    const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new QmpError('TIMEOUT', `${command} (oob): no reply within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
+      this.socket.write(JSON.stringify({ 'exec-oob': command, ...(args ? { arguments: args } : {}), id }) + '\n');
     });
   }
 

@@ -139,6 +139,8 @@ if [ "$dirty_mib" -gt 0 ]; then
       if [ "$k" -ge "$dirty_mib" ]; then
         k=0
         pass=$((pass + 1))
+        # The pass number lives in this subshell's memory: after a live move it goes on (+1), never restarts.
+        echo "dhm-dirty-pass $pass"
       fi
       [ "$dirty_rate" -gt 0 ] || continue
       read up _ </proc/uptime

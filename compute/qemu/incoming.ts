@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
-import type { BackendIncoming } from '../backend-base';
+import type { BackendIncoming } from '../backend-contract';
 import { tlsIdentity } from '../fleet-ca';
 import type { QemuMigrationSettings } from './migration';
 import type { MachineSpec, QemuProcess } from './qemu-process';

@@ -135,6 +135,7 @@ export function createQemuBackend(input: {
         }
       : {}),
     migrationDir,
+    nicBytesPerSec: input.nicBytesPerSec,
     maxVmMemoryMiB: o.maxVmMemoryMiB ?? Math.min(input.capacity.memoryMiB, Math.floor(os.totalmem() / 2 ** 20 / 2)),
     maxVmVcpus: o.maxVmVcpus,
     settings: {

@@ -58,6 +58,8 @@ export interface QemuMigrationHost extends JobHost<QemuVm> {
   pollIncoming(job: StartMigrationInput, vm: QemuVm): Promise<IncomingView>;
   /** Divides the bandwidth (fault injection). */
   linkSlowdown(): number;
+  /** A completed single-channel move's measured stream throughput (bytes/s): what `measureLink` answers from then on. */
+  recordStreamThroughput(bytesPerSec: number, sampleMs: number): void;
 }
 
 type Stop = { state: 'failed' | 'cancelled'; code: string; message: string };
@@ -100,6 +102,8 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   private recovering: Promise<void> | null = null;
   /** Where the last stream went: a recovery waits for the target to listen somewhere new. */
   private uri = '';
+  /** QEMU's ram.mbps (as bytes/s) at each poll while the pre-copy stream ran unthrottled by a cap. */
+  private readonly rateSamples: number[] = [];
 
   constructor(
     private readonly host: QemuMigrationHost,
@@ -285,6 +289,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     this.memoryBytes = ram.total;
     this.dirtyRateBps = (ram['dirty-pages-rate'] ?? 0) * (ram['page-size'] ?? 4096);
     this.throughputBps = ((ram.mbps ?? 0) * 1e6) / 8;
+    if (q.status === 'active' && this.throughputBps > 0) this.rateSamples.push(this.throughputBps);
     this.throttlePct = Math.min(100, q['cpu-throttle-percentage'] ?? 0);
   }
 
@@ -395,6 +400,11 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     this.bytesRemaining = 0;
     this.downtimeMs = q.downtime ?? 0;
     this.totalTimeMs = q['total-time'];
+    // One stream's throughput, as QEMU measured it: the median of its rate while pre-copy ran, if nothing capped it.
+    if (this.features.channels === 1 && !this.input.bandwidthCapBps && this.rateSamples.length >= 5) {
+      const sorted = [...this.rateSamples].sort((x, y) => x - y);
+      this.host.recordStreamThroughput(sorted[Math.floor(sorted.length / 2)]!, this.totalTimeMs ?? 0);
+    }
     // The guest is stopped, so its serial log is final: the target's first line will be this + 1.
     const counter = this.vm.counter();
     try {

@@ -11,7 +11,7 @@ import { QmpClient, QmpError, type QmpEvent } from '../../compute/qemu/qmp';
 
 interface FakeQmp {
   socketPath: string;
-  received: Array<{ execute: string; arguments?: Record<string, unknown>; id?: unknown }>;
+  received: Array<{ execute?: string; 'exec-oob'?: string; arguments?: Record<string, unknown>; id?: unknown }>;
   connections: net.Socket[];
   close(): Promise<void>;
 }
@@ -35,7 +35,7 @@ function startFake(socketPath: string): Promise<FakeQmp> {
         buf = buf.slice(nl + 1);
         received.push(req);
         const args = req.arguments ?? {};
-        switch (req.execute) {
+        switch (req.execute ?? req['exec-oob']) {
           case 'qmp_capabilities':
             send({ return: {}, id: req.id });
             break;
@@ -102,6 +102,21 @@ test('connects, reads the greeting and negotiates capabilities', async () => {
   expect(qmp.greeting.version.qemu).toEqual({ major: 10, minor: 0, micro: 2 });
   expect(fake.received[0]).toMatchObject({ execute: 'qmp_capabilities' });
   expect(await qmp.execute('echo', { a: 1, b: 'x' })).toEqual({ a: 1, b: 'x' });
+});
+
+test('out-of-band: negotiated only when asked and offered; executeOob then sends exec-oob, else runs in band', async () => {
+  fake = await startFake(path.join(dir, 'q.sock'));
+  const plain = track(await QmpClient.connect({ socketPath: fake.socketPath }));
+  expect(fake.received[0]).toEqual({ execute: 'qmp_capabilities', id: expect.anything() });
+  expect(plain.oob).toBe(false);
+  expect(await plain.executeOob('echo', { n: 1 })).toEqual({ n: 1 });
+  expect(fake.received.at(-1)).toMatchObject({ execute: 'echo' });
+  const oob = track(await QmpClient.connect({ socketPath: fake.socketPath, oob: true }));
+  expect(fake.received.at(-1)).toMatchObject({ execute: 'qmp_capabilities', arguments: { enable: ['oob'] } });
+  expect(oob.oob).toBe(true);
+  expect(await oob.executeOob('echo', { n: 2 })).toEqual({ n: 2 });
+  expect(fake.received.at(-1)).toMatchObject({ 'exec-oob': 'echo', arguments: { n: 2 } });
+  expect(fake.received.at(-1)).not.toHaveProperty('execute');
 });
 
 test('retries the first connect while the socket file does not exist yet', async () => {

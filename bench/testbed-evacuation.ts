@@ -255,6 +255,13 @@ async function main(): Promise<void> {
         order: (v) => [...v].sort((x, y) => y.spec.memoryMiB - x.spec.memoryMiB),
         settings: (vm) => ({ autoConverge: (vm.measuredDirtyMiBps ?? 0) * MIB > S / 8 }),
       },
+      {
+        // As perf-sim's workflow runs the qemu path: ⌈B/S⌉ streams, each with ⌈B/S⌉ multifd channels.
+        name: 'dhm-like + multifd ⌈B/S⌉ channels',
+        k: Math.max(1, Math.ceil(B / S - 0.05)),
+        order: (v) => [...v].sort((x, y) => y.spec.memoryMiB - x.spec.memoryMiB),
+        settings: (vm) => ({ autoConverge: (vm.measuredDirtyMiBps ?? 0) * MIB > S / 8, channels: Math.max(1, Math.ceil(B / S - 0.05)) }),
+      },
     ];
     const evacuations = [];
     for (let r = 0; r < reps; r++)

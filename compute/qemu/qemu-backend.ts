@@ -16,6 +16,7 @@ import type { QmpClient } from './qmp';
 import { queryMigrateSchema } from './query-migrate';
 import { QemuVm } from './qemu-vm';
 import type { QemuTools } from './tools';
+import type { QemuUser } from './qemu-user';
 
 export interface QemuBackendOptions extends BackendBaseOptions {
   tools: QemuTools;
@@ -45,6 +46,8 @@ export interface QemuBackendOptions extends BackendBaseOptions {
   networkStorage?: Omit<NetworkStorage, 'tlsCredsId'>;
   /** MiB of random data written at the end of every new local disk (test data a mirror has to send). */
   diskFillMiB: number;
+  /** QEMU's unprivileged user when the agent is root (its taps, disk files and folders are made for it); null: ours. */
+  qemuUser: QemuUser | null;
 }
 
 /** Below this the guest kernel and its initramfs do not fit. */
@@ -405,7 +408,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     const s = this.settings;
     if (s.transport === 'tls') {
       const source = this.incomingSource.get(r.jobId)!;
-      await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: s.tlsDir!, endpoint: 'server', 'verify-peer': true });
+      await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: r.proc.tlsDir ?? s.tlsDir!, endpoint: 'server', 'verify-peer': true });
       await qmp.execute('object-add', { 'qom-type': 'authz-simple', id: 'authz0', identity: tlsIdentity(source) });
       await qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-authz': 'authz0' });
       r.tls = true;
@@ -433,8 +436,10 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   }
 
   private spawn(dirName: string, vmId: string, machine: MachineSpec, incoming: boolean): QemuProcess {
-    if (machine.nic) createTap(machine.nic.tap, this.opts.tenantBridge!);
+    if (machine.nic) createTap(machine.nic.tap, this.opts.tenantBridge!, this.opts.qemuUser);
     const proc = new QemuProcess({
+      user: this.opts.qemuUser,
+      ...(this.settings.tlsDir ? { tlsDir: this.settings.tlsDir } : {}),
       tools: this.opts.tools,
       dir: path.join(this.opts.stateDir, dirName),
       machine,
@@ -481,6 +486,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     if (local.length) machine.diskBlocks = Math.min(...local.map((d) => (d.sizeBytes - fillBytes(d.sizeBytes)) / BLOCK_BYTES));
     for (const d of local) {
       createDiskFile(d.path, d.sizeBytes);
+      if (this.opts.qemuUser) fs.chownSync(d.path, this.opts.qemuUser.uid, this.opts.qemuUser.gid);
       if (jobId === null) fillDiskTail(d.path, d.sizeBytes, fillBytes(d.sizeBytes));
     }
   }

@@ -11,7 +11,14 @@ import { installTemporalRuntime } from '../common/temporal-runtime';
 import { ensureAgentPki, loadControlPlaneTls, loadServerTls } from '../compute/agent-tls';
 import { startFleetAgents } from '../compute/fleet-agents';
 import { loadFleetFile } from '../inventory/fleet-file';
-import { openInventoryStore, startControlPlane, type AgentCredentials, type ControlPlaneOptions, type InventoryStore } from '../stack/control-plane';
+import {
+  databaseLimitsFrom,
+  openInventoryStore,
+  startControlPlane,
+  type AgentCredentials,
+  type ControlPlaneOptions,
+  type InventoryStore,
+} from '../stack/control-plane';
 import { requireSearchAttributes } from '../stack/temporal-namespace';
 import { untilSignal } from './up';
 
@@ -23,7 +30,7 @@ function required(env: Env, name: 'DATABASE_URL' | 'TEMPORAL_ADDRESS' | 'DHM_AGE
 }
 
 function openStore(env: Env, logger: Logger): Promise<InventoryStore> {
-  return openInventoryStore({ databaseUrl: required(env, 'DATABASE_URL'), poolSize: env.DATABASE_POOL_SIZE, logger });
+  return openInventoryStore({ databaseUrl: required(env, 'DATABASE_URL'), poolSize: env.DATABASE_POOL_SIZE, limits: databaseLimitsFrom(env), logger });
 }
 
 /**

@@ -17,6 +17,14 @@ import { startEmbeddedSystem, type EmbeddedSystem } from '../stack/embedded-syst
 import { createApiClient, type ApiClient } from './api-client';
 import { fetchMigration, summaryTable, watchMigration } from './watch';
 
+/** Copies the servers' agent logs and the storage service's log out of the testbed; returns where. */
+function keepLogs(st: TestbedState, to: string): string {
+  fs.mkdirSync(to, { recursive: true, mode: 0o700 });
+  const files = [...st.servers.map((s) => [path.join(s.dir, 'agent.log'), `${s.id}.agent.log`]), [path.join(st.storage.dir, 'storage.log'), 'storage.log']];
+  for (const [from, name] of files) if (fs.existsSync(from!)) fs.copyFileSync(from!, path.join(to, name!));
+  return to;
+}
+
 /** The host the story moves: one guest dirtying memory, two idle ones (MiB). */
 const VMS = [
   { name: 'db', vcpus: 1, memoryMiB: 256, diskGiB: 2, workload: { dirtyRateMiBps: 8, workingSetMiB: 16 } },
@@ -218,6 +226,8 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
   } finally {
     await tenant?.stop().catch(() => undefined);
     await system?.stop();
+    // A run that did not end well keeps what the agents and the storage service logged (the testbed goes).
+    if (st && code !== 0) report.logs = keepLogs(st, path.join(env.DHM_HOME, 'demo-logs', new Date().toISOString().replace(/[:.]/g, '-')));
     if (st) await downTestbed(st.dir, logger);
     fs.rmSync(stateDir, { recursive: true, force: true });
     report.leftovers = st ? await testbedLeftovers(st) : [];

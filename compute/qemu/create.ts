@@ -7,7 +7,7 @@ import type { PeerClient } from '../peer-client';
 import { PROJECT_ROOT } from '../../common/config';
 import { UserFacingError } from '../../common/errors';
 import { ensurePrivateDir } from '../../common/private-dir';
-import { checkServerCreds } from '../fleet-ca';
+import { checkServerCreds, ensureDhParams } from '../fleet-ca';
 import { QemuBackend } from './qemu-backend';
 import { ensureQemuDir, letQemuOpenTun, resolveQemuUser } from './qemu-user';
 import { loadQemuTools } from './tools';
@@ -107,6 +107,7 @@ export function createQemuBackend(input: {
       if (!o.tlsDir) throw new UserFacingError('qemu.tlsDir: required for TLS migrations (migration.transport is tls)', 'qemu.tlsDir');
       if (!o.fleetCaCert) throw new UserFacingError('qemu.fleetCaCert: required to check qemu.tlsDir', 'qemu.fleetCaCert');
       checkServerCreds(o.tlsDir, input.serverId, o.fleetCaCert, 'qemu.tlsDir');
+      ensureDhParams(o.tlsDir); // credentials issued before it was part of them
     } else {
       input.logger.warn({ serverId: input.serverId }, 'migration.transport is insecure: VM memory crosses the network in plaintext');
     }

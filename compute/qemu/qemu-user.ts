@@ -107,7 +107,7 @@ export function ensureQemuDir(dir: string, u: QemuUser, field: string, logger: L
 }
 
 /** The files QEMU's tls-creds-x509 reads from a credentials folder (compute/fleet-ca.ts). */
-const TLS_FILES = ['ca-cert.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem'];
+const TLS_FILES = ['ca-cert.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem', 'dh-params.pem'];
 
 /**
  * A copy of a server's credentials folder that QEMU's user can read (0700 folder, 0600 files, owned by that user),

@@ -1,7 +1,8 @@
 import { DISK_KINDS, localDiskGiB, localDisks, type DiskKind } from '../../common/vm-spec';
 import type { AcceptIncomingBody, CommitIncomingBody, GuestOp, GuestOpResult, IncomingView, StartMigrationInput, VmSpec, VmView } from '../agent-api';
 import type { ComputeBackend } from '../backend';
-import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
+import { BackendBase } from '../backend-base';
+import type { BackendBaseOptions, BackendIncoming } from '../backend-contract';
 import { conflict } from '../errors';
 import { mibToBytes } from '../units';
 import { SimClock } from './clock';

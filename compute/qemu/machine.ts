@@ -94,8 +94,11 @@ export function attachDisks(opts: MachineOptions, machine: MachineSpec, vmId: st
   }
 }
 
-/** Wipes (discards, then removes) the machine's local disk files; idempotent. */
-export function wipeDisks(machine: MachineSpec, why: string, logger: Logger): number {
+/**
+ * Wipes (discards, then removes) the machine's local disk files; idempotent. A file that cannot be wiped is logged and
+ * handed to `failed` (the caller keeps it and refuses to call the server clean until it is gone).
+ */
+export function wipeDisks(machine: MachineSpec, why: string, logger: Logger, failed?: (file: string, err: Error) => void): number {
   let wiped = 0;
   for (const d of machine.disks ?? []) {
     if (d.kind !== 'local') continue;
@@ -105,6 +108,7 @@ export function wipeDisks(machine: MachineSpec, why: string, logger: Logger): nu
       if (bytes) logger.info({ disk: d.name, file: d.path, bytes, why }, 'local disk wiped');
     } catch (err) {
       logger.error({ disk: d.name, file: d.path, err: err instanceof Error ? err.message : String(err) }, 'could not wipe a local disk');
+      failed?.(d.path, err instanceof Error ? err : new Error(String(err)));
     }
   }
   return wiped;

@@ -9,7 +9,7 @@ import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, wipeDi
 import { guestMarker, guestNic } from './guest-nic';
 import type { QemuMigrationSettings } from './migration';
 import { STORAGE_TLS_ID, type MachineSpec } from './qemu-process';
-import type { QemuUser } from './qemu-user';
+import { claimForQemu, type QemuUser } from './qemu-user';
 
 /**
  * What QEMU runs for a VM spec on this server: the machine (memory, vCPUs, the guest's writer, its NIC) and its disks
@@ -86,6 +86,8 @@ export function attachDisks(opts: MachineOptions, machine: MachineSpec, vmId: st
   machine.disks = disks;
   if (disks.some((d) => d.kind === 'network' && d.nbd.tlsCredsId)) machine.storageTlsDir = opts.settings.tlsDir!;
   const local = disks.filter((d) => d.kind === 'local');
+  // The folder may have been replaced since the agent started (an operator's new mount over it): QEMU's again.
+  if (local.length && opts.qemuUser) claimForQemu(opts.storageDir, opts.qemuUser);
   if (local.length) machine.diskBlocks = Math.min(...local.map((d) => (d.sizeBytes - fillBytes(d.sizeBytes)) / BLOCK_BYTES));
   for (const d of local) {
     createDiskFile(d.path, d.sizeBytes);

@@ -4,13 +4,16 @@
 #   docker run --rm dhm --help
 # docker-compose.yml runs the whole production topology from it (docs/operations.md).
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Node 22 LTS: Node 20 is past its end of life, and some dependencies already require 22 (cookie, via fastify).
+ARG NODE_IMAGE=node:22-bookworm-slim
 
 # ---- build: all dependencies, TypeScript → dist/ (tsconfig.build.json) ----
 FROM ${NODE_IMAGE} AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+COPY scripts/allowed-install-scripts.js ./scripts/
+# No dependency's install script runs, except those package.json's allowScripts names (run explicitly after).
+RUN npm ci --ignore-scripts --no-audit --no-fund && node scripts/allowed-install-scripts.js
 COPY tsconfig.json tsconfig.build.json ./
 COPY activities ./activities
 COPY api ./api
@@ -32,7 +35,8 @@ ENV NODE_ENV=production \
     DHM_TOOLS_DIR=/var/lib/dhm/tools
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+COPY scripts/allowed-install-scripts.js ./scripts/
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && node scripts/allowed-install-scripts.js && npm cache clean --force
 COPY bin ./bin
 COPY --from=build /src/dist ./dist
 # Read at run time, found from dist/ one level up (inventory/migrate.ts, inventory/fleet-file.ts).

@@ -9,13 +9,20 @@ import { guestNic } from '../compute/qemu/guest-nic';
 import { runQemuSetup } from '../compute/qemu/tools';
 import { startTenantClient, type TenantClient, type VmTraffic } from '../compute/testbed/tenant-client';
 import { downTestbed, testbedLeftovers, upTestbed, type TestbedState } from '../compute/testbed/testbed';
-import { createAgentClient } from '../compute/agent-client';
 import { vmDisks, type Disk } from '../common/vm-spec';
 import { verifyVmDisks } from '../compute/testbed/disk-check';
 import { createVolume } from '../compute/testbed/storage';
 import { startEmbeddedSystem, type EmbeddedSystem } from '../stack/embedded-system';
 import { createApiClient, type ApiClient } from './api-client';
 import { fetchMigration, summaryTable, watchMigration } from './watch';
+
+/** Copies the servers' agent logs and the storage service's log out of the testbed; returns where. */
+function keepLogs(st: TestbedState, to: string): string {
+  fs.mkdirSync(to, { recursive: true, mode: 0o700 });
+  const files = [...st.servers.map((s) => [path.join(s.dir, 'agent.log'), `${s.id}.agent.log`]), [path.join(st.storage.dir, 'storage.log'), 'storage.log']];
+  for (const [from, name] of files) if (fs.existsSync(from!)) fs.copyFileSync(from!, path.join(to, name!));
+  return to;
+}
 
 /** The host the story moves: one guest dirtying memory, two idle ones (MiB). */
 const VMS = [
@@ -162,19 +169,15 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
       midway.provisionedAnswered = await waitUntil('the new VM to answer the tenant', () => answering(tenant!, [midway.provisioned!]), 120_000);
     }
     const after = await operator.request<{ physicalServerId?: string }>('GET', `/v1/dedicated-hosts/${host.id}`);
-    // Per moved VM: the local disks' bytes the source's mirror copied (its agent job), and every disk checked on the
-    // target for every block the guest reported written, in order, with correct checksums.
-    const sourceAgent = createAgentClient({
-      baseUrl: st.servers.find((x) => x.id === before.physicalServerId)!.agentUrl,
-      tls: loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir'),
-    });
+    // Per moved VM: the local disks' bytes the source's mirror copied (the migration's figures: the source's agent job
+    // is gone with its de-provisioned incarnation by now), and every disk checked on the target for every block the
+    // guest reported written, in order, with correct checksums.
     const targetServer = st.servers.find((x) => x.id === after.physicalServerId);
     const disks = new Map<string, { diskBytesCopied: number | null; diskVerified: boolean | null }>();
     for (const v of final.vms) {
-      if (v.state !== 'moved' || !v.jobId) continue;
-      const job = await sourceAgent.getMigration(v.jobId).catch(() => null);
+      if (v.state !== 'moved') continue;
       const verified = targetServer && disksOf.has(v.vmId) ? verifyVmDisks(targetServer, st.storage, v.vmId, disksOf.get(v.vmId)!).verified : null;
-      disks.set(v.vmId, { diskBytesCopied: job?.disk ? job.disk.bytesCopied : null, diskVerified: verified });
+      disks.set(v.vmId, { diskBytesCopied: v.figures?.diskBytesCopied ?? null, diskVerified: verified });
     }
     const traffic = new Map((await tenant.stop()).map((x) => [x.vmId, x]));
     tenant = null;
@@ -193,6 +196,8 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
         reconnects: x?.reconnects ?? 0,
         counterContinued: x?.counterContinued ?? null,
         ...(x?.backwards.length ? { backwards: x.backwards } : {}),
+        // Why the tenant's connection was lost, when it was (the first few, with the time).
+        ...(x?.errors.length ? { connectionErrors: x.errors } : {}),
       };
     };
     const vmReports = final.vms.map((v) =>
@@ -218,6 +223,8 @@ export async function runTestbedDemo(opts: { json: boolean }): Promise<number> {
   } finally {
     await tenant?.stop().catch(() => undefined);
     await system?.stop();
+    // A run that did not end well keeps what the agents and the storage service logged (the testbed goes).
+    if (st && code !== 0) report.logs = keepLogs(st, path.join(env.DHM_HOME, 'demo-logs', new Date().toISOString().replace(/[:.]/g, '-')));
     if (st) await downTestbed(st.dir, logger);
     fs.rmSync(stateDir, { recursive: true, force: true });
     report.leftovers = st ? await testbedLeftovers(st) : [];

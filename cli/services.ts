@@ -8,10 +8,17 @@ import { createMetrics, type Metrics } from '../common/metrics';
 import { startOpsServer, type ReadinessCheck } from '../common/ops-server';
 import { connectTemporalClient } from '../common/temporal-connection';
 import { installTemporalRuntime } from '../common/temporal-runtime';
-import { ensureAgentPki, loadControlPlaneTls, loadServerTls } from '../compute/agent-tls';
+import { ensureAgentPki, loadControlPlaneTls, loadServerTls, revokeServer, rotateServer } from '../compute/agent-tls';
 import { startFleetAgents } from '../compute/fleet-agents';
 import { loadFleetFile } from '../inventory/fleet-file';
-import { openInventoryStore, startControlPlane, type AgentCredentials, type ControlPlaneOptions, type InventoryStore } from '../stack/control-plane';
+import {
+  databaseLimitsFrom,
+  openInventoryStore,
+  startControlPlane,
+  type AgentCredentials,
+  type ControlPlaneOptions,
+  type InventoryStore,
+} from '../stack/control-plane';
 import { requireSearchAttributes } from '../stack/temporal-namespace';
 import { untilSignal } from './up';
 
@@ -23,7 +30,7 @@ function required(env: Env, name: 'DATABASE_URL' | 'TEMPORAL_ADDRESS' | 'DHM_AGE
 }
 
 function openStore(env: Env, logger: Logger): Promise<InventoryStore> {
-  return openInventoryStore({ databaseUrl: required(env, 'DATABASE_URL'), poolSize: env.DATABASE_POOL_SIZE, logger });
+  return openInventoryStore({ databaseUrl: required(env, 'DATABASE_URL'), poolSize: env.DATABASE_POOL_SIZE, limits: databaseLimitsFrom(env), logger });
 }
 
 /**
@@ -220,14 +227,28 @@ export function registerServiceCommands(program: Command): void {
 
   program
     .command('pki')
-    .description("make (once) the agent plane's fleet CA, the control plane's certificate and one per server of a fleet file")
+    .description(
+      "make (once) the agent plane's fleet CA, the control plane's certificate and one per server of a fleet file; or rotate or revoke a server's certificates",
+    )
     .option('--fleet <file>', 'fleet file (default DHM_FLEET_FILE or the built-in default)')
     .requiredOption('--out <dir>', 'folder (0700): ca/ (keep its key here), control-plane/ (DHM_AGENT_CLIENT_TLS_DIR), servers/ (DHM_AGENT_TLS_DIR)')
-    .action(async (o: { fleet?: string; out: string }) => {
+    .option('--rotate <serverId>', "new keys and certificates for this server, the old ones revoked (restart only that server's agent)")
+    .option('--revoke <serverId>', "revoke this server's certificates: agents and the control plane refuse them from their next call")
+    .action(async (o: { fleet?: string; out: string; rotate?: string; revoke?: string }) => {
+      const root = path.resolve(o.out);
+      if (o.rotate && o.revoke) throw new UserFacingError('--rotate, --revoke: one at a time', '--rotate');
+      if (o.revoke) {
+        process.stdout.write(`${JSON.stringify({ revoked: revokeServer(root, o.revoke, '--revoke'), server: o.revoke })}\n`);
+        return;
+      }
+      if (o.rotate) {
+        process.stdout.write(`${JSON.stringify({ rotated: o.rotate, ...(await rotateServer(root, o.rotate, '--rotate')) })}\n`);
+        return;
+      }
       const env = loadEnv();
       const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
       const pki = await ensureAgentPki(
-        path.resolve(o.out),
+        root,
         fleet.servers.map((s) => s.id),
         { field: '--out' },
       );

@@ -37,7 +37,16 @@ const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' |
 export const envSchema = z
   .object({
     DATABASE_URL: urlWithScheme(['postgres', 'postgresql']).optional(),
+    /** Connections per process (a flood queues for these; it never opens more). */
     DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
+    /** A statement running longer is cancelled by Postgres (a stuck query must not hold a connection for ever). */
+    DATABASE_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(100).max(3_600_000).default(30_000),
+    /** A session left idle inside a transaction this long is ended by Postgres, and its locks released. */
+    DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(100).max(3_600_000).default(60_000),
+    /** Waiting this long for a connection (a new one, or a free one of a busy pool) fails the request instead of hanging. */
+    DATABASE_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
+    /** An idle connection is closed after this long. */
+    DATABASE_IDLE_TIMEOUT_MS: z.coerce.number().int().min(1_000).max(3_600_000).default(30_000),
     TEMPORAL_ADDRESS: z
       .string()
       .regex(/^[A-Za-z0-9.\-[\]:]+:\d{1,5}$/, 'must be host:port')

@@ -9,6 +9,7 @@ import { resourcesSchema, type Resources } from '../common/resources';
 import { paths, routes } from './agent-api';
 import { errorBody, parseOr400, registerAgentRoutes } from './agent-routes';
 import { callerOf, peerClientTls, type AgentServerTls } from './agent-tls';
+import { RevocationList } from './cert-revocation';
 import type { ComputeBackend } from './backend';
 import { AgentFailure } from './errors';
 import { ExpectedMigrations } from './expected-migrations';
@@ -129,6 +130,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
           selfUrl: () => url,
         });
   const expected = new ExpectedMigrations();
+  const revoked = tls.revokedFile ? new RevocationList(tls.revokedFile) : null;
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -146,6 +148,8 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
       return reply.code(403).send(errorBody('FORBIDDEN', why));
     };
     if (!caller) return refuse('the client certificate names neither the control plane nor a fleet server');
+    const revokedWhy = revoked?.check((req.raw.socket as TLSSocket).getPeerCertificate().serialNumber);
+    if (revokedWhy) return refuse(revokedWhy);
     if (!OPEN_ROUTES.has(route)) {
       if (caller.kind === 'control-plane' && PEER_ROUTES.has(route)) return refuse(`${route} is for peer servers only`);
       if (caller.kind === 'server') {

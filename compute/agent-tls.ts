@@ -6,7 +6,8 @@ import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { UserFacingError } from '../common/errors';
 import { idSchema } from '../common/fleet';
 import { ensurePrivateDir } from '../common/private-dir';
-import { checkServerCreds, ensureFleetCa, issueClientCreds, issueServerCreds } from './fleet-ca';
+import { controlPlaneRevocationFile, RevocationList, revokeCertificates, serverRevocationFile } from './cert-revocation';
+import { checkServerCreds, ensureFleetCa, issueClientCreds, issueServerCreds, type FleetCa } from './fleet-ca';
 
 /**
  * The agent plane's mutual TLS, with the fleet CA (compute/fleet-ca.ts). Every agent listens with its server's own
@@ -25,6 +26,8 @@ export interface AgentServerTls {
   key: string;
   clientCert: string;
   clientKey: string;
+  /** The revoked serials this server checks its callers and peers against (compute/cert-revocation.ts). */
+  revokedFile?: string;
 }
 
 /** What a caller needs: its client certificate (the control plane's, or a server's for peer calls) and the fleet CA. */
@@ -32,6 +35,8 @@ export interface AgentClientTls {
   ca: string;
   cert: string;
   key: string;
+  /** The revoked serials the agents it calls are checked against. */
+  revokedFile?: string;
 }
 
 export type Caller = { kind: 'control-plane' } | { kind: 'server'; serverId: string };
@@ -48,6 +53,7 @@ export function loadServerTls(dir: string, serverId: string, field: string): Age
     key: read(dir, 'server-key.pem'),
     clientCert: read(dir, 'client-cert.pem'),
     clientKey: read(dir, 'client-key.pem'),
+    revokedFile: serverRevocationFile(dir),
   };
 }
 
@@ -63,11 +69,16 @@ export function loadControlPlaneTls(dir: string, field: string): AgentClientTls 
   if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) fail(`${path.join(dir, 'client-cert.pem')} is not issued by ${path.join(dir, 'ca-cert.pem')}`);
   if (!cert.subject.split('\n').includes(`CN=${CONTROL_PLANE_CN}`))
     fail(`${path.join(dir, 'client-cert.pem')} is not the control plane's (CN=${CONTROL_PLANE_CN})`);
-  return { ca: read(dir, 'ca-cert.pem'), cert: read(dir, 'client-cert.pem'), key: read(dir, 'client-key.pem') };
+  return { ca: read(dir, 'ca-cert.pem'), cert: read(dir, 'client-cert.pem'), key: read(dir, 'client-key.pem'), revokedFile: controlPlaneRevocationFile(dir) };
 }
 
 /** A server's own client identity, for the calls it makes to peers. */
-export const peerClientTls = (t: AgentServerTls): AgentClientTls => ({ ca: t.ca, cert: t.clientCert, key: t.clientKey });
+export const peerClientTls = (t: AgentServerTls): AgentClientTls => ({
+  ca: t.ca,
+  cert: t.clientCert,
+  key: t.clientKey,
+  ...(t.revokedFile ? { revokedFile: t.revokedFile } : {}),
+});
 
 function commonName(cert: PeerCertificate | X509Certificate | undefined): string | undefined {
   if (!cert) return undefined;
@@ -100,6 +111,7 @@ export function serverIdOf(cert: PeerCertificate | undefined): string | null {
  * naming a server (host names are not what identifies an agent: its certificate's subject is; addresses change).
  */
 export function agentHttpsAgent(tls: AgentClientTls): https.Agent {
+  const revoked = tls.revokedFile ? new RevocationList(tls.revokedFile) : null;
   return new https.Agent({
     keepAlive: true,
     // No session resumption: a resumed session carries no peer certificate to check the agent's identity against.
@@ -108,8 +120,11 @@ export function agentHttpsAgent(tls: AgentClientTls): https.Agent {
     ca: tls.ca,
     cert: tls.cert,
     key: tls.key,
-    checkServerIdentity: (_host, cert) =>
-      serverIdOf(cert) ? undefined : new Error(`the certificate of ${_host} names no fleet server (${JSON.stringify(cert.subject)})`),
+    checkServerIdentity: (_host, cert) => {
+      if (!serverIdOf(cert)) return new Error(`the certificate of ${_host} names no fleet server (${JSON.stringify(cert.subject)})`);
+      const revokedWhy = revoked?.check(cert.serialNumber);
+      return revokedWhy ? new Error(`the agent at ${_host}: ${revokedWhy}`) : undefined;
+    },
   });
 }
 
@@ -158,4 +173,43 @@ export async function ensureAgentPki(root: string, serverIds: string[], opts: { 
     serverDir,
     server: (id) => loadServerTls(serverDir(id), id, field),
   };
+}
+
+/** The IP addresses in a certificate's SAN (`IP Address:…`), to reissue it for the same addresses. */
+function sanAddresses(certFile: string): string[] {
+  const san = new X509Certificate(fs.readFileSync(certFile)).subjectAltName ?? '';
+  return san
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.startsWith('IP Address:'))
+    .map((s) => s.slice('IP Address:'.length));
+}
+
+const lists = (root: string) => [serverRevocationFile(path.join(root, 'servers', 'x')), controlPlaneRevocationFile(path.join(root, 'control-plane'))];
+
+/**
+ * `dhm pki --revoke <id>`: the server's certificates (server and client) go on the revocation lists of the servers'
+ * and the control plane's folders; every agent and the control plane refuse them from their next call on.
+ */
+export function revokeServer(root: string, serverId: string, field: string): string[] {
+  const dir = path.join(root, 'servers', serverId);
+  if (!fs.existsSync(path.join(dir, 'server-cert.pem')))
+    throw new UserFacingError(`${field}: no certificates of server ${serverId} in ${path.join(root, 'servers')}`, field);
+  return revokeCertificates(lists(root), [path.join(dir, 'server-cert.pem'), path.join(dir, 'client-cert.pem')]);
+}
+
+/**
+ * `dhm pki --rotate <id>`: new keys and certificates for the server (same name and addresses), the old ones revoked.
+ * Only that server's agent restarts (or is given the new folder); the others accept the new certificate at once.
+ */
+export async function rotateServer(root: string, serverId: string, field: string): Promise<{ revoked: string[] }> {
+  const dir = path.join(root, 'servers', serverId);
+  const old = path.join(dir, 'server-cert.pem');
+  if (!fs.existsSync(old)) throw new UserFacingError(`${field}: no certificates of server ${serverId} in ${path.join(root, 'servers')}`, field);
+  const caDir = path.join(root, 'ca');
+  const ca: FleetCa = { dir: caDir, certPath: path.join(caDir, 'ca-cert.pem'), keyPath: path.join(caDir, 'ca-key.pem') };
+  const addresses = sanAddresses(old);
+  const revoked = revokeServer(root, serverId, field);
+  await issueServerCreds(ca, serverId, addresses, dir);
+  return { revoked };
 }

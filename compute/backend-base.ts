@@ -17,7 +17,7 @@ import type { BackendBaseOptions, BackendIncoming, BackendJob, BackendVm } from 
 import { AgentFailure, conflict, notFound, relayTargetRefusal, vmMoved } from './errors';
 import { AgentError } from './agent-http';
 import { IncarnationLedger } from './incarnation-ledger';
-import type { PeerClient } from './peer-client';
+import { acceptWithRetries, type PeerClient } from './peer-client';
 
 const resourcesOf = (spec: VmSpec): Resources => ({ vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB });
 const sameSpec = (a: VmSpec, b: VmSpec) => JSON.stringify(a) === JSON.stringify(b);
@@ -426,14 +426,20 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
   private async launch(vm: V, input: StartMigrationInput): Promise<MigrationJob> {
     let accepted: IncomingView;
     try {
-      accepted = await this.peer.accept(input.target.agentUrl, input.jobId, {
-        vmId: vm.vmId,
-        incarnationId: input.target.incarnationId,
-        spec: vm.spec,
-        sourceServerId: this.opts.serverId,
-        ...(input.channels ? { channels: input.channels } : {}),
-        ...(input.postCopy ? { postCopy: true } : {}),
-      });
+      accepted = await acceptWithRetries(
+        this.peer,
+        input.target.agentUrl,
+        input.jobId,
+        {
+          vmId: vm.vmId,
+          incarnationId: input.target.incarnationId,
+          spec: vm.spec,
+          sourceServerId: this.opts.serverId,
+          ...(input.channels ? { channels: input.channels } : {}),
+          ...(input.postCopy ? { postCopy: true } : {}),
+        },
+        (err) => this.logger.warn({ jobId: input.jobId, err: err instanceof Error ? err.message : String(err) }, 'the target did not accept yet; trying again'),
+      );
     } catch (err) {
       if (err instanceof AgentError && err.status >= 400 && err.status < 500 && err.status !== 401 && err.status !== 403) {
         vm.migrationJobId = null;

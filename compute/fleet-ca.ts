@@ -113,6 +113,28 @@ async function issueCert(ca: FleetCa, cn: string, role: 'server' | 'client', san
 }
 
 /**
+ * RFC 7919's ffdhe2048 group (`openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048`), public and fixed.
+ * Without a `dh-params.pem` QEMU generates DH parameters each time it loads server credentials (tls-creds-x509,
+ * endpoint=server): 0.1–1.2 s of CPU on an idle machine here, and on a starved one longer than a destination's
+ * 10 s QMP timeout, which failed testbed moves with "the target's destination did not listen".
+ */
+const FFDHE2048_PEM = `-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+`;
+
+/** Puts the fixed DH group in a server credentials folder (QEMU's `dh-params.pem`), if it is not there. Idempotent. */
+export function ensureDhParams(dir: string): void {
+  const file = path.join(dir, 'dh-params.pem');
+  if (!fs.existsSync(file)) fs.writeFileSync(file, FFDHE2048_PEM, { mode: 0o644 });
+}
+
+/**
  * Issues `serverId`'s server and client certificates into `outDir` (QEMU's file names), with the CA's certificate.
  * `addresses` go into the SAN as IPs, the server id as a DNS name (what a source's `tls-hostname` checks).
  */
@@ -121,6 +143,7 @@ export async function issueServerCreds(ca: FleetCa, serverId: string, addresses:
   fs.copyFileSync(ca.certPath, path.join(outDir, 'ca-cert.pem'));
   const san = [`DNS:${serverId}`, ...addresses.map((a) => `IP:${a}`)].join(',');
   for (const role of ['server', 'client'] as const) await issueCert(ca, serverId, role, san, outDir);
+  ensureDhParams(outDir);
   return { dir: outDir, serverId };
 }
 

@@ -28,8 +28,34 @@ export interface InventoryStore {
   close(): Promise<void>;
 }
 
-export async function openInventoryStore(o: { databaseUrl: string; poolSize: number; logger: Logger }): Promise<InventoryStore> {
-  const pool = new Pool({ connectionString: o.databaseUrl, max: o.poolSize });
+/** The pool's limits (DATABASE_* in common/config.ts); the defaults are the environment's. */
+export interface DatabaseLimits {
+  statementTimeoutMs: number;
+  idleInTransactionTimeoutMs: number;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+}
+
+export const databaseLimitsFrom = (env: Env): DatabaseLimits => ({
+  statementTimeoutMs: env.DATABASE_STATEMENT_TIMEOUT_MS,
+  idleInTransactionTimeoutMs: env.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+  connectTimeoutMs: env.DATABASE_CONNECT_TIMEOUT_MS,
+  idleTimeoutMs: env.DATABASE_IDLE_TIMEOUT_MS,
+});
+
+const DEFAULT_LIMITS: DatabaseLimits = { statementTimeoutMs: 30_000, idleInTransactionTimeoutMs: 60_000, connectTimeoutMs: 10_000, idleTimeoutMs: 30_000 };
+
+export async function openInventoryStore(o: { databaseUrl: string; poolSize: number; logger: Logger; limits?: DatabaseLimits }): Promise<InventoryStore> {
+  const l = o.limits ?? DEFAULT_LIMITS;
+  const pool = new Pool({
+    connectionString: o.databaseUrl,
+    max: o.poolSize,
+    // Bounded everywhere: a flood queues for at most connectTimeoutMs, a query runs at most statementTimeoutMs.
+    connectionTimeoutMillis: l.connectTimeoutMs,
+    idleTimeoutMillis: l.idleTimeoutMs,
+    statement_timeout: l.statementTimeoutMs,
+    idle_in_transaction_session_timeout: l.idleInTransactionTimeoutMs,
+  });
   pool.on('error', (err) => o.logger.warn({ err }, 'idle Postgres connection failed'));
   try {
     await migrateDatabase(pool);

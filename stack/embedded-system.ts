@@ -14,7 +14,7 @@ import { vmSpecOf, type Inventory } from '../inventory';
 import { loadFleetFile } from '../inventory/fleet-file';
 import { startDevStack, type DevStack, type DevStackOptions } from '.';
 import type { HostService } from '../api/host-service';
-import { openInventoryStore, startControlPlane, type ControlPlane } from './control-plane';
+import { databaseLimitsFrom, openInventoryStore, startControlPlane, type ControlPlane } from './control-plane';
 import { stopInReverse } from '../common/stop-in-reverse';
 
 export interface Credentials {
@@ -74,7 +74,7 @@ export async function startEmbeddedSystem(opts: {
   try {
     const stack = await startDevStack({ env, logger, stateDir: opts.stateDir, cluster: opts.cluster });
     stops.push(stack.stop);
-    const store = await openInventoryStore({ databaseUrl: stack.databaseUrl, poolSize: env.DATABASE_POOL_SIZE, logger });
+    const store = await openInventoryStore({ databaseUrl: stack.databaseUrl, poolSize: env.DATABASE_POOL_SIZE, limits: databaseLimitsFrom(env), logger });
     stops.push(store.close);
     const { inventory } = store;
 

@@ -7,8 +7,9 @@ import type { PeerClient } from '../peer-client';
 import { PROJECT_ROOT } from '../../common/config';
 import { UserFacingError } from '../../common/errors';
 import { ensurePrivateDir } from '../../common/private-dir';
-import { checkServerCreds } from '../fleet-ca';
+import { checkServerCreds, ensureDhParams } from '../fleet-ca';
 import { QemuBackend } from './qemu-backend';
+import { ensureQemuDir, letQemuOpenTun, letQemuUseUserfaultfd, resolveQemuUser } from './qemu-user';
 import { loadQemuTools } from './tools';
 
 /** The `qemu` backend's options as a host agent takes them (all optional). */
@@ -61,6 +62,12 @@ export const qemuAgentOptionsSchema = z
       .object({ host: z.string().min(1), port: z.number().int().min(1).max(65535), serverName: z.string().min(1).default('storage') })
       .strict()
       .optional(),
+    /**
+     * The user QEMU runs as when the agent runs as root (default: dhm-qemu, a system user created on first use). Its
+     * folders (state, migration sockets, local disks) belong to it; the agent's credentials stay root's, QEMU gets a
+     * copy per process. Ignored when the agent is not root: QEMU then runs as the agent's user.
+     */
+    user: z.string().min(1).max(32).optional(),
     /** MiB of random data written at the end of every new local disk: test data for a mirror to send (testbeds, benchmarks). */
     diskFillMiB: z.number().int().min(0).max(65536).default(0),
   })
@@ -100,6 +107,7 @@ export function createQemuBackend(input: {
       if (!o.tlsDir) throw new UserFacingError('qemu.tlsDir: required for TLS migrations (migration.transport is tls)', 'qemu.tlsDir');
       if (!o.fleetCaCert) throw new UserFacingError('qemu.fleetCaCert: required to check qemu.tlsDir', 'qemu.fleetCaCert');
       checkServerCreds(o.tlsDir, input.serverId, o.fleetCaCert, 'qemu.tlsDir');
+      ensureDhParams(o.tlsDir); // credentials issued before it was part of them
     } else {
       input.logger.warn({ serverId: input.serverId }, 'migration.transport is insecure: VM memory crosses the network in plaintext');
     }
@@ -111,9 +119,20 @@ export function createQemuBackend(input: {
   if (o.networkStorage && o.transport === 'tls' && !o.tlsDir)
     throw new UserFacingError('qemu.tlsDir: required for network disks over TLS (qemu.networkStorage with transport tls)', 'qemu.tlsDir');
   const migrationDir = o.migrationDir ?? path.join(base, 'migrate');
-  if (!o.stateDir || !o.migrationDir) ensurePrivateDir(base, 'DHM_HOME');
-  ensurePrivateDir(stateDir, 'qemu.stateDir');
-  ensurePrivateDir(migrationDir, 'qemu.migrationDir');
+  const storageDir = o.storageDir ?? path.join(stateDir, 'disks');
+  const qemuUser = resolveQemuUser(o.user, input.logger);
+  if (!o.stateDir || !o.migrationDir) ensurePrivateDir(base, 'DHM_HOME', qemuUser?.gid);
+  if (qemuUser) {
+    // QEMU (unprivileged) makes its sockets in these and opens the disk files: they are its user's, 0700.
+    ensureQemuDir(stateDir, qemuUser, 'qemu.stateDir', input.logger);
+    ensureQemuDir(migrationDir, qemuUser, 'qemu.migrationDir', input.logger);
+    ensureQemuDir(storageDir, qemuUser, 'qemu.storageDir', input.logger);
+    if (o.tenantBridge) letQemuOpenTun(qemuUser, input.logger);
+    letQemuUseUserfaultfd(qemuUser, input.logger);
+  } else {
+    ensurePrivateDir(stateDir, 'qemu.stateDir');
+    ensurePrivateDir(migrationDir, 'qemu.migrationDir');
+  }
   return new QemuBackend({
     serverId: input.serverId,
     bootId: input.bootId,
@@ -123,7 +142,8 @@ export function createQemuBackend(input: {
     selfUrl: input.selfUrl,
     tools: loadQemuTools(o.toolsDir),
     stateDir,
-    storageDir: o.storageDir ?? path.join(stateDir, 'disks'),
+    storageDir,
+    qemuUser,
     diskFillMiB: o.diskFillMiB,
     ...(o.networkStorage
       ? {

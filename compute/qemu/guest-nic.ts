@@ -48,10 +48,13 @@ function ip(args: string[]): void {
   }
 }
 
-/** Makes the VM's tap (persistent, so QEMU only opens it) in `bridge`, up, at the tenant MTU. */
-export function createTap(tap: string, bridge: string): void {
+/**
+ * Makes the VM's tap (persistent, so QEMU only opens it) in `bridge`, up, at the tenant MTU. With `owner` (QEMU's
+ * unprivileged user) the kernel lets that user attach to it without CAP_NET_ADMIN, and nobody else.
+ */
+export function createTap(tap: string, bridge: string, owner?: { uid: number; gid: number } | null): void {
   deleteTap(tap); // a leftover of a crashed agent
-  ip(['tuntap', 'add', 'dev', tap, 'mode', 'tap']);
+  ip(['tuntap', 'add', 'dev', tap, 'mode', 'tap', ...(owner ? ['user', String(owner.uid), 'group', String(owner.gid)] : [])]);
   ip(['link', 'set', tap, 'mtu', String(TENANT_MTU), 'master', bridge, 'up']);
 }
 

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import type { VmSpec } from '../agent-api';
@@ -8,6 +9,7 @@ import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, wipeDi
 import { guestMarker, guestNic } from './guest-nic';
 import type { QemuMigrationSettings } from './migration';
 import { STORAGE_TLS_ID, type MachineSpec } from './qemu-process';
+import { claimForQemu, type QemuUser } from './qemu-user';
 
 /**
  * What QEMU runs for a VM spec on this server: the machine (memory, vCPUs, the guest's writer, its NIC) and its disks
@@ -28,6 +30,8 @@ export interface MachineOptions {
   /** MiB of random data written at the end of every new local disk (test data a mirror has to send). */
   diskFillMiB: number;
   settings: QemuMigrationSettings;
+  /** QEMU's unprivileged user when the agent is root (its taps, disk files and folders are made for it); null: ours. */
+  qemuUser: QemuUser | null;
 }
 
 /** Below this the guest kernel and its initramfs do not fit. */
@@ -82,15 +86,21 @@ export function attachDisks(opts: MachineOptions, machine: MachineSpec, vmId: st
   machine.disks = disks;
   if (disks.some((d) => d.kind === 'network' && d.nbd.tlsCredsId)) machine.storageTlsDir = opts.settings.tlsDir!;
   const local = disks.filter((d) => d.kind === 'local');
+  // The folder may have been replaced since the agent started (an operator's new mount over it): QEMU's again.
+  if (local.length && opts.qemuUser) claimForQemu(opts.storageDir, opts.qemuUser);
   if (local.length) machine.diskBlocks = Math.min(...local.map((d) => (d.sizeBytes - fillBytes(d.sizeBytes)) / BLOCK_BYTES));
   for (const d of local) {
     createDiskFile(d.path, d.sizeBytes);
+    if (opts.qemuUser) fs.chownSync(d.path, opts.qemuUser.uid, opts.qemuUser.gid);
     if (jobId === null) fillDiskTail(d.path, d.sizeBytes, fillBytes(d.sizeBytes));
   }
 }
 
-/** Wipes (discards, then removes) the machine's local disk files; idempotent. */
-export function wipeDisks(machine: MachineSpec, why: string, logger: Logger): number {
+/**
+ * Wipes (discards, then removes) the machine's local disk files; idempotent. A file that cannot be wiped is logged and
+ * handed to `failed` (the caller keeps it and refuses to call the server clean until it is gone).
+ */
+export function wipeDisks(machine: MachineSpec, why: string, logger: Logger, failed?: (file: string, err: Error) => void): number {
   let wiped = 0;
   for (const d of machine.disks ?? []) {
     if (d.kind !== 'local') continue;
@@ -100,6 +110,7 @@ export function wipeDisks(machine: MachineSpec, why: string, logger: Logger): nu
       if (bytes) logger.info({ disk: d.name, file: d.path, bytes, why }, 'local disk wiped');
     } catch (err) {
       logger.error({ disk: d.name, file: d.path, err: err instanceof Error ? err.message : String(err) }, 'could not wipe a local disk');
+      failed?.(d.path, err instanceof Error ? err : new Error(String(err)));
     }
   }
   return wiped;

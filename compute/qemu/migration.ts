@@ -544,9 +544,11 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       );
     if (!wantTls) return { 'tls-creds': '' };
     const id = `tls-${createHash('sha256').update(this.jobId).digest('hex').slice(0, 12)}`;
-    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir: s.tlsDir!, endpoint: 'client', 'verify-peer': true }).catch((err: unknown) => {
-      if (!(err instanceof QmpError && /duplicate|already/i.test(err.message))) throw err; // a retry of this job added it already
-    });
+    await qmp
+      .execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir: this.vm.proc.tlsDir ?? s.tlsDir!, endpoint: 'client', 'verify-peer': true })
+      .catch((err: unknown) => {
+        if (!(err instanceof QmpError && /duplicate|already/i.test(err.message))) throw err; // a retry of this job added it already
+      });
     return { 'tls-creds': id, 'tls-hostname': target.serverId };
   }
 

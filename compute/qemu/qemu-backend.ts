@@ -11,6 +11,7 @@ import { measureDirtyRate, type DirtyRateResult } from './dirty-rate';
 import { createTap, deleteTap, probeGuest } from './guest-nic';
 import { type Incoming, recoverIncoming, startListening, stopNbd } from './incoming';
 import { attachDisks, machineFor, type MachineOptions, wipeDisks } from './machine';
+import { wipeDiskFile } from './disks';
 import { QemuMigration, type QemuMigrationHost, type QemuMigrationSettings } from './migration';
 import { featureCapabilities, featureParameters, moveFeatures } from './move-features';
 import { describeExit, QemuProcess, type MachineSpec } from './qemu-process';
@@ -65,6 +66,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   private streamMeasured: { bytesPerSec: number; sampleMs: number } | null = null;
   /** Bytes of local disks destroyed since the agent started (what `/v1/info` reports). */
   private wipedBytes = 0;
+  /** Local disk files a wipe failed on: file → its incarnation and why (retried at the incarnation's teardown). */
+  private readonly unwiped = new Map<string, { incarnationId: string; error: string }>();
   /** Which server each incoming migration comes from (the identity its TLS client certificate must carry). */
   private readonly incomingSource = new Map<string, string>();
 
@@ -183,7 +186,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     for (const m of [...this.vms.values(), ...this.incoming.values()]) {
       if (m.machine.nic) deleteTap(m.machine.nic.tap);
       // Its VMs die with the agent: their disks go with them, wiped.
-      this.wipe(m.machine, 'agent stopping');
+      this.wipe(m.machine, m.incarnationId, 'agent stopping');
     }
     fs.rmSync(this.opts.stateDir, { recursive: true, force: true });
     this.logger.info({ killed: procs.length }, 'qemu backend closed');
@@ -304,7 +307,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     this.forgetVm(vm);
     await vm.proc.stop(STOP_GRACE_MS);
     if (vm.machine.nic) deleteTap(vm.machine.nic.tap);
-    this.wipe(vm.machine, 'VM removed');
+    this.wipe(vm.machine, vm.incarnationId, 'VM removed');
   }
 
   protected override newJob(vm: QemuVm, input: StartMigrationInput, failAt: number | null): QemuMigration {
@@ -373,7 +376,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     fs.rmSync(`${r.socketPath}.nbd`, { force: true });
     if (r.machine.nic) deleteTap(r.machine.nic.tap);
     // A partial copy of the tenant's disk: wiped, like any other.
-    this.wipe(r.machine, 'incoming migration dropped');
+    this.wipe(r.machine, r.incarnationId, 'incoming migration dropped');
     this.logger.info({ jobId: r.jobId, vmId: r.vmId, exit: r.proc.exitInfo }, 'incoming migration dropped; destination reaped');
   }
 
@@ -429,14 +432,42 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     this.logger.info({ jobId: r.jobId, vmId: vm.vmId, pid: r.proc.pid, handedOverCounter }, 'incoming VM running here');
   }
 
-  /** Wipes the machine's local disks, counting the bytes for `/v1/info`. */
-  private wipe(machine: MachineSpec, why: string): void {
-    this.wipedBytes += wipeDisks(machine, why, this.logger);
+  /** Wipes the machine's local disks, counting the bytes for `/v1/info`; a file that resists is kept for the teardown. */
+  private wipe(machine: MachineSpec, incarnationId: string, why: string): void {
+    this.wipedBytes += wipeDisks(machine, why, this.logger, (file, err) => this.unwiped.set(file, { incarnationId, error: err.message }));
+  }
+
+  /**
+   * The incarnation's disk files that could not be wiped when their VM went are tried again; while any remains the
+   * teardown fails, so the scheduler keeps the server out of the pool and retries (a server is never handed to the
+   * next tenant with this one's data on it).
+   */
+  protected override wipeIncarnationDisks(incarnationId: string): void {
+    const left: string[] = [];
+    for (const [file, u] of [...this.unwiped]) {
+      if (u.incarnationId !== incarnationId) continue;
+      try {
+        this.wipedBytes += wipeDiskFile(file);
+        this.unwiped.delete(file);
+        this.logger.info({ file, incarnationId }, 'local disk wiped on retry');
+      } catch (err) {
+        left.push(`${path.basename(file)}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    if (left.length)
+      throw new AgentFailure(
+        500,
+        'WIPE_FAILED',
+        `incarnation ${incarnationId}: ${left.length} local disk(s) could not be wiped (${left.join('; ')})`,
+        'incarnationId',
+      );
   }
 
   private spawn(dirName: string, vmId: string, machine: MachineSpec, incoming: boolean): QemuProcess {
-    if (machine.nic) createTap(machine.nic.tap, this.opts.tenantBridge!);
+    if (machine.nic) createTap(machine.nic.tap, this.opts.tenantBridge!, this.opts.qemuUser);
     const proc = new QemuProcess({
+      user: this.opts.qemuUser,
+      ...(this.settings.tlsDir ? { tlsDir: this.settings.tlsDir } : {}),
       tools: this.opts.tools,
       dir: path.join(this.opts.stateDir, dirName),
       machine,

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { diskArgs, type MachineDisk } from './disks';
 import { nicArgs, TENANT_PREFIX_LENGTH, type GuestNic } from './guest-nic';
 import { QmpClient } from './qmp';
+import { copyTlsForQemu, type QemuUser } from './qemu-user';
 import type { QemuTools } from './tools';
 
 /** What decides a VM's QEMU command line. Both ends of a migration derive their arguments from the same value. */
@@ -103,6 +104,8 @@ export class QemuProcess {
   readonly inspectPath: string;
   readonly serialPath: string;
   readonly pid: number;
+  /** The credentials folder this QEMU reads (tls-creds-x509 `dir`): its own copy when it runs as another user. */
+  readonly tlsDir: string | null;
   readonly exited: Promise<ExitInfo>;
   exitInfo: ExitInfo | null = null;
   private readonly child: ChildProcess;
@@ -111,14 +114,29 @@ export class QemuProcess {
   private readonly exitAbort = new AbortController();
   private readonly log: Logger;
 
-  constructor(opts: { tools: QemuTools; dir: string; machine: MachineSpec; incoming: boolean; logger: Logger; name: string }) {
-    fs.mkdirSync(opts.dir, { recursive: true });
+  constructor(opts: {
+    tools: QemuTools;
+    dir: string;
+    machine: MachineSpec;
+    incoming: boolean;
+    logger: Logger;
+    name: string;
+    /** Run QEMU as this user (the agent is root); unset: as the agent's user. */
+    user?: QemuUser | null;
+    /** This server's credentials (migration and storage TLS); copied for `user` into `<dir>/tls`. */
+    tlsDir?: string;
+  }) {
+    fs.mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+    const user = opts.user ?? null;
+    if (user) fs.chownSync(opts.dir, user.uid, user.gid);
+    this.tlsDir = opts.tlsDir ? (user ? copyTlsForQemu(opts.tlsDir, path.join(opts.dir, 'tls'), user) : opts.tlsDir) : null;
+    const machine = opts.machine.storageTlsDir && this.tlsDir ? { ...opts.machine, storageTlsDir: this.tlsDir } : opts.machine;
     this.qmpPath = path.join(opts.dir, 'qmp.sock');
     this.inspectPath = path.join(opts.dir, 'inspect.sock');
     this.serialPath = path.join(opts.dir, 'serial.log');
     for (const f of [this.qmpPath, this.inspectPath, this.serialPath]) fs.rmSync(f, { force: true });
     const args = [
-      ...machineArgs(opts.tools, opts.machine),
+      ...machineArgs(opts.tools, machine),
       '-name',
       opts.name,
       '-qmp',
@@ -136,6 +154,8 @@ export class QemuProcess {
     this.child = spawn(cmd!, argv, {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: qemuEnv(opts.tools),
+      // Set before exec (and before setpriv sets the parent-death signal, which a credential change would clear).
+      ...(user ? { uid: user.uid, gid: user.gid } : {}),
     });
     this.pid = this.child.pid ?? -1;
     this.log = opts.logger.child({ pid: this.pid, qemu: opts.name });
@@ -147,6 +167,8 @@ export class QemuProcess {
       const done = (code: number | null, signal: NodeJS.Signals | null) => {
         if (this.exitInfo) return;
         this.exitInfo = { code, signal, stderr: this.stderr.trim() };
+        // The copy of the server's keys lives only as long as the process that reads it.
+        if (user && this.tlsDir) fs.rmSync(this.tlsDir, { recursive: true, force: true });
         this.exitAbort.abort(new Error(`QEMU exited (${describeExit(this.exitInfo)})`));
         resolve(this.exitInfo);
       };

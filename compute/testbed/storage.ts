@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from '../../common/logger';
@@ -28,6 +29,13 @@ export interface StorageService {
 }
 
 export const volumeFile = (s: StorageService, volumeId: string) => path.join(s.dir, 'volumes', `${volumeId}.raw`);
+
+/**
+ * QEMU's names for a volume's nodes and export: a node name has at most 31 characters and an id starts with a
+ * letter, and the API's volume ids are UUIDs (36 characters, often a leading digit). The NBD export keeps the
+ * volume id as its name (what the servers attach).
+ */
+const volumeNode = (volumeId: string) => `vol-${createHash('sha256').update(volumeId).digest('hex').slice(0, 24)}`;
 
 /** The daemon's command line (runs in the storage namespace). */
 export function storageDaemonArgs(s: StorageService, tools: QemuTools, o: { tls: boolean; clients: string[] }): string[] {
@@ -86,30 +94,36 @@ export async function createVolume(s: StorageService, logger: Logger, volumeId: 
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   createDiskFile(file, sizeMiB * 2 ** 20);
   await withStorageQmp(s, logger, async (q) => {
+    const node = volumeNode(volumeId);
     const exports = (await q.execute<Array<{ id: string }>>('query-block-exports')).map((e) => e.id);
-    if (exports.includes(volumeId)) return;
-    await q.execute('blockdev-add', { driver: 'file', filename: file, 'node-name': `${volumeId}-file`, discard: 'unmap' });
-    await q.execute('blockdev-add', { driver: 'raw', file: `${volumeId}-file`, 'node-name': volumeId, discard: 'unmap' });
-    await q.execute('block-export-add', { type: 'nbd', id: volumeId, 'node-name': volumeId, name: volumeId, writable: true });
+    if (exports.includes(node)) return;
+    await q.execute('blockdev-add', { driver: 'file', filename: file, 'node-name': `${node}-f`, discard: 'unmap' });
+    await q.execute('blockdev-add', { driver: 'raw', file: `${node}-f`, 'node-name': node, discard: 'unmap' });
+    await q.execute('block-export-add', { type: 'nbd', id: node, 'node-name': node, name: volumeId, writable: true });
   });
   return file;
 }
 
 /** Removes a volume's export and wipes its file. Idempotent. */
 export async function deleteVolume(s: StorageService, logger: Logger, volumeId: string): Promise<void> {
+  const node = volumeNode(volumeId);
   await withStorageQmp(s, logger, async (q) => {
-    await q.execute('block-export-del', { id: volumeId, mode: 'hard' }).catch(() => undefined);
+    await q.execute('block-export-del', { id: node, mode: 'hard' }).catch(() => undefined);
     // The export goes away asynchronously; its nodes can only be deleted after it has.
     const deadline = Date.now() + 5_000;
-    while ((await q.execute<Array<{ id: string }>>('query-block-exports')).some((e) => e.id === volumeId) && Date.now() < deadline)
+    while ((await q.execute<Array<{ id: string }>>('query-block-exports')).some((e) => e.id === node) && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 50)); // poll interval within the deadline
-    await q.execute('blockdev-del', { 'node-name': volumeId }).catch(() => undefined);
-    await q.execute('blockdev-del', { 'node-name': `${volumeId}-file` }).catch(() => undefined);
+    await q.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
+    await q.execute('blockdev-del', { 'node-name': `${node}-f` }).catch(() => undefined);
   });
   wipeDiskFile(volumeFile(s, volumeId));
 }
 
-/** The volumes exported now. */
+/** The volumes exported now (by volume id: the file under each export's node). */
 export async function storageExports(s: StorageService, logger: Logger): Promise<string[]> {
-  return withStorageQmp(s, logger, async (q) => (await q.execute<Array<{ id: string }>>('query-block-exports')).map((e) => e.id));
+  return withStorageQmp(s, logger, async (q) => {
+    const exported = new Set((await q.execute<Array<{ 'node-name': string }>>('query-block-exports')).map((e) => e['node-name']));
+    const nodes = await q.execute<Array<{ 'node-name': string; file: string }>>('query-named-block-nodes');
+    return nodes.filter((n) => exported.has(n['node-name'])).map((n) => path.basename(n.file, '.raw'));
+  });
 }

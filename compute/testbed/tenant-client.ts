@@ -7,7 +7,8 @@ import { spawnInTestbed, type TestbedState } from './testbed';
 
 /**
  * The tenant's view of a migration: from the testbed's `tenant` namespace, one TCP connection per VM to its counter
- * service, a request every 10 ms. Per VM it counts requests answered and failed, reconnects, the longest stall (the
+ * service, a request every 10 ms while fewer than 4 are unanswered (a client waits for its answers; it does not
+ * pile requests onto a slow server). Per VM it counts requests answered and failed, reconnects, the longest stall (the
  * longest time with a request outstanding and no answer) and whether the guest's counter only ever went on.
  *
  * `runTenantClient` is the process inside the namespace (`dhm testbed tenant-client`): commands on stdin, one JSON
@@ -34,6 +35,14 @@ export interface VmTraffic {
 }
 
 const INTERVAL_MS = 10;
+/**
+ * Requests in flight at most. Sending open-loop (one every 10 ms whatever the answers) made a guest that answers
+ * more slowly than 100/s during a move (a TCG vCPU on a loaded machine) fall behind without bound: its answers kept
+ * coming (stalls of 1-2.6 s) but the queue grew past the 10 s timeout, which then counted every queued request
+ * failed (testbed disks test: "no answer for 10000 ms" with clientMaxStallMs 1025-2583, even for a VM that never
+ * moved). Bounded, a request fails only when the guest does not answer for 10 s.
+ */
+const MAX_IN_FLIGHT = 4;
 /** A request without an answer for this long counts as failed and the connection is dropped (and re-made). */
 const REQUEST_TIMEOUT_MS = 10_000;
 
@@ -104,7 +113,7 @@ class VmConnection {
       this.sock?.destroy(new Error(`no answer for ${REQUEST_TIMEOUT_MS} ms`));
       return;
     }
-    if (!this.sock || !this.t.connected) return;
+    if (!this.sock || !this.t.connected || this.outstanding.size >= MAX_IN_FLIGHT) return;
     const n = ++this.seq;
     if (this.outstanding.size === 0) this.lastAnswerAt = now; // a stall is measured from the first unanswered request
     this.outstanding.set(n, now);

@@ -241,6 +241,29 @@ describe('docker-compose.yml against the code', () => {
     expect(script).toContain('--type Keyword');
   });
 
+  test('only the API is published on the host: Temporal (no auth, no TLS) and its UI only through the loopback override', () => {
+    const published = Object.entries(services)
+      .filter(([, s]) => (s.ports ?? []).length > 0)
+      .map(([name]) => name);
+    expect(published).toEqual(byRole('api').map(([name]) => name));
+    const override = parse(fs.readFileSync(path.join(ROOT, 'deploy', 'compose.temporal-ports.yml'), 'utf8')) as { services: Record<string, Service> };
+    expect(Object.keys(override.services).sort()).toEqual(['temporal-frontend', 'temporal-ui']);
+    for (const name of Object.keys(override.services)) expect(services[name]).toBeDefined();
+    for (const s of Object.values(override.services)) for (const p of s.ports!) expect(p).toMatch(/^127\.0\.0\.1:\d+:\d+$/);
+  });
+
+  test('the Dockerfile: a supported Node LTS, no install scripts but those package.json allows', () => {
+    const df = fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+    const major = Number(/^ARG NODE_IMAGE=node:(\d+)-/m.exec(df)![1]);
+    expect(major).toBeGreaterThanOrEqual(22);
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { engines: { node: string } };
+    expect(major).toBeGreaterThanOrEqual(Number(/>=\s*(\d+)/.exec(pkg.engines.node)![1]));
+    const installs = df.match(/npm ci[^\n&]*/g)!;
+    expect(installs.length).toBe(2);
+    for (const i of installs) expect(i).toContain('--ignore-scripts');
+    expect(df.match(/node scripts\/allowed-install-scripts\.js/g)!.length).toBe(2);
+  });
+
   test('the Dockerfile: multi-stage, production dependencies, non-root, dhm as the entry point, the run-time files', () => {
     const df = fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
     expect(df.match(/^FROM /gm)!.length).toBeGreaterThanOrEqual(2);

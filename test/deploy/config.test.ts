@@ -21,6 +21,10 @@ function refusal(env: NodeJS.ProcessEnv): UserFacingError {
 const BAD: Record<string, string> = {
   DATABASE_URL: 'mysql://dhm@db/dhm',
   DATABASE_POOL_SIZE: '0',
+  DATABASE_STATEMENT_TIMEOUT_MS: '50',
+  DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: 'forever',
+  DATABASE_CONNECT_TIMEOUT_MS: '-1',
+  DATABASE_IDLE_TIMEOUT_MS: '0',
   TEMPORAL_ADDRESS: 'temporal-without-port',
   TEMPORAL_TLS: 'yes',
   TEMPORAL_TLS_CERT: '/nonexistent/client.pem',

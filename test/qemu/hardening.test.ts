@@ -5,6 +5,7 @@ import type { Resources } from '../../common/resources';
 import { createAgentClient } from '../../compute/agent-client';
 import { startAgent } from '../../compute/agent-service';
 import { QEMU_SANDBOX } from '../../compute/qemu/qemu-process';
+import { DEFAULT_QEMU_USER } from '../../compute/qemu/qemu-user';
 import { runQemuSetup } from '../../compute/qemu/tools';
 import { logger, waitFor } from '../compute/helpers';
 import { testAgentPki } from '../support/agent-pki';
@@ -12,11 +13,28 @@ import { qemuUnder } from './helpers';
 
 /**
  * How an agent runs QEMU: its state under DHM_HOME in folders of its own (0700, owner checked), QEMU with an
- * environment of three variables and its seccomp sandbox on. One small real VM.
+ * environment of three variables and its seccomp sandbox on, and (the agent being root here) as the unprivileged
+ * dhm-qemu user, which a TLS migration still works with. Small real VMs.
  */
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-qemu-hardening-'));
 const SERVER: Resources = { vcpus: 4, memoryMiB: 2048, diskGiB: 20 };
 const previousHome = process.env.DHM_HOME;
+const asRoot = process.geteuid?.() === 0;
+
+/** The real, effective, saved and file-system uids of a process (`Uid:` in /proc/<pid>/status). */
+const uidsOf = (pid: number) =>
+  /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$/m
+    .exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))!
+    .slice(1)
+    .map(Number);
+const passwdUid = (name: string) =>
+  Number(
+    fs
+      .readFileSync('/etc/passwd', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith(`${name}:`))!
+      .split(':')[2],
+  );
 
 beforeAll(async () => {
   await runQemuSetup();
@@ -42,7 +60,8 @@ test('QEMU runs from DHM_HOME/qemu (0700), with a minimal environment and -sandb
   });
   try {
     const base = path.join(process.env.DHM_HOME!, 'qemu');
-    expect(fs.statSync(base).mode & 0o777).toBe(0o700);
+    // As root, QEMU's user may pass through (search only, by its group) to the folders that are its own.
+    expect(fs.statSync(base).mode & 0o777).toBe(asRoot ? 0o710 : 0o700);
     const client = createAgentClient({ baseUrl: agent.url, tls: pki.controlPlane, serverId: 'hq-1' });
     await client.prepareIncarnation({ incarnationId: 'inc-h', capacity: { vcpus: 2, memoryMiB: 512, diskGiB: 5 } });
     await client.createVm({ vmId: 'vm-h', incarnationId: 'inc-h', spec: { vcpus: 1, memoryMiB: 128, diskGiB: 1 } });
@@ -69,6 +88,10 @@ test('QEMU runs from DHM_HOME/qemu (0700), with a minimal environment and -sandb
       .filter(Boolean)
       .map((kv) => kv.split('=')[0]);
     expect(environ.sort()).toEqual(['LD_LIBRARY_PATH', 'PATH', 'QEMU_MODULE_DIR']);
+    if (asRoot) {
+      expect(uidsOf(pid!)).toEqual(Array(4).fill(passwdUid(DEFAULT_QEMU_USER)));
+      expect(passwdUid(DEFAULT_QEMU_USER)).not.toBe(0);
+    }
     expect((await client.guestOp('vm-h', { kind: 'read' })).servedBy).toBe('hq-1'); // and the VM works
   } finally {
     delete process.env.DHM_TEST_SECRET_MARKER;
@@ -108,3 +131,86 @@ test('a state folder of another user, or a symbolic link, is refused naming it; 
     await agent.stop();
   }
 });
+
+test('as root, QEMU runs as dhm-qemu on both ends of a TLS migration; the keys it reads are per-process copies, gone with it', async () => {
+  const ids = ['hq-4', 'hq-5'];
+  const pki = await testAgentPki(ids);
+  const home = path.join(root, 'mig');
+  const start = (id: string) =>
+    startAgent({
+      serverId: id,
+      tls: pki.server(id),
+      capacity: SERVER,
+      nicBandwidthBps: 1e9,
+      backend: 'qemu',
+      qemu: {
+        stateDir: path.join(home, id),
+        migrationDir: path.join(home, 'migrate'),
+        maxVmMemoryMiB: 256,
+        maxVmVcpus: 1,
+        migrationHost: '127.0.0.1',
+        transport: 'tls',
+        tlsDir: pki.serverDir(id),
+        fleetCaCert: path.join(pki.caDir, 'ca-cert.pem'),
+      },
+      logger,
+    });
+  const [src, dst] = [await start(ids[0]!), await start(ids[1]!)];
+  try {
+    const client = (id: string, url: string) => createAgentClient({ baseUrl: url, tls: pki.controlPlane, serverId: id, timeoutMs: 20_000 });
+    const a = client(ids[0]!, src.url);
+    const b = client(ids[1]!, dst.url);
+    for (const [c, inc] of [
+      [a, 'inc-a'],
+      [b, 'inc-b'],
+    ] as const)
+      await c.prepareIncarnation({ incarnationId: inc, capacity: { vcpus: 2, memoryMiB: 512, diskGiB: 5 } });
+    await a.createVm({ vmId: 'vm-m', incarnationId: 'inc-a', spec: { vcpus: 1, memoryMiB: 128, diskGiB: 1 } });
+    await waitFor('the guest to count', async () => (await a.guestOp('vm-m', { kind: 'read' })).counter >= 2, 90_000, 100);
+    const [srcPid] = qemuUnder(path.join(home, ids[0]!));
+    const expectedUid = asRoot ? passwdUid(DEFAULT_QEMU_USER) : process.geteuid!();
+    expect(uidsOf(srcPid!)).toEqual(Array(4).fill(expectedUid));
+    // Local disk file and folders: QEMU's user's, nobody else's.
+    const disks = path.join(home, ids[0]!, 'disks');
+    const [disk] = fs.readdirSync(disks);
+    expect(fs.statSync(path.join(disks, disk!)).uid).toBe(expectedUid);
+    expect(fs.statSync(disks).mode & 0o777).toBe(0o700);
+
+    const job = await a.startMigration({
+      jobId: 'job-m',
+      vmId: 'vm-m',
+      target: { agentUrl: dst.url, incarnationId: 'inc-b' },
+      maxDowntimeMs: 500,
+      autoConverge: true,
+    });
+    expect(job.state).toBe('running');
+    const done = await waitFor(
+      'the move to end',
+      async () => {
+        const j = await a.getMigration('job-m');
+        return j && j.state !== 'running' ? j : undefined;
+      },
+      120_000,
+      100,
+    );
+    expect(done).toMatchObject({ state: 'completed' });
+    expect(await b.getVm('vm-m')).toMatchObject({ serverId: ids[1], state: 'running' });
+    const [dstPid] = qemuUnder(path.join(home, ids[1]!));
+    expect(uidsOf(dstPid!)).toEqual(Array(4).fill(expectedUid));
+    expect((await b.guestOp('vm-m', { kind: 'read' })).servedBy).toBe(ids[1]);
+    if (asRoot) {
+      // The destination read its server's key from its own copy (0600, QEMU's user); the source's copy went with it.
+      const dstDir = fs.readdirSync(path.join(home, ids[1]!)).find((d) => d.startsWith('in-'))!;
+      const key = path.join(home, ids[1]!, dstDir, 'tls', 'server-key.pem');
+      expect(fs.statSync(key).uid).toBe(expectedUid);
+      expect(fs.statSync(key).mode & 0o777).toBe(0o600);
+      const srcDir = fs.readdirSync(path.join(home, ids[0]!)).find((d) => d.startsWith('vm-'))!;
+      await waitFor("the source's key copy to go", () => !fs.existsSync(path.join(home, ids[0]!, srcDir, 'tls')), 10_000, 50);
+      // The server's own credentials folder stays root's.
+      expect(fs.statSync(path.join(pki.serverDir(ids[1]!), 'server-key.pem')).uid).toBe(0);
+    }
+  } finally {
+    await Promise.all([src.stop(), dst.stop()]);
+  }
+  expect(qemuUnder(home)).toEqual([]);
+}, 240_000);

@@ -27,6 +27,8 @@ export interface StartAgentOptions {
   streamCapFraction?: number;
   /** Simulated time runs this many times faster than real time. Default 1. */
   timeScale?: number;
+  /** Seed of the sim's measurement noise (compute/sim/measure.ts); default: from the server id. */
+  measurementSeed?: number;
   host?: string;
   /** The host name other processes reach this agent by (its URL); default: `host`, or loopback for a wildcard bind. */
   advertiseHost?: string;
@@ -80,6 +82,12 @@ const startAgentOptionsSchema = z.object({
   nicBandwidthBps: z.number().positive().max(1e13),
   streamCapFraction: z.number().gt(0).max(1).default(DEFAULT_STREAM_CAP_FRACTION),
   timeScale: z.number().positive().max(1e7).default(1),
+  measurementSeed: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 32 - 1)
+    .optional(),
   host: z.string().min(1).default('127.0.0.1'),
   advertiseHost: z.string().min(1).optional(),
   port: z.number().int().min(0).max(65535).default(0),
@@ -123,6 +131,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
           nicBytesPerSec: bitsToBytesPerSec(opts.nicBandwidthBps),
           streamCapFraction: opts.streamCapFraction,
           timeScale: opts.timeScale,
+          ...(opts.measurementSeed !== undefined ? { measurementSeed: opts.measurementSeed } : {}),
           networkStorage: opts.networkStorage,
           peer: createPeerClient({ tls: peerClientTls(tls) }),
           logger,

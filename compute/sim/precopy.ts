@@ -1,3 +1,4 @@
+import { dirtiedBytes, type DirtyModel } from './dirty-model';
 import type { Flow } from './link';
 
 /**
@@ -28,9 +29,14 @@ export const AUTO_CONVERGE_ROUND_LIMIT = 1000;
 
 export interface PrecopyParams {
   memoryBytes: number;
-  /** Unthrottled dirty rate D, bytes/s. */
+  /** Unthrottled dirty rate D of the hot set, bytes/s. */
   dirtyRateBps: number;
+  /** The hot set W, bytes. */
   workingSetBytes: number;
+  /** The cold set's writes, bytes/s (dirty-model.ts; 0 or omitted: no cold writes, the model min(W, D·t)). */
+  coldDirtyRateBps?: number;
+  /** The cold set C, bytes (default: memory − W). */
+  coldBytes?: number;
   maxDowntimeMs: number;
   autoConverge: boolean;
   maxRounds: number;
@@ -66,6 +72,7 @@ export class PrecopyFlow implements Flow {
   startMs: number | undefined;
   private roundStartMs = 0;
   private roundBytes: number;
+  readonly dirtyModel: DirtyModel;
 
   constructor(
     private readonly p: PrecopyParams,
@@ -74,6 +81,12 @@ export class PrecopyFlow implements Flow {
     this.capBps = p.capBps;
     this.pending = p.memoryBytes;
     this.roundBytes = p.memoryBytes;
+    this.dirtyModel = {
+      hotBytes: p.workingSetBytes,
+      hotRateBps: p.dirtyRateBps,
+      coldBytes: p.coldBytes ?? Math.max(0, p.memoryBytes - p.workingSetBytes),
+      coldRateBps: p.coldDirtyRateBps ?? 0,
+    };
   }
 
   get memoryBytes(): number {
@@ -86,15 +99,15 @@ export class PrecopyFlow implements Flow {
     this.roundStartMs = tMs;
   }
 
-  /** D after auto-converge throttling, bytes/s. */
+  /** The guest's write rate (hot and cold) after auto-converge throttling, bytes/s. */
   dirtyRateBps(): number {
-    return (this.p.dirtyRateBps * (100 - this.throttlePct)) / 100;
+    return ((this.p.dirtyRateBps + this.dirtyModel.coldRateBps) * (100 - this.throttlePct)) / 100;
   }
 
   /** What the guest has dirtied since the current round began, at `tMs`. */
   dirtiedAt(tMs: number): number {
     if (this.phase !== 'precopy' || this.startMs === undefined) return 0;
-    return Math.min(this.p.workingSetBytes, (this.dirtyRateBps() * Math.max(0, tMs - this.roundStartMs)) / 1000);
+    return dirtiedBytes(this.dirtyModel, tMs - this.roundStartMs, this.throttlePct);
   }
 
   /** What still has to be sent, as of `tMs`. */

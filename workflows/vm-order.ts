@@ -107,32 +107,30 @@ export function bandwidthCapFor(
   return base === undefined ? share : Math.min(base, share);
 }
 
+/** The most moves dhm's own policy lets run at once; the measured link decides how many it really runs (`streamsFor`). */
+export const MAX_AUTO_STREAMS = 8;
+
 /**
- * dhm's own schedule for a host whose source server has a `nicBandwidthBps` (bits/s) NIC on which one migration
- * stream can use at most `streamCapFraction` of the link (the sim agent's per-stream cap S/B; 0.4 by default):
+ * dhm's own schedule for a host whose source server has a `nicBandwidthBps` (bits/s) NIC:
  *
- * - **Streams**: ⌈B/S⌉ in parallel — the fewest that fill the link (3 for S = 0.4·B). Fewer leave bandwidth unused
- *   (2 streams use 80 % of it); more only split the same bandwidth thinner, so each VM's dirty pages pile up faster
- *   relative to its stream and more of them are sent again.
- * - **Link figures** B and S (`linkBytesPerSec`, `streamCapBytesPerSec`), so the workflow can give a critical-path
- *   VM (one that at S outlasts the rest of the host at B − S) a whole stream S instead of a 1/⌈B/S⌉ share, by
- *   capping the moves around it at (B − S)/(streams − 1) (`bandwidthCapFor`). This replaced running ⌊B/S⌋ streams on
- *   such hosts: the caps keep the link full where 2 streams left 20 % of it idle.
- * - **Order**: largest first (longest-processing-time first): the long transfers start at once, and the end of the
- *   migration is made of small VMs that keep the link full until the last moment.
- * - **Auto-converge only where needed**: each stream gets min(S, B/streams); a guest that dirties memory at 80 % of
- *   that or more shrinks its dirty set by less than a fifth per round and would resend its working set for many
- *   rounds or never converge, so it migrates with auto-converge on. Every other guest runs unthrottled.
- * - **Downtime target** a third of `downtimeLimitMs` (default 300 ms): pre-copy switches over as soon as the rest fits
- *   the target, so aiming lower costs a few more short rounds (well under 1 % of the makespan in the benchmark) and
- *   cuts every VM's pause; the guests that could not reach it are exactly those auto-converge throttles anyway.
+ * - **Measured inputs** (`measureInputs`): before the moves the workflow asks the source's agent for its link (one
+ *   stream's measured throughput S), before each move for the VM's measured dirty rate, and decides from those
+ *   (workflows/scheduler.ts). `streamCapFraction` (S/B) is only the fallback for agents that cannot measure: the
+ *   link figures below are computed from it, and the declared workloads stand in for the dirty rates.
+ * - **Streams**: ⌈B/S⌉ in parallel — the fewest that fill the link — at most MAX_AUTO_STREAMS.
+ * - **Critical-path caps**: a VM that at S outlasts the rest of the host at B − S gets a whole stream S, the moves
+ *   around it share the rest (`bandwidthCapFor`).
+ * - **Order**: largest first (longest-processing-time first).
+ * - **Auto-converge only where needed**: a guest whose measured dirty rate reaches AUTO_CONVERGE_SHARE of what its
+ *   move gets, min(S, B/streams), migrates with auto-converge on; every other guest runs unthrottled.
+ * - **Downtime target**: the operator's limit (`downtimeLimitMs`, default 300 ms) — the same target the benchmark's
+ *   baselines run at.
  * - A VM that still does not converge is retried with auto-converge after the others rather than rolling the whole
  *   host back.
  *
  * Pure and deterministic: the client calls it with the source server's NIC from the inventory and passes the result
- * as the migration's policy; any field may still be overridden. `host` (the VM sizes) is accepted but no longer
- * needed: the workflow finds the critical-path VM itself, from the VMs it moves.
- * docs/benchmarks.md shows what each choice buys.
+ * as the migration's policy; any field may still be overridden. `host` is accepted and unused (the workflow finds the
+ * critical-path VM itself). docs/benchmarks.md shows what each choice buys.
  */
 export function autoSchedulePolicy(
   link: { nicBandwidthBps: number; streamCapFraction: number; downtimeLimitMs?: number },
@@ -143,6 +141,7 @@ export function autoSchedulePolicy(
   maxDowntimeMs: number;
   linkBytesPerSec: number;
   streamCapBytesPerSec: number;
+  measureInputs: true;
 } {
   if (!(link.nicBandwidthBps > 0) || !(link.streamCapFraction > 0)) throw new RangeError('nicBandwidthBps and streamCapFraction must be positive');
   const fraction = Math.min(1, link.streamCapFraction);
@@ -150,17 +149,17 @@ export function autoSchedulePolicy(
   const streamBytesPerSec = fraction * linkBytesPerSec;
   // Float slack: 1 / 0.4 is 2.5000000000000004 in binary; it must still round up to 3, and 1 / 0.5 to exactly 2.
   const fill = Math.min(64, Math.max(1, Math.ceil(1 / fraction - 1e-9)));
-  const streams = fill;
-  const perStreamMiBps = Math.min(streamBytesPerSec, linkBytesPerSec / streams) / 2 ** 20;
-  const limit = link.downtimeLimitMs ?? 300;
+  const perStreamMiBps = Math.min(streamBytesPerSec, linkBytesPerSec / fill) / 2 ** 20;
   return {
-    maxParallel: streams,
+    maxParallel: Math.max(fill, MAX_AUTO_STREAMS),
     order: 'largest-first',
     autoConverge: false,
+    // The fallback threshold (agents that cannot measure); with measurements it comes from the measured link.
     autoConvergeAboveDirtyRateMiBps: Math.round(AUTO_CONVERGE_SHARE * perStreamMiBps),
-    maxDowntimeMs: Math.max(1, Math.round(limit / 3)),
+    maxDowntimeMs: Math.max(1, Math.round(link.downtimeLimitMs ?? 300)),
     onVmFailure: 'retry-with-auto-converge',
     linkBytesPerSec,
     streamCapBytesPerSec: streamBytesPerSec,
+    measureInputs: true,
   };
 }

@@ -159,7 +159,9 @@ export class SimMigration extends MigrationJobBase<SimVm> {
 
   private completed(copiedAt: number, endMs: number): void {
     if (this.state !== 'running') return; // halted while the commit was in flight
-    this.downtimeMs = copiedAt - this.move.precopy.pausedAtMs! + SWITCHOVER_COST_MS;
+    // After post-copy the VM ran on the target while its last pages arrived: its downtime is the switchover alone.
+    const f = this.move.precopy;
+    this.downtimeMs = f.postCopyAtMs !== undefined ? SWITCHOVER_COST_MS : copiedAt - f.pausedAtMs! + SWITCHOVER_COST_MS;
     this.endMs = endMs;
     void this.movedToTarget(); // synchronous here: the job is completed when this returns
     this.log.info(

@@ -198,6 +198,7 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
         input.bandwidthCapBps ?? Infinity,
       ),
       failAtRound: failAt,
+      postCopyOnGiveUp: input.postCopy === true,
     });
   }
 

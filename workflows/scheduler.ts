@@ -1,5 +1,12 @@
 import type { MigrationPolicy, VmMigrationStatus } from '../common/migration';
-import { AUTO_CONVERGE_SHARE, autoConvergeFor, bandwidthCapFor, orderVms } from './vm-order';
+import { AUTO_CONVERGE_SHARE, autoConvergeFor, bandwidthCapFor, CRITICAL_PATH_SLACK, orderVms } from './vm-order';
+
+/** The policy's tuned constants (vm-order.ts), as benchmark 1's `--tune` sweeps them; the workflow uses the defaults. */
+export interface Tuning {
+  criticalPathSlack: number;
+  autoConvergeShare: number;
+}
+export const DEFAULT_TUNING: Tuning = { criticalPathSlack: CRITICAL_PATH_SLACK, autoConvergeShare: AUTO_CONVERGE_SHARE };
 
 /**
  * dhm's scheduling decisions as pure functions: which VMs start now, how many moves run at once, and each move's
@@ -51,6 +58,20 @@ export function linkFor(policy: SchedulingPolicy, measured: MeasuredLink | null 
   return undefined;
 }
 
+/** The most channels dhm gives one move (QEMU's multifd-channels; each is a thread on both servers). */
+export const MAX_AUTO_CHANNELS = 16;
+
+/**
+ * Channels per move: the policy's `channels`, or with `measureInputs` and none given, the fewest with which one move
+ * fills the measured link, ⌈B/S⌉ (at most MAX_AUTO_CHANNELS): multifd lets one VM use the whole NIC, so its bound is
+ * M/B instead of M/S, and a move alone on the link re-sends the least (its dirty pages are chased at B, not B/streams).
+ */
+export function channelsFor(policy: SchedulingPolicy, measured: MeasuredLink | null | undefined): number {
+  if (policy.channels !== undefined) return policy.channels;
+  if (!policy.measureInputs || !measured) return 1;
+  return Math.min(MAX_AUTO_CHANNELS, Math.max(1, Math.ceil(measured.nicBytesPerSec / measured.streamBytesPerSec - 1e-9)));
+}
+
 /** What one move (all its channels) can carry alone: min(B, channels × S). */
 export function moveCapOf(link: MeasuredLink, channels = 1): number {
   return Math.min(link.nicBytesPerSec, channels * link.streamBytesPerSec);
@@ -66,7 +87,7 @@ export function streamsFor(policy: SchedulingPolicy, measured: MeasuredLink | nu
   const link = linkFor(policy, measured);
   if (!link) return policy.maxParallel;
   // Float slack: 1 / 0.4 is 2.5000000000000004 in binary; it must still round up to 3, and 1 / 0.5 to exactly 2.
-  const fill = Math.max(1, Math.ceil(link.nicBytesPerSec / moveCapOf(link, policy.channels) - 1e-9));
+  const fill = Math.max(1, Math.ceil(link.nicBytesPerSec / moveCapOf(link, channelsFor(policy, measured)) - 1e-9));
   return Math.min(policy.maxParallel, fill);
 }
 
@@ -93,9 +114,11 @@ export function moveSettingsFor(
   vm: HostVm,
   vms: readonly HostVm[],
   opts: { forced: boolean; measuredLink?: MeasuredLink | null; measuredDirtyRateBps?: number | null },
+  tuning: Tuning = DEFAULT_TUNING,
 ): MoveSettings {
+  const channels = policy.measureInputs ? channelsFor(policy, opts.measuredLink) : policy.channels;
   const extras = {
-    ...(policy.channels !== undefined ? { channels: policy.channels } : {}),
+    ...(channels !== undefined && (channels > 1 || policy.channels !== undefined) ? { channels } : {}),
     ...(policy.postCopy === 'when-not-converging' ? { postCopy: true } : {}),
   };
   if (!policy.measureInputs) return { autoConverge: autoConvergeFor(policy, vm, opts.forced), bandwidthCapBps: bandwidthCapFor(policy, vm, vms), ...extras };
@@ -103,7 +126,7 @@ export function moveSettingsFor(
   const streams = streamsFor(policy, opts.measuredLink);
   const rateMiBps = opts.measuredDirtyRateBps != null ? opts.measuredDirtyRateBps / 2 ** 20 : vm.dirtyRateMiBps;
   const threshold = link
-    ? (AUTO_CONVERGE_SHARE * Math.min(moveCapOf(link, policy.channels), link.nicBytesPerSec / streams)) / 2 ** 20
+    ? (tuning.autoConvergeShare * Math.min(moveCapOf(link, channels), link.nicBytesPerSec / streams)) / 2 ** 20
     : policy.autoConvergeAboveDirtyRateMiBps;
   const autoConverge = autoConvergeFor(
     { autoConverge: policy.autoConverge, autoConvergeAboveDirtyRateMiBps: threshold },
@@ -115,10 +138,11 @@ export function moveSettingsFor(
       maxParallel: streams,
       bandwidthCapBps: policy.bandwidthCapBps,
       linkBytesPerSec: link?.nicBytesPerSec,
-      streamCapBytesPerSec: link ? moveCapOf(link, policy.channels) : undefined,
+      streamCapBytesPerSec: link ? moveCapOf(link, channels) : undefined,
     },
     vm,
     vms,
+    tuning.criticalPathSlack,
   );
   return { autoConverge, bandwidthCapBps, ...extras };
 }

@@ -56,11 +56,17 @@ type HostVm = Pick<VmMigrationStatus, 'vmId' | 'spec' | 'state' | 'diskMiB'>;
  * by the other `streams` − 1 streams: M·(B − S) ≥ S·(ΣM − M), and no other VM alone needs longer than it at its share
  * (B − S)/(streams − 1). Both up to `CRITICAL_PATH_SLACK`. Sizes in MiB, rates in bytes/s: compared as products.
  */
-function criticalVm(host: readonly HostVm[], streams: number, linkBytesPerSec: number, streamBytesPerSec: number): string | undefined {
+function criticalVm(
+  host: readonly HostVm[],
+  streams: number,
+  linkBytesPerSec: number,
+  streamBytesPerSec: number,
+  slack = CRITICAL_PATH_SLACK,
+): string | undefined {
   if (host.length < 2) return undefined;
   const [first, second] = [...host].sort((a, b) => moveMiB(b) - moveMiB(a) || (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0));
   const total = host.reduce((s, v) => s + moveMiB(v), 0);
-  const largest = moveMiB(first!) * CRITICAL_PATH_SLACK * (linkBytesPerSec - streamBytesPerSec);
+  const largest = moveMiB(first!) * slack * (linkBytesPerSec - streamBytesPerSec);
   const restFits = largest >= streamBytesPerSec * (total - moveMiB(first!));
   const secondFits = largest >= streamBytesPerSec * (streams - 1) * moveMiB(second!);
   return restFits && secondFits ? first!.vmId : undefined;
@@ -88,6 +94,8 @@ export function bandwidthCapFor(
   policy: Pick<MigrationPolicy, 'maxParallel' | 'bandwidthCapBps' | 'linkBytesPerSec' | 'streamCapBytesPerSec'>,
   vm: Pick<VmMigrationStatus, 'vmId' | 'spec' | 'diskMiB'>,
   vms: readonly HostVm[],
+  /** Benchmark 1's `--tune` sweeps it; the workflow always uses CRITICAL_PATH_SLACK. */
+  slack = CRITICAL_PATH_SLACK,
 ): number | undefined {
   const base = policy.bandwidthCapBps;
   const link = policy.linkBytesPerSec;
@@ -100,7 +108,7 @@ export function bandwidthCapFor(
     { vmId: vm.vmId, spec: vm.spec, diskMiB: vm.diskMiB, state: 'moving' },
     ...others.filter((v) => v.state === 'pending' || v.state === 'moving' || v.state === 'moved'),
   ];
-  const critical = criticalVm(host, streams, link, stream);
+  const critical = criticalVm(host, streams, link, stream, slack);
   if (critical === undefined || critical === vm.vmId || !others.some((v) => v.vmId === critical && v.state === 'moving')) return base;
   const share = Math.floor((link - stream) / (streams - 1));
   if (share >= stream) return base;

@@ -26,6 +26,8 @@ export const MAX_SENT_FACTOR = 3;
 export const AUTO_CONVERGE = { initialPct: 20, stepPct: 10, maxPct: 99, triggerRatio: 0.5 } as const;
 /** Even auto-converge gives up eventually (a 99 %-throttled guest that still out-dirties the link). */
 export const AUTO_CONVERGE_ROUND_LIMIT = 1000;
+/** Without the agent's give-up rules (a controller's timeouts decide), the simulation still ends after this many rounds. */
+export const CONTROLLED_ROUND_LIMIT = 1_000_000;
 
 export interface PrecopyParams {
   memoryBytes: number;
@@ -54,6 +56,11 @@ export interface PrecopyParams {
   resendFactor?: number;
   /** Switch to post-copy instead of giving up when the give-up rules trigger (QEMU's migrate-start-postcopy). */
   postCopyOnGiveUp?: boolean;
+  /**
+   * The agent's own give-up rules (maxRounds, 3·M sent) apply. Default true. A baseline whose controller has its own
+   * timeouts (Nova, KubeVirt, Proxmox: QEMU itself never gives up) turns them off.
+   */
+  agentGivesUp?: boolean;
 }
 
 /** What a controller sees at the end of a round that did not converge. */
@@ -186,6 +193,9 @@ export class PrecopyFlow implements Flow {
       if (rest > AUTO_CONVERGE.triggerRatio * this.roundBytes)
         this.throttlePct = this.throttlePct === 0 ? AUTO_CONVERGE.initialPct : Math.min(AUTO_CONVERGE.maxPct, this.throttlePct + AUTO_CONVERGE.stepPct);
       if (this.round + 1 >= AUTO_CONVERGE_ROUND_LIMIT) return giveUp(`not converging after ${this.round + 1} rounds even with auto-converge`);
+    } else if (this.p.agentGivesUp === false) {
+      // QEMU itself never gives up: only a bound on the simulation's own work.
+      if (this.round + 1 >= CONTROLLED_ROUND_LIMIT) return giveUp(`not converging after ${this.round + 1} rounds`);
     } else if (this.round + 1 >= this.p.maxRounds) {
       return giveUp(`not converging after ${this.round + 1} rounds (maxRounds ${this.p.maxRounds})`);
     } else if (this.bytesSent > MAX_SENT_FACTOR * this.p.memoryBytes) {

@@ -90,7 +90,7 @@ export function parseJsonBody(text: string): unknown {
 }
 
 /**
- * The HTTP API (routes in routes/*.ts, schemas in schemas.ts, the OpenAPI document at /openapi.json).
+ * The HTTP API (routes in routes/*.ts, schemas in schemas/, one module per resource, the OpenAPI document at /openapi.json).
  *
  * Auth: `Authorization: Bearer <token>`. The operator token is compared in constant time (timingSafeEqual over
  * sha256 digests, so lengths do not leak either); tenant tokens are looked up by their sha256 (they are stored only

@@ -13,59 +13,15 @@ import type {
   VmSpec,
   VmView,
 } from './agent-api';
+import type { BackendBaseOptions, BackendIncoming, BackendJob, BackendVm } from './backend-contract';
+import { AgentFailure, conflict, notFound, relayTargetRefusal, vmMoved } from './errors';
 import { AgentError } from './agent-http';
-import { AgentFailure, conflict, notFound } from './errors';
 import { IncarnationLedger } from './incarnation-ledger';
 import type { PeerClient } from './peer-client';
-
-/** What every backend is built with; each adds its own options. */
-export interface BackendBaseOptions {
-  serverId: string;
-  bootId: string;
-  capacity: Resources;
-  peer: PeerClient;
-  logger: Logger;
-  /** This agent's own URL, known once it listens; used to spot a migration to itself and in tombstones. */
-  selfUrl: () => string;
-}
-
-/** A VM as the shared bookkeeping sees it. */
-export interface BackendVm {
-  readonly vmId: string;
-  readonly incarnationId: string;
-  readonly spec: VmSpec;
-  /** The outbound migration that owns this VM now, from the moment it is requested. */
-  migrationJobId: string | null;
-  view(serverId: string): VmView;
-}
-
-/** An outbound migration as the shared bookkeeping sees it. */
-export interface BackendJob {
-  readonly input: StartMigrationInput;
-  /** Resolves once the job has left `running` (completed, failed, cancelled, or halted). */
-  readonly settled: Promise<void>;
-  snapshot(): MigrationJob;
-  /** Throws `MIGRATION_COMPLETED` once the VM has moved. */
-  cancel(): Promise<MigrationJob>;
-  /** Stops the job's timers and in-flight work (the agent is stopping). */
-  halt(): void;
-  /** A job that never started because the target could not be reached: it exists so a retry with its id sees why. */
-  failBeforeStart(code: string, message: string): void;
-}
-
-/** Room reserved for a VM migrating in; `committed` once the VM runs here. */
-export interface BackendIncoming {
-  readonly jobId: string;
-  readonly vmId: string;
-  readonly incarnationId: string;
-  readonly spec: VmSpec;
-  state: 'reserved' | 'committed';
-}
 
 const resourcesOf = (spec: VmSpec): Resources => ({ vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskGiB: spec.diskGiB });
 const sameSpec = (a: VmSpec, b: VmSpec) => JSON.stringify(a) === JSON.stringify(b);
 const sameUrl = (a: string, b: string) => a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
-const vmMoved = (vmId: string, movedTo: string) => new AgentFailure(409, 'VM_MOVED', `VM ${vmId} has migrated to ${movedTo}`, 'vmId', movedTo);
 
 /**
  * The bookkeeping every `ComputeBackend` shares, whatever runs its VMs: incarnations (via the ledger), the VM map and
@@ -527,11 +483,4 @@ export abstract class BackendBase<V extends BackendVm, J extends BackendJob, R e
 function checkSameJob(a: StartMigrationInput, b: StartMigrationInput): void {
   if (a.vmId !== b.vmId || !sameUrl(a.target.agentUrl, b.target.agentUrl) || a.target.incarnationId !== b.target.incarnationId)
     throw conflict('JOB_CONFLICT', 'jobId', `migration ${a.jobId} exists for VM ${a.vmId} to ${a.target.agentUrl}`);
-}
-
-/** The target's refusal, renamed into the fields of the caller's startMigration request. */
-function relayTargetRefusal(err: AgentError): AgentFailure {
-  const field =
-    err.field === 'incarnationId' ? 'target.incarnationId' : err.field === 'sourceServerId' ? 'target.agentUrl' : err.field === 'jobId' ? 'jobId' : err.field; // vmId and spec.* read the same from the caller's side
-  return new AgentFailure(err.status, err.code, `target refused the VM: ${err.message}`, field);
 }

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { routes, type RouteSpec } from '../schemas';
 
-/** Registers a route of the catalog (schemas.ts) with its access rule; the handler validates with the spec's schemas. */
+/** Registers a route of the catalog (schemas/) with its access rule; the handler validates with the spec's schemas. */
 export function register(
   app: FastifyInstance,
   spec: RouteSpec,

@@ -1,23 +1,21 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import type { AcceptIncomingBody, CommitIncomingBody, GuestOp, GuestOpResult, IncomingView, StartMigrationInput, VmSpec, VmView } from '../agent-api';
-import { tlsIdentity } from '../fleet-ca';
 import type { ComputeBackend } from '../backend';
-import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
-import { AgentFailure, conflict, invalidInput, notFound } from '../errors';
-import { vmDisks, type DiskKind } from '../../common/vm-spec';
-import { BLOCK_BYTES, createDiskFile, diskNode, fillDiskTail, gibToBytes, wipeDiskFile, type MachineDisk, type NetworkStorage } from './disks';
-import { createTap, deleteTap, guestMarker, guestNic, probeGuest } from './guest-nic';
+import { BackendBase } from '../backend-base';
+import type { BackendBaseOptions } from '../backend-contract';
+import { AgentFailure, conflict, notFound } from '../errors';
+import type { DiskKind } from '../../common/vm-spec';
+import { createTap, deleteTap, probeGuest } from './guest-nic';
+import { type Incoming, startListening, stopNbd } from './incoming';
+import { attachDisks, machineFor, type MachineOptions, wipeDisks } from './machine';
 import { QemuMigration, type QemuMigrationHost, type QemuMigrationSettings } from './migration';
-import { describeExit, QemuProcess, STORAGE_TLS_ID, type MachineSpec } from './qemu-process';
-import type { QmpClient } from './qmp';
-import { queryMigrateSchema } from './query-migrate';
+import { describeExit, QemuProcess, type MachineSpec } from './qemu-process';
 import { QemuVm } from './qemu-vm';
 import type { QemuTools } from './tools';
 
-export interface QemuBackendOptions extends BackendBaseOptions {
+export interface QemuBackendOptions extends BackendBaseOptions, MachineOptions {
   tools: QemuTools;
   /** This agent's own folder (QMP sockets, serial logs); created, and removed when the agent stops. */
   stateDir: string;
@@ -26,29 +24,15 @@ export interface QemuBackendOptions extends BackendBaseOptions {
    * from the target's boot id and the job id (the agent API has no field to pass a listen address).
    */
   migrationDir: string;
-  /** The most memory one VM may have here (QEMU would start a bigger one and let the host swap or OOM). */
-  maxVmMemoryMiB: number;
-  maxVmVcpus: number;
-  settings: QemuMigrationSettings;
   /**
    * Where destinations listen for migrations over TCP (this server's fabric address). Unset: UNIX sockets in
    * `migrationDir`, which only agents on one host share.
    */
   migrationHost?: string;
-  /** This server's tenant bridge: VMs get a virtio-net NIC on a tap in it (none when unset). */
-  tenantBridge?: string;
   /** The fleet's server ids: an incoming migration from any other server is refused. Unset: any source. */
   peers?: string[];
-  /** This server's own storage (local disks: one raw file each, 0600, the folder 0700); nothing else reads it. */
-  storageDir: string;
-  /** The fleet's storage service (network disks); unset: VMs with a network disk are refused. */
-  networkStorage?: Omit<NetworkStorage, 'tlsCredsId'>;
-  /** MiB of random data written at the end of every new local disk (test data a mirror has to send). */
-  diskFillMiB: number;
 }
 
-/** Below this the guest kernel and its initramfs do not fit. */
-export const MIN_VM_MEMORY_MIB = 64;
 /** How long an `increment` waits for the guest to print its next counter (it prints every 0.5 s). */
 const INCREMENT_WAIT_MS = 5_000;
 const MAX_GUEST_OP_WAIT_MS = 8_000;
@@ -58,24 +42,6 @@ const STOP_GRACE_MS = 2_000;
 const IDLE_DESTINATION_MS = 60_000;
 /** How long a VM that migrated in may take to answer on its NIC here before the commit is answered "not ready". */
 const GUEST_PROBE_MS = 1_500;
-
-/** A destination QEMU for a VM migrating in; `committed` once it runs the guest and is a VM here. */
-interface Incoming extends BackendIncoming {
-  machine: MachineSpec;
-  proc: QemuProcess;
-  socketPath: string;
-  /** Where the destination listens, once it does (`unix:` or `tcp:`): what the source migrates to. */
-  uri: string | null;
-  tls: boolean;
-  /** QEMU resumed the guest here (the migration completed). */
-  resumed: boolean;
-  /** Why the destination is gone, if it is (cancel, failure: QEMU exits then). */
-  ended: string | null;
-  /** Where the empty local disks are exported for the source's mirror, once they are (`tcp:`/`unix:`). */
-  nbdAddress: string | null;
-  /** The NBD server runs in the destination (to be stopped before the export can be called gone). */
-  nbdStarted: boolean;
-}
 
 const vmFailed = (vm: QemuVm) => new AgentFailure(409, 'VM_FAILED', `VM ${vm.vmId} has failed: ${vm.failure?.message ?? 'unknown'}`, 'vmId');
 
@@ -174,7 +140,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     for (const m of [...this.vms.values(), ...this.incoming.values()]) {
       if (m.machine.nic) deleteTap(m.machine.nic.tap);
       // Its VMs die with the agent: their disks go with them, wiped.
-      this.wipeDisks(m.machine, 'agent stopping');
+      this.wipe(m.machine, 'agent stopping');
     }
     fs.rmSync(this.opts.stateDir, { recursive: true, force: true });
     this.logger.info({ killed: procs.length }, 'qemu backend closed');
@@ -213,7 +179,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
   /** Refused before any process starts: a spec QEMU cannot honour here (checked before capacity). */
   protected override checkSpec(spec: VmSpec): void {
-    this.machineFor('check', spec, 'spec');
+    machineFor(this.opts, 'check', spec, 'spec');
   }
 
   /** The local disk files here (their allocated bytes: a sparse disk holds what was written) and what was wiped. */
@@ -251,8 +217,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   }
 
   protected override newVm(input: { vmId: string; incarnationId: string; spec: VmSpec }): QemuVm {
-    const machine = this.machineFor(input.vmId, input.spec, 'spec');
-    this.attachDisks(machine, input.vmId, input.spec, null);
+    const machine = machineFor(this.opts, input.vmId, input.spec, 'spec');
+    attachDisks(this.opts, machine, input.vmId, input.spec, null);
     const proc = this.spawn(`vm-${++this.seq}`, input.vmId, machine, false);
     return new QemuVm(input.vmId, input.incarnationId, input.spec, machine, proc);
   }
@@ -281,7 +247,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     this.forgetVm(vm);
     await vm.proc.stop(STOP_GRACE_MS);
     if (vm.machine.nic) deleteTap(vm.machine.nic.tap);
-    this.wipeDisks(vm.machine, 'VM removed');
+    this.wipe(vm.machine, 'VM removed');
   }
 
   protected override newJob(vm: QemuVm, input: StartMigrationInput, failAt: number | null): QemuMigration {
@@ -303,9 +269,9 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
   /** Starts the destination QEMU (`-incoming defer`); `incomingAccepted` has it listen for the source. */
   protected override newIncoming(jobId: string, input: AcceptIncomingBody): Incoming {
-    const machine = this.machineFor(input.vmId, input.spec, 'spec');
+    const machine = machineFor(this.opts, input.vmId, input.spec, 'spec');
     // Empty disks of the same sizes: the source mirrors into them over NBD.
-    this.attachDisks(machine, input.vmId, input.spec, jobId);
+    attachDisks(this.opts, machine, input.vmId, input.spec, jobId);
     const socketPath = this.migrationSocketPath(this.opts.bootId, jobId);
     fs.rmSync(socketPath, { force: true });
     const proc = this.spawn(`in-${++this.seq}`, input.vmId, machine, true);
@@ -342,13 +308,13 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     if (!this.forgetIncoming(r)) return;
     this.incomingSource.delete(r.jobId);
     r.ended ??= 'released';
-    await this.stopNbd(r);
+    await stopNbd(r, this.logger);
     await r.proc.stop(0);
     fs.rmSync(r.socketPath, { force: true });
     fs.rmSync(`${r.socketPath}.nbd`, { force: true });
     if (r.machine.nic) deleteTap(r.machine.nic.tap);
     // A partial copy of the tenant's disk: wiped, like any other.
-    this.wipeDisks(r.machine, 'incoming migration dropped');
+    this.wipe(r.machine, 'incoming migration dropped');
     this.logger.info({ jobId: r.jobId, vmId: r.vmId, exit: r.proc.exitInfo }, 'incoming migration dropped; destination reaped');
   }
 
@@ -374,7 +340,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
         if (e.event === 'MIGRATION' && e.data.status !== 'setup') connected = true;
       });
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-      r.uri = await this.startListening(qmp, r);
+      r.uri = await startListening(qmp, r, this.opts, this.incomingSource.get(r.jobId)!);
       log.info({ uri: r.uri, tls: r.tls }, 'destination listening');
       // A source that never connects (it died, or gave up before sending) must not leave a QEMU waiting here forever.
       setTimeout(() => {
@@ -389,47 +355,22 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       }
     }
   }
-
-  /**
-   * migrate-incoming on this server's migration address (TCP port chosen by the kernel, read back from QEMU), or on
-   * a UNIX socket when agents share the host. With TLS: server credentials that require the peer's certificate
-   * (verify-peer) and admit only the source server's identity (tls-authz).
-   */
-  private async startListening(qmp: QmpClient, r: Incoming): Promise<string> {
-    const host = this.opts.migrationHost;
-    if (!host) {
-      await this.exportDisks(qmp, r, {});
-      await qmp.execute('migrate-incoming', { uri: `unix:${r.socketPath}` });
-      return `unix:${r.socketPath}`;
-    }
-    const s = this.settings;
-    if (s.transport === 'tls') {
-      const source = this.incomingSource.get(r.jobId)!;
-      await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: s.tlsDir!, endpoint: 'server', 'verify-peer': true });
-      await qmp.execute('object-add', { 'qom-type': 'authz-simple', id: 'authz0', identity: tlsIdentity(source) });
-      await qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-authz': 'authz0' });
-      r.tls = true;
-    }
-    await this.exportDisks(qmp, r, r.tls ? { 'tls-creds': 'tls0', 'tls-authz': 'authz0' } : {});
-    const hostPart = host.includes(':') ? `[${host}]` : host;
-    await qmp.execute('migrate-incoming', { uri: `tcp:${hostPart}:0` });
-    const q = queryMigrateSchema.parse(await qmp.execute('query-migrate'));
-    const port = q['socket-address']?.[0]?.port;
-    if (port === undefined) throw new Error('QEMU did not report the port it listens on');
-    return `tcp:${hostPart}:${String(port)}`;
-  }
-
   /** The incoming becomes a VM here. */
   private promote(r: Incoming, handedOverCounter: number | null): void {
     if (r.state === 'committed') return;
     this.commitReservation(r);
     fs.rmSync(r.socketPath, { force: true });
     // The mirror completed before the switchover: a writable export of the disk the guest now runs on must not stay.
-    void this.stopNbd(r).finally(() => fs.rmSync(`${r.socketPath}.nbd`, { force: true }));
+    void stopNbd(r, this.logger).finally(() => fs.rmSync(`${r.socketPath}.nbd`, { force: true }));
     const vm = new QemuVm(r.vmId, r.incarnationId, r.spec, r.machine, r.proc, handedOverCounter);
     if (r.proc.exitInfo) vm.failure = { code: 'VmFailed', message: `QEMU exited (${describeExit(r.proc.exitInfo)})` };
     this.place(vm);
     this.logger.info({ jobId: r.jobId, vmId: vm.vmId, pid: r.proc.pid, handedOverCounter }, 'incoming VM running here');
+  }
+
+  /** Wipes the machine's local disks, counting the bytes for `/v1/info`. */
+  private wipe(machine: MachineSpec, why: string): void {
+    this.wipedBytes += wipeDisks(machine, why, this.logger);
   }
 
   private spawn(dirName: string, vmId: string, machine: MachineSpec, incoming: boolean): QemuProcess {
@@ -450,132 +391,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     });
     return proc;
   }
-
-  /**
-   * The VM's disks on this server: a local disk is a file in the storage folder (`jobId` set: an empty one for an
-   * incoming migration, named after the job so a reservation that gives way never shares a file with its successor;
-   * unset: a new VM's, with the test fill at its end), a network disk the storage service's volume.
-   */
-  private attachDisks(machine: MachineSpec, vmId: string, spec: VmSpec, jobId: string | null): void {
-    const ns = this.opts.networkStorage;
-    const tag = createHash('sha256')
-      .update(`${vmId}\0${jobId ?? ''}`)
-      .digest('hex')
-      .slice(0, 16);
-    const fillBytes = (size: number) => Math.min(this.opts.diskFillMiB * 2 ** 20, Math.floor(size / 2 / BLOCK_BYTES) * BLOCK_BYTES);
-    const disks: MachineDisk[] = vmDisks(spec).map((d, i): MachineDisk => {
-      if (d.kind === 'network') {
-        const nbd: NetworkStorage = {
-          host: ns!.host,
-          port: ns!.port,
-          ...(this.settings.transport === 'tls' && ns!.tlsHostname ? { tlsHostname: ns!.tlsHostname, tlsCredsId: STORAGE_TLS_ID } : {}),
-        };
-        return { node: diskNode(i), name: d.name, kind: 'network', volumeId: d.volumeId, nbd };
-      }
-      return { node: diskNode(i), name: d.name, kind: 'local', path: path.join(this.opts.storageDir, `${tag}-${i}.raw`), sizeBytes: gibToBytes(d.sizeGiB) };
-    });
-    if (!disks.length) return;
-    machine.disks = disks;
-    if (disks.some((d) => d.kind === 'network' && d.nbd.tlsCredsId)) machine.storageTlsDir = this.settings.tlsDir!;
-    const local = disks.filter((d) => d.kind === 'local');
-    if (local.length) machine.diskBlocks = Math.min(...local.map((d) => (d.sizeBytes - fillBytes(d.sizeBytes)) / BLOCK_BYTES));
-    for (const d of local) {
-      createDiskFile(d.path, d.sizeBytes);
-      if (jobId === null) fillDiskTail(d.path, d.sizeBytes, fillBytes(d.sizeBytes));
-    }
-  }
-
-  /** Wipes (discards, then removes) the machine's local disk files; idempotent. */
-  private wipeDisks(machine: MachineSpec, why: string): void {
-    for (const d of machine.disks ?? []) {
-      if (d.kind !== 'local') continue;
-      try {
-        const bytes = wipeDiskFile(d.path);
-        this.wipedBytes += bytes;
-        if (bytes) this.logger.info({ disk: d.name, file: d.path, bytes, why }, 'local disk wiped');
-      } catch (err) {
-        this.logger.error({ disk: d.name, file: d.path, err: err instanceof Error ? err.message : String(err) }, 'could not wipe a local disk');
-      }
-    }
-  }
-
-  /**
-   * The destination exports its empty local disks, writable, on this server's migration address (a kernel-chosen
-   * free port) or a UNIX socket, with the migration's TLS credentials and authz (only the source may connect).
-   */
-  private async exportDisks(qmp: QmpClient, r: Incoming, tls: Record<string, string>): Promise<void> {
-    const local = (r.machine.disks ?? []).filter((d) => d.kind === 'local');
-    if (!local.length) return;
-    const host = this.opts.migrationHost;
-    let addr: Record<string, unknown>;
-    let address: string;
-    if (host) {
-      const port = await freeTcpPort(host);
-      // nbd-server-start takes the legacy SocketAddress form ({type, data}).
-      addr = { type: 'inet', data: { host, port: String(port) } };
-      address = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
-    } else {
-      const sock = `${r.socketPath}.nbd`;
-      fs.rmSync(sock, { force: true });
-      addr = { type: 'unix', data: { path: sock } };
-      address = `unix:${sock}`;
-    }
-    await qmp.execute('nbd-server-start', { addr, ...tls });
-    r.nbdStarted = true;
-    for (const d of local) await qmp.execute('block-export-add', { type: 'nbd', id: `export-${d.node}`, 'node-name': d.node, name: d.node, writable: true });
-    r.nbdAddress = address;
-  }
-
-  /** Removes the destination's exports and its NBD server (hard: a client still connected is cut off). */
-  private async stopNbd(r: Incoming): Promise<void> {
-    if (!r.nbdStarted || !r.proc.running) return;
-    r.nbdStarted = false;
-    try {
-      const qmp = await r.proc.qmp();
-      for (const d of r.machine.disks ?? [])
-        if (d.kind === 'local') await qmp.execute('block-export-del', { id: `export-${d.node}`, mode: 'hard' }).catch(() => undefined);
-      await qmp.execute('nbd-server-stop');
-      this.logger.info({ jobId: r.jobId, vmId: r.vmId }, 'NBD exports of the incoming disks removed');
-    } catch (err) {
-      this.logger.warn({ jobId: r.jobId, err: err instanceof Error ? err.message : String(err) }, 'could not stop the NBD server of a destination');
-    }
-  }
-
-  /** What QEMU will run for this spec, or a 400 naming the field it cannot honour. */
-  private machineFor(vmId: string, spec: VmSpec, prefix: string): MachineSpec {
-    if (spec.vcpus < 1) throw invalidInput(`${prefix}.vcpus`, `${prefix}.vcpus: a VM needs at least 1 vCPU`);
-    if (spec.vcpus > this.opts.maxVmVcpus)
-      throw invalidInput(`${prefix}.vcpus`, `${prefix}.vcpus: ${spec.vcpus} is above this agent's limit of ${this.opts.maxVmVcpus} per VM`);
-    if (spec.memoryMiB > this.opts.maxVmMemoryMiB)
-      throw invalidInput(`${prefix}.memoryMiB`, `${prefix}.memoryMiB: ${spec.memoryMiB} is above this agent's limit of ${this.opts.maxVmMemoryMiB} MiB per VM`);
-    if (spec.memoryMiB < MIN_VM_MEMORY_MIB)
-      throw invalidInput(`${prefix}.memoryMiB`, `${prefix}.memoryMiB: ${spec.memoryMiB} is below the ${MIN_VM_MEMORY_MIB} MiB the guest needs`);
-    const w = spec.workload;
-    const dirtyMiB = w && w.dirtyRateMiBps > 0 ? Math.ceil(w.workingSetMiB) : 0;
-    // The dirtier's buffer lives in guest tmpfs: past 1/8 of RAM a small guest runs out of memory.
-    if (dirtyMiB > Math.floor(spec.memoryMiB / 8))
-      throw invalidInput(
-        `${prefix}.workload.workingSetMiB`,
-        `${prefix}.workload.workingSetMiB: at most 1/8 of memoryMiB (${Math.floor(spec.memoryMiB / 8)}) for a qemu guest`,
-      );
-    const machine: MachineSpec = { memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, dirtyMiB, dirtyRateMiBps: dirtyMiB > 0 ? Math.ceil(w!.dirtyRateMiBps) : 0 };
-    if (this.opts.tenantBridge) Object.assign(machine, { nic: guestNic(vmId), marker: guestMarker(vmId) });
-    return machine;
-  }
 }
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-/** A TCP port free on `host` right now (QEMU's nbd-server-start cannot report a kernel-chosen one). */
-function freeTcpPort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
 }

@@ -12,7 +12,8 @@ import type {
   VmView,
 } from '../agent-api';
 import type { ComputeBackend } from '../backend';
-import { BackendBase, type BackendBaseOptions, type BackendIncoming } from '../backend-base';
+import { BackendBase } from '../backend-base';
+import type { BackendBaseOptions, BackendIncoming } from '../backend-contract';
 import { conflict } from '../errors';
 import { mibToBytes } from '../units';
 import { SimClock } from './clock';

@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { z } from 'zod';
 import { UserFacingError } from '../../common/errors';
 import type { Fleet, FleetServer } from '../../common/fleet';
 import type { Logger } from '../../common/logger';
@@ -10,9 +9,29 @@ import { CONTROL_PLANE_CN } from '../agent-tls';
 import { ensureFleetCa, issueClientCreds, issueServerCreds, type FleetCa } from '../fleet-ca';
 import { TENANT_MTU } from '../qemu/guest-nic';
 import { loadQemuTools } from '../qemu/tools';
-import { STORAGE_NAME, STORAGE_NBD_PORT, storageDaemonArgs, waitStorageReady, type StorageService } from './storage';
+import { STORAGE_NAME, STORAGE_NBD_PORT, storageDaemonArgs, waitStorageReady } from './storage';
 import { bridgeIn, deleteNamespace, inNs, ipIn, linkExists, listNamespaces, run, tcIn } from './net';
-import type { TestbedAgentConfig } from './agent-main';
+import { startAgentIn } from './agent-process';
+import { killIfOurs, processesUnder } from './processes';
+import { claimSlot, releaseSlot } from './slots';
+import {
+  nsName,
+  saveTestbedState,
+  serverId,
+  TENANT_BRIDGE,
+  TENANT_CLIENT_IP,
+  testbedOptionsSchema,
+  readTestbedState,
+  testbedDir,
+  type TestbedOptions,
+  type TestbedServer,
+  type TestbedState,
+} from './state';
+
+// The testbed's face to the CLI, the bench and the tests.
+export { processesUnder, spawnInTestbed } from './processes';
+export { readTestbedState, serverId, TENANT_BRIDGE, TENANT_CLIENT_IP, testbedDir, testbedOptionsSchema } from './state';
+export type { TestbedOptions, TestbedServer, TestbedState } from './state';
 
 /**
  * A testbed of real (namespaced) servers on this machine. Each server is a network namespace with a veth into a
@@ -26,9 +45,6 @@ import type { TestbedAgentConfig } from './agent-main';
  * bridge, qdisc, process and file. Deleting a namespace removes its veths, bridges, taps, VXLAN devices and qdiscs.
  */
 
-const NS_PREFIX = 'dhmtb-';
-/** 198.18.<slot>.0/24 per testbed: the fabric of two testbeds never overlaps in the root namespace's routes. */
-const MAX_SLOT = 254;
 /** .1 – .250 servers, .252 the storage service, .253 tenant, .254 the root namespace (the control plane). */
 export const MAX_SERVERS = 250;
 const STORAGE_HOST = 252;
@@ -38,83 +54,6 @@ const ROOT_HOST = 254;
 const PER_SERVER_MIB = 192;
 const VXLAN_ID = 100;
 const VXLAN_PORT = 4789;
-export const TENANT_BRIDGE = 'brt';
-/** The tenant client's address on the tenant network; servers' bridges get 198.19.255.<i>. */
-export const TENANT_CLIENT_IP = '198.19.255.254';
-const SLOT_DIR = '/run/dhm-testbed';
-const AGENT_READY_MS = 90_000;
-const PROJECT_ROOT = path.resolve(__dirname, '..', '..');
-const DHM_BIN = path.join(PROJECT_ROOT, 'bin', 'dhm.js');
-
-export const testbedOptionsSchema = z
-  .object({
-    /** Unique per testbed on this machine: names and folders derive from it. */
-    name: z.string().regex(/^[a-z0-9]{1,10}$/, 'lowercase letters and digits, at most 10'),
-    /** Where its folder goes (`<root>/<name>`): DHM_HOME/testbed for `dhm testbed`, a temporary folder in tests. */
-    root: z.string().min(1),
-    servers: z.number().int().min(1),
-    /** Bits/s each server's egress is shaped to; the fleet's nicBandwidthBps is set to it (the model's B is the testbed's). */
-    nicBandwidthBps: z.number().min(1e6).max(4e9).default(300e6),
-    capacity: z
-      .object({ vcpus: z.number().int().positive(), memoryMiB: z.number().int().positive(), diskGiB: z.number().int().positive() })
-      .default({ vcpus: 4, memoryMiB: 1024, diskGiB: 20 }),
-    transport: z.enum(['tls', 'insecure']).default('tls'),
-    toolsDir: z.string().min(1).optional(),
-    /** Agents die with this process (tests); `dhm testbed up` leaves them running until `down`. */
-    attached: z.boolean().default(true),
-    logLevel: z.string().default('warn'),
-    /** The agents give a migration up after this long without a byte sent (a partition). */
-    stallTimeoutMs: z.number().int().min(1_000).default(8_000),
-    /** MiB of random data at the end of every new local disk (what a mirror has to send besides the guest's blocks). */
-    diskFillMiB: z.number().int().min(0).max(4096).default(0),
-    /** The agents' fault-injection routes (tests that inject faults); off by default, as in production. */
-    faultRoutes: z.boolean().default(false),
-  })
-  .strict();
-export type TestbedOptions = z.input<typeof testbedOptionsSchema>;
-
-export interface TestbedServer {
-  id: string;
-  index: number;
-  namespace: string;
-  fabricIp: string;
-  /** The server's own address on the tenant network (its bridge): where the agent's probe comes from. */
-  tenantIp: string;
-  dir: string;
-  agentUrl: string;
-  agentPid: number;
-  credsDir: string;
-  /** Its local storage (one raw file per local disk): `<dir>/disks`, 0700. */
-  storageDir: string;
-}
-
-export interface TestbedState {
-  name: string;
-  dir: string;
-  slot: number;
-  fabricNamespace: string;
-  tenantNamespace: string;
-  rootVeth: string;
-  rootIp: string;
-  tenantFabricIp: string;
-  namespaces: string[];
-  nicBandwidthBps: number;
-  transport: 'tls' | 'insecure';
-  caCert: string;
-  /** The control plane's agent-plane client certificate (issued by the testbed's CA): what the root namespace calls agents with. */
-  controlPlaneDir: string;
-  servers: TestbedServer[];
-  /** The storage service (network disks): qemu-storage-daemon in its own namespace on the fabric. */
-  storage: StorageService;
-  fleet: Fleet;
-  /** Every process the testbed started (agents, tenant clients, captures), with a string their command line holds. */
-  pids: Array<{ pid: number; role: string; match: string }>;
-}
-
-export const testbedDir = (root: string, name: string) => path.join(root, name);
-const stateFile = (dir: string) => path.join(dir, 'state.json');
-const nsName = (name: string, part: string) => `${NS_PREFIX}${name}-${part}`;
-export const serverId = (i: number) => `tb-${i}`;
 
 /** Refuses, in one line naming the field, a testbed this machine or the address range cannot hold. */
 export function checkTestbedSize(servers: number): void {
@@ -206,7 +145,7 @@ export async function upTestbed(input: TestbedOptions, logger: Logger): Promise<
     fleet: testbedFleet({ ...o, storageIp: `${net}.${STORAGE_HOST}` }),
     pids: [],
   };
-  const save = () => fs.writeFileSync(stateFile(dir), JSON.stringify(state, null, 2), { mode: 0o600 });
+  const save = () => saveTestbedState(state);
   // Recorded before anything is made, so a crash at any step leaves a state `down` can clean.
   state.namespaces = [
     state.fabricNamespace,
@@ -333,7 +272,7 @@ async function startStorage(st: TestbedState, tools: ReturnType<typeof loadQemuT
   const child = spawn(cmd as string, cmdArgs as string[], { stdio: ['ignore', log, log], detached: !attached });
   fs.closeSync(log);
   st.pids.push({ pid: child.pid!, role: 'storage service', match: s.dir });
-  fs.writeFileSync(stateFile(st.dir), JSON.stringify(st, null, 2), { mode: 0o600 });
+  saveTestbedState(st);
   if (!attached) child.unref();
   await waitStorageReady(s, logger, () => child.exitCode === null).catch((err: unknown) => {
     const tail = fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').slice(-2000).trim() : '';
@@ -347,89 +286,6 @@ async function makeTenant(st: TestbedState, vteps: string[]): Promise<void> {
   await vxlan(ns, st.tenantFabricIp, vteps);
   await ipIn(ns, 'link', 'set', 'vx0', 'mtu', String(TENANT_MTU), 'up');
   await ipIn(ns, 'addr', 'add', `${TENANT_CLIENT_IP}/16`, 'dev', 'vx0');
-}
-
-/** One line of the testbed: an agent started inside its server's namespace, bound to its fabric address. */
-async function startAgentIn(
-  st: TestbedState,
-  s: TestbedServer,
-  peers: string[],
-  o: z.infer<typeof testbedOptionsSchema>,
-  logger: Logger,
-): Promise<{ pid: number; url: string }> {
-  const fleetServer = st.fleet.servers.find((f) => f.id === s.id)!;
-  const readyFile = path.join(s.dir, 'agent.ready');
-  fs.rmSync(readyFile, { force: true });
-  const config: TestbedAgentConfig = {
-    readyFile,
-    logLevel: o.logLevel,
-    tlsDir: s.credsDir,
-    faultRoutes: o.faultRoutes,
-    agent: {
-      serverId: s.id,
-      capacity: fleetServer.capacity,
-      nicBandwidthBps: fleetServer.nicBandwidthBps,
-      host: s.fabricIp,
-      port: 0,
-      backend: 'qemu',
-      qemu: {
-        ...(o.toolsDir ? { toolsDir: o.toolsDir } : {}),
-        stateDir: path.join(s.dir, 'agent'),
-        migrationDir: path.join(s.dir, 'migrate'),
-        maxVmMemoryMiB: Math.min(fleetServer.capacity.memoryMiB, 512),
-        migrationHost: s.fabricIp,
-        transport: o.transport,
-        ...(o.transport === 'tls' ? { tlsDir: s.credsDir, fleetCaCert: st.caCert } : {}),
-        tenantBridge: TENANT_BRIDGE,
-        peers,
-        stallTimeoutMs: o.stallTimeoutMs,
-        storageDir: s.storageDir,
-        diskFillMiB: o.diskFillMiB,
-        networkStorage: { host: st.storage.ip, port: st.storage.port, serverName: st.storage.serverName },
-      },
-    },
-  };
-  const configFile = path.join(s.dir, 'agent.json');
-  fs.writeFileSync(configFile, JSON.stringify(config, null, 2), { mode: 0o600 });
-  const log = fs.openSync(path.join(s.dir, 'agent.log'), 'a');
-  const argv = ['netns', 'exec', s.namespace, process.execPath, DHM_BIN, 'testbed', 'agent', '--config', configFile];
-  // Attached (tests): setpriv makes the kernel kill the agent if this process dies; the agent's QEMUs follow it.
-  const [cmd, args] = o.attached ? ['setpriv', ['--pdeathsig', 'KILL', '--', 'ip', ...argv]] : ['ip', argv];
-  const child = spawn(cmd as string, args as string[], { stdio: ['ignore', log, log], detached: !o.attached, env: agentEnv() });
-  fs.closeSync(log);
-  const pid = child.pid!;
-  st.pids.push({ pid, role: `agent ${s.id}`, match: configFile });
-  if (!o.attached) child.unref();
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const deadline = Date.now() + AGENT_READY_MS;
-  for (;;) {
-    if (fs.existsSync(readyFile)) {
-      const ready = JSON.parse(fs.readFileSync(readyFile, 'utf8')) as { url: string };
-      return { pid, url: ready.url };
-    }
-    const code = child.exitCode ?? (await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 100))])); // poll interval within the deadline
-    if (code !== undefined && code !== null) {
-      const tail = fs.readFileSync(path.join(s.dir, 'agent.log'), 'utf8').trim().split('\n').slice(-3).join(' | ');
-      throw new Error(`the agent of ${s.id} exited (code ${code}) before it was ready: ${tail}`);
-    }
-    if (Date.now() > deadline) throw new Error(`the agent of ${s.id} was not ready within ${AGENT_READY_MS} ms`);
-  }
-  void logger;
-}
-
-/** The agent sees none of the caller's DHM_* settings (they would be refused or misapplied inside a server). */
-function agentEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('DHM_') || k === 'DHM_TOOLS_DIR') env[k] = v;
-  return env;
-}
-
-export function readTestbedState(dir: string): TestbedState | null {
-  try {
-    return JSON.parse(fs.readFileSync(stateFile(dir), 'utf8')) as TestbedState;
-  } catch {
-    return null;
-  }
 }
 
 /**
@@ -478,98 +334,6 @@ export async function testbedLeftovers(st: Pick<TestbedState, 'name' | 'rootVeth
   left.push(...processesUnder(st.dir).map((p) => `process ${p}`));
   if (fs.existsSync(st.dir)) left.push(`folder ${st.dir}`);
   return left;
-}
-
-/** Kills `pid` only if its command line still holds `match` (a pid the kernel reused is someone else's). */
-async function killIfOurs(pid: number, match: string): Promise<boolean> {
-  const cmd = cmdline(pid);
-  if (cmd === null || !cmd.includes(match)) return false;
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return false;
-  }
-  const deadline = Date.now() + 5_000;
-  while (cmdline(pid) !== null && Date.now() < deadline) await new Promise<void>((r) => setTimeout(r, 50)); // waiting for it to exit
-  if (cmdline(pid) !== null) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone meanwhile
-    }
-    while (cmdline(pid) !== null && Date.now() < deadline + 5_000) await new Promise((r) => setTimeout(r, 20));
-  }
-  return true;
-}
-
-function cmdline(pid: number): string | null {
-  try {
-    const s = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    // A zombie has an empty command line: it is gone for our purposes.
-    return s === '' ? null : s.split('\0').join(' ');
-  } catch {
-    return null;
-  }
-}
-
-/** Pids whose command line mentions the testbed's folder (never this process). */
-export function processesUnder(dir: string): number[] {
-  const found: number[] = [];
-  for (const e of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
-    const c = cmdline(Number(e));
-    if (c?.includes(dir)) found.push(Number(e));
-  }
-  return found;
-}
-
-/**
- * A /24 of 198.18.0.0/15 that no other testbed on this machine holds and the root namespace does not route yet.
- * Claimed by creating `/run/dhm-testbed/slot-<n>` exclusively; a claim whose testbed folder is gone is stale.
- */
-function claimSlot(dir: string): number {
-  fs.mkdirSync(SLOT_DIR, { recursive: true });
-  for (let n = 1; n <= MAX_SLOT; n++) {
-    const f = path.join(SLOT_DIR, `slot-${n}`);
-    if (fs.existsSync(f)) {
-      const owner = fs.readFileSync(f, 'utf8');
-      if (owner !== dir && fs.existsSync(owner)) continue;
-      fs.rmSync(f, { force: true });
-    }
-    if (routed(`198.18.${n}.`)) continue;
-    try {
-      fs.writeFileSync(f, dir, { flag: 'wx' });
-      return n;
-    } catch {
-      continue; // another testbed took it just now
-    }
-  }
-  throw new UserFacingError(`name: no free 198.18.x.0/24 left for another testbed on this machine (${MAX_SLOT} in use)`, 'name');
-}
-
-function releaseSlot(dir: string): void {
-  if (!fs.existsSync(SLOT_DIR)) return;
-  for (const f of fs.readdirSync(SLOT_DIR)) {
-    const p = path.join(SLOT_DIR, f);
-    try {
-      if (fs.readFileSync(p, 'utf8') === dir) fs.rmSync(p, { force: true });
-    } catch {
-      // raced with another release
-    }
-  }
-}
-
-/** Whether an interface of the root namespace already has an address in that /24. */
-function routed(prefix: string): boolean {
-  return Object.values(os.networkInterfaces()).some((l) => (l ?? []).some((a) => a.address.startsWith(prefix)));
-}
-
-/** Starts a process inside one of the testbed's namespaces, recorded in its state so `down` stops it. */
-export function spawnInTestbed(st: TestbedState, ns: string, role: string, command: string[], match: string) {
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', 'netns', 'exec', ns, ...command], { stdio: ['pipe', 'pipe', 'pipe'] });
-  st.pids.push({ pid: child.pid!, role, match });
-  fs.writeFileSync(stateFile(st.dir), JSON.stringify(st, null, 2), { mode: 0o600 });
-  return child;
 }
 
 export { inNs };

@@ -23,7 +23,10 @@ export interface StartAgentOptions {
   capacity: Resources;
   /** NIC bandwidth in bits/s, as in the fleet file. */
   nicBandwidthBps: number;
-  /** Per-stream cap S as a fraction of the NIC bandwidth (one stream cannot fill a fast link). Default 0.4. */
+  /**
+   * The sim's per-channel cap S as a fraction of the NIC bandwidth (one stream cannot fill a fast link): a property of
+   * the simulated world, not an input of dhm's — the control plane learns S by measuring it (`GET /v1/link`). Default 0.4.
+   */
   streamCapFraction?: number;
   /** Simulated time runs this many times faster than real time. Default 1. */
   timeScale?: number;
@@ -69,6 +72,11 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
+/**
+ * The sim world's per-channel cap, S/B. Not measured anywhere (issue 18's calibration on the testbed is to replace it);
+ * dhm's workflow never reads it: it measures S through the agent, and uses this only as the fallback hint of
+ * `policyForHost` for agents that cannot measure.
+ */
 export const DEFAULT_STREAM_CAP_FRACTION = 0.4;
 const READYZ = '/readyz';
 /** The routes a peer server may call (for an expected job); the control plane never needs them. */

@@ -129,16 +129,23 @@ function resultPath(startedAt: Date, quick: boolean): string {
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   const p = plan(args.quick);
+  const startedAt = new Date();
   if (args.tune) {
     const seeds = args.quick ? TUNING_SEEDS.slice(0, 20) : TUNING_SEEDS;
-    console.log(`benchmark 1 --tune: dhm's constants on tuning seeds ${seeds[0]}–${seeds[seeds.length - 1]} (8- and 32-VM hosts), best first`);
+    const lines = [
+      `benchmark 1 --tune (${startedAt.toISOString()}): dhm's constants on tuning seeds ${seeds[0]}–${seeds[seeds.length - 1]} (8- and 32-VM hosts), best first`,
+    ];
     for (const r of tune([8, 32], seeds, DEFAULT_LINK))
-      console.log(
+      lines.push(
         `  CRITICAL_PATH_SLACK ${r.criticalPathSlack}  AUTO_CONVERGE_SHARE ${r.autoConvergeShare}  mean ×bound ${fmt(r.meanRatioToBound, 4)}  ≤${BOUND_TARGET}× bound ${fmt(100 * r.withinBound, 1)} %`,
       );
+    // Kept like every run's artefacts: never over an earlier file.
+    const out = path.resolve(args.out ?? resultPath(startedAt, args.quick).replace(/\.json$/, '.tune.txt'));
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    fs.writeFileSync(out, `${lines.join('\n')}\n`);
+    console.log(`${lines.join('\n')}\nwrote ${path.relative(process.cwd(), out)}`);
     return 0;
   }
-  const startedAt = new Date();
   const t0 = performance.now();
   const loadStart = os.loadavg();
   const problems: string[] = [];

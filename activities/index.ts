@@ -2,6 +2,7 @@ import type { Inventory } from '../inventory';
 import type { AgentDirectory } from '../compute/agent-directory';
 import { classified } from './failures';
 import { createLiveMigration } from './live-migrate';
+import { createMeasurements } from './measure';
 import { createMigrationSteps } from './migration-steps';
 import { createVmCensus } from './vm-census';
 
@@ -16,6 +17,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createMigrationSteps(deps),
     ...createLiveMigration(deps),
     ...createVmCensus(deps),
+    ...createMeasurements(deps),
   });
 }
 

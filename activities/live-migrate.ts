@@ -16,6 +16,10 @@ export interface LiveMigrateInput {
   maxDowntimeMs: number;
   bandwidthCapBps?: number;
   autoConverge: boolean;
+  /** Migration channels (multifd); omitted: one stream. */
+  channels?: number;
+  /** Switch to post-copy if the move does not converge (policy `postCopy`); omitted: no. */
+  postCopy?: boolean;
 }
 
 /** What a move heartbeats: the job's figures, with its progress in two parts (memory, and local disks or null). */
@@ -105,6 +109,8 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
           maxDowntimeMs: input.maxDowntimeMs,
           bandwidthCapBps: input.bandwidthCapBps,
           autoConverge: input.autoConverge,
+          ...(input.channels !== undefined ? { channels: input.channels } : {}),
+          ...(input.postCopy ? { postCopy: true } : {}),
         },
         { waitMs: WAIT_MS },
       );

@@ -10,8 +10,9 @@ import { autoSchedulePolicy } from '../workflows/vm-order';
  * guests that need it, a downtime target a third of the limit, critical-path caps), computed from the source
  * server's NIC; the workflow finds the critical-path VM itself from the VMs it moves. Every field the operator gave wins as given.
  *
- * The per-stream cap S is the agents' (`DEFAULT_STREAM_CAP_FRACTION` of the NIC for sim agents); a QEMU migration
- * stream is capped by the destination's CPU (`QEMU_STREAM_BITS_PER_SEC`) or by the link, whichever is lower.
+ * The policy measures its inputs (`measureInputs`): the workflow asks the source's agent for one stream's throughput S
+ * and each VM's dirty rate. The per-stream cap given here (`DEFAULT_STREAM_CAP_FRACTION` of the NIC for sim agents; for
+ * QEMU the destination's CPU, `QEMU_STREAM_BITS_PER_SEC`, or the link) is only the fallback for agents that cannot measure.
  */
 export async function policyForHost(inventory: Inventory, dedicatedHostId: string, explicit: Partial<MigrationPolicy> = {}): Promise<MigrationPolicyInput> {
   const host = await inventory.getHost(dedicatedHostId);

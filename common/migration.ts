@@ -52,6 +52,22 @@ export const migrationPolicySchema = z
     linkBytesPerSec: z.number().positive().max(1e12).optional(),
     /** The most one migration stream can use on that NIC (the agent's per-stream cap S), bytes/s. */
     streamCapBytesPerSec: z.number().positive().max(1e12).optional(),
+    /**
+     * Decide from what the agents measure (workflows/scheduler.ts): before the moves, the source's link (one stream's
+     * throughput: how many moves fill the NIC, the critical-path caps); before each move, the VM's dirty rate (its
+     * auto-converge). The link figures above and the VMs' declared workloads are then only a fallback, for agents that
+     * cannot measure. Default false: the policy's figures as given.
+     */
+    measureInputs: z.boolean().default(false),
+    /** Migration channels per move (QEMU's multifd): one VM's move may use up to this many streams' worth of the NIC. Omitted: 1. */
+    channels: z.number().int().min(1).max(64).optional(),
+    /**
+     * `when-not-converging`: a move that does not converge switches to post-copy (the VM runs on the target and pulls
+     * its missing pages) instead of failing. The risk: during post-copy the VM's memory is split over two servers, and
+     * a network break then loses the VM unless the move is paused and recovered (QEMU's migrate-pause/migrate-recover).
+     * Default `off`.
+     */
+    postCopy: z.enum(['off', 'when-not-converging']).default('off'),
     autoConverge: z.boolean().default(false),
     /** Auto-converge only for the VMs whose dirty rate reaches this (MiB/s); `autoConverge: true` still means every VM. */
     autoConvergeAboveDirtyRateMiBps: z.number().min(0).max(1e6).optional(),

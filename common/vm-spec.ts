@@ -12,6 +12,11 @@ export const workloadSchema = z
     dirtyRateMiBps: z.number().min(0).max(1e6),
     workingSetMiB: z.number().min(0).max(MAX_MEMORY_MIB),
     /**
+     * MiB/s the guest writes over the rest of its memory (the cold set, outside the working set), each write on a page
+     * at random (compute/sim/dirty-model.ts). Omitted: 0 (all writes go to the working set).
+     */
+    coldDirtyRateMiBps: z.number().min(0).max(1e6).optional(),
+    /**
      * GiB of its local disks the guest has written (at most their size): what a move's disk mirror copies; blocks
      * never written read as zeros and are skipped (QEMU's mirror with zero detection). Omitted: 0, a fresh disk.
      */

@@ -91,6 +91,8 @@ export const vmViewSchema = z.object({
   spec: vmSpecSchema,
   state: vmStateSchema,
   counter: z.number().int().min(0),
+  /** Auto-converge's throttle on the guest now, % of its CPU time (absent: not throttled); its operations slow accordingly. */
+  throttlePct: z.number().min(0).max(100).optional(),
 });
 export type VmView = z.infer<typeof vmViewSchema>;
 
@@ -210,6 +212,57 @@ export const migrationWaitQuerySchema = z
   .strict();
 export type MigrationWaitQuery = z.infer<typeof migrationWaitQuerySchema>;
 
+// ---- measurements ----------------------------------------------------------------------------------------------
+
+/**
+ * What dhm decides a move's settings from (auto-converge, streams, caps): measured on the agent, never taken from the
+ * tenant's declared workload (at most a hint). Two measurements, each the analogue of a QEMU tool:
+ *
+ * - A VM's **dirty rate** before its move: `GET /v1/vms/:vmId/dirty-rate?sampleMs=` — QEMU's `calc-dirty-rate`
+ *   (calc-time = sampleMs, then `query-dirty-rate` until its status is `measured`; its `dirty-rate` is MiB/s). The
+ *   rate is the distinct memory dirtied over the sample divided by its length, so a guest rewriting a small hot set
+ *   measures lower over a long sample than over a short one, as in QEMU. During a move the job's `dirtyRateBps`
+ *   (QEMU: query-migrate's `ram.dirty-pages-rate` × page size) is the live figure.
+ * - The **migration path** of the server: `GET /v1/link?sampleMs=` — the NIC's bandwidth and the throughput one
+ *   migration stream (one channel) has been measured to reach alone on it. The agent measures it once, on an idle link
+ *   (the first call, made before any move starts), and answers that measurement afterwards.
+ *
+ * Backends that cannot measure answer 501 `NOT_IMPLEMENTED`; the control plane then falls back on the declared hint.
+ */
+export const measureQuerySchema = z
+  .object({
+    /** How long to sample, ms (QEMU's calc-time is whole seconds: a qemu agent rounds up). Default 1000. */
+    sampleMs: z.coerce.number().int().min(100).max(60_000).default(1000),
+  })
+  .strict();
+export type MeasureQuery = z.infer<typeof measureQuerySchema>;
+
+export const dirtyRateMeasurementSchema = z.object({
+  vmId: z.string(),
+  /** Bytes/s of distinct guest memory dirtied over the sample (after any auto-converge throttle in force). */
+  dirtyRateBps: z.number().min(0),
+  /** How long the sample really was, ms (simulated ms on a sim agent). */
+  sampleMs: z.number().min(0),
+  /** How it was measured: `sim` (the model, with measurement noise), `calc-dirty-rate` (QEMU's page sampling), `dirty-ring`, `dirty-bitmap`. */
+  method: z.string(),
+});
+export type DirtyRateMeasurement = z.infer<typeof dirtyRateMeasurementSchema>;
+
+export const linkMeasurementSchema = z.object({
+  serverId: z.string(),
+  /** The NIC's bandwidth B, bytes/s (as configured; the fleet file's bits/s ÷ 8). */
+  nicBytesPerSec: z.number().positive(),
+  /**
+   * Measured: what one migration stream (one channel: a single TCP connection and the thread behind it) carries alone
+   * on this link, bytes/s (≤ B). A move with `channels` k gets at most min(B, k × this).
+   */
+  streamBytesPerSec: z.number().positive(),
+  sampleMs: z.number().min(0),
+  /** `sim` (the model, with measurement noise), `probe` (a timed transfer to a peer), `migration` (a finished move's ram.mbps). */
+  method: z.string(),
+});
+export type LinkMeasurement = z.infer<typeof linkMeasurementSchema>;
+
 // ---- agent-to-agent: receiving a migration ---------------------------------------------------------------------
 
 /** The source asks the target to reserve room for a VM before it sends a byte. */
@@ -292,6 +345,8 @@ export const routes = {
   incarnation: '/v1/incarnations/:incarnationId',
   vm: '/v1/vms/:vmId',
   guestOps: '/v1/vms/:vmId/guest-ops',
+  dirtyRate: '/v1/vms/:vmId/dirty-rate',
+  link: '/v1/link',
   migration: '/v1/migrations/:jobId',
   cancelMigration: '/v1/migrations/:jobId/cancel',
   incoming: '/v1/incoming-migrations/:jobId',
@@ -311,6 +366,8 @@ export const paths = {
   incarnation: fill(routes.incarnation),
   vm: fill(routes.vm),
   guestOps: fill(routes.guestOps),
+  dirtyRate: fill(routes.dirtyRate),
+  link: routes.link,
   migration: fill(routes.migration),
   cancelMigration: fill(routes.cancelMigration),
   incoming: fill(routes.incoming),

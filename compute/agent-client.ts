@@ -2,20 +2,24 @@ import * as https from 'node:https';
 import type { Resources } from '../common/resources';
 import {
   agentInfoSchema,
+  dirtyRateMeasurementSchema,
   expectedIncomingSchema,
   faultsStateSchema,
   guestOpResultSchema,
   incarnationViewSchema,
+  linkMeasurementSchema,
   MAX_MIGRATION_WAIT_MS,
   migrationJobSchema,
   paths,
   vmViewSchema,
   type AgentInfo,
+  type DirtyRateMeasurement,
   type ExpectIncomingBody,
   type Faults,
   type GuestOp,
   type GuestOpResult,
   type IncarnationView,
+  type LinkMeasurement,
   type MigrationJob,
   type StartMigrationInput,
   type VmSpec,
@@ -25,7 +29,19 @@ import { AgentError, callAgent, type CallTarget } from './agent-http';
 import { agentHttpsAgent, type AgentClientTls } from './agent-tls';
 
 export { AgentError } from './agent-http';
-export type { AgentInfo, Faults, GuestOp, GuestOpResult, IncarnationView, MigrationJob, StartMigrationInput, VmSpec, VmView } from './agent-api';
+export type {
+  AgentInfo,
+  DirtyRateMeasurement,
+  LinkMeasurement,
+  Faults,
+  GuestOp,
+  GuestOpResult,
+  IncarnationView,
+  MigrationJob,
+  StartMigrationInput,
+  VmSpec,
+  VmView,
+} from './agent-api';
 
 export interface AgentClientOptions {
   baseUrl: string;
@@ -73,6 +89,13 @@ export interface AgentClient {
   getMigration(jobId: string, opts?: { waitMs?: number }): Promise<MigrationJob | null>;
   /** Before switchover: the VM stays on the source ('cancelled'). After completion: AgentError 409 MIGRATION_COMPLETED. */
   cancelMigration(jobId: string): Promise<MigrationJob>;
+  /**
+   * The VM's measured dirty rate over `sampleMs` (agent-api.ts, "measurements"); null when the agent's backend cannot
+   * measure (501), so the caller falls back on a hint. The request waits the sample out.
+   */
+  measureDirtyRate(vmId: string, sampleMs?: number): Promise<DirtyRateMeasurement | null>;
+  /** The server's link as the agent measured it (one stream's throughput, the NIC's); null when it cannot measure. */
+  measureLink(sampleMs?: number): Promise<LinkMeasurement | null>;
   /** Served wherever the VM runs now: a `VM_MOVED` answer is followed (a few hops at most). */
   guestOp(vmId: string, op: GuestOp): Promise<GuestOpResult>;
   /** Tells this agent to let `sourceServerId` migrate `vmId` into `incarnationId` as job `jobId` (idempotent). */
@@ -138,6 +161,16 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
     }
   }
 
+  const nullIfNotImplemented = async <T>(p: Promise<T>): Promise<T | null> => {
+    try {
+      return await p;
+    } catch (err) {
+      if (err instanceof AgentError && err.status === 501) return null;
+      throw err;
+    }
+  };
+  const sampled = (sampleMs: number | undefined) => Math.max(100, Math.min(60_000, Math.round(sampleMs ?? 1000)));
+
   const nullIfNotFound = async <T>(p: Promise<T>): Promise<T | null> => {
     try {
       return await p;
@@ -169,6 +202,15 @@ export function createAgentClient(opts: AgentClientOptions): AgentClient {
       return nullIfNotFound(callAgent(target, 'GET', `${paths.migration(jobId)}?waitMs=${waitMs}&while=running`, undefined, migrationJobSchema));
     },
     cancelMigration: (jobId) => callAgent(home, 'POST', paths.cancelMigration(jobId), undefined, migrationJobSchema),
+    measureDirtyRate: (vmId, sampleMs) => {
+      const ms = sampled(sampleMs);
+      const target = { ...home, timeoutMs: timeoutMs + ms };
+      return nullIfNotImplemented(callAgent(target, 'GET', `${paths.dirtyRate(vmId)}?sampleMs=${ms}`, undefined, dirtyRateMeasurementSchema));
+    },
+    measureLink: (sampleMs) => {
+      const ms = sampled(sampleMs);
+      return nullIfNotImplemented(callAgent({ ...home, timeoutMs: timeoutMs + ms }, 'GET', `${paths.link}?sampleMs=${ms}`, undefined, linkMeasurementSchema));
+    },
     guestOp: (vmId, op) => followingMoves((t) => callAgent(t, 'POST', paths.guestOps(vmId), op, guestOpResultSchema)),
     expectIncoming: async ({ jobId, ...body }) => {
       await callAgent(home, 'PUT', paths.expectIncoming(jobId), body, expectedIncomingSchema);

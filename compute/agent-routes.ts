@@ -7,6 +7,7 @@ import {
   agentInfoSchema,
   commitIncomingBodySchema,
   createVmBodySchema,
+  dirtyRateMeasurementSchema,
   expectedIncomingSchema,
   expectIncomingBodySchema,
   faultsSchema,
@@ -15,6 +16,8 @@ import {
   guestOpSchema,
   incarnationViewSchema,
   incomingViewSchema,
+  linkMeasurementSchema,
+  measureQuerySchema,
   migrationJobSchema,
   migrationWaitQuerySchema,
   routes,
@@ -117,6 +120,20 @@ export function registerAgentRoutes(
     const vmId = id(req.params, 'vmId');
     const op = parseOr400(guestOpSchema, req.body);
     return send(reply, guestOpResultSchema, await backend.guestOp(vmId, op));
+  });
+
+  // ---- measurements (501 from a backend that cannot measure: the control plane then uses the declared hint)
+  const notImplemented = (what: string) => new AgentFailure(501, 'NOT_IMPLEMENTED', `the ${backend.kind} backend does not measure ${what}`);
+  app.get(routes.dirtyRate, quiet, async (req, reply) => {
+    const vmId = id(req.params, 'vmId');
+    const { sampleMs } = parseOr400(measureQuerySchema, req.query);
+    if (!backend.measureDirtyRate) throw notImplemented('dirty rates');
+    return send(reply, dirtyRateMeasurementSchema, await backend.measureDirtyRate(vmId, sampleMs));
+  });
+  app.get(routes.link, quiet, async (req, reply) => {
+    const { sampleMs } = parseOr400(measureQuerySchema, req.query);
+    if (!backend.measureLink) throw notImplemented('its link');
+    return send(reply, linkMeasurementSchema, await backend.measureLink(sampleMs));
   });
 
   // ---- outbound migrations

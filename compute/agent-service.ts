@@ -24,10 +24,15 @@ export interface StartAgentOptions {
   capacity: Resources;
   /** NIC bandwidth in bits/s, as in the fleet file. */
   nicBandwidthBps: number;
-  /** Per-stream cap S as a fraction of the NIC bandwidth (one stream cannot fill a fast link). Default 0.4. */
+  /**
+   * The sim's per-channel cap S as a fraction of the NIC bandwidth (one stream cannot fill a fast link): a property of
+   * the simulated world, not an input of dhm's — the control plane learns S by measuring it (`GET /v1/link`). Default 0.4.
+   */
   streamCapFraction?: number;
   /** Simulated time runs this many times faster than real time. Default 1. */
   timeScale?: number;
+  /** Seed of the sim's measurement noise (compute/sim/measure.ts); default: from the server id. */
+  measurementSeed?: number;
   host?: string;
   /** The host name other processes reach this agent by (its URL); default: `host`, or loopback for a wildcard bind. */
   advertiseHost?: string;
@@ -68,6 +73,11 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
+/**
+ * The sim world's per-channel cap, S/B. Not measured anywhere (issue 18's calibration on the testbed is to replace it);
+ * dhm's workflow never reads it: it measures S through the agent, and uses this only as the fallback hint of
+ * `policyForHost` for agents that cannot measure.
+ */
 export const DEFAULT_STREAM_CAP_FRACTION = 0.4;
 const READYZ = '/readyz';
 /** The routes a peer server may call (for an expected job); the control plane never needs them. */
@@ -81,6 +91,12 @@ const startAgentOptionsSchema = z.object({
   nicBandwidthBps: z.number().positive().max(1e13),
   streamCapFraction: z.number().gt(0).max(1).default(DEFAULT_STREAM_CAP_FRACTION),
   timeScale: z.number().positive().max(1e7).default(1),
+  measurementSeed: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 32 - 1)
+    .optional(),
   host: z.string().min(1).default('127.0.0.1'),
   advertiseHost: z.string().min(1).optional(),
   port: z.number().int().min(0).max(65535).default(0),
@@ -124,6 +140,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
           nicBytesPerSec: bitsToBytesPerSec(opts.nicBandwidthBps),
           streamCapFraction: opts.streamCapFraction,
           timeScale: opts.timeScale,
+          ...(opts.measurementSeed !== undefined ? { measurementSeed: opts.measurementSeed } : {}),
           networkStorage: opts.networkStorage,
           peer: createPeerClient({ tls: peerClientTls(tls) }),
           logger,

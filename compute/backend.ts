@@ -4,12 +4,14 @@ import type {
   AcceptIncomingBody,
   BackendKind,
   CommitIncomingBody,
+  DirtyRateMeasurement,
   Faults,
   FaultsState,
   GuestOp,
   GuestOpResult,
   IncarnationView,
   IncomingView,
+  LinkMeasurement,
   MigrationJob,
   StartMigrationInput,
   VmSpec,
@@ -50,6 +52,20 @@ export interface ComputeBackend {
   deleteVm(vmId: string): Promise<void>;
   /** Waits while the VM is paused for switchover; throws `VM_MOVED` if it has left. */
   guestOp(vmId: string, op: GuestOp): Promise<GuestOpResult>;
+
+  // Measurements (agent-api.ts, "measurements"): what the control plane decides a move's settings from. Optional: a
+  // backend without them answers 501 and the control plane falls back on the tenant's declared workload.
+  /**
+   * The VM's dirty rate over `sampleMs`: bytes/s of distinct memory dirtied. qemu: `calc-dirty-rate` with
+   * calc-time ⌈sampleMs/1000⌉ s (mode page-sampling), then `query-dirty-rate` until `status` is `measured`;
+   * `dirty-rate` (MiB/s) × 2^20. Throws like `guestOp` for a VM not here. Does not change the VM.
+   */
+  measureDirtyRate?(vmId: string, sampleMs: number): Promise<DirtyRateMeasurement>;
+  /**
+   * One migration stream's throughput on this server's link, measured once on an idle link and answered from then on
+   * (qemu: a timed transfer to a peer, or the `ram.mbps` of the first single-channel move; the NIC's figure until then).
+   */
+  measureLink?(sampleMs: number): Promise<LinkMeasurement>;
 
   // Outbound migrations (this server is the source).
   startMigration(input: StartMigrationInput): Promise<MigrationJob>;

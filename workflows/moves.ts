@@ -3,7 +3,7 @@ import type { VmMigrationStatus } from '../common/migration';
 import { call, moveSteps, steps } from './activity-calls';
 import { failureOf } from './failures';
 import type { MigrationState } from './migration-state';
-import { autoConvergeFor, bandwidthCapFor, orderVms } from './vm-order';
+import { launchOrder, moveSettingsFor, streamsFor, type MeasuredLink, type MoveSettings } from './scheduler';
 import { escapeMarkdown } from './details';
 
 /**
@@ -13,6 +13,10 @@ import { escapeMarkdown } from './details';
 export class Moves {
   private readonly cancels = new Map<string, () => void>();
   private readonly inFlight = new Map<string, Promise<void>>();
+  /** Decide from the agents' measurements (policy `measureInputs`, in runs that took the patch). */
+  private measuring = false;
+  /** The source's link as its agent measured it; null: it cannot measure (the policy's figures are the fallback). */
+  private link: MeasuredLink | null = null;
 
   constructor(
     private readonly state: MigrationState,
@@ -24,11 +28,16 @@ export class Moves {
   async moveAll(): Promise<'done' | 'continue-as-new'> {
     const { state } = this;
     const policy = state.policy;
+    // Measured inputs (no oracle): the link once, before the first move of this run, while it is idle.
+    if (policy.measureInputs && patched('measured-move-inputs')) {
+      this.measuring = true;
+      this.link = await call(steps.measureLink, `measure the link of ${state.source!.serverId}`, { from: state.source! });
+    }
+    const streams = this.measuring ? streamsFor(policy, this.link) : policy.maxParallel;
     for (;;) {
       const stopLaunching = state.failure !== undefined || shouldContinueAsNew(state);
-      while (!stopLaunching && this.inFlight.size < policy.maxParallel) {
-        const vm = this.nextToMove();
-        if (!vm) break;
+      const free = stopLaunching ? 0 : streams - this.inFlight.size;
+      for (const vm of launchOrder(state.vms, policy.order, state.forceAutoConverge, state.deleteRequested, free)) {
         const p = this.moveOut(vm).finally(() => {
           this.inFlight.delete(vm.vmId);
           state.changed();
@@ -65,11 +74,9 @@ export class Moves {
     return Promise.allSettled(this.inFlight.values());
   }
 
+  /** The next VM to move (VMs that already failed once go last, after everything that can move on the first try). */
   private nextToMove(): VmMigrationStatus | undefined {
-    const waiting = this.state.vms.filter((v) => v.state === 'pending' && !this.state.deleteRequested.has(v.vmId));
-    // VMs that already failed once go last, after everything that can move on the first try.
-    const fresh = waiting.filter((v) => !this.state.forceAutoConverge.has(v.vmId));
-    return orderVms(fresh.length ? fresh : waiting, this.state.policy.order)[0];
+    return launchOrder(this.state.vms, this.state.policy.order, this.state.forceAutoConverge, this.state.deleteRequested, 1)[0];
   }
 
   private async moveOut(vm: VmMigrationStatus): Promise<void> {
@@ -78,23 +85,39 @@ export class Moves {
     const source = state.source!;
     const target = state.target!;
     state.moving(vm);
-    const autoConverge = autoConvergeFor(policy, vm, state.forceAutoConverge.has(vm.vmId));
-    // A critical-path VM gets a whole stream and the moves around it share the rest (only when the policy knows the link).
-    const bandwidthCapBps = bandwidthCapFor(policy, vm, state.vms);
+    const forced = state.forceAutoConverge.has(vm.vmId);
+    // Without measurements the settings are decided at once (from the policy and the declared workload), as runs
+    // always did; with them, after the VM's dirty rate is measured on its source.
+    let settings = this.measuring ? undefined : moveSettingsFor(policy, vm, state.vms, { forced });
     const scope = new CancellationScope();
     this.cancels.set(vm.vmId, () => scope.cancel());
+    const migrate = (s: MoveSettings) =>
+      call(moveSteps.liveMigrateVm, `live-migrate ${escapeMarkdown(vm.name)} (${vm.vmId}) ${source.serverId} → ${target.serverId}`, {
+        migrationId: state.migrationId,
+        jobId: vm.jobId!,
+        vmId: vm.vmId,
+        from: source,
+        to: target,
+        maxDowntimeMs: policy.maxDowntimeMs,
+        // A critical-path VM gets a whole stream and the moves around it share the rest (only when the link is known).
+        bandwidthCapBps: s.bandwidthCapBps,
+        autoConverge: s.autoConverge,
+        ...(s.channels !== undefined ? { channels: s.channels } : {}),
+        ...(s.postCopy ? { postCopy: true } : {}),
+      });
     try {
-      const figures = await scope.run(() =>
-        call(moveSteps.liveMigrateVm, `live-migrate ${escapeMarkdown(vm.name)} (${vm.vmId}) ${source.serverId} → ${target.serverId}`, {
-          migrationId: state.migrationId,
-          jobId: vm.jobId!,
-          vmId: vm.vmId,
-          from: source,
-          to: target,
-          maxDowntimeMs: policy.maxDowntimeMs,
-          bandwidthCapBps,
-          autoConverge,
-        }),
+      // The unmeasured path hands the SDK's promise straight to the scope, as it always did (recorded histories replay).
+      const figures = await scope.run(
+        settings
+          ? () => migrate(settings!)
+          : async () => {
+              const measured = await call(steps.measureDirtyRate, `measure the dirty rate of ${escapeMarkdown(vm.name)} (${vm.vmId})`, {
+                vmId: vm.vmId,
+                from: source,
+              });
+              settings = moveSettingsFor(policy, vm, state.vms, { forced, measuredLink: this.link, measuredDirtyRateBps: measured?.dirtyRateBps ?? null });
+              return migrate(settings);
+            },
       );
       state.moved(vm, figures);
     } catch (err) {
@@ -118,7 +141,7 @@ export class Moves {
       } else {
         const failure = failureOf(err);
         const error = `${failure.type}: ${failure.message}`;
-        if (failure.is('NotConverging') && policy.onVmFailure === 'retry-with-auto-converge' && !autoConverge) state.retryWithAutoConverge(vm, error);
+        if (failure.is('NotConverging') && policy.onVmFailure === 'retry-with-auto-converge' && !settings?.autoConverge) state.retryWithAutoConverge(vm, error);
         else state.moveFailed(vm, error);
       }
     } finally {

@@ -56,11 +56,17 @@ type HostVm = Pick<VmMigrationStatus, 'vmId' | 'spec' | 'state' | 'diskMiB'>;
  * by the other `streams` − 1 streams: M·(B − S) ≥ S·(ΣM − M), and no other VM alone needs longer than it at its share
  * (B − S)/(streams − 1). Both up to `CRITICAL_PATH_SLACK`. Sizes in MiB, rates in bytes/s: compared as products.
  */
-function criticalVm(host: readonly HostVm[], streams: number, linkBytesPerSec: number, streamBytesPerSec: number): string | undefined {
+function criticalVm(
+  host: readonly HostVm[],
+  streams: number,
+  linkBytesPerSec: number,
+  streamBytesPerSec: number,
+  slack = CRITICAL_PATH_SLACK,
+): string | undefined {
   if (host.length < 2) return undefined;
   const [first, second] = [...host].sort((a, b) => moveMiB(b) - moveMiB(a) || (a.vmId < b.vmId ? -1 : a.vmId > b.vmId ? 1 : 0));
   const total = host.reduce((s, v) => s + moveMiB(v), 0);
-  const largest = moveMiB(first!) * CRITICAL_PATH_SLACK * (linkBytesPerSec - streamBytesPerSec);
+  const largest = moveMiB(first!) * slack * (linkBytesPerSec - streamBytesPerSec);
   const restFits = largest >= streamBytesPerSec * (total - moveMiB(first!));
   const secondFits = largest >= streamBytesPerSec * (streams - 1) * moveMiB(second!);
   return restFits && secondFits ? first!.vmId : undefined;
@@ -88,6 +94,8 @@ export function bandwidthCapFor(
   policy: Pick<MigrationPolicy, 'maxParallel' | 'bandwidthCapBps' | 'linkBytesPerSec' | 'streamCapBytesPerSec'>,
   vm: Pick<VmMigrationStatus, 'vmId' | 'spec' | 'diskMiB'>,
   vms: readonly HostVm[],
+  /** Benchmark 1's `--tune` sweeps it; the workflow always uses CRITICAL_PATH_SLACK. */
+  slack = CRITICAL_PATH_SLACK,
 ): number | undefined {
   const base = policy.bandwidthCapBps;
   const link = policy.linkBytesPerSec;
@@ -100,39 +108,37 @@ export function bandwidthCapFor(
     { vmId: vm.vmId, spec: vm.spec, diskMiB: vm.diskMiB, state: 'moving' },
     ...others.filter((v) => v.state === 'pending' || v.state === 'moving' || v.state === 'moved'),
   ];
-  const critical = criticalVm(host, streams, link, stream);
+  const critical = criticalVm(host, streams, link, stream, slack);
   if (critical === undefined || critical === vm.vmId || !others.some((v) => v.vmId === critical && v.state === 'moving')) return base;
   const share = Math.floor((link - stream) / (streams - 1));
   if (share >= stream) return base;
   return base === undefined ? share : Math.min(base, share);
 }
 
+/** The most moves dhm's own policy lets run at once; the measured link decides how many it really runs (`streamsFor`). */
+export const MAX_AUTO_STREAMS = 8;
+
 /**
- * dhm's own schedule for a host whose source server has a `nicBandwidthBps` (bits/s) NIC on which one migration
- * stream can use at most `streamCapFraction` of the link (the sim agent's per-stream cap S/B; 0.4 by default):
+ * dhm's own schedule for a host whose source server has a `nicBandwidthBps` (bits/s) NIC:
  *
- * - **Streams**: ⌈B/S⌉ in parallel — the fewest that fill the link (3 for S = 0.4·B). Fewer leave bandwidth unused
- *   (2 streams use 80 % of it); more only split the same bandwidth thinner, so each VM's dirty pages pile up faster
- *   relative to its stream and more of them are sent again.
- * - **Link figures** B and S (`linkBytesPerSec`, `streamCapBytesPerSec`), so the workflow can give a critical-path
- *   VM (one that at S outlasts the rest of the host at B − S) a whole stream S instead of a 1/⌈B/S⌉ share, by
- *   capping the moves around it at (B − S)/(streams − 1) (`bandwidthCapFor`). This replaced running ⌊B/S⌋ streams on
- *   such hosts: the caps keep the link full where 2 streams left 20 % of it idle.
- * - **Order**: largest first (longest-processing-time first): the long transfers start at once, and the end of the
- *   migration is made of small VMs that keep the link full until the last moment.
- * - **Auto-converge only where needed**: each stream gets min(S, B/streams); a guest that dirties memory at 80 % of
- *   that or more shrinks its dirty set by less than a fifth per round and would resend its working set for many
- *   rounds or never converge, so it migrates with auto-converge on. Every other guest runs unthrottled.
- * - **Downtime target** a third of `downtimeLimitMs` (default 300 ms): pre-copy switches over as soon as the rest fits
- *   the target, so aiming lower costs a few more short rounds (well under 1 % of the makespan in the benchmark) and
- *   cuts every VM's pause; the guests that could not reach it are exactly those auto-converge throttles anyway.
+ * - **Measured inputs** (`measureInputs`): before the moves the workflow asks the source's agent for its link (one
+ *   stream's measured throughput S), before each move for the VM's measured dirty rate, and decides from those
+ *   (workflows/scheduler.ts). `streamCapFraction` (S/B) is only the fallback for agents that cannot measure: the
+ *   link figures below are computed from it, and the declared workloads stand in for the dirty rates.
+ * - **Streams**: ⌈B/S⌉ in parallel — the fewest that fill the link — at most MAX_AUTO_STREAMS.
+ * - **Critical-path caps**: a VM that at S outlasts the rest of the host at B − S gets a whole stream S, the moves
+ *   around it share the rest (`bandwidthCapFor`).
+ * - **Order**: largest first (longest-processing-time first).
+ * - **Auto-converge only where needed**: a guest whose measured dirty rate reaches AUTO_CONVERGE_SHARE of what its
+ *   move gets, min(S, B/streams), migrates with auto-converge on; every other guest runs unthrottled.
+ * - **Downtime target**: the operator's limit (`downtimeLimitMs`, default 300 ms) — the same target the benchmark's
+ *   baselines run at.
  * - A VM that still does not converge is retried with auto-converge after the others rather than rolling the whole
  *   host back.
  *
  * Pure and deterministic: the client calls it with the source server's NIC from the inventory and passes the result
- * as the migration's policy; any field may still be overridden. `host` (the VM sizes) is accepted but no longer
- * needed: the workflow finds the critical-path VM itself, from the VMs it moves.
- * docs/benchmarks.md shows what each choice buys.
+ * as the migration's policy; any field may still be overridden. `host` is accepted and unused (the workflow finds the
+ * critical-path VM itself). docs/benchmarks.md shows what each choice buys.
  */
 export function autoSchedulePolicy(
   link: { nicBandwidthBps: number; streamCapFraction: number; downtimeLimitMs?: number },
@@ -143,6 +149,7 @@ export function autoSchedulePolicy(
   maxDowntimeMs: number;
   linkBytesPerSec: number;
   streamCapBytesPerSec: number;
+  measureInputs: true;
 } {
   if (!(link.nicBandwidthBps > 0) || !(link.streamCapFraction > 0)) throw new RangeError('nicBandwidthBps and streamCapFraction must be positive');
   const fraction = Math.min(1, link.streamCapFraction);
@@ -150,17 +157,17 @@ export function autoSchedulePolicy(
   const streamBytesPerSec = fraction * linkBytesPerSec;
   // Float slack: 1 / 0.4 is 2.5000000000000004 in binary; it must still round up to 3, and 1 / 0.5 to exactly 2.
   const fill = Math.min(64, Math.max(1, Math.ceil(1 / fraction - 1e-9)));
-  const streams = fill;
-  const perStreamMiBps = Math.min(streamBytesPerSec, linkBytesPerSec / streams) / 2 ** 20;
-  const limit = link.downtimeLimitMs ?? 300;
+  const perStreamMiBps = Math.min(streamBytesPerSec, linkBytesPerSec / fill) / 2 ** 20;
   return {
-    maxParallel: streams,
+    maxParallel: Math.max(fill, MAX_AUTO_STREAMS),
     order: 'largest-first',
     autoConverge: false,
+    // The fallback threshold (agents that cannot measure); with measurements it comes from the measured link.
     autoConvergeAboveDirtyRateMiBps: Math.round(AUTO_CONVERGE_SHARE * perStreamMiBps),
-    maxDowntimeMs: Math.max(1, Math.round(limit / 3)),
+    maxDowntimeMs: Math.max(1, Math.round(link.downtimeLimitMs ?? 300)),
     onVmFailure: 'retry-with-auto-converge',
     linkBytesPerSec,
     streamCapBytesPerSec: streamBytesPerSec,
+    measureInputs: true,
   };
 }

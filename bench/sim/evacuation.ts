@@ -2,7 +2,10 @@ import { SimClock } from '../../compute/sim/clock';
 import { SimLink } from '../../compute/sim/link';
 import { DEFAULT_MAX_ROUNDS, SWITCHOVER_COST_MS } from '../../compute/sim/precopy';
 import { SimVmMove } from '../../compute/sim/vm-move';
+import type { MoveController } from '../../compute/sim/precopy';
+import type { VmMigrationStatus } from '../../common/migration';
 import type { BenchVm } from './host-mix';
+import { statusOf } from './status';
 
 /**
  * Benchmark 1's engine: the `sim` backend's own move model (`SimVmMove`: the local-disk mirror, then the memory
@@ -32,23 +35,47 @@ class VirtualClock extends SimClock {
   }
 }
 
+/** How one move runs: what the schedule decided for it as it starts. */
+export interface MoveOptions {
+  autoConverge: boolean;
+  /** The move's bandwidth cap, bytes/s (undefined: none). */
+  bandwidthCapBps: number | undefined;
+  /** Migration channels (multifd): the move's cap is min(B, channels × S). */
+  channels: number;
+  /** The downtime the move aims for at first (a controller may raise it). */
+  maxDowntimeMs: number;
+  /** The rules of a controller watching the move (downtime ramps, timeouts); fresh for every move. */
+  controller?: MoveController;
+  /** xbzrle: re-sent pages cost this share. */
+  resendFactor?: number;
+  /** Post-copy instead of giving up. */
+  postCopyOnGiveUp?: boolean;
+  /** The agent's own give-up rules apply (default true); off for baselines whose controller decides. */
+  agentGivesUp?: boolean;
+}
+
+/** The host as a schedule sees it: the workflow's view of every VM (state pending, moving or moved) and the VMs to retry. */
+export interface HostView {
+  vms: VmMigrationStatus[];
+  /** VMs that did not converge once (retried with auto-converge, after the others). */
+  forced: ReadonlySet<string>;
+}
+
 export interface Schedule {
   name: string;
-  /** Concurrent streams; Infinity for all at once. */
-  maxParallel: number;
-  /** The VMs in the order they start. */
-  order(vms: BenchVm[]): BenchVm[];
-  /** Auto-converge on the VM's first attempt. */
-  autoConverge(vm: BenchVm): boolean;
-  /** The downtime the agent aims for (the policy's `maxDowntimeMs`). */
-  maxDowntimeMs: number;
+  /** How many moves may run at once (Infinity: all). */
+  streams: number;
   /**
-   * The bandwidth cap (bytes/s; undefined: none) of `vm`'s move as it starts, given where the host's other VMs are
-   * (the workflow's `bandwidthCapFor` on the policy; without a critical-path VM, its `bandwidthCapBps`).
+   * Which VMs start now to fill `free` slots (ids, in order), or an empty list; `running` are the moves in flight.
+   * dhm's is the workflow's `launchOrder`; a cost-based one (vSphere) may start fewer.
    */
-  bandwidthCapBps(vm: BenchVm, host: { moving: BenchVm[]; waiting: BenchVm[]; moved: BenchVm[] }): number | undefined;
+  launch(host: HostView, free: number, running: readonly string[]): string[];
+  /** The move's settings as it starts (dhm's: the workflow's `moveSettingsFor` on measured inputs). */
+  settings(vmId: string, host: HostView): MoveOptions;
   /** `retry-with-auto-converge`: a VM that did not converge goes again after every other VM, with auto-converge on. */
   onNotConverging: 'retry-with-auto-converge' | 'give-up';
+  /** The channels per move its bound is computed with (the per-VM bound (M+D)/min(B, channels·S)). Default 1. */
+  boundChannels?: number;
 }
 
 export interface LinkSpec {
@@ -72,6 +99,10 @@ export interface VmOutcome {
   rounds: number;
   /** Auto-converge throttle the guest ended with, %. */
   throttlePct: number;
+  /** Guest vCPU-seconds lost to the throttle over the move (throttle share × time): what throttling cost the guest. */
+  throttleCpuS: number;
+  /** The move ended in post-copy. */
+  postCopy: boolean;
   /** The last attempt's own stream cap, bytes/s: min(S, the move's bandwidth cap). */
   capBps: number;
 }
@@ -100,6 +131,10 @@ export interface EvacuationResult {
   throttled: number;
   /** VMs whose (last) move ran with a bandwidth cap below one stream's cap S. */
   capped: number;
+  /** Guest vCPU-seconds lost to auto-converge over the evacuation. */
+  throttleCpuS: number;
+  /** Moves that ended in post-copy (the VM's memory split over two servers for a while: the risk). */
+  postCopies: number;
   /** How full the link was on average until the makespan. */
   linkUtilisation: number;
   perVm: VmOutcome[];
@@ -119,9 +154,10 @@ export function lowerBoundS(vms: BenchVm[], link: LinkSpec): number {
   return vms.reduce((s, v) => s + moveBytes(v), 0) / link.bytesPerSec;
 }
 
-export function streamBoundS(vms: BenchVm[], link: LinkSpec): number {
+/** max(Σ(M+D)/B, largest (M+D) / min(B, channels·S)): no VM moves faster than its move's cap. */
+export function streamBoundS(vms: BenchVm[], link: LinkSpec, channels = 1): number {
   const largest = Math.max(0, ...vms.map(moveBytes));
-  return Math.max(lowerBoundS(vms, link), largest / (link.streamCapFraction * link.bytesPerSec));
+  return Math.max(lowerBoundS(vms, link), largest / Math.min(link.bytesPerSec, channels * link.streamCapFraction * link.bytesPerSec));
 }
 
 interface Attempt {
@@ -130,50 +166,68 @@ interface Attempt {
   capBps: number;
   autoConverge: boolean;
   startMs: number;
+  /** ∫ throttle dt so far, %·ms (sampled at every event). */
+  throttleIntegral: number;
   pausedAt?: number;
   copiedAt?: number;
   /** When the slot frees: the switchover has ended, or the stream gave up. */
   releaseAt?: number;
 }
 
-/** Evacuates one host under one schedule; deterministic for the same inputs. */
+/**
+ * Evacuates one host under one schedule; deterministic for the same inputs. The schedule picks the VMs (for dhm: the
+ * workflow's `launchOrder`) and each move's settings (the workflow's `moveSettingsFor`); this loop only plays the
+ * agents and the clock: it starts what the schedule picks when a slot is free and tells it when a move ends.
+ */
 export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: LinkSpec): EvacuationResult {
   if (vmsIn.length === 0) throw new Error('a host to evacuate needs at least one VM');
   const clock = new VirtualClock();
   const simLink = new SimLink(link.bytesPerSec, clock, (err) => {
     throw err;
   });
-  const queue = schedule.order(vmsIn).map((vm) => ({ vm, retry: false }));
-  if (queue.length !== vmsIn.length || new Set(queue.map((q) => q.vm.vmId)).size !== vmsIn.length)
-    throw new Error(`schedule ${schedule.name} lost or repeated VMs`);
+  const byId = new Map(vmsIn.map((v) => [v.vmId, v]));
+  if (byId.size !== vmsIn.length) throw new Error('VM ids repeat');
+  const host: HostView & { forced: Set<string> } = { vms: vmsIn.map((v) => statusOf(v)), forced: new Set() };
+  const status = new Map(host.vms.map((v) => [v.vmId, v]));
   const streamCap = link.streamCapFraction * link.bytesPerSec;
   const running: Attempt[] = [];
-  const moved: BenchVm[] = [];
   const attempts = new Map<string, Attempt[]>();
   let busyIntegral = 0; // ∫ used bandwidth dt, bytes
 
   const launch = () => {
-    while (running.length < schedule.maxParallel && queue.length > 0) {
-      const { vm, retry } = queue.shift()!;
-      const autoConverge = retry || schedule.autoConverge(vm);
-      const a = { vm, autoConverge, startMs: clock.t } as Attempt;
-      // The moves in flight (those started just before in this same loop included) and the VMs still to go.
-      const cap = schedule.bandwidthCapBps(vm, { moving: running.map((r) => r.vm), waiting: queue.map((q) => q.vm), moved: [...moved] });
-      a.capBps = Math.min(streamCap, cap ?? Infinity);
+    const free = schedule.streams - running.length;
+    if (!(free > 0)) return;
+    for (const vmId of schedule.launch(
+      host,
+      free,
+      running.map((r) => r.vm.vmId),
+    )) {
+      const vm = byId.get(vmId);
+      const st = status.get(vmId);
+      if (!vm || !st || st.state !== 'pending') throw new Error(`schedule ${schedule.name} started ${vmId}, which is not waiting`);
+      const o = schedule.settings(vmId, host);
+      st.state = 'moving';
+      const a = { vm, autoConverge: o.autoConverge, startMs: clock.t, throttleIntegral: 0 } as Attempt;
+      // As the sim backend computes it: min(B, channels × S, the migration's bandwidthCapBps).
+      a.capBps = Math.min(link.bytesPerSec, o.channels * streamCap, o.bandwidthCapBps ?? Infinity);
       a.move = new SimVmMove(
         simLink,
         {
           memoryBytes: vm.memoryBytes,
           dirtyRateBps: vm.dirtyRateBps,
           workingSetBytes: vm.workingSetBytes,
+          coldDirtyRateBps: vm.coldDirtyRateBps,
           diskBytes: vm.diskBytes,
           diskWriteBps: vm.diskWriteBps,
-          maxDowntimeMs: schedule.maxDowntimeMs,
-          autoConverge,
+          maxDowntimeMs: o.maxDowntimeMs,
+          autoConverge: o.autoConverge,
           maxRounds: DEFAULT_MAX_ROUNDS,
-          // As the sim backend computes it: min(S, the migration's bandwidthCapBps).
           capBps: a.capBps,
           failAtRound: null,
+          controller: o.controller,
+          resendFactor: o.resendFactor,
+          postCopyOnGiveUp: o.postCopyOnGiveUp,
+          agentGivesUp: o.agentGivesUp,
         },
         {
           onPause: (t) => (a.pausedAt = t),
@@ -211,14 +265,24 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       // A chunk so small that its end rounds to "now": step a hair forward so the link's float slack finishes it.
       if (next <= clock.t) next = clock.t + Math.max(1e-9, clock.t * 1e-14);
       busyIntegral += (used * (next - clock.t)) / 1000;
+      for (const a of running) if (a.releaseAt === undefined) a.throttleIntegral += a.move.precopy.throttlePct * (next - clock.t);
       clock.t = next;
       simLink.sync();
       for (let i = running.length - 1; i >= 0; i--) {
         const a = running[i]!;
         if (a.releaseAt === undefined || a.releaseAt > clock.t) continue;
         running.splice(i, 1);
-        if (a.copiedAt !== undefined) moved.push(a.vm);
-        if (a.copiedAt === undefined && !a.autoConverge && schedule.onNotConverging === 'retry-with-auto-converge') queue.push({ vm: a.vm, retry: true });
+        const st = status.get(a.vm.vmId)!;
+        if (a.copiedAt !== undefined) st.state = 'moved';
+        else {
+          const tries = attempts.get(a.vm.vmId)!.length;
+          const retry = schedule.onNotConverging === 'retry-with-auto-converge' && !a.autoConverge;
+          // Given up: back in the queue to retry (the workflow's retry-with-auto-converge), else it stays on the source.
+          if (retry && tries < 2) {
+            st.state = 'pending';
+            host.forced.add(a.vm.vmId);
+          } else st.state = 'failed';
+        }
       }
       launch();
     }
@@ -236,10 +300,17 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       firstTryConverged: first.copiedAt !== undefined,
       startMs: first.startMs,
       endMs: last.releaseAt!,
-      downtimeMs: last.copiedAt !== undefined ? last.copiedAt - last.pausedAt! + SWITCHOVER_COST_MS : null,
+      downtimeMs:
+        last.copiedAt === undefined
+          ? null
+          : last.move.precopy.postCopyAtMs !== undefined
+            ? SWITCHOVER_COST_MS
+            : last.copiedAt - last.pausedAt! + SWITCHOVER_COST_MS,
       bytesSent: tries.reduce((s, a) => s + a.move.bytesSent, 0),
       rounds: tries.reduce((s, a) => s + a.move.precopy.round + 1, 0),
       throttlePct: last.move.precopy.throttlePct,
+      throttleCpuS: tries.reduce((s, a) => s + a.throttleIntegral / 100 / 1000, 0),
+      postCopy: last.move.precopy.postCopyAtMs !== undefined,
       capBps: last.capBps,
     };
   });
@@ -249,7 +320,7 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
   const bytesSent = perVm.reduce((s, v) => s + v.bytesSent, 0);
   const memory = vmsIn.reduce((s, v) => s + moveBytes(v), 0);
   const lb = lowerBoundS(vmsIn, link);
-  const sb = streamBoundS(vmsIn, link);
+  const sb = streamBoundS(vmsIn, link, schedule.boundChannels ?? 1);
   const makespanS = makespanMs / 1000;
   return {
     schedule: schedule.name,
@@ -267,6 +338,8 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
     stayed: perVm.filter((v) => v.outcome === 'stayed').length,
     throttled: perVm.filter((v) => v.throttlePct > 0).length,
     capped: perVm.filter((v) => v.capBps < streamCap).length,
+    throttleCpuS: perVm.reduce((s, v) => s + v.throttleCpuS, 0),
+    postCopies: perVm.filter((v) => v.postCopy).length,
     linkUtilisation: makespanMs > 0 ? busyIntegral / ((link.bytesPerSec * makespanMs) / 1000) : NaN,
     perVm,
   };

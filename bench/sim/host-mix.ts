@@ -9,8 +9,10 @@ export interface BenchVm {
   memoryBytes: number;
   /** Unthrottled dirty rate D, bytes/s. */
   dirtyRateBps: number;
-  /** Writable working set W, bytes: the most that can be dirty at once. */
+  /** Writable working set W, bytes: the hot set, rewritten at D. */
   workingSetBytes: number;
+  /** Writes over the rest of memory (the cold set), bytes/s: each on a page at random (compute/sim/dirty-model.ts). */
+  coldDirtyRateBps: number;
   /** Data on its local disks, bytes: what the move's disk mirror copies ahead of the memory. */
   diskBytes: number;
   /** The guest's disk write rate, bytes/s (blocks the mirror re-sends, then mirrors as they are written). */
@@ -21,7 +23,8 @@ export interface BenchVm {
 /**
  * A realistic dedicated host: sizes 1–64 GiB weighted towards the middle (as cloud flavours are sold), and three
  * kinds of guest — half nearly idle (D < 2 % of the link), a third busy (2–25 %), the rest hot (25–80 %: databases,
- * caches) — with writable working sets a few percent of memory (at most 8 GiB), and local NVMe disks holding 2–6× the
+ * caches) — with writable working sets (hot sets) a few percent of memory (at most 8 GiB) and slow random writes over the
+ * rest (the cold set: 0–0.2 %, 0.2–1 % or 0.5–2 % of the link), and local NVMe disks holding 2–6× the
  * memory in data (a root disk and a data disk, as dedicated hosts are sold: most of a host's bytes are on disk) that
  * the guest writes at 0–1 % (idle), 0.5–3 % (busy) or 2–6 % (hot) of the link. The VMs come in a random order
  * (the tenant's creation order), which is what `as-listed` schedules see. Same seed, same host.
@@ -54,7 +57,10 @@ export function generateHost(vmCount: number, seed: number, linkBytesPerSec: num
     const diskBytes = Math.round(uniform(2, 6) * gib) * GIB;
     const [wLoD, wHiD] = kind === 'idle' ? [0, 0.01] : kind === 'busy' ? [0.005, 0.03] : [0.02, 0.06];
     const diskWriteBps = Math.round((uniform(wLoD, wHiD) * linkBytesPerSec) / MIB) * MIB;
-    vms.push({ vmId: `vm-${String(i).padStart(3, '0')}`, memoryBytes, dirtyRateBps, workingSetBytes, diskBytes, diskWriteBps, kind });
+    // The cold set: slow writes spread over the rest of memory.
+    const [cLo, cHi] = kind === 'idle' ? [0, 0.002] : kind === 'busy' ? [0.002, 0.01] : [0.005, 0.02];
+    const coldDirtyRateBps = Math.round((uniform(cLo, cHi) * linkBytesPerSec) / MIB) * MIB;
+    vms.push({ vmId: `vm-${String(i).padStart(3, '0')}`, memoryBytes, dirtyRateBps, workingSetBytes, coldDirtyRateBps, diskBytes, diskWriteBps, kind });
   }
   return vms;
 }

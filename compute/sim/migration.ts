@@ -70,6 +70,8 @@ export class SimMigration extends MigrationJobBase<SimVm> {
       return;
     }
     this.onLink = true;
+    // The guest pays for auto-converge's throttle while the move runs (its operations slow).
+    this.vm.throttledBy = () => (this.state === 'running' ? this.move.precopy.throttlePct : 0);
     this.move.start();
     this.log.info({ target: this.input.target, memoryBytes: this.move.precopy.memoryBytes, diskBytes: this.move.mirror?.diskBytes ?? 0 }, 'migration started');
   }
@@ -157,7 +159,9 @@ export class SimMigration extends MigrationJobBase<SimVm> {
 
   private completed(copiedAt: number, endMs: number): void {
     if (this.state !== 'running') return; // halted while the commit was in flight
-    this.downtimeMs = copiedAt - this.move.precopy.pausedAtMs! + SWITCHOVER_COST_MS;
+    // After post-copy the VM ran on the target while its last pages arrived: its downtime is the switchover alone.
+    const f = this.move.precopy;
+    this.downtimeMs = f.postCopyAtMs !== undefined ? SWITCHOVER_COST_MS : copiedAt - f.pausedAtMs! + SWITCHOVER_COST_MS;
     this.endMs = endMs;
     void this.movedToTarget(); // synchronous here: the job is completed when this returns
     this.log.info(
@@ -185,10 +189,12 @@ export class SimMigration extends MigrationJobBase<SimVm> {
     this.abort.abort(new Error('stopped'));
     if (this.onLink) this.move.stop();
     this.onLink = false;
+    this.vm.throttledBy = null;
     this.vm.unpark('running');
   }
 
   protected override onFinish(): void {
+    this.vm.throttledBy = null;
     if (this.endMs !== undefined && this.move.startMs !== undefined) this.totalTimeMs = Math.max(0, this.endMs - this.move.startMs);
   }
 }

@@ -1,3 +1,4 @@
+import { dirtiedBytes, type DirtyModel } from './dirty-model';
 import type { Flow } from './link';
 
 /**
@@ -25,12 +26,19 @@ export const MAX_SENT_FACTOR = 3;
 export const AUTO_CONVERGE = { initialPct: 20, stepPct: 10, maxPct: 99, triggerRatio: 0.5 } as const;
 /** Even auto-converge gives up eventually (a 99 %-throttled guest that still out-dirties the link). */
 export const AUTO_CONVERGE_ROUND_LIMIT = 1000;
+/** Without the agent's give-up rules (a controller's timeouts decide), the simulation still ends after this many rounds. */
+export const CONTROLLED_ROUND_LIMIT = 1_000_000;
 
 export interface PrecopyParams {
   memoryBytes: number;
-  /** Unthrottled dirty rate D, bytes/s. */
+  /** Unthrottled dirty rate D of the hot set, bytes/s. */
   dirtyRateBps: number;
+  /** The hot set W, bytes. */
   workingSetBytes: number;
+  /** The cold set's writes, bytes/s (dirty-model.ts; 0 or omitted: no cold writes, the model min(W, D·t)). */
+  coldDirtyRateBps?: number;
+  /** The cold set C, bytes (default: memory − W). */
+  coldBytes?: number;
   maxDowntimeMs: number;
   autoConverge: boolean;
   maxRounds: number;
@@ -38,6 +46,46 @@ export interface PrecopyParams {
   capBps: number;
   /** Injected fault: fail when this round begins. */
   failAtRound: number | null;
+  /**
+   * Rules of a controller that watches the move (benchmark 1's baselines: Nova's downtime ramp and completion timeout,
+   * KubeVirt's progress and completion timeouts, Proxmox's downtime doubling), asked at the end of every round that
+   * has not converged. Omitted: the agent's own rules only (below).
+   */
+  controller?: MoveController;
+  /** Re-sent pages cost this share of their size (xbzrle's delta encoding); default 1 (no xbzrle). */
+  resendFactor?: number;
+  /** Switch to post-copy instead of giving up when the give-up rules trigger (QEMU's migrate-start-postcopy). */
+  postCopyOnGiveUp?: boolean;
+  /**
+   * The agent's own give-up rules (maxRounds, 3·M sent) apply. Default true. A baseline whose controller has its own
+   * timeouts (Nova, KubeVirt, Proxmox: QEMU itself never gives up) turns them off.
+   */
+  agentGivesUp?: boolean;
+}
+
+/** What a controller sees at the end of a round that did not converge. */
+export interface RoundView {
+  /** Since the move's memory stream started, ms. */
+  elapsedMs: number;
+  /** The round that just ended (0: the first full pass). */
+  round: number;
+  /** Dirty now: what the next round would send, bytes. */
+  dirtyBytes: number;
+  /** Sent so far, bytes. */
+  bytesSent: number;
+  /** The downtime limit in force, ms. */
+  downtimeLimitMs: number;
+}
+
+/**
+ * A controller's verdict on a round: keep going (with a new downtime limit, if given), `abort` (the move fails, the
+ * VM stays), `pause` (stop the guest and send the rest: Nova's force_complete without post-copy) or `postcopy`.
+ */
+export type RoundVerdict =
+  { action: 'continue'; downtimeLimitMs?: number } | { action: 'abort'; reason: string } | { action: 'pause' } | { action: 'postcopy' };
+
+export interface MoveController {
+  onRound(view: RoundView): RoundVerdict;
 }
 
 export interface PrecopyEvents {
@@ -48,7 +96,7 @@ export interface PrecopyEvents {
   onGiveUp(tMs: number, code: 'NotConverging' | 'InjectedFault', message: string): void;
 }
 
-export type PrecopyPhase = 'precopy' | 'stop-copy' | 'copied' | 'gave-up';
+export type PrecopyPhase = 'precopy' | 'stop-copy' | 'postcopy' | 'copied' | 'gave-up';
 
 export class PrecopyFlow implements Flow {
   readonly capBps: number;
@@ -60,20 +108,32 @@ export class PrecopyFlow implements Flow {
   throttlePct = 0;
   pausedAtMs: number | undefined;
   copiedAtMs: number | undefined;
+  /** When the move switched to post-copy (the VM then runs on the target; its downtime is the switchover only). */
+  postCopyAtMs: number | undefined;
+  /** The downtime limit in force (a controller may change it). */
+  downtimeLimitMs: number;
   /** Last non-zero rate: what the stream was getting when it stopped. */
   lastRateBps = 0;
   /** Simulated time the first byte went out; set by `start`. */
   startMs: number | undefined;
   private roundStartMs = 0;
   private roundBytes: number;
+  readonly dirtyModel: DirtyModel;
 
   constructor(
     private readonly p: PrecopyParams,
     private readonly events: PrecopyEvents,
   ) {
     this.capBps = p.capBps;
+    this.downtimeLimitMs = p.maxDowntimeMs;
     this.pending = p.memoryBytes;
     this.roundBytes = p.memoryBytes;
+    this.dirtyModel = {
+      hotBytes: p.workingSetBytes,
+      hotRateBps: p.dirtyRateBps,
+      coldBytes: p.coldBytes ?? Math.max(0, p.memoryBytes - p.workingSetBytes),
+      coldRateBps: p.coldDirtyRateBps ?? 0,
+    };
   }
 
   get memoryBytes(): number {
@@ -86,15 +146,15 @@ export class PrecopyFlow implements Flow {
     this.roundStartMs = tMs;
   }
 
-  /** D after auto-converge throttling, bytes/s. */
+  /** The guest's write rate (hot and cold) after auto-converge throttling, bytes/s. */
   dirtyRateBps(): number {
-    return (this.p.dirtyRateBps * (100 - this.throttlePct)) / 100;
+    return ((this.p.dirtyRateBps + this.dirtyModel.coldRateBps) * (100 - this.throttlePct)) / 100;
   }
 
   /** What the guest has dirtied since the current round began, at `tMs`. */
   dirtiedAt(tMs: number): number {
     if (this.phase !== 'precopy' || this.startMs === undefined) return 0;
-    return Math.min(this.p.workingSetBytes, (this.dirtyRateBps() * Math.max(0, tMs - this.roundStartMs)) / 1000);
+    return dirtiedBytes(this.dirtyModel, tMs - this.roundStartMs, this.throttlePct);
   }
 
   /** What still has to be sent, as of `tMs`. */
@@ -108,32 +168,67 @@ export class PrecopyFlow implements Flow {
   }
 
   onChunkDone(tMs: number): boolean {
-    if (this.phase === 'stop-copy') return this.copied(tMs);
+    if (this.phase === 'stop-copy' || this.phase === 'postcopy') return this.copied(tMs);
     const rest = this.dirtiedAt(tMs);
+    // What the rest costs on the wire: re-sent pages are delta-encoded with xbzrle.
+    const wire = rest * (this.p.resendFactor ?? 1);
     const rate = this.rateBps > 0 ? this.rateBps : this.lastRateBps;
-    if ((rest / rate) * 1000 <= this.p.maxDowntimeMs) {
-      this.phase = 'stop-copy';
-      this.pausedAtMs = tMs;
-      this.events.onPause(tMs);
-      if (rest <= 0) return this.copied(tMs);
-      this.pending = rest;
-      return true;
+    if ((wire / rate) * 1000 <= this.downtimeLimitMs) return this.stopAndCopy(tMs, wire);
+    const verdict = this.p.controller?.onRound({
+      elapsedMs: tMs - (this.startMs ?? tMs),
+      round: this.round,
+      dirtyBytes: rest,
+      bytesSent: this.bytesSent,
+      downtimeLimitMs: this.downtimeLimitMs,
+    });
+    if (verdict?.action === 'abort') return this.giveUp(tMs, 'NotConverging', verdict.reason);
+    if (verdict?.action === 'pause') return this.stopAndCopy(tMs, wire);
+    if (verdict?.action === 'postcopy') return this.postCopy(tMs, rest);
+    if (verdict?.downtimeLimitMs !== undefined) {
+      this.downtimeLimitMs = verdict.downtimeLimitMs;
+      if ((wire / rate) * 1000 <= this.downtimeLimitMs) return this.stopAndCopy(tMs, wire);
     }
+    const giveUp = (message: string) => (this.p.postCopyOnGiveUp ? this.postCopy(tMs, rest) : this.giveUp(tMs, 'NotConverging', message));
     if (this.p.autoConverge) {
       if (rest > AUTO_CONVERGE.triggerRatio * this.roundBytes)
         this.throttlePct = this.throttlePct === 0 ? AUTO_CONVERGE.initialPct : Math.min(AUTO_CONVERGE.maxPct, this.throttlePct + AUTO_CONVERGE.stepPct);
-      if (this.round + 1 >= AUTO_CONVERGE_ROUND_LIMIT)
-        return this.giveUp(tMs, 'NotConverging', `not converging after ${this.round + 1} rounds even with auto-converge`);
+      if (this.round + 1 >= AUTO_CONVERGE_ROUND_LIMIT) return giveUp(`not converging after ${this.round + 1} rounds even with auto-converge`);
+    } else if (this.p.agentGivesUp === false) {
+      // QEMU itself never gives up: only a bound on the simulation's own work.
+      if (this.round + 1 >= CONTROLLED_ROUND_LIMIT) return giveUp(`not converging after ${this.round + 1} rounds`);
     } else if (this.round + 1 >= this.p.maxRounds) {
-      return this.giveUp(tMs, 'NotConverging', `not converging after ${this.round + 1} rounds (maxRounds ${this.p.maxRounds})`);
+      return giveUp(`not converging after ${this.round + 1} rounds (maxRounds ${this.p.maxRounds})`);
     } else if (this.bytesSent > MAX_SENT_FACTOR * this.p.memoryBytes) {
-      return this.giveUp(tMs, 'NotConverging', `sent ${this.bytesSent} bytes, more than ${MAX_SENT_FACTOR}× the VM's memory`);
+      return giveUp(`sent ${this.bytesSent} bytes, more than ${MAX_SENT_FACTOR}× the VM's memory`);
     }
     this.round += 1;
     this.roundStartMs = tMs;
     this.roundBytes = rest;
-    this.pending = rest;
+    this.pending = wire;
     if (this.p.failAtRound === this.round) return this.giveUp(tMs, 'InjectedFault', `injected failure at round ${this.round}`);
+    return true;
+  }
+
+  /** The rest fits (or a controller forces it): pause the guest and send the rest, `wire` bytes. */
+  private stopAndCopy(tMs: number, wire: number): boolean {
+    this.phase = 'stop-copy';
+    this.pausedAtMs = tMs;
+    this.events.onPause(tMs);
+    if (wire <= 0) return this.copied(tMs);
+    this.pending = wire;
+    return true;
+  }
+
+  /**
+   * Post-copy: the VM starts on the target now (after the switchover) and pulls the pages still dirty, `rest` bytes,
+   * which the stream sends once each; no page is sent twice from here on. Its downtime is the switchover alone; until
+   * the last page has arrived its memory is split over both servers (the risk the policy states).
+   */
+  private postCopy(tMs: number, rest: number): boolean {
+    this.phase = 'postcopy';
+    this.postCopyAtMs = tMs;
+    if (rest <= 0) return this.copied(tMs);
+    this.pending = rest;
     return true;
   }
 

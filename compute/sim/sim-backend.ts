@@ -1,5 +1,16 @@
 import { DISK_KINDS, localDiskGiB, localDisks, type DiskKind } from '../../common/vm-spec';
-import type { AcceptIncomingBody, CommitIncomingBody, GuestOp, GuestOpResult, IncomingView, StartMigrationInput, VmSpec, VmView } from '../agent-api';
+import type {
+  AcceptIncomingBody,
+  CommitIncomingBody,
+  DirtyRateMeasurement,
+  GuestOp,
+  GuestOpResult,
+  IncomingView,
+  LinkMeasurement,
+  StartMigrationInput,
+  VmSpec,
+  VmView,
+} from '../agent-api';
 import type { ComputeBackend } from '../backend';
 import { BackendBase } from '../backend-base';
 import type { BackendBaseOptions, BackendIncoming } from '../backend-contract';
@@ -7,10 +18,16 @@ import { conflict } from '../errors';
 import { mibToBytes } from '../units';
 import { SimClock } from './clock';
 import { SimLink } from './link';
+import type { DirtyModel } from './dirty-model';
 import { LocalStore } from './local-store';
+import { measuredDirtyRateBps, measuredStreamBps } from './measure';
 import { SimMigration, type MigrationHost } from './migration';
 import { DEFAULT_MAX_ROUNDS } from './precopy';
+import { seededRandom, seedOf } from './rng';
 import { SimVm } from './sim-vm';
+
+/** The vCPU time one guest operation needs, simulated ms: what a throttled guest stretches (`SimVm.throttleDelayMs`). */
+export const GUEST_OP_CPU_MS = 1;
 
 export interface SimBackendOptions extends BackendBaseOptions {
   /** NIC bandwidth B in bytes/s (already converted from the fleet's bits/s). */
@@ -20,6 +37,20 @@ export interface SimBackendOptions extends BackendBaseOptions {
   timeScale: number;
   /** The server reaches its zone's storage service: network disks are served (else local ones only). */
   networkStorage?: boolean;
+  /** Seed of the measurements' noise (measure.ts). Default: from the server id, so every run of a test repeats. */
+  measurementSeed?: number;
+}
+
+/** A VM's dirtying as the sim models it (dirty-model.ts), from its spec's workload: the truth the measurements sample. */
+export function dirtyModelOf(spec: VmSpec): DirtyModel {
+  const w = spec.workload;
+  const hot = mibToBytes(w?.workingSetMiB ?? 0);
+  return {
+    hotBytes: hot,
+    hotRateBps: mibToBytes(w?.dirtyRateMiBps ?? 0),
+    coldBytes: Math.max(0, mibToBytes(spec.memoryMiB) - hot),
+    coldRateBps: mibToBytes(w?.coldDirtyRateMiBps ?? 0),
+  };
 }
 
 /**
@@ -33,11 +64,39 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
   readonly link: SimLink;
   /** The tenants' local disks on this server (their sizes: a disk is as big as the spec says, written or not). */
   private readonly store = new LocalStore();
+  private readonly noise: () => number;
+  /** The link's measurement, taken once on the first request (before any move: an idle link). */
+  private linkMeasured: Promise<LinkMeasurement> | undefined;
 
   constructor(protected override readonly opts: SimBackendOptions) {
     super(opts);
     this.clock = new SimClock(opts.timeScale);
     this.link = new SimLink(opts.nicBytesPerSec, this.clock, (err) => this.logger.error({ err }, 'sim link failed to advance'));
+    this.noise = seededRandom(opts.measurementSeed ?? seedOf(opts.serverId));
+  }
+
+  // ---- measurements ------------------------------------------------------------------------------------------
+
+  /** The model's distinct dirtying over `sampleMs` of simulated time (throttle included), with seeded noise. */
+  async measureDirtyRate(vmId: string, sampleMs: number): Promise<DirtyRateMeasurement> {
+    this.assertOpen();
+    const vm = this.vmHere(vmId);
+    const throttle = vm.throttlePct;
+    await this.clock.sleepUntil(this.clock.now() + sampleMs);
+    this.assertOpen();
+    const dirtyRateBps = measuredDirtyRateBps(dirtyModelOf(vm.spec), sampleMs, throttle, this.noise);
+    return { vmId, dirtyRateBps, sampleMs, method: 'sim' };
+  }
+
+  /** One stream's cap S on an idle link, with noise; measured once (the first call), then answered as measured. */
+  measureLink(sampleMs: number): Promise<LinkMeasurement> {
+    this.assertOpen();
+    this.linkMeasured ??= (async () => {
+      await this.clock.sleepUntil(this.clock.now() + sampleMs);
+      const stream = measuredStreamBps(this.opts.streamCapFraction * this.opts.nicBytesPerSec, this.opts.nicBytesPerSec, this.noise);
+      return { serverId: this.opts.serverId, nicBytesPerSec: this.opts.nicBytesPerSec, streamBytesPerSec: stream, sampleMs, method: 'sim' };
+    })();
+    return this.linkMeasured;
   }
 
   // ---- VMs ---------------------------------------------------------------------------------------------------
@@ -50,6 +109,13 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
         // Stop-and-copy: the guest is frozen. Wait, then look again: it either resumed here or moved away.
         await vm.whilePaused();
         continue;
+      }
+      // A throttled guest (auto-converge) serves its operations more slowly.
+      const delay = vm.throttleDelayMs(GUEST_OP_CPU_MS);
+      if (delay > 0) {
+        await this.clock.sleepUntil(this.clock.now() + Math.min(delay, 100 * GUEST_OP_CPU_MS));
+        // Paused or moved away meanwhile: look again (the loop waits out a pause, or answers VM_MOVED).
+        if ((vm.state as string) === 'paused-for-switchover' || this.vms.get(vmId) !== vm) continue;
       }
       if (op.kind === 'increment') vm.counter += 1;
       return { vmId, counter: vm.counter, servedBy: this.opts.serverId };
@@ -122,11 +188,18 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
       memoryBytes: mibToBytes(vm.spec.memoryMiB),
       dirtyRateBps: mibToBytes(vm.spec.workload?.dirtyRateMiBps ?? 0),
       workingSetBytes: mibToBytes(vm.spec.workload?.workingSetMiB ?? 0),
+      coldDirtyRateBps: mibToBytes(vm.spec.workload?.coldDirtyRateMiBps ?? 0),
       maxDowntimeMs: input.maxDowntimeMs,
       autoConverge: input.autoConverge,
       maxRounds: input.maxRounds ?? DEFAULT_MAX_ROUNDS,
-      capBps: Math.min(this.opts.streamCapFraction * this.opts.nicBytesPerSec, input.bandwidthCapBps ?? Infinity),
+      // Each channel is capped at S (one stream's cap); a multifd move's k channels together at min(B, k·S).
+      capBps: Math.min(
+        this.opts.nicBytesPerSec,
+        (input.channels ?? 1) * this.opts.streamCapFraction * this.opts.nicBytesPerSec,
+        input.bandwidthCapBps ?? Infinity,
+      ),
       failAtRound: failAt,
+      postCopyOnGiveUp: input.postCopy === true,
     });
   }
 

@@ -9,6 +9,8 @@ export class SimVm {
   /** The outbound migration that owns this VM now, from the moment it is requested. */
   migrationJobId: string | null = null;
   private parked: Array<() => void> = [];
+  /** While a move throttles the guest (auto-converge): where its current throttle is read. */
+  throttledBy: (() => number) | null = null;
 
   constructor(
     readonly vmId: string,
@@ -16,6 +18,20 @@ export class SimVm {
     readonly spec: VmSpec,
     public counter = 0,
   ) {}
+
+  /** Auto-converge's throttle on the guest now, %: the share of CPU time its vCPUs lose. */
+  get throttlePct(): number {
+    return this.throttledBy?.() ?? 0;
+  }
+
+  /**
+   * How much longer one guest operation takes than unthrottled, simulated ms: an operation needing `cpuMs` of vCPU
+   * time gets only (100 − throttle) % of it, so it takes cpuMs / (1 − throttle) — throttling costs the guest.
+   */
+  throttleDelayMs(cpuMs: number): number {
+    const share = (100 - this.throttlePct) / 100;
+    return share > 0 ? cpuMs / share - cpuMs : Infinity;
+  }
 
   pause(): void {
     this.state = 'paused-for-switchover';
@@ -36,6 +52,14 @@ export class SimVm {
   }
 
   view(serverId: string): VmView {
-    return { vmId: this.vmId, incarnationId: this.incarnationId, serverId, spec: this.spec, state: this.state, counter: this.counter };
+    return {
+      vmId: this.vmId,
+      incarnationId: this.incarnationId,
+      serverId,
+      spec: this.spec,
+      state: this.state,
+      counter: this.counter,
+      ...(this.throttlePct > 0 ? { throttlePct: this.throttlePct } : {}),
+    };
   }
 }

@@ -3,7 +3,8 @@ import { autoSchedulePolicy, bandwidthCapFor } from '../../workflows/vm-order';
 
 /** `bandwidthCapFor`: the per-move cap that gives a critical-path VM a whole stream (workflow code, so pure). */
 describe('bandwidthCapFor', () => {
-  const policy = autoSchedulePolicy({ nicBandwidthBps: 10e9, streamCapFraction: 0.4 }); // B = 1.25e9 B/s, S = 0.5e9, 3 streams
+  // B = 1.25e9 B/s, S = 0.5e9, 3 streams (the auto policy's maxParallel is a ceiling; the workflow runs ⌈B/S⌉ = 3).
+  const policy = { ...autoSchedulePolicy({ nicBandwidthBps: 10e9, streamCapFraction: 0.4 }), maxParallel: 3 };
   const vm = (vmId: string, gib: number, state: VmMigrationState = 'pending') => ({ vmId, spec: { vcpus: 1, memoryMiB: gib * 1024, diskGiB: 10 }, state });
   // Benchmark 1's 8-VM host of seed 1: the 32 GiB VM holds 40 % of 80 GiB, so at S it alone needs ΣM/B.
   const skewed = [vm('a', 32), vm('b', 16), vm('c', 8), vm('d', 8), vm('e', 8), vm('f', 4), vm('g', 2), vm('h', 2)];

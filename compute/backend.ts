@@ -56,9 +56,10 @@ export interface ComputeBackend {
   // Measurements (agent-api.ts, "measurements"): what the control plane decides a move's settings from. Optional: a
   // backend without them answers 501 and the control plane falls back on the tenant's declared workload.
   /**
-   * The VM's dirty rate over `sampleMs`: bytes/s of distinct memory dirtied. qemu: `calc-dirty-rate` with
-   * calc-time ⌈sampleMs/1000⌉ s (mode page-sampling), then `query-dirty-rate` until `status` is `measured`;
-   * `dirty-rate` (MiB/s) × 2^20. Throws like `guestOp` for a VM not here. Does not change the VM.
+   * The VM's dirty rate over `sampleMs`: bytes/s of distinct memory dirtied. qemu: `calc-dirty-rate` (mode
+   * page-sampling, calc-time in ms) over windows of ≤ 1 s, each followed by `query-dirty-rate` until `measured`, the
+   * mean of their `dirty-rate` (MiB/s) × 2^20 (compute/qemu/dirty-rate.ts). Throws like `guestOp` for a VM not here.
+   * Does not change the VM.
    */
   measureDirtyRate?(vmId: string, sampleMs: number): Promise<DirtyRateMeasurement>;
   /**

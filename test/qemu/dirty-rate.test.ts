@@ -105,6 +105,14 @@ test('calc-dirty-rate before a move tracks the guest writer within a factor of 2
     } finally {
       qmp.close();
     }
+    if (rate === 12) {
+      // The same measurement through the agent's route (GET /v1/vms/:vmId/dirty-rate), as the workflow asks for it.
+      const viaAgent = await a.client.measureDirtyRate(vmId, 3_000);
+      figures['writer 12 MiB/s via the agent'] = viaAgent;
+      expect(viaAgent).toMatchObject({ vmId, method: 'calc-dirty-rate', sampleMs: 3_000 });
+      expect(viaAgent!.dirtyRateBps / MIB).toBeGreaterThanOrEqual(rate / FACTOR);
+      expect(viaAgent!.dirtyRateBps / MIB).toBeLessThanOrEqual(rate * FACTOR);
+    }
     await a.client.deleteVm(vmId);
   }
   for (const rate of [4, 12]) {
@@ -150,6 +158,8 @@ test("during a move the job's dirtyRateBps (QEMU's dirty-pages-rate) tracks the 
     endedAs: job.state,
   };
   expect(seen.length).toBeGreaterThanOrEqual(2);
+  // After a completed single-channel uncapped move the link measurement is QEMU's own; this one was capped: still the NIC's.
+  expect(await a.client.measureLink()).toMatchObject({ serverId: 'da', method: 'nic', nicBytesPerSec: 10e9 / 8 });
   expect(median).toBeGreaterThanOrEqual(rate / MOVE_FACTOR);
   expect(median).toBeLessThanOrEqual(rate * MOVE_FACTOR);
 }, 300_000);

@@ -1,6 +1,7 @@
 import { eventually } from '../support/system';
 import { testFleet } from '../support/fleets';
 import { startApiTestSystem, type ApiTestSystem } from './helpers';
+import { MAX_AUTO_STREAMS } from '../../workflows/vm-order';
 
 /**
  * A whole live migration driven through the HTTP API (claims 1a–1g, 3, 6–8 as a user and an operator see them):
@@ -185,11 +186,14 @@ describe('a migration through the HTTP API', () => {
     };
     const server = (await t.call('GET', '/v1/physical-servers', { token: op })).body.servers[0];
     const linkBytesPerSec = server.nicBandwidthBps / 8;
-    // The test fleet's sim agents cap a stream at 40 % of the NIC: 3 streams fill it.
+    // dhm's own schedule: a ceiling of MAX_AUTO_STREAMS moves (the workflow runs ⌈B/S⌉ of them from the link it
+    // measures), the operator's downtime limit as the target, and measured inputs; the link figures are the fallback
+    // from the test fleet's sim agents, which cap a stream at 40 % of the NIC.
     expect(await start({})).toMatchObject({
-      maxParallel: 3,
+      maxParallel: MAX_AUTO_STREAMS,
+      measureInputs: true,
       order: 'largest-first',
-      maxDowntimeMs: 100,
+      maxDowntimeMs: 300,
       onVmFailure: 'retry-with-auto-converge',
       linkBytesPerSec,
       streamCapBytesPerSec: 0.4 * linkBytesPerSec,

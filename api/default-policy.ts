@@ -7,7 +7,7 @@ import { autoSchedulePolicy } from '../workflows/vm-order';
 /**
  * The policy a migration runs with when the operator does not say otherwise: dhm's own schedule
  * (`autoSchedulePolicy`: streams from the link and the per-stream cap, largest first, auto-converge only for the
- * guests that need it, a downtime target a third of the limit, critical-path caps), computed from the source
+ * guests that need it, the downtime limit as the target, critical-path caps), computed from the source
  * server's NIC; the workflow finds the critical-path VM itself from the VMs it moves. Every field the operator gave wins as given.
  *
  * The policy measures its inputs (`measureInputs`): the workflow asks the source's agent for one stream's throughput S

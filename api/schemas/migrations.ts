@@ -31,7 +31,7 @@ export const startMigrationBody = z
     policy: migrationPolicySchema
       .optional()
       .describe(
-        "fields left out come from dhm's own schedule for this host (streams from the source NIC, largest first, auto-converge only where needed, downtime target a third of maxDowntimeMs)",
+        "fields left out come from dhm's own schedule for this host (inputs measured by the agents: streams from the source's measured link, largest first, auto-converge only where a measured dirty rate needs it, the downtime limit as the target)",
       ),
   })
   .strict();

@@ -9,7 +9,8 @@ import { measureDirtyRate } from '../compute/qemu/dirty-rate';
 import { QmpClient } from '../compute/qemu/qmp';
 import { runQemuSetup } from '../compute/qemu/tools';
 import { run } from '../compute/testbed/net';
-import { downTestbed, processesUnder, upTestbed, type TestbedServer, type TestbedState } from '../compute/testbed/testbed';
+import { vmQemu } from '../compute/testbed/disk-check';
+import { downTestbed, upTestbed, type TestbedState } from '../compute/testbed/testbed';
 
 /**
  * Testbed benchmark: host evacuation with real QEMU between two namespaced servers over shaped NICs (htb, TLS).
@@ -69,30 +70,7 @@ interface Move {
   throughputMBps: number;
 }
 
-function qemuOf(server: TestbedServer, vmId: string): { files: string[]; inspect: string } | null {
-  for (const pid of processesUnder(server.dir)) {
-    let args: string[];
-    try {
-      args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    } catch {
-      continue;
-    }
-    if (!args.some((a) => a.includes('qemu-system')) || args[args.indexOf('-name') + 1] !== vmId) continue;
-    const files = args
-      .filter((_, i) => args[i - 1] === '-blockdev')
-      .map((a) => JSON.parse(a) as { driver: string; filename?: string })
-      .filter((b) => b.driver === 'file')
-      .map((b) => b.filename!);
-    const inspect = args
-      .find((a) => a.includes('inspect.sock'))!
-      .replace(/^unix:/, '')
-      .split(',')[0]!;
-    return { files, inspect };
-  }
-  return null;
-}
-
-const allocated = (files: string[]) => files.reduce((s, f) => s + fs.statSync(f).blocks * 512, 0);
+const allocated = (files: Iterable<string>) => [...files].reduce((s, f) => s + fs.statSync(f).blocks * 512, 0);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function setNic(st: TestbedState, bitsPerSec: number): Promise<void> {
@@ -134,8 +112,8 @@ async function main(): Promise<void> {
     async function move(vm: Vm, opts: { autoConverge: boolean; channels?: number }, t0: number): Promise<Move> {
       const from = vm.at;
       const to = 1 - from;
-      const q = qemuOf(st.servers[from]!, vm.vmId)!;
-      const diskData = allocated(q.files);
+      const q = vmQemu(st.servers[from]!, vm.vmId)!;
+      const diskData = allocated(q.files.values());
       const jobId = `evac-${++seq}-${vm.vmId}`;
       const t = Date.now();
       await agents[from]!.startMigration({
@@ -214,7 +192,7 @@ async function main(): Promise<void> {
     // ---- calibration: the writers' dirtying curve (calc-dirty-rate over windows), the dhm arm's measured input ---
     const dirtyCurve: Array<{ vmId: string; declaredMiBps: number; workingSetMiB: number; windowsMs: Record<string, number> }> = [];
     for (const vm of vms) {
-      const qmp = await QmpClient.connect({ socketPath: qemuOf(st.servers[0]!, vm.vmId)!.inspect, connectTimeoutMs: 5_000 });
+      const qmp = await QmpClient.connect({ socketPath: vmQemu(st.servers[0]!, vm.vmId)!.inspectSocket!, connectTimeoutMs: 5_000 });
       const windowsMs: Record<string, number> = {};
       try {
         for (const w of [250, 500, 1000, 2000]) windowsMs[String(w)] = Number(((await measureDirtyRate(qmp, w)).dirtyRateBps / MIB).toFixed(2));

@@ -4,8 +4,14 @@ import { lastDiskBlock, verifyDiskBlocks, type DiskBlocksReport } from '../qemu/
 import { volumeFile, type StorageService } from './storage';
 import { processesUnder, type TestbedServer } from './testbed';
 
-/** A VM's QEMU on a testbed server, read from its command line: its serial log and its local disk files by node. */
-export function vmQemu(server: TestbedServer, vmId: string): { pid: number; serialPath: string; files: Map<string, string> } | null {
+/**
+ * A VM's QEMU on a testbed server, read from its command line: its serial log, its local disk files by node, and its
+ * inspection QMP socket (a second monitor, for measurements that must not disturb the agent's).
+ */
+export function vmQemu(
+  server: TestbedServer,
+  vmId: string,
+): { pid: number; serialPath: string; files: Map<string, string>; inspectSocket: string | null } | null {
   for (const pid of processesUnder(server.dir)) {
     let args: string[];
     try {
@@ -20,7 +26,9 @@ export function vmQemu(server: TestbedServer, vmId: string): { pid: number; seri
       const b = JSON.parse(a) as { driver: string; filename?: string; 'node-name': string };
       if (b.driver === 'file' && b.filename) files.set(b['node-name'].replace(/-proto$/, ''), b.filename);
     });
-    return { pid, serialPath: args[args.indexOf('-serial') + 1]!.replace(/^file:/, ''), files };
+    const inspect = args.find((a) => a.includes('inspect.sock'));
+    const inspectSocket = inspect ? inspect.replace(/^unix:/, '').split(',')[0]! : null;
+    return { pid, serialPath: args[args.indexOf('-serial') + 1]!.replace(/^file:/, ''), files, inspectSocket };
   }
   return null;
 }

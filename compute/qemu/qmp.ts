@@ -156,17 +156,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [Error |
 
   /** Runs one command. Rejects with QmpError: COMMAND (QEMU's error), TIMEOUT, or CLOSED (at once if already closed). */
   execute<T = unknown>(command: string, args?: Record<string, unknown>, opts: { timeoutMs?: number } = {}): Promise<T> {
-    if (this.closedWith) return Promise.reject(new QmpError('CLOSED', `${command}: ${this.closedWith.message}`));
-    const id = this.nextId++;
-    const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new QmpError('TIMEOUT', `${command}: no reply within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
-      this.socket.write(JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id }) + '\n');
-    });
+    return this.send<T>('execute', command, args, opts);
   }
 
   /**
@@ -174,17 +164,21 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [Error |
    * allow-oob (migrate-pause, migrate-recover, ...). Without negotiated OOB it runs in band.
    */
   executeOob<T = unknown>(command: string, args?: Record<string, unknown>, opts: { timeoutMs?: number } = {}): Promise<T> {
-    if (!this.oob) return this.execute<T>(command, args, opts);
+    return this.send<T>(this.oob ? 'exec-oob' : 'execute', command, args, opts);
+  }
+
+  private send<T>(how: 'execute' | 'exec-oob', command: string, args: Record<string, unknown> | undefined, opts: { timeoutMs?: number }): Promise<T> {
     if (this.closedWith) return Promise.reject(new QmpError('CLOSED', `${command}: ${this.closedWith.message}`));
     const id = this.nextId++;
     const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
+    const label = how === 'exec-oob' ? `${command} (oob)` : command;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new QmpError('TIMEOUT', `${command} (oob): no reply within ${timeoutMs} ms`));
+        reject(new QmpError('TIMEOUT', `${label}: no reply within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
-      this.socket.write(JSON.stringify({ 'exec-oob': command, ...(args ? { arguments: args } : {}), id }) + '\n');
+      this.socket.write(JSON.stringify({ [how]: command, ...(args ? { arguments: args } : {}), id }) + '\n');
     });
   }
 

@@ -9,7 +9,7 @@ import { UserFacingError } from '../../common/errors';
 import { ensurePrivateDir } from '../../common/private-dir';
 import { checkServerCreds, ensureDhParams } from '../fleet-ca';
 import { QemuBackend } from './qemu-backend';
-import { ensureQemuDir, letQemuOpenTun, letQemuUseUserfaultfd, resolveQemuUser } from './qemu-user';
+import { ensureQemuDir, letQemuOpenTun, letQemuReadTools, letQemuUseUserfaultfd, resolveQemuUser } from './qemu-user';
 import { loadQemuTools } from './tools';
 
 /** The `qemu` backend's options as a host agent takes them (all optional). */
@@ -120,6 +120,7 @@ export function createQemuBackend(input: {
     throw new UserFacingError('qemu.tlsDir: required for network disks over TLS (qemu.networkStorage with transport tls)', 'qemu.tlsDir');
   const migrationDir = o.migrationDir ?? path.join(base, 'migrate');
   const storageDir = o.storageDir ?? path.join(stateDir, 'disks');
+  const tools = loadQemuTools(o.toolsDir);
   const qemuUser = resolveQemuUser(o.user, input.logger);
   if (!o.stateDir || !o.migrationDir) ensurePrivateDir(base, 'DHM_HOME', qemuUser?.gid);
   if (qemuUser) {
@@ -129,6 +130,7 @@ export function createQemuBackend(input: {
     ensureQemuDir(storageDir, qemuUser, 'qemu.storageDir', input.logger);
     if (o.tenantBridge) letQemuOpenTun(qemuUser, input.logger);
     letQemuUseUserfaultfd(qemuUser, input.logger);
+    letQemuReadTools(tools, qemuUser, input.logger);
   } else {
     ensurePrivateDir(stateDir, 'qemu.stateDir');
     ensurePrivateDir(migrationDir, 'qemu.migrationDir');
@@ -140,7 +142,7 @@ export function createQemuBackend(input: {
     peer: input.peer,
     logger: input.logger,
     selfUrl: input.selfUrl,
-    tools: loadQemuTools(o.toolsDir),
+    tools,
     stateDir,
     storageDir,
     qemuUser,

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { UserFacingError } from '../../common/errors';
+import type { QemuTools } from './tools';
 
 /**
  * The unprivileged user QEMU runs as when the agent runs as root: a guest that escapes its emulator lands in a user
@@ -83,6 +84,25 @@ export function letQemuReach(dir: string, u: QemuUser, field: string, logger: Lo
     fs.chownSync(p, st.uid, u.gid);
     fs.chmodSync(p, (st.mode & 0o7707) | 0o010);
     logger.info({ folder: p, user: u.name }, "gave QEMU's user search permission on a folder above its own");
+  }
+}
+
+/**
+ * QEMU's user must reach what it runs and reads: its binary (a wrapper script), shared libraries, modules, firmware
+ * and the guest's kernel and initramfs. The tools are world-readable inside their folder, but the folders above may
+ * not let that user pass (a checkout in a 0700 folder of root's): those are given search permission as for its state
+ * folders (`letQemuReach`); a file it still cannot read is refused naming `qemu.toolsDir`.
+ */
+export function letQemuReadTools(tools: QemuTools, u: QemuUser, logger: Logger): void {
+  const files = [tools.qemuBinary, tools.kernel, tools.initrd];
+  const dirs = [tools.dir, tools.moduleDir, ...tools.dataDirs, ...tools.libraryPath].filter((d) => fs.existsSync(d));
+  // letQemuReach checks the folders above its argument: a name inside each folder covers the folder itself.
+  for (const f of [...files, ...dirs.map((d) => path.join(d, '.reach'))]) letQemuReach(f, u, 'qemu.toolsDir', logger);
+  for (const f of files) {
+    const st = fs.statSync(f);
+    const readable = st.uid === u.uid ? (st.mode & 0o400) !== 0 : st.gid === u.gid ? (st.mode & 0o040) !== 0 : (st.mode & 0o004) !== 0;
+    if (!readable)
+      throw new UserFacingError(`qemu.toolsDir: QEMU runs as ${u.name}, which cannot read ${f} (mode ${(st.mode & 0o777).toString(8)})`, 'qemu.toolsDir');
   }
 }
 

@@ -70,12 +70,25 @@ test('dhm demo --backend qemu: three real guests move while they work; exit 0 an
   const result = /Result: completed\. Host (\S+) kept its id; it now runs on (\S+) \(was (\S+)\)\./.exec(stdout);
   expect(result).not.toBeNull();
   expect(result![2]).not.toBe(result![3]);
-  // The summary table: the three guests moved, each with QEMU's downtime.
+  // The summary table: each of the three guests either moved, with QEMU's downtime, or was the one the tenant deleted
+  // while it still waited for its move (the demo deletes a VM that is pending then; dhm moves one at a time when one
+  // stream fills the link, so one usually is). The deleted count is the one the demo reports.
+  const deletedReported = /Tenant requests during the migration: .*?(\d+) VMs? deleted/.exec(stdout);
+  expect(deletedReported).not.toBeNull();
+  let moved = 0;
+  let deleted = 0;
   for (const name of ['db', 'app', 'bastion']) {
     const row = new RegExp(`^\\S+\\s+${name}\\s+\\d+ MiB\\s+moved\\s+\\d+\\s+\\d+ MiB\\s+(\\d+\\.\\d) ms`, 'm').exec(stdout);
-    expect(row).not.toBeNull();
-    expect(Number(row![1])).toBeGreaterThan(0);
+    if (row) {
+      moved++;
+      expect(Number(row[1])).toBeGreaterThan(0);
+    } else {
+      expect(stdout).toMatch(new RegExp(`^\\S+\\s+${name}\\s+\\d+ MiB\\s+deleted`, 'm'));
+      deleted++;
+    }
   }
+  expect(deleted).toBe(Number(deletedReported![1]));
+  expect(moved).toBeGreaterThanOrEqual(2);
   const downtime = /Downtime per VM \(as QEMU measured it\): max (\d+\.\d) ms, mean (\d+\.\d) ms/.exec(stdout);
   expect(downtime).not.toBeNull();
   expect(Number(downtime![2])).toBeGreaterThan(0);

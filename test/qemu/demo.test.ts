@@ -1,9 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { freePort } from '../../stack/ports';
 import { runQemuSetup } from '../../compute/qemu/tools';
+import { demoSandbox } from '../support/demo-process';
 import { eventually } from '../support/system';
 import { processesMatching, qemuUnder } from './helpers';
 
@@ -13,57 +10,17 @@ import { processesMatching, qemuUnder } from './helpers';
  * is ours, so every QEMU process it starts can be found under it (the agents' state folders default to <tmp>/dhm-qemu).
  */
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const DHM = path.join(ROOT, 'bin', 'dhm.js');
-const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-qemu-demo-'));
-const home = path.join(root, 'home');
-const tmp = path.join(root, 'tmp');
-let child: ChildProcess | null = null;
+const demo = demoSandbox('dhm-qemu-demo-');
+const { home, tmp } = demo;
 
 beforeAll(async () => {
   await runQemuSetup(); // cached; the demo runs it too, but a first run's downloads should not count against its time
-  for (const d of [root, home, tmp]) {
-    fs.mkdirSync(d, { recursive: true });
-    fs.chmodSync(d, 0o755); // the postgres system user must reach its data folder
-  }
 }, 600_000);
 
-afterAll(async () => {
-  // Only if the test failed half-way: the demo's process group (it, Postgres, Temporal, QEMU) gets a Ctrl-C, then SIGKILL.
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const gone = new Promise((r) => child!.once('exit', r));
-    process.kill(-child.pid!, 'SIGINT');
-    await Promise.race([gone, new Promise((r) => setTimeout(r, 10_000).unref())]);
-    if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
-  }
-  fs.rmSync(root, { recursive: true, force: true });
-});
+afterAll(() => demo.stop());
 
 test('dhm demo --backend qemu: three real guests move while they work; exit 0 and the summary with QEMU downtime', async () => {
-  const env = {
-    ...process.env,
-    DHM_HOME: home,
-    TMPDIR: tmp,
-    DHM_PG_PORT: String(await freePort()),
-    DHM_TEMPORAL_PORT: String(await freePort()),
-    DHM_TEMPORAL_UI_PORT: String(await freePort()),
-    DHM_API_PORT: String(await freePort()),
-    LOG_LEVEL: 'error',
-    DATABASE_URL: '',
-    TEMPORAL_ADDRESS: '',
-  };
-  const t0 = Date.now();
-  const proc = spawn(process.execPath, [DHM, 'demo', '--backend', 'qemu'], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  child = proc;
-  let stdout = '';
-  let stderr = '';
-  proc.stdout!.on('data', (d) => (stdout += d));
-  proc.stderr!.on('data', (d) => (stderr += d));
-  const code = await new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c)));
-  const seconds = (Date.now() - t0) / 1000;
-  process.stderr.write(
-    `\n[dhm demo --backend qemu] exit ${code} after ${seconds.toFixed(1)} s\n${stdout}\n${stderr ? `stderr:\n${stderr.slice(-3000)}\n` : ''}`,
-  );
+  const { code, stdout } = await demo.run(['--backend', 'qemu'], { TMPDIR: tmp });
   expect(code).toBe(0);
 
   expect(stdout).toMatch(/Starting the embedded system \(Postgres, Temporal dev server, 3 qemu servers/);

@@ -1,9 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { freePort } from '../../stack/ports';
 import { runQemuSetup } from '../../compute/qemu/tools';
+import { demoSandbox } from '../support/demo-process';
 import { eventually } from '../support/system';
 import { processesMatching } from '../qemu/helpers';
 
@@ -14,11 +10,7 @@ import { processesMatching } from '../qemu/helpers';
  * bytes the mirror copied and whether every block the guest wrote is on the target with its checksum.
  */
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const DHM = path.join(ROOT, 'bin', 'dhm.js');
-const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-testbed-demo-'));
-const home = path.join(root, 'home');
-let child: ChildProcess | null = null;
+const demo = demoSandbox('dhm-testbed-demo-');
 
 interface VmReport {
   vmId: string;
@@ -33,46 +25,12 @@ interface VmReport {
 
 beforeAll(async () => {
   await runQemuSetup(); // cached; a first run's downloads should not count against the demo's time
-  for (const d of [root, home]) {
-    fs.mkdirSync(d, { recursive: true });
-    fs.chmodSync(d, 0o755); // the postgres system user must reach its data folder
-  }
 }, 600_000);
 
-afterAll(async () => {
-  // Only if the test failed half-way: the demo's process group gets a Ctrl-C, then SIGKILL.
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const gone = new Promise((r) => child!.once('exit', r));
-    process.kill(-child.pid!, 'SIGINT');
-    await Promise.race([gone, new Promise((r) => setTimeout(r, 15_000).unref())]);
-    if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
-  }
-  fs.rmSync(root, { recursive: true, force: true });
-});
+afterAll(() => demo.stop());
 
 test('dhm demo --backend qemu --testbed --json: every moved VM reports diskBytesCopied and diskVerified, nothing left behind', async () => {
-  const env = {
-    ...process.env,
-    DHM_HOME: home,
-    DHM_PG_PORT: String(await freePort()),
-    DHM_TEMPORAL_PORT: String(await freePort()),
-    DHM_TEMPORAL_UI_PORT: String(await freePort()),
-    DHM_API_PORT: String(await freePort()),
-    LOG_LEVEL: 'error',
-    DATABASE_URL: '',
-    TEMPORAL_ADDRESS: '',
-  };
-  const t0 = Date.now();
-  const proc = spawn(process.execPath, [DHM, 'demo', '--backend', 'qemu', '--testbed', '--json'], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  child = proc;
-  let stdout = '';
-  let stderr = '';
-  proc.stdout!.on('data', (d) => (stdout += d));
-  proc.stderr!.on('data', (d) => (stderr += d));
-  const code = await new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c)));
-  process.stderr.write(
-    `\n[dhm demo --testbed --json] exit ${code} after ${((Date.now() - t0) / 1000).toFixed(1)} s\n${stdout}\nstderr:\n${stderr.slice(-3000)}\n`,
-  );
+  const { code, stdout } = await demo.run(['--backend', 'qemu', '--testbed', '--json']);
 
   // stdout is one JSON object (progress went to stderr).
   const report = JSON.parse(stdout) as { result: string; tls: boolean; movedFrom: string; movedTo: string; vms: VmReport[]; leftovers: string[] };
@@ -89,5 +47,5 @@ test('dhm demo --backend qemu --testbed --json: every moved VM reports diskBytes
     expect(v.requestsDone).toBeGreaterThan(0);
   }
   expect(report.leftovers).toEqual([]);
-  await eventually('the demo stack to be gone', async () => processesMatching(home).length === 0, 15_000, 100);
+  await eventually('the demo stack to be gone', async () => processesMatching(demo.home).length === 0, 15_000, 100);
 }, 900_000);

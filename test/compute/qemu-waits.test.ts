@@ -93,7 +93,7 @@ describe('probeGuest', () => {
 
 describe('qemu.listenWaitMs', () => {
   test('out of range: the agent refuses to start, naming the field; in range and by default it parses', async () => {
-    const base = { serverId: 'lw-1', capacity: { vcpus: 4, memoryMiB: 1024, diskGiB: 10 }, nicBandwidthBps: 1e9, backend: 'qemu' as const, logger };
+    const base = { tls: undefined as never, serverId: 'lw-1', capacity: { vcpus: 4, memoryMiB: 1024, diskGiB: 10 }, nicBandwidthBps: 1e9, backend: 'qemu' as const, logger };
     for (const bad of [500, 1.5e3 + 0.5, 700_000]) await expect(startAgent({ ...base, qemu: { listenWaitMs: bad } })).rejects.toThrow(/qemu\.listenWaitMs: /);
     expect(qemuAgentOptionsSchema.parse({}).listenWaitMs).toBe(DEFAULT_LISTEN_WAIT_MS);
     expect(qemuAgentOptionsSchema.parse({ listenWaitMs: 120_000 }).listenWaitMs).toBe(120_000);

@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ApiClient } from '../cli/api-client';
-import { fetchMigration, type MigrationView } from '../cli/watch';
-import { TERMINAL_PHASES } from '../common/migration';
+import { TERMINAL_PHASES, type MigrationStatus } from '../common/migration';
 import type { AgentClient } from '../compute/agent-client';
 import type { MigrationJob } from '../compute/agent-api';
 import { moveOf, type Move } from './testbed-figures';
@@ -45,6 +44,8 @@ export interface DhmArm {
 export async function runDhmArm(o: {
   operator: ApiClient;
   hostId: string;
+  /** The workflow's own status query (the API's view leaves out the agent job ids). */
+  status: (migrationId: string) => Promise<MigrationStatus>;
   /** The source server's agent (where the host is now). */
   agent: AgentClient;
   /** Each VM's local disk data on the source (allocated bytes), measured before the move. */
@@ -60,9 +61,9 @@ export async function runDhmArm(o: {
     { 'idempotency-key': randomUUID() },
   );
   const jobs = new Map<string, MigrationJob>();
-  let view: MigrationView;
+  let view: MigrationStatus;
   for (;;) {
-    view = await fetchMigration(o.operator, started.id);
+    view = await o.status(started.id);
     for (const v of view.vms) {
       if (!v.jobId || jobs.get(v.jobId)?.state === 'completed') continue;
       const j = await o.agent.getMigration(v.jobId).catch(() => null);

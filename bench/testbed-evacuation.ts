@@ -15,6 +15,7 @@ import { vmQemu } from '../compute/testbed/disk-check';
 import { downTestbed, upTestbed, type TestbedState } from '../compute/testbed/testbed';
 import { startEmbeddedSystem, type EmbeddedSystem } from '../stack/embedded-system';
 import { createApiClient } from '../cli/api-client';
+import { statusQuery } from '../workflows/messages';
 import { runDhmArm } from './testbed-dhm-arm';
 import { allocated, evacuationOf, moveOf, type Move } from './testbed-figures';
 
@@ -75,6 +76,8 @@ async function main(): Promise<void> {
   const nVms = Math.min(MIX.length, Math.max(3, arg('vms', 4)));
   const nicBps = arg('nic', 300) * 1e6;
   const B = nicBps / 8;
+  /** `--dry`: only the dhm arm, nothing written (a check of the set-up). */
+  const dry = process.argv.includes('--dry');
   const env = loadEnv();
   const logger = createLogger('bench-testbed-evacuation', 'warn');
   await runQemuSetup();
@@ -202,7 +205,7 @@ async function main(): Promise<void> {
     // ---- 1. multifd 1 vs 4, shaped and unshaped (the largest VM, back and forth: it ends where it began) ---------
     const probe = vms[0]!;
     const multifd: Array<{ nicMbps: number; channels: number; move: Move }> = [];
-    for (const nic of [nicBps, 4e9]) {
+    for (const nic of dry ? [] : [nicBps, 4e9]) {
       await setNic(st, nic);
       for (const channels of [1, 4, 1, 4]) {
         const m = await move(probe, { autoConverge: true, channels }, Date.now());
@@ -224,7 +227,7 @@ async function main(): Promise<void> {
       { name: '2 outbound (KubeVirt-like)', k: 2, settings: () => ({ autoConverge: false }) },
     ];
     const evacuations: Array<ReturnType<typeof evacuationOf> & { rep: number; workflow?: unknown }> = [];
-    for (let r = 0; r < reps; r++)
+    for (let r = 0; r < (dry ? 0 : reps); r++)
       for (const arm of arms) {
         // Every VM is on one server before each arm (a failed move leaves a VM behind: bring it over first).
         for (const v of vms.filter((x) => x.at !== vms[0]!.at)) await move(v, { autoConverge: true }, Date.now());
@@ -235,11 +238,17 @@ async function main(): Promise<void> {
     if (vms.some((v) => v.at !== home)) throw new Error('a VM could not be brought back to the host’s server; the dhm arm cannot run');
     await agents[1 - home]!.teardownIncarnation(inc[1 - home]!);
     const diskData = new Map(vms.map((v) => [v.vmId, allocated(vmQemu(st.servers[home]!, v.vmId)!.files.values())]));
-    const dhm = await runDhmArm({ operator, hostId: host.id, agent: agents[home]!, diskData, downtimeMs: DOWNTIME_MS, log });
+    const temporal = system.temporal;
+    const status = (id: string) => temporal.client.workflow.getHandle(id).query(statusQuery);
+    const dhm = await runDhmArm({ operator, status, hostId: host.id, agent: agents[home]!, diskData, downtimeMs: DOWNTIME_MS, log });
     evacuations.push({ rep: 0, ...evacuationOf(dhm.name, dhm.concurrency, dhm.makespanMs, dhm.moves, B), workflow: dhm.workflow });
     log(
       `${dhm.name}: makespan ${dhm.makespanMs} ms (whole workflow ${dhm.workflow.wholeMs} ms), ${dhm.moves.filter((m) => m.state !== 'completed').length} failed`,
     );
+    if (dry) {
+      process.stdout.write(`${JSON.stringify(dhm, null, 1)}\n`);
+      return;
+    }
     // ---- results ----------------------------------------------------------------------------------------------
     const allMoves = [...multifd.map((x) => x.move), ...evacuations.flatMap((e) => e.moves)].filter((m) => m.state === 'completed');
     const calibration = {

@@ -3,6 +3,7 @@ import * as net from 'node:net';
 import { createLogger } from '../../common/logger';
 import { startAgent } from '../../compute/agent-service';
 import { DEFAULT_LISTEN_WAIT_MS, qemuAgentOptionsSchema } from '../../compute/qemu/create';
+import { measureDirtyRate } from '../../compute/qemu/dirty-rate';
 import { EventWake } from '../../compute/qemu/event-wake';
 import { probeGuest } from '../../compute/qemu/guest-nic';
 import type { QmpEvent } from '../../compute/qemu/qmp';
@@ -93,9 +94,35 @@ describe('probeGuest', () => {
 
 describe('qemu.listenWaitMs', () => {
   test('out of range: the agent refuses to start, naming the field; in range and by default it parses', async () => {
-    const base = { tls: undefined as never, serverId: 'lw-1', capacity: { vcpus: 4, memoryMiB: 1024, diskGiB: 10 }, nicBandwidthBps: 1e9, backend: 'qemu' as const, logger };
+    const base = {
+      tls: undefined as never,
+      serverId: 'lw-1',
+      capacity: { vcpus: 4, memoryMiB: 1024, diskGiB: 10 },
+      nicBandwidthBps: 1e9,
+      backend: 'qemu' as const,
+      logger,
+    };
     for (const bad of [500, 1.5e3 + 0.5, 700_000]) await expect(startAgent({ ...base, qemu: { listenWaitMs: bad } })).rejects.toThrow(/qemu\.listenWaitMs: /);
     expect(qemuAgentOptionsSchema.parse({}).listenWaitMs).toBe(DEFAULT_LISTEN_WAIT_MS);
     expect(qemuAgentOptionsSchema.parse({ listenWaitMs: 120_000 }).listenWaitMs).toBe(120_000);
+  });
+});
+
+describe('measureDirtyRate', () => {
+  /** QMP as measureDirtyRate uses it: calc-dirty-rate, then query-dirty-rate answering `statuses` in turn. */
+  const fakeQmp = (statuses: string[]) => {
+    let i = 0;
+    return {
+      execute: (cmd: string) => Promise.resolve(cmd === 'query-dirty-rate' ? { status: statuses[Math.min(i++, statuses.length - 1)], 'dirty-rate': 6 } : {}),
+    } as never;
+  };
+
+  test('a measurement QEMU has not started yet (unstarted, on a loaded host) is waited for, not failed', async () => {
+    const r = await measureDirtyRate(fakeQmp(['unstarted', 'unstarted', 'measuring', 'measured']), 200);
+    expect(r.dirtyRateBps).toBe(6 * 2 ** 20);
+  });
+
+  test('any other status is an error naming it', async () => {
+    await expect(measureDirtyRate(fakeQmp(['unstarted', 'bogus']), 200)).rejects.toThrow(/unexpected status bogus/);
   });
 });

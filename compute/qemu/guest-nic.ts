@@ -82,8 +82,16 @@ export const PROBE_ATTEMPT_MS = 150;
  * learning its MAC, the guest just resumed): the kernel would resend it only after its 1 s initial RTO. So while no
  * connection has been established, a further one is opened every `attemptMs` (once one is, the guest is reachable
  * and only its answer is awaited: no more connections for it to serve); the first answer wins, the rest are closed.
+ *
+ * `until: 'handshake'` ends at the TCP handshake (resolves null): the guest's kernel answers on its NIC here, its
+ * service's socket is listening; the answer itself waits for the guest to fork a handler, which under TCG on a loaded
+ * host took 1–2.5 s after a switchover (bench/results/*-testbed-move-phases.md, the `commit` phase).
  */
-export function probeGuest(guestIp: string, timeoutMs: number, opts: { port?: number; attemptMs?: number } = {}): Promise<number> {
+export function probeGuest(
+  guestIp: string,
+  timeoutMs: number,
+  opts: { port?: number; attemptMs?: number; until?: 'answer' | 'handshake' } = {},
+): Promise<number | null> {
   const port = opts.port ?? GUEST_SERVICE_PORT;
   const attemptMs = opts.attemptMs ?? PROBE_ATTEMPT_MS;
   return new Promise((resolve, reject) => {
@@ -91,7 +99,7 @@ export function probeGuest(guestIp: string, timeoutMs: number, opts: { port?: nu
     let lastErr: Error | null = null;
     let settled = false;
     let connected = false;
-    const finish = (err: Error | null, n?: number) => {
+    const finish = (err: Error | null, n?: number | null) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
@@ -108,6 +116,7 @@ export function probeGuest(guestIp: string, timeoutMs: number, opts: { port?: nu
       sock.setEncoding('latin1');
       sock.on('connect', () => {
         connected = true;
+        if (opts.until === 'handshake') return finish(null, null);
         sock.write('probe\n');
       });
       sock.on('data', (d: string) => {

@@ -163,9 +163,11 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     if (vm.machine.nic && !vm.answered) {
       // The move is done when the VM answers here on its NIC (QEMU's self-announce has moved its MAC), not before.
       try {
-        const counter = await (vm.answering ??= probeGuest(vm.machine.nic.ip, GUEST_PROBE_MS));
+        // The guest's kernel completing a TCP handshake on its service port here: its NIC is live on this server's
+        // network (the guest's own answer would add its fork of a handler, seconds under TCG on a loaded host).
+        await (vm.answering ??= probeGuest(vm.machine.nic.ip, GUEST_PROBE_MS, { until: 'handshake' }));
         vm.answered = true;
-        this.logger.info({ jobId, vmId: vm.vmId, ip: vm.machine.nic.ip, counter }, 'VM answers on its NIC here');
+        this.logger.info({ jobId, vmId: vm.vmId, ip: vm.machine.nic.ip }, 'VM answers on its NIC here (TCP handshake)');
       } catch (err) {
         vm.answering = null; // the source's next commit probes again
         throw new AgentFailure(503, 'GUEST_UNRESPONSIVE', `VM ${vm.vmId} does not answer on ${vm.machine.nic.ip} yet: ${(err as Error).message}`, 'vmId');
@@ -443,7 +445,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     if (r.proc.exitInfo) vm.failure = { code: 'VmFailed', message: `QEMU exited (${describeExit(r.proc.exitInfo)})` };
     // The guest runs here from now: its NIC is probed at once, not when the source's commit arrives (that comes after
     // the source has seen `completed` and let go of the mirror), so the commit mostly finds the answer there.
-    else if (vm.machine.nic) vm.answering = probeGuest(vm.machine.nic.ip, GUEST_PROBE_MS);
+    else if (vm.machine.nic) vm.answering = probeGuest(vm.machine.nic.ip, GUEST_PROBE_MS, { until: 'handshake' });
     vm.answering?.catch(() => undefined); // a failure is reported by the commit that awaits it
     this.place(vm);
     this.logger.info({ jobId: r.jobId, vmId: vm.vmId, pid: r.proc.pid, handedOverCounter }, 'incoming VM running here');

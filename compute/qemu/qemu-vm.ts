@@ -16,7 +16,7 @@ export class QemuVm {
   /** A VM that migrated in has answered on its NIC here (checked once, before the move is confirmed). */
   answered = false;
   /** The probe of its NIC under way (started as QEMU resumes it here, so the source's commit finds it running). */
-  answering: Promise<number> | null = null;
+  answering: Promise<number | null> | null = null;
   /** The dirty-rate measurement running on this VM, if any (QEMU runs one at a time). */
   measuring: Promise<unknown> = Promise.resolve();
 

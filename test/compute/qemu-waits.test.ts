@@ -82,6 +82,16 @@ describe('probeGuest', () => {
     expect(svc.connections()).toBe(1);
   });
 
+  test('until the handshake: a service that is slow to answer counts once its socket accepts', async () => {
+    const port = await freePort();
+    const svc = lateService(port, 0, 5_000);
+    await svc.up;
+    const t0 = Date.now();
+    expect(await probeGuest('127.0.0.1', 3_000, { port, until: 'handshake' })).toBeNull();
+    expect(Date.now() - t0).toBeLessThan(500); // not the 5 s its answer takes
+    await svc.close();
+  });
+
   test('nothing listening: rejects after the timeout, naming the address and the last error', async () => {
     const port = await freePort();
     const t0 = Date.now();

@@ -31,12 +31,13 @@ import { allocated, evacuationOf, moveOf, type Move } from './testbed-figures';
  *    workflows/scheduler.ts deciding streams, channels and auto-converge), exactly as an operator's request runs it.
  *    Every arm: downtime target 300 ms. The figure: makespan (first move's start to last move's end, from the agents'
  *    jobs) against Σ(bytes on the wire)/B; for dhm also the whole workflow (clone, measurements, de-provisioning).
- * 3. Calibration for the sim: switchover cost (downtime, setup time), one stream's throughput per channel, and the
+ * 3. Calibration for the sim: switchover cost (downtime, setup time), the per-move fixed cost phase by phase (the
+ *    agents' `phasesMs`) and what dhm's workflow adds between moves, one stream's throughput per channel, and the
  *    writers' dirtying curve (distinct MiB changed over windows of 250 ms – 2 s), into bench/calibration/<stamp>.json.
  *
- *   npm run bench:testbed-evacuation -- [--vms 4] [--nic 300] [--reps 1]
+ *   npm run bench:testbed-evacuation -- [--vms 4] [--nic 300] [--reps 1] [--dry]
  * Writes bench/results/<stamp>-testbed-evacuation.{json,md} and bench/calibration/<stamp>.json, never overwriting.
- * Needs root (a testbed). About 6–9 minutes on a 2-core machine.
+ * Needs root (a testbed), starts Postgres and a Temporal dev server. About 9–11 minutes on a 2-core machine.
  */
 
 const MIB = 2 ** 20;

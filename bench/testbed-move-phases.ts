@@ -14,7 +14,7 @@ import { downTestbed, upTestbed } from '../compute/testbed/testbed';
  * measured them (the job's `phasesMs`; `target.*` the destination's own set-up), plus the accept call as the caller
  * saw it and the gap from the job's end to the caller learning of it.
  *
- *   node -r @swc-node/register bench/testbed-move-phases.ts [--moves 4] [--memory 256] [--fill 16]
+ *   npm run bench:testbed-move-phases -- [--moves 4] [--memory 256] [--fill 16]
  * Writes bench/results/<stamp>-testbed-move-phases.{json,md}, never overwriting. Needs root. About 2 minutes.
  */
 

@@ -74,7 +74,7 @@ export async function ensureFleetCa(dir: string, name = 'dhm fleet CA'): Promise
 }
 
 /** One certificate for `cn` with `role`'s extended key usage, as `<role>-cert.pem`/`<role>-key.pem` in `outDir`. */
-async function issueCert(ca: FleetCa, cn: string, role: 'server' | 'client', san: string | null, outDir: string): Promise<void> {
+export async function issueCert(ca: FleetCa, cn: string, role: 'server' | 'client', san: string | null, outDir: string): Promise<void> {
   const key = path.join(outDir, `${role}-key.pem`);
   const csr = path.join(outDir, `${role}.csr`);
   const ext = path.join(outDir, `${role}.ext`);

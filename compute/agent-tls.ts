@@ -1,12 +1,14 @@
 import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
+import type { ClientRequest } from 'node:http';
 import * as https from 'node:https';
+import type { Socket } from 'node:net';
 import * as path from 'node:path';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { UserFacingError } from '../common/errors';
 import { idSchema } from '../common/fleet';
 import { ensurePrivateDir } from '../common/private-dir';
-import { controlPlaneRevocationFile, RevocationList, revokeCertificates, serverRevocationFile } from './cert-revocation';
+import { controlPlaneRevocationFile, RevocationList, revokeCertificates, serverRevocationFile, watchRevocations } from './cert-revocation';
 import { checkServerCreds, ensureFleetCa, issueClientCreds, issueServerCreds, type FleetCa } from './fleet-ca';
 
 /**
@@ -106,26 +108,88 @@ export function serverIdOf(cert: PeerCertificate | undefined): string | null {
   return cn !== undefined && idSchema.safeParse(cn).success ? cn : null;
 }
 
+/** The serial of the certificate the other end of a TLS socket proved (undefined before the handshake). */
+const peerSerial = (socket: unknown): string | undefined => (socket as Partial<TLSSocket>).getPeerCertificate?.()?.serialNumber;
+
+/** An agent pool that never sends a request over a kept-alive connection to an agent whose certificate was revoked since. */
+class AgentPool extends https.Agent {
+  constructor(
+    opts: https.AgentOptions,
+    private readonly revoked: RevocationList | null,
+  ) {
+    super(opts);
+  }
+
+  override reuseSocket(socket: Socket, req: ClientRequest): void {
+    super.reuseSocket(socket, req);
+    const why = this.revoked?.check(peerSerial(socket));
+    if (why) {
+      const err = new Error(`the agent at ${req.host}: ${why}`);
+      socket.destroy(err);
+      req.destroy(err);
+    }
+  }
+
+  // Node's pool destroys a freed socket when this returns false (its typings say void).
+  override keepSocketAlive(socket: Socket): void {
+    if (this.revoked?.check(peerSerial(socket))) return false as unknown as void;
+    return super.keepSocketAlive(socket);
+  }
+
+  /** Destroys every socket (busy or idle) whose agent's certificate the list now revokes. */
+  cutRevoked(list: RevocationList): number {
+    let cut = 0;
+    for (const group of [this.sockets, this.freeSockets])
+      for (const sockets of Object.values(group))
+        for (const socket of sockets ?? []) {
+          const why = list.verdict(peerSerial(socket));
+          if (why) {
+            socket.destroy(new Error(`agent connection cut: ${why}`));
+            cut++;
+          }
+        }
+    return cut;
+  }
+}
+
+/** Pools are dropped without a close (a client per call in places): their watch ends when they are collected. */
+const unwatchPool = new FinalizationRegistry<() => void>((stop) => stop());
+
 /**
  * An HTTPS connection pool presenting `tls`'s client certificate. The server must prove a certificate of the fleet CA
  * naming a server (host names are not what identifies an agent: its certificate's subject is; addresses change).
+ * Connections are kept alive, so the revocation list is checked on each new connection, again before each request on
+ * a kept-alive one, and, when the list changes, every open connection to a now-revoked agent is cut.
  */
 export function agentHttpsAgent(tls: AgentClientTls): https.Agent {
   const revoked = tls.revokedFile ? new RevocationList(tls.revokedFile) : null;
-  return new https.Agent({
-    keepAlive: true,
-    // No session resumption: a resumed session carries no peer certificate to check the agent's identity against.
-    maxCachedSessions: 0,
-    noDelay: true,
-    ca: tls.ca,
-    cert: tls.cert,
-    key: tls.key,
-    checkServerIdentity: (_host, cert) => {
-      if (!serverIdOf(cert)) return new Error(`the certificate of ${_host} names no fleet server (${JSON.stringify(cert.subject)})`);
-      const revokedWhy = revoked?.check(cert.serialNumber);
-      return revokedWhy ? new Error(`the agent at ${_host}: ${revokedWhy}`) : undefined;
+  const pool = new AgentPool(
+    {
+      keepAlive: true,
+      // No session resumption: a resumed session carries no peer certificate to check the agent's identity against.
+      maxCachedSessions: 0,
+      noDelay: true,
+      ca: tls.ca,
+      cert: tls.cert,
+      key: tls.key,
+      checkServerIdentity: (_host, cert) => {
+        if (!serverIdOf(cert)) return new Error(`the certificate of ${_host} names no fleet server (${JSON.stringify(cert.subject)})`);
+        const revokedWhy = revoked?.check(cert.serialNumber);
+        return revokedWhy ? new Error(`the agent at ${_host}: ${revokedWhy}`) : undefined;
+      },
     },
-  });
+    revoked,
+  );
+  if (tls.revokedFile) {
+    const ref = new WeakRef(pool);
+    const stop = watchRevocations(tls.revokedFile, (list) => {
+      const p = ref.deref();
+      if (p) p.cutRevoked(list);
+      else stop();
+    });
+    unwatchPool.register(pool, stop);
+  }
+  return pool;
 }
 
 /** Files of the agent plane's PKI under one root folder (0700, keys 0600). */

@@ -8,8 +8,8 @@ import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { UserFacingError } from '../common/errors';
 import { idSchema } from '../common/fleet';
 import { ensurePrivateDir } from '../common/private-dir';
-import { controlPlaneRevocationFile, RevocationList, revokeCertificates, serverRevocationFile, watchRevocations } from './cert-revocation';
-import { checkServerCreds, ensureFleetCa, issueClientCreds, issueServerCreds, type FleetCa } from './fleet-ca';
+import { controlPlaneRevocationFile, readRevoked, RevocationList, revokeCertificates, serverRevocationFile, watchRevocations } from './cert-revocation';
+import { checkServerCreds, CRL_FILE, ensureFleetCa, issueClientCreds, issueServerCreds, writeCrl, type FleetCa } from './fleet-ca';
 
 /**
  * The agent plane's mutual TLS, with the fleet CA (compute/fleet-ca.ts). Every agent listens with its server's own
@@ -229,6 +229,7 @@ export async function ensureAgentPki(root: string, serverIds: string[], opts: { 
   // Four at a time: each is six openssl runs, and a fleet of a hundred servers should not take a minute.
   for (let i = 0; i < missing.length; i += 4)
     await Promise.all(missing.slice(i, i + 4).map((id) => issueServerCreds(ca, id, opts.addresses ?? ['127.0.0.1'], ensurePrivateDir(serverDir(id), field))));
+  copyCrlToServers(root); // a server added after a revocation gets the list too
   return {
     root,
     caDir,
@@ -251,6 +252,31 @@ function sanAddresses(certFile: string): string[] {
 
 const lists = (root: string) => [serverRevocationFile(path.join(root, 'servers', 'x')), controlPlaneRevocationFile(path.join(root, 'control-plane'))];
 
+/** `servers/ca-crl.pem` into every server's folder, where QEMU's `tls-creds-x509` (`dir=`) loads it. */
+function copyCrlToServers(root: string): void {
+  const servers = path.join(root, 'servers');
+  const crl = path.join(servers, CRL_FILE);
+  if (!fs.existsSync(crl)) return;
+  for (const e of fs.readdirSync(servers, { withFileTypes: true })) {
+    if (!e.isDirectory() || !fs.existsSync(path.join(servers, e.name, 'server-cert.pem'))) continue;
+    const staged = path.join(servers, e.name, `${CRL_FILE}.${process.pid}.tmp`);
+    fs.copyFileSync(crl, staged);
+    fs.renameSync(staged, path.join(servers, e.name, CRL_FILE));
+  }
+}
+
+/**
+ * The fleet CA's CRL of every revoked certificate (the servers' list), as QEMU reads it: QEMU's own migration TLS
+ * (GnuTLS) checks a peer's certificate against `ca-crl.pem` in its credentials folder, which the agent plane's
+ * `revoked.json` does not reach. Written to `servers/ca-crl.pem` and each server's folder.
+ */
+export function writeFleetCrl(root: string, entries = readRevoked(serverRevocationFile(path.join(root, 'servers', 'x')))): void {
+  const caDir = path.join(root, 'ca');
+  const ca: FleetCa = { dir: caDir, certPath: path.join(caDir, 'ca-cert.pem'), keyPath: path.join(caDir, 'ca-key.pem') };
+  writeCrl(ca, entries, path.join(root, 'servers', CRL_FILE));
+  copyCrlToServers(root);
+}
+
 /**
  * `dhm pki --revoke <id>`: the server's certificates (server and client) go on the revocation lists of the servers'
  * and the control plane's folders; every agent and the control plane refuse them from their next call on.
@@ -259,7 +285,9 @@ export function revokeServer(root: string, serverId: string, field: string): str
   const dir = path.join(root, 'servers', serverId);
   if (!fs.existsSync(path.join(dir, 'server-cert.pem')))
     throw new UserFacingError(`${field}: no certificates of server ${serverId} in ${path.join(root, 'servers')}`, field);
-  return revokeCertificates(lists(root), [path.join(dir, 'server-cert.pem'), path.join(dir, 'client-cert.pem')]);
+  const revoked = revokeCertificates(lists(root), [path.join(dir, 'server-cert.pem'), path.join(dir, 'client-cert.pem')]);
+  writeFleetCrl(root);
+  return revoked;
 }
 
 /**

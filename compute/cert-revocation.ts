@@ -26,6 +26,11 @@ export const serverRevocationFile = (serverDir: string) => path.join(path.dirnam
 /** Where the control plane's list is (in its own folder). */
 export const controlPlaneRevocationFile = (dir: string) => path.join(dir, REVOKED_FILE);
 
+/** The entries of a revocation list file (none when it does not exist). */
+export function readRevoked(file: string): RevokedFile['serials'] {
+  return readList(file).serials;
+}
+
 function readList(file: string): RevokedFile {
   try {
     const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as RevokedFile;

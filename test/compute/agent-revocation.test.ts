@@ -1,3 +1,4 @@
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
 import * as os from 'node:os';
@@ -6,6 +7,7 @@ import { createAgentClient } from '../../compute/agent-client';
 import { startAgent, type RunningAgent } from '../../compute/agent-service';
 import { agentHttpsAgent, ensureAgentPki, loadServerTls, peerClientTls, revokeServer, rotateServer, type AgentPki } from '../../compute/agent-tls';
 import { UserFacingError } from '../../common/errors';
+import { normalSerial } from '../../compute/cert-revocation';
 import { agentFetch } from '../support/agent-pki';
 import { logger, SERVER_CAPACITY } from './helpers';
 
@@ -152,4 +154,26 @@ test('connections kept alive across a revocation are cut: the control plane to t
   expect(err.message).toMatch(/revoked/);
   peerPool.destroy();
   pool.destroy();
+});
+
+test("--revoke writes the fleet CA's CRL (QEMU's ca-crl.pem) into every server's folder: openssl's check refuses the revoked certificates, accepts the others", async () => {
+  // srv-r2 and srv-r3 are revoked by the tests above (srv-r2's first certificates; srv-r2 was rotated since).
+  const crl = path.join(pki.root, 'servers', 'ca-crl.pem');
+  const verify = (cert: string) =>
+    spawnSync('openssl', ['verify', '-crl_check', '-CAfile', path.join(pki.caDir, 'ca-cert.pem'), '-CRLfile', crl, cert], { encoding: 'utf8' });
+  const text = execFileSync('openssl', ['crl', '-in', crl, '-noout', '-text'], { encoding: 'utf8' });
+  expect(text).toMatch(/Issuer: CN ?= ?dhm fleet CA/);
+  const listed = [...text.matchAll(/Serial Number: ([0-9A-F]+)/gi)].map((m) => normalSerial(m[1]!));
+  const revokedSerials = JSON.parse(fs.readFileSync(path.join(pki.root, 'servers', 'revoked.json'), 'utf8')) as { serials: Array<{ serial: string }> };
+  expect(listed.sort()).toEqual(revokedSerials.serials.map((s) => s.serial).sort());
+  for (const id of IDS) expect(fs.readFileSync(path.join(pki.serverDir(id), 'ca-crl.pem'), 'utf8')).toBe(fs.readFileSync(crl, 'utf8'));
+  for (const role of ['server', 'client']) {
+    const r3 = verify(path.join(pki.serverDir('srv-r3'), `${role}-cert.pem`));
+    expect(r3.status).not.toBe(0);
+    expect(r3.stdout + r3.stderr).toMatch(/certificate revoked/);
+    expect(verify(path.join(pki.serverDir('srv-r1'), `${role}-cert.pem`)).status).toBe(0);
+    expect(verify(path.join(pki.serverDir('srv-r2'), `${role}-cert.pem`)).status).toBe(0); // rotated: its new certificates
+  }
+  // No key in the folder the CRL was made in, nothing left next to the CA key.
+  expect(fs.readdirSync(pki.caDir).sort()).toEqual(['ca-cert.pem', 'ca-key.pem']);
 });

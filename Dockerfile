@@ -44,7 +44,11 @@ COPY inventory/migrations ./inventory/migrations
 COPY inventory/fleets ./inventory/fleets
 COPY deploy/fleet.compose.json ./deploy/fleet.compose.json
 # Non-root; a writable home for the (unused in production) embedded state folder.
-RUN groupadd --system dhm && useradd --system --gid dhm --home-dir /var/lib/dhm --create-home dhm
+# A fixed uid: compose runs Temporal's containers with it, so they read the keys the pki job writes (0600).
+# /pki's folders exist in the image, the user's and 0700, so Docker seeds the named volumes mounted there with them.
+RUN groupadd --system --gid 10001 dhm && useradd --system --uid 10001 --gid dhm --home-dir /var/lib/dhm --create-home dhm \
+ && mkdir -p /pki/ca /pki/servers /pki/control-plane /pki/temporal/ca /pki/temporal/server /pki/temporal/client /pki/temporal/ui \
+ && chown -R dhm:dhm /pki && chmod -R 0700 /pki
 USER dhm
 # 7780: API · 7801-7899: host agents (fleet file) · 9464: /healthz /readyz /metrics · 9465: Temporal SDK metrics
 EXPOSE 7780 9464 9465

@@ -3,6 +3,7 @@ import { Client, Connection } from '@temporalio/client';
 import type { Command } from 'commander';
 import { Pool } from 'pg';
 import { loadEnv } from '../common/config';
+import { connectTemporalClient } from '../common/temporal-connection';
 import { UserFacingError } from '../common/errors';
 import { createInventory } from '../inventory';
 import { checkInvariants } from '../client/invariants';
@@ -32,7 +33,8 @@ export function registerCheckCommand(program: Command): void {
       const pool = new Pool({ connectionString: env.DATABASE_URL, max: 2 });
       let connection: Connection | undefined;
       try {
-        if (opts.temporal && env.TEMPORAL_ADDRESS) connection = await Connection.connect({ address: env.TEMPORAL_ADDRESS });
+        // The same TLS / mTLS settings as every other role (a frontend with mutual TLS refuses a plain client).
+        if (opts.temporal && env.TEMPORAL_ADDRESS) connection = await connectTemporalClient(env);
         const temporal = connection ? new Client({ connection, namespace: env.TEMPORAL_NAMESPACE }) : undefined;
         const report = await checkInvariants({
           inventory: createInventory(pool),

@@ -20,6 +20,7 @@ import {
   type InventoryStore,
 } from '../stack/control-plane';
 import { requireSearchAttributes } from '../stack/temporal-namespace';
+import { ensureTemporalPki } from '../stack/temporal-tls';
 import { untilSignal } from './up';
 
 /** What every long-running service needs from the environment; one line naming the variable when missing. */
@@ -231,10 +232,14 @@ export function registerServiceCommands(program: Command): void {
       "make (once) the agent plane's fleet CA, the control plane's certificate and one per server of a fleet file; or rotate or revoke a server's certificates",
     )
     .option('--fleet <file>', 'fleet file (default DHM_FLEET_FILE or the built-in default)')
-    .requiredOption('--out <dir>', 'folder (0700): ca/ (keep its key here), control-plane/ (DHM_AGENT_CLIENT_TLS_DIR), servers/ (DHM_AGENT_TLS_DIR)')
+    .requiredOption(
+      '--out <dir>',
+      "folder (0700): ca/ (keep its key here), control-plane/ (DHM_AGENT_CLIENT_TLS_DIR), servers/ (DHM_AGENT_TLS_DIR), temporal/ (Temporal frontend's mTLS: server/, client/, ui/, its own ca/)",
+    )
+    .option('--temporal-name <names>', "extra DNS names (comma-separated) for the Temporal frontend's certificate, besides temporal-frontend and localhost")
     .option('--rotate <serverId>', "new keys and certificates for this server, the old ones revoked (restart only that server's agent)")
     .option('--revoke <serverId>', "revoke this server's certificates: agents and the control plane refuse them from their next call")
-    .action(async (o: { fleet?: string; out: string; rotate?: string; revoke?: string }) => {
+    .action(async (o: { fleet?: string; out: string; rotate?: string; revoke?: string; temporalName?: string }) => {
       const root = path.resolve(o.out);
       if (o.rotate && o.revoke) throw new UserFacingError('--rotate, --revoke: one at a time', '--rotate');
       if (o.revoke) {
@@ -245,6 +250,12 @@ export function registerServiceCommands(program: Command): void {
         process.stdout.write(`${JSON.stringify({ rotated: o.rotate, ...(await rotateServer(root, o.rotate, '--rotate')) })}\n`);
         return;
       }
+      const names = (o.temporalName ?? '')
+        .split(',')
+        .map((n) => n.trim())
+        .filter(Boolean);
+      const bad = names.find((n) => !/^[A-Za-z0-9.-]{1,253}$/.test(n));
+      if (bad !== undefined) throw new UserFacingError(`--temporal-name: ${JSON.stringify(bad)} is not a DNS name`, '--temporal-name');
       const env = loadEnv();
       const fleet = loadFleetFile(o.fleet ?? env.DHM_FLEET_FILE);
       const pki = await ensureAgentPki(
@@ -252,7 +263,10 @@ export function registerServiceCommands(program: Command): void {
         fleet.servers.map((s) => s.id),
         { field: '--out' },
       );
-      process.stdout.write(`${JSON.stringify({ ca: pki.caDir, controlPlane: pki.controlPlaneDir, servers: path.join(pki.root, 'servers') })}\n`);
+      const temporal = await ensureTemporalPki(path.join(root, 'temporal'), { names, field: '--out' });
+      process.stdout.write(
+        `${JSON.stringify({ ca: pki.caDir, controlPlane: pki.controlPlaneDir, servers: path.join(pki.root, 'servers'), temporal: { server: temporal.serverDir, client: temporal.clientDir, ui: temporal.uiDir } })}\n`,
+      );
     });
 }
 

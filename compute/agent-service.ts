@@ -9,7 +9,7 @@ import { resourcesSchema, type Resources } from '../common/resources';
 import { paths, routes } from './agent-api';
 import { errorBody, parseOr400, registerAgentRoutes } from './agent-routes';
 import { callerOf, peerClientTls, type AgentServerTls } from './agent-tls';
-import { RevocationList } from './cert-revocation';
+import { RevocationList, watchRevocations } from './cert-revocation';
 import type { ComputeBackend } from './backend';
 import { AgentFailure } from './errors';
 import { ExpectedMigrations } from './expected-migrations';
@@ -155,6 +155,26 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
     // A client without a certificate of the fleet CA does not get past the handshake (no HTTP at all).
     https: { key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' },
   });
+
+  // Connections are kept alive: when the list changes, a caller whose certificate it now revokes is cut at once,
+  // not only refused at its next request (a long wait on a migration would otherwise carry on).
+  const open = new Set<TLSSocket>();
+  app.server.on('secureConnection', (socket: TLSSocket) => {
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+  });
+  const unwatch = tls.revokedFile
+    ? watchRevocations(tls.revokedFile, (list) => {
+        for (const socket of open) {
+          const why = list.verdict(socket.getPeerCertificate()?.serialNumber);
+          if (why) {
+            logger.warn({ caller: callerOf(socket) }, `connection cut: ${why}`);
+            socket.destroy();
+          }
+        }
+      })
+    : () => undefined;
+  app.addHook('onClose', async () => unwatch());
 
   app.addHook('onRequest', async (req, reply) => {
     const path = req.url.split('?')[0];

@@ -1,13 +1,15 @@
 import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
+import type { ClientRequest } from 'node:http';
 import * as https from 'node:https';
+import type { Socket } from 'node:net';
 import * as path from 'node:path';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { UserFacingError } from '../common/errors';
 import { idSchema } from '../common/fleet';
 import { ensurePrivateDir } from '../common/private-dir';
-import { controlPlaneRevocationFile, RevocationList, revokeCertificates, serverRevocationFile } from './cert-revocation';
-import { checkServerCreds, ensureFleetCa, issueClientCreds, issueServerCreds, type FleetCa } from './fleet-ca';
+import { controlPlaneRevocationFile, readRevoked, RevocationList, revokeCertificates, serverRevocationFile, watchRevocations } from './cert-revocation';
+import { checkServerCreds, CRL_FILE, ensureFleetCa, issueClientCreds, issueServerCreds, writeCrl, type FleetCa } from './fleet-ca';
 
 /**
  * The agent plane's mutual TLS, with the fleet CA (compute/fleet-ca.ts). Every agent listens with its server's own
@@ -106,26 +108,88 @@ export function serverIdOf(cert: PeerCertificate | undefined): string | null {
   return cn !== undefined && idSchema.safeParse(cn).success ? cn : null;
 }
 
+/** The serial of the certificate the other end of a TLS socket proved (undefined before the handshake). */
+const peerSerial = (socket: unknown): string | undefined => (socket as Partial<TLSSocket>).getPeerCertificate?.()?.serialNumber;
+
+/** An agent pool that never sends a request over a kept-alive connection to an agent whose certificate was revoked since. */
+class AgentPool extends https.Agent {
+  constructor(
+    opts: https.AgentOptions,
+    private readonly revoked: RevocationList | null,
+  ) {
+    super(opts);
+  }
+
+  override reuseSocket(socket: Socket, req: ClientRequest): void {
+    super.reuseSocket(socket, req);
+    const why = this.revoked?.check(peerSerial(socket));
+    if (why) {
+      const err = new Error(`the agent at ${req.host}: ${why}`);
+      socket.destroy(err);
+      req.destroy(err);
+    }
+  }
+
+  // Node's pool destroys a freed socket when this returns false (its typings say void).
+  override keepSocketAlive(socket: Socket): void {
+    if (this.revoked?.check(peerSerial(socket))) return false as unknown as void;
+    return super.keepSocketAlive(socket);
+  }
+
+  /** Destroys every socket (busy or idle) whose agent's certificate the list now revokes. */
+  cutRevoked(list: RevocationList): number {
+    let cut = 0;
+    for (const group of [this.sockets, this.freeSockets])
+      for (const sockets of Object.values(group))
+        for (const socket of sockets ?? []) {
+          const why = list.verdict(peerSerial(socket));
+          if (why) {
+            socket.destroy(new Error(`agent connection cut: ${why}`));
+            cut++;
+          }
+        }
+    return cut;
+  }
+}
+
+/** Pools are dropped without a close (a client per call in places): their watch ends when they are collected. */
+const unwatchPool = new FinalizationRegistry<() => void>((stop) => stop());
+
 /**
  * An HTTPS connection pool presenting `tls`'s client certificate. The server must prove a certificate of the fleet CA
  * naming a server (host names are not what identifies an agent: its certificate's subject is; addresses change).
+ * Connections are kept alive, so the revocation list is checked on each new connection, again before each request on
+ * a kept-alive one, and, when the list changes, every open connection to a now-revoked agent is cut.
  */
 export function agentHttpsAgent(tls: AgentClientTls): https.Agent {
   const revoked = tls.revokedFile ? new RevocationList(tls.revokedFile) : null;
-  return new https.Agent({
-    keepAlive: true,
-    // No session resumption: a resumed session carries no peer certificate to check the agent's identity against.
-    maxCachedSessions: 0,
-    noDelay: true,
-    ca: tls.ca,
-    cert: tls.cert,
-    key: tls.key,
-    checkServerIdentity: (_host, cert) => {
-      if (!serverIdOf(cert)) return new Error(`the certificate of ${_host} names no fleet server (${JSON.stringify(cert.subject)})`);
-      const revokedWhy = revoked?.check(cert.serialNumber);
-      return revokedWhy ? new Error(`the agent at ${_host}: ${revokedWhy}`) : undefined;
+  const pool = new AgentPool(
+    {
+      keepAlive: true,
+      // No session resumption: a resumed session carries no peer certificate to check the agent's identity against.
+      maxCachedSessions: 0,
+      noDelay: true,
+      ca: tls.ca,
+      cert: tls.cert,
+      key: tls.key,
+      checkServerIdentity: (_host, cert) => {
+        if (!serverIdOf(cert)) return new Error(`the certificate of ${_host} names no fleet server (${JSON.stringify(cert.subject)})`);
+        const revokedWhy = revoked?.check(cert.serialNumber);
+        return revokedWhy ? new Error(`the agent at ${_host}: ${revokedWhy}`) : undefined;
+      },
     },
-  });
+    revoked,
+  );
+  if (tls.revokedFile) {
+    const ref = new WeakRef(pool);
+    const stop = watchRevocations(tls.revokedFile, (list) => {
+      const p = ref.deref();
+      if (p) p.cutRevoked(list);
+      else stop();
+    });
+    unwatchPool.register(pool, stop);
+  }
+  return pool;
 }
 
 /** Files of the agent plane's PKI under one root folder (0700, keys 0600). */
@@ -165,6 +229,7 @@ export async function ensureAgentPki(root: string, serverIds: string[], opts: { 
   // Four at a time: each is six openssl runs, and a fleet of a hundred servers should not take a minute.
   for (let i = 0; i < missing.length; i += 4)
     await Promise.all(missing.slice(i, i + 4).map((id) => issueServerCreds(ca, id, opts.addresses ?? ['127.0.0.1'], ensurePrivateDir(serverDir(id), field))));
+  copyCrlToServers(root); // a server added after a revocation gets the list too
   return {
     root,
     caDir,
@@ -187,6 +252,31 @@ function sanAddresses(certFile: string): string[] {
 
 const lists = (root: string) => [serverRevocationFile(path.join(root, 'servers', 'x')), controlPlaneRevocationFile(path.join(root, 'control-plane'))];
 
+/** `servers/ca-crl.pem` into every server's folder, where QEMU's `tls-creds-x509` (`dir=`) loads it. */
+function copyCrlToServers(root: string): void {
+  const servers = path.join(root, 'servers');
+  const crl = path.join(servers, CRL_FILE);
+  if (!fs.existsSync(crl)) return;
+  for (const e of fs.readdirSync(servers, { withFileTypes: true })) {
+    if (!e.isDirectory() || !fs.existsSync(path.join(servers, e.name, 'server-cert.pem'))) continue;
+    const staged = path.join(servers, e.name, `${CRL_FILE}.${process.pid}.tmp`);
+    fs.copyFileSync(crl, staged);
+    fs.renameSync(staged, path.join(servers, e.name, CRL_FILE));
+  }
+}
+
+/**
+ * The fleet CA's CRL of every revoked certificate (the servers' list), as QEMU reads it: QEMU's own migration TLS
+ * (GnuTLS) checks a peer's certificate against `ca-crl.pem` in its credentials folder, which the agent plane's
+ * `revoked.json` does not reach. Written to `servers/ca-crl.pem` and each server's folder.
+ */
+export function writeFleetCrl(root: string, entries = readRevoked(serverRevocationFile(path.join(root, 'servers', 'x')))): void {
+  const caDir = path.join(root, 'ca');
+  const ca: FleetCa = { dir: caDir, certPath: path.join(caDir, 'ca-cert.pem'), keyPath: path.join(caDir, 'ca-key.pem') };
+  writeCrl(ca, entries, path.join(root, 'servers', CRL_FILE));
+  copyCrlToServers(root);
+}
+
 /**
  * `dhm pki --revoke <id>`: the server's certificates (server and client) go on the revocation lists of the servers'
  * and the control plane's folders; every agent and the control plane refuse them from their next call on.
@@ -195,7 +285,9 @@ export function revokeServer(root: string, serverId: string, field: string): str
   const dir = path.join(root, 'servers', serverId);
   if (!fs.existsSync(path.join(dir, 'server-cert.pem')))
     throw new UserFacingError(`${field}: no certificates of server ${serverId} in ${path.join(root, 'servers')}`, field);
-  return revokeCertificates(lists(root), [path.join(dir, 'server-cert.pem'), path.join(dir, 'client-cert.pem')]);
+  const revoked = revokeCertificates(lists(root), [path.join(dir, 'server-cert.pem'), path.join(dir, 'client-cert.pem')]);
+  writeFleetCrl(root);
+  return revoked;
 }
 
 /**

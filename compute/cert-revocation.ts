@@ -26,6 +26,11 @@ export const serverRevocationFile = (serverDir: string) => path.join(path.dirnam
 /** Where the control plane's list is (in its own folder). */
 export const controlPlaneRevocationFile = (dir: string) => path.join(dir, REVOKED_FILE);
 
+/** The entries of a revocation list file (none when it does not exist). */
+export function readRevoked(file: string): RevokedFile['serials'] {
+  return readList(file).serials;
+}
+
 function readList(file: string): RevokedFile {
   try {
     const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as RevokedFile;
@@ -50,12 +55,22 @@ export class RevocationList {
   /** Null when `serial` may be trusted; otherwise why not. */
   check(serial: string | undefined): string | null {
     this.refresh();
+    return this.verdict(serial);
+  }
+
+  /** Reads the file again if it changed; true when it did (what a watcher acts on). */
+  poll(): boolean {
+    return this.refresh();
+  }
+
+  /** `check` without looking at the file: the list as last read. */
+  verdict(serial: string | undefined): string | null {
     if (this.broken) return `the revocation list ${this.file} cannot be read: ${this.broken}`;
     if (serial && this.serials.has(normalSerial(serial))) return `certificate ${normalSerial(serial)} is revoked`;
     return null;
   }
 
-  private refresh(): void {
+  private refresh(): boolean {
     let stamp: string;
     try {
       const st = fs.statSync(this.file);
@@ -63,7 +78,7 @@ export class RevocationList {
     } catch {
       stamp = 'absent';
     }
-    if (stamp === this.stamp) return;
+    if (stamp === this.stamp) return false;
     try {
       this.serials = new Set(readList(this.file).serials.map((s) => normalSerial(s.serial)));
       this.broken = null;
@@ -71,7 +86,46 @@ export class RevocationList {
       this.broken = (err as Error).message;
     }
     this.stamp = stamp;
+    return true;
   }
+}
+
+/** How often a watched list is looked at (one `stat`), whoever watches it: a revocation cuts live connections within this. */
+export const REVOCATION_POLL_MS = 500;
+
+const watched = new Map<string, { list: RevocationList; timer: NodeJS.Timeout; listeners: Set<(list: RevocationList) => void> }>();
+
+/**
+ * Calls `onChange` each time `file` changes (read again, as `RevocationList`), so that connections already open to or
+ * from a certificate revoked since are cut, not only the next ones refused. One timer per file for every watcher of
+ * this process (unref'd: it never keeps a process alive). Returns the unsubscribe.
+ */
+export function watchRevocations(file: string, onChange: (list: RevocationList) => void): () => void {
+  let w = watched.get(file);
+  if (!w) {
+    const list = new RevocationList(file);
+    list.poll();
+    const entry = {
+      list,
+      listeners: new Set<(list: RevocationList) => void>(),
+      timer: setInterval(() => {
+        if (!entry.list.poll()) return;
+        for (const l of [...entry.listeners]) l(entry.list);
+      }, REVOCATION_POLL_MS),
+    };
+    entry.timer.unref();
+    watched.set(file, entry);
+    w = entry;
+  }
+  const entry = w;
+  entry.listeners.add(onChange);
+  return () => {
+    entry.listeners.delete(onChange);
+    if (entry.listeners.size === 0 && watched.get(file) === entry) {
+      clearInterval(entry.timer);
+      watched.delete(file);
+    }
+  };
 }
 
 /** Adds the serials of `certFiles` to each list in `files` (atomically: a reader never sees half a file). */

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -39,6 +39,65 @@ function openssl(args: string[], cwd?: string): Promise<void> {
   });
 }
 
+/** `openssl` run synchronously (the revocation list is written inside `dhm pki --revoke`'s synchronous step). */
+function opensslSync(args: string[]): void {
+  try {
+    execFileSync('openssl', args, { timeout: 30_000, stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    const stderr = String((err as { stderr?: Buffer }).stderr ?? '').trim();
+    throw new Error(`openssl ${args[0]} failed: ${stderr || (err as Error).message}`);
+  }
+}
+
+/** QEMU's name for a revocation list in a `tls-creds-x509` folder: loaded with the CA when the file is there. */
+export const CRL_FILE = 'ca-crl.pem';
+/** How long a written CRL is valid (its nextUpdate): as long as the CA, so an old list never turns into a refusal of every peer. */
+const CRL_DAYS = CA_DAYS;
+
+/** An X.509 date as openssl's CA database writes it (`YYMMDDHHMMSSZ`). */
+const dbDate = (d: Date) => d.toISOString().replace(/[-:T]/g, '').slice(2, 14) + 'Z';
+
+/**
+ * A CRL signed by the CA, listing `revoked` (serial in hex, subject, when), written to `outFile` (0644: it is public).
+ * Made with `openssl ca -gencrl` over a CA database written for the occasion in a private folder next to the key;
+ * the key is passed as a path, never its contents.
+ */
+export function writeCrl(ca: FleetCa, revoked: Array<{ serial: string; subject: string; revokedAt: string }>, outFile: string): void {
+  const work = fs.mkdtempSync(path.join(ca.dir, '.crl-'));
+  try {
+    const index = revoked.map((r) => {
+      const subject = '/' + r.subject.split(/,\s*/).join('/');
+      const serial = r.serial.length % 2 ? `0${r.serial}` : r.serial;
+      // Status R, an expiry (openssl needs one; the CRL does not carry it), revocation date, serial, file, subject.
+      return ['R', dbDate(new Date(Date.parse(r.revokedAt) + CERT_DAYS * 86_400_000)), dbDate(new Date(r.revokedAt)), serial, 'unknown', subject].join('\t');
+    });
+    fs.writeFileSync(path.join(work, 'index.txt'), index.length ? `${index.join('\n')}\n` : '');
+    fs.writeFileSync(path.join(work, 'crlnumber'), `${Date.now().toString(16).padStart(16, '0')}\n`);
+    fs.writeFileSync(
+      path.join(work, 'ca.cnf'),
+      [
+        '[ca]',
+        'default_ca = fleet',
+        '[fleet]',
+        `database = ${path.join(work, 'index.txt')}`,
+        `crlnumber = ${path.join(work, 'crlnumber')}`,
+        'default_md = sha256',
+        `default_crl_days = ${CRL_DAYS}`,
+        'unique_subject = no',
+        '',
+      ].join('\n'),
+    );
+    const tmp = path.join(work, CRL_FILE);
+    opensslSync(['ca', '-gencrl', '-batch', '-config', path.join(work, 'ca.cnf'), '-keyfile', ca.keyPath, '-cert', ca.certPath, '-out', tmp]);
+    fs.chmodSync(tmp, 0o644);
+    const staged = `${outFile}.${process.pid}.tmp`;
+    fs.copyFileSync(tmp, staged);
+    fs.renameSync(staged, outFile); // a reader (QEMU loading its credentials) never sees half a file
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
 /** A new P-256 key in `file`, created 0600 before openssl writes into it. */
 async function newKey(file: string): Promise<void> {
   fs.rmSync(file, { force: true });
@@ -74,7 +133,7 @@ export async function ensureFleetCa(dir: string, name = 'dhm fleet CA'): Promise
 }
 
 /** One certificate for `cn` with `role`'s extended key usage, as `<role>-cert.pem`/`<role>-key.pem` in `outDir`. */
-async function issueCert(ca: FleetCa, cn: string, role: 'server' | 'client', san: string | null, outDir: string): Promise<void> {
+export async function issueCert(ca: FleetCa, cn: string, role: 'server' | 'client', san: string | null, outDir: string): Promise<void> {
   const key = path.join(outDir, `${role}-key.pem`);
   const csr = path.join(outDir, `${role}.csr`);
   const ext = path.join(outDir, `${role}.ext`);

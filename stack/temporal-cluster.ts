@@ -11,6 +11,7 @@ import { freePort, freePortInRange, portInUse, waitFor } from './ports';
 import { isAlive, stopStaleProcess, writePidFile } from './pidfile';
 import { prepareTemporalDatabases, visibilityDatabaseName, type TemporalDatabases } from './temporal-schema';
 import { ensureNamespace, ensureSearchAttributes } from './temporal-namespace';
+import { temporalClientTls, type TemporalPki } from './temporal-tls';
 
 export type ClusterService = 'frontend' | 'history' | 'matching' | 'worker';
 const ROLE: Record<number, ClusterService> = { 1: 'frontend', 2: 'history', 3: 'matching', 4: 'worker' };
@@ -76,6 +77,12 @@ export interface TemporalClusterOptions {
   readyTimeoutMs?: number;
   /** The server's log level in its log files (default warn). */
   logLevel?: string;
+  /**
+   * Mutual TLS on the frontend (stack/temporal-tls.ts): every server process gets TEMPORAL_TLS_DIR, the UI server its
+   * own client certificate, and the cluster's own probes connect with dhm's client certificate. Unset: plain text
+   * on loopback (`dhm up`'s cluster, not published).
+   */
+  tls?: Pick<TemporalPki, 'serverDir' | 'clientDir' | 'uiDir' | 'serverName'>;
 }
 
 /** deploy/temporal holds the one configuration (templates) the cluster and docker-compose.yml share. */
@@ -166,7 +173,9 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
     TEMPORAL_MATCHING_MEMBERSHIP_PORT: String(await membershipPort()),
     TEMPORAL_WORKER_PORT: String(await freePort()),
     TEMPORAL_WORKER_MEMBERSHIP_PORT: String(await membershipPort()),
+    ...(opts.tls ? { TEMPORAL_TLS_DIR: opts.tls.serverDir, TEMPORAL_TLS_FRONTEND_NAME: opts.tls.serverName } : {}),
   };
+  const clientTls = opts.tls ? temporalClientTls(opts.tls, opts.tls.clientDir) : undefined;
   // History first (it owns the shards), then matching, the frontend and the worker service (it needs the frontend).
   const specs: Array<{ name: string; service: ClusterService | 'ui'; env: NodeJS.ProcessEnv; grpcPort: number; membershipPort?: number }> = [];
   for (let i = 1; i <= opts.historyProcesses; i++) {
@@ -207,6 +216,7 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
         TEMPORAL_UI_HOST: '127.0.0.1',
         TEMPORAL_UI_PORT: String(opts.uiPort),
         TEMPORAL_UI_NAMESPACE: opts.namespace,
+        ...(opts.tls ? { TEMPORAL_UI_TLS_DIR: opts.tls.uiDir, TEMPORAL_TLS_FRONTEND_NAME: opts.tls.serverName } : {}),
       },
     });
   }
@@ -265,7 +275,7 @@ export async function startTemporalCluster(opts: TemporalClusterOptions): Promis
     });
     for (const p of servers.slice(1)) await p.start();
     const conn: Connection = await ready(`the frontend at ${address}`, async () => {
-      const c = await Connection.connect({ address, connectTimeout: 2000 });
+      const c = await Connection.connect({ address, connectTimeout: 2000, ...(clientTls ? { tls: clientTls } : {}) });
       try {
         const health = await c.healthService.check({ service: 'temporal.api.workflowservice.v1.WorkflowService' });
         if (health.status !== 1) throw new Error(`health ${health.status}`);

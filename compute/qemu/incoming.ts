@@ -99,6 +99,7 @@ export async function startListening(qmp: QmpClient, r: Incoming, opts: ListenOp
   }
   const s = opts.settings;
   if (s.transport === 'tls') {
+    r.proc.refreshRevocations();
     await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: r.proc.tlsDir ?? s.tlsDir!, endpoint: 'server', 'verify-peer': true });
     await qmp.execute('object-add', { 'qom-type': 'authz-simple', id: 'authz0', identity: tlsIdentity(sourceServerId) });
     await qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-authz': 'authz0' });

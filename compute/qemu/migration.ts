@@ -597,6 +597,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       );
     if (!wantTls) return { 'tls-creds': '' };
     const id = `tls-${createHash('sha256').update(this.jobId).digest('hex').slice(0, 12)}`;
+    this.vm.proc.refreshRevocations(); // QEMU checks the target against the fleet's CRL of now
     await qmp
       .execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir: this.vm.proc.tlsDir ?? s.tlsDir!, endpoint: 'client', 'verify-peer': true })
       .catch((err: unknown) => {

@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { diskArgs, type MachineDisk } from './disks';
 import { nicArgs, TENANT_PREFIX_LENGTH, type GuestNic } from './guest-nic';
 import { QmpClient } from './qmp';
-import { copyTlsForQemu, type QemuUser } from './qemu-user';
+import { copyTlsForQemu, refreshQemuCrl, type QemuUser } from './qemu-user';
 import type { QemuTools } from './tools';
 
 /** What decides a VM's QEMU command line. Both ends of a migration derive their arguments from the same value. */
@@ -114,6 +114,7 @@ export class QemuProcess {
   private readonly exitAbort = new AbortController();
   private readonly log: Logger;
   private readonly qmpConnectTimeoutMs: number;
+  private readonly tlsSource: { dir: string; user: QemuUser } | null;
 
   constructor(opts: {
     tools: QemuTools;
@@ -134,6 +135,7 @@ export class QemuProcess {
     const user = opts.user ?? null;
     if (user) fs.chownSync(opts.dir, user.uid, user.gid);
     this.tlsDir = opts.tlsDir ? (user ? copyTlsForQemu(opts.tlsDir, path.join(opts.dir, 'tls'), user) : opts.tlsDir) : null;
+    this.tlsSource = opts.tlsDir && user ? { dir: opts.tlsDir, user } : null;
     const machine = opts.machine.storageTlsDir && this.tlsDir ? { ...opts.machine, storageTlsDir: this.tlsDir } : opts.machine;
     this.qmpPath = path.join(opts.dir, 'qmp.sock');
     this.inspectPath = path.join(opts.dir, 'inspect.sock');
@@ -191,6 +193,11 @@ export class QemuProcess {
   }
 
   /** The QMP connection, made once; waits while the socket appears and fails at once if QEMU exits meanwhile. */
+  /** Before QEMU loads its credentials (`object-add tls-creds-x509`): its copy gets the server's current revocation list. */
+  refreshRevocations(): void {
+    if (this.tlsSource && this.tlsDir && !this.exitInfo) refreshQemuCrl(this.tlsSource.dir, this.tlsDir, this.tlsSource.user);
+  }
+
   qmp(): Promise<QmpClient> {
     this.qmpPromise ??= QmpClient.connect({
       socketPath: this.qmpPath,

@@ -134,7 +134,7 @@ export function claimForQemu(dir: string, u: QemuUser): void {
 }
 
 /** The files QEMU's tls-creds-x509 reads from a credentials folder (compute/fleet-ca.ts). */
-const TLS_FILES = ['ca-cert.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem', 'dh-params.pem'];
+const TLS_FILES = ['ca-cert.pem', 'ca-crl.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem', 'dh-params.pem'];
 
 /**
  * A copy of a server's credentials folder that QEMU's user can read (0700 folder, 0600 files, owned by that user),
@@ -153,6 +153,24 @@ export function copyTlsForQemu(from: string, to: string, u: QemuUser): string {
   }
   fs.chownSync(to, u.uid, u.gid);
   return to;
+}
+
+/**
+ * The copy's revocation list (`ca-crl.pem`) made the server's again: a QEMU process lives for weeks, and the list it
+ * checks a migration's peer against must be the one of now. QEMU loads it at each `object-add` of credentials.
+ */
+export function refreshQemuCrl(from: string, to: string, u: QemuUser): void {
+  const src = path.join(from, 'ca-crl.pem');
+  const dst = path.join(to, 'ca-crl.pem');
+  if (!fs.existsSync(src)) {
+    fs.rmSync(dst, { force: true });
+    return;
+  }
+  const staged = `${dst}.tmp`;
+  fs.copyFileSync(src, staged);
+  fs.chmodSync(staged, 0o600);
+  fs.chownSync(staged, u.uid, u.gid);
+  fs.renameSync(staged, dst);
 }
 
 /**

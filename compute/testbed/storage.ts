@@ -26,7 +26,15 @@ export interface StorageService {
   dir: string;
   qmpPath: string;
   credsDir: string;
+  /**
+   * Who the daemon runs as when the testbed runs as root: QEMU's unprivileged user (compute/qemu/qemu-user.ts), with
+   * its own copy of the service's keys (`<dir>/tls`) and the volume files its own. Unset: the testbed's user.
+   */
+  user?: { name: string; uid: number; gid: number };
 }
+
+/** The credentials folder the daemon reads: its user's copy when it runs as QEMU's user. */
+export const storageCredsDir = (s: StorageService) => (s.user ? path.join(s.dir, 'tls') : s.credsDir);
 
 export const volumeFile = (s: StorageService, volumeId: string) => path.join(s.dir, 'volumes', `${volumeId}.raw`);
 
@@ -37,8 +45,12 @@ export const volumeFile = (s: StorageService, volumeId: string) => path.join(s.d
  */
 const volumeNode = (volumeId: string) => `vol-${createHash('sha256').update(volumeId).digest('hex').slice(0, 24)}`;
 
-/** The daemon's command line (runs in the storage namespace). */
-export function storageDaemonArgs(s: StorageService, tools: QemuTools, o: { tls: boolean; clients: string[] }): string[] {
+/**
+ * The daemon's command line (runs in the storage namespace, after `ip netns exec`). With `s.user` it drops to that
+ * user first (setpriv: uid, gid, no supplementary groups, no new privileges); `parentDeathSignal` is then set after
+ * the drop, since a change of credentials clears it.
+ */
+export function storageDaemonArgs(s: StorageService, tools: QemuTools, o: { tls: boolean; clients: string[]; parentDeathSignal?: boolean }): string[] {
   if (!tools.storageDaemon) throw new Error(`qemu-storage-daemon is missing from ${tools.dir}: run scripts/qemu/setup.sh`);
   // Only the fleet's servers' client certificates (their subjects) may attach volumes.
   const authz = {
@@ -48,12 +60,24 @@ export function storageDaemonArgs(s: StorageService, tools: QemuTools, o: { tls:
     rules: o.clients.map((c) => ({ match: tlsIdentity(c), policy: 'allow', format: 'exact' })),
   };
   const nbd = [`addr.type=inet`, `addr.host=${s.ip}`, `addr.port=${s.port}`, ...(o.tls ? ['tls-creds=tls0', 'tls-authz=authz0'] : [])].join(',');
+  const drop = s.user
+    ? [
+        'setpriv',
+        `--reuid=${s.user.uid}`,
+        `--regid=${s.user.gid}`,
+        '--clear-groups',
+        '--no-new-privs',
+        '--',
+        ...(o.parentDeathSignal ? ['setpriv', '--pdeathsig', 'KILL', '--'] : []),
+      ]
+    : [];
   return [
+    ...drop,
     'env',
     `LD_LIBRARY_PATH=${tools.libraryPath.join(':')}`,
     `QEMU_MODULE_DIR=${tools.moduleDir}`,
     tools.storageDaemon,
-    ...(o.tls ? ['--object', `tls-creds-x509,id=tls0,dir=${s.credsDir},endpoint=server,verify-peer=on`, '--object', JSON.stringify(authz)] : []),
+    ...(o.tls ? ['--object', `tls-creds-x509,id=tls0,dir=${storageCredsDir(s)},endpoint=server,verify-peer=on`, '--object', JSON.stringify(authz)] : []),
     '--nbd-server',
     nbd,
     '--chardev',
@@ -93,6 +117,7 @@ export async function createVolume(s: StorageService, logger: Logger, volumeId: 
   const file = volumeFile(s, volumeId);
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   createDiskFile(file, sizeMiB * 2 ** 20);
+  if (s.user) fs.chownSync(file, s.user.uid, s.user.gid); // the daemon opens it as its user
   await withStorageQmp(s, logger, async (q) => {
     const node = volumeNode(volumeId);
     const exports = (await q.execute<Array<{ id: string }>>('query-block-exports')).map((e) => e.id);

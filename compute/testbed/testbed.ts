@@ -9,7 +9,8 @@ import { CONTROL_PLANE_CN } from '../agent-tls';
 import { ensureFleetCa, issueClientCreds, issueServerCreds, type FleetCa } from '../fleet-ca';
 import { TENANT_MTU } from '../qemu/guest-nic';
 import { loadQemuTools } from '../qemu/tools';
-import { STORAGE_NAME, STORAGE_NBD_PORT, storageDaemonArgs, waitStorageReady } from './storage';
+import { copyTlsForQemu, ensureQemuDir, letQemuReadTools, resolveQemuUser } from '../qemu/qemu-user';
+import { STORAGE_NAME, STORAGE_NBD_PORT, storageCredsDir, storageDaemonArgs, waitStorageReady } from './storage';
 import { bridgeIn, deleteNamespace, inNs, ipIn, linkExists, listNamespaces, run, tcIn } from './net';
 import { startAgentIn } from './agent-process';
 import { killIfOurs, processesUnder } from './processes';
@@ -262,7 +263,15 @@ async function startStorage(st: TestbedState, tools: ReturnType<typeof loadQemuT
   await attachToFabric(st, s.namespace, 'storage', s.ip);
   fs.mkdirSync(path.join(s.dir, 'volumes'), { recursive: true, mode: 0o700 });
   if (ca) await issueServerCreds(ca, s.serverName, [s.ip], s.credsDir);
-  const args = storageDaemonArgs(s, tools, { tls, clients: st.servers.map((x) => x.id) });
+  // As root, the daemon runs as QEMU's unprivileged user (as the servers' QEMUs do): its folders and key copy its own.
+  const user = resolveQemuUser(undefined, logger);
+  if (user) {
+    s.user = { name: user.name, uid: user.uid, gid: user.gid };
+    letQemuReadTools(tools, user, logger);
+    for (const d of [s.dir, path.join(s.dir, 'volumes')]) ensureQemuDir(d, user, 'testbed storage', logger);
+    if (ca) copyTlsForQemu(s.credsDir, storageCredsDir(s), user);
+  }
+  const args = storageDaemonArgs(s, tools, { tls, clients: st.servers.map((x) => x.id), parentDeathSignal: attached });
   // Like the agents: tied to this process only when attached (tests); `dhm testbed up` leaves it running until `down`
   // (pipes or a parent-death signal would keep the command from returning, or kill the service when it does).
   const logFile = path.join(s.dir, 'storage.log');

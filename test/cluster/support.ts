@@ -50,7 +50,7 @@ export async function dropDatabases(db: TemporalDatabases & { anyDatabase: strin
 }
 
 export async function startTestCluster(
-  opts: Partial<Pick<TemporalClusterOptions, 'shards' | 'historyProcesses' | 'readyTimeoutMs'>> & { ui?: boolean } = {},
+  opts: Partial<Pick<TemporalClusterOptions, 'shards' | 'historyProcesses' | 'readyTimeoutMs' | 'tls'>> & { ui?: boolean } = {},
 ): Promise<TestCluster> {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-cluster-'));
   const db = testDatabases();
@@ -66,6 +66,7 @@ export async function startTestCluster(
     historyProcesses: opts.historyProcesses ?? 2,
     namespace: 'default',
     readyTimeoutMs: opts.readyTimeoutMs,
+    ...(opts.tls ? { tls: opts.tls } : {}),
     logger: createLogger('test-cluster', process.env.DHM_TEST_LOG_LEVEL ?? 'warn'),
   }).catch(async (err) => {
     await dropDatabases(db);

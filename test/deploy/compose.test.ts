@@ -46,6 +46,15 @@ function loadCompose(vars: Record<string, string>): { services: Record<string, S
   return parse(interpolate(text, vars), { merge: true });
 }
 
+/** A role's configuration as it loads in its container, the mounted certificate files stood in for by a readable file. */
+const roleEnv = (env: Record<string, string> | undefined) =>
+  loadEnv({
+    ...env,
+    ...Object.fromEntries(
+      ['TEMPORAL_TLS_CA', 'TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_KEY'].filter((k) => env?.[k] !== undefined).map((k) => [k, path.join(ROOT, 'package.json')]),
+    ),
+  });
+
 /** The port a `/readyz` health check probes (`fetch('http://127.0.0.1:PORT/readyz')`). */
 const probedPort = (s: Service) => Number(/127\.0\.0\.1:(\d+)\/readyz/.exec(s.healthcheck?.test.join(' ') ?? '')?.[1]);
 
@@ -83,7 +92,16 @@ describe('docker-compose.yml against the code', () => {
       const env = services[name]!.environment!;
       const keys = Object.keys(envSchema.shape);
       for (const k of Object.keys(env)) expect(keys).toContain(k);
-      const parsed = loadEnv(env);
+      // Temporal's mutual TLS: dhm's client certificate from the pki job's volume, mounted (the config checks the
+      // files can be read: here they are stood in for by a readable file).
+      const tlsFiles = ['TEMPORAL_TLS_CA', 'TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_KEY'].filter((k) => env[k] !== undefined);
+      if (roleOf(services[name]!) !== 'agents') {
+        expect(tlsFiles).toHaveLength(3);
+        expect(env.TEMPORAL_TLS_SERVER_NAME).toBe('temporal-frontend');
+        for (const k of tlsFiles) expect(env[k]).toMatch(/^\/pki\/temporal\/client\//);
+        expect(services[name]!.volumes ?? []).toContain('dhm-pki-temporal-client:/pki/temporal/client:ro');
+      }
+      const parsed = loadEnv({ ...env, ...Object.fromEntries(tlsFiles.map((k) => [k, path.join(ROOT, 'package.json')])) });
       if (roleOf(services[name]!) === 'agents') {
         // Agents hold no database credentials and no Temporal address: only their certificates.
         expect([parsed.DATABASE_URL, parsed.TEMPORAL_ADDRESS, parsed.DHM_AGENT_TLS_DIR]).toEqual([undefined, undefined, '/pki/servers']);
@@ -97,30 +115,55 @@ describe('docker-compose.yml against the code', () => {
   );
 
   test("the agent plane's PKI: made by the pki job; agents mount only servers/, the control plane only control-plane/, nobody the CA key", () => {
-    expect(services.pki!.volumes).toEqual(['dhm-pki-ca:/pki/ca', 'dhm-pki-servers:/pki/servers', 'dhm-pki-control-plane:/pki/control-plane']);
-    for (const [name, s] of dhm) {
-      if (roleOf(s) === 'pki') continue;
+    expect(services.pki!.volumes).toEqual([
+      'dhm-pki-ca:/pki/ca',
+      'dhm-pki-servers:/pki/servers',
+      'dhm-pki-control-plane:/pki/control-plane',
+      'dhm-pki-temporal-ca:/pki/temporal/ca',
+      'dhm-pki-temporal-server:/pki/temporal/server',
+      'dhm-pki-temporal-client:/pki/temporal/client',
+      'dhm-pki-temporal-ui:/pki/temporal/ui',
+    ]);
+    for (const [name, s] of Object.entries(services)) {
+      if (name === 'pki') continue;
       const pkiMounts = (s.volumes ?? []).filter((m) => m.startsWith('dhm-pki'));
-      const want = roleOf(s) === 'agents' ? 'servers' : calling.includes(name) ? 'control-plane' : null;
-      expect({ name, mounts: pkiMounts }).toEqual({ name, mounts: want ? [`dhm-pki-${want}:/pki/${want}:ro`] : [] });
+      const role = dhm.some(([n]) => n === name) ? roleOf(s) : name;
+      const want =
+        role === 'agents'
+          ? ['dhm-pki-servers:/pki/servers:ro']
+          : calling.includes(name)
+            ? ['dhm-pki-control-plane:/pki/control-plane:ro', 'dhm-pki-temporal-client:/pki/temporal/client:ro']
+            : role === 'fleet-seed' || role === 'temporal-setup'
+              ? ['dhm-pki-temporal-client:/pki/temporal/client:ro']
+              : TEMPORAL_SERVICES.includes(name)
+                ? ['dhm-pki-temporal-server:/pki/temporal/server:ro']
+                : name === 'temporal-ui'
+                  ? ['dhm-pki-temporal-ui:/pki/temporal/ui:ro']
+                  : [];
+      expect({ name, mounts: pkiMounts }).toEqual({ name, mounts: want });
     }
+    // Temporal's containers run as dhm's uid (the Dockerfile's), which owns the keys the pki job writes (0600).
+    const uid = /useradd --system --uid (\d+)/.exec(fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'))?.[1];
+    expect(uid).toBeDefined();
+    for (const name of [...TEMPORAL_SERVICES, 'temporal-setup', 'temporal-ui'])
+      expect({ name, user: (services[name] as { user?: string }).user }).toEqual({ name, user: `${uid}:${uid}` });
   });
 
   test('ports: the API listens where it is published and probed; ops endpoints where probed', () => {
     const [[, api]] = byRole('api') as [[string, Service]];
-    const env = loadEnv(api.environment);
+    const env = roleEnv(api.environment);
     expect(env.DHM_API_HOST).toBe('0.0.0.0');
     expect(api.ports!.map((p) => Number(p.split(':').pop()))).toEqual([env.DHM_API_PORT]);
     expect(probedPort(api)).toBe(env.DHM_API_PORT);
     for (const [name, s] of [...byRole('worker'), ...byRole('scheduler'), ...byRole('agents')]) {
-      const e = loadEnv(s.environment);
+      const e = roleEnv(s.environment);
       expect({ name, host: e.DHM_METRICS_HOST }).toEqual({ name, host: '0.0.0.0' });
       expect({ name, port: probedPort(s) }).toEqual({ name, port: e.DHM_METRICS_PORT });
       expect(s.expose).toContain(String(e.DHM_METRICS_PORT));
       if (roleOf(s) === 'worker') expect(s.expose).toContain(String(e.DHM_TEMPORAL_METRICS_PORT));
     }
     const db = services['dhm-postgres']!.environment!;
-    const url = new URL(loadEnv(api.environment).DATABASE_URL!);
+    const url = new URL(roleEnv(api.environment).DATABASE_URL!);
     expect([url.username, url.password, url.pathname.slice(1)]).toEqual([db.POSTGRES_USER, db.POSTGRES_PASSWORD, db.POSTGRES_DB]);
   });
 
@@ -148,7 +191,7 @@ describe('docker-compose.yml against the code', () => {
       scheduler: ['dhm-postgres', 'agents'],
       agents: ['pki'],
       pki: [],
-      'fleet-seed': ['dhm-postgres'],
+      'fleet-seed': ['dhm-postgres', 'pki'],
     };
     for (const [name, s] of dhm) {
       for (const dep of needs[roleOf(s)]!) expect({ name, dep, has: s.depends_on?.[dep] !== undefined }).toEqual({ name, dep, has: true });
@@ -191,7 +234,8 @@ describe('docker-compose.yml against the code', () => {
       expect(temporalDeployDir()).toBe(path.join(ROOT, 'deploy', 'temporal'));
       for (const n of TEMPORAL_SERVICES) {
         const s = server(n) as Service & { volumes?: string[] };
-        expect(s.volumes).toEqual(['./deploy/temporal:/etc/temporal/dhm:ro']);
+        expect(s.volumes).toEqual(['./deploy/temporal:/etc/temporal/dhm:ro', 'dhm-pki-temporal-server:/pki/temporal/server:ro']);
+        expect(s.environment!.TEMPORAL_TLS_DIR).toBe('/pki/temporal/server');
         const script = s.command!.join('\n');
         expect(script).toContain('exec temporal-server --root /etc/temporal/dhm --config config --allow-no-auth start --service "$TEMPORAL_SERVICE"');
         const env = s.environment!;
@@ -220,7 +264,18 @@ describe('docker-compose.yml against the code', () => {
         persistence: { numHistoryShards: number; datastores: Record<string, { sql: { pluginName: string; connectAddr: string; databaseName: string } }> };
         services: Record<string, { rpc: { grpcPort: number; bindOnIP: string } }>;
         publicClient: { hostPort: string };
+        global: {
+          tls?: { frontend: { server: { requireClientAuth: boolean; certFile: string; clientCaFiles: string[] } }; systemWorker: { certFile: string } };
+        };
       };
+      // Mutual TLS on the frontend, from TEMPORAL_TLS_DIR; the system worker with its own client certificate.
+      expect(cfg.global.tls?.frontend.server).toMatchObject({
+        certFile: '/pki/temporal/server/server-cert.pem',
+        keyFile: '/pki/temporal/server/server-key.pem',
+        requireClientAuth: true,
+        clientCaFiles: ['/pki/temporal/server/ca-cert.pem'],
+      });
+      expect(cfg.global.tls?.systemWorker.certFile).toBe('/pki/temporal/server/client-cert.pem');
       expect(cfg.persistence.numHistoryShards).toBe(Number(env.TEMPORAL_HISTORY_SHARDS));
       expect(Object.values(cfg.persistence.datastores).map((d) => [d.sql.pluginName, d.sql.connectAddr, d.sql.databaseName])).toEqual([
         ['postgres12', 'temporal-postgres:5432', 'temporal'],
@@ -241,15 +296,18 @@ describe('docker-compose.yml against the code', () => {
     expect(script).toContain('--type Keyword');
   });
 
-  test('only the API is published on the host: Temporal (no auth, no TLS) and its UI only through the loopback override', () => {
+  test('only the API is published on the host; the override publishes only the frontend (mutual TLS), on loopback by default; the Web UI never', () => {
     const published = Object.entries(services)
       .filter(([, s]) => (s.ports ?? []).length > 0)
       .map(([name]) => name);
     expect(published).toEqual(byRole('api').map(([name]) => name));
     const override = parse(fs.readFileSync(path.join(ROOT, 'deploy', 'compose.temporal-ports.yml'), 'utf8')) as { services: Record<string, Service> };
-    expect(Object.keys(override.services).sort()).toEqual(['temporal-frontend', 'temporal-ui']);
+    expect(Object.keys(override.services).sort()).toEqual(['temporal-frontend']);
     for (const name of Object.keys(override.services)) expect(services[name]).toBeDefined();
-    for (const s of Object.values(override.services)) for (const p of s.ports!) expect(p).toMatch(/^127\.0\.0\.1:\d+:\d+$/);
+    for (const s of Object.values(override.services)) for (const p of s.ports!) expect(interpolate(p, {})).toMatch(/^127\.0\.0\.1:\d+:\d+$/);
+    // What is published takes mutual TLS only: the frontend's containers get TEMPORAL_TLS_DIR (the rendered
+    // configuration's requireClientAuth is checked in the Temporal block above).
+    expect(services['temporal-frontend']!.environment!.TEMPORAL_TLS_DIR).toBe('/pki/temporal/server');
   });
 
   test('the Dockerfile: a supported Node LTS, no install scripts but those package.json allows', () => {

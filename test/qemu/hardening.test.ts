@@ -1,9 +1,12 @@
+import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Resources } from '../../common/resources';
 import { createAgentClient } from '../../compute/agent-client';
 import { startAgent } from '../../compute/agent-service';
+import { writeFleetCrl } from '../../compute/agent-tls';
+import { normalSerial } from '../../compute/cert-revocation';
 import { QEMU_SANDBOX } from '../../compute/qemu/qemu-process';
 import { DEFAULT_QEMU_USER } from '../../compute/qemu/qemu-user';
 import { runQemuSetup } from '../../compute/qemu/tools';
@@ -214,3 +217,82 @@ test('as root, QEMU runs as dhm-qemu on both ends of a TLS migration; the keys i
   }
   expect(qemuUnder(home)).toEqual([]);
 }, 240_000);
+
+/**
+ * QEMU loads `ca-crl.pem` only into server-side credentials (crypto/tlscredsx509.c: with the server's certificate),
+ * so the check is the destination's: a source whose certificate is revoked is refused by the target's QEMU. A move
+ * *to* a revoked server is stopped before QEMU, by the agent plane (the target's agent is refused: agent-revocation).
+ */
+test("QEMU's own migration TLS reads the fleet's CRL: a move from a server whose certificate is revoked is refused by the destination's QEMU", async () => {
+  const ids = ['hq-6', 'hq-7'];
+  const pki = await testAgentPki(ids);
+  const home = path.join(root, 'crl');
+  const start = (id: string) =>
+    startAgent({
+      serverId: id,
+      tls: pki.server(id),
+      capacity: SERVER,
+      nicBandwidthBps: 1e9,
+      backend: 'qemu',
+      qemu: {
+        stateDir: path.join(home, id),
+        migrationDir: path.join(home, 'migrate'),
+        maxVmMemoryMiB: 256,
+        maxVmVcpus: 1,
+        migrationHost: '127.0.0.1',
+        transport: 'tls',
+        tlsDir: pki.serverDir(id),
+        fleetCaCert: path.join(pki.caDir, 'ca-cert.pem'),
+      },
+      logger,
+    });
+  // Only the CRL QEMU reads, not the agent plane's revoked.json: the agents still talk, so what refuses is QEMU's TLS.
+  const revokeForQemu = (id: string | null) =>
+    writeFleetCrl(
+      pki.root,
+      id === null
+        ? []
+        : ['server', 'client'].map((role) => {
+            const c = new X509Certificate(fs.readFileSync(path.join(pki.serverDir(id), `${role}-cert.pem`)));
+            return { serial: normalSerial(c.serialNumber), subject: c.subject.replace(/\n/g, ', '), revokedAt: new Date().toISOString() };
+          }),
+    );
+  const [six, seven] = [await start(ids[0]!), await start(ids[1]!)];
+  try {
+    const client = (id: string, url: string) => createAgentClient({ baseUrl: url, tls: pki.controlPlane, serverId: id, timeoutMs: 20_000 });
+    const a = client(ids[0]!, six.url);
+    const b = client(ids[1]!, seven.url);
+    await a.prepareIncarnation({ incarnationId: 'inc-6', capacity: { vcpus: 2, memoryMiB: 512, diskGiB: 5 } });
+    await b.prepareIncarnation({ incarnationId: 'inc-7', capacity: { vcpus: 2, memoryMiB: 512, diskGiB: 5 } });
+    await a.createVm({ vmId: 'vm-c', incarnationId: 'inc-6', spec: { vcpus: 1, memoryMiB: 128, diskGiB: 1 } });
+    await waitFor('the guest to count', async () => (await a.guestOp('vm-c', { kind: 'read' })).counter >= 2, 90_000, 100);
+    const move = async (from: typeof a, jobId: string, to: { url: string }, inc: string) => {
+      await from.startMigration({ jobId, vmId: 'vm-c', target: { agentUrl: to.url, incarnationId: inc }, maxDowntimeMs: 500, autoConverge: true });
+      return waitFor(
+        `move ${jobId} to end`,
+        async () => {
+          const j = await from.getMigration(jobId);
+          return j && j.state !== 'running' ? j : undefined;
+        },
+        120_000,
+        100,
+      );
+    };
+    // From a revoked server: the destination's QEMU (its credentials loaded with the CRL) refuses the source's
+    // client certificate; the VM stays where it was, running.
+    revokeForQemu(ids[0]!);
+    const fromRevoked = await move(a, 'job-c1', seven, 'inc-7');
+    process.stderr.write(`[qemu crl] refused move: ${JSON.stringify(fromRevoked)}\n`);
+    expect(fromRevoked.state).toBe('failed');
+    expect(await a.getVm('vm-c')).toMatchObject({ serverId: ids[0], state: 'running' });
+    expect((await a.guestOp('vm-c', { kind: 'read' })).servedBy).toBe(ids[0]);
+    // The same move with the CRL emptied: completes (the refusal was the CRL's).
+    revokeForQemu(null);
+    expect(await move(a, 'job-c2', seven, 'inc-7')).toMatchObject({ state: 'completed' });
+    expect((await b.guestOp('vm-c', { kind: 'read' })).servedBy).toBe(ids[1]);
+  } finally {
+    await Promise.all([six.stop(), seven.stop()]);
+    for (const dir of [path.join(pki.root, 'servers'), ...ids.map((id) => pki.serverDir(id))]) fs.rmSync(path.join(dir, 'ca-crl.pem'), { force: true });
+  }
+  expect(qemuUnder(home)).toEqual([]);
+}, 300_000);

@@ -170,6 +170,31 @@ async function jobOf(hostId: string, vmId: string): Promise<{ jobId: string; sou
   );
 }
 
+test("as root, the storage service's qemu-storage-daemon runs as QEMU's unprivileged user, with its own key copy; the volumes are that user's", async () => {
+  const pid = st.pids.find((p) => p.role === 'storage service')!.pid;
+  const uids = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$/m
+    .exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))!
+    .slice(1)
+    .map(Number);
+  const groups = /^Groups:[ \t]*(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]!.trim();
+  expect(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8')).toContain('qemu-storage-daemon');
+  if (process.geteuid?.() !== 0) {
+    expect(uids).toEqual(Array(4).fill(process.geteuid!()));
+    return;
+  }
+  const user = st.storage.user!;
+  expect(user.uid).not.toBe(0);
+  expect(uids).toEqual(Array(4).fill(user.uid));
+  expect(groups).toBe(''); // no supplementary groups (root's would let it read more)
+  const key = path.join(st.storage.dir, 'tls', 'server-key.pem');
+  expect([fs.statSync(key).uid, fs.statSync(key).mode & 0o777]).toEqual([user.uid, 0o600]);
+  expect(fs.statSync(path.join(st.storage.credsDir, 'server-key.pem')).uid).toBe(0); // the issued folder stays root's
+  const volumeId = `uid-${randomBytes(3).toString('hex')}`;
+  await createVolume(st.storage, logger, volumeId, 16);
+  expect(fs.statSync(volumeFile(st.storage, volumeId)).uid).toBe(user.uid);
+  expect(await storageExports(st.storage, logger)).toContain(volumeId);
+});
+
 test('a host of 3 VMs (a local disk, a network disk, both) moves through the workflow: every block on the target in order with correct checksums, the fill copied, 0 failed requests, source disks gone after de-provisioning, no export or block job left', async () => {
   const vol1 = `vol-${randomBytes(3).toString('hex')}`;
   const vol2 = `vol-${randomBytes(3).toString('hex')}`;

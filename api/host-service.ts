@@ -5,6 +5,7 @@ import type { VmSpec } from '../common/migration';
 import { vmDisks } from '../common/vm-spec';
 import { InventoryError } from '../inventory/errors';
 import { ApiError } from './errors';
+import { waitUntilHostActive } from './host-settle';
 import type { HostView, Inventory, Vm } from '../inventory';
 import { deleteVmDuringMigration, MigrationRequestRefused, provisionVmDuringMigration } from '../client/migrations';
 
@@ -30,17 +31,7 @@ export function createHostService(deps: HostServiceDeps) {
   const { inventory, agents } = deps;
   const settleTimeoutMs = deps.settleTimeoutMs ?? 60_000;
 
-  const waitUntilActive = async (dedicatedHostId: string) => {
-    const deadline = Date.now() + settleTimeoutMs;
-    // Backoff from 10 ms: the host usually turns active within a few ms of the migration's last commit, and the
-    // tenant is waiting; a host that stays migrating is read every 500 ms, not 50 times a second per request.
-    for (let delay = 10; ; delay = Math.min(delay * 2, 500)) {
-      const host = await inventory.getHost(dedicatedHostId);
-      if (host.state === 'active') return host;
-      if (Date.now() > deadline) throw new InventoryError('WRONG_STATE', `host ${dedicatedHostId} is still migrating; try again later`, 'dedicatedHostId');
-      await new Promise((r) => setTimeout(r, Math.min(delay, Math.max(1, deadline - Date.now()))));
-    }
-  };
+  const waitUntilActive = (dedicatedHostId: string) => waitUntilHostActive((id) => inventory.getHost(id), dedicatedHostId, settleTimeoutMs);
 
   // Requests in flight per migrating host (so per tenant: a dedicated host has one): Temporal takes at most 10 updates
   // in flight per workflow and answers more with RESOURCE_EXHAUSTED; beyond the cap a request is refused here, 429.

@@ -188,6 +188,11 @@ export const migrationJobSchema = z.object({
   downtimeMs: z.number().min(0).optional(),
   /** Simulated milliseconds from the first byte to the VM running on the target (or to the failure). */
   totalTimeMs: z.number().min(0).optional(),
+  /**
+   * Milliseconds of a completed move off the link: before its first byte (destination started, VM accepted) and after
+   * (commit). The workflow's concurrency reads it (workflows/scheduler.ts `setupEstimateMs`).
+   */
+  setupMs: z.number().min(0).optional(),
   startedAt: z.string(),
   finishedAt: z.string().optional(),
   /** code: 'NotConverging' | 'TargetUnavailable' | 'InjectedFault' | 'Cancelled' (| 'AgentStopped' on shutdown). */

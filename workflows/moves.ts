@@ -145,7 +145,7 @@ export class Moves {
                 forced,
                 measuredLink: this.link,
                 measuredDirtyRateBps: measured?.dirtyRateBps ?? null,
-                ...(this.setupAware ? { concurrency: this.concurrency(), aimDowntime: true } : {}),
+                ...(this.setupAware ? { concurrency: this.concurrency() } : {}),
               });
               return migrate(settings);
             },

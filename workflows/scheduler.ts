@@ -154,6 +154,8 @@ export function concurrencyFor(
  * move converges (the testbed: median 324 ms at 300). A move whose dirty pages shrink by a factor ρ < 1 per round
  * reaches half the limit in a few more short rounds, about (L/2)/(1 − ρ) of sending; a move that only converges by
  * throttling keeps the whole limit (a lower one would throttle its guest harder). The policy's limit stays the ceiling.
+ * Not used by the workflow (moves.ts passes no `aimDowntime`): at "the same target" as the baselines means the same
+ * limit given to QEMU; benchmark 1 shows what it would buy as an ablation.
  */
 export const DOWNTIME_AIM = 0.5;
 /** Below this QEMU's check granularity (an iteration of up to 50 ms) makes the limit meaningless. */

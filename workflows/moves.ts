@@ -3,7 +3,7 @@ import type { VmMigrationStatus } from '../common/migration';
 import { call, moveSteps, steps } from './activity-calls';
 import { failureOf } from './failures';
 import type { MigrationState } from './migration-state';
-import { concurrencyFor, launchOrder, moveSettingsFor, streamsFor, type MeasuredLink, type MoveSettings } from './scheduler';
+import { concurrencyFor, DEFAULT_TUNING, launchOrder, moveSettingsFor, PRE_SETUP_TUNING, streamsFor, type MeasuredLink, type MoveSettings } from './scheduler';
 import { escapeMarkdown } from './details';
 
 /**
@@ -141,12 +141,18 @@ export class Moves {
                 vmId: vm.vmId,
                 from: source,
               });
-              settings = moveSettingsFor(policy, vm, state.vms, {
-                forced,
-                measuredLink: this.link,
-                measuredDirtyRateBps: measured?.dirtyRateBps ?? null,
-                ...(this.setupAware ? { concurrency: this.concurrency() } : {}),
-              });
+              settings = moveSettingsFor(
+                policy,
+                vm,
+                state.vms,
+                {
+                  forced,
+                  measuredLink: this.link,
+                  measuredDirtyRateBps: measured?.dirtyRateBps ?? null,
+                  ...(this.setupAware ? { concurrency: this.concurrency() } : {}),
+                },
+                this.setupAware ? DEFAULT_TUNING : PRE_SETUP_TUNING,
+              );
               return migrate(settings);
             },
       );

@@ -5,7 +5,9 @@ import {
   DEFAULT_MOVE_SETUP_MS,
   DOWNTIME_AIM,
   launchOrder,
+  MEASURED_AUTO_CONVERGE_SHARE,
   moveSettingsFor,
+  PRE_SETUP_TUNING,
   setupEstimateMs,
   streamsFor,
 } from '../../workflows/scheduler';
@@ -61,10 +63,15 @@ describe('workflows/scheduler.ts', () => {
     expect(streamsFor(auto, null)).toBe(3);
   });
 
-  it('decides auto-converge from the measured dirty rate, not the declared one, against 80 % of what the move gets', () => {
+  it('decides auto-converge from the measured dirty rate, not the declared one, against the tuned share of what the move gets', () => {
     const declaredHot = vm('a', 4, 'pending', 100_000);
     const host = [declaredHot];
-    const threshold = 0.8 * 1.25e9; // 5 channels at S = B/5: the whole link
+    const threshold = MEASURED_AUTO_CONVERGE_SHARE * 1.25e9; // 5 channels at S = B/5: the whole link
+    // Runs from before the set-up patch keep 80 %.
+    const old = (rate: number) =>
+      moveSettingsFor(auto, declaredHot, host, { forced: false, measuredLink: measured, measuredDirtyRateBps: rate }, PRE_SETUP_TUNING);
+    expect(old(0.79 * 1.25e9).autoConverge).toBe(false);
+    expect(old(0.8 * 1.25e9).autoConverge).toBe(true);
     const at = (rate: number) => moveSettingsFor(auto, declaredHot, host, { forced: false, measuredLink: measured, measuredDirtyRateBps: rate });
     expect(at(threshold * 0.99).autoConverge).toBe(false); // declared 100 GiB/s, measured under the threshold: no throttle
     expect(at(threshold).autoConverge).toBe(true);
@@ -142,11 +149,11 @@ describe('workflows/scheduler.ts: the moves’ set-up in the concurrency', () =>
         measuredDirtyRateBps: rate,
         ...(concurrency ? { concurrency, aimDowntime: true } : {}),
       });
-    const rate = 0.5 * 1.25e9; // under 0.8·B alone, over 0.8·B/2 with two moves sharing
+    const rate = 0.2 * 1.25e9; // under 0.3·B alone, over 0.3·B/2 with two moves sharing
     expect(at(rate).autoConverge).toBe(false);
     expect(at(rate, 2).autoConverge).toBe(true);
     expect(at(rate, 2).maxDowntimeMs).toBeUndefined(); // it converges by throttling: the whole limit
-    expect(at(0.1 * 1.25e9, 2).maxDowntimeMs).toBe(Math.round(auto.maxDowntimeMs * DOWNTIME_AIM));
-    expect(at(0.1 * 1.25e9).maxDowntimeMs).toBeUndefined(); // runs without the patch: unchanged
+    expect(at(0.05 * 1.25e9, 2).maxDowntimeMs).toBe(Math.round(auto.maxDowntimeMs * DOWNTIME_AIM));
+    expect(at(0.05 * 1.25e9).maxDowntimeMs).toBeUndefined(); // not asked for (the workflow never asks): the policy's limit
   });
 });

@@ -7,7 +7,8 @@ import { concurrencyFor, DEFAULT_TUNING, launchOrder, moveSettingsFor, PRE_SETUP
 import { escapeMarkdown } from './details';
 
 /**
- * The VMs' moves out to the clone (claim 1e): up to `maxParallel` at once, in the policy's order, each cancellable.
+ * The VMs' moves out to the clone (claim 1e): up to `maxParallel` at once (with measured inputs, as many as fill the
+ * link with the moves' set-up counted: scheduler.ts `concurrencyFor`), in the policy's order, each cancellable.
  * A move that breaks is settled with the agents before anything is decided about its VM.
  */
 export class Moves {

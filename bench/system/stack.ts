@@ -18,6 +18,7 @@ import { createAgentClient } from '../../compute/agent-client';
 import { ensureAgentPki, type AgentClientTls } from '../../compute/agent-tls';
 import { startFleetAgents, type FleetAgents, type FleetAgentsOptions } from '../../compute/fleet-agents';
 import type { Inventory } from '../../inventory';
+import { DEFAULT_QUOTAS } from '../../inventory/quotas';
 import { openInventoryStore, startControlPlane } from '../../stack/control-plane';
 import { mergeStats, type CallStats } from './stopwatch';
 import { stopInReverse } from '../../common/stop-in-reverse';
@@ -244,6 +245,8 @@ export async function startBenchStack(opts: { logLevel?: string } = {}): Promise
       async createHost(o) {
         const t = `b${++tag}`;
         const tenant = await inventory.createTenant(`tenant-${t}`, { actor: 'bench' });
+        // A 500-VM host is past the default VM quota: the bench raises it as an operator would for such a tenant.
+        if (o.vms.length > DEFAULT_QUOTAS.vmsPerHost) await inventory.setTenantQuotas({ tenantId: tenant.id, vmsPerHost: o.vms.length, actor: 'bench' });
         const host = await inventory.createDedicatedHost({
           tenantId: tenant.id,
           name: `host-${t}`,

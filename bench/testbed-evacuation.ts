@@ -1,6 +1,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { loadEnv } from '../common/config';
 import { createLogger } from '../common/logger';
 import { createAgentClient, type AgentClient } from '../compute/agent-client';
 import type { MigrationJob, VmSpec } from '../compute/agent-api';
@@ -11,23 +13,31 @@ import { runQemuSetup } from '../compute/qemu/tools';
 import { run } from '../compute/testbed/net';
 import { vmQemu } from '../compute/testbed/disk-check';
 import { downTestbed, upTestbed, type TestbedState } from '../compute/testbed/testbed';
+import { startEmbeddedSystem, type EmbeddedSystem } from '../stack/embedded-system';
+import { createApiClient } from '../cli/api-client';
+import { statusQuery } from '../workflows/messages';
+import { runDhmArm } from './testbed-dhm-arm';
+import { allocated, evacuationOf, moveOf, type Move } from './testbed-figures';
 
 /**
  * Testbed benchmark: host evacuation with real QEMU between two namespaced servers over shaped NICs (htb, TLS).
  *
  * 1. multifd: one VM moved with 1 and with 4 channels, on the shaped link and (the NIC's htb raised to 4 Gbit/s) unshaped.
- * 2. Evacuation: the same VMs (128–384 MiB, each with a local disk and a known writer) moved off a server under each
- *    schedule, back and forth: sequential 1-at-a-time (Nova / Proxmox-like: Proxmox with auto-converge), 2 outbound
- *    (KubeVirt-like), and dhm-like: inputs measured here only (each VM's dirty rate with calc-dirty-rate, one stream's
- *    throughput S from step 1), ⌈B/S⌉ streams, largest first, auto-converge where the measured rate is above S/8.
- *    (The workflow's own scheduler lives on the perf-sim branch; this arm applies the same rule to measured inputs.)
- *    Every arm: downtime target 300 ms. The figure: makespan against Σ(bytes on the wire)/B.
- * 3. Calibration for the sim: switchover cost (downtime, setup time), one stream's throughput per channel, and the
+ * 2. Evacuation: the same VMs (128–384 MiB, each with a local disk and a known writer; a tenant's dedicated host made
+ *    through dhm's API) moved off their server under each schedule. The baselines are driven by this bench through the
+ *    agents (their rules: bench/sim/schedules.ts): sequential 1-at-a-time (Nova-like; Proxmox-like with auto-converge),
+ *    2 outbound (KubeVirt-like). dhm is dhm itself: the migration workflow (Temporal dev server, dhm's worker, the
+ *    scheduler, the API) run on the host with its default policy (`policyForHost`: measured link and dirty rates,
+ *    workflows/scheduler.ts deciding streams, channels and auto-converge), exactly as an operator's request runs it.
+ *    Every arm: downtime target 300 ms. The figure: makespan (first move's start to last move's end, from the agents'
+ *    jobs) against Σ(bytes on the wire)/B; for dhm also the whole workflow (clone, measurements, de-provisioning).
+ * 3. Calibration for the sim: switchover cost (downtime, setup time), the per-move fixed cost phase by phase (the
+ *    agents' `phasesMs`) and what dhm's workflow adds between moves, one stream's throughput per channel, and the
  *    writers' dirtying curve (distinct MiB changed over windows of 250 ms – 2 s), into bench/calibration/<stamp>.json.
  *
- *   npm run bench:testbed-evacuation -- [--vms 4] [--nic 300] [--reps 1]
+ *   npm run bench:testbed-evacuation -- [--vms 4] [--nic 300] [--reps 1] [--dry]
  * Writes bench/results/<stamp>-testbed-evacuation.{json,md} and bench/calibration/<stamp>.json, never overwriting.
- * Needs root (a testbed). About 6–9 minutes on a 2-core machine.
+ * Needs root (a testbed), starts Postgres and a Temporal dev server. About 9–11 minutes on a 2-core machine.
  */
 
 const MIB = 2 ** 20;
@@ -55,22 +65,6 @@ interface Vm {
   measuredDirtyMiBps?: number;
 }
 
-interface Move {
-  vmId: string;
-  state: string;
-  error?: string;
-  wallMs: number;
-  startMs: number;
-  endMs: number;
-  ramMs?: number;
-  downtimeMs?: number;
-  rounds: number;
-  memorySentMiB: number;
-  diskDataMiB: number;
-  throughputMBps: number;
-}
-
-const allocated = (files: Iterable<string>) => [...files].reduce((s, f) => s + fs.statSync(f).blocks * 512, 0);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function setNic(st: TestbedState, bitsPerSec: number): Promise<void> {
@@ -83,30 +77,65 @@ async function main(): Promise<void> {
   const nVms = Math.min(MIX.length, Math.max(3, arg('vms', 4)));
   const nicBps = arg('nic', 300) * 1e6;
   const B = nicBps / 8;
+  /** `--dry`: only the dhm arm, nothing written (a check of the set-up). */
+  const dry = process.argv.includes('--dry');
+  const env = loadEnv();
   const logger = createLogger('bench-testbed-evacuation', 'warn');
   await runQemuSetup();
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'dhm-bench-evac-'));
+  fs.mkdirSync(env.DHM_HOME, { recursive: true });
+  const stateDir = fs.mkdtempSync(path.join(env.DHM_HOME, 'bench-evac-'));
+  fs.chmodSync(stateDir, 0o755); // the postgres system user must reach its data folder
   const started = new Date();
+  const loadavgAtStart = os.loadavg().map((l) => Number(l.toFixed(1)));
+  const cap = { vcpus: 8, memoryMiB: 4096, diskGiB: 20 };
   const st = await upTestbed(
-    {
-      name: `be${process.pid.toString(36).slice(-5)}`,
-      root,
-      servers: 2,
-      nicBandwidthBps: nicBps,
-      transport: 'tls',
-      diskFillMiB: 16,
-      capacity: { vcpus: 8, memoryMiB: 4096, diskGiB: 20 },
-    },
+    { name: `be${process.pid.toString(36).slice(-5)}`, root, servers: 2, nicBandwidthBps: nicBps, transport: 'tls', diskFillMiB: 16, capacity: cap },
     logger,
   );
   const log = (msg: string) => process.stdout.write(`[${((Date.now() - started.getTime()) / 1000).toFixed(0)} s] ${msg}\n`);
+  let system: EmbeddedSystem | null = null;
   try {
     const tls = loadControlPlaneTls(st.controlPlaneDir, 'controlPlaneDir');
     const agents: AgentClient[] = st.servers.map((s) => createAgentClient({ baseUrl: s.agentUrl, tls, serverId: s.id, timeoutMs: 30_000 }));
-    const cap = { vcpus: 8, memoryMiB: 4096, diskGiB: 20 };
-    const inc = ['inc-0', 'inc-1'];
-    await agents[0]!.prepareIncarnation({ incarnationId: inc[0]!, capacity: cap });
-    await agents[1]!.prepareIncarnation({ incarnationId: inc[1]!, capacity: cap });
+    // dhm's control plane in the root namespace, over the testbed's agents: what the dhm arm runs.
+    system = await startEmbeddedSystem({
+      env,
+      logger,
+      fleet: st.fleet,
+      stateDir,
+      apiPort: 0,
+      externalAgents: new Map(st.servers.map((s) => [s.id, s.agentUrl])),
+      externalAgentTls: tls,
+    });
+    const operator = createApiClient(system.credentials.apiUrl, system.credentials.operatorToken);
+    const key = () => ({ 'idempotency-key': randomUUID() });
+    const tenant = await operator.request<{ id: string; token: string }>('POST', '/v1/tenants', { name: `bench-evac-${Date.now()}` }, key());
+    const tenantApi = createApiClient(system.credentials.apiUrl, tenant.token);
+    const host = await tenantApi.request<{ id: string }>(
+      'POST',
+      '/v1/dedicated-hosts',
+      { name: 'bench-host', zone: 'tb-zone', resourceClass: 'tb-small' },
+      key(),
+    );
+    log('control plane up; tenant and dedicated host made through the API');
+
+    // ---- the VMs: the tenant's, made through the API (the workflow moves them; the baselines move the same ones) ----
+    const vms: Vm[] = [];
+    for (const [i, m] of MIX.slice(0, nVms).entries()) {
+      const spec: VmSpec = { vcpus: 1, memoryMiB: m.memoryMiB, diskGiB: 1, workload: { dirtyRateMiBps: m.dirtyRateMiBps, workingSetMiB: m.workingSetMiB } };
+      const v = await tenantApi.request<{ id: string }>('POST', `/v1/dedicated-hosts/${host.id}/vms`, { name: `evac-${i}`, ...spec }, key());
+      vms.push({ vmId: v.id, spec, at: -1 });
+    }
+    const hostRow = await system.inventory.getHost(host.id);
+    const home = st.servers.findIndex((s) => s.id === hostRow.serverId);
+    if (home < 0) throw new Error(`the host landed on ${hostRow.serverId}, not a testbed server`);
+    for (const vm of vms) vm.at = home;
+    // The baselines move the VMs between the host's incarnation and one of the bench's on the other server.
+    const inc: string[] = [];
+    inc[home] = hostRow.currentIncarnationId;
+    inc[1 - home] = 'bench-baselines';
+    await agents[1 - home]!.prepareIncarnation({ incarnationId: inc[1 - home]!, capacity: cap });
     let seq = 0;
 
     async function move(vm: Vm, opts: { autoConverge: boolean; channels?: number }, t0: number): Promise<Move> {
@@ -124,30 +153,18 @@ async function main(): Promise<void> {
         autoConverge: opts.autoConverge,
         ...(opts.channels && opts.channels > 1 ? { channels: opts.channels } : {}),
       });
+      const acceptMs = Date.now() - t;
       let j: MigrationJob | null = null;
       while (!j || j.state === 'running') j = await agents[from]!.getMigration(jobId, { waitMs: 1_000 });
       const end = Date.now();
       if (j.state === 'completed') vm.at = to;
-      return {
-        vmId: vm.vmId,
-        state: j.state,
-        ...(j.error ? { error: `${j.error.code}: ${j.error.message}` } : {}),
-        wallMs: end - t,
-        startMs: t - t0,
-        endMs: end - t0,
-        ...(j.totalTimeMs !== undefined ? { ramMs: j.totalTimeMs } : {}),
-        ...(j.downtimeMs !== undefined ? { downtimeMs: j.downtimeMs } : {}),
-        rounds: j.round + 1,
-        memorySentMiB: Number((j.memory.bytesTransferred / MIB).toFixed(1)),
-        diskDataMiB: Number((diskData / MIB).toFixed(1)),
-        throughputMBps: Number((j.throughputBps / 1e6).toFixed(1)),
-      };
+      return { ...moveOf(j, diskData, t - t0, end - t0), wallMs: end - t, acceptMs };
     }
 
     /** Moves every VM off the server they are on, at most `k` at a time, in `order`. */
-    async function evacuate(name: string, vms: Vm[], k: number, settings: (vm: Vm) => { autoConverge: boolean; channels?: number }) {
+    async function evacuate(name: string, vmsInOrder: Vm[], k: number, settings: (vm: Vm) => { autoConverge: boolean; channels?: number }) {
       const t0 = Date.now();
-      const queue = [...vms];
+      const queue = [...vmsInOrder];
       const moves: Move[] = [];
       await Promise.all(
         Array.from({ length: k }, async () => {
@@ -155,44 +172,26 @@ async function main(): Promise<void> {
         }),
       );
       const makespanMs = Date.now() - t0;
-      const bytes = moves.reduce((s, m) => s + (m.memorySentMiB + m.diskDataMiB) * MIB, 0);
-      const boundMs = (bytes / B) * 1000;
-      log(
-        `${name}: makespan ${makespanMs} ms, Σbytes/B ${Math.round(boundMs)} ms (× ${(makespanMs / boundMs).toFixed(2)}), ${moves.filter((m) => m.state !== 'completed').length} failed`,
-      );
-      return {
-        schedule: name,
-        concurrency: k,
-        makespanMs,
-        bytesMiB: Number((bytes / MIB).toFixed(1)),
-        boundMs: Math.round(boundMs),
-        ratio: Number((makespanMs / boundMs).toFixed(3)),
-        moves,
-      };
+      const e = evacuationOf(name, k, makespanMs, moves, B);
+      log(`${name}: makespan ${makespanMs} ms, Σbytes/B ${e.boundMs} ms (× ${e.ratio}), ${e.failed} failed`);
+      return e;
     }
 
-    // ---- the VMs ------------------------------------------------------------------------------------------------
-    const vms: Vm[] = MIX.slice(0, nVms).map((m, i) => ({
-      vmId: `evac-vm-${i}`,
-      spec: { vcpus: 1, memoryMiB: m.memoryMiB, diskGiB: 1, workload: { dirtyRateMiBps: m.dirtyRateMiBps, workingSetMiB: m.workingSetMiB } },
-      at: 0,
-    }));
-    for (const vm of vms) await agents[0]!.createVm({ vmId: vm.vmId, incarnationId: inc[0]!, spec: vm.spec });
     const bootDeadline = Date.now() + 240_000;
     for (const vm of vms) {
       for (;;) {
-        const c = await agents[0]!.guestOp(vm.vmId, { kind: 'read' }).catch(() => ({ counter: 0 }));
+        const c = await agents[home]!.guestOp(vm.vmId, { kind: 'read' }).catch(() => ({ counter: 0 }));
         if (c.counter >= 4) break;
         if (Date.now() > bootDeadline) throw new Error(`${vm.vmId} did not boot within 240 s`);
         await sleep(500); // poll interval within the deadline
       }
     }
-    log(`${vms.length} VMs booted`);
+    log(`${vms.length} VMs booted on ${st.servers[home]!.id}`);
 
-    // ---- calibration: the writers' dirtying curve (calc-dirty-rate over windows), the dhm arm's measured input ---
+    // ---- calibration: the writers' dirtying curve (calc-dirty-rate over windows) ----------------------------------
     const dirtyCurve: Array<{ vmId: string; declaredMiBps: number; workingSetMiB: number; windowsMs: Record<string, number> }> = [];
     for (const vm of vms) {
-      const qmp = await QmpClient.connect({ socketPath: vmQemu(st.servers[0]!, vm.vmId)!.inspectSocket!, connectTimeoutMs: 5_000 });
+      const qmp = await QmpClient.connect({ socketPath: vmQemu(st.servers[home]!, vm.vmId)!.inspectSocket!, connectTimeoutMs: 5_000 });
       const windowsMs: Record<string, number> = {};
       try {
         for (const w of [250, 500, 1000, 2000]) windowsMs[String(w)] = Number(((await measureDirtyRate(qmp, w)).dirtyRateBps / MIB).toFixed(2));
@@ -204,10 +203,10 @@ async function main(): Promise<void> {
     }
     log(`dirty rates measured: ${vms.map((v) => `${v.vmId} ${v.measuredDirtyMiBps!.toFixed(1)} MiB/s`).join(', ')}`);
 
-    // ---- 1. multifd 1 vs 4, shaped and unshaped (the largest VM, back and forth) --------------------------------
+    // ---- 1. multifd 1 vs 4, shaped and unshaped (the largest VM, back and forth: it ends where it began) ---------
     const probe = vms[0]!;
     const multifd: Array<{ nicMbps: number; channels: number; move: Move }> = [];
-    for (const nic of [nicBps, 4e9]) {
+    for (const nic of dry ? [] : [nicBps, 4e9]) {
       await setNic(st, nic);
       for (const channels of [1, 4, 1, 4]) {
         const m = await move(probe, { autoConverge: true, channels }, Date.now());
@@ -221,34 +220,36 @@ async function main(): Promise<void> {
     const S = single.length ? single.reduce((s, x) => s + (x.move.memorySentMiB * MIB) / (x.move.ramMs! / 1000), 0) / single.length : B;
     log(`one stream measured at ${(S / 1e6).toFixed(1)} MB/s on a ${nicBps / 1e6} Mbit/s NIC (B = ${(B / 1e6).toFixed(1)} MB/s)`);
 
-    // ---- 2. evacuation under each schedule ------------------------------------------------------------------------
+    // ---- 2. evacuation: the baselines (driven here), then dhm (its workflow) -------------------------------------
     const reps = Math.max(1, arg('reps', 1));
-    const arms: Array<{ name: string; k: number; order: (v: Vm[]) => Vm[]; settings: (vm: Vm) => { autoConverge: boolean; channels?: number } }> = [
-      { name: 'sequential (Nova-like)', k: 1, order: (v) => v, settings: () => ({ autoConverge: false }) },
-      { name: 'sequential + auto-converge (Proxmox-like)', k: 1, order: (v) => v, settings: () => ({ autoConverge: true }) },
-      { name: '2 outbound (KubeVirt-like)', k: 2, order: (v) => v, settings: () => ({ autoConverge: false }) },
-      {
-        name: 'dhm-like (measured: ⌈B/S⌉ streams, largest first, AC above S/8)',
-        k: Math.max(1, Math.ceil(B / S - 0.05)),
-        order: (v) => [...v].sort((x, y) => y.spec.memoryMiB - x.spec.memoryMiB),
-        settings: (vm) => ({ autoConverge: (vm.measuredDirtyMiBps ?? 0) * MIB > S / 8 }),
-      },
-      {
-        // As perf-sim's workflow runs the qemu path: ⌈B/S⌉ streams, each with ⌈B/S⌉ multifd channels.
-        name: 'dhm-like + multifd ⌈B/S⌉ channels',
-        k: Math.max(1, Math.ceil(B / S - 0.05)),
-        order: (v) => [...v].sort((x, y) => y.spec.memoryMiB - x.spec.memoryMiB),
-        settings: (vm) => ({ autoConverge: (vm.measuredDirtyMiBps ?? 0) * MIB > S / 8, channels: Math.max(1, Math.ceil(B / S - 0.05)) }),
-      },
+    const arms: Array<{ name: string; k: number; settings: (vm: Vm) => { autoConverge: boolean; channels?: number } }> = [
+      { name: 'sequential (Nova-like)', k: 1, settings: () => ({ autoConverge: false }) },
+      { name: 'sequential + auto-converge (Proxmox-like)', k: 1, settings: () => ({ autoConverge: true }) },
+      { name: '2 outbound (KubeVirt-like)', k: 2, settings: () => ({ autoConverge: false }) },
     ];
-    const evacuations = [];
-    for (let r = 0; r < reps; r++)
+    const evacuations: Array<ReturnType<typeof evacuationOf> & { rep: number; workflow?: unknown }> = [];
+    for (let r = 0; r < (dry ? 0 : reps); r++)
       for (const arm of arms) {
         // Every VM is on one server before each arm (a failed move leaves a VM behind: bring it over first).
         for (const v of vms.filter((x) => x.at !== vms[0]!.at)) await move(v, { autoConverge: true }, Date.now());
-        evacuations.push({ rep: r, ...(await evacuate(arm.name, arm.order(vms), arm.k, arm.settings)) });
+        evacuations.push({ rep: r, ...(await evacuate(arm.name, vms, arm.k, arm.settings)) });
       }
-
+    // Back home, in the host's own incarnation, and the bench's incarnation gone: the workflow finds the host as it was made.
+    for (const v of vms.filter((x) => x.at !== home)) await move(v, { autoConverge: true }, Date.now());
+    if (vms.some((v) => v.at !== home)) throw new Error('a VM could not be brought back to the host’s server; the dhm arm cannot run');
+    await agents[1 - home]!.teardownIncarnation(inc[1 - home]!);
+    const diskData = new Map(vms.map((v) => [v.vmId, allocated(vmQemu(st.servers[home]!, v.vmId)!.files.values())]));
+    const temporal = system.temporal;
+    const status = (id: string) => temporal.client.workflow.getHandle(id).query(statusQuery);
+    const dhm = await runDhmArm({ operator, status, hostId: host.id, agent: agents[home]!, diskData, downtimeMs: DOWNTIME_MS, log });
+    evacuations.push({ rep: 0, ...evacuationOf(dhm.name, dhm.concurrency, dhm.makespanMs, dhm.moves, B), workflow: dhm.workflow });
+    log(
+      `${dhm.name}: makespan ${dhm.makespanMs} ms (whole workflow ${dhm.workflow.wholeMs} ms), ${dhm.moves.filter((m) => m.state !== 'completed').length} failed`,
+    );
+    if (dry) {
+      process.stdout.write(`${JSON.stringify(dhm, null, 1)}\n`);
+      return;
+    }
     // ---- results ----------------------------------------------------------------------------------------------
     const allMoves = [...multifd.map((x) => x.move), ...evacuations.flatMap((e) => e.moves)].filter((m) => m.state === 'completed');
     const calibration = {
@@ -269,13 +270,14 @@ async function main(): Promise<void> {
         note: "downtime as QEMU reports it (stop to resume on the target), at downtime-limit 300 ms; the wall time of a move minus QEMU total-time is the mirror and the agents' set-up",
         setupOverheadMs: median(allMoves.map((m) => m.wallMs - (m.ramMs ?? 0))),
       },
+      fixedCost: fixedCostOf(allMoves, dhm),
       dirtying: { method: 'calc-dirty-rate page sampling, distinct MiB/s changed over each window', writers: dirtyCurve },
       memorySentOverRam: allMoves.map((m) => Number((m.memorySentMiB / vms.find((v) => v.vmId === m.vmId)!.spec.memoryMiB).toFixed(3))),
     };
     const result = {
       benchmark: 'testbed host evacuation: real QEMU between namespaced servers over shaped NICs',
       at: started.toISOString(),
-      machine: { cpus: os.cpus().length, loadavg: os.loadavg().map((l) => Number(l.toFixed(1))) },
+      machine: { cpus: os.cpus().length, loadavgAtStart, loadavg: os.loadavg().map((l) => Number(l.toFixed(1))) },
       nicBandwidthBps: nicBps,
       downtimeTargetMs: DOWNTIME_MS,
       vms: vms.map((v) => ({
@@ -300,7 +302,7 @@ async function main(): Promise<void> {
     const md = [
       `# ${result.benchmark}`,
       '',
-      `${result.at}; ${vms.length} VMs (${vms.map((v) => `${v.spec.memoryMiB} MiB + 1 GiB disk, writer ${v.spec.workload!.dirtyRateMiBps} MiB/s over ${v.spec.workload!.workingSetMiB} MiB`).join('; ')}); B = ${nicBps / 1e6} Mbit/s (htb), TLS, downtime target ${DOWNTIME_MS} ms; load ${result.machine.loadavg.join(' ')} on ${result.machine.cpus} cores.`,
+      `${result.at}; ${vms.length} VMs (${vms.map((v) => `${v.spec.memoryMiB} MiB + 1 GiB disk, writer ${v.spec.workload!.dirtyRateMiBps} MiB/s over ${v.spec.workload!.workingSetMiB} MiB`).join('; ')}); B = ${nicBps / 1e6} Mbit/s (htb), TLS, downtime target ${DOWNTIME_MS} ms; load ${loadavgAtStart.join(' ')} at the start, ${result.machine.loadavg.join(' ')} at the end, on ${result.machine.cpus} cores.`,
       '',
       '## multifd (the largest VM, one move each)',
       '',
@@ -324,15 +326,54 @@ async function main(): Promise<void> {
       '',
       "Bound: Σ(bytes on the wire)/B with each arm's own bytes (a schedule that makes VMs resend more memory pays for it in its bytes, not in the bound).",
       '',
+      `dhm's arm is its workflow (migration ${dhm.workflow.migrationId}, ${dhm.workflow.phase}): policy ${JSON.stringify(dhm.workflow.policy)}. Its makespan is the first move's start to the last move's end (agent jobs), as for the baselines; the whole workflow took ${dhm.workflow.wholeMs} ms (${dhm.workflow.beforeFirstMoveMs} ms before the first move: clone incarnation, link measurement, first dirty-rate sample; ${dhm.workflow.afterLastMoveMs} ms after the last: cut-over, de-provisioning). Between moves: ${dhm.workflow.gapsMs.join(', ')} ms.`,
+      '',
+      '## Fixed cost per move (medians over the completed moves, ms; the source agent’s phases)',
+      '',
+      '| phase | median ms |',
+      '|---|---|',
+      ...Object.entries(calibration.fixedCost.phasesMedianMs).map(([k, v]) => `| ${k} | ${v} |`),
+      '',
+      `Per move, the phases that do not scale with the bytes (all but ${calibration.fixedCost.scalingPhases.join(', ')}; \`target.*\` and \`qemu.*\` are inside others): median ${calibration.fixedCost.perMoveMs} ms over ${calibration.fixedCost.moves} moves; dhm's workflow adds ${calibration.fixedCost.workflowPerMoveMs} ms between two moves.`,
+      '',
       `Calibration constants: bench/calibration/${stamp}.json.`,
       '',
     ].join('\n');
     fs.writeFileSync(`${out}.md`, md);
     process.stdout.write(`${md}\nwritten ${out}.json, .md and ${calFile}\n`);
   } finally {
+    await system?.stop().catch((err: unknown) => process.stderr.write(`control plane stop: ${String(err)}\n`));
     await downTestbed(st.dir, logger);
     fs.rmSync(root, { recursive: true, force: true });
+    fs.rmSync(stateDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The per-move fixed cost, phase by phase (medians over the completed moves; the agent job's \`phasesMs\`, see
+ * compute/agent-api.ts): what a move costs besides its bytes. \`perMoveMs\` sums the phases that do not scale with the
+ * bytes (everything but \`ram\` and \`mirrorCopy\`), for a move of one VM with a 1 GiB local disk; \`workflowPerMoveMs\` is
+ * what dhm's workflow adds between two moves (its activities, the dirty-rate sample) when they run one after another.
+ */
+function fixedCostOf(moves: Move[], dhm: { workflow: { gapsMs: number[]; beforeFirstMoveMs: number; afterLastMoveMs: number } }) {
+  const withPhases = moves.filter((m) => m.phasesMs);
+  const keys = [...new Set(withPhases.flatMap((m) => Object.keys(m.phasesMs!)))];
+  const phasesMedianMs: Record<string, number> = { accept: median(withPhases.map((m) => m.acceptMs ?? 0).filter((x) => x > 0)) };
+  for (const k of keys) phasesMedianMs[k] = median(withPhases.map((m) => m.phasesMs![k] ?? 0));
+  const scaling = new Set(['ram', 'mirrorCopy']);
+  const perMove = (m: Move) => (m.acceptMs ?? 0) + Object.entries(m.phasesMs!).reduce((s, [k, v]) => s + (k.includes('.') || scaling.has(k) ? 0 : v), 0);
+  return {
+    method: 'phases measured by the source agent per move (agent job phasesMs); accept is the startMigration call as the bench saw it (baselines only)',
+    moves: withPhases.length,
+    phasesMedianMs,
+    perMoveMs: median(withPhases.map(perMove)),
+    perMoveSamplesMs: withPhases.map(perMove),
+    scalingPhases: [...scaling],
+    workflowPerMoveMs: median(dhm.workflow.gapsMs.filter((g) => g >= 0)),
+    workflowGapsMs: dhm.workflow.gapsMs,
+    workflowBeforeFirstMoveMs: dhm.workflow.beforeFirstMoveMs,
+    workflowAfterLastMoveMs: dhm.workflow.afterLastMoveMs,
+  };
 }
 
 function median(xs: number[]): number {

@@ -193,6 +193,12 @@ export const migrationJobSchema = z.object({
    * (commit). The workflow's concurrency reads it (workflows/scheduler.ts `setupEstimateMs`).
    */
   setupMs: z.number().min(0).optional(),
+  /**
+   * Where the job's wall time went, ms per phase in order (qemu: waiting for the target to listen, the disk mirror's
+   * start, copy and sync, the RAM migration, the disks' switchover, the commit, the source's stop; `target.*` the
+   * destination's own set-up as it reported it). Absent for backends that do not measure it.
+   */
+  phasesMs: z.record(z.string(), z.number().min(0)).optional(),
   startedAt: z.string(),
   finishedAt: z.string().optional(),
   /** code: 'NotConverging' | 'TargetUnavailable' | 'InjectedFault' | 'Cancelled' (| 'AgentStopped' on shutdown). */
@@ -303,6 +309,11 @@ export const incomingViewSchema = z.object({
    * or `unix:<path>`, export names `disk<i>` in the spec's disk order; with TLS when `tls` is.
    */
   nbdAddress: z.string().optional(),
+  /**
+   * Where the destination's set-up time went, ms (qemu, once it listens): `qemuStart` from the accept to QEMU's QMP
+   * answering, `listenSetup` from then to listening (capabilities, TLS objects, NBD exports, migrate-incoming).
+   */
+  setupMs: z.record(z.string(), z.number().min(0)).optional(),
 });
 export type IncomingView = z.infer<typeof incomingViewSchema>;
 

@@ -18,7 +18,7 @@ export interface JobError {
 /** What a backend measures of its job: the snapshot's progress fields. */
 export type JobProgress = Pick<
   MigrationJob,
-  'round' | 'bytesSent' | 'bytesRemaining' | 'memoryBytes' | 'dirtyRateBps' | 'throughputBps' | 'throttlePct' | 'memory' | 'disk'
+  'round' | 'bytesSent' | 'bytesRemaining' | 'memoryBytes' | 'dirtyRateBps' | 'throughputBps' | 'throttlePct' | 'memory' | 'disk' | 'phasesMs'
 >;
 
 /** The VM as a job sees it: which job owns it now. */

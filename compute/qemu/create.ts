@@ -12,6 +12,9 @@ import { QemuBackend } from './qemu-backend';
 import { ensureQemuDir, letQemuOpenTun, letQemuReadTools, letQemuUseUserfaultfd, resolveQemuUser } from './qemu-user';
 import { loadQemuTools } from './tools';
 
+/** See `listenWaitMs`. */
+export const DEFAULT_LISTEN_WAIT_MS = 60_000;
+
 /** The `qemu` backend's options as a host agent takes them (all optional). */
 export const qemuAgentOptionsSchema = z
   .object({
@@ -34,6 +37,12 @@ export const qemuAgentOptionsSchema = z
     throttleStepPct: z.number().int().min(1).max(99).default(10),
     /** A migration still not converged after this long is given up (NotConverging). */
     maxMigrationMs: z.number().int().positive().default(600_000),
+    /**
+     * How long a move waits for the target's destination to listen (QEMU started, its TLS and NBD set up,
+     * migrate-incoming), and how long the target's destination may take for it. On 2 cores at load 10 the 15 s this
+     * once was did not hold; a destination that fails before that is reported at once (INCOMING_FAILED), not waited out.
+     */
+    listenWaitMs: z.number().int().min(1_000).max(600_000).default(DEFAULT_LISTEN_WAIT_MS),
     /** A migration that sends no byte for this long (a partition) is given up and cancelled: the VM stays here. */
     stallTimeoutMs: z.number().int().min(1_000).default(20_000),
     /**
@@ -167,7 +176,7 @@ export function createQemuBackend(input: {
       throttleInitialPct: o.throttleInitialPct,
       throttleStepPct: o.throttleStepPct,
       maxMigrationMs: o.maxMigrationMs,
-      listenWaitMs: 15_000,
+      listenWaitMs: o.listenWaitMs,
       stallTimeoutMs: o.stallTimeoutMs,
       transport: o.transport,
       ...(o.tlsDir ? { tlsDir: o.tlsDir } : {}),

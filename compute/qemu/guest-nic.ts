@@ -71,28 +71,72 @@ export function nicArgs(nic: GuestNic): string[] {
   return ['-netdev', `tap,id=net0,ifname=${nic.tap},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=net0,mac=${nic.mac},romfile=`];
 }
 
+/** How often the probe opens a further connection while none has been answered (see probeGuest). */
+export const PROBE_ATTEMPT_MS = 150;
+
 /**
  * One request to the guest's counter service: resolves its counter, rejects after `timeoutMs`. The agent uses it to
  * see that a VM that migrated in answers on its NIC here before the move is reported done.
+ *
+ * Right after a switchover the first SYN may meet a guest whose network is not up here yet (the bridge still
+ * learning its MAC, the guest just resumed): the kernel would resend it only after its 1 s initial RTO. So while no
+ * connection has been established, a further one is opened every `attemptMs` (once one is, the guest is reachable
+ * and only its answer is awaited: no more connections for it to serve); the first answer wins, the rest are closed.
+ *
+ * `until: 'handshake'` ends at the TCP handshake (resolves null): the guest's kernel answers on its NIC here, its
+ * service's socket is listening; the answer itself waits for the guest to fork a handler, which under TCG on a loaded
+ * host took 1–2.5 s after a switchover (bench/results/*-testbed-move-phases.md, the `commit` phase).
  */
-export function probeGuest(guestIp: string, timeoutMs: number): Promise<number> {
+export function probeGuest(
+  guestIp: string,
+  timeoutMs: number,
+  opts: { port?: number; attemptMs?: number; until?: 'answer' | 'handshake' } = {},
+): Promise<number | null> {
+  const port = opts.port ?? GUEST_SERVICE_PORT;
+  const attemptMs = opts.attemptMs ?? PROBE_ATTEMPT_MS;
   return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: guestIp, port: GUEST_SERVICE_PORT });
-    let buf = '';
-    const done = (err: Error | null, n?: number) => {
+    const socks = new Set<net.Socket>();
+    let lastErr: Error | null = null;
+    let settled = false;
+    let connected = false;
+    const finish = (err: Error | null, n?: number | null) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
-      sock.destroy();
+      clearInterval(again);
+      for (const s of socks) s.destroy();
       if (err) reject(err);
       else resolve(n!);
     };
-    const timer = setTimeout(() => done(new Error(`no answer from ${guestIp}:${GUEST_SERVICE_PORT} within ${timeoutMs} ms`)), timeoutMs);
-    sock.setEncoding('latin1');
-    sock.on('connect', () => sock.write('probe\n'));
-    sock.on('data', (d: string) => {
-      buf += d;
-      const m = /^probe (\d+)\n/m.exec(buf);
-      if (m) done(null, Number(m[1]));
-    });
-    sock.on('error', (err) => done(err));
+    const attempt = () => {
+      if (connected) return;
+      const sock = net.connect({ host: guestIp, port });
+      socks.add(sock);
+      let buf = '';
+      sock.setEncoding('latin1');
+      sock.on('connect', () => {
+        connected = true;
+        if (opts.until === 'handshake') return finish(null, null);
+        sock.write('probe\n');
+      });
+      sock.on('data', (d: string) => {
+        buf += d;
+        const m = /^probe (\d+)\n/m.exec(buf);
+        if (m) finish(null, Number(m[1]));
+      });
+      sock.on('error', (err) => {
+        lastErr = err;
+        // Attempts go on unless another connection is up (one that broke after it was made counts for nothing).
+        connected = [...socks].some((x) => x !== sock && x.readyState === 'open');
+        socks.delete(sock);
+        sock.destroy();
+      });
+    };
+    const timer = setTimeout(
+      () => finish(new Error(`no answer from ${guestIp}:${port} within ${timeoutMs} ms${lastErr ? ` (${lastErr.message})` : ''}`)),
+      timeoutMs,
+    );
+    const again = setInterval(attempt, attemptMs);
+    attempt();
   });
 }

@@ -34,6 +34,9 @@ export interface Incoming extends BackendIncoming {
   features: MoveFeatures;
   /** A post-copy recovery (pause, then listen again) is being set up. */
   recovering: boolean;
+  /** When the target accepted (before it made the disks and started QEMU), and where its set-up time went (ms). */
+  acceptedAt: number;
+  setupMs: Record<string, number>;
 }
 
 /**

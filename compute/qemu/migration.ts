@@ -5,6 +5,7 @@ import { AgentError } from '../agent-http';
 import { MigrationJobBase, type JobHost, type JobProgress } from '../migration-job';
 import type { PeerClient } from '../peer-client';
 import { mibToBytes } from '../units';
+import { EventWake } from './event-wake';
 import { DiskMirror, type DiskProgress } from './mirror';
 import { featureCapabilities, featureParameters, moveFeatures, type MoveFeatures } from './move-features';
 import { describeExit } from './qemu-process';
@@ -32,7 +33,7 @@ export interface QemuMigrationSettings {
   throttleInitialPct: number;
   throttleStepPct: number;
   maxMigrationMs: number;
-  /** How long to wait for the target's destination to listen. */
+  /** How long to wait for the target's destination to listen (agent option `qemu.listenWaitMs`). */
   listenWaitMs: number;
   /** A stream that sends nothing for this long (while QEMU says active) is given up: `MigrationStalled`. */
   stallTimeoutMs: number;
@@ -65,6 +66,8 @@ export interface QemuMigrationHost extends JobHost<QemuVm> {
 type Stop = { state: 'failed' | 'cancelled'; code: string; message: string };
 
 const COMMIT_WINDOW_MS = 5_000;
+const MIGRATION_EVENTS: ReadonlySet<string> = new Set(['MIGRATION', 'STOP', 'RESUME']);
+const JOB_EVENTS: ReadonlySet<string> = new Set(['BLOCK_JOB_READY', 'BLOCK_JOB_ERROR', 'JOB_STATUS_CHANGE']);
 const COMMIT_RETRY_MS = 50;
 
 /**
@@ -104,6 +107,12 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   private uri = '';
   /** QEMU's ram.mbps (as bytes/s) at each poll while the pre-copy stream ran unthrottled by a cap. */
   private readonly rateSamples: number[] = [];
+  /**
+   * Where the job's wall time went, ms per phase in the order they ran (the agent API's `phasesMs`). Keys with a dot
+   * break another phase down (the destination's own set-up, QEMU's setup time and downtime) and are not summed.
+   */
+  private readonly phases: Record<string, number> = {};
+  private phaseFrom = Date.now();
 
   constructor(
     private readonly host: QemuMigrationHost,
@@ -152,7 +161,15 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       memory: { bytesTotal: this.memoryBytes, bytesTransferred: this.bytesSent, bytesRemaining: this.bytesRemaining },
       // The local disks' copy: bytes copied / remaining / total as QEMU's query-block-jobs reports them.
       disk: this.diskProgress && { ...this.diskProgress },
+      phasesMs: { ...this.phases },
     };
+  }
+
+  /** The phase `name` ends now: its time since the previous phase ended is added to it. */
+  private phase(name: string): void {
+    const now = Date.now();
+    this.phases[name] = (this.phases[name] ?? 0) + (now - this.phaseFrom);
+    this.phaseFrom = now;
   }
 
   // ---- the run ------------------------------------------------------------------------------------------------
@@ -164,9 +181,12 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       const qmp = await this.vm.proc.qmp();
       this.qmp = qmp;
       const target = await this.waitForListener(incoming, s.listenWaitMs);
+      this.phase('listenWait');
+      for (const [k, v] of Object.entries(target?.setupMs ?? {})) this.phases[`target.${k}`] = v;
       if (!target || this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
       const uri = target.migrationUri!;
       const tls = await this.secureChannel(qmp, uri, target);
+      this.phase('tlsCreds');
       if (this.diskProgress) {
         await this.mirrorDisks(qmp, target, tls, started);
         if (this.stop || this.abort.signal.aborted) return this.endWith(this.stop);
@@ -195,6 +215,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       this.progressAt = Date.now();
       this.uri = uri;
       await qmp.execute('migrate', { uri });
+      this.phase('migrateSetup');
       this.log.info(
         {
           target: this.input.target,
@@ -223,6 +244,16 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   }
 
   private async poll(qmp: QmpClient, started: number): Promise<void> {
+    // A status change (pre-switchover with the guest stopped, completed) is acted on when QEMU announces it.
+    const wake = new EventWake(qmp, MIGRATION_EVENTS);
+    try {
+      await this.pollUntilDone(qmp, started, wake);
+    } finally {
+      wake.close();
+    }
+  }
+
+  private async pollUntilDone(qmp: QmpClient, started: number, wake: EventWake): Promise<void> {
     const s = this.host.settings;
     for (;;) {
       if (this.abort.signal.aborted) return;
@@ -247,7 +278,11 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
           return this.endWith(this.stop ?? { state: 'failed', code: 'MigrationFailed', message: 'QEMU cancelled the migration' });
         case 'pre-switchover':
           this.vm.state = 'paused-for-switchover';
-          if (this.mirror && !this.switchedOver && !this.stop) await this.switchOverDisks(qmp);
+          if (this.mirror && !this.switchedOver && !this.stop) {
+            this.phase('ram');
+            await this.switchOverDisks(qmp);
+            this.phase('diskSwitchover');
+          }
           break;
         case 'device':
           this.vm.state = 'paused-for-switchover';
@@ -274,7 +309,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
             }
           }
       }
-      await sleep(s.pollIntervalMs, this.abort.signal);
+      await wake.sleep(s.pollIntervalMs, this.abort.signal);
     }
   }
 
@@ -400,6 +435,11 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     this.bytesRemaining = 0;
     this.downtimeMs = q.downtime ?? 0;
     this.totalTimeMs = q['total-time'];
+    // With disks the RAM phase ended at pre-switchover; what follows is the device state and the resume on the target.
+    this.phase(this.switchedOver ? 'finalCopy' : 'ram');
+    this.phases['qemu.setup'] = q['setup-time'] ?? 0;
+    this.phases['qemu.downtime'] = this.downtimeMs;
+    this.phases['qemu.total'] = this.totalTimeMs ?? 0;
     // One stream's throughput, as QEMU measured it: the median of its rate while pre-copy ran, if nothing capped it.
     if (this.features.channels === 1 && !this.input.bandwidthCapBps && this.rateSamples.length >= 5) {
       const sorted = [...this.rateSamples].sort((x, y) => x - y);
@@ -410,7 +450,9 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     try {
       // The target drops its exports once the guest runs there; the source lets go of them first.
       await this.mirror?.detach();
+      this.phase('detach');
       await this.commitToTarget(counter);
+      this.phase('commit');
     } finally {
       await this.movedToTarget();
     }
@@ -471,25 +513,34 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     this.mirror = mirror;
     const creds = tls['tls-creds'];
     await mirror.start({ address: target.nbdAddress, ...(creds ? { tlsCredsId: creds, tlsHostname: target.serverId } : {}) }, this.mirrorSpeed());
+    this.phase('mirrorStart');
     let progressAt = Date.now();
     let copied = 0;
-    for (;;) {
-      if (this.stop || this.abort.signal.aborted) return;
-      const p = await mirror.poll();
-      this.diskProgress = p.progress;
-      if (p.state === 'failed') throw new StepError('DiskMirrorFailed', p.message);
-      if (p.state === 'ready') break;
-      const now = Date.now();
-      if (p.progress.bytesCopied > copied) {
-        copied = p.progress.bytesCopied;
-        progressAt = now;
-      } else if (now - progressAt > s.stallTimeoutMs) {
-        throw new StepError('MigrationStalled', `the disk mirror copied nothing for ${now - progressAt} ms (the network to the target is down?)`);
+    // READY is announced (BLOCK_JOB_READY, JOB_STATUS_CHANGE): the RAM migration starts then, not at the next tick.
+    const wake = new EventWake(qmp, JOB_EVENTS);
+    try {
+      for (;;) {
+        if (this.stop || this.abort.signal.aborted) return;
+        const p = await mirror.poll();
+        this.diskProgress = p.progress;
+        if (p.state === 'failed') throw new StepError('DiskMirrorFailed', p.message);
+        if (p.state === 'ready') break;
+        const now = Date.now();
+        if (p.progress.bytesCopied > copied) {
+          copied = p.progress.bytesCopied;
+          progressAt = now;
+        } else if (now - progressAt > s.stallTimeoutMs) {
+          throw new StepError('MigrationStalled', `the disk mirror copied nothing for ${now - progressAt} ms (the network to the target is down?)`);
+        }
+        if (now - started > s.maxMigrationMs) throw new StepError('NotConverging', `the disk mirror was not ready within ${s.maxMigrationMs} ms`);
+        await wake.sleep(s.pollIntervalMs, this.abort.signal);
       }
-      if (now - started > s.maxMigrationMs) throw new StepError('NotConverging', `the disk mirror was not ready within ${s.maxMigrationMs} ms`);
-      await sleep(s.pollIntervalMs, this.abort.signal);
+    } finally {
+      wake.close();
     }
+    this.phase('mirrorCopy');
     await mirror.activeSync();
+    this.phase('mirrorSync');
   }
 
   /** At pre-switchover: the mirrors are completed (the guest is stopped), then QEMU may switch over. */
@@ -517,6 +568,8 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   }
 
   protected override onFinish(): void {
+    // The source's QEMU has quit (movedToTarget finishes the job once it has): the last phase of a completed move.
+    if ('commit' in this.phases) this.phase('sourceStop');
     // QEMU's total-time for a completed move; otherwise wall time from the request to the end.
     this.totalTimeMs ??= Date.parse(this.finishedAt!) - Date.parse(this.startedAt);
     // Like the sim: once finished, the average over the job.
@@ -559,7 +612,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     while (!view.migrationUri) {
       if (this.stop || this.abort.signal.aborted) return null;
       if (!this.vm.proc.running) throw new Error('the VM exited');
-      if (Date.now() > deadline) throw new StepError('TargetUnavailable', `the target's destination did not listen within ${timeoutMs} ms`);
+      if (Date.now() > deadline) throw new StepError('TargetUnavailable', `the target's destination did not listen within ${timeoutMs} ms (qemu.listenWaitMs)`);
       await sleep(50, this.abort.signal);
       view = await this.host.pollIncoming(this.input, this.vm).catch((err: unknown) => {
         if (err instanceof AgentError && !err.retryable) throw new StepError('TargetUnavailable', `the target dropped the incoming migration: ${err.message}`);

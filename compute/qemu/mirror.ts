@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { MachineDisk } from './disks';
+import { EventWake } from './event-wake';
 import { QmpError, type QmpClient } from './qmp';
 
 /**
@@ -43,6 +44,7 @@ export interface MirrorTarget {
 export type MirrorPoll = { state: 'copying' | 'ready'; progress: DiskProgress } | { state: 'failed'; message: string; progress: DiskProgress };
 
 const JOB_END_WAIT_MS = 10_000;
+const JOB_END_EVENTS: ReadonlySet<string> = new Set(['JOB_STATUS_CHANGE', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
 
 export class DiskMirror {
   private readonly disks: Array<Extract<MachineDisk, { kind: 'local' }>>;
@@ -180,18 +182,25 @@ export class DiskMirror {
       if (this.started.has(id) && j.status === 'concluded') {
         await this.qmp.execute('job-dismiss', { id }).catch((err: unknown) => this.log.warn({ id, err: errText(err) }, 'could not dismiss a mirror job'));
       }
-    for (const id of [...this.started]) if (!(await this.jobs().catch(() => new Map())).has(id)) this.started.delete(id);
+    const left = await this.jobs().catch(() => new Map<string, JobInfo>());
+    for (const id of [...this.started]) if (!left.has(id)) this.started.delete(id);
   }
 
   /** Waits until every mirror of ours is concluded (or gone); returns their last info. */
   private async waitConcluded(): Promise<Map<string, JobInfo>> {
     const deadline = Date.now() + JOB_END_WAIT_MS;
-    for (;;) {
-      const jobs = await this.jobs();
-      const mine = [...jobs.entries()].filter(([id]) => this.started.has(id));
-      if (mine.every(([, j]) => j.status === 'concluded' || j.status === 'null')) return new Map(mine);
-      if (Date.now() > deadline) throw new Error(`disk mirror jobs did not end within ${JOB_END_WAIT_MS} ms`);
-      await new Promise((r) => setTimeout(r, 50)); // poll interval within the deadline
+    // At switchover the guest is stopped while this waits: each job's end (JOB_STATUS_CHANGE) is acted on at once.
+    const wake = new EventWake(this.qmp, JOB_END_EVENTS);
+    try {
+      for (;;) {
+        const jobs = await this.jobs();
+        const mine = [...jobs.entries()].filter(([id]) => this.started.has(id));
+        if (mine.every(([, j]) => j.status === 'concluded' || j.status === 'null')) return new Map(mine);
+        if (Date.now() > deadline) throw new Error(`disk mirror jobs did not end within ${JOB_END_WAIT_MS} ms`);
+        await wake.sleep(50); // poll interval within the deadline, cut short by the job's event
+      }
+    } finally {
+      wake.close();
     }
   }
 

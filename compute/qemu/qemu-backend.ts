@@ -163,10 +163,13 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     if (vm.machine.nic && !vm.answered) {
       // The move is done when the VM answers here on its NIC (QEMU's self-announce has moved its MAC), not before.
       try {
-        const counter = await probeGuest(vm.machine.nic.ip, GUEST_PROBE_MS);
+        // The guest's kernel completing a TCP handshake on its service port here: its NIC is live on this server's
+        // network (the guest's own answer would add its fork of a handler, seconds under TCG on a loaded host).
+        await (vm.answering ??= probeGuest(vm.machine.nic.ip, GUEST_PROBE_MS, { until: 'handshake' }));
         vm.answered = true;
-        this.logger.info({ jobId, vmId: vm.vmId, ip: vm.machine.nic.ip, counter }, 'VM answers on its NIC here');
+        this.logger.info({ jobId, vmId: vm.vmId, ip: vm.machine.nic.ip }, 'VM answers on its NIC here (TCP handshake)');
       } catch (err) {
+        vm.answering = null; // the source's next commit probes again
         throw new AgentFailure(503, 'GUEST_UNRESPONSIVE', `VM ${vm.vmId} does not answer on ${vm.machine.nic.ip} yet: ${(err as Error).message}`, 'vmId');
       }
     }
@@ -221,6 +224,9 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
    */
   override acceptIncoming(jobId: string, input: AcceptIncomingBody): IncomingView {
     const r = this.incoming.get(jobId);
+    // A destination that could not start or listen is reported to the source now, not left for it to wait out.
+    if (r && r.vmId === input.vmId && r.state === 'reserved' && r.ended && !r.resumed)
+      throw conflict('INCOMING_FAILED', 'jobId', `the destination for ${jobId} failed: ${r.ended}`);
     if (r && r.vmId === input.vmId && r.features.postCopy && this.incomingCommitted(r) && !r.recovering)
       void recoverIncoming(r, this.opts.migrationHost, this.logger);
     return super.acceptIncoming(jobId, input);
@@ -269,7 +275,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
   }
 
   protected override incomingExtras(r: Incoming): Partial<IncomingView> {
-    return r.uri ? { migrationUri: r.uri, tls: r.tls, ...(r.nbdAddress ? { nbdAddress: r.nbdAddress } : {}) } : {};
+    return r.uri ? { migrationUri: r.uri, tls: r.tls, ...(r.nbdAddress ? { nbdAddress: r.nbdAddress } : {}), setupMs: { ...r.setupMs } } : {};
   }
 
   protected override checkUsable(vm: QemuVm): void {
@@ -329,6 +335,7 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
 
   /** Starts the destination QEMU (`-incoming defer`); `incomingAccepted` has it listen for the source. */
   protected override newIncoming(jobId: string, input: AcceptIncomingBody): Incoming {
+    const acceptedAt = Date.now();
     const machine = machineFor(this.opts, input.vmId, input.spec, 'spec');
     // Empty disks of the same sizes: the source mirrors into them over NBD.
     attachDisks(this.opts, machine, input.vmId, input.spec, jobId);
@@ -352,6 +359,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       nbdStarted: false,
       features: moveFeatures(input, machine),
       recovering: false,
+      acceptedAt,
+      setupMs: {},
     };
   }
 
@@ -391,6 +400,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     const log = this.logger.child({ jobId: r.jobId, vmId: r.vmId, pid: r.proc.pid });
     try {
       const qmp = await r.proc.qmp();
+      const qmpAt = Date.now();
+      r.setupMs.qemuStart = qmpAt - r.acceptedAt;
       qmp.on('event', (e) => {
         if (e.event !== 'RESUME' || r.resumed) return;
         r.resumed = true;
@@ -404,7 +415,9 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }, ...featureCapabilities(r.features)] });
       const params = featureParameters(r.features);
       if (Object.keys(params).length) await qmp.execute('migrate-set-parameters', params);
-      r.uri = await startListening(qmp, r, this.opts, this.incomingSource.get(r.jobId)!);
+      const uri = await startListening(qmp, r, this.opts, this.incomingSource.get(r.jobId)!);
+      r.setupMs.listenSetup = Date.now() - qmpAt;
+      r.uri = uri; // set last: the source reads the set-up times with the address
       log.info({ uri: r.uri, tls: r.tls }, 'destination listening');
       // A source that never connects (it died, or gave up before sending) must not leave a QEMU waiting here forever.
       setTimeout(() => {
@@ -414,7 +427,9 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       }, IDLE_DESTINATION_MS).unref();
     } catch (err) {
       if (!r.ended && r.proc.running) {
-        log.warn({ err: err instanceof Error ? err.message : String(err) }, 'destination could not listen; stopping it');
+        const why = err instanceof Error ? err.message : String(err);
+        log.warn({ err: why }, 'destination could not listen; stopping it');
+        r.ended = `it could not listen: ${why}`;
         await r.proc.stop(0);
       }
     }
@@ -428,6 +443,10 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
     void stopNbd(r, this.logger).finally(() => fs.rmSync(`${r.socketPath}.nbd`, { force: true }));
     const vm = new QemuVm(r.vmId, r.incarnationId, r.spec, r.machine, r.proc, handedOverCounter);
     if (r.proc.exitInfo) vm.failure = { code: 'VmFailed', message: `QEMU exited (${describeExit(r.proc.exitInfo)})` };
+    // The guest runs here from now: its NIC is probed at once, not when the source's commit arrives (that comes after
+    // the source has seen `completed` and let go of the mirror), so the commit mostly finds the answer there.
+    else if (vm.machine.nic) vm.answering = probeGuest(vm.machine.nic.ip, GUEST_PROBE_MS, { until: 'handshake' });
+    vm.answering?.catch(() => undefined); // a failure is reported by the commit that awaits it
     this.place(vm);
     this.logger.info({ jobId: r.jobId, vmId: vm.vmId, pid: r.proc.pid, handedOverCounter }, 'incoming VM running here');
   }
@@ -474,6 +493,8 @@ export class QemuBackend extends BackendBase<QemuVm, QemuMigration, Incoming> im
       incoming,
       logger: this.logger,
       name: vmId,
+      // A destination on a loaded server may take long to come up: as long as a source waits for it to listen.
+      ...(incoming ? { qmpConnectTimeoutMs: this.settings.listenWaitMs } : {}),
     });
     this.procs.add(proc);
     void proc.exited.then((exit) => {

@@ -113,6 +113,7 @@ export class QemuProcess {
   private qmpPromise: Promise<QmpClient> | null = null;
   private readonly exitAbort = new AbortController();
   private readonly log: Logger;
+  private readonly qmpConnectTimeoutMs: number;
 
   constructor(opts: {
     tools: QemuTools;
@@ -125,7 +126,10 @@ export class QemuProcess {
     user?: QemuUser | null;
     /** This server's credentials (migration and storage TLS); copied for `user` into `<dir>/tls`. */
     tlsDir?: string;
+    /** How long QMP may take to come up (a destination: the agent's `qemu.listenWaitMs`). Default 15 s. */
+    qmpConnectTimeoutMs?: number;
   }) {
+    this.qmpConnectTimeoutMs = opts.qmpConnectTimeoutMs ?? 15_000;
     fs.mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
     const user = opts.user ?? null;
     if (user) fs.chownSync(opts.dir, user.uid, user.gid);
@@ -190,7 +194,7 @@ export class QemuProcess {
   qmp(): Promise<QmpClient> {
     this.qmpPromise ??= QmpClient.connect({
       socketPath: this.qmpPath,
-      connectTimeoutMs: 15_000,
+      connectTimeoutMs: this.qmpConnectTimeoutMs,
       signal: this.exitAbort.signal,
       logger: this.log,
       oob: true,

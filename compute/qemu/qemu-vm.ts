@@ -15,6 +15,8 @@ export class QemuVm {
   stopping = false;
   /** A VM that migrated in has answered on its NIC here (checked once, before the move is confirmed). */
   answered = false;
+  /** The probe of its NIC under way (started as QEMU resumes it here, so the source's commit finds it running). */
+  answering: Promise<number | null> | null = null;
   /** The dirty-rate measurement running on this VM, if any (QEMU runs one at a time). */
   measuring: Promise<unknown> = Promise.resolve();
 

@@ -37,6 +37,7 @@ function figuresOf(job: MigrationJob): MoveFigures {
     memoryBytes: job.memoryBytes,
     downtimeMs: job.downtimeMs ?? 0,
     totalTimeMs: job.totalTimeMs ?? 0,
+    ...(job.setupMs !== undefined ? { setupMs: job.setupMs } : {}),
     // Absent from an agent that predates disks, and for a VM with no local disk.
     ...(job.disk ? { diskBytesCopied: job.disk.bytesCopied } : {}),
   };

@@ -153,6 +153,8 @@ export interface MoveFigures {
   memoryBytes: number;
   downtimeMs: number;
   totalTimeMs: number;
+  /** The move's time off the link (set-up and commit), ms, as its agent reported it; absent from older agents. */
+  setupMs?: number;
   /** Bytes the local-disk mirror sent (data, re-sent blocks, mirrored writes); absent: no local disk. */
   diskBytesCopied?: number;
 }

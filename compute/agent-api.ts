@@ -189,6 +189,11 @@ export const migrationJobSchema = z.object({
   /** Simulated milliseconds from the first byte to the VM running on the target (or to the failure). */
   totalTimeMs: z.number().min(0).optional(),
   /**
+   * Milliseconds of a completed move off the link: before its first byte (destination started, VM accepted) and after
+   * (commit). The workflow's concurrency reads it (workflows/scheduler.ts `setupEstimateMs`).
+   */
+  setupMs: z.number().min(0).optional(),
+  /**
    * Where the job's wall time went, ms per phase in order (qemu: waiting for the target to listen, the disk mirror's
    * start, copy and sync, the RAM migration, the disks' switchover, the commit, the source's stop; `target.*` the
    * destination's own set-up as it reported it). Absent for backends that do not measure it.

@@ -33,6 +33,8 @@ export interface StartAgentOptions {
   timeScale?: number;
   /** Seed of the sim's measurement noise (compute/sim/measure.ts); default: from the server id. */
   measurementSeed?: number;
+  /** Sim: simulated ms each outbound move spends off the link before its first byte (compute/sim/calibration.ts). Default 0. */
+  moveSetupMs?: number;
   host?: string;
   /** The host name other processes reach this agent by (its URL); default: `host`, or loopback for a wildcard bind. */
   advertiseHost?: string;
@@ -97,6 +99,7 @@ const startAgentOptionsSchema = z.object({
     .min(0)
     .max(2 ** 32 - 1)
     .optional(),
+  moveSetupMs: z.number().min(0).max(3_600_000).optional(),
   host: z.string().min(1).default('127.0.0.1'),
   advertiseHost: z.string().min(1).optional(),
   port: z.number().int().min(0).max(65535).default(0),
@@ -141,6 +144,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
           streamCapFraction: opts.streamCapFraction,
           timeScale: opts.timeScale,
           ...(opts.measurementSeed !== undefined ? { measurementSeed: opts.measurementSeed } : {}),
+          ...(opts.moveSetupMs !== undefined ? { moveSetupMs: opts.moveSetupMs } : {}),
           networkStorage: opts.networkStorage,
           peer: createPeerClient({ tls: peerClientTls(tls) }),
           logger,

@@ -43,6 +43,11 @@ export abstract class MigrationJobBase<V extends JobVm> {
   /** Milliseconds the VM was paused for the switchover (simulated in the sim, measured by QEMU). */
   protected downtimeMs: number | undefined;
   protected totalTimeMs: number | undefined;
+  /**
+   * A completed move's time off the link, ms. A backend that knows it sets it (the sim: what it charged); otherwise it
+   * is the job's wall time less `totalTimeMs` (QEMU's total-time), as the testbed's calibration defines it.
+   */
+  protected setupMs: number | undefined;
   /** Set while the VM is being handed over to the target: a cancel then waits for the outcome. */
   protected committing = false;
   protected readonly abort = new AbortController();
@@ -119,10 +124,18 @@ export abstract class MigrationJobBase<V extends JobVm> {
       ...this.progress(),
       downtimeMs: this.downtimeMs,
       totalTimeMs: this.totalTimeMs,
+      ...(this.setupMsNow() !== undefined ? { setupMs: this.setupMsNow() } : {}),
       startedAt: this.startedAt,
       finishedAt: this.finishedAt,
       error: this.error,
     };
+  }
+
+  private setupMsNow(): number | undefined {
+    if (this.state !== 'completed') return undefined;
+    if (this.setupMs !== undefined) return this.setupMs;
+    if (this.finishedAt === undefined || this.totalTimeMs === undefined) return undefined;
+    return Math.max(0, Date.parse(this.finishedAt) - Date.parse(this.startedAt) - this.totalTimeMs);
   }
 
   // ---- for the backends --------------------------------------------------------------------------------------

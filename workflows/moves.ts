@@ -3,11 +3,12 @@ import type { VmMigrationStatus } from '../common/migration';
 import { call, moveSteps, steps } from './activity-calls';
 import { failureOf } from './failures';
 import type { MigrationState } from './migration-state';
-import { launchOrder, moveSettingsFor, streamsFor, type MeasuredLink, type MoveSettings } from './scheduler';
+import { concurrencyFor, DEFAULT_TUNING, launchOrder, moveSettingsFor, PRE_SETUP_TUNING, streamsFor, type MeasuredLink, type MoveSettings } from './scheduler';
 import { escapeMarkdown } from './details';
 
 /**
- * The VMs' moves out to the clone (claim 1e): up to `maxParallel` at once, in the policy's order, each cancellable.
+ * The VMs' moves out to the clone (claim 1e): up to `maxParallel` at once (with measured inputs, as many as fill the
+ * link with the moves' set-up counted: scheduler.ts `concurrencyFor`), in the policy's order, each cancellable.
  * A move that breaks is settled with the agents before anything is decided about its VM.
  */
 export class Moves {
@@ -17,6 +18,8 @@ export class Moves {
   private measuring = false;
   /** The source's link as its agent measured it; null: it cannot measure (the policy's figures are the fallback). */
   private link: MeasuredLink | null = null;
+  /** Count the moves' set-up in the concurrency (`concurrencyFor`), in runs that took the patch. */
+  private setupAware = false;
 
   constructor(
     private readonly state: MigrationState,
@@ -34,9 +37,12 @@ export class Moves {
       this.link = await call(steps.measureLink, `measure the link of ${state.source!.serverId}`, { from: state.source! });
     }
     const streams = this.measuring ? streamsFor(policy, this.link) : policy.maxParallel;
+    // Issue 18: a move's set-up (destination start, accept, commit) does not use the link; one move at a time left
+    // the link idle through every set-up. The slots now cover it, from the set-up the finished moves reported.
+    this.setupAware = this.measuring && patched('setup-aware-concurrency');
     for (;;) {
       const stopLaunching = state.failure !== undefined || shouldContinueAsNew(state);
-      const free = stopLaunching ? 0 : streams - this.inFlight.size;
+      const free = stopLaunching ? 0 : this.concurrency(streams) - this.inFlight.size;
       for (const vm of launchOrder(state.vms, policy.order, state.forceAutoConverge, state.deleteRequested, free)) {
         const p = this.moveOut(vm).finally(() => {
           this.inFlight.delete(vm.vmId);
@@ -61,6 +67,27 @@ export class Moves {
       const seen = state.version;
       await condition(() => state.version !== seen);
     }
+  }
+
+  /**
+   * How many moves may run at once now: the link-filling `streams`, or with the set-up counted, `concurrencyFor` on the
+   * VMs as they are (it changes as moves complete and report their set-up). The rollback moves back as many at once.
+   */
+  concurrency(streams = this.measuring ? streamsFor(this.state.policy, this.link) : this.state.policy.maxParallel): number {
+    return this.setupAware ? concurrencyFor(this.state.policy, this.link, this.state.vms) : streams;
+  }
+
+  /**
+   * How many VMs a rollback moves back at once. Its moves run one channel each (rollback.ts passes none), so: the
+   * one-channel streams that fill the measured link, ⌈B/S⌉, with the set-up counted as for the moves out, at most
+   * `maxParallel`. Not `maxParallel` itself (8 under the auto policy): 8 moves on one link each get B/8, so a busy
+   * guest's dirty pages outrun its share and auto-converge (always on for a rollback) throttles it hard, while the
+   * host comes home no sooner than the link allows. Runs that did not measure keep the policy's figure.
+   */
+  rollbackConcurrency(back: readonly VmMigrationStatus[]): number {
+    const policy = this.state.policy;
+    if (!this.measuring) return policy.maxParallel;
+    return concurrencyFor({ ...policy, channels: 1 }, this.link, this.state.vms, back);
   }
 
   /** Stops the move of one VM (a tenant deletes it); the VM goes back to pending or turns out to have arrived. */
@@ -98,7 +125,7 @@ export class Moves {
         vmId: vm.vmId,
         from: source,
         to: target,
-        maxDowntimeMs: policy.maxDowntimeMs,
+        maxDowntimeMs: s.maxDowntimeMs ?? policy.maxDowntimeMs,
         // A critical-path VM gets a whole stream and the moves around it share the rest (only when the link is known).
         bandwidthCapBps: s.bandwidthCapBps,
         autoConverge: s.autoConverge,
@@ -115,7 +142,18 @@ export class Moves {
                 vmId: vm.vmId,
                 from: source,
               });
-              settings = moveSettingsFor(policy, vm, state.vms, { forced, measuredLink: this.link, measuredDirtyRateBps: measured?.dirtyRateBps ?? null });
+              settings = moveSettingsFor(
+                policy,
+                vm,
+                state.vms,
+                {
+                  forced,
+                  measuredLink: this.link,
+                  measuredDirtyRateBps: measured?.dirtyRateBps ?? null,
+                  ...(this.setupAware ? { concurrency: this.concurrency() } : {}),
+                },
+                this.setupAware ? DEFAULT_TUNING : PRE_SETUP_TUNING,
+              );
               return migrate(settings);
             },
       );

@@ -1,5 +1,5 @@
 import { CancellationScope, allHandlersFinished, condition, patched } from '@temporalio/workflow';
-import { FailureTypes } from '../common/migration';
+import { FailureTypes, type VmMigrationStatus } from '../common/migration';
 import { call, moveSteps, steps } from './activity-calls';
 import { failureOf, nonRetryable } from './failures';
 import { findLost, recordLost } from './lost-vms';
@@ -17,6 +17,9 @@ export async function rollBack(state: MigrationState, moves: Moves, reason: stri
   state.rollingBack(reason);
   await CancellationScope.nonCancellable(async () => {
     await moves.cancelAll();
+    const parallel = patched('rollback-concurrency-from-link')
+      ? (back: readonly VmMigrationStatus[]) => moves.rollbackConcurrency(back)
+      : () => state.policy.maxParallel;
     await condition(allHandlersFinished);
     const reportsLost = patched('report-lost-vms');
     const { source, target } = state;
@@ -33,7 +36,7 @@ export async function rollBack(state: MigrationState, moves: Moves, reason: stri
       });
     }
     if (target && source) {
-      await bringHome(state, source, target);
+      await bringHome(state, source, target, parallel);
       const stranded = state.vmsIn('stranded');
       if (reportsLost) await recordLost(state);
       if (stranded.length) {
@@ -67,8 +70,10 @@ async function bringHome(
   state: MigrationState,
   source: { serverId: string; incarnationId: string },
   target: { serverId: string; incarnationId: string },
+  parallel: (back: readonly VmMigrationStatus[]) => number,
 ): Promise<void> {
   const queue = state.vmsIn('moved', 'provisioned-on-clone');
+  const workers = parallel(queue);
   const policy = state.policy;
   const worker = async () => {
     for (let vm = queue.shift(); vm; vm = queue.shift()) {
@@ -90,5 +95,5 @@ async function bringHome(
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(policy.maxParallel, queue.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(workers, queue.length) }, worker));
 }

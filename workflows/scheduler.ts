@@ -1,4 +1,4 @@
-import type { MigrationPolicy, VmMigrationStatus } from '../common/migration';
+import { moveMiB, type MigrationPolicy, type VmMigrationStatus } from '../common/migration';
 import { AUTO_CONVERGE_SHARE, autoConvergeFor, bandwidthCapFor, CRITICAL_PATH_SLACK, orderVms } from './vm-order';
 
 /** The policy's tuned constants (vm-order.ts), as benchmark 1's `--tune` sweeps them; the workflow uses the defaults. */
@@ -6,7 +6,16 @@ export interface Tuning {
   criticalPathSlack: number;
   autoConvergeShare: number;
 }
-export const DEFAULT_TUNING: Tuning = { criticalPathSlack: CRITICAL_PATH_SLACK, autoConvergeShare: AUTO_CONVERGE_SHARE };
+/**
+ * The share of what a move may get above which a measured dirty rate turns auto-converge on, with the set-up counted
+ * (moves overlapping on the link). Tuned on seeds 1–200 only (bench/results/2026-12-02T06-09-30.tune.txt): the mean
+ * falls 1.0767× → 1.0625× from 0.8 to 0.3 and only 0.14 % more down to 0 (auto-converge on every VM, 0.4 more guests
+ * throttled per host); 0.3 is where more throttling stops buying makespan.
+ */
+export const MEASURED_AUTO_CONVERGE_SHARE = 0.3;
+export const DEFAULT_TUNING: Tuning = { criticalPathSlack: CRITICAL_PATH_SLACK, autoConvergeShare: MEASURED_AUTO_CONVERGE_SHARE };
+/** The constants of runs from before `setup-aware-concurrency` (and the declared-workload fallback's share). */
+export const PRE_SETUP_TUNING: Tuning = { criticalPathSlack: CRITICAL_PATH_SLACK, autoConvergeShare: AUTO_CONVERGE_SHARE };
 
 /**
  * dhm's scheduling decisions as pure functions: which VMs start now, how many moves run at once, and each move's
@@ -22,7 +31,14 @@ export interface MeasuredLink {
 
 type SchedulingPolicy = Pick<
   MigrationPolicy,
-  'maxParallel' | 'order' | 'autoConverge' | 'autoConvergeAboveDirtyRateMiBps' | 'bandwidthCapBps' | 'linkBytesPerSec' | 'streamCapBytesPerSec'
+  | 'maxParallel'
+  | 'order'
+  | 'autoConverge'
+  | 'autoConvergeAboveDirtyRateMiBps'
+  | 'bandwidthCapBps'
+  | 'linkBytesPerSec'
+  | 'streamCapBytesPerSec'
+  | 'maxDowntimeMs'
 > &
   Partial<Pick<MigrationPolicy, 'measureInputs' | 'channels' | 'postCopy'>>;
 
@@ -91,9 +107,74 @@ export function streamsFor(policy: SchedulingPolicy, measured: MeasuredLink | nu
   return Math.min(policy.maxParallel, fill);
 }
 
+/**
+ * The set-up one move is assumed to cost, off the link, before any move of this migration has reported its own: the
+ * testbed's, ms (compute/sim/calibration.ts MOVE_SETUP_MS: 7035 ms, from bench/calibration/*.json
+ * `switchover.setupOverheadMs`). A stated default, replaced by the measurement as soon as one move has completed.
+ */
+export const DEFAULT_MOVE_SETUP_MS = 7000;
+
+/**
+ * The per-move set-up F as this migration has measured it: the median of the `setupMs` its completed moves reported
+ * (the agent's time off the link: destination start, accept, commit), or DEFAULT_MOVE_SETUP_MS before any has.
+ * Deterministic: the VMs' figures are in the workflow's state, in the order the VMs are listed.
+ */
+export function setupEstimateMs(vms: readonly Pick<VmMigrationStatus, 'state' | 'figures'>[]): number {
+  const seen = vms.flatMap((v) => (v.state === 'moved' && v.figures?.setupMs !== undefined ? [v.figures.setupMs] : []));
+  if (seen.length === 0) return DEFAULT_MOVE_SETUP_MS;
+  const sorted = [...seen].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/**
+ * How many moves run at once, counting the set-up. `streamsFor` fills the link with moves that are sending; but a
+ * move first spends F off the link, so with only those the link idles for F at every move. A slot cycles F + T, T
+ * being a move's time on the link at its share B/streams, so keeping `streams` moves on the link takes
+ * ⌈streams·(F + T)/T⌉ slots, at most `maxParallel`. T is the mean over the VMs still waiting (memory + local data at
+ * that share, times what the completed moves really sent per byte of their size: zero pages are not sent, dirty ones
+ * again): a host of small VMs, whose moves are mostly set-up, runs more at once. F is `setupEstimateMs` (measured by
+ * the moves already done). Without `measureInputs`, the policy's `maxParallel` as given.
+ */
+export function concurrencyFor(
+  policy: SchedulingPolicy,
+  measured: MeasuredLink | null | undefined,
+  vms: readonly Pick<VmMigrationStatus, 'state' | 'figures' | 'spec' | 'diskMiB'>[],
+  /** The VMs still to move (default: the pending ones; a rollback's are those on the clone). */
+  waiting: readonly Pick<VmMigrationStatus, 'spec' | 'diskMiB'>[] = vms.filter((v) => v.state === 'pending'),
+): number {
+  const streams = streamsFor(policy, measured);
+  const link = linkFor(policy, measured);
+  if (!policy.measureInputs || !link) return streams;
+  const setupMs = setupEstimateMs(vms);
+  if (waiting.length === 0 || !(setupMs > 0)) return streams;
+  const done = vms.filter((v) => v.state === 'moved' && v.figures !== undefined && moveMiB(v) > 0);
+  const sentPerByte = done.length ? done.reduce((s, v) => s + v.figures!.bytesSent, 0) / (done.reduce((s, v) => s + moveMiB(v), 0) * 2 ** 20) : 1;
+  const meanBytes = (waiting.reduce((s, v) => s + moveMiB(v), 0) / waiting.length) * 2 ** 20 * (sentPerByte > 0 ? sentPerByte : 1);
+  const linkMs = (meanBytes / (link.nicBytesPerSec / streams)) * 1000;
+  if (!(linkMs > 0)) return policy.maxParallel;
+  return Math.max(streams, Math.min(policy.maxParallel, Math.ceil((streams * (setupMs + linkMs)) / linkMs - 1e-9)));
+}
+
+/**
+ * The share of the policy's downtime limit dhm asks QEMU for when a move converges on its own (its measured dirty rate
+ * is under the auto-converge threshold). QEMU switches over as soon as what is left fits bandwidth × limit
+ * (migration.c `migration_iteration_run`), so its downtime sits near whatever limit it is given, however well the
+ * move converges (the testbed: median 324 ms at 300). A move whose dirty pages shrink by a factor ρ < 1 per round
+ * reaches half the limit in a few more short rounds, about (L/2)/(1 − ρ) of sending; a move that only converges by
+ * throttling keeps the whole limit (a lower one would throttle its guest harder). The policy's limit stays the ceiling.
+ * Not used by the workflow (moves.ts passes no `aimDowntime`): at "the same target" as the baselines means the same
+ * limit given to QEMU; benchmark 1 shows what it would buy as an ablation.
+ */
+export const DOWNTIME_AIM = 0.5;
+/** Below this QEMU's check granularity (an iteration of up to 50 ms) makes the limit meaningless. */
+export const MIN_AIMED_DOWNTIME_MS = 100;
+
 /** One move's settings, as the workflow passes them to `liveMigrateVm`. */
 export interface MoveSettings {
   autoConverge: boolean;
+  /** The downtime limit to give QEMU, ms, when below the policy's (`DOWNTIME_AIM`); absent: the policy's. */
+  maxDowntimeMs?: number;
   bandwidthCapBps: number | undefined;
   channels?: number;
   postCopy?: boolean;
@@ -104,7 +185,8 @@ export interface MoveSettings {
  *
  * - **Auto-converge**: the policy's rule on the VM's dirty rate. With `measureInputs`, the rate is the one measured
  *   just before the move (`measuredDirtyRateBps`; the declared workload only when the agent could not measure) and the
- *   threshold is AUTO_CONVERGE_SHARE of what the move will get, min(channels·S, B/streams), from the measured link:
+ *   threshold is AUTO_CONVERGE_SHARE of what the move may get, min(channels·S, B/n), from the measured link, n the
+ *   moves allowed at once (`opts.concurrency`, else `streamsFor`):
  *   a guest that dirties memory that fast shrinks its dirty set by less than a fifth per round.
  * - **Bandwidth cap**: `bandwidthCapFor` (critical-path caps) on the measured link and the stream count in force.
  * - `channels` and `postCopy` from the policy, only when set (a policy without them sends what it always sent).
@@ -113,7 +195,15 @@ export function moveSettingsFor(
   policy: SchedulingPolicy,
   vm: HostVm,
   vms: readonly HostVm[],
-  opts: { forced: boolean; measuredLink?: MeasuredLink | null; measuredDirtyRateBps?: number | null },
+  opts: {
+    forced: boolean;
+    measuredLink?: MeasuredLink | null;
+    measuredDirtyRateBps?: number | null;
+    /** The moves allowed at once now (`concurrencyFor`), when more than `streamsFor`: the share a move may get is B/that. */
+    concurrency?: number;
+    /** Ask QEMU for DOWNTIME_AIM of the policy's limit when the move converges without auto-converge. */
+    aimDowntime?: boolean;
+  },
   tuning: Tuning = DEFAULT_TUNING,
 ): MoveSettings {
   const channels = policy.measureInputs ? channelsFor(policy, opts.measuredLink) : policy.channels;
@@ -124,9 +214,11 @@ export function moveSettingsFor(
   if (!policy.measureInputs) return { autoConverge: autoConvergeFor(policy, vm, opts.forced), bandwidthCapBps: bandwidthCapFor(policy, vm, vms), ...extras };
   const link = linkFor(policy, opts.measuredLink);
   const streams = streamsFor(policy, opts.measuredLink);
+  // Moves whose set-ups overlap share the link while they send: a move may get as little as B/concurrency.
+  const sharing = Math.max(streams, opts.concurrency ?? streams);
   const rateMiBps = opts.measuredDirtyRateBps != null ? opts.measuredDirtyRateBps / 2 ** 20 : vm.dirtyRateMiBps;
   const threshold = link
-    ? (tuning.autoConvergeShare * Math.min(moveCapOf(link, channels), link.nicBytesPerSec / streams)) / 2 ** 20
+    ? (tuning.autoConvergeShare * Math.min(moveCapOf(link, channels), link.nicBytesPerSec / sharing)) / 2 ** 20
     : policy.autoConvergeAboveDirtyRateMiBps;
   const autoConverge = autoConvergeFor(
     { autoConverge: policy.autoConverge, autoConvergeAboveDirtyRateMiBps: threshold },
@@ -144,5 +236,6 @@ export function moveSettingsFor(
     vms,
     tuning.criticalPathSlack,
   );
-  return { autoConverge, bandwidthCapBps, ...extras };
+  const aimed = opts.aimDowntime && !autoConverge ? Math.max(MIN_AIMED_DOWNTIME_MS, Math.round(policy.maxDowntimeMs * DOWNTIME_AIM)) : undefined;
+  return { autoConverge, bandwidthCapBps, ...extras, ...(aimed !== undefined && aimed < policy.maxDowntimeMs ? { maxDowntimeMs: aimed } : {}) };
 }

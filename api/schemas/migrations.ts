@@ -92,6 +92,7 @@ export const migrationView = z.object({
           memoryBytes: z.number(),
           downtimeMs: z.number(),
           totalTimeMs: z.number(),
+          setupMs: z.number().optional().describe('the move’s time off the link (set-up, commit), ms'),
           diskBytesCopied: z.number().optional(),
         })
         .optional(),

@@ -274,7 +274,7 @@ export function renderBench1(b1: EvacuationBenchResult, kind: 'text' | 'md'): st
   lines.push(table(BENCH1_HEADER, bench1Rows(b1), 4));
   lines.push('');
   lines.push(
-    `${kind === 'md' ? '\\' : ''}bound = max(Σ(M+D)/B, largest (M+D) / min(B, channels·S)) with dhm's channels per move (multifd: one VM can fill the link); M memory, D the data on local disks. "stayed": VMs the schedule's own rules left on the source (the host is not empty). "thr. cpu·s": guest vCPU-seconds lost to auto-converge.`,
+    `${kind === 'md' ? '\\' : ''}bound = F + max(Σ(M+D)/B, largest (M+D) / min(B, channels·S)) with dhm's channels per move (multifd: one VM can fill the link); M the guest's non-zero memory, D the data on local disks, F the per-move set-up every move pays off the link (compute/sim/calibration.ts). "stayed": VMs the schedule's own rules left on the source (the host is not empty). "thr. cpu·s": guest vCPU-seconds lost to auto-converge.`,
   );
   lines.push('');
   lines.push(kind === 'text' ? "  What each of dhm's choices buys (one changed at a time):" : "What each of dhm's choices buys (one changed at a time):\n");

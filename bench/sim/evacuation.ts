@@ -1,6 +1,7 @@
 import { SimClock } from '../../compute/sim/clock';
 import { SimLink } from '../../compute/sim/link';
-import { DEFAULT_MAX_ROUNDS, SWITCHOVER_COST_MS } from '../../compute/sim/precopy';
+import { CALIBRATED_SWITCHOVER_COST_MS, MOVE_SETUP_MS, ZERO_PAGE_WIRE_BYTES } from '../../compute/sim/calibration';
+import { DEFAULT_MAX_ROUNDS } from '../../compute/sim/precopy';
 import { SimVmMove } from '../../compute/sim/vm-move';
 import type { MoveController } from '../../compute/sim/precopy';
 import type { VmMigrationStatus } from '../../common/migration';
@@ -19,7 +20,26 @@ import { statusOf } from './status';
  * Like the workflow, a slot frees when a move has ended (switchover included) and the next VM in the schedule's order
  * starts at once; a VM that does not converge is either retried with auto-converge after every other VM (the policy's
  * `retry-with-auto-converge`) or left on the source.
+ *
+ * What every move pays, whatever the schedule (compute/sim/calibration.ts, measured on the testbed): a fixed set-up of
+ * `moveSetupMs` before its first byte, off the link (moves in flight together overlap it); round 0 sends the guest's
+ * non-zero memory and a flag per zero page; the switchover is QEMU's rule, and its fixed part is added to the downtime.
  */
+
+/** The simulated world's per-move costs (the testbed's, by default). */
+export interface SimWorld {
+  /** Set-up of every move before its first byte, off the link, ms. */
+  moveSetupMs: number;
+  switchoverCostMs: number;
+  zeroPageWireBytes: number;
+  switchover: 'pass-end' | 'qemu';
+}
+export const CALIBRATED_WORLD: SimWorld = {
+  moveSetupMs: MOVE_SETUP_MS,
+  switchoverCostMs: CALIBRATED_SWITCHOVER_COST_MS,
+  zeroPageWireBytes: ZERO_PAGE_WIRE_BYTES,
+  switchover: 'qemu',
+};
 
 /** Simulated time that only moves when the driver says so; the link's own wall-clock timer never fires. */
 class VirtualClock extends SimClock {
@@ -63,8 +83,8 @@ export interface HostView {
 
 export interface Schedule {
   name: string;
-  /** How many moves may run at once (Infinity: all). */
-  streams: number;
+  /** How many moves may run at once (Infinity: all), or asked before every launch (dhm's: from its moves' figures). */
+  streams: number | ((host: HostView) => number);
   /**
    * Which VMs start now to fill `free` slots (ids, in order), or an empty list; `running` are the moves in flight.
    * dhm's is the workflow's `launchOrder`; a cost-based one (vSphere) may start fewer.
@@ -147,17 +167,24 @@ export function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length, Math.max(1, Math.ceil(p * sorted.length))) - 1]!;
 }
 
-/** What a VM's move sends at least once: its memory and the data on its local disks. */
-const moveBytes = (v: BenchVm) => v.memoryBytes + v.diskBytes;
+/** What a VM's move sends at least once: its non-zero memory and the data on its local disks. */
+const moveBytes = (v: BenchVm) => v.nonZeroBytes + v.diskBytes;
 
-export function lowerBoundS(vms: BenchVm[], link: LinkSpec): number {
-  return vms.reduce((s, v) => s + moveBytes(v), 0) / link.bytesPerSec;
+/**
+ * F + Σ(M+D)/B, M the non-zero memory: every such byte crosses the link at least once, and nothing crosses before the
+ * first move's set-up F has passed.
+ */
+export function lowerBoundS(vms: BenchVm[], link: LinkSpec, world: SimWorld = CALIBRATED_WORLD): number {
+  return world.moveSetupMs / 1000 + vms.reduce((s, v) => s + moveBytes(v), 0) / link.bytesPerSec;
 }
 
-/** max(Σ(M+D)/B, largest (M+D) / min(B, channels·S)): no VM moves faster than its move's cap. */
-export function streamBoundS(vms: BenchVm[], link: LinkSpec, channels = 1): number {
+/** max(F + Σ(M+D)/B, F + largest (M+D) / min(B, channels·S)): no VM moves faster than its move's cap. */
+export function streamBoundS(vms: BenchVm[], link: LinkSpec, channels = 1, world: SimWorld = CALIBRATED_WORLD): number {
   const largest = Math.max(0, ...vms.map(moveBytes));
-  return Math.max(lowerBoundS(vms, link), largest / Math.min(link.bytesPerSec, channels * link.streamCapFraction * link.bytesPerSec));
+  return Math.max(
+    lowerBoundS(vms, link, world),
+    world.moveSetupMs / 1000 + largest / Math.min(link.bytesPerSec, channels * link.streamCapFraction * link.bytesPerSec),
+  );
 }
 
 interface Attempt {
@@ -166,6 +193,9 @@ interface Attempt {
   capBps: number;
   autoConverge: boolean;
   startMs: number;
+  /** Its set-up ends then: the move joins the link. */
+  onLinkAt: number;
+  onLink: boolean;
   /** ∫ throttle dt so far, %·ms (sampled at every event). */
   throttleIntegral: number;
   pausedAt?: number;
@@ -179,7 +209,7 @@ interface Attempt {
  * workflow's `launchOrder`) and each move's settings (the workflow's `moveSettingsFor`); this loop only plays the
  * agents and the clock: it starts what the schedule picks when a slot is free and tells it when a move ends.
  */
-export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: LinkSpec): EvacuationResult {
+export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: LinkSpec, world: SimWorld = CALIBRATED_WORLD): EvacuationResult {
   if (vmsIn.length === 0) throw new Error('a host to evacuate needs at least one VM');
   const clock = new VirtualClock();
   const simLink = new SimLink(link.bytesPerSec, clock, (err) => {
@@ -195,7 +225,8 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
   let busyIntegral = 0; // ∫ used bandwidth dt, bytes
 
   const launch = () => {
-    const free = schedule.streams - running.length;
+    const streams = typeof schedule.streams === 'function' ? schedule.streams(host) : schedule.streams;
+    const free = streams - running.length;
     if (!(free > 0)) return;
     for (const vmId of schedule.launch(
       host,
@@ -207,13 +238,17 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       if (!vm || !st || st.state !== 'pending') throw new Error(`schedule ${schedule.name} started ${vmId}, which is not waiting`);
       const o = schedule.settings(vmId, host);
       st.state = 'moving';
-      const a = { vm, autoConverge: o.autoConverge, startMs: clock.t, throttleIntegral: 0 } as Attempt;
+      const a = { vm, autoConverge: o.autoConverge, startMs: clock.t, onLinkAt: clock.t + world.moveSetupMs, onLink: false, throttleIntegral: 0 } as Attempt;
       // As the sim backend computes it: min(B, channels × S, the migration's bandwidthCapBps).
       a.capBps = Math.min(link.bytesPerSec, o.channels * streamCap, o.bandwidthCapBps ?? Infinity);
       a.move = new SimVmMove(
         simLink,
         {
           memoryBytes: vm.memoryBytes,
+          nonZeroBytes: vm.nonZeroBytes,
+          zeroPageWireBytes: world.zeroPageWireBytes,
+          switchover: world.switchover,
+          switchoverCostMs: world.switchoverCostMs,
           dirtyRateBps: vm.dirtyRateBps,
           workingSetBytes: vm.workingSetBytes,
           coldDirtyRateBps: vm.coldDirtyRateBps,
@@ -233,7 +268,7 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
           onPause: (t) => (a.pausedAt = t),
           onCopied: (t) => {
             a.copiedAt = t;
-            a.releaseAt = t + SWITCHOVER_COST_MS;
+            a.releaseAt = t + world.switchoverCostMs;
           },
           onGiveUp: (t) => {
             a.releaseAt = t;
@@ -241,7 +276,11 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
           },
         },
       );
-      a.move.start();
+      // The set-up (destination started, VM accepted) comes first, off the link.
+      if (world.moveSetupMs <= 0) {
+        a.move.start();
+        a.onLink = true;
+      }
       running.push(a);
       attempts.set(vm.vmId, [...(attempts.get(vm.vmId) ?? []), a]);
     }
@@ -256,6 +295,7 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       let used = 0;
       for (const a of running) {
         if (a.releaseAt !== undefined) next = Math.min(next, a.releaseAt);
+        else if (!a.onLink) next = Math.min(next, a.onLinkAt);
         else {
           next = Math.min(next, a.move.nextChunkEndMs(clock.t));
           used += a.move.rateBps();
@@ -268,13 +308,28 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
       for (const a of running) if (a.releaseAt === undefined) a.throttleIntegral += a.move.precopy.throttlePct * (next - clock.t);
       clock.t = next;
       simLink.sync();
+      for (const a of running)
+        if (!a.onLink && a.releaseAt === undefined && a.onLinkAt <= clock.t) {
+          a.onLink = true;
+          a.move.start();
+        }
       for (let i = running.length - 1; i >= 0; i--) {
         const a = running[i]!;
         if (a.releaseAt === undefined || a.releaseAt > clock.t) continue;
         running.splice(i, 1);
         const st = status.get(a.vm.vmId)!;
-        if (a.copiedAt !== undefined) st.state = 'moved';
-        else {
+        if (a.copiedAt !== undefined) {
+          st.state = 'moved';
+          // What the agent reports, as the workflow keeps it: the move's time on the link and its set-up.
+          st.figures = {
+            rounds: a.move.precopy.round + 1,
+            bytesSent: a.move.bytesSent,
+            memoryBytes: a.vm.memoryBytes,
+            downtimeMs: a.copiedAt - a.pausedAt! + world.switchoverCostMs,
+            totalTimeMs: a.releaseAt - a.onLinkAt,
+            setupMs: a.onLinkAt - a.startMs,
+          };
+        } else {
           const tries = attempts.get(a.vm.vmId)!.length;
           const retry = schedule.onNotConverging === 'retry-with-auto-converge' && !a.autoConverge;
           // Given up: back in the queue to retry (the workflow's retry-with-auto-converge), else it stays on the source.
@@ -304,8 +359,8 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
         last.copiedAt === undefined
           ? null
           : last.move.precopy.postCopyAtMs !== undefined
-            ? SWITCHOVER_COST_MS
-            : last.copiedAt - last.pausedAt! + SWITCHOVER_COST_MS,
+            ? world.switchoverCostMs
+            : last.copiedAt - last.pausedAt! + world.switchoverCostMs,
       bytesSent: tries.reduce((s, a) => s + a.move.bytesSent, 0),
       rounds: tries.reduce((s, a) => s + a.move.precopy.round + 1, 0),
       throttlePct: last.move.precopy.throttlePct,
@@ -319,8 +374,8 @@ export function simulateEvacuation(vmsIn: BenchVm[], schedule: Schedule, link: L
   const downtimes = perVm.flatMap((v) => (v.downtimeMs === null ? [] : [v.downtimeMs]));
   const bytesSent = perVm.reduce((s, v) => s + v.bytesSent, 0);
   const memory = vmsIn.reduce((s, v) => s + moveBytes(v), 0);
-  const lb = lowerBoundS(vmsIn, link);
-  const sb = streamBoundS(vmsIn, link, schedule.boundChannels ?? 1);
+  const lb = lowerBoundS(vmsIn, link, world);
+  const sb = streamBoundS(vmsIn, link, schedule.boundChannels ?? 1, world);
   const makespanS = makespanMs / 1000;
   return {
     schedule: schedule.name,

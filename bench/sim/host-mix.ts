@@ -1,3 +1,4 @@
+import { footprintBytes } from '../../compute/sim/calibration';
 import { MIB } from '../../compute/units';
 import { seededRandom, weighted } from './rng';
 
@@ -11,7 +12,12 @@ export interface BenchVm {
   dirtyRateBps: number;
   /** Writable working set W, bytes: the hot set, rewritten at D. */
   workingSetBytes: number;
-  /** Writes over the rest of memory (the cold set), bytes/s: each on a page at random (compute/sim/dirty-model.ts). */
+  /**
+   * The guest's non-zero memory, bytes (compute/sim/calibration.ts `footprintBytes`): the kernel's base, the hot set
+   * and what else it has written. Round 0 sends this; the rest are zero pages, sent as flags.
+   */
+  nonZeroBytes: number;
+  /** Writes over the rest of its non-zero memory (the cold set), bytes/s: each on a page at random (compute/sim/dirty-model.ts). */
   coldDirtyRateBps: number;
   /** Data on its local disks, bytes: what the move's disk mirror copies ahead of the memory. */
   diskBytes: number;
@@ -28,9 +34,15 @@ export interface BenchVm {
  * memory in data (a root disk and a data disk, as dedicated hosts are sold: most of a host's bytes are on disk) that
  * the guest writes at 0–1 % (idle), 0.5–3 % (busy) or 2–6 % (hot) of the link. The VMs come in a random order
  * (the tenant's creation order), which is what `as-listed` schedules see. Same seed, same host.
+ *
+ * Non-zero memory: the testbed's guests hold only the kernel's base and their writer's set (calibration.ts); a
+ * tenant's long-running guest has also written page cache and heaps. How much is an assumption, not a measurement:
+ * of the RAM beyond base and hot set, 10–40 % (idle), 30–70 % (busy) or 50–90 % (hot) is non-zero. It is drawn
+ * from its own seeded stream, so every other figure of a host is the one earlier runs drew.
  */
 export function generateHost(vmCount: number, seed: number, linkBytesPerSec: number): BenchVm[] {
   const rand = seededRandom(seed);
+  const usedRand = seededRandom(seed ^ 0x5eed);
   const uniform = (lo: number, hi: number) => lo + (hi - lo) * rand();
   const vms: BenchVm[] = [];
   for (let i = 0; i < vmCount; i++) {
@@ -60,7 +72,21 @@ export function generateHost(vmCount: number, seed: number, linkBytesPerSec: num
     // The cold set: slow writes spread over the rest of memory.
     const [cLo, cHi] = kind === 'idle' ? [0, 0.002] : kind === 'busy' ? [0.002, 0.01] : [0.005, 0.02];
     const coldDirtyRateBps = Math.round((uniform(cLo, cHi) * linkBytesPerSec) / MIB) * MIB;
-    vms.push({ vmId: `vm-${String(i).padStart(3, '0')}`, memoryBytes, dirtyRateBps, workingSetBytes, coldDirtyRateBps, diskBytes, diskWriteBps, kind });
+    const [uLo, uHi] = kind === 'idle' ? [0.1, 0.4] : kind === 'busy' ? [0.3, 0.7] : [0.5, 0.9];
+    const rest = Math.max(0, memoryBytes - footprintBytes(memoryBytes, workingSetBytes));
+    const usedBytes = Math.round(((uLo + (uHi - uLo) * usedRand()) * rest) / MIB) * MIB;
+    const nonZeroBytes = footprintBytes(memoryBytes, workingSetBytes, usedBytes);
+    vms.push({
+      vmId: `vm-${String(i).padStart(3, '0')}`,
+      memoryBytes,
+      nonZeroBytes,
+      dirtyRateBps,
+      workingSetBytes,
+      coldDirtyRateBps,
+      diskBytes,
+      diskWriteBps,
+      kind,
+    });
   }
   return vms;
 }

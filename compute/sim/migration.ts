@@ -5,7 +5,6 @@ import { MigrationJobBase, type JobHost, type JobProgress } from '../migration-j
 import type { PeerClient } from '../peer-client';
 import type { SimClock } from './clock';
 import type { SimLink } from './link';
-import { SWITCHOVER_COST_MS } from './precopy';
 import type { SimVm } from './sim-vm';
 import { SimVmMove, type VmMoveParams } from './vm-move';
 
@@ -37,15 +36,18 @@ export class SimMigration extends MigrationJobBase<SimVm> {
   private memoryRemainingAtEnd = 0;
   private diskRemainingAtEnd = 0;
   private onLink = false;
+  /** Simulated ms the move spends before its first byte, off the link (calibration.ts MOVE_SETUP_MS when charged). */
+  private readonly setupCostMs: number;
 
   constructor(
     private readonly host: MigrationHost,
     vm: SimVm,
     input: StartMigrationInput,
-    params: VmMoveParams & { hasLocalDisk: boolean },
+    params: VmMoveParams & { hasLocalDisk: boolean; setupMs?: number },
   ) {
     super(host, vm, input);
     this.hasLocalDisk = params.hasLocalDisk;
+    this.setupCostMs = params.setupMs ?? 0;
     this.move = new SimVmMove(host.link, params, {
       onPause: (t) => this.onPause(t),
       onCopied: (t) => this.onCopied(t),
@@ -69,6 +71,21 @@ export class SimMigration extends MigrationJobBase<SimVm> {
       this.endAt(this.host.link.sync(), 'failed', { code: 'InjectedFault', message: 'injected failure at round 0' });
       return;
     }
+    if (this.setupCostMs > 0) {
+      // The destination starting and accepting: time that passes off the link.
+      const until = this.host.clock.now() + this.setupCostMs;
+      this.host.clock.sleepUntil(until, this.abort.signal).then(
+        () => {
+          if (this.state === 'running') this.startOnLink();
+        },
+        () => undefined, // cancelled or halted meanwhile; whoever aborted has settled the job
+      );
+      return;
+    }
+    this.startOnLink();
+  }
+
+  private startOnLink(): void {
     this.onLink = true;
     // The guest pays for auto-converge's throttle while the move runs (its operations slow).
     this.vm.throttledBy = () => (this.state === 'running' ? this.move.precopy.throttlePct : 0);
@@ -118,7 +135,7 @@ export class SimMigration extends MigrationJobBase<SimVm> {
   }
 
   private async switchover(copiedAt: number): Promise<void> {
-    const endMs = copiedAt + SWITCHOVER_COST_MS;
+    const endMs = copiedAt + this.move.precopy.switchoverCostMs;
     try {
       await this.host.clock.sleepUntil(endMs, this.abort.signal);
     } catch {
@@ -161,7 +178,8 @@ export class SimMigration extends MigrationJobBase<SimVm> {
     if (this.state !== 'running') return; // halted while the commit was in flight
     // After post-copy the VM ran on the target while its last pages arrived: its downtime is the switchover alone.
     const f = this.move.precopy;
-    this.downtimeMs = f.postCopyAtMs !== undefined ? SWITCHOVER_COST_MS : copiedAt - f.pausedAtMs! + SWITCHOVER_COST_MS;
+    this.downtimeMs = f.postCopyAtMs !== undefined ? f.switchoverCostMs : copiedAt - f.pausedAtMs! + f.switchoverCostMs;
+    this.setupMs = this.setupCostMs;
     this.endMs = endMs;
     void this.movedToTarget(); // synchronous here: the job is completed when this returns
     this.log.info(

@@ -14,9 +14,16 @@ import type { Flow } from './link';
  * sharing changes during it (another migration ends), the downtime is the time it really took.
  */
 
-/** Fixed cost of a switchover (stop the vCPUs, move device state, start on the target), simulated ms. */
+/**
+ * Fixed cost of a switchover (stop the vCPUs, move device state, start on the target), simulated ms: the `sim`
+ * backend's default. Benchmark 1 runs the testbed's figure instead (calibration.ts, CALIBRATED_SWITCHOVER_COST_MS).
+ */
 export const SWITCHOVER_COST_MS = 5;
+/** Bytes a zero page costs on the wire: QEMU sends a flag and the page's offset, not the page (calibration.ts). */
+export const PAGE_BYTES = 4096;
 export const DEFAULT_MAX_ROUNDS = 30;
+/** QEMU sends for at most this long per iteration of its migration thread, then checks (migration/ram.c MAX_WAIT). */
+export const QEMU_ITERATION_MS = 50;
 /** Give up once more than this many times the VM's memory has been sent (without auto-converge). */
 export const MAX_SENT_FACTOR = 3;
 /**
@@ -31,6 +38,22 @@ export const CONTROLLED_ROUND_LIMIT = 1_000_000;
 
 export interface PrecopyParams {
   memoryBytes: number;
+  /**
+   * The guest's non-zero memory, bytes (default: all of it). Round 0 sends these pages; the rest are zero pages, which
+   * QEMU sends as a flag (`zeroPageWireBytes` each, calibration.ts), and the guest's writes land in this part.
+   */
+  nonZeroBytes?: number;
+  /** Wire bytes per zero page (default 0: the earlier model, where every page was sent whole). */
+  zeroPageWireBytes?: number;
+  /**
+   * When the move switches over. 'pass-end' (default, the sim backend's model its tests check): at the end of a full
+   * pass, if what the guest dirtied meanwhile fits the limit. 'qemu': QEMU's own rule (calibration.ts,
+   * QEMU_SWITCHOVER): once the pass's unsent pages fall under bandwidth × limit, re-sync the dirty bitmap and switch
+   * if unsent + newly dirtied still fits; else that sync starts the next round.
+   */
+  switchover?: 'pass-end' | 'qemu';
+  /** The switchover's fixed part, ms (default SWITCHOVER_COST_MS). */
+  switchoverCostMs?: number;
   /** Unthrottled dirty rate D of the hot set, bytes/s. */
   dirtyRateBps: number;
   /** The hot set W, bytes. */
@@ -116,9 +139,15 @@ export class PrecopyFlow implements Flow {
   lastRateBps = 0;
   /** Simulated time the first byte went out; set by `start`. */
   startMs: number | undefined;
+  /** Bytes of the current pass sent so far ('qemu' rule). */
+  private roundSent = 0;
   private roundStartMs = 0;
   private roundBytes: number;
+  /** 'qemu' rule: bytes of the current pass not yet sent (QEMU's migration_dirty_pages); `pending` is the next chunk. */
+  private passLeft: number;
   readonly dirtyModel: DirtyModel;
+  /** The switchover's fixed part this move pays, ms (added to the stop-and-copy time for its downtime). */
+  readonly switchoverCostMs: number;
 
   constructor(
     private readonly p: PrecopyParams,
@@ -126,12 +155,17 @@ export class PrecopyFlow implements Flow {
   ) {
     this.capBps = p.capBps;
     this.downtimeLimitMs = p.maxDowntimeMs;
-    this.pending = p.memoryBytes;
-    this.roundBytes = p.memoryBytes;
+    this.switchoverCostMs = p.switchoverCostMs ?? SWITCHOVER_COST_MS;
+    const nonZero = Math.min(p.memoryBytes, p.nonZeroBytes ?? p.memoryBytes);
+    const zeroPages = Math.max(0, p.memoryBytes - nonZero) / PAGE_BYTES;
+    // Round 0: every non-zero page whole, every zero page as its flag.
+    this.pending = nonZero + zeroPages * (p.zeroPageWireBytes ?? 0);
+    this.roundBytes = this.pending;
+    this.passLeft = this.pending;
     this.dirtyModel = {
-      hotBytes: p.workingSetBytes,
+      hotBytes: Math.min(p.workingSetBytes, nonZero),
       hotRateBps: p.dirtyRateBps,
-      coldBytes: p.coldBytes ?? Math.max(0, p.memoryBytes - p.workingSetBytes),
+      coldBytes: p.coldBytes ?? Math.max(0, nonZero - p.workingSetBytes),
       coldRateBps: p.coldDirtyRateBps ?? 0,
     };
   }
@@ -144,6 +178,20 @@ export class PrecopyFlow implements Flow {
   start(tMs: number): void {
     this.startMs = tMs;
     this.roundStartMs = tMs;
+    if (this.p.switchover === 'qemu') this.planChunk();
+  }
+
+  /**
+   * 'qemu' rule: the next chunk sends the pass down to where QEMU next looks at it. QEMU's migration thread checks
+   * after every iteration of at most QEMU_ITERATION_MS of sending (migration/ram.c MAX_WAIT), so it first sees the
+   * unsent part under the threshold B·limit somewhere in the last iteration's worth: half of one on average.
+   */
+  private planChunk(): void {
+    const rate = this.rateBps > 0 ? this.rateBps : this.lastRateBps > 0 ? this.lastRateBps : this.capBps;
+    const threshold = (rate * this.downtimeLimitMs) / 1000;
+    const checkAt = Math.max(0, threshold - (rate * QEMU_ITERATION_MS) / 2 / 1000);
+    // At least a byte, so the link has a chunk to end (a pass already under the check level is checked at once).
+    this.pending = Math.max(this.passLeft - checkAt, Math.min(this.passLeft, 1));
   }
 
   /** The guest's write rate (hot and cold) after auto-converge throttling, bytes/s. */
@@ -159,19 +207,29 @@ export class PrecopyFlow implements Flow {
 
   /** What still has to be sent, as of `tMs`. */
   remainingAt(tMs: number): number {
-    return this.pending + this.dirtiedAt(tMs);
+    const unsent = this.p.switchover === 'qemu' && this.phase === 'precopy' ? this.passLeft - this.roundSent : this.pending;
+    return unsent + this.dirtiedAt(tMs);
   }
 
   onSent(bytes: number): void {
     this.bytesSent += bytes;
+    if (this.phase === 'precopy') this.roundSent += bytes;
     if (this.rateBps > 0) this.lastRateBps = this.rateBps;
   }
 
   onChunkDone(tMs: number): boolean {
     if (this.phase === 'stop-copy' || this.phase === 'postcopy') return this.copied(tMs);
-    const rest = this.dirtiedAt(tMs);
+    let periodSent = this.roundBytes;
+    if (this.p.switchover === 'qemu') {
+      // The pass is down to where QEMU looks: what it has not sent yet, plus what the bitmap sync adds.
+      this.passLeft -= this.roundSent;
+      periodSent = this.roundSent;
+      this.roundSent = 0;
+    }
+    const left = this.p.switchover === 'qemu' ? Math.max(0, this.passLeft) : 0;
+    const rest = left + this.dirtiedAt(tMs);
     // What the rest costs on the wire: re-sent pages are delta-encoded with xbzrle.
-    const wire = rest * (this.p.resendFactor ?? 1);
+    const wire = left + (rest - left) * (this.p.resendFactor ?? 1);
     const rate = this.rateBps > 0 ? this.rateBps : this.lastRateBps;
     if ((wire / rate) * 1000 <= this.downtimeLimitMs) return this.stopAndCopy(tMs, wire);
     const verdict = this.p.controller?.onRound({
@@ -190,7 +248,8 @@ export class PrecopyFlow implements Flow {
     }
     const giveUp = (message: string) => (this.p.postCopyOnGiveUp ? this.postCopy(tMs, rest) : this.giveUp(tMs, 'NotConverging', message));
     if (this.p.autoConverge) {
-      if (rest > AUTO_CONVERGE.triggerRatio * this.roundBytes)
+      // QEMU compares the pages dirtied since the last sync with the bytes sent over the same period.
+      if (rest - left > AUTO_CONVERGE.triggerRatio * periodSent)
         this.throttlePct = this.throttlePct === 0 ? AUTO_CONVERGE.initialPct : Math.min(AUTO_CONVERGE.maxPct, this.throttlePct + AUTO_CONVERGE.stepPct);
       if (this.round + 1 >= AUTO_CONVERGE_ROUND_LIMIT) return giveUp(`not converging after ${this.round + 1} rounds even with auto-converge`);
     } else if (this.p.agentGivesUp === false) {
@@ -205,7 +264,13 @@ export class PrecopyFlow implements Flow {
     this.roundStartMs = tMs;
     this.roundBytes = rest;
     this.pending = wire;
+    this.passLeft = wire;
     if (this.p.failAtRound === this.round) return this.giveUp(tMs, 'InjectedFault', `injected failure at round ${this.round}`);
+    if (this.p.switchover === 'qemu') {
+      this.planChunk();
+      // Already under where QEMU looks (the rate rose): the next check is at once.
+      if (!(this.pending > 0)) return this.onChunkDone(tMs);
+    }
     return true;
   }
 

@@ -39,6 +39,11 @@ export interface SimBackendOptions extends BackendBaseOptions {
   networkStorage?: boolean;
   /** Seed of the measurements' noise (measure.ts). Default: from the server id, so every run of a test repeats. */
   measurementSeed?: number;
+  /**
+   * Simulated ms each outbound move spends before its first byte, off the link (calibration.ts MOVE_SETUP_MS is the
+   * testbed's). Default 0: the functional tests' timings; benchmark 1 charges the calibrated figure.
+   */
+  moveSetupMs?: number;
 }
 
 /** A VM's dirtying as the sim models it (dirty-model.ts), from its spec's workload: the truth the measurements sample. */
@@ -200,6 +205,7 @@ export class SimBackend extends BackendBase<SimVm, SimMigration, BackendIncoming
       ),
       failAtRound: failAt,
       postCopyOnGiveUp: input.postCopy === true,
+      setupMs: this.opts.moveSetupMs ?? 0,
     });
   }
 

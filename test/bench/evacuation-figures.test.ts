@@ -55,6 +55,7 @@ describe('the baselines follow their documented defaults', () => {
   const vm = (i: number, gib: number, disk = 0): BenchVm => ({
     vmId: `vm-${i}`,
     memoryBytes: gib * GIB,
+    nonZeroBytes: gib * GIB,
     dirtyRateBps: 0,
     workingSetBytes: 0,
     coldDirtyRateBps: 0,

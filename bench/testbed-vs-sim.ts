@@ -28,9 +28,11 @@ import type { BenchVm } from './sim/host-mix';
  *
  *   npm run bench:testbed-vs-sim -- [--file bench/results/<run>-testbed-evacuation.json]... [--fit-on <run>,<run>]
  *     [--leave-one-out <run>,<run>,<run>] [--write]
+ *   npm run bench:testbed-vs-sim -- --report [--old <run>,<run>] [--runs <run>,<run>,<run>] [--write]
  * Without --fit-on: compute/sim/calibration.ts's constants as they are. --leave-one-out: for each run, the constants
  * refitted (bench/sim/calibrate.ts) on the others predict it. --write: the report goes to a new
- * bench/results/<now>-testbed-vs-sim.md as well.
+ * bench/results/<now>-testbed-vs-sim.md as well. --report: the old constants (fitted on --old) and a leave-one-out refit
+ * both predicting --runs (default CALIBRATION_RUNS), and the fit on all of --runs, with a summary table.
  */
 
 const MIB = 2 ** 20;
@@ -152,7 +154,11 @@ export function compareArm(run: TestbedRun, stamp: string, arm: Arm, streamBytes
     name: arm.schedule,
     streams: k,
     // The testbed's own start order: the next VM of it whenever a slot frees.
-    launch: (host, free) => host.vms.filter((v) => v.state === 'pending').slice(0, free).map((v) => v.vmId),
+    launch: (host, free) =>
+      host.vms
+        .filter((v) => v.state === 'pending')
+        .slice(0, free)
+        .map((v) => v.vmId),
     settings: (vmId) => ({ autoConverge: autoConverge.get(vmId)!, bandwidthCapBps: undefined, channels: 1, maxDowntimeMs: run.downtimeTargetMs }),
     onNotConverging: 'give-up',
   };
@@ -215,7 +221,9 @@ export function compareArm(run: TestbedRun, stamp: string, arm: Arm, streamBytes
 export function readTestbedRun(file: string): { run: TestbedRun; stamp: string; streamBytesPerSec: number } {
   const run = JSON.parse(fs.readFileSync(file, 'utf8')) as TestbedRun;
   const stamp = stampOf(file);
-  const calibration = JSON.parse(fs.readFileSync(path.resolve(__dirname, 'calibration', `${stamp}.json`), 'utf8')) as { streamBytesPerSec: { channels1: number } };
+  const calibration = JSON.parse(fs.readFileSync(path.resolve(__dirname, 'calibration', `${stamp}.json`), 'utf8')) as {
+    streamBytesPerSec: { channels1: number };
+  };
   return { run, stamp, streamBytesPerSec: calibration.streamBytesPerSec.channels1 };
 }
 
@@ -247,7 +255,10 @@ const describe = (c: SimConstants) =>
 export function renderBlock(title: string, c: SimConstants, arms: ArmComparison[]): string {
   const lines = [`### ${title}`, '', `Constants: ${describe(c)}.`, ''];
   const notHeld = [...new Set(arms.filter((a) => !a.heldOut).map((a) => a.run))];
-  lines.push(notHeld.length ? `**Not held out:** ${notHeld.join(', ')} (the constants were fitted on it).` : 'Every predicted run is held out (not among the fit runs).', '');
+  lines.push(
+    notHeld.length ? `**Not held out:** ${notHeld.join(', ')} (the constants were fitted on it).` : 'Every predicted run is held out (not among the fit runs).',
+    '',
+  );
   lines.push('| run | arm | k | figure | testbed | sim | error | per-move mean \\|error\\| |', '|---|---|---:|---|---:|---:|---:|---:|');
   for (const a of arms)
     for (const r of a.rows)
@@ -277,7 +288,59 @@ function newest(): string {
 
 const runFile = (stamp: string) => path.join(results, `${stamp}-testbed-evacuation.json`);
 
+/** The summary table: mean |error| per figure, one column per set of constants. */
+function summary(columns: Array<{ title: string; arms: ArmComparison[] }>): string {
+  const head = `| figure | ${columns.map((c) => c.title).join(' | ')} |`;
+  const rule = `|---|${columns.map(() => '---:').join('|')}|`;
+  const means = columns.map((c) => meanAbsErrors(c.arms));
+  const rows = FIGURES.map((f) => `| ${f}${f === 'makespan' ? ' (target ≤ 15 %)' : ''} | ${means.map((m) => `${(100 * m[f]).toFixed(0)} %`).join(' | ')} |`);
+  return [head, rule, ...rows, `| arms | ${columns.map((c) => c.arms.length).join(' | ')} |`].join('\n');
+}
+
+/**
+ * --report: the three questions at once. Do the constants fitted on `old` predict `runs` (held out)? Does a fit on
+ * all but one of `runs` predict that one (leave-one-out, held out)? And how close is the fit on all of `runs` (not
+ * held out: in-sample)?
+ */
+function report(old: string[], runs: string[]): string {
+  const oldC = constantsFittedOn(old);
+  const oldArms = runs.flatMap((r) => compareRun(runFile(r), oldC));
+  const looBlocks: string[] = [];
+  const looArms: ArmComparison[] = [];
+  for (const held of runs) {
+    const c = constantsFittedOn(runs.filter((r) => r !== held));
+    const arms = compareRun(runFile(held), c);
+    looArms.push(...arms);
+    looBlocks.push(renderBlock(`Refitted on the other two, predicting ${held}`, c, arms));
+  }
+  const allC = constantsFittedOn(runs);
+  const allArms = runs.flatMap((r) => compareRun(runFile(r), allC));
+  return [
+    '## Mean |error| per figure over the arms',
+    '',
+    summary([
+      { title: `fit on ${old.join(' + ')}, predicting ${runs.length} later runs (held out)`, arms: oldArms },
+      { title: 'fit on 2 of the later runs, predicting the third (held out)', arms: looArms },
+      { title: `fit on all ${runs.length} later runs (in-sample, not held out)`, arms: allArms },
+    ]),
+    '',
+    "Per arm: makespan (first move's start to last move's end), Σ bytes on the wire (memory + disk data), mean downtime and " +
+      "mean rounds over the arm's moves; the last column is the mean over the moves of each move's own |error|. Inputs from " +
+      "the predicted run itself (measured, not fitted): the VMs, the dirty rates (calc-dirty-rate), one stream's rate S " +
+      "(`bench/calibration/<run>.json` `streamBytesPerSec.channels1`), the arm's concurrency, order and auto-converge.",
+    '',
+    renderBlock(`Fit on ${old.join(', ')} (the constants before this refit)`, oldC, oldArms),
+    ...looBlocks,
+    renderBlock(`Fit on ${runs.join(', ')} (compute/sim/calibration.ts's constants after this refit)`, allC, allArms),
+  ].join('\n');
+}
+
 function main(): void {
+  if (process.argv.includes('--report')) {
+    const old = (args('--old')[0] ?? '2026-12-02T03-18-02,2026-12-02T03-32-38').split(',');
+    const runs = (args('--runs')[0] ?? CALIBRATION_RUNS.join(',')).split(',');
+    return emit(report(old, runs));
+  }
   const files = args('--file');
   const fitOn = args('--fit-on')[0]?.split(',');
   const loo = args('--leave-one-out')[0]?.split(',');
@@ -286,7 +349,11 @@ function main(): void {
   if (predicted.length) {
     const c = fitOn ? constantsFittedOn(fitOn) : SHIPPED;
     blocks.push(
-      renderBlock(fitOn ? `Constants refitted on ${fitOn.join(', ')}` : 'compute/sim/calibration.ts as it is', c, predicted.flatMap((f) => compareRun(f, c))),
+      renderBlock(
+        fitOn ? `Constants refitted on ${fitOn.join(', ')}` : 'compute/sim/calibration.ts as it is',
+        c,
+        predicted.flatMap((f) => compareRun(f, c)),
+      ),
     );
   }
   if (loo) {
@@ -299,9 +366,14 @@ function main(): void {
       blocks.push(renderBlock(`Refitted on ${c.fittedOn.join(', ')}, predicting ${held}`, c, arms));
     }
     const m = meanAbsErrors(all);
-    blocks.push(`### Leave-one-out over ${loo.join(', ')}\n\nMean |error| over ${all.length} held-out arms: ${FIGURES.map((f) => `${f} ${(100 * m[f]).toFixed(0)} %`).join(', ')}.\n`);
+    blocks.push(
+      `### Leave-one-out over ${loo.join(', ')}\n\nMean |error| over ${all.length} held-out arms: ${FIGURES.map((f) => `${f} ${(100 * m[f]).toFixed(0)} %`).join(', ')}.\n`,
+    );
   }
-  const text = blocks.join('\n');
+  emit(blocks.join('\n'));
+}
+
+function emit(text: string): void {
   process.stdout.write(`${text}\n`);
   if (process.argv.includes('--write')) {
     const stamp = new Date().toISOString().replace(/:/g, '-').replace(/\..*$/, '');

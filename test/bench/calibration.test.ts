@@ -1,11 +1,18 @@
-import { CALIBRATED_SWITCHOVER_COST_MS, footprintBytes, GUEST_BASE_BYTES, MOVE_SETUP_MS, TESTBED_MEDIAN_DOWNTIME_MS } from '../../compute/sim/calibration';
+import {
+  CALIBRATED_SWITCHOVER_COST_MS,
+  CALIBRATION_RUNS,
+  footprintBytes,
+  GUEST_BASE_BYTES,
+  MOVE_SETUP_MS,
+  TESTBED_MEDIAN_DOWNTIME_MS,
+} from '../../compute/sim/calibration';
 import { errorsWithConstants, fitGuestBase, fitMoveSetupMs, fitSwitchover, simulateAlone } from '../../bench/sim/calibrate';
 
 /** compute/sim/calibration.ts's constants are the fits of the testbed's files, not choices. */
 describe('sim calibration', () => {
   it('the per-move setup cost is the testbed runs’ setupOverheadMs less their disk mirror', () => {
     const fit = fitMoveSetupMs();
-    expect(fit.perRun).toHaveLength(2);
+    expect(fit.perRun).toHaveLength(CALIBRATION_RUNS.length);
     expect(Math.abs(fit.mean - MOVE_SETUP_MS)).toBeLessThan(1);
   });
 

@@ -24,6 +24,27 @@ const SERVER: Resources = { vcpus: 4, memoryMiB: 2048, diskGiB: 20 };
 const previousHome = process.env.DHM_HOME;
 const asRoot = process.geteuid?.() === 0;
 
+/** A qemu agent of the test fleet, migrating over TLS with its server's credentials (state under `home/<id>`). */
+const tlsQemuAgent = (pki: Awaited<ReturnType<typeof testAgentPki>>, home: string, id: string) =>
+  startAgent({
+    serverId: id,
+    tls: pki.server(id),
+    capacity: SERVER,
+    nicBandwidthBps: 1e9,
+    backend: 'qemu',
+    qemu: {
+      stateDir: path.join(home, id),
+      migrationDir: path.join(home, 'migrate'),
+      maxVmMemoryMiB: 256,
+      maxVmVcpus: 1,
+      migrationHost: '127.0.0.1',
+      transport: 'tls',
+      tlsDir: pki.serverDir(id),
+      fleetCaCert: path.join(pki.caDir, 'ca-cert.pem'),
+    },
+    logger,
+  });
+
 /** The real, effective, saved and file-system uids of a process (`Uid:` in /proc/<pid>/status). */
 const uidsOf = (pid: number) =>
   /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$/m
@@ -139,25 +160,7 @@ test('as root, QEMU runs as dhm-qemu on both ends of a TLS migration; the keys i
   const ids = ['hq-4', 'hq-5'];
   const pki = await testAgentPki(ids);
   const home = path.join(root, 'mig');
-  const start = (id: string) =>
-    startAgent({
-      serverId: id,
-      tls: pki.server(id),
-      capacity: SERVER,
-      nicBandwidthBps: 1e9,
-      backend: 'qemu',
-      qemu: {
-        stateDir: path.join(home, id),
-        migrationDir: path.join(home, 'migrate'),
-        maxVmMemoryMiB: 256,
-        maxVmVcpus: 1,
-        migrationHost: '127.0.0.1',
-        transport: 'tls',
-        tlsDir: pki.serverDir(id),
-        fleetCaCert: path.join(pki.caDir, 'ca-cert.pem'),
-      },
-      logger,
-    });
+  const start = (id: string) => tlsQemuAgent(pki, home, id);
   const [src, dst] = [await start(ids[0]!), await start(ids[1]!)];
   try {
     const client = (id: string, url: string) => createAgentClient({ baseUrl: url, tls: pki.controlPlane, serverId: id, timeoutMs: 20_000 });
@@ -227,25 +230,7 @@ test("QEMU's own migration TLS reads the fleet's CRL: a move from a server whose
   const ids = ['hq-6', 'hq-7'];
   const pki = await testAgentPki(ids);
   const home = path.join(root, 'crl');
-  const start = (id: string) =>
-    startAgent({
-      serverId: id,
-      tls: pki.server(id),
-      capacity: SERVER,
-      nicBandwidthBps: 1e9,
-      backend: 'qemu',
-      qemu: {
-        stateDir: path.join(home, id),
-        migrationDir: path.join(home, 'migrate'),
-        maxVmMemoryMiB: 256,
-        maxVmVcpus: 1,
-        migrationHost: '127.0.0.1',
-        transport: 'tls',
-        tlsDir: pki.serverDir(id),
-        fleetCaCert: path.join(pki.caDir, 'ca-cert.pem'),
-      },
-      logger,
-    });
+  const start = (id: string) => tlsQemuAgent(pki, home, id);
   // Only the CRL QEMU reads, not the agent plane's revoked.json: the agents still talk, so what refuses is QEMU's TLS.
   const revokeForQemu = (id: string | null) =>
     writeFleetCrl(

@@ -11,7 +11,7 @@ export const CALIBRATION_RUNS = ['2026-12-02T06-32-23', '2026-12-02T06-39-13', '
 // (older code, ~7 s of set-up per move) gave set-up 7035 ms, base 53 MiB, switchover 49 ms: benchmark 1's stored
 // figures (bench/results/2026-12-02T06-14-42.*) were made with those. Refitted because they predict the newer runs'
 // makespans with a mean error of 56 %, and a fit on two of the newer runs predicts the third with 17 % (mean over the
-// three held-out runs; bench/results/2026-12-02T07-1*-testbed-vs-sim.md).
+// three held-out runs; bench/results/2026-12-02T07-10-48-testbed-vs-sim.md).
 
 const MIB = 2 ** 20;
 

@@ -9,7 +9,7 @@ import type { MigrationJob } from '../../compute/agent-api';
 import { lastDiskBlock, verifyDiskBlocks } from '../../compute/qemu/disk-blocks';
 import { guestNic } from '../../compute/qemu/guest-nic';
 import { runQemuSetup } from '../../compute/qemu/tools';
-import { createVolume, storageExports, volumeFile } from '../../compute/testbed/storage';
+import { createVolume, deleteVolume, storageExports, volumeFile } from '../../compute/testbed/storage';
 import { startTenantClient, type TenantClient } from '../../compute/testbed/tenant-client';
 import { downTestbed, upTestbed, type TestbedServer, type TestbedState } from '../../compute/testbed/testbed';
 import { eventually, startTestSystem, type TestSystem } from '../support/system';
@@ -191,8 +191,13 @@ test("as root, the storage service's qemu-storage-daemon runs as QEMU's unprivil
   expect(fs.statSync(path.join(st.storage.credsDir, 'server-key.pem')).uid).toBe(0); // the issued folder stays root's
   const volumeId = `uid-${randomBytes(3).toString('hex')}`;
   await createVolume(st.storage, logger, volumeId, 16);
-  expect(fs.statSync(volumeFile(st.storage, volumeId)).uid).toBe(user.uid);
-  expect(await storageExports(st.storage, logger)).toContain(volumeId);
+  try {
+    expect(fs.statSync(volumeFile(st.storage, volumeId)).uid).toBe(user.uid);
+    expect(await storageExports(st.storage, logger)).toContain(volumeId);
+  } finally {
+    // The next test asserts the storage service exports only its own volumes at the end.
+    await deleteVolume(st.storage, logger, volumeId);
+  }
 });
 
 test('a host of 3 VMs (a local disk, a network disk, both) moves through the workflow: every block on the target in order with correct checksums, the fill copied, 0 failed requests, source disks gone after de-provisioning, no export or block job left', async () => {

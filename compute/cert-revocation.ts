@@ -1,6 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { writeFileAtomic } from '../common/atomic-file';
 
 /**
  * The agent plane's revoked certificates: a list of serial numbers (`revoked.json`, written by `dhm pki --revoke`
@@ -138,9 +139,7 @@ export function revokeCertificates(files: string[], certFiles: string[], now = n
       if (!have.has(normalSerial(c.serialNumber)))
         list.serials.push({ serial: normalSerial(c.serialNumber), subject: c.subject.replace(/\n/g, ', '), revokedAt: now.toISOString() });
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    const tmp = `${file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, `${JSON.stringify(list, null, 2)}\n`, { mode: 0o644 });
-    fs.renameSync(tmp, file);
+    writeFileAtomic(file, `${JSON.stringify(list, null, 2)}\n`, { mode: 0o644 });
   }
   return added.map((c) => normalSerial(c.serialNumber));
 }

@@ -3,6 +3,7 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UserFacingError } from '../common/errors';
+import { writeFileAtomic } from '../common/atomic-file';
 
 /**
  * The fleet's certificate authority and the certificates it issues to servers, made with the `openssl` command (no
@@ -90,9 +91,7 @@ export function writeCrl(ca: FleetCa, revoked: Array<{ serial: string; subject: 
     const tmp = path.join(work, CRL_FILE);
     opensslSync(['ca', '-gencrl', '-batch', '-config', path.join(work, 'ca.cnf'), '-keyfile', ca.keyPath, '-cert', ca.certPath, '-out', tmp]);
     fs.chmodSync(tmp, 0o644);
-    const staged = `${outFile}.${process.pid}.tmp`;
-    fs.copyFileSync(tmp, staged);
-    fs.renameSync(staged, outFile); // a reader (QEMU loading its credentials) never sees half a file
+    writeFileAtomic(outFile, fs.readFileSync(tmp), { mode: 0o644 }); // QEMU loading its credentials never sees half a file
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }

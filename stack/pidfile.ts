@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { writeFileAtomic } from '../common/atomic-file';
 
 /** True when a process with this pid exists (signal 0 probes without touching it). */
 export function isAlive(pid: number): boolean {
@@ -39,5 +40,5 @@ export async function stopStaleProcess(pidFile: string, commandMustContain: stri
 }
 
 export function writePidFile(pidFile: string, pid: number): void {
-  fs.writeFileSync(pidFile, `${pid}\n`);
+  writeFileAtomic(pidFile, `${pid}\n`, { mode: 0o644 }); // a reader racing the write would see no pid
 }

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { UserFacingError } from '../../common/errors';
 import type { QemuTools } from './tools';
+import { writeFileAtomic } from '../../common/atomic-file';
 
 /**
  * The unprivileged user QEMU runs as when the agent runs as root: a guest that escapes its emulator lands in a user
@@ -166,11 +167,7 @@ export function refreshQemuCrl(from: string, to: string, u: QemuUser): void {
     fs.rmSync(dst, { force: true });
     return;
   }
-  const staged = `${dst}.tmp`;
-  fs.copyFileSync(src, staged);
-  fs.chmodSync(staged, 0o600);
-  fs.chownSync(staged, u.uid, u.gid);
-  fs.renameSync(staged, dst);
+  writeFileAtomic(dst, fs.readFileSync(src), { mode: 0o600, owner: { uid: u.uid, gid: u.gid } });
 }
 
 /**

@@ -6,6 +6,7 @@ import { resourcesSchema } from '../../common/resources';
 import { startAgent } from '../agent-service';
 import { loadServerTls } from '../agent-tls';
 import { qemuAgentOptionsSchema } from '../qemu/create';
+import { writeFileAtomic } from '../../common/atomic-file';
 
 /**
  * One testbed server's host agent, as a process of its own inside the server's network namespace. Its settings come
@@ -48,7 +49,8 @@ export async function runTestbedAgent(configFile: string): Promise<void> {
   const logger = createLogger('testbed-agent', cfg.logLevel);
   const tls = loadServerTls(cfg.tlsDir, cfg.agent.serverId, 'tlsDir');
   const agent = await startAgent({ ...cfg.agent, tls, faultRoutes: cfg.faultRoutes, logger });
-  fs.writeFileSync(cfg.readyFile, JSON.stringify({ url: agent.url, pid: process.pid }));
+  // Atomic: `dhm testbed up` polls for this file and parses it as soon as it exists.
+  writeFileAtomic(cfg.readyFile, JSON.stringify({ url: agent.url, pid: process.pid }));
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));

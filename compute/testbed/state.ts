@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import type { Fleet } from '../../common/fleet';
 import type { StorageService } from './storage';
+import { writeFileAtomic } from '../../common/atomic-file';
 
 /** What a testbed is: its options, and the state file that records everything it made (what `down` removes). */
 
@@ -91,5 +92,5 @@ export function readTestbedState(dir: string): TestbedState | null {
 
 /** Written after every step that made something, so a crash leaves a state `down` can undo. */
 export function saveTestbedState(st: TestbedState): void {
-  fs.writeFileSync(stateFile(st.dir), JSON.stringify(st, null, 2), { mode: 0o600 });
+  writeFileAtomic(stateFile(st.dir), JSON.stringify(st, null, 2), { mode: 0o600 }); // half a state would read as none
 }

@@ -10,6 +10,22 @@ import type { PeerClient } from './peer-client';
  * backend's job extends this and supplies the measured progress and how its own stream is stopped.
  */
 
+/**
+ * Xen's give-up rules, which both backends apply when auto-converge is off: `maxRounds` rounds done, or more than
+ * MAX_SENT_FACTOR × the VM's memory sent. With auto-converge QEMU throttles the guest instead.
+ */
+export const DEFAULT_MAX_ROUNDS = 30;
+export const MAX_SENT_FACTOR = 3;
+
+/**
+ * More than MAX_SENT_FACTOR × `memoryBytes` sent. The sim's byte counts are sums of float pieces whose split depends on
+ * when its timers woke, so a move that sent exactly 3·M (a guest rewriting all of it every round) must not read as over
+ * on one run and not on the next: a relative slack far below one page absorbs the rounding.
+ */
+export function sentTooMuch(bytesSent: number, memoryBytes: number): boolean {
+  return bytesSent > MAX_SENT_FACTOR * memoryBytes * (1 + 1e-9);
+}
+
 export interface JobError {
   code: string;
   message: string;

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { IncomingView, StartMigrationInput } from '../agent-api';
 import { AgentError } from '../agent-http';
-import { MigrationJobBase, type JobHost, type JobProgress } from '../migration-job';
+import { DEFAULT_MAX_ROUNDS, MAX_SENT_FACTOR, MigrationJobBase, sentTooMuch, type JobHost, type JobProgress } from '../migration-job';
 import type { PeerClient } from '../peer-client';
 import { mibToBytes } from '../units';
 import { EventWake } from './event-wake';
@@ -19,8 +19,6 @@ import { queryMigrateSchema, type QueryMigrate } from './query-migrate';
  * than 3× the guest's RAM sent. With auto-converge QEMU throttles the guest instead, so only the round limit below
  * and the wall-clock limit (`maxMigrationMs`, both cases) apply.
  */
-export const DEFAULT_MAX_ROUNDS = 30;
-export const MAX_SENT_FACTOR = 3;
 export const AUTO_CONVERGE_ROUND_LIMIT = 1000;
 /** QEMU caps downtime-limit at 2000 s. */
 const QEMU_MAX_DOWNTIME_MS = 2_000_000;
@@ -351,7 +349,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
     const maxRounds = this.input.maxRounds ?? DEFAULT_MAX_ROUNDS;
     if (rounds >= maxRounds) return { state: 'failed', code: 'NotConverging', message: `not converging after ${rounds} rounds (maxRounds ${maxRounds})` };
     const memory = q.ram?.total ?? this.memoryBytes;
-    if (this.bytesSent > MAX_SENT_FACTOR * memory)
+    if (sentTooMuch(this.bytesSent, memory))
       return { state: 'failed', code: 'NotConverging', message: `sent ${this.bytesSent} bytes, more than ${MAX_SENT_FACTOR}× the VM's memory` };
     return null;
   }

@@ -1,5 +1,6 @@
 import { dirtiedBytes, type DirtyModel } from './dirty-model';
 import type { Flow } from './link';
+import { MAX_SENT_FACTOR, sentTooMuch } from '../migration-job';
 
 /**
  * The pre-copy model of one migration stream (see DESIGN.md, "The `sim` backend's pre-copy model"), as a flow on the
@@ -21,11 +22,9 @@ import type { Flow } from './link';
 export const SWITCHOVER_COST_MS = 5;
 /** Bytes a zero page costs on the wire: QEMU sends a flag and the page's offset, not the page (calibration.ts). */
 export const PAGE_BYTES = 4096;
-export const DEFAULT_MAX_ROUNDS = 30;
+export { DEFAULT_MAX_ROUNDS } from '../migration-job';
 /** QEMU sends for at most this long per iteration of its migration thread, then checks (migration/ram.c MAX_WAIT). */
 export const QEMU_ITERATION_MS = 50;
-/** Give up once more than this many times the VM's memory has been sent (without auto-converge). */
-export const MAX_SENT_FACTOR = 3;
 /**
  * QEMU's auto-converge: the first throttle step is 20 %, then +10 % per step, at most 99 %. A step happens after a
  * round that is not converging — QEMU's trigger: the guest dirtied more than half of what the round sent.
@@ -257,7 +256,7 @@ export class PrecopyFlow implements Flow {
       if (this.round + 1 >= CONTROLLED_ROUND_LIMIT) return giveUp(`not converging after ${this.round + 1} rounds`);
     } else if (this.round + 1 >= this.p.maxRounds) {
       return giveUp(`not converging after ${this.round + 1} rounds (maxRounds ${this.p.maxRounds})`);
-    } else if (this.bytesSent > MAX_SENT_FACTOR * this.p.memoryBytes) {
+    } else if (sentTooMuch(this.bytesSent, this.p.memoryBytes)) {
       return giveUp(`sent ${this.bytesSent} bytes, more than ${MAX_SENT_FACTOR}× the VM's memory`);
     }
     this.round += 1;

@@ -402,6 +402,7 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
   /** Asks the target for a new listening address until it has one (the network may still be down), then resumes. */
   private async recover(qmp: QmpClient, started: number): Promise<void> {
     const s = this.host.settings;
+    const pausedAt = Date.now();
     this.log.warn({ uri: this.uri }, 'post-copy paused: recovering');
     for (;;) {
       if (this.abort.signal.aborted || Date.now() - started > s.maxMigrationMs) return;
@@ -409,7 +410,10 @@ export class QemuMigration extends MigrationJobBase<QemuVm> {
       if (view?.migrationUri && view.migrationUri !== this.uri) {
         this.uri = view.migrationUri;
         await qmp.execute('migrate', { uri: view.migrationUri, resume: true });
-        this.log.warn({ uri: view.migrationUri }, 'post-copy resumed (migrate resume:true)');
+        // How long the guest ran with part of its memory unreachable, summed over recoveries: the operator's figure
+        // for a partition during post-copy (it is inside the post-copy phase, so it carries a dot).
+        this.phases['postcopy.paused'] = (this.phases['postcopy.paused'] ?? 0) + (Date.now() - pausedAt);
+        this.log.warn({ uri: view.migrationUri, pausedMs: Date.now() - pausedAt }, 'post-copy resumed (migrate resume:true)');
         return;
       }
       await sleep(1_000, this.abort.signal);

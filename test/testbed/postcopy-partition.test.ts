@@ -139,9 +139,12 @@ test('a partition during post-copy pauses the move; after the heal it recovers a
       recoveredInMs: Date.now() - tHeal,
       sentMiB: Math.round(job.bytesSent / MIB),
       statusesSeen: [...seen],
+      pausedMs: job.phasesMs?.['postcopy.paused'],
     };
     expect(job.state).toBe('completed');
-    expect(seen.has('postcopy-recover') || seen.has('postcopy-recover-setup') || seen.has('completed')).toBe(true);
+    // Recovered, not restarted: the agent resumed the paused stream (QEMU's recover states last too briefly to be
+    // seen by polling on a loaded machine, so the job's own record of the pause is what is asserted).
+    expect(job.phasesMs?.['postcopy.paused']).toBeGreaterThan(0);
 
     // The VM runs on B: its QEMU there, none left on A, and B serves it.
     const dst = await until('the VM on B', () => qemuOfVm(sb, vmId), 10_000);

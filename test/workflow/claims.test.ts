@@ -1,13 +1,9 @@
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
-import { temporal } from '@temporalio/proto';
 import { MigrationAlreadyRunningError, MigrationRequestRefused, deleteVmDuringMigration, provisionVmDuringMigration } from '../../client/migrations';
 import { FailureTypes, type MigrationStatus } from '../../common/migration';
 import { eventually, startTestSystem, type TestSystem } from '../support/system';
 import { testFleet } from '../support/fleets';
-
-const FIXTURES = path.join(__dirname, '..', 'fixtures', 'histories');
+import { saveHistory } from '../support/histories';
 
 /**
  * Keeps incrementing every VM's guest counter through whichever agent runs it, recording failures and order. A VM's
@@ -49,23 +45,6 @@ function guestLoad(sys: TestSystem, firstServerId: string, vmIds: string[]) {
       await Promise.all(loops);
     },
   };
-}
-
-/**
- * Records a history for the replay test when asked (DHM_TEST_RECORD_HISTORIES=1). Recorded histories are committed and
- * replayed by later code, so a run must not overwrite them with histories of the code under test.
- */
-async function saveHistory(sys: TestSystem, hostId: string, name: string) {
-  if (!process.env.DHM_TEST_RECORD_HISTORIES) return;
-  const history = await sys.temporal.client.workflow.getHandle(`migration-${hostId}`).fetchHistory();
-  fs.mkdirSync(FIXTURES, { recursive: true });
-  const json = temporal.api.history.v1.History.toObject(history as temporal.api.history.v1.History, {
-    longs: String,
-    enums: String,
-    bytes: String,
-    defaults: false,
-  });
-  fs.writeFileSync(path.join(FIXTURES, `${name}.json`), JSON.stringify(json));
 }
 
 const vmState = (st: MigrationStatus, vmId: string) => st.vms.find((v) => v.vmId === vmId)?.state;

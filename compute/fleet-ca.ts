@@ -90,7 +90,6 @@ export function writeCrl(ca: FleetCa, revoked: Array<{ serial: string; subject: 
     );
     const tmp = path.join(work, CRL_FILE);
     opensslSync(['ca', '-gencrl', '-batch', '-config', path.join(work, 'ca.cnf'), '-keyfile', ca.keyPath, '-cert', ca.certPath, '-out', tmp]);
-    fs.chmodSync(tmp, 0o644);
     writeFileAtomic(outFile, fs.readFileSync(tmp), { mode: 0o644 }); // QEMU loading its credentials never sees half a file
   } finally {
     fs.rmSync(work, { recursive: true, force: true });

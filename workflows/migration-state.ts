@@ -359,6 +359,11 @@ export function now(): string {
   return new Date().toISOString();
 }
 
+/** Workflow time, ms since the epoch. */
+export function nowMs(): number {
+  return new Date().getTime();
+}
+
 function emptyCounts(): Record<VmMigrationState, number> {
   return Object.fromEntries(VM_MIGRATION_STATES.map((s) => [s, 0])) as Record<VmMigrationState, number>;
 }

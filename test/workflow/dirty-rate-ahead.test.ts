@@ -1,0 +1,58 @@
+import { defaultPayloadConverter } from '@temporalio/common';
+import type { Payload } from '@temporalio/common';
+import { startTestSystem, type TestSystem } from '../support/system';
+import { testFleet } from '../support/fleets';
+import { saveHistory } from '../support/histories';
+
+/**
+ * Issue 18: with measured inputs each move first samples its VM's dirty rate (1 s on the source). Taken in the move's
+ * slot, that second kept the link idle before every VM; the workflow now samples the next VM while the moves before
+ * it run, so a slot that frees starts sending at once. Read from the workflow's own history: when each activity was
+ * scheduled and when it closed.
+ */
+describe('the next VM is sampled while the move before it runs', () => {
+  let sys: TestSystem;
+  beforeAll(async () => {
+    sys = await startTestSystem({ fleet: testFleet({ servers: 4 }), timeScale: 10 });
+  });
+  afterAll(async () => {
+    await sys?.stop();
+  });
+
+  it('one move at a time: every VM after the first was sampled before the previous move ended, and not again at its move', async () => {
+    const { hostId, vmIds } = await sys.createHostWithVms({ vms: 3, memoryMiB: [2048, 1024, 512], dirtyRateMiBps: [5, 5, 5] });
+    const handle = await sys.startMigration(hostId, { maxParallel: 1, measureInputs: true });
+    const result = await handle.result();
+    expect(result.phase).toBe('completed');
+    await saveHistory(sys, hostId, 'measured-inputs.ahead');
+
+    // Event ids order the history: an activity scheduled before another closed has the smaller id.
+    const events = (await handle.fetchHistory()).events ?? [];
+    type Activity = { name: string; vmId: string | undefined; scheduledId: number; closedId: number | undefined };
+    const byScheduledId = new Map<number, Activity>();
+    for (const e of events) {
+      const s = e.activityTaskScheduledEventAttributes;
+      if (s) {
+        const input = defaultPayloadConverter.fromPayload<{ vmId?: string }>(s.input!.payloads![0] as Payload);
+        byScheduledId.set(Number(e.eventId), { name: s.activityType!.name!, vmId: input.vmId, scheduledId: Number(e.eventId), closedId: undefined });
+      }
+      const closed = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes ?? e.activityTaskCanceledEventAttributes;
+      if (closed) byScheduledId.get(Number(closed.scheduledEventId))!.closedId = Number(e.eventId);
+    }
+    const activities = [...byScheduledId.values()];
+    const moves = activities.filter((a) => a.name === 'liveMigrateVm');
+    expect(moves.map((m) => m.vmId)).toEqual(vmIds); // largest first: the order they were made in
+    const samples = activities.filter((a) => a.name === 'measureDirtyRate');
+    // One sample per VM: none was taken again at its move.
+    expect(samples.map((a) => a.vmId).sort()).toEqual([...vmIds].sort());
+    for (let i = 1; i < moves.length; i++) {
+      const previous = moves[i - 1]!;
+      // One move at a time …
+      expect(moves[i]!.scheduledId).toBeGreaterThan(previous.closedId!);
+      // … and this VM's sample was taken while the previous one moved.
+      const sample = samples.find((a) => a.vmId === moves[i]!.vmId)!;
+      expect(sample.scheduledId).toBeLessThan(previous.closedId!);
+      expect(sample.closedId).toBeLessThan(moves[i]!.scheduledId);
+    }
+  }, 120_000);
+});

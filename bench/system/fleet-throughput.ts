@@ -108,7 +108,8 @@ async function step(stack: BenchStack, n: number, timeLimitMs: number): Promise<
       ]);
       if (r === 'timeout') return 'timeout';
       durations.push(performance.now() - started);
-      if ('err' in r) return `failed: ${r.err instanceof Error ? r.err.message : String(r.err)}`;
+      // A WorkflowFailedError says only "Workflow execution failed"; its cause is the workflow's own failure.
+      if ('err' in r) return `failed: ${failureChain(r.err)}`;
       if (r.v.phase !== 'completed' || r.v.counts.moved !== VMS_PER_HOST) return `ended ${r.v.phase} with ${r.v.counts.moved} moved`;
       return 'ok';
     }),
@@ -207,4 +208,12 @@ function explain(steps: FleetStep[], saturatesAtN: number | null): string {
     );
   if (last.errors.length) lines.push(`N=${last.hosts} failed: ${last.errors.join('; ')}.`);
   return lines.join(' ');
+}
+
+/** An error's message and its causes', outermost first ("Workflow execution failed: <the workflow's failure>: …"). */
+function failureChain(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err; e !== undefined && parts.length < 5; e = (e as { cause?: unknown }).cause)
+    parts.push(e instanceof Error ? e.message : String(e));
+  return parts.join(': ');
 }

@@ -213,7 +213,6 @@ function explain(steps: FleetStep[], saturatesAtN: number | null): string {
 /** An error's message and its causes', outermost first ("Workflow execution failed: <the workflow's failure>: …"). */
 function failureChain(err: unknown): string {
   const parts: string[] = [];
-  for (let e: unknown = err; e !== undefined && parts.length < 5; e = (e as { cause?: unknown }).cause)
-    parts.push(e instanceof Error ? e.message : String(e));
+  for (let e: unknown = err; e !== undefined && parts.length < 5; e = (e as { cause?: unknown }).cause) parts.push(e instanceof Error ? e.message : String(e));
   return parts.join(': ');
 }

@@ -147,7 +147,7 @@ export function createLiveMigration({ inventory, agents }: { inventory: Inventor
       }
       const code = job.error?.code ?? job.state;
       throw ApplicationFailure.create({
-        type: code === 'NotConverging' ? FailureTypes.NotConverging : FailureTypes.MoveFailed,
+        type: code === 'NotConverging' ? FailureTypes.NotConverging : code === 'TargetUnavailable' ? FailureTypes.TargetUnavailable : FailureTypes.MoveFailed,
         message: `${input.vmId}: ${job.error?.message ?? `move ${job.state}`} (round ${job.round}, ${job.bytesSent} bytes sent)`,
         nonRetryable: true,
         details: [progressOf(job)],

@@ -256,6 +256,11 @@ export const FailureTypes = {
   /** The migration is continuing as new: the request was not taken; the same request sent again reaches the next run. */
   MigrationContinuing: 'MIGRATION_CONTINUING',
   MoveFailed: 'MOVE_FAILED',
+  /**
+   * A move stopped because the target server's agent did not answer the source in time (the accept or the switchover);
+   * the VM stays on the source and the workflow tries the move again, a bounded number of times.
+   */
+  TargetUnavailable: 'TARGET_UNAVAILABLE',
   /** The migration ended with VMs that no server runs any more (see `MigrationResult.lostVms`). */
   VmsLost: 'VMS_LOST',
   /** A rollback left VMs on the clone (state `stranded`): the clone is kept for an operator. */

@@ -11,6 +11,7 @@ const NON_RETRYABLE = [
   FailureTypes.WrongState,
   FailureTypes.Conflict,
   FailureTypes.MoveFailed,
+  FailureTypes.TargetUnavailable,
 ];
 
 const retry: RetryPolicy = { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '20s', nonRetryableErrorTypes: NON_RETRYABLE };

@@ -1,4 +1,4 @@
-import { CancellationScope, allHandlersFinished, condition, isCancellation, patched, workflowInfo } from '@temporalio/workflow';
+import { CancellationScope, allHandlersFinished, condition, isCancellation, log, patched, sleep, workflowInfo } from '@temporalio/workflow';
 import type { VmMigrationStatus } from '../common/migration';
 import { call, moveSteps, steps } from './activity-calls';
 import { failureOf } from './failures';
@@ -147,6 +147,22 @@ export class Moves {
     this.ahead.delete(vmId);
   }
 
+  /**
+   * The target did not answer; the VM is on the source (settled). It waits, holding its slot (another move to the same
+   * busy target would meet the same), then goes back in the queue. A delete or a rollback ends the wait at once.
+   */
+  private async retryLater(vm: VmMigrationStatus, error: string): Promise<void> {
+    log.warn('the target did not answer; the move will be tried again', { vmId: vm.vmId, attempts: vm.attempts, error });
+    const scope = new CancellationScope();
+    this.cancels.set(vm.vmId, () => scope.cancel());
+    try {
+      await scope.run(() => sleep(TARGET_UNAVAILABLE_BACKOFF_MS * 2 ** (vm.attempts - 1)));
+    } catch (err) {
+      if (!isCancellation(err)) throw err;
+    }
+    this.state.requeued(vm, error);
+  }
+
   /** The next VM to move (VMs that already failed once go last, after everything that can move on the first try). */
   private nextToMove(): VmMigrationStatus | undefined {
     return launchOrder(this.state.vms, this.state.policy.order, this.state.forceAutoConverge, this.state.deleteRequested, 1)[0];
@@ -228,6 +244,8 @@ export class Moves {
         const failure = failureOf(err);
         const error = `${failure.type}: ${failure.message}`;
         if (failure.is('NotConverging') && policy.onVmFailure === 'retry-with-auto-converge' && !settings?.autoConverge) state.retryWithAutoConverge(vm, error);
+        else if (failure.is('TargetUnavailable') && vm.attempts < MAX_ATTEMPTS_TARGET_UNAVAILABLE && patched('retry-unavailable-target'))
+          await this.retryLater(vm, error);
         else state.moveFailed(vm, error);
       }
     } finally {
@@ -236,6 +254,16 @@ export class Moves {
     }
   }
 }
+
+/**
+ * Moves of one VM that may end `TargetUnavailable` before the migration gives up on it. The target's agent not answering
+ * in time is usually a busy or restarting agent: benchmark 4 at 64 hosts on 2 cores had accepts and commits time out
+ * (5 s, 2 s), and each such move rolled its whole host back (bench/results/2026-12-02T14-40-14.md). A target that
+ * stays away still fails the migration, after ~15 s of backoff.
+ */
+export const MAX_ATTEMPTS_TARGET_UNAVAILABLE = 3;
+/** The wait before the second attempt; it doubles for the third. */
+export const TARGET_UNAVAILABLE_BACKOFF_MS = 5_000;
 
 /** A dirty-rate sample taken ahead of a move, and when (workflow time). */
 interface DirtyRateSample {

@@ -412,7 +412,8 @@ function renderBench4(b4: FleetThroughputFigures, kind: 'text' | 'md'): string {
         fmt(s.moveVmPlacementMs, 1),
         `${fmt(s.cpu.temporal, 0)}/${fmt(s.cpu.workers, 0)}/${fmt(s.cpu.postgres, 0)}/${fmt(s.cpu.agentsAndBench, 0)}`,
         `${fmt(s.cpu.machine, 0)}/${100 * s.cpu.cores}`,
-        s.errors.join('; ') || '—',
+        // The whole causes are in the summary line and the JSON; a cell gets how many and the first, cut short.
+        s.errors.length ? `${s.hosts - s.completed} of ${s.hosts}; first: ${clip(s.errors[0]!, 120)}` : '—',
       ]),
     ),
     `${kind === 'md' ? '\n' : '  '}Largest N without errors: ${b4.largestCleanN}; best ${fmt(b4.bestHostsPerMinute, 1)} hosts/min. ${b4.why}`,
@@ -487,3 +488,5 @@ export function chart(b1: EvacuationBenchResult): string {
     { title: `Host evacuation makespan ÷ bound (sim, held-out seed ${b1.options.seed}, 10 Gbit/s, S = 0.4·B measured)`, target: BOUND_TARGET },
   );
 }
+
+const clip = (text: string, max: number) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);

@@ -9,6 +9,7 @@ import {
   moveSettingsFor,
   streamsFor,
   DEFAULT_TUNING,
+  MEASURED_MOVE_SETUP_MS,
   type MeasuredLink,
   type Tuning,
 } from '../../workflows/scheduler';
@@ -89,7 +90,10 @@ export function dhmSchedule(
   return {
     name,
     // As moves.ts decides it before every launch: from the moves' reported set-up and the VMs still waiting.
-    streams: setupAware && policy.measureInputs ? (host: HostView) => concurrencyFor(policy, measured, host.vms) : streamsFor(policy, measured),
+    streams:
+      setupAware && policy.measureInputs
+        ? (host: HostView) => concurrencyFor(policy, measured, host.vms, undefined, MEASURED_MOVE_SETUP_MS)
+        : streamsFor(policy, measured),
     launch: (host, free) => launchOrder(host.vms, policy.order, host.forced, new Set(), free).map((v) => v.vmId),
     settings: (vmId, host) => {
       const v = vm.get(vmId)!;
@@ -103,7 +107,9 @@ export function dhmSchedule(
           forced: host.forced.has(vmId),
           measuredLink: measured,
           measuredDirtyRateBps: rate,
-          ...(setupAware && policy.measureInputs ? { concurrency: concurrencyFor(policy, measured, host.vms), aimDowntime } : {}),
+          ...(setupAware && policy.measureInputs
+            ? { concurrency: concurrencyFor(policy, measured, host.vms, undefined, MEASURED_MOVE_SETUP_MS), aimDowntime }
+            : {}),
         },
         tuning,
       );

@@ -6,6 +6,7 @@ import {
   MOVE_SETUP_MS,
   TESTBED_MEDIAN_DOWNTIME_MS,
 } from '../../compute/sim/calibration';
+import { MEASURED_MOVE_SETUP_MS } from '../../workflows/scheduler';
 import { errorsWithConstants, fitGuestBase, fitMoveSetupMs, fitSwitchover, simulateAlone } from '../../bench/sim/calibrate';
 
 /** compute/sim/calibration.ts's constants are the fits of the testbed's files, not choices. */
@@ -14,6 +15,10 @@ describe('sim calibration', () => {
     const fit = fitMoveSetupMs();
     expect(fit.perRun).toHaveLength(CALIBRATION_RUNS.length);
     expect(Math.abs(fit.mean - MOVE_SETUP_MS)).toBeLessThan(1);
+  });
+
+  it('the workflow’s set-up prior for new runs stays within 10 % of the measured set-up (a refit that moves it needs a new patch)', () => {
+    expect(Math.abs(MEASURED_MOVE_SETUP_MS - MOVE_SETUP_MS) / MOVE_SETUP_MS).toBeLessThan(0.1);
   });
 
   it('the switchover cost is the median downtime less what QEMU’s rule leaves to copy', () => {

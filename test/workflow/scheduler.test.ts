@@ -3,6 +3,7 @@ import {
   channelsFor,
   concurrencyFor,
   DEFAULT_MOVE_SETUP_MS,
+  MEASURED_MOVE_SETUP_MS,
   DOWNTIME_AIM,
   launchOrder,
   MEASURED_AUTO_CONVERGE_SHARE,
@@ -138,6 +139,16 @@ describe('workflows/scheduler.ts: the moves’ set-up in the concurrency', () =>
     // Nothing waiting, or no measurements: as before.
     expect(concurrencyFor(auto, link, [vm('a', 1, 'moved', 7000)])).toBe(1);
     expect(concurrencyFor({ ...auto, measureInputs: false, maxParallel: 4 }, link, [vm('a', 1, 'pending')])).toBe(4);
+  });
+
+  it('new runs assume the measured set-up before their first move reports one (patch setup-prior-measured)', () => {
+    // 4 GiB ≈ 3.4 s on the link: F = 7 s asks for ⌈10.4/3.4⌉ = 4 moves at once, F = 3.3 s for ⌈6.7/3.4⌉ = 2.
+    const waiting = [vm('a', 4, 'pending'), vm('b', 4, 'pending')];
+    expect(concurrencyFor(auto, link, waiting)).toBe(4);
+    expect(concurrencyFor(auto, link, waiting, undefined, MEASURED_MOVE_SETUP_MS)).toBe(2);
+    // Once a move reported its set-up, that counts, whichever the prior.
+    const reported = [vm('a', 4, 'moved', 7000), vm('b', 4, 'pending')];
+    expect(concurrencyFor(auto, link, reported, undefined, MEASURED_MOVE_SETUP_MS)).toBe(concurrencyFor(auto, link, reported));
   });
 
   it('judges auto-converge on the share a move may get among the moves allowed at once, and aims a converging move at half the limit', () => {

@@ -109,20 +109,20 @@ export function streamsFor(policy: SchedulingPolicy, measured: MeasuredLink | nu
 
 /**
  * The set-up one move is assumed to cost, off the link, before any move of this migration has reported its own, ms:
- * the testbed's before its fixed cost was cut (7035 ms in the 03:18/03:32 runs; the current QEMU code measures about
- * 3.3 s, compute/sim/calibration.ts MOVE_SETUP_MS). Kept at 7000 because running workflows decide with it (a change
- * needs a patch) and a high prior only overlaps more moves until the first one reports; replaced by the measurement
- * as soon as one move has completed.
+ * the testbed's before its fixed cost was cut (7035 ms in the 03:18/03:32 runs; the current QEMU code measures 3.3 s at load
+ * 6–18 and 1.1 s on the quiet machine). Runs from before the patch `setup-prior-measured` keep it (they decide with
+ * it); new runs assume MEASURED_MOVE_SETUP_MS. Either is replaced by the measurement once one move has completed.
  */
 export const DEFAULT_MOVE_SETUP_MS = 7000;
 /**
  * The prior of runs that took the patch `setup-prior-measured`: the set-up the testbed measures with the current QEMU
- * code (3285 ms, compute/sim/calibration.ts MOVE_SETUP_MS; test/bench/calibration.test.ts keeps the two close). The
- * 7000 ms prior put 3 moves at once on a 4-VM host whose one stream fills the link (the testbed's quiet run
- * bench/results/2026-12-02T15-06-42-testbed-evacuation.md): each VM got B/3, its guest dirtied more, 547 MiB crossed
- * against 500 for two at once.
+ * code on a quiet machine (1109 ms, compute/sim/calibration.ts MOVE_SETUP_MS; test/bench/calibration.test.ts keeps the
+ * two close). The 7000 ms prior put 3 moves at once on a 4-VM host whose one stream fills the link (the testbed's quiet
+ * run bench/results/2026-12-02T15-06-42-testbed-evacuation.md): each VM got B/3, its guest dirtied more, 547 MiB
+ * crossed against 500 for two at once. A busier server reports a longer set-up with its first move, and the
+ * concurrency follows.
  */
-export const MEASURED_MOVE_SETUP_MS = 3300;
+export const MEASURED_MOVE_SETUP_MS = 1100;
 
 /**
  * The per-move set-up F as this migration has measured it: the median of the `setupMs` its completed moves reported

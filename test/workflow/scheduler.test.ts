@@ -142,7 +142,7 @@ describe('workflows/scheduler.ts: the moves’ set-up in the concurrency', () =>
   });
 
   it('new runs assume the measured set-up before their first move reports one (patch setup-prior-measured)', () => {
-    // 4 GiB ≈ 3.4 s on the link: F = 7 s asks for ⌈10.4/3.4⌉ = 4 moves at once, F = 3.3 s for ⌈6.7/3.4⌉ = 2.
+    // 4 GiB ≈ 3.4 s on the link: F = 7 s asks for ⌈10.4/3.4⌉ = 4 moves at once, F = 1.1 s for ⌈4.5/3.4⌉ = 2.
     const waiting = [vm('a', 4, 'pending'), vm('b', 4, 'pending')];
     expect(concurrencyFor(auto, link, waiting)).toBe(4);
     expect(concurrencyFor(auto, link, waiting, undefined, MEASURED_MOVE_SETUP_MS)).toBe(2);

@@ -5,6 +5,8 @@ import { AUTO_CONVERGE_SHARE, autoConvergeFor, bandwidthCapFor, CRITICAL_PATH_SL
 export interface Tuning {
   criticalPathSlack: number;
   autoConvergeShare: number;
+  /** SetupRule.overlapThreshold of new runs (`concurrencyFor`). */
+  overlapThreshold: number;
 }
 /**
  * The share of what a move may get above which a measured dirty rate turns auto-converge on, with the set-up counted
@@ -13,9 +15,22 @@ export interface Tuning {
  * throttled per host); 0.3 is where more throttling stops buying makespan.
  */
 export const MEASURED_AUTO_CONVERGE_SHARE = 0.3;
-export const DEFAULT_TUNING: Tuning = { criticalPathSlack: CRITICAL_PATH_SLACK, autoConvergeShare: MEASURED_AUTO_CONVERGE_SHARE };
+/**
+ * How much of a move's time on the link T its set-up F may leave idle before dhm overlaps one more move: a share of T.
+ * Overlapping fills the gap but splits the link, so every VM then takes longer and its guest dirties more for it to
+ * send again; with F ≪ T (big VMs, a fast set-up) the gap is the cheaper loss. Tuned on seeds 1–200 only
+ * (bench/results/2026-12-02T15-38-59.tune.txt, 8- and 32-VM hosts): 0 (overlap for any gap, the rule before) 1.0538×
+ * the bound, 94.8 % of hosts within 1.10×; 0.05 1.0437× / 97.8 %; 0.1 1.0439× / 98.3 % with fewer guests throttled
+ * (1.89 against 2.31 per host, 1.5 against 3.2 vCPU·s lost); 0.3 1.0473× / 99.8 %. Chosen: 0.1.
+ */
+export const OVERLAP_THRESHOLD = 0.1;
+export const DEFAULT_TUNING: Tuning = {
+  criticalPathSlack: CRITICAL_PATH_SLACK,
+  autoConvergeShare: MEASURED_AUTO_CONVERGE_SHARE,
+  overlapThreshold: OVERLAP_THRESHOLD,
+};
 /** The constants of runs from before `setup-aware-concurrency` (and the declared-workload fallback's share). */
-export const PRE_SETUP_TUNING: Tuning = { criticalPathSlack: CRITICAL_PATH_SLACK, autoConvergeShare: AUTO_CONVERGE_SHARE };
+export const PRE_SETUP_TUNING: Tuning = { criticalPathSlack: CRITICAL_PATH_SLACK, autoConvergeShare: AUTO_CONVERGE_SHARE, overlapThreshold: 0 };
 
 /**
  * dhm's scheduling decisions as pure functions: which VMs start now, how many moves run at once, and each move's
@@ -110,12 +125,12 @@ export function streamsFor(policy: SchedulingPolicy, measured: MeasuredLink | nu
 /**
  * The set-up one move is assumed to cost, off the link, before any move of this migration has reported its own, ms:
  * the testbed's before its fixed cost was cut (7035 ms in the 03:18/03:32 runs; the current QEMU code measures 3.3 s at load
- * 6–18 and 1.1 s on the quiet machine). Runs from before the patch `setup-prior-measured` keep it (they decide with
+ * 6–18 and 1.1 s on the quiet machine). Runs from before the patch `setup-overlap-measured` keep it (they decide with
  * it); new runs assume MEASURED_MOVE_SETUP_MS. Either is replaced by the measurement once one move has completed.
  */
 export const DEFAULT_MOVE_SETUP_MS = 7000;
 /**
- * The prior of runs that took the patch `setup-prior-measured`: the set-up the testbed measures with the current QEMU
+ * The prior of runs that took the patch `setup-overlap-measured`: the set-up the testbed measures with the current QEMU
  * code on a quiet machine (1109 ms, compute/sim/calibration.ts MOVE_SETUP_MS; test/bench/calibration.test.ts keeps the
  * two close). The 7000 ms prior put 3 moves at once on a 4-VM host whose one stream fills the link (the testbed's quiet
  * run bench/results/2026-12-02T15-06-42-testbed-evacuation.md): each VM got B/3, its guest dirtied more, 547 MiB
@@ -123,6 +138,16 @@ export const DEFAULT_MOVE_SETUP_MS = 7000;
  * concurrency follows.
  */
 export const MEASURED_MOVE_SETUP_MS = 1100;
+
+/** How `concurrencyFor` counts the set-up: the prior before a move reports one, and the idle share it accepts. */
+export interface SetupRule {
+  priorMs: number;
+  overlapThreshold: number;
+}
+/** Runs from before the patch `setup-overlap-measured`: a 7 s prior, and any idle set-up is worth one more move. */
+export const PRE_MEASURED_SETUP_RULE: SetupRule = { priorMs: DEFAULT_MOVE_SETUP_MS, overlapThreshold: 0 };
+/** New runs. */
+export const SETUP_RULE: SetupRule = { priorMs: MEASURED_MOVE_SETUP_MS, overlapThreshold: OVERLAP_THRESHOLD };
 
 /**
  * The per-move set-up F as this migration has measured it: the median of the `setupMs` its completed moves reported
@@ -141,7 +166,8 @@ export function setupEstimateMs(vms: readonly Pick<VmMigrationStatus, 'state' | 
  * How many moves run at once, counting the set-up. `streamsFor` fills the link with moves that are sending; but a
  * move first spends F off the link, so with only those the link idles for F at every move. A slot cycles F + T, T
  * being a move's time on the link at its share B/streams, so keeping `streams` moves on the link takes
- * ⌈streams·(F + T)/T⌉ slots, at most `maxParallel`. T is the mean over the VMs still waiting (memory + local data at
+ * ⌈streams·(F + T)/T⌉ slots, at most `maxParallel`; less the rule's `overlapThreshold`, so a set-up under that share
+ * of T is left idle rather than paid for by splitting the link. T is the mean over the VMs still waiting (memory + local data at
  * that share, times what the completed moves really sent per byte of their size: zero pages are not sent, dirty ones
  * again): a host of small VMs, whose moves are mostly set-up, runs more at once. F is `setupEstimateMs` (measured by
  * the moves already done). Without `measureInputs`, the policy's `maxParallel` as given.
@@ -152,20 +178,20 @@ export function concurrencyFor(
   vms: readonly Pick<VmMigrationStatus, 'state' | 'figures' | 'spec' | 'diskMiB'>[],
   /** The VMs still to move (default: the pending ones; a rollback's are those on the clone). */
   waiting: readonly Pick<VmMigrationStatus, 'spec' | 'diskMiB'>[] = vms.filter((v) => v.state === 'pending'),
-  /** The set-up assumed before a move has reported one (DEFAULT_MOVE_SETUP_MS, or MEASURED_MOVE_SETUP_MS in new runs). */
-  setupPriorMs = DEFAULT_MOVE_SETUP_MS,
+  /** PRE_MEASURED_SETUP_RULE, or SETUP_RULE in new runs. */
+  rule: SetupRule = PRE_MEASURED_SETUP_RULE,
 ): number {
   const streams = streamsFor(policy, measured);
   const link = linkFor(policy, measured);
   if (!policy.measureInputs || !link) return streams;
-  const setupMs = setupEstimateMs(vms, setupPriorMs);
+  const setupMs = setupEstimateMs(vms, rule.priorMs);
   if (waiting.length === 0 || !(setupMs > 0)) return streams;
   const done = vms.filter((v) => v.state === 'moved' && v.figures !== undefined && moveMiB(v) > 0);
   const sentPerByte = done.length ? done.reduce((s, v) => s + v.figures!.bytesSent, 0) / (done.reduce((s, v) => s + moveMiB(v), 0) * 2 ** 20) : 1;
   const meanBytes = (waiting.reduce((s, v) => s + moveMiB(v), 0) / waiting.length) * 2 ** 20 * (sentPerByte > 0 ? sentPerByte : 1);
   const linkMs = (meanBytes / (link.nicBytesPerSec / streams)) * 1000;
   if (!(linkMs > 0)) return policy.maxParallel;
-  return Math.max(streams, Math.min(policy.maxParallel, Math.ceil((streams * (setupMs + linkMs)) / linkMs - 1e-9)));
+  return Math.max(streams, Math.min(policy.maxParallel, Math.ceil((streams * (setupMs + linkMs)) / linkMs - rule.overlapThreshold - 1e-9)));
 }
 
 /**

@@ -171,19 +171,20 @@ export type TuneRow = Tuning & { meanRatioToBound: number; withinBound: number; 
 export function tune(sizes: number[], seeds: number[], link: BenchLink): TuneRow[] {
   const out: TuneRow[] = [];
   // The last sweeps (bench/results/2026-12-02T03-31-41.tune.txt, …T06-05-36.tune.txt) found the slack without effect
-  // (multifd moves fill the link: no caps); the auto-converge share, which now decides for overlapping moves, is swept
-  // with what it costs the guests (VMs throttled, vCPU-seconds lost), which the mean alone does not show.
+  // (multifd moves fill the link: no caps), and …T06-09-30.tune.txt chose the auto-converge share (0.3) with what it
+  // costs the guests. Now the overlap threshold (`concurrencyFor`'s idle set-up share), with the share as chosen.
   for (const criticalPathSlack of [1.1])
-    for (const autoConvergeShare of [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8]) {
-      const t = { criticalPathSlack, autoConvergeShare };
-      const rows = sizes.flatMap((vms) => seeds.map((seed) => evaluateHost(vms, seed, link, t, ['dhm'])));
-      out.push({
-        ...t,
-        meanRatioToBound: rows.reduce((s, h) => s + h.schedules.dhm.ratioToStreamBound, 0) / rows.length,
-        withinBound: rows.filter((h) => h.schedules.dhm.stayed === 0 && h.schedules.dhm.ratioToStreamBound <= BOUND_TARGET).length / rows.length,
-        throttledPerHost: rows.reduce((s, h) => s + h.schedules.dhm.throttled, 0) / rows.length,
-        throttleCpuSPerHost: rows.reduce((s, h) => s + h.schedules.dhm.throttleCpuS, 0) / rows.length,
-      });
-    }
+    for (const autoConvergeShare of [DEFAULT_TUNING.autoConvergeShare])
+      for (const overlapThreshold of [0, 0.05, 0.1, 0.2, 0.3, 0.5, 1]) {
+        const t = { criticalPathSlack, autoConvergeShare, overlapThreshold };
+        const rows = sizes.flatMap((vms) => seeds.map((seed) => evaluateHost(vms, seed, link, t, ['dhm'])));
+        out.push({
+          ...t,
+          meanRatioToBound: rows.reduce((s, h) => s + h.schedules.dhm.ratioToStreamBound, 0) / rows.length,
+          withinBound: rows.filter((h) => h.schedules.dhm.stayed === 0 && h.schedules.dhm.ratioToStreamBound <= BOUND_TARGET).length / rows.length,
+          throttledPerHost: rows.reduce((s, h) => s + h.schedules.dhm.throttled, 0) / rows.length,
+          throttleCpuSPerHost: rows.reduce((s, h) => s + h.schedules.dhm.throttleCpuS, 0) / rows.length,
+        });
+      }
   return out.sort((a, b) => a.meanRatioToBound - b.meanRatioToBound);
 }

@@ -10,6 +10,7 @@ import {
   streamsFor,
   DEFAULT_TUNING,
   MEASURED_MOVE_SETUP_MS,
+  type SetupRule,
   type MeasuredLink,
   type Tuning,
 } from '../../workflows/scheduler';
@@ -87,13 +88,13 @@ export function dhmSchedule(
   const rand = seededRandom(seed);
   const measured = policy.measureInputs ? measureLink(spec, rand) : null;
   const vm = byIds(vms);
+  // New runs' rule (moves.ts, patch setup-overlap-measured), with the threshold being tuned.
+  const rule: SetupRule = { priorMs: MEASURED_MOVE_SETUP_MS, overlapThreshold: tuning.overlapThreshold };
   return {
     name,
     // As moves.ts decides it before every launch: from the moves' reported set-up and the VMs still waiting.
     streams:
-      setupAware && policy.measureInputs
-        ? (host: HostView) => concurrencyFor(policy, measured, host.vms, undefined, MEASURED_MOVE_SETUP_MS)
-        : streamsFor(policy, measured),
+      setupAware && policy.measureInputs ? (host: HostView) => concurrencyFor(policy, measured, host.vms, undefined, rule) : streamsFor(policy, measured),
     launch: (host, free) => launchOrder(host.vms, policy.order, host.forced, new Set(), free).map((v) => v.vmId),
     settings: (vmId, host) => {
       const v = vm.get(vmId)!;
@@ -107,9 +108,7 @@ export function dhmSchedule(
           forced: host.forced.has(vmId),
           measuredLink: measured,
           measuredDirtyRateBps: rate,
-          ...(setupAware && policy.measureInputs
-            ? { concurrency: concurrencyFor(policy, measured, host.vms, undefined, MEASURED_MOVE_SETUP_MS), aimDowntime }
-            : {}),
+          ...(setupAware && policy.measureInputs ? { concurrency: concurrencyFor(policy, measured, host.vms, undefined, rule), aimDowntime } : {}),
         },
         tuning,
       );

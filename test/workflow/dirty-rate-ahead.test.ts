@@ -24,8 +24,8 @@ describe('the next VM is sampled while the move before it runs', () => {
     const handle = await sys.startMigration(hostId, { maxParallel: 1, measureInputs: true });
     const result = await handle.result();
     expect(result.phase).toBe('completed');
-    // Recorded last with the set-up prior patch (measured-inputs.ahead.json is the run before it).
-    await saveHistory(sys, hostId, 'measured-inputs.setup-prior');
+    // Recorded last with the measured set-up rule (patch setup-overlap-measured) (measured-inputs.ahead.json is the run before it).
+    await saveHistory(sys, hostId, 'measured-inputs.setup-measured');
 
     // Event ids order the history: an activity scheduled before another closed has the smaller id.
     const events = (await handle.fetchHistory()).events ?? [];

@@ -4,6 +4,7 @@ import {
   concurrencyFor,
   DEFAULT_MOVE_SETUP_MS,
   MEASURED_MOVE_SETUP_MS,
+  SETUP_RULE,
   DOWNTIME_AIM,
   launchOrder,
   MEASURED_AUTO_CONVERGE_SHARE,
@@ -141,14 +142,19 @@ describe('workflows/scheduler.ts: the moves’ set-up in the concurrency', () =>
     expect(concurrencyFor({ ...auto, measureInputs: false, maxParallel: 4 }, link, [vm('a', 1, 'pending')])).toBe(4);
   });
 
-  it('new runs assume the measured set-up before their first move reports one (patch setup-prior-measured)', () => {
-    // 4 GiB ≈ 3.4 s on the link: F = 7 s asks for ⌈10.4/3.4⌉ = 4 moves at once, F = 1.1 s for ⌈4.5/3.4⌉ = 2.
+  it('new runs assume the measured set-up before their first move reports one, and leave a small set-up idle (patch setup-overlap-measured)', () => {
+    // 4 GiB ≈ 3.4 s on the link: F = 7 s asks for ⌈10.4/3.4⌉ = 4 moves at once, F = 1.1 s for ⌈1 + 0.32 − θ⌉ = 2.
     const waiting = [vm('a', 4, 'pending'), vm('b', 4, 'pending')];
+    expect(SETUP_RULE.priorMs).toBe(MEASURED_MOVE_SETUP_MS);
     expect(concurrencyFor(auto, link, waiting)).toBe(4);
-    expect(concurrencyFor(auto, link, waiting, undefined, MEASURED_MOVE_SETUP_MS)).toBe(2);
+    expect(concurrencyFor(auto, link, waiting, undefined, SETUP_RULE)).toBe(2);
+    // 64 GiB ≈ 55 s on the link: a 1.1 s set-up is 2 % of it; one more move would split the link for that.
+    const big = [vm('a', 64, 'pending'), vm('b', 64, 'pending')];
+    expect(concurrencyFor(auto, link, big, undefined, { ...SETUP_RULE, overlapThreshold: 0 })).toBe(2);
+    expect(concurrencyFor(auto, link, big, undefined, { ...SETUP_RULE, overlapThreshold: 0.05 })).toBe(1);
     // Once a move reported its set-up, that counts, whichever the prior.
     const reported = [vm('a', 4, 'moved', 7000), vm('b', 4, 'pending')];
-    expect(concurrencyFor(auto, link, reported, undefined, MEASURED_MOVE_SETUP_MS)).toBe(concurrencyFor(auto, link, reported));
+    expect(concurrencyFor(auto, link, reported, undefined, { ...SETUP_RULE, overlapThreshold: 0 })).toBe(concurrencyFor(auto, link, reported));
   });
 
   it('judges auto-converge on the share a move may get among the moves allowed at once, and aims a converging move at half the limit', () => {

@@ -275,7 +275,8 @@ export class Moves {
  * Moves of one VM that may end `TargetUnavailable` before the migration gives up on it. The target's agent not answering
  * in time is usually a busy or restarting agent: benchmark 4 at 64 hosts on 2 cores had accepts and commits time out
  * (5 s, 2 s), and each such move rolled its whole host back (bench/results/2026-12-02T14-40-14.md). A target that
- * stays away still fails the migration, after ~15 s of backoff.
+ * keeps failing the moves still fails the migration, after ~15 s of backoff; one that stops answering altogether holds
+ * it in settling the move instead (both agents must say where the VM is before anything is decided).
  */
 export const MAX_ATTEMPTS_TARGET_UNAVAILABLE = 3;
 /** The wait before the second attempt; it doubles for the third. */

@@ -1,4 +1,5 @@
 import * as net from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import pino from 'pino';
 import { DEFAULT_API_LIMITS, startApiServer } from '../../api/server';
 import { testFleet } from '../support/fleets';
@@ -14,7 +15,12 @@ import { startApiTestSystem, type ApiTestSystem } from './helpers';
  * Prints one `SLOW-CLIENT-FIGURES {…}` line (docs/reliability.md).
  */
 
-const LIMITS = { headersTimeoutMs: 1_000, requestTimeoutMs: 2_000, idleTimeoutMs: 2_000, keepAliveTimeoutMs: 1_000, timeoutCheckIntervalMs: 250 };
+/**
+ * The request deadline is 5 s, not 2: attackers and server share one event loop, which stalls for up to ~2 s under the
+ * attack on 2 busy cores (the ordinary p99 and `loopDelayMs` in the figures), and a stall that ends after the deadline
+ * runs the server's timeout check before it reads the bytes already waiting, so an in-time body got 408 in CI.
+ */
+const LIMITS = { headersTimeoutMs: 1_000, requestTimeoutMs: 5_000, idleTimeoutMs: 2_000, keepAliveTimeoutMs: 1_000, timeoutCheckIntervalMs: 250 };
 const HEADER_DRIBBLERS = 200;
 const BODY_DRIBBLERS = 95;
 const NON_READERS = 5;
@@ -115,6 +121,10 @@ describe('slow clients', () => {
   it('300 slowloris sockets: ordinary requests keep their answers (no 5xx), the server closes every slow socket, slow bodies create nothing', async () => {
     const before = await t.counts();
     const logsBefore = t.logs.length;
+    // How late this process's event loop runs (attackers and server alike): a failure below names it.
+    const loopDelay = monitorEventLoopDelay({ resolution: 20 });
+    loopDelay.enable();
+    const loopDelayMs = () => ({ p99: Math.round(loopDelay.percentile(99) / 1e6), max: Math.round(loopDelay.max / 1e6) });
     let attacking = true;
     let serial = 0;
 
@@ -182,7 +192,7 @@ describe('slow clients', () => {
       for (const s of sockets) if (s.kind === 'noread' && s.clientClosedAt === undefined && serverClosed(s) !== undefined) s.socket?.destroy();
     }, 100);
 
-    // A slow body that is slow but within the request deadline (4 pieces 150 ms apart: 0.45 s of 2 s) is served: the
+    // A slow body that is slow but within the request deadline (4 pieces 150 ms apart: 0.45 s of 5 s) is served: the
     // slow bodies above are valid requests, refused only for their pace. Few pieces, because every timer tick in this
     // process runs late under the 300 slow sockets: a byte every 20 ms (28 ticks) once reached the deadline in CI.
     const control = new Promise<{ answer: string; lastPieceAfterMs: number }>((resolve) => {
@@ -298,10 +308,11 @@ describe('slow clients', () => {
 
     // Nothing a slow body carried was created; the in-time one was; the ordinary tenants are all there.
     // With when its last piece went out, so a failure says whether the client itself was late.
-    expect({ status: controlAnswer.answer.slice(0, 12), lastPieceAfterMs: controlAnswer.lastPieceAfterMs }).toEqual({
-      status: 'HTTP/1.1 201',
-      lastPieceAfterMs: expect.any(Number),
-    });
+    const controlStatus = controlAnswer.answer.slice(0, 12);
+    if (controlStatus !== 'HTTP/1.1 201')
+      throw new Error(
+        `the in-time body got ${controlStatus || 'no answer'}, not HTTP/1.1 201 (its last piece went out after ${controlAnswer.lastPieceAfterMs} ms; event-loop delay ${JSON.stringify(loopDelayMs())} ms)`,
+      );
     const { rows } = await t.sys.db.pool.query<{ tenants: string; vms: string; control: string }>(
       `SELECT (SELECT count(*) FROM tenants WHERE name LIKE 'slow-body-%') AS tenants,
               (SELECT count(*) FROM vms WHERE name LIKE 'slow-body-%') AS vms,
@@ -354,7 +365,10 @@ describe('slow clients', () => {
       answered408: answers.filter((a) => a === 'HTTP/1.1 408').length,
       allClosedAfterAttackMs: allClosedAfterMs,
       slowBodiesCreated: Number(rows[0]!.tenants) + Number(rows[0]!.vms),
+      controlLastPieceAfterMs: controlAnswer.lastPieceAfterMs,
+      loopDelayMs: loopDelayMs(),
     };
+    loopDelay.disable();
     process.stdout.write(`SLOW-CLIENT-FIGURES ${JSON.stringify(figures)}\n`);
   });
 

@@ -138,7 +138,7 @@ async function main(): Promise<number> {
     ];
     for (const r of tune([8, 32], seeds, DEFAULT_LINK))
       lines.push(
-        `  CRITICAL_PATH_SLACK ${r.criticalPathSlack}  AUTO_CONVERGE_SHARE ${r.autoConvergeShare}  OVERLAP_THRESHOLD ${r.overlapThreshold}  mean ×bound ${fmt(r.meanRatioToBound, 4)}  ≤${BOUND_TARGET}× bound ${fmt(100 * r.withinBound, 1)} %  throttled VMs/host ${fmt(r.throttledPerHost, 2)}  vCPU·s lost/host ${fmt(r.throttleCpuSPerHost, 1)}`,
+        `  CRITICAL_PATH_SLACK ${r.criticalPathSlack}  AUTO_CONVERGE_SHARE ${r.autoConvergeShare}  OVERLAP_THRESHOLD ${r.overlapThreshold}  DOWNTIME_AIM ${fmt(r.downtimeAim, 3)}  mean ×bound ${fmt(r.meanRatioToBound, 4)}  ≤${BOUND_TARGET}× bound ${fmt(100 * r.withinBound, 1)} %  throttled VMs/host ${fmt(r.throttledPerHost, 2)}  vCPU·s lost/host ${fmt(r.throttleCpuSPerHost, 1)}  p95 downtime ${fmt(r.meanP95DowntimeMs, 0)} ms  sent ×Σ ${fmt(r.bytesRatio, 4)}`,
       );
     // Kept like every run's artefacts: never over an earlier file.
     const out = path.resolve(args.out ?? resultPath(startedAt, args.quick).replace(/\.json$/, '.tune.txt'));

@@ -167,24 +167,34 @@ export function runEvacuationBench(options: EvacuationBenchOptions, tuning: Tuni
  * `--tune`: the policy's constants swept on the tuning seeds only (dhm alone against the bound: the constants shape
  * dhm's schedule, not the baselines'). Returns every candidate's mean ratio to the bound and share within target.
  */
-export type TuneRow = Tuning & { meanRatioToBound: number; withinBound: number; throttledPerHost: number; throttleCpuSPerHost: number };
+export type TuneRow = Tuning & {
+  meanRatioToBound: number;
+  withinBound: number;
+  throttledPerHost: number;
+  throttleCpuSPerHost: number;
+  meanP95DowntimeMs: number;
+  bytesRatio: number;
+};
 export function tune(sizes: number[], seeds: number[], link: BenchLink): TuneRow[] {
   const out: TuneRow[] = [];
   // The last sweeps (bench/results/2026-12-02T03-31-41.tune.txt, …T06-05-36.tune.txt) found the slack without effect
-  // (multifd moves fill the link: no caps), and …T06-09-30.tune.txt chose the auto-converge share (0.3) with what it
-  // costs the guests. Now the overlap threshold (`concurrencyFor`'s idle set-up share), with the share as chosen.
+  // (multifd moves fill the link: no caps), …T06-09-30.tune.txt chose the auto-converge share (0.3) with what it costs
+  // the guests, …T15-38-59.tune.txt the overlap threshold (0.1). Now the downtime aim, with the others as chosen.
   for (const criticalPathSlack of [1.1])
     for (const autoConvergeShare of [DEFAULT_TUNING.autoConvergeShare])
-      for (const overlapThreshold of [0, 0.05, 0.1, 0.2, 0.3, 0.5, 1]) {
-        const t = { criticalPathSlack, autoConvergeShare, overlapThreshold };
-        const rows = sizes.flatMap((vms) => seeds.map((seed) => evaluateHost(vms, seed, link, t, ['dhm'])));
-        out.push({
-          ...t,
-          meanRatioToBound: rows.reduce((s, h) => s + h.schedules.dhm.ratioToStreamBound, 0) / rows.length,
-          withinBound: rows.filter((h) => h.schedules.dhm.stayed === 0 && h.schedules.dhm.ratioToStreamBound <= BOUND_TARGET).length / rows.length,
-          throttledPerHost: rows.reduce((s, h) => s + h.schedules.dhm.throttled, 0) / rows.length,
-          throttleCpuSPerHost: rows.reduce((s, h) => s + h.schedules.dhm.throttleCpuS, 0) / rows.length,
-        });
-      }
+      for (const overlapThreshold of [DEFAULT_TUNING.overlapThreshold])
+        for (const downtimeAim of [1, 0.75, 0.5, 1 / 3]) {
+          const t = { criticalPathSlack, autoConvergeShare, overlapThreshold, downtimeAim };
+          const rows = sizes.flatMap((vms) => seeds.map((seed) => evaluateHost(vms, seed, link, t, ['dhm'])));
+          out.push({
+            ...t,
+            meanRatioToBound: rows.reduce((s, h) => s + h.schedules.dhm.ratioToStreamBound, 0) / rows.length,
+            withinBound: rows.filter((h) => h.schedules.dhm.stayed === 0 && h.schedules.dhm.ratioToStreamBound <= BOUND_TARGET).length / rows.length,
+            throttledPerHost: rows.reduce((s, h) => s + h.schedules.dhm.throttled, 0) / rows.length,
+            throttleCpuSPerHost: rows.reduce((s, h) => s + h.schedules.dhm.throttleCpuS, 0) / rows.length,
+            meanP95DowntimeMs: rows.reduce((s, h) => s + h.schedules.dhm.p95DowntimeMs, 0) / rows.length,
+            bytesRatio: rows.reduce((s, h) => s + h.schedules.dhm.bytesRatio, 0) / rows.length,
+          });
+        }
   return out.sort((a, b) => a.meanRatioToBound - b.meanRatioToBound);
 }

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { defaultPayloadConverter, type Payload } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import type { TestSystem } from './system';
 
@@ -20,4 +21,27 @@ export async function saveHistory(sys: TestSystem, hostId: string, name: string)
     defaults: false,
   });
   fs.writeFileSync(path.join(HISTORY_FIXTURES, `${name}.json`), JSON.stringify(json));
+}
+
+/** One activity of a workflow's history: its type, its input, and the event ids that scheduled and closed it (ids order a history). */
+export interface HistoryActivity<I = Record<string, unknown>> {
+  name: string;
+  input: I;
+  scheduledId: number;
+  closedId: number | undefined;
+}
+
+/** The activities a workflow's history scheduled, in order, with their inputs as the workflow passed them. */
+export function historyActivities<I = Record<string, unknown>>(history: temporal.api.history.v1.IHistory): HistoryActivity<I>[] {
+  const byScheduledId = new Map<number, HistoryActivity<I>>();
+  for (const e of history.events ?? []) {
+    const s = e.activityTaskScheduledEventAttributes;
+    if (s) {
+      const input = defaultPayloadConverter.fromPayload<I>(s.input!.payloads![0] as Payload);
+      byScheduledId.set(Number(e.eventId), { name: s.activityType!.name!, input, scheduledId: Number(e.eventId), closedId: undefined });
+    }
+    const closed = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes ?? e.activityTaskCanceledEventAttributes;
+    if (closed) byScheduledId.get(Number(closed.scheduledEventId))!.closedId = Number(e.eventId);
+  }
+  return [...byScheduledId.values()];
 }

@@ -1,8 +1,6 @@
-import { defaultPayloadConverter } from '@temporalio/common';
-import type { Payload } from '@temporalio/common';
 import { startTestSystem, type TestSystem } from '../support/system';
 import { testFleet } from '../support/fleets';
-import { saveHistory } from '../support/histories';
+import { historyActivities, saveHistory } from '../support/histories';
 
 /**
  * Issue 18: with measured inputs each move first samples its VM's dirty rate (1 s on the source). Taken in the move's
@@ -28,19 +26,7 @@ describe('the next VM is sampled while the move before it runs', () => {
     await saveHistory(sys, hostId, 'measured-inputs.setup-measured');
 
     // Event ids order the history: an activity scheduled before another closed has the smaller id.
-    const events = (await handle.fetchHistory()).events ?? [];
-    type Activity = { name: string; vmId: string | undefined; scheduledId: number; closedId: number | undefined };
-    const byScheduledId = new Map<number, Activity>();
-    for (const e of events) {
-      const s = e.activityTaskScheduledEventAttributes;
-      if (s) {
-        const input = defaultPayloadConverter.fromPayload<{ vmId?: string }>(s.input!.payloads![0] as Payload);
-        byScheduledId.set(Number(e.eventId), { name: s.activityType!.name!, vmId: input.vmId, scheduledId: Number(e.eventId), closedId: undefined });
-      }
-      const closed = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes ?? e.activityTaskCanceledEventAttributes;
-      if (closed) byScheduledId.get(Number(closed.scheduledEventId))!.closedId = Number(e.eventId);
-    }
-    const activities = [...byScheduledId.values()];
+    const activities = historyActivities<{ vmId?: string }>(await handle.fetchHistory()).map((a) => ({ ...a, vmId: a.input.vmId }));
     const moves = activities.filter((a) => a.name === 'liveMigrateVm');
     expect(moves.map((m) => m.vmId)).toEqual(vmIds); // largest first: the order they were made in
     const samples = activities.filter((a) => a.name === 'measureDirtyRate');

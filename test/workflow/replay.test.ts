@@ -12,7 +12,7 @@ const DIR = path.join(__dirname, '..', 'fixtures', 'histories');
 describe('replay of recorded migration histories', () => {
   const files = (fs.existsSync(DIR) ? fs.readdirSync(DIR) : []).filter((f) => f.endsWith('.json')).sort();
 
-  it('has recorded histories to replay (completed, cancelled, retried; before and after the hand-over, lost-VM and local-activity patches; a rollback that strands a VM; requests that straddle workflow tasks; measured inputs before and after the dirty-rate sample ahead and the measured set-up rule; a move retried after its target did not answer)', () => {
+  it('has recorded histories to replay (completed, cancelled, retried; before and after the hand-over, lost-VM and local-activity patches; a rollback that strands a VM; requests that straddle workflow tasks; measured inputs before and after the dirty-rate sample ahead and the measured set-up rule; a move retried after its target did not answer; first tries aimed below the downtime limit)', () => {
     const names = ['completed-with-requests', 'cancelled', 'retry-auto-converge'];
     expect(files).toEqual(
       expect.arrayContaining([
@@ -25,6 +25,7 @@ describe('replay of recorded migration histories', () => {
         'measured-inputs.ahead.json',
         'target-unavailable-retried.json',
         'measured-inputs.setup-measured.json',
+        'measured-inputs.aimed.json',
       ]),
     );
   });

@@ -6,6 +6,7 @@ import {
   MEASURED_MOVE_SETUP_MS,
   SETUP_RULE,
   DOWNTIME_AIM,
+  MIN_AIMED_DOWNTIME_MS,
   launchOrder,
   MEASURED_AUTO_CONVERGE_SHARE,
   moveSettingsFor,
@@ -157,11 +158,11 @@ describe('workflows/scheduler.ts: the moves’ set-up in the concurrency', () =>
     expect(concurrencyFor(auto, link, reported, undefined, { ...SETUP_RULE, overlapThreshold: 0 })).toBe(concurrencyFor(auto, link, reported));
   });
 
-  it('judges auto-converge on the share a move may get among the moves allowed at once, and aims a converging move at half the limit', () => {
+  it('judges auto-converge on the share a move may get among the moves allowed at once, and aims a first try at a third of the limit', () => {
     const v = vm('a', 8, 'pending');
-    const at = (rate: number, concurrency?: number) =>
+    const at = (rate: number, concurrency?: number, forced = false) =>
       moveSettingsFor(auto, v, [v], {
-        forced: false,
+        forced,
         measuredLink: link,
         measuredDirtyRateBps: rate,
         ...(concurrency ? { concurrency, aimDowntime: true } : {}),
@@ -169,8 +170,20 @@ describe('workflows/scheduler.ts: the moves’ set-up in the concurrency', () =>
     const rate = 0.2 * 1.25e9; // under 0.3·B alone, over 0.3·B/2 with two moves sharing
     expect(at(rate).autoConverge).toBe(false);
     expect(at(rate, 2).autoConverge).toBe(true);
-    expect(at(rate, 2).maxDowntimeMs).toBeUndefined(); // it converges by throttling: the whole limit
-    expect(at(0.05 * 1.25e9, 2).maxDowntimeMs).toBe(Math.round(auto.maxDowntimeMs * DOWNTIME_AIM));
-    expect(at(0.05 * 1.25e9).maxDowntimeMs).toBeUndefined(); // not asked for (the workflow never asks): the policy's limit
+    // A first try gets a third of the limit, throttled or not; a retry after a move that did not converge, all of it.
+    expect(DOWNTIME_AIM).toBeCloseTo(1 / 3);
+    expect(at(rate, 2).maxDowntimeMs).toBe(Math.max(MIN_AIMED_DOWNTIME_MS, Math.round(auto.maxDowntimeMs / 3)));
+    expect(at(0.05 * 1.25e9, 2).maxDowntimeMs).toBe(Math.max(MIN_AIMED_DOWNTIME_MS, Math.round(auto.maxDowntimeMs / 3)));
+    expect([at(rate, 2, true).autoConverge, at(rate, 2, true).maxDowntimeMs]).toEqual([true, undefined]);
+    expect(at(0.05 * 1.25e9).maxDowntimeMs).toBeUndefined(); // not asked for (runs before the patch): the policy's limit
+    // Never above the policy's limit, never below QEMU's granularity.
+    const low = { ...auto, maxDowntimeMs: 120 };
+    expect(moveSettingsFor(low, v, [v], { forced: false, measuredLink: link, measuredDirtyRateBps: 0, concurrency: 2, aimDowntime: true }).maxDowntimeMs).toBe(
+      MIN_AIMED_DOWNTIME_MS,
+    );
+    const tiny = { ...auto, maxDowntimeMs: 80 };
+    expect(
+      moveSettingsFor(tiny, v, [v], { forced: false, measuredLink: link, measuredDirtyRateBps: 0, concurrency: 2, aimDowntime: true }).maxDowntimeMs,
+    ).toBeUndefined();
   });
 });

@@ -297,8 +297,8 @@ export function renderBench1(b1: EvacuationBenchResult, kind: 'text' | 'md'): st
   lines.push('');
   lines.push(
     kind === 'text'
-      ? `  Tuning seeds ${seeds(b1.options.tuningSeeds)} (dhm only: the seeds the constants were chosen on, CRITICAL_PATH_SLACK ${b1.tuning.criticalPathSlack}, AUTO_CONVERGE_SHARE ${b1.tuning.autoConvergeShare}, OVERLAP_THRESHOLD ${b1.tuning.overlapThreshold}):`
-      : `Tuning seeds ${seeds(b1.options.tuningSeeds)} (dhm only: the seeds the constants were chosen on, CRITICAL_PATH_SLACK ${b1.tuning.criticalPathSlack}, AUTO_CONVERGE_SHARE ${b1.tuning.autoConvergeShare}, OVERLAP_THRESHOLD ${b1.tuning.overlapThreshold}):\n`,
+      ? `  Tuning seeds ${seeds(b1.options.tuningSeeds)} (dhm only: the seeds the constants were chosen on, CRITICAL_PATH_SLACK ${b1.tuning.criticalPathSlack}, AUTO_CONVERGE_SHARE ${b1.tuning.autoConvergeShare}, OVERLAP_THRESHOLD ${b1.tuning.overlapThreshold}, DOWNTIME_AIM ${Math.round(b1.tuning.downtimeAim * 1000) / 1000}):`
+      : `Tuning seeds ${seeds(b1.options.tuningSeeds)} (dhm only: the seeds the constants were chosen on, CRITICAL_PATH_SLACK ${b1.tuning.criticalPathSlack}, AUTO_CONVERGE_SHARE ${b1.tuning.autoConvergeShare}, OVERLAP_THRESHOLD ${b1.tuning.overlapThreshold}, DOWNTIME_AIM ${Math.round(b1.tuning.downtimeAim * 1000) / 1000}):\n`,
   );
   lines.push(table(SEED_SET_HEADER, seedSetRows(b1.tuningSet, false)));
   lines.push('');

@@ -35,7 +35,7 @@ export const OVERLAP_THRESHOLD = 0.1;
  * by ρ < 1 a round needs about log(1/aim)/log(1/ρ) more short rounds to fit a lower one. Tuned on seeds 1–200 only
  * (bench/results/2026-12-02T18-27-03.tune.txt, 8- and 32-VM hosts, 300 ms limit): aim 1 (the rule before) p95 downtime
  * 303 ms, 1.0439× the bound; 1/2 160 ms, 1.0441×; 1/3 113 ms, 1.0441×, bytes sent 1.0326 against 1.0323 of Σ, the same
- * guests throttled (1.9 per host). Chosen: 1/3 (below it MIN_AIMED_DOWNTIME_MS holds at 300 ms).
+ * guests throttled (1.9 per host). Chosen: 1/3 (at a 300 ms limit a lower aim only meets the 100 ms floor).
  */
 export const DOWNTIME_AIM = 1 / 3;
 /** Below this QEMU's check granularity (an iteration of up to 50 ms) makes the limit meaningless. */
